@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from resnetlab.errors import ResnetlabError
+from resnetlab.errors import ResnetlabError, UsageError
 
 
 def _print_json(obj) -> None:
@@ -24,6 +24,118 @@ COMMANDS = []  # each section appends its `_add_<name>`, in the order --help sho
 
 # --- sub-commands -------------------------------------------------------------------------
 # (each section below belongs to one feature; keep them independent)
+
+
+# --- train / eval / predict ---------------------------------------------------------------
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model (default: the quick preset on Fashion-MNIST)",
+                       description="Train a model. A preset fills every setting; flags override it.")
+    p.add_argument("--preset", default="quick", help="d2l (the textbook recipe), quick (default: ~10 min on a CPU), best (for a GPU)")
+    p.add_argument("--model", help="model name (see `resnetlab models`)")
+    p.add_argument("--data", help="dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH")
+    p.add_argument("--data-dir", help="folder holding the dataset files (used alone, no fall-back)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="the global batch, split across processes")
+    p.add_argument("--lr", type=float, help="the (peak) learning rate")
+    p.add_argument("--resize", type=int, help="resize images to PX x PX")
+    p.add_argument("--val-split", type=int, help="hold out N training examples to pick best.safetensors")
+    p.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: where it pays)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels_last memory format")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--subset", type=int, help="use a seeded random subset of N examples of each split")
+    p.add_argument("--out", help="run folder (default: runs/<date-time>-<preset>/)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR after its last checkpoint")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout (progress goes to stderr)")
+    p.set_defaults(func=_cmd_train)
+
+
+_TRAIN_FIELDS = ("model", "data", "data_dir", "epochs", "batch_size", "lr", "resize", "val_split", "device", "amp",
+                 "channels_last", "compile", "sync_bn", "seed", "subset")
+
+
+def _cmd_train(args) -> int:
+    from resnetlab.train import make_config, train
+
+    overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    if args.resume:
+        if overrides or args.out:
+            raise UsageError(f"--resume continues a run with its saved settings; drop {', '.join('--' + k.replace('_', '-') for k in overrides) or '--out'}")
+        summary = train(resume=args.resume, json_output=args.json)
+    else:
+        summary = train(make_config(args.preset, **overrides), out=args.out, overwrite=args.overwrite, json_output=args.json)
+    if args.json:
+        _print_json(summary)
+    return 0
+
+
+COMMANDS.append(_add_train)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate trained weights on a test set")
+    p.add_argument("weights", help="a run folder or a .safetensors file")
+    p.add_argument("--data", help="dataset (default: the one the model was trained on)")
+    p.add_argument("--data-dir")
+    p.add_argument("--tta", action="store_true", help="average predictions over the image and its mirror image")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+    from resnetlab.train.inference import evaluate_run
+
+    r = evaluate_run(args.weights, data=args.data, data_dir=args.data_dir, tta=args.tta, device=args.device,
+                     batch_size=args.batch_size)
+    if args.json:
+        _print_json(r)
+        return 0
+    print(f"{r['data']} test set, {r['count']} examples{' (flip TTA)' if r['tta'] else ''}: loss {r['loss']:.4f}, acc {r['acc']:.4f}")
+    width = max(len(c) for c in r["classes"])
+    print(f"{'class':<{width}}  {'count':>6}  {'acc':>6}")
+    for row in r["per_class"]:
+        print(f"{row['class']:<{width}}  {row['count']:>6}  {row['acc']:>6.4f}")
+    print("confusion matrix (rows: true, columns: predicted):")
+    for cls, counts in zip(r["classes"], r["confusion"]):
+        print(f"{cls:<{width}}  " + " ".join(f"{c:>5}" for c in counts))
+    return 0
+
+
+COMMANDS.append(_add_eval)
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="classify image files with trained weights")
+    p.add_argument("weights", help="a run folder or a .safetensors file")
+    p.add_argument("images", nargs="+", help="image files (any size or colour)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args) -> int:
+    from resnetlab.train.inference import predict
+
+    if args.top_k <= 0:
+        raise UsageError(f"--top-k must be positive, got {args.top_k}")
+    results = predict(args.weights, args.images, top_k=args.top_k, device=args.device)
+    if args.json:
+        _print_json(results)
+        return 0
+    for r in results:
+        print(r["image"] + ": " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+    return 0
+
+
+COMMANDS.append(_add_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

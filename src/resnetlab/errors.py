@@ -23,3 +23,9 @@ class CheckpointError(ResnetlabError, ValueError):
 
 class TrainingError(ResnetlabError):
     """A run that failed: a non-finite loss, out of memory."""
+
+
+class Interrupted(ResnetlabError):
+    """Ctrl-C during training: the checkpoint is written and the message says how to resume."""
+
+    exit_code = 130

@@ -1,0 +1,203 @@
+"""The training loop: `fit` trains a ready model on ready loaders; `evaluate` measures it.
+
+A reader should be able to hold this file in their head. What it does per step: set the
+learning rate from the schedule (a pure function of the step, so resume needs no scheduler
+state), forward under autocast, backward, optimizer step, and add loss/correct/count to sums
+that stay on the device. The host reads those sums only every `SYNC_EVERY` steps (progress and
+the non-finite check) and at the end of an epoch, so a GPU never waits for Python inside an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetlab.errors import Interrupted, TrainingError
+from resnetlab.train.config import TrainConfig
+from resnetlab.train.distributed import DistInfo, all_reduce_sum
+
+SYNC_EVERY = 25  # steps between host reads of the running sums (progress, NaN check)
+
+
+def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """The learning rate for optimizer step `step` (0-based) of `total_steps`."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    warm = max(1, int(cfg.warmup * total_steps))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total_steps - warm)
+    if cfg.schedule == "onecycle":  # linear decay to zero, as in airbench's triangular schedule
+        return cfg.lr * max(0.0, 1.0 - progress)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # Weight decay on conv/linear weights only: decaying BN scales and biases only hurts.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # foreach=True: one fused multi-tensor update instead of a Python loop over ~60 tensors.
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True)
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """"xavier": the textbook's train_ch6 init (Xavier-uniform conv and linear weights)."""
+    if scheme == "xavier":
+        for m in model.modules():
+            if type(m) in (nn.Linear, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, device: torch.device, *, amp: bool = False,
+             num_classes: int | None = None, dist: DistInfo = DistInfo()) -> dict:
+    """Loss, accuracy and count over the loader (summed over all processes); a confusion
+    matrix (rows: true class, columns: predicted) when `num_classes` is given."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.int64, device=device)
+    for x, y in loader:
+        with autocast(device, amp):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y, reduction="sum")
+        pred = out.argmax(1)
+        sums += torch.stack([loss.double(), (pred == y).sum().double(), torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
+        if num_classes:
+            confusion += torch.bincount(y * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
+    all_reduce_sum(sums, dist)
+    if num_classes:
+        all_reduce_sum(confusion, dist)
+    loss_sum, correct, count = sums.tolist()
+    result = {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "count": int(count)}
+    if num_classes:
+        result["confusion"] = confusion.cpu()
+    return result
+
+
+class StopFlag:
+    """First Ctrl-C asks the loop to stop after the current step; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class TrainState:
+    """Where the run stands; everything in it is saved in the checkpoint."""
+
+    epoch: int = 0  # completed epochs
+    step_in_epoch: int = 0  # completed steps of the current epoch (non-zero only after Ctrl-C)
+    global_step: int = 0
+    partial: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct, count so far
+    train_seconds: float = 0.0
+    history: list = field(default_factory=list)  # one metrics row per completed epoch
+    best_val_acc: float = -1.0
+    best_epoch: int = -1
+
+
+@dataclass
+class Hooks:
+    """What the loop tells the outside world; the run folder and the progress display plug in here."""
+
+    on_progress: Callable[[int, int, dict], None] = lambda step, total, stats: None
+    on_epoch_end: Callable[[TrainState, dict, bool], None] = lambda state, row, is_best: None
+    on_interrupt: Callable[[TrainState], None] = lambda state: None
+
+
+def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, *,
+        optimizer: torch.optim.Optimizer, state: TrainState, val_loader=None, test_loader=None,
+        amp: bool = False, dist: DistInfo = DistInfo(), hooks: Hooks = Hooks()) -> TrainState:
+    """Train from `state` to cfg.epochs. `model` may be wrapped (DDP, compiled)."""
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * cfg.epochs
+    with StopFlag() as stop:
+        for epoch in range(state.epoch, cfg.epochs):
+            model.train()
+            train_loader.set_epoch(epoch)
+            skip = state.step_in_epoch  # resuming inside an epoch: replay the loader up to there
+            sums = torch.tensor(state.partial, dtype=torch.float64, device=device)
+            started = time.perf_counter()
+            for step, (x, y) in enumerate(train_loader):
+                if step < skip:
+                    continue
+                lr = lr_at(state.global_step, total_steps, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast(device, amp):
+                    out = model(x)
+                    loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    n = torch.tensor(float(len(y)), dtype=torch.float64, device=device)
+                    sums += torch.stack([loss.detach().double() * n, (out.argmax(1) == y).sum().double(), n])
+                state.global_step += 1
+                state.step_in_epoch = step + 1
+                if stop.requested or (step + 1) % SYNC_EVERY == 0 or step + 1 == steps_per_epoch:
+                    loss_sum, correct, count = sums.tolist()
+                    if not math.isfinite(loss_sum):
+                        raise TrainingError(
+                            f"the training loss became {loss_sum / count} at epoch {epoch + 1}, step {step + 1}; "
+                            f"the last good checkpoint (epoch {state.epoch}) is kept; lower --lr or check the data"
+                        )
+                    hooks.on_progress(step + 1, steps_per_epoch, {"loss": loss_sum / count, "acc": correct / count, "lr": lr})
+                if stop.requested and step + 1 < steps_per_epoch:
+                    state.partial = sums.tolist()
+                    state.train_seconds += time.perf_counter() - started
+                    hooks.on_interrupt(state)
+                    raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step + 1}")
+            all_reduce_sum(sums, dist)
+            epoch_seconds = time.perf_counter() - started
+            state.train_seconds += epoch_seconds
+            loss_sum, correct, count = sums.tolist()
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count, "examples": count}
+            is_best = False
+            for name, loader in (("val", val_loader), ("test", test_loader)):
+                if loader is not None:
+                    r = evaluate(model, loader, device, amp=amp, dist=dist)
+                    row[f"{name}_loss"], row[f"{name}_acc"] = r["loss"], r["acc"]
+            if val_loader is not None and row["val_acc"] > state.best_val_acc:
+                state.best_val_acc, state.best_epoch, is_best = row["val_acc"], epoch + 1, True
+            row["lr"] = lr_at(max(state.global_step - 1, 0), total_steps, cfg)
+            # throughput counts training steps only (as the textbook's train_ch6 does)
+            row["examples_per_sec"] = count / epoch_seconds if epoch_seconds > 0 else 0.0
+            row["epoch_seconds"] = time.perf_counter() - started
+            state.history.append(row)
+            state.epoch, state.step_in_epoch, state.partial = epoch + 1, 0, [0.0, 0.0, 0.0]
+            hooks.on_epoch_end(state, row, is_best)
+            if stop.requested and epoch + 1 < cfg.epochs:
+                hooks.on_interrupt(state)
+                raise Interrupted(f"interrupted after epoch {epoch + 1}")
+    return state

@@ -1,0 +1,41 @@
+"""Presets: each fills every setting of a TrainConfig; command-line flags override them."""
+
+from __future__ import annotations
+
+from resnetlab.errors import UsageError
+from resnetlab.train.config import TrainConfig
+
+PRESETS: dict[str, dict] = {
+    # The textbook's recipe exactly (d2l ResNet chapter): resnet18_d2l, 96 px, batch 256,
+    # plain SGD at 0.05, 10 epochs, Xavier-uniform init, no normalisation, no augmentation, fp32.
+    "d2l": dict(
+        model="resnet18_d2l", init="xavier", resize=96, normalize=False,
+        epochs=10, batch_size=256, lr=0.05, optimizer="sgd", momentum=0.0, weight_decay=0.0,
+        schedule="constant", amp=False,
+    ),
+    # The best accuracy in about 10 minutes on a 2-core CPU (see BENCHMARKS.md for the run):
+    # a CIFAR-style ResNet-20 at 28 px, one-cycle SGD with Nesterov momentum, label smoothing,
+    # crop+flip augmentation, bf16 autocast where the CPU has bf16 units.
+    "quick": dict(
+        model="resnet20", resize=None, normalize=True, crop_padding=2, flip=True,
+        epochs=10, batch_size=256, lr=0.4, optimizer="sgd", momentum=0.9, nesterov=True,
+        weight_decay=5e-4, schedule="onecycle", warmup=0.2, label_smoothing=0.1,
+    ),
+    # The highest accuracy we aim for, meant for a GPU: a wide CIFAR-style ResNet with random
+    # erasing, best weights picked on a validation split (never on the test set).
+    "best": dict(
+        model="resnet20", model_kwargs={"width": 64}, resize=None, normalize=True,
+        crop_padding=2, flip=True, erasing=0.5, val_split=5000,
+        epochs=60, batch_size=256, lr=0.2, optimizer="sgd", momentum=0.9, nesterov=True,
+        weight_decay=5e-4, schedule="onecycle", warmup=0.15, label_smoothing=0.1,
+    ),
+}
+
+
+def make_config(preset: str = "quick", **overrides) -> TrainConfig:
+    """The preset's configuration with `overrides` (None values are ignored) applied."""
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    settings = dict(PRESETS[preset], preset=preset)
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**settings)

@@ -1,0 +1,88 @@
+"""Plots of a run (matplotlib, an optional extra) and the per-class table of an evaluation."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+from resnetlab.fileio import write_bytes
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    write_bytes(path, buf.getvalue())
+
+
+def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> None:
+    """Loss and accuracy per epoch, train and test (and val), like the textbook's animated plot."""
+    plt = _figure()
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train loss")
+    ax_acc.plot(epochs, [r["train_acc"] for r in rows], label="train acc")
+    for split, style in (("val", "--"), ("test", ":")):
+        if rows and f"{split}_acc" in rows[0]:
+            ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, label=f"{split} loss")
+            ax_acc.plot(epochs, [r[f"{split}_acc"] for r in rows], style, label=f"{split} acc")
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig.tight_layout()
+    _save(fig, Path(path))
+    plt.close(fig)
+
+
+def plot_confusion(confusion, classes: list[str], path: str | Path, title: str = "") -> None:
+    """Confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    plt = _figure()
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    m = confusion.numpy() if hasattr(confusion, "numpy") else confusion
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        vmax = m.max() if m.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if m[i, j] > vmax / 2 else "black")
+    if title:
+        ax.set_title(title)
+    _save(fig, Path(path))
+    plt.close(fig)
+
+
+def per_class_table(confusion, classes: list[str]) -> list[dict]:
+    rows = []
+    for i, name in enumerate(classes):
+        total = int(confusion[i].sum())
+        rows.append({"class": name, "count": total, "acc": (int(confusion[i, i]) / total) if total else float("nan")})
+    return rows
