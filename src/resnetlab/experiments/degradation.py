@@ -1,0 +1,296 @@
+"""The degradation experiment (He et al. 2016, "Deep Residual Learning", figures 1 and 6).
+
+Before ResNets, a deeper plain network (conv-BN-ReLU stacked, no shortcuts) trained to a
+*higher training error* than a shallower one: not overfitting, an optimisation failure. With
+identity shortcuts the deeper net trains at least as well. This module trains `plain{d}` and
+`resnet{d}` at two depths with one identical recipe through the training engine (each net gets an
+ordinary run folder) and writes, under the experiment folder:
+
+    <net>/                 the run folder of each net (config.json, metrics.csv, weights, ...)
+    degradation.csv        net, depth, residual, epoch, train_err, test_err
+    degradation.png        training and test error per epoch: plain dashed, residual solid
+    gradients.csv/.png     per-layer gradient norm at initialisation of the two deep nets
+    degradation.json       the settings, the final errors and whether the effect showed
+
+    from resnetlab.experiments import run_degradation
+    result = run_degradation("runs/degradation")   # the defaults below, ~10 min on a 2-core CPU
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from resnetlab.errors import UsageError
+from resnetlab.fileio import write_bytes, write_json, write_text
+
+# torch is imported inside the functions that use it, so `resnetlab --help` stays instant.
+
+# One recipe for every net. No augmentation and no label smoothing, so the training error
+# measures optimisation alone; BN everywhere (the paper's plain nets have it too); SGD with
+# momentum at a high constant rate for few epochs: the regime where deep plain nets lag
+# (He et al. use 0.1, momentum 0.9, weight decay 1e-4, batch 128).
+DEGRADATION_RECIPE = dict(
+    resize=None, normalize=True, crop_padding=0, flip=False, erasing=0.0, val_split=0,
+    label_smoothing=0.0, init="default", batch_size=128, optimizer="sgd", momentum=0.9,
+    nesterov=False, weight_decay=1e-4, schedule="constant", warmup=0.0,
+)
+# The settings `resnetlab experiment degradation` uses when no flag is given (docs/degradation.md
+# records the runs that chose them): narrow nets on a subset of Fashion-MNIST at its native 28 px.
+DEGRADATION_DEFAULTS = dict(data="fashion-mnist", depths=(20, 56), epochs=8, width=8, subset=8000, seed=0, lr=0.1)
+
+BASE_PRESET = "quick"  # the recipe above overrides every setting this preset fills
+
+
+@dataclass(frozen=True)
+class Net:
+    """One of the four nets: plain or residual, at one depth."""
+
+    depth: int
+    residual: bool
+
+    @property
+    def name(self) -> str:
+        return f"{'resnet' if self.residual else 'plain'}{self.depth}"
+
+
+def registered_depths() -> list[int]:
+    """Depths with both a `plain{d}` and a `resnet{d}` in the model registry."""
+    from resnetlab.models import list_models
+
+    plain = {name[len("plain"):] for name in list_models("plain*")}
+    residual = {name[len("resnet"):] for name in list_models("resnet*")}
+    return sorted(int(d) for d in plain & residual if d.isdigit())
+
+
+def check_depths(depths) -> tuple[int, int]:
+    """Two different registered depths, shallow first."""
+    depths = tuple(depths)
+    available = registered_depths()
+    if len(depths) != 2 or depths[0] == depths[1]:
+        raise UsageError(f"--depths takes two different depths (got {' '.join(map(str, depths))}); "
+                         f"choose two of {', '.join(map(str, available))}")
+    for depth in depths:
+        if depth not in available:
+            raise UsageError(f"--depths {depth}: the model registry has no plain{depth}/resnet{depth} pair; "
+                             f"choose two of {', '.join(map(str, available))}")
+    return tuple(sorted(depths))
+
+
+def degradation_config(net: Net, *, data: str, epochs: int, width: int, subset: int | None, seed: int,
+                       lr: float, device: str = "auto", data_dir: str | None = None):
+    """The TrainConfig of one net: the shared recipe plus the net's name."""
+    from resnetlab.train import make_config
+
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise UsageError(f"--width must be a positive integer, got {width!r}")
+    return make_config(BASE_PRESET, **DEGRADATION_RECIPE, model=net.name, model_kwargs={"width": width},
+                       data=data, data_dir=data_dir, epochs=epochs, subset=subset, seed=seed, lr=lr, device=device)
+
+
+def gradient_norms_at_init(cfg) -> list[tuple[str, float]]:
+    """(layer name, gradient norm of its weight) for every conv and linear layer, input to output,
+    after one backward pass at initialisation: the same initial weights and the same first
+    training batch as `train(cfg)` starts from, in fp32 with BN in training mode."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from resnetlab.data import Loader, get_dataset_info
+    from resnetlab.train.trainer import build_model, load_splits
+
+    train_set, _, _ = load_splits(cfg)
+    info = get_dataset_info(cfg.data)
+    normalize = (list(info.mean), list(info.std)) if cfg.normalize else None
+    loader = Loader(train_set, cfg.batch_size, shuffle=True, resize=cfg.resize, normalize=normalize, seed=cfg.seed)
+    loader.set_epoch(0)
+    x, y = next(iter(loader))
+    model = build_model(cfg, train_set.images.shape[1], len(train_set.classes))
+    model.train()
+    F.cross_entropy(model(x), y).backward()
+    return [(name, module.weight.grad.norm().item()) for name, module in model.named_modules()
+            if isinstance(module, (nn.Conv2d, nn.Linear))]
+
+
+def _read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
+        return [{"epoch": int(row["epoch"]), "train_acc": float(row["train_acc"]), "test_acc": float(row["test_acc"]),
+                 "epoch_seconds": float(row["epoch_seconds"])} for row in csv.DictReader(f)]
+
+
+def _train_net(cfg, run_dir: Path, *, overwrite: bool, verbose: bool, json_output: bool, say) -> str:
+    """Train one net into `run_dir`: reuse a finished run of the same settings, continue an
+    interrupted one, refuse to mix with a run of other settings. Returns what it did."""
+    from resnetlab.train import train
+
+    config_file = run_dir / "config.json"
+    if config_file.exists() and not overwrite:
+        saved = json.loads(config_file.read_text(encoding="utf-8")).get("config")
+        if saved != cfg.to_dict():
+            raise UsageError(f"{run_dir} holds a {cfg.model} run with other settings; "
+                             f"pass --overwrite to replace it or choose another --out")
+        if (run_dir / "summary.json").exists():
+            say(f"{cfg.model}: reusing the finished run in {run_dir}")
+            return "reused"
+        if (run_dir / "checkpoint.pt").exists():
+            train(resume=run_dir, json_output=json_output, verbose=verbose)
+            return "resumed"
+    train(cfg, out=run_dir, overwrite=overwrite, json_output=json_output, verbose=verbose)
+    return "trained"
+
+
+def run_degradation(out: str | Path, *, data: str = DEGRADATION_DEFAULTS["data"],
+                    depths=DEGRADATION_DEFAULTS["depths"], epochs: int = DEGRADATION_DEFAULTS["epochs"],
+                    width: int = DEGRADATION_DEFAULTS["width"], subset: int | None = DEGRADATION_DEFAULTS["subset"],
+                    seed: int = DEGRADATION_DEFAULTS["seed"], lr: float = DEGRADATION_DEFAULTS["lr"],
+                    device: str = "auto", data_dir: str | None = None, overwrite: bool = False,
+                    verbose: bool = True, json_output: bool = False) -> dict:
+    """Train the four nets, write the combined CSV, figures and degradation.json; return the result.
+
+    `subset=None` trains on the whole training set (and tests on the whole test set). Progress goes
+    to stdout, or to stderr with `json_output=True`; `verbose=False` silences it.
+    """
+    from resnetlab.train.report import have_matplotlib
+
+    started = time.perf_counter()
+    out = Path(out)
+    stream = sys.stderr if json_output else sys.stdout
+
+    def say(text: str) -> None:
+        if verbose:
+            print(text, file=stream, flush=True)
+
+    shallow, deep = check_depths(depths)
+    nets = [Net(depth, residual) for depth in (shallow, deep) for residual in (False, True)]
+    configs = {net: degradation_config(net, data=data, epochs=epochs, width=width, subset=subset, seed=seed, lr=lr,
+                                       device=device, data_dir=data_dir) for net in nets}
+    plots = have_matplotlib()
+    say(f"degradation experiment: {', '.join(n.name for n in nets)} (width {width}) on {data}, "
+        f"{subset or 'all'} training examples, {epochs} epochs, lr {lr}, seed {seed}; folder {out}")
+    if not plots:
+        say("matplotlib is not installed: degradation.png and gradients.png are skipped (pip install 'resnetlab[plot]')")
+
+    rows, finals = [], []
+    for net in nets:
+        run_dir = out / net.name
+        action = _train_net(configs[net], run_dir, overwrite=overwrite, verbose=verbose, json_output=json_output, say=say)
+        history = _read_metrics(run_dir)
+        for r in history:
+            rows.append({"net": net.name, "depth": net.depth, "residual": net.residual, "epoch": r["epoch"],
+                         "train_err": 1.0 - r["train_acc"], "test_err": 1.0 - r["test_acc"]})
+        finals.append({"net": net.name, "depth": net.depth, "residual": net.residual,
+                       "train_err": 1.0 - history[-1]["train_acc"], "test_err": 1.0 - history[-1]["test_acc"],
+                       "train_seconds": sum(r["epoch_seconds"] for r in history), "run_dir": str(run_dir),
+                       "action": action})
+    _write_csv(out / "degradation.csv", rows, ["net", "depth", "residual", "epoch", "train_err", "test_err"])
+
+    say("gradient norms at initialisation (one batch) of the deep nets")
+    gradients = {net.name: gradient_norms_at_init(configs[net]) for net in nets if net.depth == deep}
+    _write_csv(out / "gradients.csv",
+               [{"net": name, "layer": i + 1, "name": layer, "grad_norm": norm}
+                for name, norms in gradients.items() for i, (layer, norm) in enumerate(norms)],
+               ["net", "layer", "name", "grad_norm"])
+
+    by_name = {f["net"]: f for f in finals}
+    result = {
+        "out": str(out), "data": data, "depths": [shallow, deep], "epochs": epochs, "width": width,
+        "subset": subset, "seed": seed, "lr": lr, "recipe": DEGRADATION_RECIPE, "nets": finals,
+        # the paper's two claims, on the final epoch's training error
+        "plain_degrades": by_name[f"plain{deep}"]["train_err"] > by_name[f"plain{shallow}"]["train_err"],
+        "residual_no_worse": by_name[f"resnet{deep}"]["train_err"] <= by_name[f"resnet{shallow}"]["train_err"],
+        "total_seconds": time.perf_counter() - started,
+    }
+    if plots:
+        title = f"{data}, width {width}, {subset or 'all'} examples, seed {seed}"
+        plot_degradation(rows, out / "degradation.png", title=title)
+        plot_gradients(gradients, out / "gradients.png", title=f"at initialisation, one batch of {DEGRADATION_RECIPE['batch_size']}")
+    write_json(out / "degradation.json", result)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The final errors of each net and the verdict, as printed by the CLI."""
+    lines = [f"{'net':<10} {'depth':>5}  {'train err':>9}  {'test err':>8}  {'train s':>7}"]
+    for f in result["nets"]:
+        lines.append(f"{f['net']:<10} {f['depth']:>5}  {f['train_err']:>9.4f}  {f['test_err']:>8.4f}  {f['train_seconds']:>7.0f}")
+    shallow, deep = result["depths"]
+    lines.append(f"plain: {deep} layers train {'WORSE' if result['plain_degrades'] else 'no worse'} than {shallow}"
+                 f" (degradation {'shown' if result['plain_degrades'] else 'NOT shown'}); "
+                 f"residual: {deep} layers train {'no worse' if result['residual_no_worse'] else 'WORSE'} than {shallow}")
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(path, buf.getvalue())
+
+
+# --- figures (matplotlib is an optional extra; callers check have_matplotlib first) -----------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_png(plt, fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def _style(net: str, depths: list[int], depth: int, residual: bool) -> dict:
+    # As in the paper's figures: one colour per depth; here plain dashed, residual solid.
+    colour = "tab:red" if depth == max(depths) else "tab:blue"
+    return dict(color=colour, linestyle="-" if residual else "--", label=net)
+
+
+def plot_degradation(rows: list[dict], path: str | Path, title: str = "") -> None:
+    """Training error (left) and test error (right) in percent against epoch, one line per net."""
+    plt = _pyplot()
+    depths = sorted({r["depth"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for net in dict.fromkeys(r["net"] for r in rows):
+        mine = [r for r in rows if r["net"] == net]
+        style = _style(net, depths, mine[0]["depth"], mine[0]["residual"])
+        for ax, key in zip(axes, ("train_err", "test_err")):
+            ax.plot([r["epoch"] for r in mine], [100 * r[key] for r in mine], marker=".", **style)
+    for ax, name in zip(axes, ("training error (%)", "test error (%)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"plain (dashed) vs residual (solid): {title}")
+    fig.tight_layout()
+    _save_png(plt, fig, Path(path))
+
+
+def plot_gradients(norms: dict[str, list[tuple[str, float]]], path: str | Path, title: str = "") -> None:
+    """Gradient norm per layer (log scale), input layer first, one line per net."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for net, layers in norms.items():
+        residual = net.startswith("resnet")
+        ax.plot(range(1, len(layers) + 1), [n for _, n in layers], marker=".", linestyle="-" if residual else "--",
+                color="tab:green" if residual else "tab:purple", label=net)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (1 = first conv, last = classifier)")
+    ax.set_ylabel("weight gradient norm")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    ax.set_title(f"per-layer gradient norm {title}")
+    fig.tight_layout()
+    _save_png(plt, fig, Path(path))
