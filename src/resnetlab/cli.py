@@ -138,6 +138,58 @@ def _cmd_predict(args) -> int:
 COMMANDS.append(_add_predict)
 
 
+# --- experiment degradation ---------------------------------------------------------------
+
+
+def _add_experiment(sub) -> None:
+    from resnetlab.experiments.degradation import DEGRADATION_DEFAULTS as D
+
+    p = sub.add_parser("experiment", help="reproduce a paper's experiment with one command")
+    experiments = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    experiments.required = True
+    q = experiments.add_parser(
+        "degradation", help="plain vs residual nets at two depths (He et al. 2016, figs. 1 and 6)",
+        description="Train plain{d} and resnet{d} at two depths with one recipe (no augmentation, SGD at a high "
+                    "constant rate); write each run folder, degradation.csv, degradation.png and gradients.png "
+                    "under --out, and print the final errors.")
+    q.add_argument("--data", default=D["data"], help=f"dataset (default {D['data']})")
+    q.add_argument("--data-dir", help="folder holding the dataset files")
+    q.add_argument("--depths", nargs=2, type=int, default=list(D["depths"]), metavar=("SHALLOW", "DEEP"),
+                   help=f"two registered CIFAR depths (default {D['depths'][0]} {D['depths'][1]})")
+    q.add_argument("--epochs", type=int, default=D["epochs"], help=f"(default {D['epochs']})")
+    q.add_argument("--width", type=int, default=D["width"], help=f"channels of the first stage (default {D['width']}; the paper: 16)")
+    q.add_argument("--subset", type=int, default=D["subset"],
+                   help=f"train (and test) on a seeded subset of N examples (default {D['subset']}; 0: all)")
+    q.add_argument("--lr", type=float, default=D["lr"], help=f"constant learning rate (default {D['lr']})")
+    q.add_argument("--seed", type=int, default=D["seed"], help=f"(default {D['seed']})")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--out", help="experiment folder (default: runs/<date-time>-degradation/)")
+    q.add_argument("--overwrite", action="store_true", help="replace runs of other settings already in --out")
+    q.add_argument("--json", action="store_true", help="print the result as JSON on stdout (progress goes to stderr)")
+    q.set_defaults(func=_cmd_experiment_degradation)
+
+
+def _cmd_experiment_degradation(args) -> int:
+    from resnetlab.experiments.degradation import format_table, run_degradation
+    from resnetlab.train.run import default_run_path
+
+    if args.subset < 0:
+        raise UsageError(f"--subset must be positive (or 0 for the whole set), got {args.subset}")
+    result = run_degradation(args.out or default_run_path("degradation"), data=args.data, depths=args.depths,
+                             epochs=args.epochs, width=args.width, subset=args.subset or None, seed=args.seed,
+                             lr=args.lr, device=args.device, data_dir=args.data_dir, overwrite=args.overwrite,
+                             json_output=args.json)
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_table(result))
+        print(f"figures and degradation.csv in {result['out']}")
+    return 0
+
+
+COMMANDS.append(_add_experiment)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from resnetlab import __version__
 
