@@ -26,6 +26,65 @@ COMMANDS = []  # each section appends its `_add_<name>`, in the order --help sho
 # (each section below belongs to one feature; keep them independent)
 
 
+# --- models: summary / models -------------------------------------------------------------
+
+
+def _add_summary(sub) -> None:
+    p = sub.add_parser("summary", help="layers, parameters, FLOPs and activation memory of a model",
+                       description="Print a model's layers (name, type, output shape, parameters, "
+                       "MACs) and its totals. Runs on the meta device: instant, no memory.")
+    p.add_argument("model", metavar="MODEL", help="a registered name (see `resnetlab models`)")
+    p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"),
+                   help="input channels, height, width (default: the model's own); "
+                   "the model is built for C channels")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--depth", type=int, default=2,
+                   help="levels of sub-modules to list (default 2; 0: totals only)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_summary)
+
+
+def _cmd_summary(args) -> int:
+    from resnetlab.models import summarize
+
+    summary = summarize(args.model, input_size=args.input_size, batch_size=args.batch_size,
+                        depth=args.depth)
+    if args.json:
+        _print_json(summary.to_dict())
+    else:
+        print(summary.render())
+    return 0
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the registered models with their size and cost",
+                       description="List registered models: parameters, GFLOPs at the default "
+                       "input size, default input size and classes, paper.")
+    p.add_argument("pattern", nargs="?", default="*", metavar="PATTERN",
+                   help="shell-style filter, e.g. 'resnet*' or '*resnext*' (default: all)")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=_cmd_models)
+
+
+def _cmd_models(args) -> int:
+    import dataclasses
+
+    from resnetlab.errors import UsageError
+    from resnetlab.models import describe_models, render_model_table
+
+    listings = describe_models(args.pattern)
+    if not listings:
+        raise UsageError(f"no model matches {args.pattern!r}; run `resnetlab models` to see all")
+    if args.json:
+        _print_json([dataclasses.asdict(m) for m in listings])
+    else:
+        print(render_model_table(listings))
+    return 0
+
+
+COMMANDS += [_add_summary, _add_models]
+
+
 # --- train / eval / predict ---------------------------------------------------------------
 
 
