@@ -1,0 +1,192 @@
+"""Datasets in memory: `load_dataset(name)` gives uint8 images [N, C, H, W], int64 labels and
+class names; `get_dataset_info(name)` what a model and a loader need to know beforehand."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resnetlab.data import formats, sources
+from resnetlab.data.catalog import DATASETS, DatasetSpec
+from resnetlab.errors import DataError, UsageError
+
+IMAGEFOLDER = "imagefolder:"
+
+
+@dataclass
+class Dataset:
+    name: str
+    images: torch.Tensor  # uint8 [N, C, H, W], CPU
+    labels: torch.Tensor  # int64 [N]
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise UsageError(f"Dataset images must be uint8 [N, C, H, W], not {self.images.dtype} {list(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.images),):
+            raise UsageError(f"Dataset labels must be int64 [{len(self.images)}], not {self.labels.dtype} {list(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices) -> Dataset:
+        index = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        if index.numel() and (int(index.min()) < -len(self) or int(index.max()) >= len(self)):
+            raise UsageError(f"subset indices must lie in [0, {len(self)}) for {self.name}")
+        return Dataset(self.name, self.images[index], self.labels[index], list(self.classes))
+
+    def take(self, n: int, seed: int = 0) -> Dataset:
+        """A seeded random subset of `n` examples (kept in their original order)."""
+        if not 0 <= n <= len(self):
+            raise UsageError(f"cannot take {n} examples from {self.name}, which has {len(self)}")
+        return self.subset(_permutation(len(self), seed)[:n].sort().values)
+
+
+def _permutation(n: int, seed: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def split_dataset(ds: Dataset, val_size: int, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(train part, validation part): a seeded split, disjoint, each in the original order."""
+    if not 0 < val_size < len(ds):
+        raise UsageError(f"a validation split of {val_size} needs 0 < size < {len(ds)} (the examples of {ds.name})")
+    perm = _permutation(len(ds), seed)
+    return ds.subset(perm[val_size:].sort().values), ds.subset(perm[:val_size].sort().values)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    channels: int
+    image_size: tuple[int, int]  # (H, W)
+    num_classes: int
+    classes: list[str]
+    mean: tuple[float, ...]  # per channel, in [0, 1] units: for normalization
+    std: tuple[float, ...]
+
+
+def list_datasets() -> list[str]:
+    """The built-in dataset names (any folder of images is also one: `imagefolder:PATH`)."""
+    return list(DATASETS)
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[-_ ]", "", name.lower())
+
+
+def resolve_spec(name: str) -> DatasetSpec:
+    """The built-in dataset called `name` (case, '-' and '_' do not matter), or UsageError."""
+    by_key = {_key(n): spec for n, spec in DATASETS.items()}
+    if _key(name) in by_key:
+        return by_key[_key(name)]
+    close = difflib.get_close_matches(name.lower(), list(DATASETS), n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise UsageError(f"unknown dataset {name!r}; {hint}choose from {', '.join(DATASETS)} or imagefolder:PATH")
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    if name.startswith(IMAGEFOLDER):
+        ds = load_dataset(name, train=True)
+        pixels = ds.images.double().div_(255)
+        mean = pixels.mean(dim=(0, 2, 3)) if len(ds) else torch.zeros(ds.images.shape[1])
+        std = pixels.std(dim=(0, 2, 3), correction=0) if len(ds) else torch.ones(ds.images.shape[1])
+        return DatasetInfo(name, ds.images.shape[1], tuple(ds.images.shape[2:]), len(ds.classes), list(ds.classes),
+                           tuple(round(float(m), 4) for m in mean), tuple(round(max(float(s), 1e-3), 4) for s in std))
+    spec = resolve_spec(name)
+    return DatasetInfo(spec.name, spec.channels, spec.image_size, len(spec.classes), list(spec.classes), spec.mean, spec.std)
+
+
+def load_dataset(name: str = "fashion-mnist", train: bool = True, root: str | os.PathLike | None = None) -> Dataset:
+    """One split of a dataset, found, verified and parsed (see `resnetlab.data.sources` for where
+    files are looked for; `root` is used alone when given)."""
+    if name.startswith(IMAGEFOLDER):
+        return _load_image_folder(name, train)
+    spec = resolve_spec(name)
+    return _parse(spec, sources.open_split(spec, train, root))
+
+
+def _parse(spec: DatasetSpec, split: sources.SplitFiles) -> Dataset:
+    n = len(spec.classes)
+    fmt = split.layout.format
+    parts = []
+    for i, (buf, name) in enumerate(zip(split.buffers, split.names)):
+        if fmt == "idx":
+            if i == 0:  # IDX files come as (images, labels)
+                parts.append(formats.read_idx_pair(buf, name, split.buffers[1], split.names[1], n))
+        elif fmt.endswith("-bin"):
+            parts.append(formats.read_cifar_binary(buf, name, 1 if n <= 10 else 2, n))
+        elif fmt.endswith("-py"):
+            parts.append(formats.read_cifar_python(buf, name, "labels" if n <= 10 else "fine_labels", n))
+        else:
+            raise DataError(f"{spec.name}: unknown file format {fmt!r} in the dataset table")
+    images = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+    labels = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
+    expected = (spec.channels, *spec.image_size)
+    if tuple(images.shape[1:]) != expected:
+        raise DataError(f"{split.names[0]}: expected images of shape {list(expected)}, found {list(images.shape[1:])}; "
+                        f"this is not {spec.name}: delete it and run `resnetlab data fetch {spec.name}`")
+    return Dataset(spec.name, torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), list(spec.classes))
+
+
+# --- image folders --------------------------------------------------------------------------
+
+
+def _image_folder_splits(name: str) -> tuple[Path, Path, Path | None]:
+    """(folder, train folder, test folder or None): PATH/train and PATH/test (or PATH/val) when
+    PATH has them, else PATH itself is the training split."""
+    path = Path(name[len(IMAGEFOLDER):]).expanduser()
+    if not path.is_dir():
+        raise DataError(f"{name}: no such folder; give imagefolder:PATH with one sub-folder of images per class")
+    if (path / "train").is_dir():
+        test = next((path / s for s in ("test", "val") if (path / s).is_dir()), None)
+        return path, path / "train", test
+    return path, path, None
+
+
+def _load_image_folder(name: str, train: bool) -> Dataset:
+    path, train_dir, test_dir = _image_folder_splits(name)
+    if not train and test_dir is None:
+        raise DataError(f"{name}: expected train/ and test/ (or val/) sub-folders for a test split, found class "
+                        f"folders only; split it that way, or hold out images with split_dataset / --val-split")
+    classes = list(formats.image_files(train_dir))
+    channels, size = formats.scan_image_tree([d for d in (train_dir, test_dir) if d is not None])
+    images, labels = formats.read_image_folder(train_dir if train else test_dir, classes, channels, size)
+    return Dataset(name, torch.from_numpy(images), torch.from_numpy(labels), classes)
+
+
+# --- status and fetching, for `resnetlab data list` / `data fetch` -------------------------
+
+
+def dataset_status(name: str, root: str | os.PathLike | None = None) -> dict:
+    """Where each split of a dataset was found and whether it verified; downloads nothing."""
+    spec = resolve_spec(name)
+    splits = {}
+    for split, train in (("train", True), ("test", False)):
+        try:
+            files = sources.open_split(spec, train, root, download=False)
+            ds = _parse(spec, files)
+            splits[split] = {"status": "ok", "check": files.check, "folder": str(files.folder), "source": files.source,
+                             "files": files.names, "examples": len(ds)}
+        except DataError as e:
+            missing = isinstance(e, sources.DataMissingError)
+            splits[split] = {"status": "missing" if missing else "bad", "error": str(e)}
+    return {"name": spec.name, "splits": splits}
+
+
+def fetch_dataset(name: str, root: str | os.PathLike | None = None, mirrors: tuple[str, ...] | None = None) -> dict:
+    """Download (when missing) and verify both splits of a built-in dataset."""
+    if name.startswith(IMAGEFOLDER):
+        raise UsageError(f"{name} is a local folder: there is nothing to fetch")
+    spec = resolve_spec(name)
+    result = {"name": spec.name, "splits": {}}
+    for split, files in zip(("train", "test"), sources.fetch(spec, root, mirrors)):
+        ds = _parse(spec, files)
+        result["splits"][split] = {"status": "ok", "check": files.check, "folder": str(files.folder),
+                                   "source": files.source, "files": files.names, "examples": len(ds)}
+    return result

@@ -1,0 +1,200 @@
+"""File formats, parsed without executing anything: IDX (MNIST family), CIFAR binary and
+CIFAR Python (through an unpickler that admits only arrays and plain types), image folders.
+
+Every parser takes the bytes of one verified file as a uint8 numpy array plus the name to
+report, checks sizes against the header before any reshape, and raises `DataError` with one
+line (file, expected, found, what to do) when they disagree.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from resnetlab.errors import DataError
+
+_REFETCH = "delete it and run `resnetlab data fetch` (or place a good copy)"
+
+
+def _bad(name: str, expected: str, found: str, todo: str = _REFETCH) -> DataError:
+    return DataError(f"{name}: expected {expected}, found {found}; {todo}")
+
+
+# --- IDX ------------------------------------------------------------------------------------
+
+_IDX_UBYTE = 0x08
+
+
+def read_idx(buf: np.ndarray, name: str, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes with `ndim` dimensions, as an array viewing `buf`."""
+    header = 4 + 4 * ndim
+    if buf.size < header:
+        raise _bad(name, f"an IDX header of {header} bytes", f"{buf.size} bytes (truncated)")
+    magic = bytes(buf[:4])
+    if magic[:2] != b"\0\0" or magic[2] != _IDX_UBYTE or magic[3] != ndim:
+        raise _bad(name, f"IDX magic 00 00 08 {ndim:02x} (unsigned bytes, {ndim} dimensions)",
+                   f"{magic.hex(' ')} (not this kind of IDX file)")
+    dims = [int(d) for d in np.frombuffer(buf[4:header].tobytes(), dtype=">u4")]
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if buf.size != expected:
+        what = "truncated" if buf.size < expected else f"{buf.size - expected} bytes too many"
+        raise _bad(name, f"{expected:,} bytes for shape {dims}", f"{buf.size:,} bytes ({what})")
+    return buf[header:].reshape(dims)
+
+
+def read_idx_pair(image_buf: np.ndarray, image_name: str, label_buf: np.ndarray, label_name: str,
+                  num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 1, H, W], labels int64 [N]) from an IDX images file and its labels file."""
+    images = read_idx(image_buf, image_name, 3)
+    labels = read_idx(label_buf, label_name, 1)
+    if len(images) != len(labels):
+        raise _bad(label_name, f"{len(images):,} labels (one per image in {image_name})", f"{len(labels):,}",
+                   "the two files come from different releases: fetch both again")
+    return images[:, None], _checked_labels(labels, num_classes, label_name)
+
+
+def _checked_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarray:
+    labels = labels.astype(np.int64)
+    if labels.size and int(labels.max()) >= num_classes:
+        raise _bad(name, f"labels below {num_classes}", f"label {int(labels.max())}")
+    return labels
+
+
+# --- CIFAR binary ---------------------------------------------------------------------------
+
+_CIFAR_PIXELS = 3 * 32 * 32
+
+
+def read_cifar_binary(buf: np.ndarray, name: str, label_bytes: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A CIFAR binary batch: records of `label_bytes` label bytes (CIFAR-100: coarse, fine; the
+    last one is the class) followed by 3,072 pixels, red then green then blue planes."""
+    record = label_bytes + _CIFAR_PIXELS
+    if buf.size == 0 or buf.size % record:
+        raise _bad(name, f"a whole number of {record}-byte records",
+                   f"{buf.size:,} bytes ({buf.size % record} left over: truncated or not this CIFAR)")
+    rows = buf.reshape(-1, record)
+    images = rows[:, label_bytes:].reshape(-1, 3, 32, 32)
+    return images, _checked_labels(rows[:, label_bytes - 1], num_classes, name)
+
+
+# --- CIFAR Python (pickle) ------------------------------------------------------------------
+
+
+def _numpy_reconstruct():
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core to numpy._core
+    return core.multiarray._reconstruct
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Admits numpy arrays, dtypes and plain types; any other global is refused, so a crafted
+    file cannot run code (the CIFAR pickles hold a dict of an array and lists)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy", "ndarray"): lambda: np.ndarray,
+        ("numpy", "dtype"): lambda: np.dtype,
+    }
+
+    def find_class(self, module: str, name: str):
+        make = self._ALLOWED.get((module, name))
+        if make is None:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name} (only numpy arrays and plain types)")
+        return make()
+
+
+def read_cifar_python(buf: np.ndarray, name: str, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A CIFAR Python batch: a pickled dict with `data` (uint8 [N, 3072]) and the labels under `label_key`."""
+    try:
+        entry = _ArraysOnlyUnpickler(io.BytesIO(buf.tobytes()), encoding="bytes").load()
+    except Exception as e:  # a truncated or foreign pickle fails in many ways; all mean "bad file"
+        raise _bad(name, "a CIFAR Python batch (pickled dict of arrays)", f"an unreadable file ({e})") from None
+    if not isinstance(entry, dict):
+        raise _bad(name, "a pickled dict", type(entry).__name__)
+    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    data, labels = entry.get("data"), entry.get(label_key)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
+        found = f"{type(data).__name__} {getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}".strip()
+        raise _bad(name, f"'data' as uint8 [N, {_CIFAR_PIXELS}]", found)
+    labels = np.asarray(labels)
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
+        raise _bad(name, f"'{label_key}' as {len(data)} integers", f"{labels.dtype} {labels.shape}")
+    return data.reshape(-1, 3, 32, 32), _checked_labels(labels, num_classes, name)
+
+
+# --- image folders --------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("image folders need Pillow: pip install 'resnetlab[images]'") from None
+    return Image
+
+
+def image_files(folder: Path) -> dict[str, list[Path]]:
+    """{class name: sorted image paths} for a folder holding one sub-folder per class."""
+    classes = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if files:
+            classes[sub.name] = files
+    return classes
+
+
+def scan_image_tree(folders: list[Path]) -> tuple[int, tuple[int, int]]:
+    """(channels, (H, W)) that every image of these folders will be stored with: 1 when all are
+    greyscale, else 3 (RGB); the most common size (others are resized to it when loaded)."""
+    Image = _pillow()
+    sizes, grey = Counter(), True
+    for folder in folders:
+        for paths in image_files(folder).values():
+            for path in paths:
+                try:
+                    with Image.open(path) as img:  # reads the header only
+                        sizes[img.size] += 1
+                        grey = grey and img.mode in ("1", "L", "I;16", "I")
+                except Exception as e:
+                    raise _bad(str(path), "a PNG or JPEG image", f"an unreadable file ({e})",
+                               "remove or replace it") from None
+    if not sizes:
+        raise DataError(f"{', '.join(map(str, folders))}: expected one sub-folder per class holding "
+                        f"{'/'.join(IMAGE_SUFFIXES)} images, found none; check the path")
+    (w, h), _ = sizes.most_common(1)[0]
+    return (1 if grey else 3), (h, w)
+
+
+def read_image_folder(folder: Path, classes: list[str], channels: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, C, H, W], labels int64 [N]) of one split; `classes` fixes the label of
+    each sub-folder (a sub-folder not in it is an error)."""
+    Image = _pillow()
+    found = image_files(folder)
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise _bad(str(folder), f"class folders among the training classes {classes}", f"{unknown}",
+                   "rename or remove them")
+    mode = "L" if channels == 1 else "RGB"
+    h, w = size
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for path in found.get(cls, []):
+            try:
+                with Image.open(path) as img:
+                    img = img.convert(mode)
+                    if img.size != (w, h):
+                        img = img.resize((w, h), Image.BILINEAR)
+                    pixels = np.asarray(img, dtype=np.uint8)
+            except Exception as e:
+                raise _bad(str(path), "a PNG or JPEG image", f"an unreadable file ({e})", "remove or replace it") from None
+            images.append(pixels.reshape(h, w, channels).transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        return np.zeros((0, channels, h, w), np.uint8), np.zeros(0, np.int64)
+    return np.stack(images), np.asarray(labels, dtype=np.int64)

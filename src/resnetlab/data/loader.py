@@ -1,0 +1,251 @@
+"""The batched loader: the dataset sits on the device as uint8, each batch is cut from a seeded
+permutation and turned into float32 by whole-tensor operations (airbench's data path, made
+device-agnostic and shardable).
+
+Resize, random crop and horizontal flip are all linear maps of an image's rows and columns, so a
+batch is transformed as `A_b @ X_b @ B_b^T`: `A_b` (H' x H) holds the bilinear, antialiased resize
+weights of the rows, shifted for the crop; `B_b` (W' x W) those of the columns, shifted and
+mirrored. Two small matrix products per batch replace interpolate + pad + gather + flip; on the
+2-core CPU they take 1.3 ms for 256 images 28 -> 96 px where F.interpolate takes 2.6 ms and a
+padded gather for the crop alone 19 ms (see BENCHMARKS.md). The weights are F.interpolate's own
+(computed by resizing an identity), so the result equals F.interpolate(..., antialias=True) up
+to float rounding (with TF32 matmuls enabled on CUDA, to TF32 precision).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from resnetlab.data.datasets import Dataset
+from resnetlab.errors import UsageError
+
+_ERASE_ATTEMPTS = 10  # Zhong et al.: draw a box up to 10 times until it fits inside the image
+_ERASE_AREA = (0.02, 0.4)  # fraction of the image area
+_ERASE_ASPECT = 0.3  # aspect ratio drawn log-uniformly from [0.3, 1/0.3]
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentations, applied per sample as batched tensor operations.
+
+    crop_padding: pad each side with this many zero (black) pixels, then crop a random window of
+        the image's size (He et al. 2016, torchvision's RandomCrop(padding=p)); at the output size.
+    flip: mirror left-right with probability 1/2.
+    erasing: probability of random erasing (Zhong et al. 2017): a box of 2-40 % of the area,
+        aspect ratio 0.3-3.3, set to 0 after normalization (the mean), as torchvision's RandomErasing.
+    """
+
+    crop_padding: int = 0
+    flip: bool = False
+    erasing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
+            raise UsageError(f"crop padding must be a whole number of pixels >= 0, not {self.crop_padding!r}")
+        if not 0.0 <= self.erasing <= 1.0:
+            raise UsageError(f"random-erasing probability must lie in [0, 1], not {self.erasing!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.crop_padding > 0 or self.flip or self.erasing > 0
+
+
+def _stream_seed(seed: int, epoch: int, stream: str) -> int:
+    """A 63-bit seed for one purpose of one epoch: the same on every process and every call."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+@functools.lru_cache(maxsize=16)
+def resize_weights(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in]: row o holds the weights F.interpolate(bilinear, antialias=True) gives output
+    pixel o along one axis (the filter is separable). Found by resizing the identity."""
+    # The resized axis is paired with a dummy axis of 4: interpolate mishandles a dummy axis of 1 here.
+    basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, n_in, 1).expand(n_in, 1, n_in, 4)
+    out = F.interpolate(basis, size=(n_out, 4), mode="bilinear", antialias=True, align_corners=False)
+    return out[:, 0, :, 0].T.float().contiguous()
+
+
+def _shifted(weights: torch.Tensor, shift: torch.Tensor, pad: int) -> torch.Tensor:
+    """[b, n_out, n_in]: `weights` with its rows moved by shift - pad (a crop of the zero-padded
+    output); rows that fall outside are zero."""
+    n_out = weights.shape[0]
+    padded = torch.cat([weights.new_zeros(pad, weights.shape[1]), weights, weights.new_zeros(pad, weights.shape[1])])
+    rows = shift[:, None] + torch.arange(n_out, device=shift.device)[None, :]
+    return padded[rows]
+
+
+class Loader:
+    """Batches (x float32 [b, C, H', W'] on `device`, y int64 [b]) of a dataset.
+
+    `batch_size` is the global batch. Training (`shuffle=True`): epoch e is the permutation of
+    generator (seed, e); global batch i is perm[i*B:(i+1)*B] and rank r takes its r-th contiguous
+    share; augmentation parameters are drawn for the whole global batch, then sliced, so w ranks
+    together see exactly what one rank sees. A final partial global batch smaller than
+    `world_size` is dropped (every rank must get a sample). Evaluation (`shuffle=False`): rank r
+    takes the r-th contiguous block of the dataset, in batches of ceil(B / world_size): the ranks
+    cover every example once. Call `set_epoch` before each epoch; iterating twice gives the same batches.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, resize: int | None = None,
+                 normalize: tuple[Sequence[float], Sequence[float]] | None = None, augment: Augment | None = None,
+                 seed: int = 0, device: str | torch.device = "cpu", channels_last: bool = False,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch size must be a whole number >= 1, not {batch_size!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UsageError(f"rank {rank} of {world_size} processes: need 0 <= rank < world_size")
+        if shuffle and batch_size % world_size:
+            raise UsageError(f"the global batch {batch_size} must divide by the {world_size} processes")
+        if resize is not None and (not isinstance(resize, int) or resize < 1):
+            raise UsageError(f"resize must be a whole number of pixels >= 1, not {resize!r}")
+        augment = augment or Augment()
+        if augment.active and not shuffle:
+            raise UsageError("augmentation is for training loaders (shuffle=True); evaluation sees the images as they are")
+        channels, height, width = dataset.images.shape[1:]
+        mean, std = normalize if normalize is not None else ([0.0] * channels, [1.0] * channels)
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise UsageError(f"normalize needs {channels} means and {channels} positive stds for {dataset.name}, "
+                             f"got {list(mean)} and {list(std)}")
+
+        self.dataset, self.batch_size, self.shuffle, self.augment = dataset, batch_size, shuffle, augment
+        self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.epoch = 0
+        self.out_size = (resize, resize) if resize else (height, width)
+        self._scale = torch.tensor([1 / (255 * s) for s in std], device=self.device).view(-1, 1, 1)
+        self._shift = (torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(-1, 1, 1)
+                       if normalize is not None else None)
+        self._rows = (resize_weights(height, self.out_size[0]) if resize else torch.eye(height)).to(self.device)
+        self._cols = (resize_weights(width, self.out_size[1]) if resize else torch.eye(width)).to(self.device)
+        self._geometry = resize is not None and self.out_size != (height, width)
+        self._images, self._labels = self._place(dataset)
+        self._plan = self._make_plan(len(dataset))
+
+    def _place(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images and labels on the device once; in host memory if the device is full."""
+        try:
+            return dataset.images.to(self.device), dataset.labels.to(self.device)
+        except torch.OutOfMemoryError:
+            return dataset.images, dataset.labels
+
+    def _make_plan(self, n: int) -> list[tuple[int, int, int, int]]:
+        """Per batch of this rank: (start of its global batch in the order, global batch size,
+        start and end of this rank's share within it)."""
+        b, w, r = self.batch_size, self.world_size, self.rank
+        plan = []
+        if self.shuffle:
+            for start in range(0, n, b):
+                m = min(b, n - start)
+                if m < w or (self.drop_last and m < b):
+                    continue
+                plan.append((start, m, r * m // w, (r + 1) * m // w))
+        else:
+            lo, hi = r * n // w, (r + 1) * n // w
+            per_rank = math.ceil(b / w)
+            for start in range(lo, hi, per_rank):
+                m = min(per_rank, hi - start)
+                if self.drop_last and m < per_rank:
+                    continue
+                plan.append((start, m, 0, m))
+        return plan
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self._plan)
+
+    @property
+    def num_examples(self) -> int:
+        return sum(s1 - s0 for _, _, s0, s1 in self._plan)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = None
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch, "order"))
+            order = torch.randperm(len(self.dataset), generator=gen).to(self._images.device)
+        aug_gen = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch, "augment"))
+        for start, m, s0, s1 in self._plan:
+            params = self._draw(aug_gen, m, s0, s1) if self.augment.active else None
+            if order is None:
+                index = slice(start + s0, start + s1)
+            else:
+                index = order[start + s0:start + s1]
+            raw, y = self._images[index], self._labels[index]
+            yield self._transform(raw.to(self.device, non_blocking=True), params), y.to(self.device, non_blocking=True)
+
+    def _draw(self, gen: torch.Generator, m: int, s0: int, s1: int) -> dict:
+        """Augmentation parameters for a whole global batch of m (so every rank draws the same
+        stream), sliced to this rank's share; drawn on the CPU so any device gives the same."""
+        aug, (h, w) = self.augment, self.out_size
+        p = {}
+        if aug.crop_padding:
+            p["crop"] = torch.randint(0, 2 * aug.crop_padding + 1, (2, m), generator=gen)[:, s0:s1]
+        if aug.flip:
+            p["flip"] = (torch.rand(m, generator=gen) < 0.5)[s0:s1]
+        if aug.erasing:
+            apply = torch.rand(m, generator=gen) < aug.erasing
+            u = torch.rand(m, _ERASE_ATTEMPTS, 4, generator=gen, dtype=torch.float64)
+            area = (_ERASE_AREA[0] + u[..., 0] * (_ERASE_AREA[1] - _ERASE_AREA[0])) * h * w
+            aspect = torch.exp(math.log(_ERASE_ASPECT) * (1 - 2 * u[..., 1]))
+            bh, bw = (area * aspect).sqrt().round().long(), (area / aspect).sqrt().round().long()
+            fits = (bh < h) & (bw < w) & (bh > 0) & (bw > 0)
+            first = fits.float().argmax(dim=1, keepdim=True)  # the first attempt that fits
+            pick = lambda t: t.gather(1, first)[:, 0]  # noqa: E731
+            bh, bw = pick(bh), pick(bw)
+            top = (pick(u[..., 2]) * (h - bh + 1)).long()
+            left = (pick(u[..., 3]) * (w - bw + 1)).long()
+            apply &= fits.any(dim=1)
+            p["erase"] = torch.stack([apply.long(), top, left, bh, bw])[:, s0:s1]
+        return {k: v.to(self.device) for k, v in p.items()}
+
+    def _transform(self, raw: torch.Tensor, params: dict | None) -> torch.Tensor:
+        x = raw.float()
+        params = params or {}
+        if self._geometry or "crop" in params or "flip" in params:
+            x = self._resample(x, params)
+        x.mul_(self._scale)  # to [0, 1] and divided by std in one pass
+        if self._shift is not None:
+            x.sub_(self._shift)
+        if "erase" in params:
+            x = _erase(x, params["erase"])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _resample(self, x: torch.Tensor, params: dict) -> torch.Tensor:
+        """x -> A @ x @ B^T: resize, crop and flip as two matrix products (see the module docstring)."""
+        rows, cols = self._rows, self._cols  # [H', H], [W', W]
+        if "crop" in params:
+            pad = self.augment.crop_padding
+            rows = _shifted(rows, params["crop"][0], pad)
+            cols = _shifted(cols, params["crop"][1], pad)
+        if "flip" in params:
+            if cols.ndim == 2:
+                cols = cols.expand(len(x), *cols.shape)
+            cols = torch.where(params["flip"][:, None, None], cols.flip(1), cols)
+        per_sample = lambda t: t[:, None] if t.ndim == 3 else t  # noqa: E731  [b, 1, n, m]: shared by channels
+        rows, cols_t = per_sample(rows), per_sample(cols).transpose(-1, -2).contiguous()
+        (h_in, w_in), (h_out, w_out) = x.shape[-2:], self.out_size
+        if h_out * h_in * w_in + h_out * w_in * w_out <= h_in * w_in * w_out + h_out * h_in * w_out:
+            return torch.matmul(torch.matmul(rows, x), cols_t)
+        return torch.matmul(rows, torch.matmul(x, cols_t))
+
+
+def _erase(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    apply, top, left, bh, bw = boxes
+    h, w = x.shape[-2:]
+    ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    in_rows = (ys[None] >= top[:, None]) & (ys[None] < (top + bh)[:, None])
+    in_cols = (xs[None] >= left[:, None]) & (xs[None] < (left + bw)[:, None])
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply.bool()[:, None, None]
+    return x.masked_fill_(mask[:, None], 0.0)
