@@ -1,0 +1,2 @@
+import os
+os.environ["KMP_DUPLICATE_LIB_OK"]="TRUE"
