@@ -249,6 +249,51 @@ def _cmd_experiment_degradation(args) -> int:
 COMMANDS.append(_add_experiment)
 
 
+# --- data: list / fetch -------------------------------------------------------------------
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="list the datasets found here, or fetch one")
+    actions = p.add_subparsers(dest="data_command", metavar="ACTION")
+    actions.required = True
+    q = actions.add_parser("list", help="each dataset: where it was found and whether it verified (downloads nothing)")
+    q.add_argument("--data-dir", help="look only in this folder (as training's --data-dir does)")
+    q.add_argument("--json", action="store_true", help="print JSON on stdout")
+    q.set_defaults(func=_cmd_data_list)
+    q = actions.add_parser("fetch", help="download a dataset (when missing) and verify it")
+    q.add_argument("name", metavar="NAME", help="fashion-mnist, mnist, cifar10 or cifar100")
+    q.add_argument("--data-dir", help="download into DIR/NAME instead of the user cache")
+    q.add_argument("--json", action="store_true", help="print JSON on stdout")
+    q.set_defaults(func=_cmd_data_fetch)
+
+
+def _cmd_data_list(args) -> int:
+    from resnetlab.data import dataset_status, list_datasets
+    from resnetlab.data.datasets import format_status
+
+    statuses = [dataset_status(name, root=args.data_dir) for name in list_datasets()]
+    if args.json:
+        _print_json(statuses)
+    else:
+        print(format_status(statuses))
+    return 0
+
+
+def _cmd_data_fetch(args) -> int:
+    from resnetlab.data import fetch_dataset
+
+    result = fetch_dataset(args.name, root=args.data_dir)
+    if args.json:
+        _print_json(result)
+    else:
+        for split, s in result["splits"].items():
+            print(f"{result['name']} {split}: {s['examples']:,} examples, verified ({s['check']}), in {s['folder']}")
+    return 0
+
+
+COMMANDS.append(_add_data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from resnetlab import __version__
 

@@ -190,3 +190,20 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None, mirrors: tup
         result["splits"][split] = {"status": "ok", "check": files.check, "folder": str(files.folder),
                                    "source": files.source, "files": files.names, "examples": len(ds)}
     return result
+
+
+def format_status(statuses: list[dict]) -> str:
+    """`resnetlab data list` as a table: one row per split, then the error of each bad or missing one."""
+    rows = [("dataset", "split", "status", "check", "examples", "found in")]
+    notes = []
+    for st in statuses:
+        for split, s in st["splits"].items():
+            where = f"{s['folder']} ({s['source']})" if s["status"] == "ok" else "-"
+            rows.append((st["name"], split, s["status"], s.get("check", "-"), f"{s['examples']:,}" if "examples" in s else "-", where))
+            if s["status"] == "bad":
+                notes.append(s["error"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if any(s["status"] == "missing" for st in statuses for s in st["splits"].values()):
+        notes.append("missing: `resnetlab data fetch NAME` downloads one (Fashion-MNIST: apt-get install dataset-fashion-mnist)")
+    return "\n".join(lines + notes)

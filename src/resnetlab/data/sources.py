@@ -293,38 +293,36 @@ def _needed_downloads(spec: DatasetSpec, train: bool) -> list[Download]:
 
 
 def _download_split(spec: DatasetSpec, train: bool, target: Path, mirrors) -> list[str]:
-    """Download what the split needs into `target`; returns the errors met ([] on success)."""
-    errors: list[str] = []
+    """Download what the split needs into `target`; returns the errors met ([] on success).
+    Stops at the first file no mirror gives: the rest would fail the same way."""
     for item in _needed_downloads(spec, train):
-        if (target / item.filename).is_file():
-            continue
-        errors_here = _download(item, mirrors, target / item.filename)
-        if errors_here is not None:
-            errors += errors_here
-    return errors
+        if not (target / item.filename).is_file():
+            errors = _download(item, mirrors, target / item.filename)
+            if errors:
+                return errors
+    return []
 
 
-def _download(item: Download, mirrors, dest: Path) -> list[str] | None:
-    """Fetch one file into `dest` from the first mirror that gives the right bytes; None on
-    success, else one error per attempt."""
+def _download(item: Download, mirrors, dest: Path) -> list[str]:
+    """Fetch one file into `dest` from the first mirror that gives the right bytes; returns []
+    on success, else one error per mirror."""
     errors = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + item.filename
-        for attempt in range(DOWNLOAD_ATTEMPTS):
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             try:
                 _stream_verified(url, item.md5, dest)
-                return None
+                return []
             except _ChecksumMismatch as e:
-                errors.append(f"{url}: {e}")
-                break  # this mirror serves other bytes: retrying it will not help
+                error, retry = str(e), False  # this mirror serves other bytes: retrying will not help
             except urllib.error.HTTPError as e:
-                errors.append(f"{url}: HTTP {e.code}")
-                if e.code < 500:
-                    break
-            except (urllib.error.URLError, OSError, TimeoutError) as e:
-                errors.append(f"{url}: {getattr(e, 'reason', e)}")
-            if attempt + 1 < DOWNLOAD_ATTEMPTS:
-                time.sleep(RETRY_DELAY_S * (attempt + 1))
+                error, retry = f"HTTP {e.code}", e.code >= 500
+            except (urllib.error.URLError, OSError) as e:
+                error, retry = str(getattr(e, "reason", e)), True
+            if not retry or attempt == DOWNLOAD_ATTEMPTS:
+                errors.append(f"{url}: {error}{f' ({attempt} tries)' if attempt > 1 else ''}")
+                break
+            time.sleep(RETRY_DELAY_S * attempt)
     return errors
 
 
