@@ -33,7 +33,7 @@ def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     blobs, offset = [], 0
     for name, t in tensors.items():
         t = t.detach().to("cpu").contiguous()
-        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
         offset += len(data)

@@ -21,7 +21,7 @@ from torch import nn
 
 from resnetlab.errors import Interrupted, TrainingError
 from resnetlab.train.config import TrainConfig
-from resnetlab.train.distributed import DistInfo, all_reduce_sum
+from resnetlab.train.distributed import DistInfo, all_reduce_sum, any_rank, average_buffers, shared, sum_and_any
 
 SYNC_EVERY = 25  # steps between host reads of the running sums (progress, NaN check)
 
@@ -146,7 +146,8 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, 
             model.train()
             train_loader.set_epoch(epoch)
             skip = state.step_in_epoch  # resuming inside an epoch: replay the loader up to there
-            sums = torch.tensor(state.partial, dtype=torch.float64, device=device)
+            # state.partial holds all processes' sums (see the stop below): rank 0 carries them on
+            sums = torch.tensor(state.partial if dist.is_main else [0.0, 0.0, 0.0], dtype=torch.float64, device=device)
             started = time.perf_counter()
             for step, (x, y) in enumerate(train_loader):
                 if step < skip:
@@ -165,19 +166,23 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, 
                     sums += torch.stack([loss.detach().double() * n, (out.argmax(1) == y).sum().double(), n])
                 state.global_step += 1
                 state.step_in_epoch = step + 1
-                if stop.requested or (step + 1) % SYNC_EVERY == 0 or step + 1 == steps_per_epoch:
-                    loss_sum, correct, count = sums.tolist()
+                requested = stop.requested  # read once per step
+                # One process stops at the step Ctrl-C lands on. Several processes see it at different
+                # steps, so they stop at the next sync point, having all-reduced the flag with the sums.
+                if (requested and not dist.enabled) or (step + 1) % SYNC_EVERY == 0 or step + 1 == steps_per_epoch:
+                    (loss_sum, correct, count), stopping = sum_and_any(sums, requested, dist)
                     if not math.isfinite(loss_sum):
-                        raise TrainingError(
+                        raise shared(TrainingError(
                             f"the training loss became {loss_sum / count} at epoch {epoch + 1}, step {step + 1}; "
                             f"the last good checkpoint (epoch {state.epoch}) is kept; lower --lr or check the data"
-                        )
+                        ))
                     hooks.on_progress(step + 1, steps_per_epoch, {"loss": loss_sum / count, "acc": correct / count, "lr": lr})
-                if stop.requested and step + 1 < steps_per_epoch:
-                    state.partial = sums.tolist()
-                    state.train_seconds += time.perf_counter() - started
-                    hooks.on_interrupt(state)
-                    raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step + 1}")
+                    if stopping and step + 1 < steps_per_epoch:
+                        state.partial = [loss_sum, correct, count]
+                        state.train_seconds += time.perf_counter() - started
+                        hooks.on_interrupt(state)
+                        raise shared(Interrupted(f"interrupted at epoch {epoch + 1}, step {step + 1}"))
+            average_buffers(model, dist)  # evaluation and the saved weights see one set of BN statistics
             all_reduce_sum(sums, dist)
             epoch_seconds = time.perf_counter() - started
             state.train_seconds += epoch_seconds
@@ -197,7 +202,7 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, 
             state.history.append(row)
             state.epoch, state.step_in_epoch, state.partial = epoch + 1, 0, [0.0, 0.0, 0.0]
             hooks.on_epoch_end(state, row, is_best)
-            if stop.requested and epoch + 1 < cfg.epochs:
+            if any_rank(stop.requested, dist, device) and epoch + 1 < cfg.epochs:
                 hooks.on_interrupt(state)
-                raise Interrupted(f"interrupted after epoch {epoch + 1}")
+                raise shared(Interrupted(f"interrupted after epoch {epoch + 1}"))
     return state
