@@ -8,6 +8,7 @@ line (file, expected, found, what to do) when they disagree.
 
 from __future__ import annotations
 
+import _codecs
 import io
 import pickle
 from collections import Counter
@@ -32,12 +33,12 @@ _IDX_UBYTE = 0x08
 def read_idx(buf: np.ndarray, name: str, ndim: int) -> np.ndarray:
     """An IDX file of unsigned bytes with `ndim` dimensions, as an array viewing `buf`."""
     header = 4 + 4 * ndim
-    if buf.size < header:
-        raise _bad(name, f"an IDX header of {header} bytes", f"{buf.size} bytes (truncated)")
     magic = bytes(buf[:4])
-    if magic[:2] != b"\0\0" or magic[2] != _IDX_UBYTE or magic[3] != ndim:
+    if len(magic) == 4 and (magic[:2] != b"\0\0" or magic[2] != _IDX_UBYTE or magic[3] != ndim):
         raise _bad(name, f"IDX magic 00 00 08 {ndim:02x} (unsigned bytes, {ndim} dimensions)",
                    f"{magic.hex(' ')} (not this kind of IDX file)")
+    if buf.size < header:
+        raise _bad(name, f"an IDX header of {header} bytes", f"{buf.size} bytes (truncated)")
     dims = [int(d) for d in np.frombuffer(buf[4:header].tobytes(), dtype=">u4")]
     expected = header + int(np.prod(dims, dtype=np.int64))
     if buf.size != expected:
@@ -98,6 +99,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
         ("numpy", "ndarray"): lambda: np.ndarray,
         ("numpy", "dtype"): lambda: np.dtype,
+        ("_codecs", "encode"): lambda: _codecs.encode,  # how Python 3 pickles bytes at protocol 2: str -> bytes only
     }
 
     def find_class(self, module: str, name: str):

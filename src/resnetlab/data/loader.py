@@ -121,7 +121,7 @@ class Loader:
         self.channels_last = channels_last
         self.epoch = 0
         self.out_size = (resize, resize) if resize else (height, width)
-        self._scale = torch.tensor([1 / (255 * s) for s in std], device=self.device).view(-1, 1, 1)
+        self._divisor = torch.tensor([255 * s for s in std], device=self.device).view(-1, 1, 1)
         self._shift = (torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(-1, 1, 1)
                        if normalize is not None else None)
         self._rows = (resize_weights(height, self.out_size[0]) if resize else torch.eye(height)).to(self.device)
@@ -213,7 +213,7 @@ class Loader:
         params = params or {}
         if self._geometry or "crop" in params or "flip" in params:
             x = self._resample(x, params)
-        x.mul_(self._scale)  # to [0, 1] and divided by std in one pass
+        x.div_(self._divisor)  # to [0, 1] (exactly as ToTensor's x / 255) and divided by std, in one pass
         if self._shift is not None:
             x.sub_(self._shift)
         if "erase" in params:
