@@ -294,6 +294,44 @@ def _cmd_data_fetch(args) -> int:
 COMMANDS.append(_add_data)
 
 
+# --- bench ----------------------------------------------------------------------------------
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure resnetlab's training path against the textbook's code, in one run",
+                       description="Time training, evaluation, data loading and an estimated epoch for the "
+                                   "textbook's code and resnetlab's path (fp32 and bf16), in one process.")
+    p.add_argument("--model", default="resnet18_d2l", help="model name (default: resnet18_d2l, the notebook's net)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--resize", type=int, help="resize images to PX x PX (default: the dataset's 28 px)")
+    p.add_argument("--steps", type=int, default=3, help="batches per timed round (training, evaluation, loading)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds; the median counts")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--variants", help="comma-separated: textbook, fp32, bf16, with suffixes -nchw -nofuse "
+                                      "-noforeach -compile (default: textbook,fp32 and bf16 where it pays)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--data-dir", help="folder holding the Fashion-MNIST files")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args) -> int:
+    from resnetlab.bench import bench, format_report
+
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
+    result = bench(model=args.model, batch_size=args.batch_size, resize=args.resize, steps=args.steps,
+                   repeats=args.repeats, device=args.device, variants=variants, threads=args.threads,
+                   data_dir=args.data_dir, progress=lambda text: print(text, file=sys.stderr, flush=True))
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_report(result))
+    return 0
+
+
+COMMANDS.append(_add_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from resnetlab import __version__
 
