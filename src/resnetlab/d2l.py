@@ -380,7 +380,8 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     loss = nn.CrossEntropyLoss()
     try:
-        animator = Animator(xlabel="epoch", xlim=[1, num_epochs],
+        # d2l's x range; one epoch gets [0, 1] (d2l's [1, 1] hides every point and warns).
+        animator = Animator(xlabel="epoch", xlim=[1, num_epochs] if num_epochs > 1 else [0, 1],
                             legend=["train loss", "train acc", "test acc"])
     except UsageError as e:  # no matplotlib: train anyway, say why there is no plot
         animator = None
