@@ -110,6 +110,16 @@ def test_resize_equals_interpolate_with_antialias(size_in, size_out):
     assert x.shape == (6, 2, size_out, size_out) and torch.allclose(x, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("std", [[0.3, 0.3], [0.2, 0.4]])
+def test_resize_then_normalize(std):
+    ds = tagged(n=4, shape=(2, 10, 10))
+    mean = [0.4, 0.6]
+    x, _ = next(iter(Loader(ds, 4, shuffle=False, resize=16, normalize=(mean, std))))
+    resized = F.interpolate(ds.images.float() / 255, size=(16, 16), mode="bilinear", antialias=True)
+    expected = (resized - torch.tensor(mean).view(2, 1, 1)) / torch.tensor(std).view(2, 1, 1)
+    assert torch.allclose(x, expected, atol=1e-5)
+
+
 @needs_fashion
 @pytest.mark.parametrize("size", [96, 224, 14])
 def test_resize_is_within_one_level_of_pillow_on_fashion_mnist(size):
