@@ -157,13 +157,15 @@ def _trace(model: nn.Module, x: Tensor, count: bool = True) -> _Trace:
             handles.append(m.register_forward_pre_hook(lambda mod, i, n=name: check_stride(n, mod, i)))
 
     state = _meta_state(model)
-    weights = {id(t) for t in state.values()}
-    saved: dict[int, int] = {}  # storage -> bytes, so views and repeats count once
+    # Tensors are told apart by storage, so that views (a transposed weight) and tensors saved
+    # by several operations count once; weights and the input are not activations.
+    not_activations = {t.untyped_storage()._cdata for t in [*state.values(), x]}
+    saved: dict[int, tuple[Tensor, int]] = {}  # storage -> (a tensor keeping it alive, bytes)
 
     def pack(t: Tensor):
-        if id(t) not in weights and t is not x:
-            storage = t.untyped_storage()
-            saved[storage._cdata] = storage.nbytes()
+        storage = t.untyped_storage()
+        if storage._cdata not in not_activations:
+            saved[storage._cdata] = (t, storage.nbytes())
         return t
 
     modes = {m: m.training for m in model.modules()}
@@ -185,7 +187,7 @@ def _trace(model: nn.Module, x: Tensor, count: bool = True) -> _Trace:
             m.training = training
     return _Trace(out, shapes, undersized[0] if undersized else None,
                   counter.get_flop_counts() if count else {}, counter.get_total_flops() if count else 0,
-                  sum(saved.values()))
+                  sum(nbytes for _, nbytes in saved.values()))
 
 
 def _smallest_square_input(model: nn.Module, channels: int, start: int) -> int | None:
