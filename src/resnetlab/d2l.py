@@ -170,15 +170,13 @@ class EpochIterator:
 
 
 def _subset_size() -> int | None:
+    """SUBSET, else $RESNETLAB_D2L_SUBSET, as a positive int (None: the whole dataset)."""
     value, source = (SUBSET, "resnetlab.d2l.SUBSET") if SUBSET is not None else \
         (os.environ.get(SUBSET_ENV) or None, f"${SUBSET_ENV}")
     if value is None:
         return None
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        n = 0
-    if n < 1 or isinstance(value, bool):
+    n = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"{source} must be a positive number of examples, got {value!r}")
     return n
 
