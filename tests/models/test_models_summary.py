@@ -116,8 +116,9 @@ def test_huge_nets_are_summarized_on_the_meta_device():
     (lambda: summarize(Residual(None, 4), input_size=(3, 8, 8)), "lazy layers"),
     (lambda: summarize("resnet18", input_size=(3, 16, 16)),
      "input 3x16x16 is too small for resnet18: layer4.0.conv1 (Conv2d, stride 2) gets a 1x1 map "
-     "and cannot downsample it; use at least 17x17"),
-    (lambda: summarize("resnet20", input_size=(3, 32, 2)), "too small for resnet20"),
+     "and cannot downsample it; H and W must each be at least 17"),
+    (lambda: summarize("resnet20", input_size=(3, 32, 2)),
+     "gets a 16x1 map and cannot downsample it; H and W must each be at least 3"),
     (lambda: summarize(nn.Conv2d(3, 4, kernel_size=5), input_size=(3, 3, 3)),
      "Conv2d cannot run on input 3x3x3: "),
 ])

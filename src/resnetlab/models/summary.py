@@ -134,7 +134,7 @@ class _Trace:
     activation_bytes: int
 
 
-def _trace(model: nn.Module, x: Tensor, count: bool = True) -> _Trace:
+def _trace(model: nn.Module, x: Tensor) -> _Trace:
     """One forward pass with gradients on meta tensors, recording what a summary needs."""
     shapes: dict[str, list[int]] = {}
     undersized: list[tuple[str, str, list[int]]] = []
@@ -172,34 +172,33 @@ def _trace(model: nn.Module, x: Tensor, count: bool = True) -> _Trace:
     counter = FlopCounterMode(display=False)
     try:
         # Eval mode: batch norm then accepts a batch of one 1x1 map, and autograd keeps the same
-        # activations as in training, less the per-channel batch statistics.
+        # tensors as in training (input, per-channel mean and inverse std).
         model.eval()
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            if count:
-                with counter:
-                    out = torch.func.functional_call(model, state, (x,))
-            else:
-                out = torch.func.functional_call(model, state, (x,))
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                counter:
+            out = torch.func.functional_call(model, state, (x,))
     finally:
         for h in handles:
             h.remove()
         for m, training in modes.items():
             m.training = training
-    return _Trace(out, shapes, undersized[0] if undersized else None,
-                  counter.get_flop_counts() if count else {}, counter.get_total_flops() if count else 0,
-                  sum(nbytes for _, nbytes in saved.values()))
+    return _Trace(out, shapes, undersized[0] if undersized else None, counter.get_flop_counts(),
+                  counter.get_total_flops(), sum(nbytes for _, nbytes in saved.values()))
 
 
 def _smallest_square_input(model: nn.Module, channels: int, start: int) -> int | None:
-    """The smallest H = W at which no strided layer gets a 1-pixel map (binary search on meta)."""
+    """The smallest H = W > start at which no strided layer gets a 1-pixel map (binary search
+    on meta); None when `start` itself fits or nothing up to _LARGEST_PROBE does."""
 
     def fits(side: int) -> bool:
         try:
-            return _trace(model, torch.empty(1, channels, side, side, device="meta"),
-                          count=False).undersized is None
+            x = torch.empty(1, channels, side, side, device="meta")
+            return _trace(model, x).undersized is None
         except (RuntimeError, ValueError):
             return False
 
+    if fits(start):
+        return None
     low, high = start, start + 1  # fits(low) is False; grow high until it fits
     while not fits(high):
         low, high = high, high * 2
@@ -248,8 +247,8 @@ def summarize(model_or_name: nn.Module | str, input_size: Sequence[int] | None =
         raise UsageError(f"{label} cannot run on input {c}x{h}x{w}: {reason}") from None
     if trace.undersized is not None:
         layer, kind, spatial = trace.undersized
-        smallest = _smallest_square_input(model, c, max(h, w))
-        hint = f"; use at least {smallest}x{smallest}" if smallest else ""
+        smallest = _smallest_square_input(model, c, min(h, w))
+        hint = f"; H and W must each be at least {smallest}" if smallest else ""
         raise UsageError(f"input {c}x{h}x{w} is too small for {label}: {layer} ({kind}) "
                          f"gets a {'x'.join(map(str, spatial))} map and cannot downsample it{hint}")
 
