@@ -187,7 +187,7 @@ class PreActBlock(nn.Module):
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn2 = norm_layer(planes)
         self.conv2 = conv3x3(planes, planes)
-        self.relu = nn.ReLU(inplace=False)  # its input is also the identity shortcut
+        self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
 
