@@ -1,0 +1,154 @@
+"""`resnetlab bench`: a smoke run (no timing assertions: figures depend on the machine and its load),
+the variant names, the textbook baseline's pieces, and the command's errors."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from resnetlab.bench import Variant, format_report, parse_variant, preset_defaults
+from resnetlab.cli import main
+from resnetlab.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def smoke(capsys_module=None):
+    """One tiny run of the CI smoke command; its JSON is shared by the checks below."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["bench", "--steps", "2", "--repeats", "1", "--batch-size", "8", "--json"])
+    assert code == 0, err.getvalue()
+    return json.loads(out.getvalue()), err.getvalue()
+
+
+def test_smoke_json_is_sane(smoke):
+    result, progress = smoke
+    assert "warming up textbook" in progress  # progress goes to stderr, stdout is JSON only
+    assert result["config"]["steps"] == 2 and result["config"]["batch_size"] == 8
+    names = result["config"]["variants"]
+    assert names[:2] == ["textbook", "fp32"]
+    assert set(result["results"]) == set(names)
+    for name, res in result["results"].items():
+        for key in ("train_ex_s", "eval_ex_s", "loader_ex_s", "epoch_s"):
+            assert math.isfinite(res[key]) and res[key] > 0, (name, key, res[key])
+        assert res["epoch_s"] == pytest.approx(res["epoch_train_s"] + res["epoch_eval_s"])
+        assert len(res["rounds"]) == 1
+        assert res["peak_mib"] is None or res["peak_mib"] >= 0
+    base = result["results"]["textbook"]
+    assert set(result["ratios"]) == set(names) - {"textbook"}
+    for name, ratio in result["ratios"].items():
+        res = result["results"][name]
+        assert ratio["train"] == pytest.approx(res["train_ex_s"] / base["train_ex_s"])
+        assert ratio["epoch"] == pytest.approx(base["epoch_s"] / res["epoch_s"])
+    assert result["results"]["textbook"]["settings"]["textbook"] is True
+    assert result["results"]["fp32"]["settings"] == {
+        "textbook": False, "amp": False, "channels_last": True, "fuse": True, "foreach": True,
+        "compile": False, "eval_batch_size": 256}
+    assert result["defaults"]["d2l"] == "fp32"  # the textbook recipe stays fp32
+    assert result["machine"]["cpu"] and result["machine"]["process_peak_rss_mib"] > 0
+
+
+def test_text_report_has_every_figure_and_ratio(smoke):
+    result, _ = smoke
+    text = format_report(result)
+    for label in ("training", "evaluation", "loader", "epoch (est.)", "peak memory"):
+        assert label in text
+    assert f"({result['ratios']['fp32']['train']:.2f}x)" in text
+    assert "extrapolated to 60000 training and 10000 test examples" in text
+    assert "d2l: fp32" in text
+
+
+def test_variant_names():
+    assert parse_variant("textbook") == Variant("textbook", textbook=True, channels_last=False, fuse=False, foreach=False)
+    assert parse_variant("fp32") == Variant("fp32")
+    v = parse_variant("bf16-nchw-compile")
+    assert v.amp and not v.channels_last and v.compile and v.fuse and v.foreach
+    assert not parse_variant("fp32-noforeach-nofuse").foreach
+    for bad in ("fp16", "bf16-fast", "textbook-compile"):
+        with pytest.raises(UsageError, match="variant"):
+            parse_variant(bad)
+
+
+def test_preset_defaults_follow_presets_and_bf16_pays():
+    from resnetlab.train.trainer import bf16_pays
+
+    cpu = torch.device("cpu")
+    defaults = preset_defaults(cpu)
+    assert defaults["d2l"] == "fp32"
+    assert defaults["quick"] == ("bf16" if bf16_pays(cpu) else "fp32")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps must be a positive"),
+    (["--variants", "textbook,fp64"], "unknown bench variant 'fp64'"),
+    (["--variants", "fp32,fp32"], "each variant once"),
+    (["--model", "resnet9000"], "resnet9000"),
+    (["--steps", "300", "--batch-size", "256"], "lower one of them"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--resize", "4"], "cuda" if not torch.cuda.is_available() else "at least 8"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    code = main(["bench", "--repeats", "1", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("resnetlab: error:") and message in err[-1]
+
+
+def test_textbook_pipeline_matches_torchvision_semantics():
+    """PIL resize then ToTensor: float32 [1, r, r] in [0, 1]; at the native size exactly x / 255."""
+    from resnetlab.textbook_baseline import PILImages, pil_loader
+
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(5)
+    x, y = PILImages(images, labels)[3]
+    assert x.dtype == torch.float32 and y == 3
+    torch.testing.assert_close(x, images[3].float() / 255)
+    big, _ = PILImages(images, labels, resize=96)[0]
+    assert big.shape == (1, 96, 96) and 0 <= float(big.min()) and float(big.max()) <= 1
+    xb, yb = next(iter(pil_loader(images, labels, 4, shuffle=False, resize=32)))
+    assert xb.shape == (4, 1, 32, 32) and yb.tolist() == [0, 1, 2, 3]
+
+
+def test_notebook_net_is_resnetlabs_textbook_net():
+    """The baseline's verbatim cells and resnetlab's resnet18_d2l are the same net, key for key."""
+    from resnetlab.models import create_model
+    from resnetlab.textbook_baseline import notebook_resnet18
+
+    torch.manual_seed(0)
+    notebook = notebook_resnet18()
+    torch.manual_seed(0)
+    ours = create_model("resnet18_d2l")
+    theirs, mine = notebook.state_dict(), ours.state_dict()
+    assert list(theirs) == list(mine)
+    assert all(torch.equal(theirs[k], mine[k]) for k in theirs)
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_on_cpu(tmp_path):
+    """benchmarks/gpu.sh end to end with tiny runs on the CPU: every step succeeds and leaves its JSON."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("needs bash and coreutils' timeout")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=os.environ.get("PYTHON", "python3"))
+    proc = subprocess.run(["bash", str(script), "--dry-run", "--device", "cpu"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("\t") for line in (tmp_path / "steps.tsv").read_text().splitlines()[1:]]
+    assert [r[0] for r in rows] == ["d2l", "bench", "quick", "best"]
+    assert all(r[1] == "0" for r in rows)
+    for name in ("d2l", "quick", "best"):
+        summary = json.loads((tmp_path / f"{name}.json").read_text())
+        assert summary["preset"] == name and summary["device"] == "cpu"
+        assert (tmp_path / "runs" / name / "metrics.csv").exists()
+        assert not list((tmp_path / "runs" / name).glob("*.safetensors")), "weights are not sent back"
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert "textbook" in bench["results"] and bench["config"]["device"] == "cpu"
+    assert "torch" in (tmp_path / "env.txt").read_text()
