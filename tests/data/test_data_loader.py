@@ -148,7 +148,7 @@ def _translate(img: torch.Tensor, dy: int, dx: int, pad: int, flip: bool) -> tor
 
 @pytest.mark.parametrize("shape,pad,resize", [((1, 6, 6), 2, None), ((3, 32, 32), 4, None), ((1, 28, 28), 4, 48)])
 def test_crop_and_flip_match_a_per_image_reference(shape, pad, resize):
-    """Dense products (6 px), banded ones (CIFAR's crop), banded with a resize (crop at the output size)."""
+    """Crops without a resize (6 px; CIFAR's 32 px, pad 4) and after one (at the output size)."""
     ds = tagged(n=40, shape=shape)
     x, y = next(iter(Loader(ds, 40, shuffle=True, resize=resize, augment=Augment(crop_padding=pad, flip=True), seed=5)))
     found = []

@@ -127,7 +127,6 @@ class Loader:
         self._rows = (resize_weights(height, self.out_size[0]) if resize else torch.eye(height)).to(self.device)
         self._cols = (resize_weights(width, self.out_size[1]) if resize else torch.eye(width)).to(self.device)
         self._geometry = resize is not None and self.out_size != (height, width)
-        self._band_layout = band_layout(self._rows, augment.crop_padding)
         self._folded = len(set(std)) == 1  # one divisor serves all channels: resampling folds it into its weights
         if self._folded:
             self._rows = self._rows / (255 * std[0])
@@ -239,51 +238,12 @@ class Loader:
             if cols.ndim == 2:
                 cols = cols.expand(len(x), *cols.shape)
             cols = torch.where(params["flip"][:, None, None], cols.flip(1), cols)
-        cols_t = (cols[:, None] if cols.ndim == 3 else cols).transpose(-1, -2)  # [(b, 1,) W, W'], shared by channels
-        return _banded_rows(rows, torch.matmul(x, cols_t), self._band_layout)
-
-
-_BAND_ROWS = 24  # output rows per band in _banded_rows (28 -> 96 px: bands of 24 rows read 9 of the 28 input rows)
-
-
-def band_layout(rows: torch.Tensor, pad: int = 0) -> tuple[int, int] | None:
-    """(rows per band, input rows a band may read) for `rows` [H', H] under any crop shift of up to
-    `pad`, or None when bands would skip too little. Fixed per loader, so batches need no sync."""
-    h_out, h = rows.shape
-    band = min(range(1, h_out + 1), key=lambda d: (h_out % d != 0, abs(d - _BAND_ROWS)))  # a divisor of H'
-    variants = _shifted(rows.cpu(), torch.arange(2 * pad + 1), pad)  # every crop shift: [2p+1, H', H]
-    touched = variants.reshape(len(variants), h_out // band, band, h).ne(0).any(dim=2).to(torch.uint8)
-    first = touched.argmax(dim=2)
-    last = h - 1 - touched.flip(2).argmax(dim=2)
-    width = int((last - first).clamp(min=0).max()) + 1
-    return None if band == h_out or 2 * width > h else (band, width)
-
-
-def _banded_rows(rows: torch.Tensor, t: torch.Tensor, layout: tuple[int, int] | None) -> torch.Tensor:
-    """rows @ t along the row axis: rows [H', H] or [b, H', H], t [b, C, H, W'] -> [b, C, H', W'].
-
-    Resize (and crop) weights are banded: an output row mixes a few neighbouring input rows. So
-    the output rows are cut into bands and each band multiplies only the window of input rows it
-    touches (`layout`, from band_layout), skipping the zeros of the dense product (28 -> 96 px: a
-    third of the work; on the 2-core CPU the dense product was the loader's bottleneck)."""
-    if layout is None:
-        return torch.matmul(rows[:, None] if rows.ndim == 3 else rows, t)
-    band, width = layout
-    b, c, h, w_out = t.shape
-    per_sample = rows if rows.ndim == 3 else rows[None]  # [B, H', H], B = 1 (shared) or b
-    n, h_out, _ = per_sample.shape
-    groups = h_out // band
-    bands = per_sample.reshape(n, groups, band, h)
-    first = bands.ne(0).any(dim=2).to(torch.uint8).argmax(dim=2)  # [B, G]: first input row each band reads
-    window = first.clamp(max=h - width)[..., None] + torch.arange(width, device=t.device)  # [B, G, width]
-    weights = bands.gather(3, window[:, :, None, :].expand(n, groups, band, width))  # [B, G, band, width]
-    if n == 1:
-        inputs = t.index_select(2, window.reshape(-1))
-    else:  # each sample has its own windows: gather whole rows of t by their flat index
-        base = (torch.arange(b, device=t.device)[:, None] * c + torch.arange(c, device=t.device)[None, :]) * h
-        inputs = t.reshape(b * c * h, w_out).index_select(0, (base[:, :, None, None] + window[:, None]).reshape(-1))
-    inputs = inputs.view(b, c, groups, width, w_out)
-    return torch.matmul(weights[:, None], inputs).view(b, c, h_out, w_out)
+        rows = rows[:, None] if rows.ndim == 3 else rows  # [(b, 1,) H', H]: the same for every channel
+        cols_t = (cols[:, None] if cols.ndim == 3 else cols).transpose(-1, -2)  # [(b, 1,) W, W']
+        (h, w), (h_out, w_out) = x.shape[-2:], self.out_size
+        if h_out * h * w + h_out * w * w_out <= h * w * w_out + h_out * h * w_out:  # the cheaper order
+            return torch.matmul(torch.matmul(rows, x), cols_t)
+        return torch.matmul(rows, torch.matmul(x, cols_t))
 
 
 def _erase(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
