@@ -1,0 +1,179 @@
+"""Regenerate the CPU tables of BENCHMARKS.md (section "## Speed") from fresh measurements.
+
+    python benchmarks/cpu_tables.py                 # the two headline configurations + memory
+    python benchmarks/cpu_tables.py --ablations     # also: what each trick buys, threads, compile
+    python benchmarks/cpu_tables.py --render-only   # re-render the tables from the saved JSON
+
+Every figure comes from a `resnetlab bench --json` (or `resnetlab train`) run started here; the raw
+JSON is kept in benchmarks/results/cpu_speed.json and the tables between the markers
+`<!-- speed-tables:begin -->` and `<!-- speed-tables:end -->` of BENCHMARKS.md are replaced.
+The machine may be shared: each table records the load average before and after its run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from resnetlab.fileio import write_json, write_text  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "cpu_speed.json"
+DOC = ROOT / "BENCHMARKS.md"
+BEGIN, END = "<!-- speed-tables:begin -->", "<!-- speed-tables:end -->"
+
+# (key, title, bench flags): the issue's two targets.
+HEADLINE = [
+    ("b256_28px", "batch 256, 28 px", ["--batch-size", "256"]),
+    ("b64_96px", "batch 64, 96 px", ["--batch-size", "64", "--resize", "96", "--steps", "2"]),
+]
+# (key, title, bench flags): one trick at a time, on the cheaper 28 px configuration.
+ABLATIONS = [
+    ("tricks_28px", "each trick alone, batch 256, 28 px",
+     ["--batch-size", "256", "--variants", "textbook,fp32,fp32-nchw,fp32-noforeach,fp32-nofuse,bf16,bf16-nchw"]),
+    ("threads1_28px", "one thread, batch 256, 28 px", ["--batch-size", "256", "--threads", "1"]),
+    ("compile_28px", "torch.compile (inductor), batch 256, 28 px",
+     ["--batch-size", "256", "--variants", "textbook,fp32,fp32-compile,bf16,bf16-compile", "--repeats", "2"]),
+]
+# (key, preset, extra train flags): peak RSS of a short run of each CPU preset (the full dataset is
+# loaded; the peak comes from one training step and one evaluation batch, so one epoch of a subset shows it).
+MEMORY = [
+    ("quick", ["--epochs", "1", "--subset", "2048"]),
+    ("d2l", ["--epochs", "1", "--subset", "512"]),
+]
+
+
+def _bench(flags: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "resnetlab", "bench", *flags, "--json"]
+    print("$", "resnetlab bench", " ".join(flags), file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+    result = json.loads(proc.stdout)
+    result["command"] = "resnetlab bench " + " ".join(flags)
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+def _train_peak_rss(preset: str, flags: list[str]) -> dict:
+    """Peak RSS of a `resnetlab train` child, from wait4's resource usage."""
+    with tempfile.TemporaryDirectory() as out:
+        args = ["train", "--preset", preset, "--device", "cpu", *flags, "--out", out, "--overwrite"]
+        print("$ resnetlab", " ".join(args[:-3]), file=sys.stderr, flush=True)
+        load = os.getloadavg()[0]
+        proc = subprocess.Popen([sys.executable, "-m", "resnetlab", *args], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err = proc.stderr.read().decode()
+        if proc.returncode != 0:
+            raise SystemExit(f"train --preset {preset} failed: {err.strip().splitlines()[-1:]}")
+    return {"preset": preset, "command": "resnetlab train " + " ".join(args[:-3]),
+            "peak_rss_mib": usage.ru_maxrss / 1024, "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+_FIGURES = [("training ex/s", "train_ex_s", "train", "{:.1f}"), ("evaluation ex/s", "eval_ex_s", "eval", "{:.1f}"),
+            ("loader ex/s", "loader_ex_s", "loader", "{:,.0f}"), ("epoch s (est.)", "epoch_s", "epoch", "{:,.0f}"),
+            ("peak MiB (added)", "peak_mib", "memory", "{:,.0f}")]
+
+
+def _cell(value, fmt: str) -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def _where(r: dict) -> str:
+    m, c = r["machine"], r["config"]
+    return (f"{m['date'][:10]}, {m['cpu']} ({m['logical_cpus']} CPUs, {c['threads']} torch threads), "
+            f"torch {m['torch']}; load average {m['loadavg_1min'][0]} -> {m['loadavg_1min'][1]} "
+            f"(other processes shared the 2 cores)")
+
+
+def _variant_table(r: dict) -> list[str]:
+    names = list(r["results"])
+    head = "| figure | " + " | ".join(f"{n}" + (" | ratio" if n in r["ratios"] else "") for n in names) + " |"
+    rule = "|---|" + "".join("---:|" * (2 if n in r["ratios"] else 1) for n in names)
+    rows = [head, rule]
+    for label, key, ratio_key, fmt in _FIGURES:
+        cells = []
+        for n in names:
+            cells.append(_cell(r["results"][n][key], fmt))
+            if n in r["ratios"]:
+                ratio = r["ratios"][n][ratio_key]
+                cells.append("n/a" if ratio is None else f"**{ratio:.2f}x**" if ratio_key != "memory" else f"{ratio:.2f}x")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def render(saved: dict) -> str:
+    out = [BEGIN, "<!-- generated by benchmarks/cpu_tables.py: edit that script, not these lines -->", ""]
+    for group in ("headline", "ablations"):
+        for key, title, _ in (HEADLINE if group == "headline" else ABLATIONS):
+            r = saved.get(key)
+            if r is None:
+                continue
+            out += [f"#### {title}", "", f"`{r['command']}`: {_where(r)}; median of {r['config']['repeats']} "
+                    f"rounds of {r['config']['steps']} steps; the whole command took {r['wall_s']:.0f} s.", ""]
+            out += _variant_table(r)
+            extra = {n: res["warmup_train_s"] for n, res in r["results"].items() if res["settings"].get("compile")}
+            if extra:
+                out += ["", "First (compiling) training round: " + ", ".join(
+                    f"{n} {s:.0f} s for {r['config']['steps']} steps" for n, s in extra.items()) + "."]
+            out.append("")
+    mem = saved.get("memory")
+    if mem:
+        out += ["#### peak RSS of `resnetlab train` on the CPU", "", "| preset | command | peak RSS | target |",
+                "|---|---|---:|---:|"]
+        targets = {"quick": "2 GiB", "d2l": "4 GiB"}
+        for row in mem:
+            out.append(f"| {row['preset']} | `{row['command']}` | {row['peak_rss_mib']:,.0f} MiB | "
+                       f"{targets.get(row['preset'], '')} |")
+        out += ["", f"Measured {saved.get('memory_date', '')} as the child's maximum resident set (wait4)."]
+    out.append(END)
+    return "\n".join(out)
+
+
+def _write_doc(tables: str) -> None:
+    text = DOC.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{DOC} has no {BEGIN} ... {END} block in its ## Speed section; add the two markers")
+    start, stop = text.index(BEGIN), text.index(END) + len(END)
+    write_text(DOC, text[:start] + tables + text[stop:])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ablations", action="store_true", help="also measure each trick alone, one thread and compile")
+    p.add_argument("--only", help="comma-separated table keys to (re)measure, e.g. b64_96px,memory")
+    p.add_argument("--render-only", action="store_true", help="re-render BENCHMARKS.md from the saved JSON")
+    args = p.parse_args(argv)
+    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if not args.render_only:
+        jobs = HEADLINE + (ABLATIONS if args.ablations else [])
+        wanted = set(args.only.split(",")) if args.only else None
+        for key, _, flags in jobs:
+            if wanted is None or key in wanted:
+                saved[key] = _bench(flags)
+                write_json(RESULTS, saved)  # keep what finished if a later run fails
+        if wanted is None or "memory" in wanted:
+            saved["memory"] = [_train_peak_rss(preset, flags) for preset, flags in MEMORY]
+            saved["memory_date"] = datetime.date.today().isoformat()
+            write_json(RESULTS, saved)
+    _write_doc(render(saved))
+    print(f"updated {DOC.relative_to(ROOT)} and {RESULTS.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
