@@ -17,13 +17,11 @@ def have_matplotlib() -> bool:
     return True
 
 
-def _figure():
-    import matplotlib
+def _figure(**kwargs):
+    # A bare Figure renders to PNG without pyplot, so a notebook's backend is left alone.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def _save(fig, path: Path) -> None:
@@ -34,9 +32,9 @@ def _save(fig, path: Path) -> None:
 
 def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> None:
     """Loss and accuracy per epoch, train and test (and val), like the textbook's animated plot."""
-    plt = _figure()
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig = _figure(figsize=(9, 3.4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train loss")
     ax_acc.plot(epochs, [r["train_acc"] for r in rows], label="train acc")
     for split, style in (("val", "--"), ("test", ":")):
@@ -54,14 +52,13 @@ def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> None:
         warnings.simplefilter("ignore")
         fig.tight_layout()
     _save(fig, Path(path))
-    plt.close(fig)
 
 
 def plot_confusion(confusion, classes: list[str], path: str | Path, title: str = "") -> None:
     """Confusion matrix (rows: true class, columns: predicted), counts in the cells."""
-    plt = _figure()
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    fig = _figure(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    ax = fig.subplots()
     m = confusion.numpy() if hasattr(confusion, "numpy") else confusion
     ax.imshow(m, cmap="Blues")
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
@@ -77,7 +74,6 @@ def plot_confusion(confusion, classes: list[str], path: str | Path, title: str =
     if title:
         ax.set_title(title)
     _save(fig, Path(path))
-    plt.close(fig)
 
 
 def per_class_table(confusion, classes: list[str]) -> list[dict]:
