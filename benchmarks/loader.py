@@ -9,7 +9,7 @@ For batch 256 of Fashion-MNIST at 28 and 96 pixels it times, in the same process
 and prints the ratios against the issue's targets (loader >= 20x the model, >= 10x PIL).
 It also times loading the dataset: a first load into an empty cache, and a second one.
 
-    python benchmarks/loader.py [--sizes 28 96] [--batch 256] [--seconds 3]
+    python benchmarks/loader.py [--sizes 28 96] [--batch 256] [--seconds 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -86,6 +86,35 @@ def train_step(model, batch_source):
     return step
 
 
+def transform_costs(images: torch.Tensor, batch: int, size: int, seconds: float) -> dict[str, float]:
+    """Milliseconds per batch of the loader's matrix-product transforms against the direct ops
+    they replace: F.interpolate for the resize, zero-pad + gather for the crop."""
+    from resnetlab.data import Augment, Dataset, Loader
+
+    raw = images[:batch]
+    ds = Dataset("bench", raw, torch.zeros(batch, dtype=torch.int64), ["x"])
+    pad = 4
+    plain = Loader(ds, batch, shuffle=True, resize=size)
+    cropped = Loader(ds, batch, shuffle=True, resize=size, augment=Augment(crop_padding=pad, flip=True))
+    params = cropped._draw(torch.Generator().manual_seed(0), batch, 0, batch)
+    offsets = torch.randint(0, 2 * pad + 1, (2, batch))
+
+    def interpolate():
+        return F.interpolate(raw.float().div_(255), size=(size, size), mode="bilinear", antialias=True)
+
+    def pad_and_gather(x=interpolate()):  # the crop alone, on an already resized batch
+        padded = F.pad(x, (pad, pad, pad, pad)).flatten(2)
+        width = size + 2 * pad
+        rows = (offsets[0][:, None, None] + torch.arange(size)[None, :, None]) * width
+        index = (rows + offsets[1][:, None, None] + torch.arange(size)[None, None, :]).flatten(1)
+        return padded.gather(2, index[:, None, :].expand(-1, x.shape[1], -1)).view_as(x)
+
+    cases = {"F.interpolate resize": interpolate, "Loader resize (2 matmuls)": lambda: plain._transform(raw, None),
+             "pad+gather crop only": pad_and_gather,
+             "Loader resize+crop+flip": lambda: cropped._transform(raw, params)}
+    return {name: 1000 / timed_rate(fn, seconds / 2, 10)[0] for name, fn in cases.items()}
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -123,7 +152,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[28, 96])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement (default 3)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"load average {os.getloadavg()[0]:.1f}")
@@ -153,6 +185,12 @@ def main() -> None:
         cells = [f"{loader_rate:.1f}", f"{augmented_rate:.1f}", f"{pil_rate:.2f}", f"{model_rate:.3f} ({steps} steps)",
                  f"{loader_rate / pil_rate:.1f}x", f"{loader_rate / model_rate:.0f}x"]
         print(f"{size:>4}  " + "  ".join(f"{c:>18}" for c in cells))
+    for size in args.sizes:
+        if size != train.images.shape[-1]:
+            costs = transform_costs(train.images, args.batch, size, args.seconds)
+            print(f"\n{args.batch} images 28 -> {size} px, ms per batch: "
+                  + ", ".join(f"{name} {ms:.2f}" for name, ms in costs.items()))
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     worst_pil = min(r[1] / r[3] for r in rows)
     worst_model = min(r[1] / r[4] for r in rows)
     print(f"\ntargets: Loader >= 10x PIL: {'met' if worst_pil >= 10 else 'NOT met'} (worst {worst_pil:.1f}x); "

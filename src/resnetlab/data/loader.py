@@ -5,11 +5,11 @@ device-agnostic and shardable).
 Resize, random crop and horizontal flip are all linear maps of an image's rows and columns, so a
 batch is transformed as `A_b @ X_b @ B_b^T`: `A_b` (H' x H) holds the bilinear, antialiased resize
 weights of the rows, shifted for the crop; `B_b` (W' x W) those of the columns, shifted and
-mirrored. Two small matrix products per batch replace interpolate + pad + gather + flip; on the
-2-core CPU they take 1.3 ms for 256 images 28 -> 96 px where F.interpolate takes 2.6 ms and a
-padded gather for the crop alone 19 ms (see BENCHMARKS.md). The weights are F.interpolate's own
-(computed by resizing an identity), so the result equals F.interpolate(..., antialias=True) up
-to float rounding (with TF32 matmuls enabled on CUDA, to TF32 precision).
+mirrored. Two matrix products per batch replace interpolate + pad + gather + flip and cost less
+than that chain on the CPU (benchmarks/loader.py prints the comparison; BENCHMARKS.md). The
+weights are F.interpolate's own (found by resizing an identity), so the result equals
+F.interpolate(..., antialias=True) to float rounding (on CUDA with TF32 matmuls enabled, to TF32
+precision). A non-square image is resized to a square `resize` x `resize`.
 """
 
 from __future__ import annotations
