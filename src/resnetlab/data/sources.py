@@ -210,8 +210,11 @@ def _find_in(folder: Path, spec: DatasetSpec, train: bool) -> tuple[Layout, list
     for layout in spec.layouts:
         found, missing = [], []
         for f in spec.files(train, layout):
-            raw, packed = folder / f.path, folder / (f.path + ".gz")
-            (found.append(raw) if raw.is_file() else found.append(packed) if packed.is_file() else missing.append(f.path))
+            path = next((p for p in (folder / f.path, folder / (f.path + ".gz")) if p.is_file()), None)
+            if path is None:
+                missing.append(f.path)
+            else:
+                found.append(path)
         if not missing:
             return layout, found
         if found:
