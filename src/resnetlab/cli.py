@@ -111,24 +111,52 @@ def _add_train(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR after its last checkpoint")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout (progress goes to stderr)")
-    p.set_defaults(func=_cmd_train)
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train in N processes on this machine (starts torchrun; README: Distributed training)")
+    p.set_defaults(func=_cmd_train, train_parser=p)
 
 
 _TRAIN_FIELDS = ("model", "data", "data_dir", "epochs", "batch_size", "lr", "resize", "val_split", "device", "amp",
                  "channels_last", "compile", "sync_bn", "seed", "subset")
 
 
+def _flags_again(parser, args, skip: tuple[str, ...]) -> list[str]:
+    """The flags `args` was parsed from, less `skip`: the command line `--nproc` hands to torchrun."""
+    argv = []
+    for action in parser._actions:  # argparse keeps no public list of a parser's flags
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in skip or value is None or value == action.default:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        elif action.nargs == 0:  # store_true
+            argv.append(flag)
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 def _cmd_train(args) -> int:
     from resnetlab.train import make_config, train
+    from resnetlab.train.distributed import error_to_report, launch_local, process_rank
 
+    if args.nproc is not None and args.nproc != 1:
+        return launch_local(args.nproc, _flags_again(args.train_parser, args, skip=("nproc",)))
     overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
-    if args.resume:
-        if overrides or args.out:
-            raise UsageError(f"--resume continues a run with its saved settings; drop {', '.join('--' + k.replace('_', '-') for k in overrides) or '--out'}")
-        summary = train(resume=args.resume, json_output=args.json)
-    else:
-        summary = train(make_config(args.preset, **overrides), out=args.out, overwrite=args.overwrite, json_output=args.json)
-    if args.json:
+    try:
+        if args.resume:
+            if overrides or args.out:
+                raise UsageError(f"--resume continues a run with its saved settings; drop {', '.join('--' + k.replace('_', '-') for k in overrides) or '--out'}")
+            summary = train(resume=args.resume, json_output=args.json)
+        else:
+            summary = train(make_config(args.preset, **overrides), out=args.out, overwrite=args.overwrite, json_output=args.json)
+    except ResnetlabError as e:
+        report = error_to_report(e)  # several processes: an error they all raised is printed by rank 0 alone
+        if report is None:
+            raise SystemExit(e.exit_code) from None
+        raise report from None
+    if args.json and process_rank() == 0:
         _print_json(summary)
     return 0
 
@@ -358,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnetlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `resnetlab models | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 0
 
 
 if __name__ == "__main__":

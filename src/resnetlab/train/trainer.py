@@ -20,7 +20,8 @@ from torch import nn
 from resnetlab import __version__
 from resnetlab.errors import Interrupted, TrainingError, UsageError
 from resnetlab.train.config import TrainConfig
-from resnetlab.train.distributed import DistInfo, init_from_env, shutdown
+from resnetlab.train.distributed import (DistInfo, check_resume_world_size, check_same_setup, convert_sync_batchnorm,
+                                        describe_setup, init_from_env, local_main_first, session, shared, wrap_ddp)
 from resnetlab.train.engine import Hooks, TrainState, evaluate, fit, init_weights, make_optimizer
 from resnetlab.train.report import have_matplotlib, plot_confusion, plot_curves
 from resnetlab.train.run import RunDir, default_run_path, load_checkpoint
@@ -140,10 +141,10 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
         raise UsageError("train() needs a configuration or a run folder to resume")
 
     dist = init_from_env(torch.device("cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"))
-    try:
+    with session(dist):  # a lost peer becomes one clear error; the process group is left at the end
+        if checkpoint is not None:
+            check_resume_world_size(checkpoint.get("world_size", 1), dist, out)
         return _train(cfg, dist, out, checkpoint, overwrite, json_output, verbose, started)
-    finally:
-        shutdown(dist)
 
 
 def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose, started) -> dict:
@@ -157,7 +158,10 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
     display = Display(sys.stderr if json_output else sys.stdout, verbose and dist.is_main)
 
     info = get_dataset_info(cfg.data)
-    train_set, val_set, test_set = load_splits(cfg)
+    with local_main_first(dist):  # one download per machine, then the other processes read the cache
+        train_set, val_set, test_set = load_splits(cfg)
+    check_same_setup(dist, describe_setup(cfg.to_dict(), {"train": train_set, "val": val_set, "test": test_set},
+                                          device=device.type, amp=amp, channels_last=channels_last))
     classes = train_set.classes
     in_chans = train_set.images.shape[1]
     input_hw = (cfg.resize, cfg.resize) if cfg.resize else tuple(train_set.images.shape[2:])
@@ -165,7 +169,7 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
 
     model = build_model(cfg, in_chans, len(classes))
     if cfg.sync_bn and dist.enabled:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model, device)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -178,7 +182,7 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
         torch.set_rng_state(checkpoint["rng"]["torch"])
     raw_model = model  # what we save: never the DDP or compiled wrapper
     if dist.enabled:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = wrap_ddp(model, device)
     if cfg.compile:
         model = torch.compile(model)
 
@@ -217,7 +221,7 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
     def save_checkpoint(st: TrainState) -> None:
         run.save_checkpoint({
             "config": cfg.to_dict(), "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "state": vars(st).copy(), "rng": {"torch": torch.get_rng_state()},
+            "state": vars(st).copy(), "rng": {"torch": torch.get_rng_state()}, "world_size": dist.world_size,
         })
 
     epoch_started = [time.perf_counter()]
@@ -236,14 +240,15 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
 
     def on_interrupt(st: TrainState) -> None:
         save_checkpoint(st)
-        display.say(f"checkpoint saved; resume with: resnetlab train --resume {run.path}")
+        display.say(f"checkpoint saved; resume with: resnetlab train{f' --nproc {dist.world_size}' if dist.enabled else ''} --resume {run.path}")
 
     try:
         fit(model, train_loader, cfg, device, optimizer=optimizer, state=state, val_loader=val_loader,
             test_loader=test_loader, amp=amp, dist=dist,
             hooks=Hooks(on_progress=on_progress, on_epoch_end=on_epoch_end, on_interrupt=on_interrupt))
     except Interrupted as e:
-        raise Interrupted(f"{e}; checkpoint saved; resume with: resnetlab train --resume {run.path}") from None
+        resume_cmd = "resnetlab train" + (f" --nproc {dist.world_size}" if dist.enabled else "")
+        raise shared(Interrupted(f"{e}; checkpoint saved; resume with: {resume_cmd} --resume {run.path}")) from None
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(f"CUDA ran out of memory at batch {cfg.batch_size}; try a smaller --batch-size") from None
 
