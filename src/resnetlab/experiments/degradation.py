@@ -60,12 +60,17 @@ class Net:
 
 
 def registered_depths() -> list[int]:
-    """Depths with both a `plain{d}` and a `resnet{d}` in the model registry."""
-    from resnetlab.models import list_models
+    """Depths with both a `plain{d}` and a `resnet{d}` in the model registry that take a `width`
+    (the CIFAR-style nets; plain18/34 are ImageNet-style and have no single width)."""
+    import inspect
 
-    plain = {name[len("plain"):] for name in list_models("plain*")}
-    residual = {name[len("resnet"):] for name in list_models("resnet*")}
-    return sorted(int(d) for d in plain & residual if d.isdigit())
+    from resnetlab.models import get_model_info, list_models
+
+    def depths(prefix: str) -> set[str]:
+        return {name[len(prefix):] for name in list_models(prefix + "*")
+                if "width" in inspect.signature(get_model_info(name).builder).parameters}
+
+    return sorted(int(d) for d in depths("plain") & depths("resnet") if d.isdigit())
 
 
 def check_depths(depths) -> tuple[int, int]:
@@ -236,19 +241,16 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 # --- figures (matplotlib is an optional extra; callers check have_matplotlib first) -----------
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    # A bare Figure renders to PNG without pyplot, so a notebook's backend is left alone.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
-def _save_png(plt, fig, path: Path) -> None:
+def _save_png(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     write_bytes(path, buf.getvalue())
 
 
@@ -260,9 +262,9 @@ def _style(net: str, depths: list[int], depth: int, residual: bool) -> dict:
 
 def plot_degradation(rows: list[dict], path: str | Path, title: str = "") -> None:
     """Training error (left) and test error (right) in percent against epoch, one line per net."""
-    plt = _pyplot()
     depths = sorted({r["depth"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    fig = _figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2, sharex=True)
     for net in dict.fromkeys(r["net"] for r in rows):
         mine = [r for r in rows if r["net"] == net]
         style = _style(net, depths, mine[0]["depth"], mine[0]["residual"])
@@ -275,13 +277,13 @@ def plot_degradation(rows: list[dict], path: str | Path, title: str = "") -> Non
         ax.legend()
     fig.suptitle(f"plain (dashed) vs residual (solid): {title}")
     fig.tight_layout()
-    _save_png(plt, fig, Path(path))
+    _save_png(fig, Path(path))
 
 
 def plot_gradients(norms: dict[str, list[tuple[str, float]]], path: str | Path, title: str = "") -> None:
     """Gradient norm per layer (log scale), input layer first, one line per net."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig = _figure(figsize=(7, 3.8))
+    ax = fig.subplots()
     for net, layers in norms.items():
         residual = net.startswith("resnet")
         ax.plot(range(1, len(layers) + 1), [n for _, n in layers], marker=".", linestyle="-" if residual else "--",
@@ -293,4 +295,4 @@ def plot_gradients(norms: dict[str, list[tuple[str, float]]], path: str | Path, 
     ax.legend()
     ax.set_title(f"per-layer gradient norm {title}")
     fig.tight_layout()
-    _save_png(plt, fig, Path(path))
+    _save_png(fig, Path(path))
