@@ -33,7 +33,7 @@ def test_smoke_json_is_sane(smoke):
     assert names[:2] == ["textbook", "fp32"]
     assert set(result["results"]) == set(names)
     for name, res in result["results"].items():
-        for key in ("train_ex_s", "eval_ex_s", "loader_ex_s", "epoch_s"):
+        for key in ("train_ex_s", "train_ex_cpu_s", "eval_ex_s", "eval_ex_cpu_s", "loader_ex_s", "epoch_s"):
             assert math.isfinite(res[key]) and res[key] > 0, (name, key, res[key])
         assert res["epoch_s"] == pytest.approx(res["epoch_train_s"] + res["epoch_eval_s"])
         assert len(res["rounds"]) == 1

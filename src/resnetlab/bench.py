@@ -99,20 +99,23 @@ def _sync(device: torch.device) -> None:
 
 
 class _Clock:
-    """Wall-clock seconds of a block, with the device drained at both ends."""
+    """Wall-clock seconds of a block, with the device drained at both ends, and the CPU seconds
+    the process spent in it (all threads): on a shared machine the wall clock also counts the time
+    other processes held the cores, the CPU time does not."""
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.seconds = 0.0
+        self.seconds = self.cpu_seconds = 0.0
 
     def __enter__(self):
         _sync(self.device)
-        self.start = time.perf_counter()
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
         _sync(self.device)
         self.seconds = time.perf_counter() - self.start
+        self.cpu_seconds = time.process_time() - self.cpu_start
 
 
 def _rss_mib() -> float:
@@ -314,13 +317,13 @@ def _round(runner, device: torch.device) -> dict:
     out = {}
     with _Clock(device) as c:
         runner.train(runner.train_batches)
-    out["train_s"] = c.seconds
+    out["train_s"], out["train_cpu_s"] = c.seconds, c.cpu_seconds
     with _Clock(device) as c:
         runner.prepare_eval()
     out["eval_setup_s"] = c.seconds
     with _Clock(device) as c:
         runner.evaluate(runner.eval_batches)
-    out["eval_s"] = c.seconds
+    out["eval_s"], out["eval_cpu_s"] = c.seconds, c.cpu_seconds
     with _Clock(device) as c:
         out["loader_n"] = runner.load(steps)
     out["loader_s"] = c.seconds
@@ -344,6 +347,8 @@ def _summarize(rounds: list[dict], runner, num_train: int, num_test: int) -> dic
     return {
         "train_ex_s": n_train / med["train_s"],
         "eval_ex_s": n_eval / med["eval_s"],
+        "train_ex_cpu_s": n_train / med["train_cpu_s"],  # examples per CPU-second (all threads)
+        "eval_ex_cpu_s": n_eval / med["eval_cpu_s"],
         "loader_ex_s": med["loader_n"] / med["loader_s"],
         "eval_setup_s": med["eval_setup_s"],
         "epoch_s": num_train / e2e_train_rate + med["eval_setup_s"] + num_test / e2e_eval_rate,
@@ -419,10 +424,11 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
             runners[v.name], peaks[v.name] = runner, peak.mib
             first_round[v.name]["total_s"] = c.seconds
         rounds = {name: [] for name in runners}
+        order = list(runners)
         for r in range(repeats):
-            for name, runner in runners.items():
+            for name in order[r % len(order):] + order[:r % len(order)]:  # each round starts elsewhere
                 say(f"round {r + 1}/{repeats}: {name}")
-                rounds[name].append(_round(runner, dev))
+                rounds[name].append(_round(runners[name], dev))
         results = {}
         for name, runner in runners.items():
             res = _summarize(rounds[name], runner, len(datasets["train"]), len(datasets["test"]))
@@ -446,6 +452,8 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
             ratios[name] = {
                 "train": res["train_ex_s"] / base["train_ex_s"],
                 "eval": res["eval_ex_s"] / base["eval_ex_s"],
+                "train_cpu": res["train_ex_cpu_s"] / base["train_ex_cpu_s"],
+                "eval_cpu": res["eval_ex_cpu_s"] / base["eval_ex_cpu_s"],
                 "loader": res["loader_ex_s"] / base["loader_ex_s"],
                 "epoch": base["epoch_s"] / res["epoch_s"],  # a speed-up: above 1 is faster
                 "memory": (res["peak_mib"] / base["peak_mib"]
@@ -461,14 +469,18 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
         "results": results,
         "ratios": ratios,
         "defaults": preset_defaults(dev),
-        "notes": [
-            "figures: median of the timed rounds after one warm-up round; each round runs every variant in turn",
-            f"epoch_s: loader + training over {steps} batches and loader + evaluation over {steps} batches, "
-            f"extrapolated to {len(datasets['train'])} training and {len(datasets['test'])} test examples "
-            f"(plus one eval_setup_s: batch-norm folding, and compiling for -compile variants)",
-            "peak_mib: memory the variant's warm-up round added (resident set on a CPU, max allocated on CUDA)",
-            "the textbook loop reads its metrics on the host every step, as d2l's train_ch6 does; its plot is left out",
-        ],
+        "notes": {
+            "figures": "median of the timed rounds after one warm-up round; each round runs every variant in turn, "
+                       "starting with a different one each round",
+            "per_cpu_second": "*_ex_cpu_s: examples per CPU-second of this process (all threads); steadier than "
+                              "wall-clock figures when other processes share the cores",
+            "epoch_s": f"loader + training over {steps} batches and loader + evaluation over {steps} batches, "
+                       f"extrapolated to {len(datasets['train'])} training and {len(datasets['test'])} test examples "
+                       f"(plus one eval_setup_s: batch-norm folding, and compiling for -compile variants)",
+            "peak_mib": "memory the variant's warm-up round added (resident set on a CPU, max allocated on CUDA)",
+            "textbook": "the textbook loop reads its metrics on the host every step, as d2l's train_ch6 does; "
+                        "its plot is left out",
+        },
     }
 
 
@@ -476,7 +488,9 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
 
 _ROWS = (  # (label, result key, ratio key, format)
     ("training   ex/s", "train_ex_s", "train", "{:.1f}"),
+    ("  per CPU-second", "train_ex_cpu_s", "train_cpu", "{:.1f}"),
     ("evaluation ex/s", "eval_ex_s", "eval", "{:.1f}"),
+    ("  per CPU-second", "eval_ex_cpu_s", "eval_cpu", "{:.1f}"),
     ("loader     ex/s", "loader_ex_s", "loader", "{:.0f}"),
     ("epoch (est.)  s", "epoch_s", "epoch", "{:.1f}"),
     ("peak memory MiB", "peak_mib", "memory", "{:.0f}"),
@@ -505,7 +519,7 @@ def format_report(result: dict) -> str:
             cells.append(f"{text:>{width}}")
         lines.append(f"{label:17}" + "".join(cells))
     lines.append("ratios are resnetlab / textbook (epoch: textbook time / resnetlab time; memory: below 1 is leaner)")
-    lines.append(f"epoch: {result['notes'][1].split(': ', 1)[1]}")
+    lines.append(f"epoch: {result['notes']['epoch_s']}")
     defaults = ", ".join(f"{preset}: {variant}" for preset, variant in result["defaults"].items())
     lines.append(f"resnetlab's default per preset on this device: {defaults}")
     return "\n".join(lines)
