@@ -79,7 +79,7 @@ if [ "$dry" = 1 ]; then
   d2l_args=(--subset 128 --epochs 1 --batch-size 32 --resize 16)
   bench_args=(--steps 1 --repeats 1 --batch-size 8)
   bench_sizes=("")
-  quick_args=(--subset 128 --epochs 1)
+  quick_args=(--subset 128 --epochs 1 --val-split 32)  # presets may hold out thousands
   best_args=(--subset 128 --epochs 1 --val-split 32)
 else
   d2l_args=()

@@ -13,15 +13,18 @@ from resnetlab.errors import UsageError
 
 
 @pytest.fixture(scope="module")
-def smoke(capsys_module=None):
+def smoke():
     """One tiny run of the CI smoke command; its JSON is shared by the checks below."""
     import contextlib
     import io
 
     out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["bench", "--steps", "2", "--repeats", "1", "--batch-size", "8", "--json"])
+        # --threads 1: restored afterwards; on a shared 2-core machine one thread is far steadier
+        code = main(["bench", "--steps", "2", "--repeats", "1", "--batch-size", "8", "--threads", "1", "--json"])
     assert code == 0, err.getvalue()
+    assert torch.get_num_threads() == threads, "bench restores the thread count"
     return json.loads(out.getvalue()), err.getvalue()
 
 
@@ -137,7 +140,8 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     if shutil.which("bash") is None or shutil.which("timeout") is None:
         pytest.skip("needs bash and coreutils' timeout")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
-    env = dict(os.environ, OUT=str(tmp_path), PYTHON=os.environ.get("PYTHON", "python3"))
+    # One thread per child: the runs are tiny, and on a shared 2-core machine two threads stall.
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=os.environ.get("PYTHON", "python3"), OMP_NUM_THREADS="1")
     proc = subprocess.run(["bash", str(script), "--dry-run", "--device", "cpu"], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
