@@ -212,13 +212,13 @@ class Loader:
         return {k: v.to(self.device) for k, v in p.items()}
 
     def _transform(self, raw: torch.Tensor, params: dict | None) -> torch.Tensor:
-        x = raw.float()
         params = params or {}
-        resample = self._geometry or "crop" in params or "flip" in params
-        if resample:
-            x = self._resample(x, params)
-        if not (resample and self._folded):
-            x.div_(self._divisor)  # to [0, 1] (exactly as ToTensor's x / 255) and divided by std, in one pass
+        if self._geometry or "crop" in params or "flip" in params:
+            x = self._resample(raw.float(), params)
+            if not self._folded:
+                x.div_(self._divisor)
+        else:
+            x = raw / self._divisor  # uint8 -> float32 in [0, 1] (exactly ToTensor's x / 255), / std: one pass
         if self._shift is not None:
             x.sub_(self._shift)
         if "erase" in params:
