@@ -237,7 +237,7 @@ def _add_experiment(sub) -> None:
     q = experiments.add_parser(
         "degradation", help="plain vs residual nets at two depths (He et al. 2016, figs. 1 and 6)",
         description="Train plain{d} and resnet{d} at two depths with one recipe (no augmentation, SGD at a high "
-                    "constant rate); write each run folder, degradation.csv, degradation.png and gradients.png "
+                    "peak rate, one-cycle schedule); write each run folder, degradation.csv, degradation.png and gradients.png "
                     "under --out, and print the final errors.")
     q.add_argument("--data", default=D["data"], help=f"dataset (default {D['data']})")
     q.add_argument("--data-dir", help="folder holding the dataset files")
@@ -247,7 +247,7 @@ def _add_experiment(sub) -> None:
     q.add_argument("--width", type=int, default=D["width"], help=f"channels of the first stage (default {D['width']}; the paper: 16)")
     q.add_argument("--subset", type=int, default=D["subset"],
                    help=f"train (and test) on a seeded subset of N examples (default {D['subset']}; 0: all)")
-    q.add_argument("--lr", type=float, default=D["lr"], help=f"constant learning rate (default {D['lr']})")
+    q.add_argument("--lr", type=float, default=D["lr"], help=f"peak learning rate: warm-up, then linear decay to 0 (default {D['lr']})")
     q.add_argument("--seed", type=int, default=D["seed"], help=f"(default {D['seed']})")
     q.add_argument("--device", default="auto")
     q.add_argument("--out", help="experiment folder (default: runs/<date-time>-degradation/)")
