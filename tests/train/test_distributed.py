@@ -217,6 +217,19 @@ def test_every_rank_ends_with_the_same_weights(runs):
 
 @pytest.mark.slow
 @processes
+def test_without_sync_bn_the_ranks_still_end_with_the_same_weights(tmp_path):
+    """Per-process batch-norm statistics differ between ranks while training; the end of each
+    epoch averages them, so evaluation and the saved weights are the same on every rank."""
+    flags = [f for f in RUN_FLAGS if f != "--sync-bn"]
+    flags[flags.index("--epochs") + 1] = "1"
+    done = _torchrun(["train", *flags, "--out", str(tmp_path / "run")], _env(RESNETLAB_TEST_DUMP_DIR=str(tmp_path)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+
+
+@pytest.mark.slow
+@processes
 def test_two_processes_train_like_one_with_the_same_global_batch(runs):
     """With --sync-bn, 2 processes x 32 examples compute what 1 process x 64 does (8 steps, with
     crop+flip augmentation drawn per global batch, BN statistics, evaluation)."""
