@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from resnetlab.errors import ResnetlabError, TrainingError, UsageError
+from resnetlab.errors import Interrupted, ResnetlabError, TrainingError, UsageError
 
 TIMEOUT_ENV = "RESNETLAB_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300  # longer than any step or evaluation we expect, short enough not to feel like a hang
@@ -72,8 +72,10 @@ def collective_timeout() -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def _env_int(name: str) -> int:
+def _env_int(name: str, default: int | None = None) -> int:
     raw = os.environ.get(name)
+    if raw is None and default is not None:
+        return default
     if raw is None:
         raise UsageError(f"WORLD_SIZE is set but {name} is not; start the processes with torchrun "
                          f"(or `resnetlab train --nproc N`), which sets RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT")
@@ -91,12 +93,10 @@ def init_from_env(device: torch.device) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1") or "1")
     if world <= 1:
         return DistInfo()
-    info = DistInfo(_env_int("RANK"), world, int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo(_env_int("RANK"), world, _env_int("LOCAL_RANK", 0))
     if device.type == "cuda" and info.local_rank >= torch.cuda.device_count():
         raise UsageError(f"process {info.rank} (LOCAL_RANK {info.local_rank}) has no GPU: this machine shows "
                          f"{torch.cuda.device_count()}; start at most that many processes per machine")
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"multi-process training runs on CPUs (gloo) or CUDA GPUs (nccl), not {device.type}; use --device cpu or cuda")
     if not dist.is_initialized():
         timeout = collective_timeout()
         try:
@@ -229,10 +229,16 @@ def average_buffers(model: nn.Module, info: DistInfo) -> None:
             dist.broadcast(buf, src=0)
 
 
-def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+def wrap_ddp(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Module:
     """DistributedDataParallel without its per-forward buffer broadcast: `average_buffers` syncs
     them once per epoch, and evaluation (where ranks may run different numbers of batches)
     then has no collective inside the forward pass."""
+    if device.type not in ("cpu", "cuda"):
+        raise shared(UsageError(f"multi-process training runs on CPUs (Gloo) or CUDA GPUs (NCCL), not on "
+                                f"{device.type}; pass --device cpu"))
+    if device.type == "cuda" and device.index != info.local_rank:
+        raise shared(UsageError(f"--device {device} would put every process on one GPU; pass --device cuda "
+                                f"(each process takes the GPU numbered by its LOCAL_RANK)"))
     kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
     params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
     # torch 2.13 renamed broadcast_buffers; the new flag still syncs at construction, which we want
@@ -409,7 +415,6 @@ def check_resume_world_size(saved: int, info: DistInfo, run) -> None:
 def torchrun_command(nproc: int, train_argv: list[str]) -> list[str]:
     """The torchrun command line that runs `resnetlab train <train_argv>` in `nproc` processes here."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            f"--shutdown-timeout={os.environ.get('TORCH_ELASTIC_SHUTDOWN_TIMEOUT', SHUTDOWN_TIMEOUT_S)}",
             "-m", "resnetlab", "train", *train_argv]
 
 
@@ -422,11 +427,15 @@ def launch_local(nproc: int, train_argv: list[str]) -> int:
     env = dict(os.environ)
     # torchrun would set 1 thread per process (with a warning); share this machine's cores instead
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
     # Ctrl-C reaches torchrun too (same terminal); it forwards it to the processes, which stop
-    # together and save a checkpoint. This process just waits for the outcome.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # together and save a checkpoint. This process only notes it and waits for the outcome.
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
         status = subprocess.call(torchrun_command(nproc, train_argv), env=env)
     finally:
         signal.signal(signal.SIGINT, previous)
+    if interrupted and status != 0:
+        return Interrupted.exit_code  # torchrun itself exits 1 after passing Ctrl-C on
     return status if status >= 0 else 128 - status  # killed by signal N: the shell's 128 + N

@@ -182,7 +182,7 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
         torch.set_rng_state(checkpoint["rng"]["torch"])
     raw_model = model  # what we save: never the DDP or compiled wrapper
     if dist.enabled:
-        model = wrap_ddp(model, device)
+        model = wrap_ddp(model, device, dist)
     if cfg.compile:
         model = torch.compile(model)
 
