@@ -36,9 +36,11 @@ def test_smoke_json_is_sane(smoke):
     assert names[:2] == ["textbook", "fp32"]
     assert set(result["results"]) == set(names)
     for name, res in result["results"].items():
-        for key in ("train_ex_s", "train_ex_cpu_s", "eval_ex_s", "eval_ex_cpu_s", "loader_ex_s", "epoch_s"):
+        for key in ("train_ex_s", "eval_ex_s", "loader_ex_s", "epoch_s", "train_ex_cpu_s", "eval_ex_cpu_s",
+                    "loader_ex_cpu_s", "epoch_cpu_s"):
             assert math.isfinite(res[key]) and res[key] > 0, (name, key, res[key])
         assert res["epoch_s"] == pytest.approx(res["epoch_train_s"] + res["epoch_eval_s"])
+        assert res["epoch_cpu_s"] == pytest.approx(res["epoch_train_cpu_s"] + res["epoch_eval_cpu_s"])
         assert len(res["rounds"]) == 1
         assert res["peak_mib"] is None or res["peak_mib"] >= 0
     base = result["results"]["textbook"]
@@ -47,6 +49,7 @@ def test_smoke_json_is_sane(smoke):
         res = result["results"][name]
         assert ratio["train"] == pytest.approx(res["train_ex_s"] / base["train_ex_s"])
         assert ratio["epoch"] == pytest.approx(base["epoch_s"] / res["epoch_s"])
+        assert ratio["eval_cpu"] == pytest.approx(res["eval_ex_cpu_s"] / base["eval_ex_cpu_s"])
     assert result["results"]["textbook"]["settings"]["textbook"] is True
     assert result["results"]["fp32"]["settings"] == {
         "textbook": False, "amp": False, "channels_last": True, "fuse": True, "foreach": True,

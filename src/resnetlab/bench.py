@@ -230,12 +230,9 @@ class TextbookRunner:
     def evaluate(self, batches) -> None:
         self.tb.evaluate_accuracy_gpu(self.net, batches, self.device)
 
-    def load(self, steps: int) -> int:
-        n = 0
+    def load(self, steps: int) -> None:
         for x, y in itertools.islice(self.train_loader, steps):
             x, y = x.to(self.device), y.to(self.device)
-            n += len(y)
-        return n
 
     def train_from_loader(self, steps: int) -> None:
         self.train(itertools.islice(self.train_loader, steps))
@@ -295,11 +292,9 @@ class ResnetlabRunner:
 
         evaluate(self.eval_model, batches, self.device, amp=self.variant.amp)
 
-    def load(self, steps: int) -> int:
-        n = 0
-        for x, y in itertools.islice(self.train_loader, steps):
-            n += len(y)
-        return n
+    def load(self, steps: int) -> None:
+        for _ in itertools.islice(self.train_loader, steps):
+            pass
 
     def train_from_loader(self, steps: int) -> None:
         from resnetlab.train.engine import TrainState, fit
@@ -312,50 +307,45 @@ class ResnetlabRunner:
 
 
 def _round(runner, device: torch.device) -> dict:
-    """One timed round of everything a variant does; seconds and example counts."""
+    """One timed round of everything a variant does: wall and CPU seconds of each part."""
     steps = runner.steps
+    parts = {
+        "train": lambda: runner.train(runner.train_batches),
+        "eval_setup": runner.prepare_eval,
+        "eval": lambda: runner.evaluate(runner.eval_batches),
+        "loader": lambda: runner.load(steps),
+        # End to end: batches straight from the loaders, as an epoch sees them.
+        "e2e_train": lambda: runner.train_from_loader(steps),
+        "e2e_eval": lambda: (runner.prepare_eval(), runner.evaluate_from_loader(steps)),
+    }
     out = {}
-    with _Clock(device) as c:
-        runner.train(runner.train_batches)
-    out["train_s"], out["train_cpu_s"] = c.seconds, c.cpu_seconds
-    with _Clock(device) as c:
-        runner.prepare_eval()
-    out["eval_setup_s"] = c.seconds
-    with _Clock(device) as c:
-        runner.evaluate(runner.eval_batches)
-    out["eval_s"], out["eval_cpu_s"] = c.seconds, c.cpu_seconds
-    with _Clock(device) as c:
-        out["loader_n"] = runner.load(steps)
-    out["loader_s"] = c.seconds
-    # End to end: batches straight from the loaders, as an epoch sees them.
-    with _Clock(device) as c:
-        runner.train_from_loader(steps)
-    out["e2e_train_s"] = c.seconds
-    with _Clock(device) as c:
-        runner.prepare_eval()
-        runner.evaluate_from_loader(steps)
-    out["e2e_eval_s"] = c.seconds
+    for name, part in parts.items():
+        with _Clock(device) as c:
+            part()
+        out[f"{name}_s"], out[f"{name}_cpu_s"] = c.seconds, c.cpu_seconds
     return out
 
 
-def _summarize(rounds: list[dict], runner, num_train: int, num_test: int) -> dict:
+def _figures(med: dict, clock: str, n_train: int, n_eval: int, n_loader: int, num_train: int, num_test: int) -> dict:
+    """Throughputs and the extrapolated epoch from median seconds; clock is "" (wall) or "_cpu"."""
+    t = {k: med[f"{k}{clock}_s"] for k in ("train", "eval_setup", "eval", "loader", "e2e_train", "e2e_eval")}
+    # The end-to-end evaluation includes one eval_setup (folding) per evaluation: counted once.
+    e2e_eval_rate = n_eval / max(t["e2e_eval"] - t["eval_setup"], 1e-9)
+    epoch_train, epoch_eval = num_train * t["e2e_train"] / n_train, t["eval_setup"] + num_test / e2e_eval_rate
+    return {f"train_ex{clock}_s": n_train / t["train"], f"eval_ex{clock}_s": n_eval / t["eval"],
+            f"loader_ex{clock}_s": n_loader / t["loader"], f"epoch{clock}_s": epoch_train + epoch_eval,
+            f"epoch_train{clock}_s": epoch_train, f"epoch_eval{clock}_s": epoch_eval}
+
+
+def _summarize(rounds: list[dict], runner, num_train: int, num_test: int, device: torch.device) -> dict:
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    n_train, n_eval = _count(runner.train_batches), _count(runner.eval_batches)
-    e2e_train_rate = n_train / med["e2e_train_s"]
-    # The end-to-end evaluation includes one eval_setup (folding) per evaluation: keep it whole.
-    e2e_eval_rate = n_eval / max(med["e2e_eval_s"] - med["eval_setup_s"], 1e-9)
-    return {
-        "train_ex_s": n_train / med["train_s"],
-        "eval_ex_s": n_eval / med["eval_s"],
-        "train_ex_cpu_s": n_train / med["train_cpu_s"],  # examples per CPU-second (all threads)
-        "eval_ex_cpu_s": n_eval / med["eval_cpu_s"],
-        "loader_ex_s": med["loader_n"] / med["loader_s"],
-        "eval_setup_s": med["eval_setup_s"],
-        "epoch_s": num_train / e2e_train_rate + med["eval_setup_s"] + num_test / e2e_eval_rate,
-        "epoch_train_s": num_train / e2e_train_rate,
-        "epoch_eval_s": med["eval_setup_s"] + num_test / e2e_eval_rate,
-        "rounds": rounds,
-    }
+    n_train = _count(runner.train_batches)  # also what the loader and the end-to-end pass yield: full batches
+    counts = (n_train, _count(runner.eval_batches), n_train)
+    res = _figures(med, "", *counts, num_train, num_test)
+    # CPU-seconds mean nothing for a GPU's work, which runs beside the host thread.
+    res.update(_figures(med, "_cpu", *counts, num_train, num_test) if device.type == "cpu" else {})
+    res.update(eval_setup_s=med["eval_setup_s"], rounds=rounds)
+    return res
 
 
 def _machine(device: torch.device) -> dict:
@@ -431,7 +421,7 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
                 rounds[name].append(_round(runners[name], dev))
         results = {}
         for name, runner in runners.items():
-            res = _summarize(rounds[name], runner, len(datasets["train"]), len(datasets["test"]))
+            res = _summarize(rounds[name], runner, len(datasets["train"]), len(datasets["test"]), dev)
             res["peak_mib"] = peaks[name]
             res["warmup_train_s"] = first_round[name]["train_s"]  # includes compiling, for -compile
             res["warmup_eval_setup_s"] = first_round[name]["eval_setup_s"]
@@ -449,16 +439,15 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
         for name, res in results.items():
             if name == "textbook":
                 continue
-            ratios[name] = {
-                "train": res["train_ex_s"] / base["train_ex_s"],
-                "eval": res["eval_ex_s"] / base["eval_ex_s"],
-                "train_cpu": res["train_ex_cpu_s"] / base["train_ex_cpu_s"],
-                "eval_cpu": res["eval_ex_cpu_s"] / base["eval_ex_cpu_s"],
-                "loader": res["loader_ex_s"] / base["loader_ex_s"],
-                "epoch": base["epoch_s"] / res["epoch_s"],  # a speed-up: above 1 is faster
-                "memory": (res["peak_mib"] / base["peak_mib"]
-                           if res["peak_mib"] and base["peak_mib"] else None),  # below 1 is leaner
-            }
+            ratios[name] = {}
+            for clock in ("", "_cpu"):
+                if f"train_ex{clock}_s" not in res:
+                    continue
+                for figure in ("train", "eval", "loader"):
+                    ratios[name][figure + clock] = res[f"{figure}_ex{clock}_s"] / base[f"{figure}_ex{clock}_s"]
+                ratios[name]["epoch" + clock] = base[f"epoch{clock}_s"] / res[f"epoch{clock}_s"]  # a speed-up
+            ratios[name]["memory"] = (res["peak_mib"] / base["peak_mib"]
+                                      if res["peak_mib"] and base["peak_mib"] else None)  # below 1 is leaner
     input_hw = resize or datasets["train"].images.shape[-1]
     return {
         "config": {"model": model, "data": data, "batch_size": batch_size, "resize": resize, "input_px": input_hw,
@@ -472,8 +461,8 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
         "notes": {
             "figures": "median of the timed rounds after one warm-up round; each round runs every variant in turn, "
                        "starting with a different one each round",
-            "per_cpu_second": "*_ex_cpu_s: examples per CPU-second of this process (all threads); steadier than "
-                              "wall-clock figures when other processes share the cores",
+            "per_cpu_second": "*_cpu_s figures (CPU only): the same from the CPU-seconds of this process (all "
+                              "threads) instead of the wall clock; steadier when other processes share the cores",
             "epoch_s": f"loader + training over {steps} batches and loader + evaluation over {steps} batches, "
                        f"extrapolated to {len(datasets['train'])} training and {len(datasets['test'])} test examples "
                        f"(plus one eval_setup_s: batch-norm folding, and compiling for -compile variants)",
@@ -486,13 +475,15 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
 
 # --- the report ---------------------------------------------------------------------------------
 
-_ROWS = (  # (label, result key, ratio key, format)
+_ROWS = (  # (label, result key, ratio key, format); the per-CPU-second rows exist on a CPU only
     ("training   ex/s", "train_ex_s", "train", "{:.1f}"),
     ("  per CPU-second", "train_ex_cpu_s", "train_cpu", "{:.1f}"),
     ("evaluation ex/s", "eval_ex_s", "eval", "{:.1f}"),
     ("  per CPU-second", "eval_ex_cpu_s", "eval_cpu", "{:.1f}"),
     ("loader     ex/s", "loader_ex_s", "loader", "{:.0f}"),
+    ("  per CPU-second", "loader_ex_cpu_s", "loader_cpu", "{:.0f}"),
     ("epoch (est.)  s", "epoch_s", "epoch", "{:.1f}"),
+    ("  in CPU-seconds", "epoch_cpu_s", "epoch_cpu", "{:.1f}"),
     ("peak memory MiB", "peak_mib", "memory", "{:.0f}"),
 )
 
@@ -509,6 +500,8 @@ def format_report(result: dict) -> str:
     width = max(18, *(len(n) + 9 for n in results))
     lines.append(f"{'':17}" + "".join(f"{name:>{width}}" for name in results))
     for label, key, ratio_key, fmt in _ROWS:
+        if key not in next(iter(results.values())):
+            continue
         cells = []
         for name, res in results.items():
             value = res[key]
