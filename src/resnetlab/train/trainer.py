@@ -79,7 +79,8 @@ def load_splits(cfg: TrainConfig):
     val_set = None
     if cfg.val_split:
         if cfg.val_split >= len(train_set):
-            raise UsageError(f"--val-split {cfg.val_split} leaves no training data ({len(train_set)} examples)")
+            raise UsageError(f"--val-split {cfg.val_split} leaves no training data ({len(train_set)} examples); "
+                             "pass a smaller --val-split, or 0")
         train_set, val_set = split_dataset(train_set, cfg.val_split, seed=cfg.seed)
     return train_set, val_set, test_set
 
