@@ -19,7 +19,7 @@ PRESETS: dict[str, dict] = {
     # are held out so the kept weights (best.safetensors) are chosen without the test set.
     "quick": dict(
         model="resnet20", resize=None, normalize=True, crop_padding=2, flip=True, val_split=5000,
-        epochs=10, batch_size=256, lr=0.4, optimizer="sgd", momentum=0.9, nesterov=True,
+        epochs=9, batch_size=256, lr=0.4, optimizer="sgd", momentum=0.9, nesterov=True,
         weight_decay=5e-4, schedule="onecycle", warmup=0.2, label_smoothing=0.1,
     ),
     # The highest accuracy we aim for, meant for a GPU: a wide CIFAR-style ResNet with random
