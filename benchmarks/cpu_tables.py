@@ -85,7 +85,7 @@ def _train_peak_rss(preset: str, flags: list[str]) -> dict:
         if proc.returncode != 0:
             log.seek(0)
             raise SystemExit(f"train --preset {preset} failed: {log.read().decode().strip().splitlines()[-1:]}")
-    return {"preset": preset, "command": "resnetlab train " + " ".join(args[:-3]),
+    return {"preset": preset, "command": "resnetlab " + " ".join(args[:-3]),
             "peak_rss_mib": usage.ru_maxrss / 1024, "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
 
 

@@ -402,6 +402,13 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
                 raise UsageError(f"--steps {steps} x --batch-size {batch_size} needs more than the "
                                  f"{len(ds)} {split} examples; lower one of them")
         load_start = os.getloadavg()[0]
+        busy = None
+        if dev.type == "cpu" and torch.get_num_threads() > 1 and load_start >= (os.cpu_count() or 1):
+            # Measured on the shared 2-core machine: with other processes running, two threads ran
+            # 10-90x slower than one (each parallel region waits for a descheduled partner thread).
+            busy = (f"the machine is busy (load average {load_start:.1f} on {os.cpu_count()} CPUs): with "
+                    f"{torch.get_num_threads()} threads the figures will be slow and noisy; --threads 1 is steadier")
+            say(f"warning: {busy}")
         machine = _machine(dev)
         runners, peaks, first_round = {}, {}, {}
         for v in parsed:
@@ -459,6 +466,7 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
         "ratios": ratios,
         "defaults": preset_defaults(dev),
         "notes": {
+            **({"busy": busy} if busy else {}),
             "figures": "median of the timed rounds after one warm-up round; each round runs every variant in turn, "
                        "starting with a different one each round",
             "per_cpu_second": "*_cpu_s figures (CPU only): the same from the CPU-seconds of this process (all "
@@ -513,6 +521,8 @@ def format_report(result: dict) -> str:
         lines.append(f"{label:17}" + "".join(cells))
     lines.append("ratios are resnetlab / textbook (epoch: textbook time / resnetlab time; memory: below 1 is leaner)")
     lines.append(f"epoch: {result['notes']['epoch_s']}")
+    if "busy" in result["notes"]:
+        lines.append(f"warning: {result['notes']['busy']}")
     defaults = ", ".join(f"{preset}: {variant}" for preset, variant in result["defaults"].items())
     lines.append(f"resnetlab's default per preset on this device: {defaults}")
     return "\n".join(lines)
