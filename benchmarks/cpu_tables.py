@@ -63,7 +63,10 @@ def _bench(flags: list[str]) -> dict:
     cmd = [sys.executable, "-m", "resnetlab", "bench", *flags, "--json"]
     print("$", "resnetlab bench", " ".join(flags), file=sys.stderr, flush=True)
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as cache:
+        # An empty inductor cache: the compile time a first run pays (a warm cache skips most of it).
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                              env=dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache))
     if proc.returncode != 0:
         raise SystemExit(f"bench failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
     result = json.loads(proc.stdout)
@@ -110,7 +113,7 @@ def _where(r: dict) -> str:
     m, c = r["machine"], r["config"]
     return (f"{m['date'][:10]}, {m['cpu']} ({m['logical_cpus']} CPUs, {c['threads']} torch threads), "
             f"torch {m['torch']}; load average {m['loadavg_1min'][0]} -> {m['loadavg_1min'][1]} "
-            f"(other processes shared the 2 cores)")
+            f"(the run itself adds about {c['threads']}; the rest is other processes on the same cores)")
 
 
 def _variant_table(r: dict) -> list[str]:
@@ -181,7 +184,7 @@ def render(saved: dict) -> str:
             out += _variant_table(r)
             extra = {n: res["warmup_train_s"] for n, res in r["results"].items() if res["settings"].get("compile")}
             if extra:
-                out += ["", "First (compiling) training round: " + ", ".join(
+                out += ["", "First (compiling, empty inductor cache) training round: " + ", ".join(
                     f"{n} {s:.0f} s for {r['config']['steps']} steps" for n, s in extra.items()) + "."]
             out.append("")
     mem = saved.get("memory")
@@ -214,13 +217,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if not args.render_only:
-        jobs = HEADLINE + (ABLATIONS if args.ablations else [])
-        wanted = set(args.only.split(",")) if args.only else None
-        for key, _, flags in jobs:
-            if wanted is None or key in wanted:
+        default = [k for k, _, _ in HEADLINE + (ABLATIONS if args.ablations else [])] + ["memory"]
+        wanted = args.only.split(",") if args.only else default
+        known = [k for k, _, _ in HEADLINE + ABLATIONS] + ["memory"]
+        if set(wanted) - set(known):
+            p.error(f"unknown table {sorted(set(wanted) - set(known))}; known: {', '.join(known)}")
+        for key, _, flags in HEADLINE + ABLATIONS:
+            if key in wanted:
                 saved[key] = _bench(flags)
                 write_json(RESULTS, saved)  # keep what finished if a later run fails
-        if wanted is None or "memory" in wanted:
+        if "memory" in wanted:
             saved["memory"] = [_train_peak_rss(preset, flags) for preset, flags in MEMORY]
             saved["memory_date"] = datetime.date.today().isoformat()
             write_json(RESULTS, saved)
