@@ -4,67 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from torch.nn import functional as F
-
 from resnetlab import models as lab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# --- the d2l.ai section 8.6 notebook's cells, verbatim (from ../shared/seeds) ---------------
-
-
-class Residual(nn.Module):  #@save
-    def __init__(self, input_channels, num_channels,
-                 use_1x1conv=False, strides=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(input_channels, num_channels,
-                               kernel_size=3, padding=1, stride=strides)
-        self.conv2 = nn.Conv2d(num_channels, num_channels,
-                               kernel_size=3, padding=1)
-        if use_1x1conv:
-            self.conv3 = nn.Conv2d(input_channels, num_channels,
-                                   kernel_size=1, stride=strides)
-        else:
-            self.conv3 = None
-        self.bn1 = nn.BatchNorm2d(num_channels)
-        self.bn2 = nn.BatchNorm2d(num_channels)
-
-    def forward(self, X):
-        Y = F.relu(self.bn1(self.conv1(X)))
-        Y = self.bn2(self.conv2(Y))
-        if self.conv3:
-            X = self.conv3(X)
-        Y += X
-        return F.relu(Y)
-
-
-def notebook_net():
-    b1 = nn.Sequential(nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3),
-                       nn.BatchNorm2d(64), nn.ReLU(),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-
-    def resnet_block(input_channels, num_channels, num_residuals,
-                     first_block=False):
-        blk = []
-        for i in range(num_residuals):
-            if i == 0 and not first_block:
-                blk.append(Residual(input_channels, num_channels,
-                                    use_1x1conv=True, strides=2))
-            else:
-                blk.append(Residual(num_channels, num_channels))
-        return blk
-
-    b2 = nn.Sequential(*resnet_block(64, 64, 2, first_block=True))
-    b3 = nn.Sequential(*resnet_block(64, 128, 2))
-    b4 = nn.Sequential(*resnet_block(128, 256, 2))
-    b5 = nn.Sequential(*resnet_block(256, 512, 2))
-
-    net = nn.Sequential(b1, b2, b3, b4, b5,
-                        nn.AdaptiveAvgPool2d((1,1)),
-                        nn.Flatten(), nn.Linear(512, 10))
-    return net
-
-# --- end of the notebook's code ------------------------------------------------------------
+# The notebook's cells, verbatim, live once in the package: the benchmark's baseline uses them too.
+from resnetlab.textbook_baseline import Residual  # noqa: E402
+from resnetlab.textbook_baseline import notebook_resnet18 as notebook_net  # noqa: E402
 
 
 # The notebook's printed output for `for layer in net:` on a 1x1x224x224 input.
