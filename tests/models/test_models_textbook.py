@@ -6,11 +6,11 @@ from torch import nn
 
 from resnetlab import models as lab
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 # The notebook's cells, verbatim, live once in the package: the benchmark's baseline uses them too.
-from resnetlab.textbook_baseline import Residual  # noqa: E402
-from resnetlab.textbook_baseline import notebook_resnet18 as notebook_net  # noqa: E402
+from resnetlab.textbook_baseline import Residual
+from resnetlab.textbook_baseline import notebook_resnet18 as notebook_net
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # The notebook's printed output for `for layer in net:` on a 1x1x224x224 input.
