@@ -73,13 +73,12 @@ def resize_weights(n_in: int, n_out: int) -> torch.Tensor:
     return out[:, 0, :, 0].T.float().contiguous()
 
 
-def _shifted(weights: torch.Tensor, shift: torch.Tensor, pad: int) -> torch.Tensor:
-    """[b, n_out, n_in]: `weights` with its rows moved by shift - pad (a crop of the zero-padded
-    output); rows that fall outside are zero."""
-    n_out = weights.shape[0]
-    padded = torch.cat([weights.new_zeros(pad, weights.shape[1]), weights, weights.new_zeros(pad, weights.shape[1])])
-    rows = shift[:, None] + torch.arange(n_out, device=shift.device)[None, :]
-    return padded[rows]
+def _all_shifts(weights: torch.Tensor, pad: int) -> torch.Tensor:
+    """[2 * pad + 1, n_out, n_in]: entry s is `weights` with its rows moved by s - pad (a crop of
+    the zero-padded output); rows that fall outside are zero."""
+    n_out, n_in = weights.shape
+    padded = torch.cat([weights.new_zeros(pad, n_in), weights, weights.new_zeros(pad, n_in)])
+    return padded.unfold(0, n_out, 1).transpose(1, 2).contiguous()
 
 
 class Loader:
@@ -130,6 +129,12 @@ class Loader:
         self._folded = len(set(std)) == 1  # one divisor serves all channels: resampling folds it into its weights
         if self._folded:
             self._rows = self._rows / (255 * std[0])
+        # Every crop offset (and its mirror image) of the weights, made once: a batch picks its
+        # samples' matrices with one index_select instead of building them.
+        pad = augment.crop_padding
+        self._row_table = _all_shifts(self._rows, pad)  # [2p+1, H', H]
+        col_shifts = _all_shifts(self._cols, pad)
+        self._col_table = torch.cat([col_shifts, col_shifts.flip(1)]) if augment.flip else col_shifts
         self._images, self._labels = self._place(dataset)
         self._plan = self._make_plan(len(dataset))
 
@@ -180,10 +185,10 @@ class Loader:
         for start, m, s0, s1 in self._plan:
             params = self._draw(aug_gen, m, s0, s1) if self.augment.active else None
             if order is None:
-                index = slice(start + s0, start + s1)
-            else:
+                raw, y = self._images[start + s0:start + s1], self._labels[start + s0:start + s1]
+            else:  # index_select: a tenth of the time of x[index] for uint8 images
                 index = order[start + s0:start + s1]
-            raw, y = self._images[index], self._labels[index]
+                raw, y = self._images.index_select(0, index), self._labels.index_select(0, index)
             yield self._transform(raw.to(self.device, non_blocking=True), params), y.to(self.device, non_blocking=True)
 
     def _draw(self, gen: torch.Generator, m: int, s0: int, s1: int) -> dict:
@@ -230,14 +235,14 @@ class Loader:
     def _resample(self, x: torch.Tensor, params: dict) -> torch.Tensor:
         """x -> A @ x @ B^T: resize, crop and flip as two matrix products (see the module docstring)."""
         rows, cols = self._rows, self._cols  # [H', H], [W', W]
+        pad = self.augment.crop_padding
         if "crop" in params:
-            pad = self.augment.crop_padding
-            rows = _shifted(rows, params["crop"][0], pad)
-            cols = _shifted(cols, params["crop"][1], pad)
-        if "flip" in params:
-            if cols.ndim == 2:
-                cols = cols.expand(len(x), *cols.shape)
-            cols = torch.where(params["flip"][:, None, None], cols.flip(1), cols)
+            rows = self._row_table.index_select(0, params["crop"][0])
+        if "crop" in params or "flip" in params:
+            col_index = params["crop"][1] if "crop" in params else torch.full_like(params["flip"], pad, dtype=torch.long)
+            if "flip" in params:  # the mirrored matrices follow the 2p+1 plain ones in the table
+                col_index = col_index + params["flip"].long() * (2 * pad + 1)
+            cols = self._col_table.index_select(0, col_index)
         rows = rows[:, None] if rows.ndim == 3 else rows  # [(b, 1,) H', H]: the same for every channel
         cols_t = (cols[:, None] if cols.ndim == 3 else cols).transpose(-1, -2)  # [(b, 1,) W, W']
         (h, w), (h_out, w_out) = x.shape[-2:], self.out_size
