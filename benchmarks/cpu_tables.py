@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from resnetlab.bench import FIGURES, compute_summary  # noqa: E402
 from resnetlab.fileio import write_json, write_text  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "cpu_speed.json"
@@ -94,17 +95,6 @@ def _train_peak_rss(preset: str, flags: list[str]) -> dict:
 
 # --- rendering -------------------------------------------------------------------------------
 
-_FIGURES = [("training ex/s", "train_ex_s", "train", "{:.1f}"),
-            ("training ex/CPU-s", "train_ex_cpu_s", "train_cpu", "{:.1f}"),
-            ("evaluation ex/s", "eval_ex_s", "eval", "{:.1f}"),
-            ("evaluation ex/CPU-s", "eval_ex_cpu_s", "eval_cpu", "{:.1f}"),
-            ("loader ex/s", "loader_ex_s", "loader", "{:,.0f}"),
-            ("loader ex/CPU-s", "loader_ex_cpu_s", "loader_cpu", "{:,.0f}"),
-            ("epoch s (est.)", "epoch_s", "epoch", "{:,.0f}"),
-            ("epoch CPU-s (est.)", "epoch_cpu_s", "epoch_cpu", "{:,.0f}"),
-            ("peak MiB (added)", "peak_mib", "memory", "{:,.0f}")]
-
-
 def _cell(value, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
@@ -121,12 +111,18 @@ def _variant_table(r: dict) -> list[str]:
     head = "| figure | " + " | ".join(f"{n}" + (" | ratio" if n in r["ratios"] else "") for n in names) + " |"
     rule = "|---|" + "".join("---:|" * (2 if n in r["ratios"] else 1) for n in names)
     rows = [head, rule]
-    for label, key, ratio_key, fmt in _FIGURES:
+    for label, key, ratio_key, fmt in FIGURES:
+        if not any(key in res for res in r["results"].values()):
+            continue  # a figure that run did not record (saved before bench had it)
         cells = []
         for n in names:
-            cells.append(_cell(r["results"][n][key], fmt))
-            if n in r["ratios"]:
-                ratio = r["ratios"][n][ratio_key]
+            cells.append(_cell(r["results"][n].get(key), fmt))
+            if n not in r["ratios"]:
+                continue
+            ratio = r["ratios"][n].get(ratio_key) if ratio_key else None
+            if ratio_key is None:  # a figure without a ratio (GFLOP/s)
+                cells.append("")
+            else:
                 cells.append("n/a" if ratio is None else f"**{ratio:.2f}x**" if ratio_key != "memory" else f"{ratio:.2f}x")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return rows
@@ -182,6 +178,8 @@ def render(saved: dict) -> str:
             out += [f"#### {title}", "", f"`{r['command']}`: {_where(r)}; median of {r['config']['repeats']} "
                     f"rounds of {r['config']['steps']} steps; the whole command took {r['wall_s']:.0f} s.", ""]
             out += _variant_table(r)
+            if "compute" in r:
+                out += ["", f"Compute: {compute_summary(r)}."]
             extra = {n: res["warmup_train_s"] for n, res in r["results"].items() if res["settings"].get("compile")}
             if extra:
                 out += ["", "First (compiling, empty inductor cache) training round: " + ", ".join(

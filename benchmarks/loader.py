@@ -9,7 +9,7 @@ For batch 256 of Fashion-MNIST at 28 and 96 pixels it times, in the same process
 and prints the ratios against the issue's targets (loader >= 20x the model, >= 10x PIL).
 It also times loading the dataset: a first load into an empty cache, and a second one.
 
-    python benchmarks/loader.py [--sizes 28 96] [--batch 256] [--seconds 3] [--threads N]
+    python benchmarks/loader.py [--sizes 28 96] [--batch 256] [--seconds 3] [--rounds 5] [--threads N]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import subprocess
 import tempfile
 import time
@@ -151,7 +152,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[28, 96])
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement (default 3)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per pipeline, over all rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median counts (default 5)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -170,9 +172,14 @@ def main() -> None:
         resize = None if size == train.images.shape[-1] else size
         plain = Loader(train, args.batch, shuffle=True, resize=resize)
         augmented = Loader(train, args.batch, shuffle=True, resize=resize, augment=Augment(crop_padding=4, flip=True))
-        loader_rate, _ = timed_rate(loader_step(plain), args.seconds, 20)
-        augmented_rate, _ = timed_rate(loader_step(augmented), args.seconds, 20)
-        pil_rate, _ = timed_rate(pil_step(images, labels, args.batch, size), args.seconds, 3)
+        # Rounds alternate the three pipelines, so a change in the machine's state (another job,
+        # the heap after a model's training) slows all of them alike; the median round counts.
+        pipelines = [loader_step(plain), loader_step(augmented), pil_step(images, labels, args.batch, size)]
+        rates = [[], [], []]
+        for _ in range(args.rounds):
+            for rate, step, min_runs in zip(rates, pipelines, (20, 20, 3)):
+                rate.append(timed_rate(step, args.seconds / args.rounds, min_runs)[0])
+        loader_rate, augmented_rate, pil_rate = (statistics.median(r) for r in rates)
         torch.manual_seed(0)
         model = create_model("resnet18_d2l", num_classes=10, in_chans=1)
         model_rate, steps = timed_rate(train_step(model, loader_step(plain)), args.seconds, 2)

@@ -58,10 +58,33 @@ def test_smoke_json_is_sane(smoke):
     assert result["machine"]["cpu"] and result["machine"]["process_peak_rss_mib"] > 0
 
 
+def test_compute_ceiling_is_consistent(smoke):
+    result, _ = smoke
+    compute, results = result["compute"], result["results"]
+    peaks = compute["matmul_peak_gflop_s"]
+    assert "fp32" in peaks and all(math.isfinite(v) and v > 0 for v in peaks.values())
+    assert ("bf16" in peaks) == any(r["settings"]["amp"] for r in results.values())
+    for res in results.values():
+        assert res["train_gflop_s"] == pytest.approx(compute["train_gflop_per_example"] * res["train_ex_s"])
+    assert compute["train_ceiling"] == pytest.approx(max(peaks.values()) / results["textbook"]["train_gflop_s"])
+    assert f"trains at most {compute['train_ceiling']:.2f}x the textbook" in format_report(result)
+
+
+def test_training_flops_are_forward_and_backward():
+    """Backward costs two forwards (input and weight gradients), less the first convolution's input
+    gradient, which nothing needs."""
+    from resnetlab.bench import training_flops_per_example
+    from resnetlab.models import summarize
+
+    forward = summarize("resnet18_d2l", input_size=(1, 96, 96)).flops
+    first_conv = 2 * 64 * 48 * 48 * 7 * 7  # 7x7, 1 -> 64 channels, stride 2: its input gradient
+    assert training_flops_per_example("resnet18_d2l", 1, 10, 96) == 3 * forward - first_conv
+
+
 def test_text_report_has_every_figure_and_ratio(smoke):
     result, _ = smoke
     text = format_report(result)
-    for label in ("training", "evaluation", "loader", "epoch (est.)", "peak memory"):
+    for label in ("training ex/s", "training GFLOP/s", "evaluation", "loader", "epoch s (est.)", "peak MiB"):
         assert label in text
     assert f"({result['ratios']['fp32']['train']:.2f}x)" in text
     assert "extrapolated to 60000 training and 10000 test examples" in text

@@ -191,6 +191,37 @@ def _count(batches) -> int:
     return sum(len(y) for _, y in batches)
 
 
+def training_flops_per_example(model_name: str, in_chans: int, num_classes: int, input_px: int) -> float:
+    """Convolution and linear FLOPs of one training step (forward and backward) per example, as
+    torch.utils.flop_counter counts them, on the meta device: no memory, no time."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from resnetlab.models import create_model
+
+    batch = 2  # batch norm in training mode needs more than one value per channel
+    with torch.device("meta"):
+        model = create_model(model_name, num_classes=num_classes, in_chans=in_chans)
+        x = torch.empty(batch, in_chans, input_px, input_px)
+        y = torch.zeros(batch, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / batch
+
+
+def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 3) -> float:
+    """GFLOP/s of the fastest of `repeats` n x n x n matrix products in `dtype` at the current
+    thread count: about the most a convolution network's arithmetic can reach on this device."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a @ b  # warm-up: kernels chosen, memory touched
+    best = float("inf")
+    for _ in range(repeats):
+        with _Clock(device) as c:
+            a @ b
+        best = min(best, c.seconds)
+    return 2 * n**3 / best / 1e9
+
+
 # --- the two ways of running ----------------------------------------------------------------------
 
 
@@ -435,6 +466,17 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
             res["settings"] = {k: val for k, val in asdict(runner.variant).items() if k != "name"}
             res["settings"]["eval_batch_size"] = runner.eval_batch_size
             results[name] = res
+        # The ceiling: how fast this device multiplies matrices in each precision the variants use,
+        # against the arithmetic a training step needs. No path that keeps the model's FLOPs can
+        # train faster than the best peak allows.
+        say("measuring matmul peaks")
+        train_flops = training_flops_per_example(model, datasets["train"].images.shape[1],
+                                                 len(datasets["train"].classes),
+                                                 resize or datasets["train"].images.shape[-1])
+        precisions = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if any(v.amp for v in parsed) else {})}
+        peaks_gflops = {name: matmul_peak_gflops(dtype, dev) for name, dtype in precisions.items()}
+        for res in results.values():
+            res["train_gflop_s"] = train_flops * res["train_ex_s"] / 1e9
         machine["loadavg_1min"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
         machine["process_peak_rss_mib"] = round(_hwm_mib(), 1)
     finally:
@@ -456,6 +498,10 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
             ratios[name]["memory"] = (res["peak_mib"] / base["peak_mib"]
                                       if res["peak_mib"] and base["peak_mib"] else None)  # below 1 is leaner
     input_hw = resize or datasets["train"].images.shape[-1]
+    compute = {"train_gflop_per_example": train_flops / 1e9, "matmul_peak_gflop_s": peaks_gflops}
+    if "textbook" in results:
+        # The training speed-up a path with the textbook's FLOPs could reach at the best peak.
+        compute["train_ceiling"] = max(peaks_gflops.values()) / results["textbook"]["train_gflop_s"]
     return {
         "config": {"model": model, "data": data, "batch_size": batch_size, "resize": resize, "input_px": input_hw,
                    "steps": steps, "repeats": repeats, "device": str(dev), "threads": torch.get_num_threads() if threads is None else threads,
@@ -465,6 +511,7 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
         "results": results,
         "ratios": ratios,
         "defaults": preset_defaults(dev),
+        "compute": compute,
         "notes": {
             **({"busy": busy} if busy else {}),
             "figures": "median of the timed rounds after one warm-up round; each round runs every variant in turn, "
@@ -475,6 +522,11 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
                        f"extrapolated to {len(datasets['train'])} training and {len(datasets['test'])} test examples "
                        f"(plus one eval_setup_s: batch-norm folding, and compiling for -compile variants)",
             "peak_mib": "memory the variant's warm-up round added (resident set on a CPU, max allocated on CUDA)",
+            "compute": "train_gflop_per_example: convolution and linear FLOPs of a training step (forward and "
+                       "backward) per example, from torch.utils.flop_counter; matmul_peak_gflop_s: the fastest of "
+                       "3 square 2048 products per precision, same device and threads; train_gflop_s (per "
+                       "variant): the two multiplied; train_ceiling: the best peak / the textbook's rate, the most "
+                       "any path with the textbook's FLOPs could speed up its training here",
             "textbook": "the textbook loop reads its metrics on the host every step, as d2l's train_ch6 does; "
                         "its plot is left out",
         },
@@ -483,17 +535,30 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
 
 # --- the report ---------------------------------------------------------------------------------
 
-_ROWS = (  # (label, result key, ratio key, format); the per-CPU-second rows exist on a CPU only
-    ("training   ex/s", "train_ex_s", "train", "{:.1f}"),
-    ("  per CPU-second", "train_ex_cpu_s", "train_cpu", "{:.1f}"),
+FIGURES = (  # (label, result key, ratio key or None, format); the CPU-second rows exist on a CPU only
+    ("training ex/s", "train_ex_s", "train", "{:.1f}"),
+    ("training ex/CPU-s", "train_ex_cpu_s", "train_cpu", "{:.1f}"),
+    ("training GFLOP/s", "train_gflop_s", None, "{:.0f}"),
     ("evaluation ex/s", "eval_ex_s", "eval", "{:.1f}"),
-    ("  per CPU-second", "eval_ex_cpu_s", "eval_cpu", "{:.1f}"),
-    ("loader     ex/s", "loader_ex_s", "loader", "{:.0f}"),
-    ("  per CPU-second", "loader_ex_cpu_s", "loader_cpu", "{:.0f}"),
-    ("epoch (est.)  s", "epoch_s", "epoch", "{:.1f}"),
-    ("  in CPU-seconds", "epoch_cpu_s", "epoch_cpu", "{:.1f}"),
-    ("peak memory MiB", "peak_mib", "memory", "{:.0f}"),
+    ("evaluation ex/CPU-s", "eval_ex_cpu_s", "eval_cpu", "{:.1f}"),
+    ("loader ex/s", "loader_ex_s", "loader", "{:,.0f}"),
+    ("loader ex/CPU-s", "loader_ex_cpu_s", "loader_cpu", "{:,.0f}"),
+    ("epoch s (est.)", "epoch_s", "epoch", "{:,.0f}"),
+    ("epoch CPU-s (est.)", "epoch_cpu_s", "epoch_cpu", "{:,.0f}"),
+    ("peak MiB (added)", "peak_mib", "memory", "{:,.0f}"),
 )
+
+
+def compute_summary(result: dict) -> str:
+    """One sentence: the arithmetic of a training step, the matmul peaks and the ceiling they set."""
+    compute = result["compute"]
+    peaks = ", ".join(f"{name} {value:.0f}" for name, value in compute["matmul_peak_gflop_s"].items())
+    text = (f"a training step is {compute['train_gflop_per_example']:.3f} GFLOP per example (convolutions and "
+            f"linear layers, forward and backward); this device's matmul peak: {peaks} GFLOP/s")
+    if "train_ceiling" in compute:
+        text += (f"; at that peak, a path with the textbook's FLOPs trains at most "
+                 f"{compute['train_ceiling']:.2f}x the textbook here")
+    return text
 
 
 def format_report(result: dict) -> str:
@@ -506,8 +571,8 @@ def format_report(result: dict) -> str:
         f"{machine['loadavg_1min'][0]} -> {machine['loadavg_1min'][1]}",
     ]
     width = max(18, *(len(n) + 9 for n in results))
-    lines.append(f"{'':17}" + "".join(f"{name:>{width}}" for name in results))
-    for label, key, ratio_key, fmt in _ROWS:
+    lines.append(f"{'':20}" + "".join(f"{name:>{width}}" for name in results))
+    for label, key, ratio_key, fmt in FIGURES:
         if key not in next(iter(results.values())):
             continue
         cells = []
@@ -518,8 +583,9 @@ def format_report(result: dict) -> str:
             if ratio is not None:
                 text += f" ({ratio:.2f}x)"
             cells.append(f"{text:>{width}}")
-        lines.append(f"{label:17}" + "".join(cells))
+        lines.append(f"{label:20}" + "".join(cells))
     lines.append("ratios are resnetlab / textbook (epoch: textbook time / resnetlab time; memory: below 1 is leaner)")
+    lines.append(f"compute: {compute_summary(result)}")
     lines.append(f"epoch: {result['notes']['epoch_s']}")
     if "busy" in result["notes"]:
         lines.append(f"warning: {result['notes']['busy']}")
