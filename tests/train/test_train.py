@@ -202,6 +202,28 @@ def test_eval_reports_accuracy_per_class_and_confusion(finished_run, capsys):
     assert code == 0 and "confusion matrix" in out and "Ankle boot" in out
 
 
+def test_eval_folds_batch_norm_without_changing_the_result(finished_run):
+    from resnetlab.data import Loader, load_dataset
+    from resnetlab.models.fuse import find_conv_bn_pairs
+    from resnetlab.train.engine import evaluate
+    from resnetlab.train.inference import evaluate_run, inference_model
+    from resnetlab.train.run import load_model
+
+    model, meta = load_model(finished_run)
+    folded = inference_model(model)
+    assert find_conv_bn_pairs(model) and not find_conv_bn_pairs(folded)  # every pair folded
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    test_set = load_dataset("fashion-mnist", train=False)
+    norm = meta.get("normalize")
+    loader = Loader(test_set, 256, shuffle=False, resize=meta.get("resize"),
+                    normalize=(norm["mean"], norm["std"]) if norm else None)
+    plain = evaluate(model, loader, torch.device("cpu"), num_classes=10)
+    r = evaluate_run(finished_run, device="cpu")
+    assert r["count"] == plain["count"] == 10000
+    assert r["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+    assert abs(r["acc"] - plain["acc"]) <= 2 / 10000  # a rounding-level tie may flip an argmax or two
+
+
 def test_predict_takes_any_image_size_and_colour(finished_run, tmp_path, capsys):
     from PIL import Image
 
