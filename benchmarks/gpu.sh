@@ -9,7 +9,8 @@
 # Options: --device D (default cuda)  --data-dir DIR (default .data if it holds fashion-mnist: carry
 # the four .gz files there, see BENCHMARKS.md)  --only "d2l bench quick best" (a subset, in that
 # order)  --no-compile (default: compile on cuda only)  --dry-run (a few examples and steps: tests the plumbing, measures nothing).
-# Per-step wall-clock limits (seconds) come from D2L_LIMIT, BENCH_LIMIT, QUICK_LIMIT, BEST_LIMIT.
+# Per-step wall-clock limits (seconds) come from D2L_LIMIT (200), BENCH_LIMIT (180 each size), QUICK_LIMIT
+# (150), BEST_LIMIT (360): "d2l bench" fits one 600 s device call (560 s at worst), "quick best" another.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
     --only) only="$2"; shift 2 ;;
     --no-compile) compile=0; shift ;;
     --dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -94,21 +95,21 @@ bench_variants=textbook,fp32,bf16
 for step in $only; do
   case "$step" in
     d2l)  # the textbook's recipe: resnet18_d2l, 96 px, batch 256, 10 epochs, fp32 (its numerics)
-      run d2l "${D2L_LIMIT:-300}" "$py" -m resnetlab train --preset d2l --device "$device" "${compile_args[@]}" \
+      run d2l "${D2L_LIMIT:-200}" "$py" -m resnetlab train --preset d2l --device "$device" "${compile_args[@]}" \
         "${data_args[@]}" "${d2l_args[@]}" --out "$OUT/runs/d2l" --overwrite --json ;;
     bench)
       for size in "${bench_sizes[@]}"; do
         tag=bench_${size:+${size##* }px}
         tag=${tag%_}
         # shellcheck disable=SC2086  # $size is one flag and its value, or nothing
-        run "$tag" "${BENCH_LIMIT:-240}" "$py" -m resnetlab bench --device "$device" --variants "$bench_variants" \
+        run "$tag" "${BENCH_LIMIT:-180}" "$py" -m resnetlab bench --device "$device" --variants "$bench_variants" \
           "${data_args[@]}" "${bench_args[@]}" $size --json
       done ;;
     quick)
-      run quick "${QUICK_LIMIT:-180}" "$py" -m resnetlab train --preset quick --device "$device" "${compile_args[@]}" \
+      run quick "${QUICK_LIMIT:-150}" "$py" -m resnetlab train --preset quick --device "$device" "${compile_args[@]}" \
         "${data_args[@]}" "${quick_args[@]}" --out "$OUT/runs/quick" --overwrite --json ;;
     best)
-      run best "${BEST_LIMIT:-420}" "$py" -m resnetlab train --preset best --device "$device" "${compile_args[@]}" \
+      run best "${BEST_LIMIT:-360}" "$py" -m resnetlab train --preset best --device "$device" "${compile_args[@]}" \
         "${data_args[@]}" "${best_args[@]}" --out "$OUT/runs/best" --overwrite --json ;;
     *) echo "gpu.sh: unknown step $step (use d2l, bench, quick, best)" >&2; exit 2 ;;
   esac
