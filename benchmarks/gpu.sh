@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
     --only) only="$2"; shift 2 ;;
     --no-compile) compile=0; shift ;;
     --dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
