@@ -19,12 +19,13 @@ def smoke():
     import io
 
     out, err = io.StringIO(), io.StringIO()
-    threads = torch.get_num_threads()
+    threads, cudnn_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         # --threads 1: restored afterwards; on a shared 2-core machine one thread is far steadier
         code = main(["bench", "--steps", "2", "--repeats", "1", "--batch-size", "8", "--threads", "1", "--json"])
     assert code == 0, err.getvalue()
     assert torch.get_num_threads() == threads, "bench restores the thread count"
+    assert torch.backends.cudnn.benchmark == cudnn_benchmark, "bench restores cuDNN's autotuning flag"
     return json.loads(out.getvalue()), err.getvalue()
 
 

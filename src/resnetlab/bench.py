@@ -10,7 +10,8 @@ Each *variant* is one way of running the same model at the same batch and resolu
   training-mode network's batch norms, the per-sample PIL pipeline;
 - `fp32`, `bf16`: resnetlab's path: channels_last, the engine's `fit` (foreach SGD, metrics summed
   on the device), evaluation under `inference_mode` with batch norm folded into the convolutions
-  (`fuse_bn`) at the trainer's evaluation batch, `resnetlab.data.Loader`; `bf16` adds bf16 autocast.
+  (`fuse_bn`) at the trainer's evaluation batch, `resnetlab.data.Loader`, cuDNN autotuning on CUDA
+  (`cudnn.benchmark`, as the trainer; the textbook runs without it); `bf16` adds bf16 autocast.
   Suffixes turn one trick off or on for ablations: `-nchw`, `-nofuse`, `-noforeach`, `-compile`.
 
 For each variant, after one warm-up round (whose peak memory is recorded), `repeats` rounds
@@ -340,6 +341,8 @@ class ResnetlabRunner:
 def _round(runner, device: torch.device) -> dict:
     """One timed round of everything a variant does: wall and CPU seconds of each part."""
     steps = runner.steps
+    # resnetlab lets cuDNN pick its fastest algorithms, as the trainer does; the textbook does not.
+    torch.backends.cudnn.benchmark = not runner.variant.textbook
     parts = {
         "train": lambda: runner.train(runner.train_batches),
         "eval_setup": runner.prepare_eval,
@@ -422,7 +425,7 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
         raise UsageError(f"each variant once, please: {', '.join(variants)}")
     say = progress or (lambda text: None)
 
-    previous_threads = torch.get_num_threads()
+    previous_threads, previous_cudnn_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -481,6 +484,7 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
         machine["process_peak_rss_mib"] = round(_hwm_mib(), 1)
     finally:
         torch.set_num_threads(previous_threads)
+        torch.backends.cudnn.benchmark = previous_cudnn_benchmark
 
     ratios = {}
     if "textbook" in results:

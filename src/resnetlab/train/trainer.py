@@ -154,6 +154,9 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
     device = resolve_device(cfg.device, dist.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        # Batches keep one shape (the last aside), so cuDNN may time its algorithms once and keep
+        # the fastest, as torchvision's reference scripts and airbench do. Not yet measured here.
+        torch.backends.cudnn.benchmark = True
     amp = bf16_pays(device) if cfg.amp is None else cfg.amp
     channels_last = (device.type in ("cpu", "cuda")) if cfg.channels_last is None else cfg.channels_last
     display = Display(sys.stderr if json_output else sys.stdout, verbose and dist.is_main)
