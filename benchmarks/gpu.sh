@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# One GPU session, everything in one go: the textbook's d2l recipe (timed, compiled), `resnetlab
-# bench` at 28 and 96 px, and the quick and best presets. Every result lands in $OUT as it comes
+# One GPU session, everything in one go: the textbook's d2l recipe (timed, compiled; under bf16
+# autocast, the issue's GPU path, then in fp32), `resnetlab bench` at 28 and 96 px, and the quick
+# and best presets. Every result lands in $OUT as it comes
 # (JSON from --json, logs, run folders), so a session cut short still returns what finished.
 #
 #   OUT=/some/folder benchmarks/gpu.sh                      # on the GPU machine (device tool: $OUT is set)
 #   OUT=/tmp/dry benchmarks/gpu.sh --dry-run --device cpu  # check the script here: tiny runs, minutes
 #
 # Options: --device D (default cuda)  --data-dir DIR (default .data if it holds fashion-mnist: carry
-# the four .gz files there, see BENCHMARKS.md)  --only "d2l bench quick best" (a subset, in that
-# order)  --no-compile (default: compile on cuda only)  --dry-run (a few examples and steps: tests the plumbing, measures nothing).
-# Per-step wall-clock limits (seconds) come from D2L_LIMIT (200), BENCH_LIMIT (180 each size), QUICK_LIMIT
-# (150), BEST_LIMIT (360): "d2l bench" fits one 600 s device call (560 s at worst), "quick best" another.
+# the four .gz files there, see BENCHMARKS.md)  --only "d2l_bf16 d2l bench quick best" (a
+# subset, in that order)  --no-compile (default: compile on cuda only)  --dry-run (a few examples and steps: tests the plumbing, measures nothing).
+# Per-step wall-clock limits (seconds) come from D2L_LIMIT (120 each precision), BENCH_LIMIT (150 each
+# size), QUICK_LIMIT (150), BEST_LIMIT (360): "d2l_bf16 d2l bench" fits one 600 s device call (540 s
+# at worst), "quick best" another (510 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 device=cuda
 data_dir=""
-only="d2l bench quick best"
+only="d2l_bf16 d2l bench quick best"
 compile=auto
 dry=0
 while [ $# -gt 0 ]; do
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
     --only) only="$2"; shift 2 ;;
     --no-compile) compile=0; shift ;;
     --dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -94,15 +96,18 @@ bench_variants=textbook,fp32,bf16
 
 for step in $only; do
   case "$step" in
-    d2l)  # the textbook's recipe: resnet18_d2l, 96 px, batch 256, 10 epochs, fp32 (its numerics)
-      run d2l "${D2L_LIMIT:-200}" "$py" -m resnetlab train --preset d2l --device "$device" "${compile_args[@]}" \
-        "${data_args[@]}" "${d2l_args[@]}" --out "$OUT/runs/d2l" --overwrite --json ;;
+    d2l|d2l_bf16)  # the textbook's recipe: resnet18_d2l, 96 px, batch 256, 10 epochs, SGD 0.05;
+      # d2l in fp32 (the preset's default: the textbook's numerics), d2l_bf16 under bf16 autocast
+      amp_args=()
+      [ "$step" = d2l_bf16 ] && amp_args=(--amp)
+      run "$step" "${D2L_LIMIT:-120}" "$py" -m resnetlab train --preset d2l --device "$device" "${compile_args[@]}" \
+        "${amp_args[@]}" "${data_args[@]}" "${d2l_args[@]}" --out "$OUT/runs/$step" --overwrite --json ;;
     bench)
       for size in "${bench_sizes[@]}"; do
         tag=bench_${size:+${size##* }px}
         tag=${tag%_}
         # shellcheck disable=SC2086  # $size is one flag and its value, or nothing
-        run "$tag" "${BENCH_LIMIT:-180}" "$py" -m resnetlab bench --device "$device" --variants "$bench_variants" \
+        run "$tag" "${BENCH_LIMIT:-150}" "$py" -m resnetlab bench --device "$device" --variants "$bench_variants" \
           "${data_args[@]}" "${bench_args[@]}" $size --json
       done ;;
     quick)
@@ -111,7 +116,7 @@ for step in $only; do
     best)
       run best "${BEST_LIMIT:-360}" "$py" -m resnetlab train --preset best --device "$device" "${compile_args[@]}" \
         "${data_args[@]}" "${best_args[@]}" --out "$OUT/runs/best" --overwrite --json ;;
-    *) echo "gpu.sh: unknown step $step (use d2l, bench, quick, best)" >&2; exit 2 ;;
+    *) echo "gpu.sh: unknown step $step (use d2l_bf16, d2l, bench, quick, best)" >&2; exit 2 ;;
   esac
 done
 
