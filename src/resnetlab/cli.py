@@ -104,7 +104,7 @@ def _add_train(sub) -> None:
     p.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: where it pays)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels_last memory format")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model for training (each epoch then drops its last, smaller batch: one shape, one compilation)")
     p.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
     p.add_argument("--seed", type=int)
     p.add_argument("--subset", type=int, help="use a seeded random subset of N examples of each split")

@@ -262,3 +262,10 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path):
         assert key == ref_key
         if value.is_floating_point():
             torch.testing.assert_close(value, ref_value, rtol=1e-2, atol=1e-3)
+    # One batch shape, one compilation: a compiled run drops the last partial training batch (144 =
+    # 4 x 32 + 16), while evaluation, run uncompiled, still sees every test example.
+    uneven = [*flags[:2], "--subset", "144", *flags[4:]]
+    assert cli.main(["train", *uneven, "--compile", "--out", str(tmp_path / "uneven")]) == 0
+    checkpoint = torch.load(tmp_path / "uneven" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["state"]["global_step"] == 144 // 32
+    assert json.loads((tmp_path / "uneven" / "summary.json").read_text())["test_count"] == 144

@@ -137,8 +137,12 @@ class Hooks:
 
 def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, *,
         optimizer: torch.optim.Optimizer, state: TrainState, val_loader=None, test_loader=None,
-        amp: bool = False, dist: DistInfo = DistInfo(), hooks: Hooks = Hooks()) -> TrainState:
-    """Train from `state` to cfg.epochs. `model` may be wrapped (DDP, compiled)."""
+        amp: bool = False, dist: DistInfo = DistInfo(), hooks: Hooks = Hooks(),
+        eval_model: nn.Module | None = None) -> TrainState:
+    """Train from `state` to cfg.epochs. `model` may be wrapped (DDP, compiled); `eval_model`
+    (default: `model`) is what the evaluations run, so a compiled `model` need not be compiled
+    again for evaluation's mode."""
+    eval_model = model if eval_model is None else eval_model
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * cfg.epochs
     with StopFlag() as stop:
@@ -191,7 +195,7 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, 
             is_best = False
             for name, loader in (("val", val_loader), ("test", test_loader)):
                 if loader is not None:
-                    r = evaluate(model, loader, device, amp=amp, dist=dist)
+                    r = evaluate(eval_model, loader, device, amp=amp, dist=dist)
                     row[f"{name}_loss"], row[f"{name}_acc"] = r["loss"], r["acc"]
             if val_loader is not None and row["val_acc"] > state.best_val_acc:
                 state.best_val_acc, state.best_epoch, is_best = row["val_acc"], epoch + 1, True
