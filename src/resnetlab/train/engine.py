@@ -75,7 +75,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, amp: bool = Fals
             out = model(x)
         loss = F.cross_entropy(out.float(), y, reduction="sum")
         pred = out.argmax(1)
-        sums += torch.stack([loss.double(), (pred == y).sum().double(), torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
+        count = torch.full((), float(len(y)), dtype=torch.float64, device=device)  # a fill, not a host copy
+        sums += torch.stack([loss.double(), (pred == y).sum().double(), count])
         if num_classes:
             confusion += torch.bincount(y * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
     all_reduce_sum(sums, dist)
@@ -166,7 +167,9 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, 
                 loss.backward()
                 optimizer.step()
                 with torch.no_grad():
-                    n = torch.tensor(float(len(y)), dtype=torch.float64, device=device)
+                    # torch.full fills on the device; torch.tensor(..., device=cuda) would copy from
+                    # the host and make it wait for the device at every step.
+                    n = torch.full((), float(len(y)), dtype=torch.float64, device=device)
                     sums += torch.stack([loss.detach().double() * n, (out.argmax(1) == y).sum().double(), n])
                 state.global_step += 1
                 state.step_in_epoch = step + 1
