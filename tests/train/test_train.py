@@ -189,6 +189,21 @@ def test_bad_settings_are_usage_errors(capsys):
     assert code == 2 and "unknown preset 'fastest'" in err
 
 
+def test_presets_take_device_settings_and_keep_model_options_with_their_model():
+    from resnetlab.train.presets import DEVICE_SETTINGS, PRESETS
+
+    cpu, gpu = make_config("quick", device="cpu"), make_config("quick", device="cuda:0")
+    assert (cpu.model_kwargs, cpu.epochs) == ({}, PRESETS["quick"]["epochs"])
+    assert (gpu.model_kwargs, gpu.epochs) == (DEVICE_SETTINGS["quick"]["cuda"]["model_kwargs"],
+                                              DEVICE_SETTINGS["quick"]["cuda"]["epochs"])
+    assert make_config("quick", device="cuda", epochs=3).epochs == 3  # the caller's flags win
+    # another model does not inherit the preset's model options (resnet18 has no `width`)
+    assert make_config("quick", device="cuda", model="resnet18").model_kwargs == {}
+    assert make_config("best", model="resnet56").model_kwargs == {}
+    assert make_config("best").model_kwargs == {"width": 64}
+    assert make_config("best", model="resnet20", model_kwargs={"width": 8}).model_kwargs == {"width": 8}
+
+
 def test_eval_reports_accuracy_per_class_and_confusion(finished_run, capsys):
     code, out, _ = run_cli(["eval", str(finished_run), "--json"], capsys)
     assert code == 0
