@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnetlab.errors import UsageError
-from resnetlab.fileio import write_bytes, write_json, write_text
+from resnetlab.fileio import write_json, write_text
+from resnetlab.train.report import new_figure, save_png
 
 # torch is imported inside the functions that use it, so `resnetlab --help` stays instant.
 
@@ -244,20 +245,8 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     write_text(path, buf.getvalue())
 
 
-# --- figures (matplotlib is an optional extra; callers check have_matplotlib first) -----------
-
-
-def _figure(**kwargs):
-    # A bare Figure renders to PNG without pyplot, so a notebook's backend is left alone.
-    from matplotlib.figure import Figure
-
-    return Figure(**kwargs)
-
-
-def _save_png(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    write_bytes(path, buf.getvalue())
+# --- figures (matplotlib is an optional extra; callers check have_matplotlib first; train.report
+# draws on bare Figures and writes PNGs atomically) ---------------------------------------------
 
 
 def _style(net: str, depths: list[int], depth: int, residual: bool) -> dict:
@@ -269,7 +258,7 @@ def _style(net: str, depths: list[int], depth: int, residual: bool) -> dict:
 def plot_degradation(rows: list[dict], path: str | Path, title: str = "") -> None:
     """Training error (left) and test error (right) in percent against epoch, one line per net."""
     depths = sorted({r["depth"] for r in rows})
-    fig = _figure(figsize=(10, 3.8))
+    fig = new_figure(figsize=(10, 3.8))
     axes = fig.subplots(1, 2, sharex=True)
     for net in dict.fromkeys(r["net"] for r in rows):
         mine = [r for r in rows if r["net"] == net]
@@ -283,12 +272,12 @@ def plot_degradation(rows: list[dict], path: str | Path, title: str = "") -> Non
         ax.legend()
     fig.suptitle(f"plain (dashed) vs residual (solid): {title}")
     fig.tight_layout()
-    _save_png(fig, Path(path))
+    save_png(fig, Path(path))
 
 
 def plot_gradients(norms: dict[str, list[tuple[str, float]]], path: str | Path, title: str = "") -> None:
     """Gradient norm per layer (log scale), input layer first, one line per net."""
-    fig = _figure(figsize=(7, 3.8))
+    fig = new_figure(figsize=(7, 3.8))
     ax = fig.subplots()
     for net, layers in norms.items():
         residual = net.startswith("resnet")
@@ -301,4 +290,4 @@ def plot_gradients(norms: dict[str, list[tuple[str, float]]], path: str | Path, 
     ax.legend()
     ax.set_title(f"per-layer gradient norm {title}")
     fig.tight_layout()
-    _save_png(fig, Path(path))
+    save_png(fig, Path(path))

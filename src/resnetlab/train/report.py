@@ -17,14 +17,14 @@ def have_matplotlib() -> bool:
     return True
 
 
-def _figure(**kwargs):
+def new_figure(**kwargs):
     # A bare Figure renders to PNG without pyplot, so a notebook's backend is left alone.
     from matplotlib.figure import Figure
 
     return Figure(**kwargs)
 
 
-def _save(fig, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     write_bytes(path, buf.getvalue())
@@ -33,7 +33,7 @@ def _save(fig, path: Path) -> None:
 def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> None:
     """Loss and accuracy per epoch, train and test (and val), like the textbook's animated plot."""
     epochs = [r["epoch"] for r in rows]
-    fig = _figure(figsize=(9, 3.4))
+    fig = new_figure(figsize=(9, 3.4))
     ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train loss")
     ax_acc.plot(epochs, [r["train_acc"] for r in rows], label="train acc")
@@ -51,13 +51,13 @@ def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fig.tight_layout()
-    _save(fig, Path(path))
+    save_png(fig, Path(path))
 
 
 def plot_confusion(confusion, classes: list[str], path: str | Path, title: str = "") -> None:
     """Confusion matrix (rows: true class, columns: predicted), counts in the cells."""
     n = len(classes)
-    fig = _figure(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    fig = new_figure(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
     ax = fig.subplots()
     m = confusion.numpy() if hasattr(confusion, "numpy") else confusion
     ax.imshow(m, cmap="Blues")
@@ -73,7 +73,7 @@ def plot_confusion(confusion, classes: list[str], path: str | Path, title: str =
                         color="white" if m[i, j] > vmax / 2 else "black")
     if title:
         ax.set_title(title)
-    _save(fig, Path(path))
+    save_png(fig, Path(path))
 
 
 def per_class_table(confusion, classes: list[str]) -> list[dict]:
