@@ -127,7 +127,7 @@ def test_interrupted_run_is_resumed_and_plots_skipped_without_matplotlib(tiny, t
     (copy / "plain20" / "summary.json").unlink()  # as if stopped before the run finished
     for png in ("degradation.png", "gradients.png"):
         (copy / png).unlink()
-    monkeypatch.setattr("resnetlab.train.report.have_matplotlib", lambda: False)
+    monkeypatch.setattr(deg, "have_matplotlib", lambda: False)
     again = deg.run_degradation(copy, **TINY)
     assert [a["action"] for a in again["nets"]] == ["resumed", "reused", "reused", "reused"]
     assert again["nets"][0]["train_err"] == result["nets"][0]["train_err"]

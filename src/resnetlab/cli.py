@@ -230,7 +230,7 @@ COMMANDS.append(_add_predict)
 
 
 def _add_experiment(sub) -> None:
-    from resnetlab.experiments.degradation import DEGRADATION_DEFAULTS as D
+    from resnetlab.experiments.defaults import DEGRADATION_DEFAULTS as D
 
     p = sub.add_parser("experiment", help="reproduce a paper's experiment with one command")
     experiments = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")

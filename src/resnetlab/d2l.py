@@ -20,7 +20,6 @@ Choices a user should know (also in docs/textbook.md):
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import time
@@ -30,10 +29,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from resnetlab.data import Loader, load_dataset
 from resnetlab.errors import UsageError
-from resnetlab.fileio import write_bytes
 from resnetlab.models import Residual
 from resnetlab.train.engine import init_weights
+from resnetlab.train.report import save_png
 
 # The d2l names provided (those the chapter's PyTorch cells use, and what they need).
 TEXTBOOK_NAMES = (
@@ -184,8 +184,6 @@ def _subset_size() -> int | None:
 def load_data_fashion_mnist(batch_size, resize=None):
     """(train_iter, test_iter) over Fashion-MNIST: X float32 [B, 1, H, W] in [0, 1] (no
     normalisation), y int64, on `try_gpu()`; the training order is shuffled each epoch."""
-    from resnetlab.data import Loader, load_dataset
-
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(resize, (tuple, list)):  # torchvision's Resize((h, w)); a square one is an int
@@ -205,6 +203,7 @@ def load_data_fashion_mnist(batch_size, resize=None):
         dataset = load_dataset("fashion-mnist", train=train)
         if subset is not None:
             dataset = dataset.take(min(subset, len(dataset)), seed=0)
+        # Both iterators at the caller's batch size, as d2l's DataLoaders (not make_loaders' rule).
         loader = Loader(dataset, batch_size, shuffle=train, resize=resize, seed=seed, device=device)
         iters.append(EpochIterator(loader))
     return tuple(iters)
@@ -320,9 +319,7 @@ class Animator:
 
     def save(self, path) -> Path:
         """Writes the figure as a PNG (atomically) and returns its path."""
-        buf = io.BytesIO()
-        self.fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        write_bytes(path, buf.getvalue())
+        save_png(self.fig, Path(path))
         return Path(path)
 
 

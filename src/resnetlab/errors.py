@@ -29,3 +29,9 @@ class Interrupted(ResnetlabError):
     """Ctrl-C during training: the checkpoint is written and the message says how to resume."""
 
     exit_code = 130
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

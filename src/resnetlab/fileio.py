@@ -7,6 +7,8 @@ place with os.replace, so a crash at any moment leaves either the old complete f
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
@@ -53,3 +55,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:
+    """Rows as CSV with these columns (keys not among them are left out); floats to 6 significant digits."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(path, buf.getvalue())

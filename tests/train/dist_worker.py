@@ -19,6 +19,7 @@ import time
 import torch
 
 import resnetlab.train.engine as engine
+import resnetlab.train.setup as setup
 import resnetlab.train.trainer as trainer
 from resnetlab.cli import main
 
@@ -68,7 +69,7 @@ def _float64(build_model):
 
 
 if os.environ.get("RESNETLAB_TEST_FLOAT64"):
-    trainer.build_model = _float64(trainer.build_model)
+    setup.build_model = _float64(setup.build_model)
 if os.environ.get("RESNETLAB_TEST_SYNC_EVERY"):
     engine.SYNC_EVERY = int(os.environ["RESNETLAB_TEST_SYNC_EVERY"])
 trainer.fit = _patched_fit(trainer.fit)

@@ -37,7 +37,7 @@ from resnetlab.train.distributed import (
     shared,
     torchrun_command,
 )
-from resnetlab.train.trainer import build_model
+from resnetlab.train.setup import build_model
 from resnetlab.weights import load_weights
 
 WORKER = str(Path(__file__).with_name("dist_worker.py"))

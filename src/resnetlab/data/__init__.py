@@ -20,17 +20,20 @@ from resnetlab.data.datasets import (
     load_dataset,
     split_dataset,
 )
-from resnetlab.data.loader import Augment, Loader
+from resnetlab.data.loader import Augment, Loader, Loaders, eval_batch_size, make_loaders
 
 __all__ = [
     "Augment",
     "Dataset",
     "DatasetInfo",
     "Loader",
+    "Loaders",
     "dataset_status",
+    "eval_batch_size",
     "fetch_dataset",
     "get_dataset_info",
     "list_datasets",
     "load_dataset",
+    "make_loaders",
     "split_dataset",
 ]

@@ -9,7 +9,7 @@ mirrored. Two matrix products per batch replace interpolate + pad + gather + fli
 than that chain on the CPU (benchmarks/loader.py prints the comparison; BENCHMARKS.md). The
 weights are F.interpolate's own (found by resizing an identity), so the result equals
 F.interpolate(..., antialias=True) to float rounding (on CUDA with TF32 matmuls enabled, to TF32
-precision). A non-square image is resized to a square `resize` x `resize`.
+precision). An image is resized to `resize` x `resize`, or to the (height, width) pair given.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import functools
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from resnetlab.errors import UsageError
 _ERASE_ATTEMPTS = 10  # Zhong et al.: draw a box up to 10 times until it fits inside the image
 _ERASE_AREA = (0.02, 0.4)  # fraction of the image area
 _ERASE_ASPECT = 0.3  # aspect ratio drawn log-uniformly from [0.3, 1/0.3]
+EVAL_BATCH_MIN = 256  # evaluation keeps no activations for backward: a larger batch costs little memory
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class Loader:
     cover every example once. Call `set_epoch` before each epoch; iterating twice gives the same batches.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, resize: int | None = None,
+    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, resize: int | tuple[int, int] | None = None,
                  normalize: tuple[Sequence[float], Sequence[float]] | None = None, augment: Augment | None = None,
                  seed: int = 0, device: str | torch.device = "cpu", channels_last: bool = False,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
@@ -103,8 +104,9 @@ class Loader:
             raise UsageError(f"rank {rank} of {world_size} processes: need 0 <= rank < world_size")
         if shuffle and batch_size % world_size:
             raise UsageError(f"the global batch {batch_size} must divide by the {world_size} processes")
-        if resize is not None and (not isinstance(resize, int) or resize < 1):
-            raise UsageError(f"resize must be a whole number of pixels >= 1, not {resize!r}")
+        sizes = (resize, resize) if isinstance(resize, int) else resize
+        if sizes is not None and (len(sizes) != 2 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes)):
+            raise UsageError(f"resize must be a whole number of pixels >= 1 (or a pair of them), not {resize!r}")
         augment = augment or Augment()
         if augment.active and not shuffle:
             raise UsageError("augmentation is for training loaders (shuffle=True); evaluation sees the images as they are")
@@ -119,7 +121,7 @@ class Loader:
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.epoch = 0
-        self.out_size = (resize, resize) if resize else (height, width)
+        self.out_size = tuple(sizes) if resize else (height, width)
         self._divisor = torch.tensor([255 * s for s in std], device=self.device).view(-1, 1, 1)
         self._shift = (torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(-1, 1, 1)
                        if normalize is not None else None)
@@ -276,3 +278,29 @@ def _erase(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     in_cols = (xs[None] >= left[:, None]) & (xs[None] < (left + bw)[:, None])
     mask = in_rows[:, :, None] & in_cols[:, None, :] & apply.bool()[:, None, None]
     return x.masked_fill_(mask[:, None], 0.0)
+
+
+def eval_batch_size(batch_size: int) -> int:
+    """The batch of evaluation loaders for a training batch of `batch_size`."""
+    return max(batch_size, EVAL_BATCH_MIN)
+
+
+class Loaders(NamedTuple):
+    train: Loader | None
+    val: Loader | None
+    test: Loader | None
+
+
+def make_loaders(train: Dataset | None = None, val: Dataset | None = None, test: Dataset | None = None, *,
+                 batch_size: int, augment: Augment | None = None, seed: int = 0, drop_last: bool = False,
+                 **common) -> Loaders:
+    """The loaders of a run: `train` shuffled and augmented (dropping its last, smaller batch when
+    `drop_last`), `val` and `test` in order at `eval_batch_size(batch_size)`. `common` (resize,
+    normalize, device, channels_last, rank, world_size) is what they all share."""
+    eval_batch = eval_batch_size(batch_size)
+    return Loaders(
+        Loader(train, batch_size, shuffle=True, augment=augment, seed=seed, drop_last=drop_last, **common)
+        if train is not None else None,
+        Loader(val, eval_batch, shuffle=False, **common) if val is not None else None,
+        Loader(test, eval_batch, shuffle=False, **common) if test is not None else None,
+    )

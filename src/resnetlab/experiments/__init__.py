@@ -1,10 +1,6 @@
-"""Experiments that reproduce a figure of a paper with one command, on top of the training engine."""
+"""Experiments that reproduce a figure of a paper with one command, on top of the training engine.
 
-from resnetlab.experiments.degradation import (
-    DEGRADATION_DEFAULTS,
-    DEGRADATION_RECIPE,
-    gradient_norms_at_init,
-    run_degradation,
-)
+    from resnetlab.experiments.degradation import run_degradation
 
-__all__ = ["DEGRADATION_DEFAULTS", "DEGRADATION_RECIPE", "gradient_norms_at_init", "run_degradation"]
+(This package imports nothing itself: `resnetlab --help` reads `experiments.defaults` without torch.)
+"""

@@ -12,41 +12,30 @@ ordinary run folder) and writes, under the experiment folder:
     gradients.csv/.png     per-layer gradient norm at initialisation of the two deep nets
     degradation.json       the settings, the final errors and whether the effect showed
 
-    from resnetlab.experiments import run_degradation
+    from resnetlab.experiments.degradation import run_degradation
     result = run_degradation("runs/degradation")   # the defaults below, ~10 min on a 2-core CPU
 """
 
 from __future__ import annotations
 
 import csv
-import io
+import inspect
 import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch.nn.functional as F
+from torch import nn
+
 from resnetlab.errors import UsageError
-from resnetlab.fileio import write_json, write_text
-from resnetlab.train.report import new_figure, save_png
-
-# torch is imported inside the functions that use it, so `resnetlab --help` stays instant.
-
-# One recipe for every net. No augmentation and no label smoothing, so the training error
-# measures optimisation alone; BN everywhere (the paper's plain nets have it too); SGD with
-# momentum 0.9, weight decay 1e-4 and batch 128 as in He et al., at a high peak rate (0.1) for few
-# epochs: the regime where deep plain nets lag. The rate warms up over the first 15% of steps and
-# decays linearly to zero, so the last epoch measures what each net can fit rather than the noise
-# of a high constant rate (with a constant 0.1, resnet56 had not yet overtaken resnet20 after
-# 8 epochs: see docs/degradation.md).
-DEGRADATION_RECIPE = dict(
-    resize=None, normalize=True, crop_padding=0, flip=False, erasing=0.0, val_split=0,
-    label_smoothing=0.0, init="default", batch_size=128, optimizer="sgd", momentum=0.9,
-    nesterov=False, weight_decay=1e-4, schedule="onecycle", warmup=0.15,
-)
-# The settings `resnetlab experiment degradation` uses when no flag is given (docs/degradation.md
-# records the runs that chose them): narrow nets on a subset of Fashion-MNIST at its native 28 px.
-DEGRADATION_DEFAULTS = dict(data="fashion-mnist", depths=(20, 56), epochs=8, width=8, subset=8000, seed=0, lr=0.1)
+from resnetlab.experiments.defaults import DEGRADATION_DEFAULTS, DEGRADATION_RECIPE
+from resnetlab.fileio import write_csv, write_json
+from resnetlab.models import get_model_info, list_models
+from resnetlab.train import make_config, train
+from resnetlab.train.report import have_matplotlib, new_figure, save_png
+from resnetlab.train.setup import build
 
 BASE_PRESET = "quick"  # the recipe above overrides every setting this preset fills
 
@@ -66,10 +55,6 @@ class Net:
 def registered_depths() -> list[int]:
     """Depths with both a `plain{d}` and a `resnet{d}` in the model registry that take a `width`
     (the CIFAR-style nets; plain18/34 are ImageNet-style and have no single width)."""
-    import inspect
-
-    from resnetlab.models import get_model_info, list_models
-
     def depths(prefix: str) -> set[str]:
         return {name[len(prefix):] for name in list_models(prefix + "*")
                 if "width" in inspect.signature(get_model_info(name).builder).parameters}
@@ -94,8 +79,6 @@ def check_depths(depths) -> tuple[int, int]:
 def degradation_config(net: Net, *, data: str, epochs: int, width: int, subset: int | None, seed: int,
                        lr: float, device: str = "auto", data_dir: str | None = None):
     """The TrainConfig of one net: the shared recipe plus the net's name."""
-    from resnetlab.train import make_config
-
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise UsageError(f"--width must be a positive integer, got {width!r}")
     return make_config(BASE_PRESET, **DEGRADATION_RECIPE, model=net.name, model_kwargs={"width": width},
@@ -106,19 +89,11 @@ def gradient_norms_at_init(cfg) -> list[tuple[str, float]]:
     """(layer name, gradient norm of its weight) for every conv and linear layer, input to output,
     after one backward pass at initialisation: the same initial weights and the same first
     training batch as `train(cfg)` starts from, in fp32 with BN in training mode."""
-    import torch.nn.functional as F
-    from torch import nn
-
-    from resnetlab.data import Loader, get_dataset_info
-    from resnetlab.train.trainer import build_model, load_splits
-
-    train_set, _, _ = load_splits(cfg)
-    info = get_dataset_info(cfg.data)
-    normalize = (list(info.mean), list(info.std)) if cfg.normalize else None
-    loader = Loader(train_set, cfg.batch_size, shuffle=True, resize=cfg.resize, normalize=normalize, seed=cfg.seed)
+    parts = build(cfg)
+    loader = parts.loaders.train
     loader.set_epoch(0)
     x, y = next(iter(loader))
-    model = build_model(cfg, train_set.images.shape[1], len(train_set.classes))
+    model = parts.raw_model
     model.train()
     F.cross_entropy(model(x), y).backward()
     return [(name, module.weight.grad.norm().item()) for name, module in model.named_modules()
@@ -134,8 +109,6 @@ def _read_metrics(run_dir: Path) -> list[dict]:
 def _train_net(cfg, run_dir: Path, *, overwrite: bool, verbose: bool, json_output: bool, say) -> str:
     """Train one net into `run_dir`: reuse a finished run of the same settings, continue an
     interrupted one, refuse to mix with a run of other settings. Returns what it did."""
-    from resnetlab.train import train
-
     config_file = run_dir / "config.json"
     if config_file.exists() and not overwrite:
         saved = json.loads(config_file.read_text(encoding="utf-8")).get("config")
@@ -166,8 +139,6 @@ def run_degradation(out: str | Path, *, data: str = DEGRADATION_DEFAULTS["data"]
     `subset=None` trains on the whole training set (and tests on the whole test set). Progress goes
     to stdout, or to stderr with `json_output=True`; `verbose=False` silences it.
     """
-    from resnetlab.train.report import have_matplotlib
-
     started = time.perf_counter()
     out = Path(out)
     stream = sys.stderr if json_output else sys.stdout
@@ -198,11 +169,11 @@ def run_degradation(out: str | Path, *, data: str = DEGRADATION_DEFAULTS["data"]
                        "train_err": 1.0 - history[-1]["train_acc"], "test_err": 1.0 - history[-1]["test_acc"],
                        "seconds": sum(r["epoch_seconds"] for r in history), "run_dir": str(run_dir),
                        "action": action})
-    _write_csv(out / "degradation.csv", rows, ["net", "depth", "residual", "epoch", "train_err", "test_err"])
+    write_csv(out / "degradation.csv", rows, ["net", "depth", "residual", "epoch", "train_err", "test_err"])
 
     say("gradient norms at initialisation (one batch) of the deep nets")
     gradients = {net.name: gradient_norms_at_init(configs[net]) for net in nets if net.depth == deep}
-    _write_csv(out / "gradients.csv",
+    write_csv(out / "gradients.csv",
                [{"net": name, "layer": i + 1, "name": layer, "grad_norm": norm}
                 for name, norms in gradients.items() for i, (layer, norm) in enumerate(norms)],
                ["net", "layer", "name", "grad_norm"])
@@ -234,15 +205,6 @@ def format_table(result: dict) -> str:
                  f" (degradation {'shown' if result['plain_degrades'] else 'NOT shown'}); "
                  f"residual: {deep} layers train {'no worse' if result['residual_no_worse'] else 'WORSE'} than {shallow}")
     return "\n".join(lines)
-
-
-def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    write_text(path, buf.getvalue())
 
 
 # --- figures (matplotlib is an optional extra; callers check have_matplotlib first; train.report

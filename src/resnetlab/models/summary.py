@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter
 from torch.utils.flop_counter import FlopCounterMode
 
-from resnetlab.errors import UsageError
+from resnetlab.errors import UsageError, first_line
 from resnetlab.models.registry import create_model, get_model_info, list_models
 
 _STRIDED = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
@@ -243,8 +243,7 @@ def summarize(model_or_name: nn.Module | str, input_size: Sequence[int] | None =
     try:
         trace = _trace(model, x)
     except (RuntimeError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{label} cannot run on input {c}x{h}x{w}: {reason}") from None
+        raise UsageError(f"{label} cannot run on input {c}x{h}x{w}: {first_line(e)}") from None
     if trace.undersized is not None:
         layer, kind, spatial = trace.undersized
         smallest = _smallest_square_input(model, c, min(h, w))

@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from resnetlab.errors import Interrupted, ResnetlabError, TrainingError, UsageError
+from resnetlab import __version__
+from resnetlab.errors import Interrupted, ResnetlabError, TrainingError, UsageError, first_line
 
 TIMEOUT_ENV = "RESNETLAB_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300  # longer than any step or evaluation we expect, short enough not to feel like a hang
@@ -155,8 +156,7 @@ def is_peer_failure(error: BaseException) -> bool:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return re.sub(r"^\[[^\]]*\]\s*", "", text)[:200]  # drop gloo's "[/path/to/pair.cc:537] " prefix
+    return re.sub(r"^\[[^\]]*\]\s*", "", first_line(error))  # drop gloo's "[/path/to/pair.cc:537] " prefix
 
 
 # --- errors every process raises alike -----------------------------------------------------
@@ -348,8 +348,6 @@ def fingerprint(dataset) -> str | None:
 def describe_setup(config: dict, datasets: dict, **resolved) -> dict:
     """What must be the same on every process: the configuration (less where the data lives),
     what `auto` settings resolved to, the data and the versions."""
-    from resnetlab import __version__
-
     return {
         "config": {k: v for k, v in config.items() if k != "data_dir"},
         **resolved,

@@ -6,21 +6,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from resnetlab.data import Dataset, load_dataset, make_loaders
 from resnetlab.errors import UsageError
+from resnetlab.models.fuse import fuse_bn
+from resnetlab.train.device import resolve_device
 from resnetlab.train.engine import evaluate
 from resnetlab.train.report import per_class_table
 from resnetlab.train.run import load_model
-from resnetlab.train.trainer import resolve_device
 
 
 def inference_model(model: torch.nn.Module) -> torch.nn.Module:
     """An eval-only copy for inference: batch norms folded into the convolutions (one pass over each
     activation instead of two) and channels_last memory, as `resnetlab bench` measures evaluation."""
-    from resnetlab.models.fuse import fuse_bn
-
     return fuse_bn(model).to(memory_format=torch.channels_last)
+
+
+def input_transform(meta: dict) -> dict:
+    """The loader settings that show a model its input as training did (from the weights' metadata)."""
+    norm = meta.get("normalize")
+    return {"resize": meta.get("resize"), "normalize": (norm["mean"], norm["std"]) if norm else None}
 
 
 class _FlipAveraged(torch.nn.Module):
@@ -36,8 +41,6 @@ class _FlipAveraged(torch.nn.Module):
 
 def evaluate_run(source: str | Path, *, data: str | None = None, data_dir: str | None = None, tta: bool = False,
                  device: str = "auto", batch_size: int = 256) -> dict:
-    from resnetlab.data import Loader, load_dataset
-
     dev = resolve_device(device)
     model, meta = load_model(source, dev)
     test_set = load_dataset(data or meta["data"], train=False, root=data_dir)
@@ -46,9 +49,7 @@ def evaluate_run(source: str | Path, *, data: str | None = None, data_dir: str |
             f"{data or meta['data']} has {test_set.images.shape[1]} channels and {len(test_set.classes)} classes, "
             f"but the model takes {meta['in_chans']} channels and predicts {meta['num_classes']} classes; pick a matching --data"
         )
-    norm = meta.get("normalize")
-    loader = Loader(test_set, batch_size, shuffle=False, resize=meta.get("resize"), device=dev,
-                    normalize=(norm["mean"], norm["std"]) if norm else None)
+    loader = make_loaders(test=test_set, batch_size=batch_size, device=dev, **input_transform(meta)).test
     model = inference_model(model)
     result = evaluate(_FlipAveraged(model) if tta else model, loader, dev, num_classes=meta["num_classes"])
     return {
@@ -75,20 +76,22 @@ def load_image(path: str | Path, channels: int) -> torch.Tensor:
     return t.permute(2, 0, 1).contiguous()
 
 
+def preprocess(images: list[torch.Tensor], meta: dict, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 [C, H, W] images of any size -> the model's float batch, through the loader's own
+    transform: resized (bilinear, antialiased) to the model's input size and normalised as in training."""
+    _, height, width = meta["input_size"]
+    settings = dict(input_transform(meta), resize=(height, width))
+    batches = []
+    for img in images:
+        one = Dataset("images", img.unsqueeze(0), torch.zeros(1, dtype=torch.int64))
+        batches.append(next(iter(make_loaders(test=one, batch_size=1, device=device, **settings).test))[0])
+    return torch.cat(batches)
+
+
 def predict(source: str | Path, images: list[str | Path], *, top_k: int = 3, device: str = "auto") -> list[dict]:
     dev = resolve_device(device)
     model, meta = load_model(source, dev)
-    _, height, width = meta["input_size"]
-    norm = meta.get("normalize")
-    batch = []
-    for path in images:
-        x = load_image(path, meta["in_chans"]).to(dev).unsqueeze(0).float() / 255
-        if x.shape[-2:] != (height, width):  # the same bilinear, antialiased resize the loader uses
-            x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-        batch.append(x)
-    x = torch.cat(batch)
-    if norm:
-        x = (x - torch.tensor(norm["mean"], device=dev).view(1, -1, 1, 1)) / torch.tensor(norm["std"], device=dev).view(1, -1, 1, 1)
+    x = preprocess([load_image(path, meta["in_chans"]) for path in images], meta, dev)
     with torch.inference_mode():
         probs = inference_model(model)(x).float().softmax(1)
     k = min(top_k, probs.shape[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from resnetlab.errors import UsageError
 from resnetlab.train.config import TrainConfig
+from resnetlab.train.device import device_type
 
 PRESETS: dict[str, dict] = {
     # The textbook's recipe exactly (d2l ResNet chapter): resnet18_d2l, 96 px, batch 256,
@@ -43,15 +44,6 @@ DEVICE_SETTINGS: dict[str, dict[str, dict]] = {
 }
 
 
-def _device_type(device: str | None) -> str:
-    """"cuda", "cpu" or "mps" for a --device value; "auto" (or None) as the trainer resolves it."""
-    if device in (None, "auto"):
-        from resnetlab.train.trainer import resolve_device
-
-        return resolve_device("auto").type
-    return device.split(":", 1)[0]
-
-
 def make_config(preset: str = "quick", **overrides) -> TrainConfig:
     """The preset's configuration, with its settings for the device (see DEVICE_SETTINGS), then
     `overrides` (None values are ignored) applied. A preset's model options (model_kwargs) belong
@@ -60,7 +52,7 @@ def make_config(preset: str = "quick", **overrides) -> TrainConfig:
         raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     given = {k: v for k, v in overrides.items() if v is not None}
     settings = dict(PRESETS[preset], preset=preset)
-    settings.update(DEVICE_SETTINGS.get(preset, {}).get(_device_type(given.get("device")), {}))
+    settings.update(DEVICE_SETTINGS.get(preset, {}).get(device_type(given.get("device")), {}))
     if given.get("model", settings["model"]) != settings["model"] and "model_kwargs" not in given:
         settings["model_kwargs"] = {}
     settings.update(given)

@@ -7,16 +7,15 @@ moment leaves the previous complete file. Checkpoints hold tensors and plain Pyt
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from resnetlab.errors import CheckpointError, UsageError
-from resnetlab.fileio import write_bytes, write_json, write_text
+from resnetlab.errors import CheckpointError, UsageError, first_line
+from resnetlab.fileio import write_bytes, write_csv, write_json
+from resnetlab.models import create_model
 from resnetlab.weights import load_weights, save_weights
 
 CHECKPOINT_VERSION = 1
@@ -64,14 +63,8 @@ class RunDir:
             write_json(self.file("summary.json"), summary)
 
     def write_metrics(self, rows: list[dict]) -> None:
-        if not self.enabled:
-            return
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        write_text(self.file("metrics.csv"), buf.getvalue())
+        if self.enabled:
+            write_csv(self.file("metrics.csv"), rows, METRIC_COLUMNS)
 
     # --- checkpoint ----------------------------------------------------------------------
     def save_checkpoint(self, checkpoint: dict) -> None:
@@ -79,9 +72,6 @@ class RunDir:
             buf = io.BytesIO()
             torch.save(dict(checkpoint, version=CHECKPOINT_VERSION), buf)
             write_bytes(self.file("checkpoint.pt"), buf.getvalue())
-
-    def load_checkpoint(self) -> dict:
-        return load_checkpoint(self.file("checkpoint.pt"))
 
     # --- weights -------------------------------------------------------------------------
     def save_weights(self, name: str, state_dict: dict, metadata: dict) -> None:
@@ -98,8 +88,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle: torch raises many types
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable resnetlab checkpoint ({first}); it may be truncated or foreign") from None
+        raise CheckpointError(f"{path} is not a readable resnetlab checkpoint ({first_line(e)}); it may be truncated or foreign") from None
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION or "config" not in ckpt:
         raise CheckpointError(f"{path} is not a resnetlab checkpoint (version {CHECKPOINT_VERSION}); it was written by another program")
     return ckpt
@@ -120,8 +109,6 @@ def resolve_weights(source: str | Path) -> Path:
 
 def load_model(source: str | Path, device: torch.device | str = "cpu"):
     """Rebuild a trained model from a run folder or weights file: (model in eval mode, metadata)."""
-    from resnetlab.models import create_model
-
     path = resolve_weights(source)
     state_dict, meta = load_weights(path)
     if "model" not in meta:
@@ -132,7 +119,3 @@ def load_model(source: str | Path, device: torch.device | str = "cpu"):
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit model {meta['model']}: {str(e).splitlines()[0]}") from None
     return model.to(device).eval(), meta
-
-
-def read_summary(path: str | Path) -> dict:
-    return json.loads(Path(path, "summary.json").read_text())

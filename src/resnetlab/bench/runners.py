@@ -1,0 +1,121 @@
+"""The two ways of running one model at one batch and resolution: the textbook's own code and
+resnetlab's training API. Both offer the same methods, which `measure.timed_round` times."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from resnetlab import textbook_baseline as tb
+from resnetlab.bench.variants import Variant
+from resnetlab.models import create_model
+from resnetlab.models.fuse import fuse_bn
+from resnetlab.train.engine import TrainState, evaluate, fit
+from resnetlab.train.presets import make_config
+from resnetlab.train.setup import Splits, build
+
+TEXTBOOK_LR = 0.05  # the chapter's learning rate; both paths take the same plain SGD step
+
+
+class Batches:
+    """The first `steps` batches of a loader (or list), with the loader interface `fit` uses."""
+
+    def __init__(self, source, steps: int):
+        self.source, self.steps = source, steps
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        return itertools.islice(iter(self.source), self.steps)
+
+
+class TextbookRunner:
+    """The notebook's net and d2l's loop (resnetlab.textbook_baseline)."""
+
+    def __init__(self, variant: Variant, model_name: str, data: Splits, batch_size: int, resize: int | None,
+                 steps: int, device: torch.device, seed: int):
+        self.tb, self.variant, self.device, self.steps = tb, variant, device, steps
+        torch.manual_seed(seed)
+        train, test = data.train, data.test
+        if model_name == "resnet18_d2l" and train.images.shape[1] == 1 and len(train.classes) == 10:
+            net = tb.notebook_resnet18()
+        else:
+            net = create_model(model_name, num_classes=len(train.classes), in_chans=train.images.shape[1])
+        net.apply(tb.init_weights)
+        self.net = net.to(device)
+        self.optimizer, self.loss = tb.make_optimizer(self.net, TEXTBOOK_LR)
+        # d2l uses 4 workers. On a CPU they would compete with the training threads for the same
+        # cores, so the pipeline runs in the main process there; on a GPU they run beside it.
+        workers = 4 if device.type == "cuda" else 0
+        self.train_loader = tb.pil_loader(train.images, train.labels, batch_size, shuffle=True, resize=resize, workers=workers)
+        self.test_loader = tb.pil_loader(test.images, test.labels, batch_size, shuffle=False, resize=resize, workers=workers)
+        self.eval_batch_size = batch_size
+        self.train_batches = [(x.to(device), y.to(device)) for x, y in itertools.islice(self.train_loader, steps)]
+        self.eval_batches = [(x.to(device), y.to(device)) for x, y in itertools.islice(self.test_loader, steps)]
+
+    def train(self, batches) -> None:
+        self.tb.train_batches(self.net, batches, self.optimizer, self.loss, self.device)
+
+    def prepare_eval(self) -> None:
+        pass  # the textbook evaluates the training network as it is
+
+    def evaluate(self, batches) -> None:
+        self.tb.evaluate_accuracy_gpu(self.net, batches, self.device)
+
+    def load(self, steps: int) -> None:
+        for x, y in itertools.islice(self.train_loader, steps):
+            x, y = x.to(self.device), y.to(self.device)
+
+    def train_from_loader(self, steps: int) -> None:
+        self.train(itertools.islice(self.train_loader, steps))
+
+    def evaluate_from_loader(self, steps: int) -> None:
+        self.evaluate(itertools.islice(self.test_loader, steps))
+
+
+class ResnetlabRunner:
+    """resnetlab's path: the training seam's parts (`setup.build`), the engine's fit and evaluate, fuse_bn."""
+
+    def __init__(self, variant: Variant, model_name: str, data: Splits, batch_size: int, resize: int | None,
+                 steps: int, device: torch.device, seed: int):
+        self.variant, self.device, self.steps = variant, device, steps
+        # The d2l preset's optimisation (plain SGD at the chapter's rate, Xavier init), so both paths
+        # take the same step; only how it is computed differs.
+        self.cfg = make_config("d2l", model=model_name, batch_size=batch_size, resize=resize, epochs=1, seed=seed,
+                               lr=TEXTBOOK_LR, amp=variant.amp, channels_last=variant.channels_last,
+                               compile=variant.compile, device=str(device))
+        parts = build(self.cfg, splits=data, foreach=variant.foreach)
+        self.model, self.train_model, self.optimizer = parts.raw_model, parts.model, parts.optimizer
+        self.eval_model = None
+        self.train_loader, self.test_loader = parts.loaders.train, parts.loaders.test
+        self.eval_batch_size = self.test_loader.batch_size
+        self.train_batches = list(itertools.islice(self.train_loader, steps))
+        self.eval_batches = list(itertools.islice(self.test_loader, steps))
+
+    def train(self, batches) -> None:
+        fit(self.train_model, Batches(batches, len(batches)), self.cfg, self.device, optimizer=self.optimizer,
+            state=TrainState(), amp=self.variant.amp)
+
+    def prepare_eval(self) -> None:
+        """What an evaluation costs once, before its first batch: folding (and compiling)."""
+        model = fuse_bn(self.model) if self.variant.fuse else self.model
+        self.eval_model = torch.compile(model) if self.variant.compile else model
+
+    def evaluate(self, batches) -> None:
+        evaluate(self.eval_model, batches, self.device, amp=self.variant.amp)
+
+    def load(self, steps: int) -> None:
+        for _ in itertools.islice(self.train_loader, steps):
+            pass
+
+    def train_from_loader(self, steps: int) -> None:
+        self.train(Batches(self.train_loader, steps))
+
+    def evaluate_from_loader(self, steps: int) -> None:
+        self.evaluate(Batches(self.test_loader, steps))

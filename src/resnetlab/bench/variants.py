@@ -1,0 +1,59 @@
+"""The variants `resnetlab bench` measures: the textbook's code, and resnetlab's path in fp32 or
+bf16 with suffixes that turn one trick off or on (see resnetlab.bench)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from resnetlab.errors import UsageError
+from resnetlab.train.device import bf16_pays
+from resnetlab.train.presets import PRESETS
+
+DEFAULT_VARIANTS = ("textbook", "fp32", "bf16")
+# What each suffix of a variant name changes (see the module docstring).
+MODIFIERS = {
+    "nchw": {"channels_last": False},
+    "nofuse": {"fuse": False},
+    "noforeach": {"foreach": False},
+    "compile": {"compile": True},
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    textbook: bool = False
+    amp: bool = False  # bf16 autocast
+    channels_last: bool = True
+    fuse: bool = True  # evaluate with fuse_bn
+    foreach: bool = True  # multi-tensor optimizer step
+    compile: bool = False  # torch.compile the training and the evaluation model
+
+
+def parse_variant(name: str) -> Variant:
+    """"textbook", or "fp32"/"bf16" followed by any of -nchw -nofuse -noforeach -compile."""
+    if name == "textbook":
+        return Variant(name, textbook=True, channels_last=False, fuse=False, foreach=False)
+    head, *mods = name.split("-")
+    if head not in ("fp32", "bf16"):
+        raise UsageError(f"unknown bench variant {name!r}: use textbook, fp32 or bf16, optionally "
+                         f"followed by {', '.join('-' + m for m in MODIFIERS)} (e.g. bf16-compile)")
+    variant = Variant(name, amp=head == "bf16")
+    for mod in mods:
+        if mod not in MODIFIERS:
+            raise UsageError(f"unknown suffix -{mod} in bench variant {name!r}; "
+                             f"known: {', '.join('-' + m for m in MODIFIERS)}")
+        variant = replace(variant, **MODIFIERS[mod])
+    return variant
+
+
+def preset_defaults(device: torch.device) -> dict[str, str]:
+    """The variant each training preset runs by default on `device` (from PRESETS and bf16_pays)."""
+    pays = bf16_pays(device)
+    out = {}
+    for name, preset in PRESETS.items():
+        amp = preset.get("amp")
+        out[name] = ("bf16" if (pays if amp is None else amp) else "fp32") + ("-compile" if preset.get("compile") else "")
+    return out

@@ -1,0 +1,167 @@
+"""The seam between a configuration and a running experiment: `build(cfg, dist) -> Parts`.
+
+The trainer, `resnetlab bench`, the degradation experiment and inference get their device,
+data, model, optimizer and loaders here and nowhere else, so they cannot drift apart:
+
+    parts = build(make_config("quick", subset=2000))
+    fit(parts.model, parts.loaders.train, parts.cfg, parts.device, optimizer=parts.optimizer, ...)
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from resnetlab import __version__
+from resnetlab.data import Augment, Dataset, Loaders, get_dataset_info, load_dataset, make_loaders, split_dataset
+from resnetlab.errors import UsageError
+from resnetlab.models import create_model
+from resnetlab.train.config import TrainConfig
+from resnetlab.train.device import bf16_pays, channels_last_pays, prepare_device, resolve_device
+from resnetlab.train.distributed import (DistInfo, check_same_setup, convert_sync_batchnorm, describe_setup,
+                                        local_main_first, wrap_ddp)
+from resnetlab.train.engine import TrainState, init_weights, make_optimizer
+
+
+class Splits(NamedTuple):
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+
+
+@dataclass
+class Parts:
+    """Everything a run needs, ready to use."""
+
+    cfg: TrainConfig
+    dist: DistInfo
+    device: torch.device
+    amp: bool  # bf16 autocast, as resolved for the device
+    channels_last: bool
+    splits: Splits
+    loaders: Loaders
+    raw_model: nn.Module  # what is saved: never the DDP or compiled wrapper
+    model: nn.Module  # what trains: raw_model, wrapped in DDP and/or compiled as the config asks
+    eval_model: nn.Module  # what evaluates: the uncompiled model (compiling eval mode would cost a second compilation)
+    optimizer: torch.optim.Optimizer
+    state: TrainState  # where training stands: fresh, or the checkpoint's
+    meta: dict  # saved with the weights: what rebuilds the model and prepares its input
+
+    @property
+    def classes(self) -> list[str]:
+        return self.splits.train.classes
+
+    def describe(self) -> dict:
+        """The run's config.json: the configuration, what `auto` resolved to, versions, machine."""
+        return {
+            "config": self.cfg.to_dict(), "device": str(self.device), "amp": self.amp,
+            "channels_last": self.channels_last, "world_size": self.dist.world_size,
+            "params": sum(p.numel() for p in self.raw_model.parameters()),
+            "versions": {"resnetlab": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "threads": torch.get_num_threads(), "host": platform.node(),
+        }
+
+    def checkpoint(self, state: TrainState) -> dict:
+        """What checkpoint.pt holds after `state`: tensors and plain types only."""
+        return {
+            "config": self.cfg.to_dict(), "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "state": vars(state).copy(), "rng": {"torch": torch.get_rng_state()}, "world_size": self.dist.world_size,
+        }
+
+
+def load_splits(cfg: TrainConfig) -> Splits:
+    """(train, val or None, test) datasets as the config asks: subset, then validation split."""
+    train_set = load_dataset(cfg.data, train=True, root=cfg.data_dir)
+    test_set = load_dataset(cfg.data, train=False, root=cfg.data_dir)
+    if cfg.subset is not None:  # a seeded random subset of each split (smoke tests, quick looks)
+        train_set = train_set.take(min(cfg.subset, len(train_set)), seed=cfg.seed)
+        test_set = test_set.take(min(cfg.subset, len(test_set)), seed=cfg.seed)
+    val_set = None
+    if cfg.val_split:
+        if cfg.val_split >= len(train_set):
+            raise UsageError(f"--val-split {cfg.val_split} leaves no training data ({len(train_set)} examples); "
+                             "pass a smaller --val-split, or 0")
+        train_set, val_set = split_dataset(train_set, cfg.val_split, seed=cfg.seed)
+    return Splits(train_set, val_set, test_set)
+
+
+def build_model(cfg: TrainConfig, in_chans: int, num_classes: int) -> nn.Module:
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+    model = create_model(cfg.model, num_classes=num_classes, in_chans=in_chans, **cfg.model_kwargs)
+    init_weights(model, cfg.init)
+    return model
+
+
+def normalization(cfg: TrainConfig) -> tuple[list[float], list[float]] | None:
+    """(mean, std) per channel of the dataset, or None when the config does not normalise."""
+    if not cfg.normalize:
+        return None
+    info = get_dataset_info(cfg.data)
+    return list(info.mean), list(info.std)
+
+
+def weights_metadata(cfg: TrainConfig, splits: Splits) -> dict:
+    """What a weights file needs besides its tensors: the model, its classes and its input."""
+    images = splits.train.images
+    in_chans, classes = images.shape[1], splits.train.classes
+    input_hw = (cfg.resize, cfg.resize) if cfg.resize else tuple(images.shape[2:])
+    norm = normalization(cfg)
+    return {
+        "model": cfg.model, "model_kwargs": cfg.model_kwargs, "in_chans": in_chans, "num_classes": len(classes),
+        "classes": classes, "input_size": [in_chans, *input_hw], "resize": cfg.resize,
+        "normalize": {"mean": norm[0], "std": norm[1]} if norm else None, "data": cfg.data,
+    }
+
+
+def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | None = None,
+          checkpoint: dict | None = None, foreach: bool = True) -> Parts:
+    """Device policy, data (`splits`, or loaded as `cfg` says), model, optimizer and loaders for
+    `cfg` on this process; restored from `checkpoint` when given. `foreach=False` takes the
+    optimizer's per-tensor step (a bench ablation)."""
+    device = resolve_device(cfg.device, dist.local_rank)
+    prepare_device(device)
+    amp = bf16_pays(device) if cfg.amp is None else cfg.amp
+    channels_last = channels_last_pays(device) if cfg.channels_last is None else cfg.channels_last
+    if splits is None:
+        with local_main_first(dist):  # one download per machine, then the other processes read the cache
+            splits = load_splits(cfg)
+    check_same_setup(dist, describe_setup(cfg.to_dict(), splits._asdict(), device=device.type, amp=amp,
+                                          channels_last=channels_last))
+    if cfg.batch_size % dist.world_size:
+        raise UsageError(f"--batch-size {cfg.batch_size} (the global batch) must divide by the {dist.world_size} processes")
+
+    raw_model = build_model(cfg, splits.train.images.shape[1], len(splits.train.classes))
+    if cfg.sync_bn and dist.enabled:
+        raw_model = convert_sync_batchnorm(raw_model, device)
+    raw_model = raw_model.to(device)
+    if channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(raw_model, cfg, foreach=foreach)
+    state = TrainState()
+    if checkpoint is not None:
+        raw_model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state = TrainState(**checkpoint["state"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+    model = wrap_ddp(raw_model, device, dist) if dist.enabled else raw_model
+    if cfg.compile:
+        model = torch.compile(model)
+
+    # A compiled model drops the last, smaller batch of each epoch (a different few examples each
+    # time): a second batch shape would cost a second compilation. Evaluation runs the uncompiled
+    # model: compiling it for eval mode would be a third. Measured on the CPU, empty inductor
+    # cache: two epochs of resnet18_d2l took 71 s with three compilations, 37 s with one.
+    loaders = make_loaders(*splits, batch_size=cfg.batch_size, seed=cfg.seed, drop_last=dist.enabled or cfg.compile,
+                           augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, erasing=cfg.erasing),
+                           resize=cfg.resize, normalize=normalization(cfg), device=device,
+                           channels_last=channels_last, rank=dist.rank, world_size=dist.world_size)
+    if len(loaders.train) == 0:
+        raise UsageError(f"{len(splits.train)} training examples make no full batch of {cfg.batch_size}; lower --batch-size")
+    return Parts(cfg=cfg, dist=dist, device=device, amp=amp, channels_last=channels_last, splits=splits,
+                 loaders=loaders, raw_model=raw_model, model=model,
+                 eval_model=raw_model if cfg.compile else model, optimizer=optimizer, state=state,
+                 meta=weights_metadata(cfg, splits))
