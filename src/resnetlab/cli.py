@@ -91,23 +91,10 @@ COMMANDS += [_add_summary, _add_models]
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model (default: the quick preset on Fashion-MNIST)",
-                       description="Train a model. A preset fills every setting; flags override it.")
-    p.add_argument("--preset", default="quick", help="d2l (the textbook recipe), quick (default: ~10 min on a CPU), best (for a GPU)")
-    p.add_argument("--model", help="model name (see `resnetlab models`)")
-    p.add_argument("--data", help="dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH")
-    p.add_argument("--data-dir", help="folder holding the dataset files (used alone, no fall-back)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="the global batch, split across processes")
-    p.add_argument("--lr", type=float, help="the (peak) learning rate")
-    p.add_argument("--resize", type=int, help="resize images to PX x PX")
-    p.add_argument("--val-split", type=int, help="hold out N training examples to pick best.safetensors")
-    p.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: where it pays)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels_last memory format")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model for training (each epoch then drops its last, smaller batch: one shape, one compilation)")
-    p.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--subset", type=int, help="use a seeded random subset of N examples of each split")
+                       description="Train a model. A preset (or --config) fills every setting; flags override it.")
+    _add_config_flags(p)
+    p.add_argument("--config", metavar="FILE", help="start from a saved configuration (a run's config.json) "
+                                                   "instead of a preset; flags override it")
     p.add_argument("--out", help="run folder (default: runs/<date-time>-<preset>/)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR after its last checkpoint")
@@ -117,8 +104,32 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train, train_parser=p)
 
 
-_TRAIN_FIELDS = ("model", "data", "data_dir", "epochs", "batch_size", "lr", "resize", "val_split", "device", "amp",
-                 "channels_last", "compile", "sync_bn", "seed", "subset")
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): write it as '{{\"width\": 32}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object is wanted, got {text!r}")
+    return value
+
+
+def _add_config_flags(parser) -> None:
+    """One flag per TrainConfig field, from its type and help text; None (not given) leaves the
+    preset's value."""
+    import dataclasses
+
+    from resnetlab.train.config import TrainConfig, field_types, flag_name
+
+    group = parser.add_argument_group("settings (each a field of the run's TrainConfig; default: the preset's)")
+    for f, kinds in zip(dataclasses.fields(TrainConfig), field_types().values()):
+        flag, meta = "--" + flag_name(f.name), dict(f.metadata)
+        if bool in kinds:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=meta["help"])
+            continue
+        kind = _json_object if dict in kinds else next(k for k in kinds if k is not type(None))
+        group.add_argument(flag, type=kind, choices=meta["choices"], default=None, help=meta["help"],
+                           metavar=None if meta["choices"] else f.name.upper())
 
 
 def _flags_again(parser, args, skip: tuple[str, ...]) -> list[str]:
@@ -134,24 +145,32 @@ def _flags_again(parser, args, skip: tuple[str, ...]) -> list[str]:
         elif action.nargs == 0:  # store_true
             argv.append(flag)
         else:
-            argv += [flag, str(value)]
+            argv += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
     return argv
 
 
 def _cmd_train(args) -> int:
-    from resnetlab.train import make_config, train
+    import dataclasses
+
+    from resnetlab.train import TrainConfig, make_config, train
+    from resnetlab.train.config import read_config_file
     from resnetlab.train.distributed import error_to_report, launch_local, process_rank
 
     if args.nproc is not None and args.nproc != 1:
         return launch_local(args.nproc, _flags_again(args.train_parser, args, skip=("nproc",)))
-    overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
+    overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     try:
         if args.resume:
-            if overrides or args.out:
-                raise UsageError(f"--resume continues a run with its saved settings; drop {', '.join('--' + k.replace('_', '-') for k in overrides) or '--out'}")
+            given = [k for k in (*overrides, "preset", "config", "out") if getattr(args, k) is not None]
+            if given:
+                raise UsageError(f"--resume continues a run with its saved settings; drop "
+                                 f"{', '.join('--' + k.replace('_', '-') for k in given)}")
             summary = train(resume=args.resume, json_output=args.json)
         else:
-            summary = train(make_config(args.preset, **overrides), out=args.out, overwrite=args.overwrite, json_output=args.json)
+            base = read_config_file(args.config) if args.config else None
+            cfg = make_config(args.preset, base=base, **overrides)
+            summary = train(cfg, out=args.out, overwrite=args.overwrite, json_output=args.json)
     except ResnetlabError as e:
         report = error_to_report(e)  # several processes: an error they all raised is printed by rank 0 alone
         if report is None:

@@ -1,50 +1,72 @@
-"""The resolved configuration of a run: one dataclass, preset defaults plus overrides."""
+"""The resolved configuration of a run: one dataclass, preset defaults plus overrides.
+
+Every field is a `resnetlab train` flag (`batch_size` is `--batch-size`), made from the field's
+type, choices and help text below; `--config FILE` starts from a saved configuration.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from resnetlab.errors import UsageError
 
 
+def setting(default, help: str, choices: tuple[str, ...] | None = None):
+    """A configuration field with the help text (and choices) of its command-line flag; a dict
+    default is made afresh for each configuration."""
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    preset: str = "quick"
+    preset: str = setting("quick", "the recipe the other settings start from: d2l (the textbook's), "
+                          "quick (~10 min on a CPU), best (for a GPU)")
     # model
-    model: str = "resnet20"
-    model_kwargs: dict = field(default_factory=dict)
-    init: str = "default"  # "default" (PyTorch's) or "xavier" (the textbook's train_ch6)
+    model: str = setting("resnet20", "model name (see `resnetlab models`)")
+    model_kwargs: dict = setting({}, "options of the model's builder as JSON, e.g. '{\"width\": 32}'")
+    init: str = setting("default", "weight init: default (PyTorch's) or xavier (the textbook's train_ch6)",
+                        choices=("default", "xavier"))
     # data
-    data: str = "fashion-mnist"
-    data_dir: str | None = None
-    resize: int | None = None  # pixels; None keeps the dataset's size
-    normalize: bool = True  # subtract the dataset mean, divide by its std
-    crop_padding: int = 0  # random crop after padding by this many pixels
-    flip: bool = False  # random horizontal flip
-    erasing: float = 0.0  # random-erasing probability
-    val_split: int = 0  # examples held out of the training set to pick the best weights
-    subset: int | None = None  # train on a seeded random subset of this many examples
+    data: str = setting("fashion-mnist", "dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH")
+    data_dir: str | None = setting(None, "folder holding the dataset files (used alone, no fall-back)")
+    resize: int | None = setting(None, "resize images to PX x PX (default: the dataset's size)")
+    normalize: bool = setting(True, "subtract the dataset mean, divide by its std")
+    crop_padding: int = setting(0, "random crop after padding each side by this many pixels (0: off)")
+    flip: bool = setting(False, "random horizontal flip")
+    erasing: float = setting(0.0, "random-erasing probability (0: off)")
+    val_split: int = setting(0, "hold out N training examples to pick best.safetensors (0: none)")
+    subset: int | None = setting(None, "use a seeded random subset of N examples of each split")
     # optimisation
-    epochs: int = 10
-    batch_size: int = 256  # the global batch, split across processes
-    lr: float = 0.1  # the peak learning rate
-    optimizer: str = "sgd"  # "sgd" or "adamw"
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # "constant", "onecycle" (linear warm-up, linear decay) or "cosine"
-    warmup: float = 0.0  # fraction of all steps spent warming up (onecycle, cosine)
-    label_smoothing: float = 0.0
+    epochs: int = setting(10, "passes over the training set")
+    batch_size: int = setting(256, "the global batch, split across processes")
+    lr: float = setting(0.1, "the (peak) learning rate")
+    optimizer: str = setting("sgd", "optimizer", choices=("sgd", "adamw"))
+    momentum: float = setting(0.0, "SGD momentum")
+    nesterov: bool = setting(False, "Nesterov momentum (SGD)")
+    weight_decay: float = setting(0.0, "weight decay of conv and linear weights (not of BN and biases)")
+    schedule: str = setting("constant", "learning-rate schedule: constant, onecycle (linear warm-up, linear "
+                            "decay to 0) or cosine", choices=("constant", "onecycle", "cosine"))
+    warmup: float = setting(0.0, "fraction of all steps spent warming up (onecycle, cosine)")
+    label_smoothing: float = setting(0.0, "label smoothing of the training loss")
     # execution
-    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
-    amp: bool | None = None  # bf16 autocast; None: on where it pays (CUDA, CPUs with bf16)
-    channels_last: bool | None = None  # None: on (measured faster on CPU and CUDA)
-    compile: bool = False
-    sync_bn: bool = False
-    seed: int = 0
+    device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    amp: bool | None = setting(None, "bf16 autocast (default: where it pays: CUDA, CPUs with bf16)")
+    channels_last: bool | None = setting(None, "channels_last memory format (default: on for CPU and CUDA)")
+    compile: bool = setting(False, "torch.compile the model for training (each epoch then drops its last, "
+                            "smaller batch: one shape, one compilation)")
+    sync_bn: bool = setting(False, "batch norm over the global batch across processes")
+    seed: int = setting(0, "seed of the initial weights, data order and augmentation")
 
     def __post_init__(self) -> None:
+        self._check_types()
         for name in ("epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -56,12 +78,25 @@ class TrainConfig:
             raise UsageError(f"--val-split must be zero or positive, got {self.val_split}")
         if self.subset is not None and self.subset <= 0:
             raise UsageError(f"--subset must be positive, got {self.subset}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise UsageError(f"unknown optimizer {self.optimizer!r}; use sgd or adamw")
-        if self.schedule not in ("constant", "onecycle", "cosine"):
-            raise UsageError(f"unknown schedule {self.schedule!r}; use constant, onecycle or cosine")
-        if self.init not in ("default", "xavier"):
-            raise UsageError(f"unknown init {self.init!r}; use default or xavier")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise UsageError(f"unknown {f.name} {getattr(self, f.name)!r}; use {', '.join(choices)}")
+
+    def _check_types(self) -> None:
+        """Each value of the field's type (a whole number where an int is wanted, a finite number
+        where a float is): a configuration file or a Python caller gets one clear line."""
+        for name, kinds in field_types().items():
+            value = getattr(self, name)
+            if value is None and type(None) in kinds:
+                continue
+            if float in kinds and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    raise UsageError(f"--{flag_name(name)} must be a finite number, got {value}")
+                setattr(self, name, float(value))
+            elif not any(isinstance(value, k) and not (k is int and isinstance(value, bool)) for k in kinds):
+                wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+                raise UsageError(f"--{flag_name(name)} takes {wanted}, got {value!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,8 +106,33 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise UsageError(f"unknown configuration keys {unknown}; this run was made by another resnetlab version")
+            raise UsageError(f"unknown configuration keys {unknown}; this configuration was made by another "
+                             "resnetlab version or by hand: remove them")
         return cls(**d)
 
-    def replace(self, **overrides) -> "TrainConfig":
-        return dataclasses.replace(self, **overrides)
+
+def flag_name(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+def field_types() -> dict[str, tuple[type, ...]]:
+    """Each field's accepted Python types, from its annotation (`int | None` -> (int, NoneType))."""
+    hints = typing.get_type_hints(TrainConfig)
+    return {name: typing.get_args(hint) or (hint,) for name, hint in hints.items()}
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The configuration saved in a JSON file: a run's config.json (its "config") or a bare one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--config {path} does not exist; pass a run's config.json") from None
+    except IsADirectoryError:
+        raise UsageError(f"--config {path} is a folder; pass its config.json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"--config {path} is not a JSON configuration ({e})") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path} holds no configuration object; pass a run's config.json")
+    return data

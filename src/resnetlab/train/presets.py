@@ -44,16 +44,24 @@ DEVICE_SETTINGS: dict[str, dict[str, dict]] = {
 }
 
 
-def make_config(preset: str = "quick", **overrides) -> TrainConfig:
-    """The preset's configuration, with its settings for the device (see DEVICE_SETTINGS), then
-    `overrides` (None values are ignored) applied. A preset's model options (model_kwargs) belong
-    to its model: another `model` without `model_kwargs` gets the model's own defaults."""
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+def make_config(preset: str | None = None, *, base: dict | None = None, **overrides) -> TrainConfig:
+    """The preset's configuration (default "quick"), with its settings for the device (see
+    DEVICE_SETTINGS), then `overrides` (None values are ignored) applied. `base`, a saved
+    configuration (a run's config.json "config"), replaces the preset as the starting point.
+    A preset's model options (model_kwargs) belong to its model: another `model` without
+    `model_kwargs` gets the model's own defaults."""
     given = {k: v for k, v in overrides.items() if v is not None}
-    settings = dict(PRESETS[preset], preset=preset)
-    settings.update(DEVICE_SETTINGS.get(preset, {}).get(device_type(given.get("device")), {}))
-    if given.get("model", settings["model"]) != settings["model"] and "model_kwargs" not in given:
+    if base is not None:
+        if preset is not None:
+            raise UsageError("give a preset or a saved configuration to start from, not both")
+        settings = TrainConfig.from_dict(base).to_dict()
+    else:
+        preset = preset or "quick"
+        if preset not in PRESETS:
+            raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        settings = dict(PRESETS[preset], preset=preset)
+        settings.update(DEVICE_SETTINGS.get(preset, {}).get(device_type(given.get("device")), {}))
+    if given.get("model", settings.get("model")) != settings.get("model") and "model_kwargs" not in given:
         settings["model_kwargs"] = {}
     settings.update(given)
     return TrainConfig(**settings)
