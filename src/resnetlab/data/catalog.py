@@ -22,7 +22,7 @@ class FileSpec:
 class Layout:
     """One way a dataset's files can lie on disk; the first layout of a spec is what downloads give."""
 
-    format: str  # "idx", "cifar10-bin", "cifar10-py", "cifar100-bin" or "cifar100-py" (see datasets._PARSERS)
+    format: str  # "idx", "cifar10-bin", "cifar10-py", "cifar100-bin" or "cifar100-py" (parsed in datasets._parse)
     train: tuple[FileSpec, ...]
     test: tuple[FileSpec, ...]
 

@@ -119,10 +119,10 @@ def _parse(spec: DatasetSpec, split: sources.SplitFiles) -> Dataset:
         if fmt == "idx":
             if i == 0:  # IDX files come as (images, labels)
                 parts.append(formats.read_idx_pair(buf, name, split.buffers[1], split.names[1], n))
-        elif fmt.endswith("-bin"):
-            parts.append(formats.read_cifar_binary(buf, name, 1 if n <= 10 else 2, n))
-        elif fmt.endswith("-py"):
-            parts.append(formats.read_cifar_python(buf, name, "labels" if n <= 10 else "fine_labels", n))
+        elif fmt in ("cifar10-bin", "cifar100-bin"):  # CIFAR-100 records carry a coarse and a fine label byte
+            parts.append(formats.read_cifar_binary(buf, name, 2 if fmt == "cifar100-bin" else 1, n))
+        elif fmt in ("cifar10-py", "cifar100-py"):
+            parts.append(formats.read_cifar_python(buf, name, "fine_labels" if fmt == "cifar100-py" else "labels", n))
         else:
             raise DataError(f"{spec.name}: unknown file format {fmt!r} in the dataset table")
     images = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
