@@ -29,6 +29,7 @@ def smoke():
     return json.loads(out.getvalue()), err.getvalue()
 
 
+@pytest.mark.needs_fashion_mnist
 def test_smoke_json_is_sane(smoke):
     result, progress = smoke
     assert "warming up textbook" in progress  # progress goes to stderr, stdout is JSON only
@@ -59,6 +60,7 @@ def test_smoke_json_is_sane(smoke):
     assert result["machine"]["cpu"] and result["machine"]["process_peak_rss_mib"] > 0
 
 
+@pytest.mark.needs_fashion_mnist
 def test_compute_ceiling_is_consistent(smoke):
     result, _ = smoke
     compute, results = result["compute"], result["results"]
@@ -82,6 +84,7 @@ def test_training_flops_are_forward_and_backward():
     assert training_flops_per_example("resnet18_d2l", 1, 10, 96) == 3 * forward - first_conv
 
 
+@pytest.mark.needs_fashion_mnist
 def test_text_report_has_every_figure_and_ratio(smoke):
     result, _ = smoke
     text = format_report(result)
@@ -117,7 +120,7 @@ def test_preset_defaults_follow_presets_and_bf16_pays():
     (["--variants", "textbook,fp64"], "unknown bench variant 'fp64'"),
     (["--variants", "fp32,fp32"], "each variant once"),
     (["--model", "resnet9000"], "resnet9000"),
-    (["--steps", "300", "--batch-size", "256"], "lower one of them"),
+    pytest.param(["--steps", "300", "--batch-size", "256"], "lower one of them", marks=pytest.mark.needs_fashion_mnist),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--resize", "4"], "cuda" if not torch.cuda.is_available() else "at least 8"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
@@ -157,6 +160,7 @@ def test_notebook_net_is_resnetlabs_textbook_net():
 
 
 @pytest.mark.slow
+@pytest.mark.needs_fashion_mnist
 def test_gpu_script_dry_run_on_cpu(tmp_path):
     """benchmarks/gpu.sh end to end with tiny runs on the CPU: every step succeeds and leaves its JSON."""
     import os

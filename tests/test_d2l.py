@@ -97,6 +97,7 @@ def check_training_output(output: str, plot_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
+@pytest.mark.needs_fashion_mnist
 def test_notebook_cells_run_and_print_what_the_notebook_shows(notebook, reduced_budget, monkeypatch):
     monkeypatch.delenv("KMP_DUPLICATE_LIB_OK", raising=False)  # notebook 000 sets it; undone after
     torch.manual_seed(0)
@@ -220,6 +221,7 @@ def test_gluon_network_with_lazy_blocks():
         sum(p.numel() for p in create_model("resnet18_d2l").parameters())
 
 
+@pytest.mark.needs_fashion_mnist
 def test_train_ch6_materializes_lazy_layers_and_learns(monkeypatch, tmp_path, capsys):
     """A small Gluon-style net (lazy Residual blocks) trained by train_ch6 for one epoch on 1,024
     images: its lazy layers get shapes and Xavier weights, and it learns (chance is 0.1)."""
@@ -257,6 +259,7 @@ def test_train_ch6_on_plain_batches_without_matplotlib(monkeypatch, capsys):
 
 # --- d2l's helpers ---------------------------------------------------------------------------
 
+@pytest.mark.needs_fashion_mnist
 def test_load_data_fashion_mnist_batches(monkeypatch):
     monkeypatch.setattr(d2l, "SUBSET", 300)
     torch.manual_seed(1)
@@ -282,6 +285,7 @@ def test_load_data_fashion_mnist_batches(monkeypatch):
     assert torch.equal(labels(again), first)
 
 
+@pytest.mark.needs_fashion_mnist
 def test_load_data_fashion_mnist_native_size(monkeypatch):
     monkeypatch.setattr(d2l, "SUBSET", 10)
     train_iter, _ = d2l.load_data_fashion_mnist(256)
@@ -289,6 +293,7 @@ def test_load_data_fashion_mnist_native_size(monkeypatch):
     assert tuple(X.shape) == (10, 1, 28, 28) and len(train_iter) == 1
 
 
+@pytest.mark.needs_fashion_mnist
 def test_subset_from_the_environment(monkeypatch):
     monkeypatch.setenv(d2l.SUBSET_ENV, "20")
     _, test_iter = d2l.load_data_fashion_mnist(8)

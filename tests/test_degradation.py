@@ -17,6 +17,8 @@ from resnetlab.cli import main
 from resnetlab.errors import UsageError
 from resnetlab.experiments import degradation as deg
 
+pytestmark = pytest.mark.needs_fashion_mnist  # trains on subsets of the real data (tests/conftest.py)
+
 TINY = dict(depths=(20, 32), width=4, subset=256, epochs=2, seed=0)
 TINY_FLAGS = ["--depths", "20", "32", "--width", "4", "--subset", "256", "--epochs", "2", "--seed", "0"]
 NETS = ["plain20", "resnet20", "plain32", "resnet32"]

@@ -40,6 +40,8 @@ from resnetlab.train.distributed import (
 from resnetlab.train.setup import build_model
 from resnetlab.weights import load_weights
 
+pytestmark = pytest.mark.needs_fashion_mnist  # trains on subsets of the real data (tests/conftest.py)
+
 WORKER = str(Path(__file__).with_name("dist_worker.py"))
 # 257 examples: 256 to train on (4 global batches of 64 per epoch) and 1 to validate on, which gives
 # rank 0 no validation example at all; the 257 test examples give rank 0 one evaluation batch and

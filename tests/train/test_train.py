@@ -20,6 +20,8 @@ from resnetlab.train import engine, make_config, train
 from resnetlab.train.run import load_checkpoint
 from resnetlab.weights import load_weights
 
+pytestmark = pytest.mark.needs_fashion_mnist  # trains on subsets of the real data (tests/conftest.py)
+
 # Small and fast: 512 training and 512 test examples at 28 px on a narrow ResNet-20.
 # (no validation split unless a test asks for one: the quick preset's 5,000 exceed the subset)
 TINY = dict(model="resnet20", model_kwargs={"width": 8}, subset=512, batch_size=64, epochs=2, seed=3, val_split=0)

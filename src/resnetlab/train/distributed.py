@@ -35,6 +35,7 @@ from torch import nn
 
 from resnetlab import __version__
 from resnetlab.errors import Interrupted, ResnetlabError, TrainingError, UsageError, first_line
+from resnetlab.train.device import device_type
 
 TIMEOUT_ENV = "RESNETLAB_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300  # longer than any step or evaluation we expect, short enough not to feel like a hang
@@ -86,11 +87,12 @@ def _env_int(name: str, default: int | None = None) -> int:
         raise UsageError(f"{name}={raw!r} is not a whole number; it should come from torchrun") from None
 
 
-def init_from_env(device: torch.device) -> DistInfo:
+def init_from_env(device: str) -> DistInfo:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK); one process: no-op.
 
-    Gloo on the CPU, NCCL on CUDA. `device` need only have the right type: each process then
-    takes the GPU numbered by its LOCAL_RANK."""
+    Gloo on the CPU, NCCL on CUDA. `device` (a --device value) need only name the type: each
+    process then takes the GPU numbered by its LOCAL_RANK."""
+    device = torch.device(device_type(device))
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
         return DistInfo()

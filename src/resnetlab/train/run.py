@@ -36,6 +36,11 @@ class RunDir:
         self.enabled = enabled
 
     @classmethod
+    def open(cls, path: str | Path, *, enabled: bool = True) -> "RunDir":
+        """The folder of a run being resumed (load_checkpoint has found its checkpoint)."""
+        return cls(path, enabled)
+
+    @classmethod
     def create(cls, path: str | Path, *, overwrite: bool = False, enabled: bool = True) -> "RunDir":
         run = cls(path, enabled)
         if enabled:

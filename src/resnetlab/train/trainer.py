@@ -16,7 +16,6 @@ import torch
 
 from resnetlab.errors import Interrupted, TrainingError, UsageError
 from resnetlab.train.config import TrainConfig
-from resnetlab.train.device import device_type
 from resnetlab.train.distributed import check_resume_world_size, init_from_env, session, shared
 from resnetlab.train.engine import Hooks, TrainState, evaluate, fit
 from resnetlab.train.report import have_matplotlib, plot_confusion, plot_curves
@@ -70,50 +69,54 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
           overwrite: bool = False, json_output: bool = False, verbose: bool = True) -> dict:
     """Train as `cfg` says (or continue the run in `resume`); returns the summary dict."""
     started = time.perf_counter()
-    checkpoint = None
-    if resume is not None:
-        checkpoint = load_checkpoint(resume)
-        saved = TrainConfig.from_dict(checkpoint["config"])
-        if cfg is not None and cfg.to_dict() != saved.to_dict():  # a resumed run keeps its settings
-            raise UsageError(f"--resume continues {resume} with its saved configuration; give no other training flags")
-        cfg, out = saved, resume
-    if cfg is None:
-        raise UsageError("train() needs a configuration or a run folder to resume")
-
-    dist = init_from_env(torch.device(device_type(cfg.device)))
+    cfg, checkpoint = _configuration(cfg, resume)
+    dist = init_from_env(cfg.device)
     with session(dist):  # a lost peer becomes one clear error; the process group is left at the end
         if checkpoint is not None:
-            check_resume_world_size(checkpoint.get("world_size", 1), dist, out)
+            check_resume_world_size(checkpoint.get("world_size", 1), dist, resume)
         parts = build(cfg, dist, checkpoint=checkpoint)
-        run = RunDir(out, enabled=dist.is_main) if checkpoint is not None else \
+        run = RunDir.open(resume, enabled=dist.is_main) if checkpoint is not None else \
             RunDir.create(out or default_run_path(cfg.preset), overwrite=overwrite, enabled=dist.is_main)
-        display = Display(sys.stderr if json_output else sys.stdout, verbose and dist.is_main)
-        return _train(parts, run, display, resumed=checkpoint is not None, started=started)
+        return _train(parts, run, Display(sys.stderr if json_output else sys.stdout, verbose and dist.is_main),
+                      started=started)
 
 
-def _train(parts: Parts, run: RunDir, display: Display, *, resumed: bool, started: float) -> dict:
+def _configuration(cfg: TrainConfig | None, resume) -> tuple[TrainConfig, dict | None]:
+    """The run's configuration, and its checkpoint when resuming (a resumed run keeps its settings)."""
+    if resume is None:
+        if cfg is None:
+            raise UsageError("train() needs a configuration or a run folder to resume")
+        return cfg, None
+    checkpoint = load_checkpoint(resume)
+    saved = TrainConfig.from_dict(checkpoint["config"])
+    if cfg is not None and cfg.to_dict() != saved.to_dict():
+        raise UsageError(f"--resume continues {resume} with its saved configuration; give no other training flags")
+    return saved, checkpoint
+
+
+def _train(parts: Parts, run: RunDir, display: Display, *, started: float) -> dict:
     """The parts, the loop and the run folder, wired."""
-    cfg, state, dist = parts.cfg, parts.state, parts.dist
-    run.write_config(parts.describe())
-    if resumed:
-        display.say(f"resuming {run.path} after epoch {state.epoch}, step {state.step_in_epoch}")
-    else:
-        display.say(f"training {cfg.model} on {cfg.data} ({len(parts.splits.train)} examples, "
-                    f"{len(parts.splits.test)} test) on {parts.device}{' with bf16' if parts.amp else ''}, "
-                    f"{dist.world_size} process(es); run folder {run.path}")
+    _start(parts, run, display)
     try:
-        fit(parts.model, parts.loaders.train, cfg, parts.device, optimizer=parts.optimizer, state=state,
-            val_loader=parts.loaders.val, test_loader=parts.loaders.test, amp=parts.amp, dist=dist,
+        fit(parts.model, parts.loaders.train, parts.cfg, parts.device, optimizer=parts.optimizer, state=parts.state,
+            val_loader=parts.loaders.val, test_loader=parts.loaders.test, amp=parts.amp, dist=parts.dist,
             eval_model=parts.eval_model, hooks=RunRecorder(parts, run, display).hooks())
     except Interrupted as e:
         raise shared(Interrupted(f"{e}; checkpoint saved; resume with: {resume_command(parts, run)}")) from None
     except torch.cuda.OutOfMemoryError:
-        raise TrainingError(f"CUDA ran out of memory at batch {cfg.batch_size}; try a smaller --batch-size") from None
-    summary = finish(parts, run, display)
-    summary["total_seconds"] = time.perf_counter() - started
-    run.write_summary(summary)
-    display.say(f"run folder: {run.path}")
-    return summary
+        raise TrainingError(f"CUDA ran out of memory at batch {parts.cfg.batch_size}; try a smaller --batch-size") from None
+    return finish(parts, run, display, started=started)
+
+
+def _start(parts: Parts, run: RunDir, display: Display) -> None:
+    cfg, state = parts.cfg, parts.state
+    run.write_config(parts.describe())
+    if state.epoch or state.step_in_epoch:
+        display.say(f"resuming {run.path} after epoch {state.epoch}, step {state.step_in_epoch}")
+    else:
+        display.say(f"training {cfg.model} on {cfg.data} ({len(parts.splits.train)} examples, "
+                    f"{len(parts.splits.test)} test) on {parts.device}{' with bf16' if parts.amp else ''}, "
+                    f"{parts.dist.world_size} process(es); run folder {run.path}")
 
 
 def resume_command(parts: Parts, run: RunDir) -> str:
@@ -151,7 +154,7 @@ class RunRecorder:
         self.display.say(f"checkpoint saved; resume with: {resume_command(self.parts, self.run)}")
 
 
-def finish(parts: Parts, run: RunDir, display: Display) -> dict:
+def finish(parts: Parts, run: RunDir, display: Display, *, started: float) -> dict:
     """After the last epoch: the final weights, then the kept weights (best on validation when
     there is a split) on the test set, the plots, and the summary."""
     cfg, state, dist, raw_model = parts.cfg, parts.state, parts.dist, parts.raw_model
@@ -189,4 +192,7 @@ def finish(parts: Parts, run: RunDir, display: Display) -> dict:
     display.say(f"{summary['examples_per_sec']:.1f} examples/sec on {parts.device}")
     if kept != "model.safetensors":
         display.say(f"kept {kept} (epoch {state.best_epoch}, val acc {state.best_val_acc:.4f}): test acc {final['acc']:.4f}")
+    summary["total_seconds"] = time.perf_counter() - started
+    run.write_summary(summary)
+    display.say(f"run folder: {run.path}")
     return summary

@@ -1,0 +1,40 @@
+"""What the whole suite shares: the `needs_fashion_mnist` mark.
+
+Tests so marked train or evaluate on the real Fashion-MNIST. Where it is not on this machine (in
+Debian's dataset-fashion-mnist package or the user cache; the tests never download), they skip
+and say how to get it. CI sets RESNETLAB_TEST_REQUIRE_DATA=1, which turns such a skip into an
+error, so that every one of them runs there.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+needs_fashion_mnist = pytest.mark.needs_fashion_mnist
+REQUIRE_ENV = "RESNETLAB_TEST_REQUIRE_DATA"
+
+
+def _fashion_mnist_missing() -> str | None:
+    """Why the real Fashion-MNIST cannot be read here, or None when it can."""
+    from resnetlab.data import dataset_status
+
+    status = dataset_status("fashion-mnist")
+    bad = {split: s["status"] for split, s in status["splits"].items() if s["status"] != "ok"}
+    return f"Fashion-MNIST {bad} here" if bad else None
+
+
+def pytest_collection_modifyitems(config, items):
+    marked = [item for item in items if "needs_fashion_mnist" in item.keywords]
+    if not marked:
+        return
+    missing = _fashion_mnist_missing()
+    if missing is None:
+        return
+    if os.environ.get(REQUIRE_ENV) == "1":
+        raise pytest.UsageError(f"{REQUIRE_ENV}=1 but {missing}: install Debian's dataset-fashion-mnist")
+    skip = pytest.mark.skip(reason=f"needs the real Fashion-MNIST ({missing}): apt-get install dataset-fashion-mnist, "
+                                   "or `resnetlab data fetch fashion-mnist` where the network allows")
+    for item in marked:
+        item.add_marker(skip)
