@@ -60,6 +60,8 @@ class TrainConfig:
     device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     amp: bool | None = setting(None, "bf16 autocast (default: where it pays: CUDA, CPUs with bf16)")
     channels_last: bool | None = setting(None, "channels_last memory format (default: on for CPU and CUDA)")
+    capture: bool | None = setting(None, "replay each training step and evaluation batch from a CUDA graph "
+                                   "(default: on CUDA with one process, SGD and no --compile)")
     compile: bool = setting(False, "torch.compile the model for training (each epoch then drops its last, "
                             "smaller batch: one shape, one compilation)")
     sync_bn: bool = setting(False, "batch norm over the global batch across processes")

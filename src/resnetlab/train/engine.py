@@ -59,8 +59,72 @@ def init_weights(model: nn.Module, scheme: str) -> None:
                 nn.init.xavier_uniform_(m.weight)
 
 
-def autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+def autocast(device: torch.device, enabled: bool, cache: bool = True):
+    """bf16 autocast. `cache=False` inside a CUDA graph: cached casts of the weights would be
+    captured stale (PyTorch's advice for graphs)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=cache)
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sums: torch.Tensor, *,
+               optimizer_step: Callable[[], None], label_smoothing: float, amp: bool, cache_casts: bool = True) -> None:
+    """One training step on gradients set to None: forward under autocast, loss, backward, the
+    optimizer's update, and the batch's (loss sum, correct, count) added to `sums` on the device,
+    with no host read. The eager loop runs it op by op; on CUDA the same function is captured
+    whole in a graph (train/graphs.py) and replayed."""
+    with autocast(x.device, amp, cache_casts):
+        out = model(x)
+        loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+    loss.backward()
+    optimizer_step()
+    with torch.no_grad():
+        # torch.full fills on the device; torch.tensor(..., device=cuda) would copy from the host
+        # and make it wait for the device at every step.
+        n = torch.full((), float(len(y)), dtype=torch.float64, device=x.device)
+        sums += torch.stack([loss.detach().double() * n, (out.argmax(1) == y).sum().double(), n])
+
+
+class EagerStep:
+    """`train_step` run op by op with the optimizer's own update: the CPU's path, DDP's, and
+    wherever no graph is captured. `sums` holds the epoch's running (loss sum, correct, count)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                 device: torch.device, amp: bool) -> None:
+        self.model, self.optimizer, self.device, self.amp = model, optimizer, device, amp
+        self.label_smoothing = cfg.label_smoothing
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+
+    def start_epoch(self, partial: list[float]) -> None:
+        self.sums = torch.tensor(partial, dtype=torch.float64, device=self.device)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        train_step(self.model, x, y, self.sums, optimizer_step=self.optimizer.step,
+                   label_smoothing=self.label_smoothing, amp=self.amp)
+
+
+def batch_sums(out: torch.Tensor, y: torch.Tensor, sums: torch.Tensor, confusion: torch.Tensor | None) -> None:
+    """Add a batch's (loss sum, correct, count) to `sums` and its (true, predicted) pairs to
+    `confusion`, on the device: no host read (index_add_, unlike bincount, needs no size from the host)."""
+    pred = out.argmax(1)
+    loss = F.cross_entropy(out.float(), y, reduction="sum")
+    count = torch.full((), float(len(y)), dtype=torch.float64, device=out.device)  # a fill, not a host copy
+    sums += torch.stack([loss.double(), (pred == y).sum().double(), count])
+    if confusion is not None:
+        n = confusion.shape[0]
+        confusion.view(-1).index_add_(0, y * n + pred, torch.ones_like(y))
+
+
+def evaluation_result(sums: torch.Tensor, confusion: torch.Tensor | None, dist: DistInfo) -> dict:
+    all_reduce_sum(sums, dist)
+    if confusion is not None:
+        all_reduce_sum(confusion, dist)
+    loss_sum, correct, count = sums.tolist()
+    result = {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "count": int(count)}
+    if confusion is not None:
+        result["confusion"] = confusion.cpu()
+    return result
 
 
 @torch.inference_mode()
@@ -70,24 +134,24 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, amp: bool = Fals
     matrix (rows: true class, columns: predicted) when `num_classes` is given."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.int64, device=device)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device) if num_classes else None
     for x, y in loader:
         with autocast(device, amp):
             out = model(x)
-        loss = F.cross_entropy(out.float(), y, reduction="sum")
-        pred = out.argmax(1)
-        count = torch.full((), float(len(y)), dtype=torch.float64, device=device)  # a fill, not a host copy
-        sums += torch.stack([loss.double(), (pred == y).sum().double(), count])
-        if num_classes:
-            confusion += torch.bincount(y * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
-    all_reduce_sum(sums, dist)
-    if num_classes:
-        all_reduce_sum(confusion, dist)
-    loss_sum, correct, count = sums.tolist()
-    result = {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "count": int(count)}
-    if num_classes:
-        result["confusion"] = confusion.cpu()
-    return result
+        batch_sums(out, y, sums, confusion)
+    return evaluation_result(sums, confusion, dist)
+
+
+class Evaluator:
+    """`evaluate` bound to a model: what `fit` calls after each epoch (train/graphs.py has the
+    CUDA-graph kind, with the same call)."""
+
+    def __init__(self, model: nn.Module, device: torch.device, *, amp: bool = False,
+                 num_classes: int | None = None, dist: DistInfo = DistInfo()) -> None:
+        self.model, self.device, self.amp, self.num_classes, self.dist = model, device, amp, num_classes, dist
+
+    def __call__(self, loader) -> dict:
+        return evaluate(self.model, loader, self.device, amp=self.amp, num_classes=self.num_classes, dist=self.dist)
 
 
 class StopFlag:
@@ -135,16 +199,21 @@ class Hooks:
     on_progress: Callable[[int, int, dict], None] = lambda step, total, stats: None
     on_epoch_end: Callable[[TrainState, dict, bool], None] = lambda state, row, is_best: None
     on_interrupt: Callable[[TrainState], None] = lambda state: None
+    on_evaluate: Callable[[int, str, dict], None] = lambda epoch, split, result: None  # with its confusion matrix
 
 
 def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, *,
         optimizer: torch.optim.Optimizer, state: TrainState, val_loader=None, test_loader=None,
         amp: bool = False, dist: DistInfo = DistInfo(), hooks: Hooks = Hooks(),
-        eval_model: nn.Module | None = None) -> TrainState:
+        eval_model: nn.Module | None = None, step=None, evaluator=None) -> TrainState:
     """Train from `state` to cfg.epochs. `model` may be wrapped (DDP, compiled); `eval_model`
     (default: `model`) is what the evaluations run, so a compiled `model` need not be compiled
-    again for evaluation's mode."""
+    again for evaluation's mode. `step` (default: an EagerStep) takes each training step and
+    `evaluator` (default: an Evaluator of eval_model) each evaluation: train/graphs.py has their
+    CUDA-graph kinds."""
     eval_model = model if eval_model is None else eval_model
+    step = step or EagerStep(model, optimizer, cfg, device, amp)
+    evaluator = evaluator or Evaluator(eval_model, device, amp=amp, num_classes=None, dist=dist)
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * cfg.epochs
     with StopFlag() as stop:
@@ -153,45 +222,33 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, 
             train_loader.set_epoch(epoch)
             skip = state.step_in_epoch  # resuming inside an epoch: replay the loader up to there
             # state.partial holds all processes' sums (see the stop below): rank 0 carries them on
-            sums = torch.tensor(state.partial if dist.is_main else [0.0, 0.0, 0.0], dtype=torch.float64, device=device)
+            step.start_epoch(state.partial if dist.is_main else [0.0, 0.0, 0.0])
             started = time.perf_counter()
-            for step, (x, y) in enumerate(train_loader):
-                if step < skip:
+            for i, (x, y) in enumerate(train_loader):
+                if i < skip:
                     continue
                 lr = lr_at(state.global_step, total_steps, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with autocast(device, amp):
-                    out = model(x)
-                    loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    # torch.full fills on the device; torch.tensor(..., device=cuda) would copy from
-                    # the host and make it wait for the device at every step.
-                    n = torch.full((), float(len(y)), dtype=torch.float64, device=device)
-                    sums += torch.stack([loss.detach().double() * n, (out.argmax(1) == y).sum().double(), n])
+                step(x, y, lr)
                 state.global_step += 1
-                state.step_in_epoch = step + 1
+                state.step_in_epoch = i + 1
                 requested = stop.requested  # read once per step
                 # One process stops at the step Ctrl-C lands on. Several processes see it at different
                 # steps, so they stop at the next sync point, having all-reduced the flag with the sums.
-                if (requested and not dist.enabled) or (step + 1) % SYNC_EVERY == 0 or step + 1 == steps_per_epoch:
-                    (loss_sum, correct, count), stopping = sum_and_any(sums, requested, dist)
+                if (requested and not dist.enabled) or (i + 1) % SYNC_EVERY == 0 or i + 1 == steps_per_epoch:
+                    (loss_sum, correct, count), stopping = sum_and_any(step.sums, requested, dist)
                     if not math.isfinite(loss_sum):
                         raise shared(TrainingError(
-                            f"the training loss became {loss_sum / count} at epoch {epoch + 1}, step {step + 1}; "
+                            f"the training loss became {loss_sum / count} at epoch {epoch + 1}, step {i + 1}; "
                             f"the last good checkpoint (epoch {state.epoch}) is kept; lower --lr or check the data"
                         ))
-                    hooks.on_progress(step + 1, steps_per_epoch, {"loss": loss_sum / count, "acc": correct / count, "lr": lr})
-                    if stopping and step + 1 < steps_per_epoch:
+                    hooks.on_progress(i + 1, steps_per_epoch, {"loss": loss_sum / count, "acc": correct / count, "lr": lr})
+                    if stopping and i + 1 < steps_per_epoch:
                         state.partial = [loss_sum, correct, count]
                         state.train_seconds += time.perf_counter() - started
                         hooks.on_interrupt(state)
-                        raise shared(Interrupted(f"interrupted at epoch {epoch + 1}, step {step + 1}"))
+                        raise shared(Interrupted(f"interrupted at epoch {epoch + 1}, step {i + 1}"))
             average_buffers(model, dist)  # evaluation and the saved weights see one set of BN statistics
-            all_reduce_sum(sums, dist)
+            sums = all_reduce_sum(step.sums.clone(), dist)
             epoch_seconds = time.perf_counter() - started
             state.train_seconds += epoch_seconds
             loss_sum, correct, count = sums.tolist()
@@ -199,8 +256,9 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, 
             is_best = False
             for name, loader in (("val", val_loader), ("test", test_loader)):
                 if loader is not None:
-                    r = evaluate(eval_model, loader, device, amp=amp, dist=dist)
+                    r = evaluator(loader)
                     row[f"{name}_loss"], row[f"{name}_acc"] = r["loss"], r["acc"]
+                    hooks.on_evaluate(epoch + 1, name, r)
             if val_loader is not None and row["val_acc"] > state.best_val_acc:
                 state.best_val_acc, state.best_epoch, is_best = row["val_acc"], epoch + 1, True
             row["lr"] = lr_at(max(state.global_step - 1, 0), total_steps, cfg)

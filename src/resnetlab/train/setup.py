@@ -21,10 +21,11 @@ from resnetlab.data import Augment, Dataset, Loaders, get_dataset_info, load_dat
 from resnetlab.errors import UsageError
 from resnetlab.models import create_model
 from resnetlab.train.config import TrainConfig
-from resnetlab.train.device import bf16_pays, channels_last_pays, prepare_device, resolve_device
+from resnetlab.train.device import bf16_pays, capture_pays, channels_last_pays, prepare_device, resolve_device
 from resnetlab.train.distributed import (DistInfo, check_same_setup, convert_sync_batchnorm, describe_setup,
                                         local_main_first, wrap_ddp)
-from resnetlab.train.engine import TrainState, init_weights, make_optimizer
+from resnetlab.train.engine import EagerStep, Evaluator, TrainState, init_weights, make_optimizer
+from resnetlab.train.graphs import CapturedEvaluator, CapturedStep
 
 
 class Splits(NamedTuple):
@@ -42,12 +43,15 @@ class Parts:
     device: torch.device
     amp: bool  # bf16 autocast, as resolved for the device
     channels_last: bool
+    capture: bool  # training steps and evaluation batches replayed from CUDA graphs
     splits: Splits
     loaders: Loaders
     raw_model: nn.Module  # what is saved: never the DDP or compiled wrapper
     model: nn.Module  # what trains: raw_model, wrapped in DDP and/or compiled as the config asks
     eval_model: nn.Module  # what evaluates: the uncompiled model (compiling eval mode would cost a second compilation)
     optimizer: torch.optim.Optimizer
+    step: EagerStep | CapturedStep  # takes one training step (engine.fit calls it)
+    evaluator: Evaluator | CapturedEvaluator  # evaluates eval_model on a loader, with a confusion matrix
     state: TrainState  # where training stands: fresh, or the checkpoint's
     meta: dict  # saved with the weights: what rebuilds the model and prepares its input
 
@@ -59,7 +63,7 @@ class Parts:
         """The run's config.json: the configuration, what `auto` resolved to, versions, machine."""
         return {
             "config": self.cfg.to_dict(), "device": str(self.device), "amp": self.amp,
-            "channels_last": self.channels_last, "world_size": self.dist.world_size,
+            "channels_last": self.channels_last, "capture": self.capture, "world_size": self.dist.world_size,
             "params": sum(p.numel() for p in self.raw_model.parameters()),
             "versions": {"resnetlab": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "threads": torch.get_num_threads(), "host": platform.node(),
@@ -126,6 +130,9 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     prepare_device(device)
     amp = bf16_pays(device) if cfg.amp is None else cfg.amp
     channels_last = channels_last_pays(device) if cfg.channels_last is None else cfg.channels_last
+    capture = capture_pays(device, dist.world_size, cfg.optimizer, cfg.compile) if cfg.capture is None else cfg.capture
+    if capture and not (device.type == "cuda" and not dist.enabled and cfg.optimizer == "sgd" and not cfg.compile):
+        raise UsageError("--capture needs one process on a CUDA device, SGD and no --compile; drop --capture")
     if splits is None:
         with local_main_first(dist):  # one download per machine, then the other processes read the cache
             splits = load_splits(cfg)
@@ -152,16 +159,25 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
         model = torch.compile(model)
 
     # A compiled model drops the last, smaller batch of each epoch (a different few examples each
-    # time): a second batch shape would cost a second compilation. Evaluation runs the uncompiled
-    # model: compiling it for eval mode would be a third. Measured on the CPU, empty inductor
-    # cache: two epochs of resnet18_d2l took 71 s with three compilations, 37 s with one.
-    loaders = make_loaders(*splits, batch_size=cfg.batch_size, seed=cfg.seed, drop_last=dist.enabled or cfg.compile,
+    # time): a second batch shape would cost a second compilation (and a captured step a second
+    # graph). Evaluation runs the uncompiled model: compiling it for eval mode would be a third.
+    # Measured on the CPU, empty inductor cache: two epochs of resnet18_d2l took 71 s with three
+    # compilations, 37 s with one.
+    loaders = make_loaders(*splits, batch_size=cfg.batch_size, seed=cfg.seed,
+                           drop_last=dist.enabled or cfg.compile or capture,
                            augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, erasing=cfg.erasing),
                            resize=cfg.resize, normalize=normalization(cfg), device=device,
                            channels_last=channels_last, rank=dist.rank, world_size=dist.world_size)
     if len(loaders.train) == 0:
         raise UsageError(f"{len(splits.train)} training examples make no full batch of {cfg.batch_size}; lower --batch-size")
-    return Parts(cfg=cfg, dist=dist, device=device, amp=amp, channels_last=channels_last, splits=splits,
-                 loaders=loaders, raw_model=raw_model, model=model,
-                 eval_model=raw_model if cfg.compile else model, optimizer=optimizer, state=state,
-                 meta=weights_metadata(cfg, splits))
+    eval_model = raw_model if cfg.compile else model
+    num_classes = len(splits.train.classes)
+    if capture:
+        step = CapturedStep(model, optimizer, cfg, device, amp)
+        evaluator = CapturedEvaluator(eval_model, device, amp=amp, num_classes=num_classes, dist=dist)
+    else:
+        step = EagerStep(model, optimizer, cfg, device, amp)
+        evaluator = Evaluator(eval_model, device, amp=amp, num_classes=num_classes, dist=dist)
+    return Parts(cfg=cfg, dist=dist, device=device, amp=amp, channels_last=channels_last, capture=capture,
+                 splits=splits, loaders=loaders, raw_model=raw_model, model=model, eval_model=eval_model,
+                 optimizer=optimizer, step=step, evaluator=evaluator, state=state, meta=weights_metadata(cfg, splits))

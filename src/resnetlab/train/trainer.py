@@ -17,7 +17,7 @@ import torch
 from resnetlab.errors import Interrupted, TrainingError, UsageError
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.distributed import check_resume_world_size, init_from_env, session, shared
-from resnetlab.train.engine import Hooks, TrainState, evaluate, fit
+from resnetlab.train.engine import Hooks, TrainState, fit
 from resnetlab.train.report import have_matplotlib, plot_confusion, plot_curves
 from resnetlab.train.run import RunDir, default_run_path, load_checkpoint
 from resnetlab.train.setup import Parts, build
@@ -97,15 +97,16 @@ def _configuration(cfg: TrainConfig | None, resume) -> tuple[TrainConfig, dict |
 def _train(parts: Parts, run: RunDir, display: Display, *, started: float) -> dict:
     """The parts, the loop and the run folder, wired."""
     _start(parts, run, display)
+    recorder = RunRecorder(parts, run, display)
     try:
         fit(parts.model, parts.loaders.train, parts.cfg, parts.device, optimizer=parts.optimizer, state=parts.state,
             val_loader=parts.loaders.val, test_loader=parts.loaders.test, amp=parts.amp, dist=parts.dist,
-            eval_model=parts.eval_model, hooks=RunRecorder(parts, run, display).hooks())
+            eval_model=parts.eval_model, step=parts.step, evaluator=parts.evaluator, hooks=recorder.hooks())
     except Interrupted as e:
         raise shared(Interrupted(f"{e}; checkpoint saved; resume with: {resume_command(parts, run)}")) from None
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(f"CUDA ran out of memory at batch {parts.cfg.batch_size}; try a smaller --batch-size") from None
-    return finish(parts, run, display, started=started)
+    return finish(parts, run, display, recorder.test_results, started=started)
 
 
 def _start(parts: Parts, run: RunDir, display: Display) -> None:
@@ -131,9 +132,15 @@ class RunRecorder:
     def __init__(self, parts: Parts, run: RunDir, display: Display) -> None:
         self.parts, self.run, self.display = parts, run, display
         self.epoch_started = time.perf_counter()
+        self.test_results: dict[int, dict] = {}  # epoch -> its test evaluation, for the epochs run here
 
     def hooks(self) -> Hooks:
-        return Hooks(on_progress=self.on_progress, on_epoch_end=self.on_epoch_end, on_interrupt=self.on_interrupt)
+        return Hooks(on_progress=self.on_progress, on_epoch_end=self.on_epoch_end, on_interrupt=self.on_interrupt,
+                     on_evaluate=self.on_evaluate)
+
+    def on_evaluate(self, epoch: int, split: str, result: dict) -> None:
+        if split == "test":
+            self.test_results[epoch] = result
 
     def on_progress(self, step: int, total: int, stats: dict) -> None:
         cfg, elapsed = self.parts.cfg, time.perf_counter() - self.epoch_started
@@ -154,9 +161,11 @@ class RunRecorder:
         self.display.say(f"checkpoint saved; resume with: {resume_command(self.parts, self.run)}")
 
 
-def finish(parts: Parts, run: RunDir, display: Display, *, started: float) -> dict:
+def finish(parts: Parts, run: RunDir, display: Display, test_results: dict[int, dict], *, started: float) -> dict:
     """After the last epoch: the final weights, then the kept weights (best on validation when
-    there is a split) on the test set, the plots, and the summary."""
+    there is a split) on the test set, the plots, and the summary. The kept weights' test figures
+    are those of their epoch's evaluation when this process ran it (`test_results`): the same
+    weights on the same data, not evaluated twice."""
     cfg, state, dist, raw_model = parts.cfg, parts.state, parts.dist, parts.raw_model
     run.save_weights("model.safetensors", raw_model.state_dict(), dict(parts.meta, epoch=state.epoch))
     last = state.history[-1]
@@ -167,7 +176,7 @@ def finish(parts: Parts, run: RunDir, display: Display, *, started: float) -> di
         "examples_per_sec": sum(r["examples"] for r in state.history) / max(state.train_seconds, 1e-9),
         "train_seconds": state.train_seconds, "params": sum(p.numel() for p in raw_model.parameters()),
     }
-    kept = "model.safetensors"
+    kept, kept_epoch = "model.safetensors", state.epoch
     if parts.loaders.val is not None:
         best_state, _ = load_weights(run.file("best.safetensors")) if dist.is_main else (None, None)
         if dist.enabled:  # every rank evaluates the same weights: broadcast rank 0's file contents
@@ -175,10 +184,9 @@ def finish(parts: Parts, run: RunDir, display: Display, *, started: float) -> di
             torch.distributed.broadcast_object_list(holder, src=0)
             best_state = holder[0]
         raw_model.load_state_dict(best_state)
-        kept = "best.safetensors"
+        kept, kept_epoch = "best.safetensors", state.best_epoch
         summary.update(val_acc=last["val_acc"], best_epoch=state.best_epoch, best_val_acc=state.best_val_acc)
-    final = evaluate(parts.eval_model, parts.loaders.test, parts.device, amp=parts.amp,
-                     num_classes=len(parts.classes), dist=dist)
+    final = test_results.get(kept_epoch) or parts.evaluator(parts.loaders.test)
     summary.update(kept_weights=kept, kept_test_acc=final["acc"], kept_test_loss=final["loss"], test_count=final["count"])
     if dist.is_main:
         if have_matplotlib():

@@ -1,0 +1,193 @@
+"""The training step and evaluation replayed from CUDA graphs: one launch a step instead of hundreds.
+
+At the textbook's batch of 256 a GPU spends most of a step waiting for Python to launch kernels
+(BENCHMARKS.md, "On a GPU"). PyTorch's CUDA graphs record a step's kernels once and replay them
+with one call (torch.cuda.graphs, "whole network capture"):
+
+- `CapturedStep` runs `engine.train_step`, the function the eager loop runs, for a few warm-up
+  steps on a side stream (real steps: they train), then captures it with static input buffers
+  and replays it for every later step. The learning rate lives in a device tensor that the
+  schedule refills before each replay; the update is `SGDUpdate`, torch.optim.SGD's arithmetic
+  with that tensor rate, on the optimizer's own momentum buffers (so checkpoints and resume are
+  unchanged). Every batch must have the captured shape: the trainer drops each epoch's last,
+  smaller batch, as with --compile.
+- `CapturedEvaluator` replays one graph of the eval-mode forward and its sums per full batch; a
+  last, smaller batch runs eagerly.
+
+Nothing here runs without CUDA; `Graphs` is the seam the CPU tests replace to check the plumbing
+(static buffers, the rate, warm-up, sums) with the capture itself taken out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from resnetlab.errors import UsageError
+from resnetlab.train.config import TrainConfig
+from resnetlab.train.distributed import DistInfo
+from resnetlab.train.engine import autocast, batch_sums, evaluation_result, train_step
+
+WARMUP_STEPS = 3  # eager steps before capture: cuDNN autotuning, lazy allocations (PyTorch's example uses 3)
+
+
+class Graphs:
+    """The CUDA calls a captured step makes; the CPU tests hand the classes below a stand-in whose
+    `capture(fn)` keeps `fn` and whose `replay()` calls it."""
+
+    @staticmethod
+    def side_stream(device: torch.device):
+        return _SideStream(device)
+
+    @staticmethod
+    def capture(fn) -> "torch.cuda.CUDAGraph":
+        """A graph of what `fn` launches on the device; capturing records it without running it."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return graph
+
+
+class _SideStream(contextlib.AbstractContextManager):
+    """Run a block on a side stream that waits for the current one, and make the current one wait for it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.Stream(device)
+        self.context = None
+
+    def __enter__(self):
+        self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
+        self.context = torch.cuda.stream(self.stream)
+        self.context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.context.__exit__(*exc)
+        torch.cuda.current_stream(self.stream.device).wait_stream(self.stream)
+        return False
+
+
+class SGDUpdate:
+    """torch.optim.SGD's update (weight decay, momentum, Nesterov; no dampening, no maximize) with
+    the rate read from a device tensor, on the optimizer's own momentum buffers.
+
+    torch's SGD takes its rate as a Python number (a tensor rate is read back to the host), so a
+    graph that replays it would keep the rate of its capture. Torch starts a momentum buffer as
+    a copy of the first gradient; this one starts from zeros, which gives the same first buffer
+    (0 * momentum + g)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, neg_lr: torch.Tensor) -> None:
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise UsageError(f"a captured step updates with SGD; {type(optimizer).__name__} runs eagerly (--no-capture)")
+        for group in optimizer.param_groups:
+            if group.get("dampening", 0) or group.get("maximize", False):
+                raise UsageError("a captured SGD step supports no dampening and no maximize")
+        self.optimizer, self.neg_lr = optimizer, neg_lr
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for group in self.optimizer.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            momentum = group["momentum"]
+            if momentum:
+                bufs = []
+                for p in params:
+                    state = self.optimizer.state[p]
+                    if state.get("momentum_buffer") is None:  # only before capture (the warm-up makes them)
+                        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    bufs.append(state["momentum_buffer"])
+                torch._foreach_mul_(bufs, momentum)
+                torch._foreach_add_(bufs, grads)
+                grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
+            torch._foreach_add_(params, torch._foreach_mul(grads, self.neg_lr))
+
+
+class CapturedStep:
+    """`engine.train_step` replayed from one CUDA graph (see the module docstring); the same
+    interface as engine.EagerStep."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device,
+                 amp: bool, *, graphs=Graphs, warmup_steps: int = WARMUP_STEPS) -> None:
+        self.model, self.optimizer, self.device, self.amp = model, optimizer, device, amp
+        self.label_smoothing, self.graphs, self.warmup_steps = cfg.label_smoothing, graphs, warmup_steps
+        self.neg_lr = torch.zeros((), dtype=torch.float64, device=device)  # a 0-d tensor: the params keep their dtype
+        self.update = SGDUpdate(optimizer, self.neg_lr)
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # the graph adds into this tensor
+        self.graph = self.x = self.y = None
+        self.warmed = 0
+
+    def start_epoch(self, partial: list[float]) -> None:
+        self.sums.copy_(torch.tensor(partial, dtype=torch.float64))  # in place: the graph holds its address
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        # Gradients start as None: backward then writes them afresh (in a graph, into buffers of its
+        # pool that every replay overwrites) instead of adding to the last step's.
+        self.optimizer.zero_grad(set_to_none=True)
+        train_step(self.model, x, y, self.sums, optimizer_step=self.update, label_smoothing=self.label_smoothing,
+                   amp=self.amp, cache_casts=False)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        self.neg_lr.fill_(-lr)  # a fill from a host number: no copy the host would wait for
+        if self.graph is not None:
+            if x.shape != self.x.shape:
+                raise UsageError(f"a captured step takes batches of {list(self.x.shape)}, got {list(x.shape)}; "
+                                 "drop the last partial batch (the trainer does) or run with --no-capture")
+            self.x.copy_(x)
+            self.y.copy_(y)
+            self.graph.replay()
+            return
+        if self.warmed < self.warmup_steps:
+            with self.graphs.side_stream(self.device):
+                self._step(x, y)
+            self.warmed += 1
+            return
+        self.x, self.y = x.clone(memory_format=torch.preserve_format), y.clone()
+        self.graph = self.graphs.capture(lambda: self._step(self.x, self.y))
+        self.graph.replay()  # capturing recorded the step without running it
+
+
+class CapturedEvaluator:
+    """engine.evaluate with each full batch replayed from one graph (the same call as engine.Evaluator)."""
+
+    def __init__(self, model: nn.Module, device: torch.device, *, amp: bool = False, num_classes: int | None = None,
+                 dist: DistInfo = DistInfo(), graphs=Graphs) -> None:
+        self.model, self.device, self.amp, self.num_classes, self.dist, self.graphs = \
+            model, device, amp, num_classes, dist, graphs
+        self.graph = self.x = self.y = None
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device) if num_classes else None
+
+    def _batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with autocast(self.device, self.amp, cache=False):
+            out = self.model(x)
+        batch_sums(out, y, self.sums, self.confusion)
+
+    @torch.no_grad()  # not inference_mode: the graph's static tensors are reused across calls
+    def __call__(self, loader) -> dict:
+        self.model.eval()
+        self.sums.zero_()
+        if self.confusion is not None:
+            self.confusion.zero_()
+        for x, y in loader:
+            if self.graph is None and self.x is None:  # the first full batch: warm up on it, capture on the next
+                self.x, self.y = x.clone(memory_format=torch.preserve_format), y.clone()
+                with self.graphs.side_stream(self.device):
+                    self._batch(x, y)
+                continue
+            if x.shape != self.x.shape:
+                self._batch(x, y)  # the last, smaller batch
+                continue
+            self.x.copy_(x)
+            self.y.copy_(y)
+            if self.graph is None:
+                self.graph = self.graphs.capture(lambda: self._batch(self.x, self.y))
+            self.graph.replay()
+        return evaluation_result(self.sums.clone(), None if self.confusion is None else self.confusion.clone(),
+                                 self.dist)

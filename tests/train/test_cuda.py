@@ -1,0 +1,76 @@
+"""The captured GPU path on a real GPU (skipped without CUDA): a graph step trains as the eager
+step, resume works, an epoch needs no host synchronisation, --compile compiles once.
+
+Run by `benchmarks/gpu.sh` on the GPU machine (its `tests` step) as well as by pytest there."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.needs_fashion_mnist]
+
+from resnetlab.train import engine, make_config, train  # noqa: E402
+from resnetlab.train.engine import EagerStep, make_optimizer  # noqa: E402
+from resnetlab.train.graphs import CapturedStep  # noqa: E402
+from resnetlab.train.setup import build  # noqa: E402
+
+SMALL = dict(model="resnet20", subset=2048, batch_size=256, epochs=2, val_split=0, device="cuda")
+
+
+def test_graph_step_agrees_with_the_eager_step_for_20_steps():
+    cfg = make_config("d2l", model="resnet20", subset=20 * 128, batch_size=128, resize=None, amp=True,
+                      momentum=0.9, nesterov=True, weight_decay=5e-4, device="cuda")
+    parts = build(cfg)
+    batches = [(x.clone(), y.clone()) for x, y in parts.loaders.train][:20]
+    eager_net, graph_net = parts.raw_model, build(cfg).raw_model
+    eager = EagerStep(eager_net, make_optimizer(eager_net, cfg), cfg, parts.device, amp=True)
+    captured = CapturedStep(graph_net, make_optimizer(graph_net, cfg), cfg, parts.device, amp=True)
+    for runner in (eager, captured):
+        runner.start_epoch([0.0, 0.0, 0.0])
+    for i, (x, y) in enumerate(batches):
+        lr = 0.05 * (1 - i / 20)
+        eager(x, y, lr)
+        captured(x, y, lr)
+    assert captured.graph is not None
+    for (name, a), b in zip(eager_net.state_dict().items(), graph_net.state_dict().values()):
+        if a.is_floating_point():  # bf16 autocast: kernels may differ between the two, so agree to its rounding
+            torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2, msg=name)
+    torch.testing.assert_close(eager.sums, captured.sums, rtol=1e-2, atol=1.0)
+
+
+def test_captured_run_resumes_after_an_interruption(tmp_path):
+    whole = train(make_config("quick", **SMALL), out=tmp_path / "whole", verbose=False)
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["capture"] is True
+    first = train(make_config("quick", **dict(SMALL, epochs=1)), out=tmp_path / "split", verbose=False)
+    ckpt = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["epochs"] = 2  # as if the run had been stopped after its first epoch
+    torch.save(ckpt, tmp_path / "split" / "checkpoint.pt")
+    resumed = train(resume=tmp_path / "split", verbose=False)
+    assert first["epochs"] == 1 and resumed["epochs"] == whole["epochs"] == 2
+    state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["state"]
+    assert state["epoch"] == 2 and state["global_step"] == 2 * (2048 // 256)
+    assert resumed["test_acc"] == pytest.approx(whole["test_acc"], abs=0.05)
+
+
+def test_a_captured_epoch_makes_no_host_sync(monkeypatch):
+    """Between the documented sync points (SYNC_EVERY steps, the epoch's end) nothing waits for the GPU."""
+    parts = build(make_config("quick", **dict(SMALL, subset=40 * 256, epochs=1)))
+    loader = parts.loaders.train
+    loader.set_epoch(0)
+    batches = iter(loader)  # the first batch sends the epoch's augmentation to the GPU in one copy
+    parts.step.start_epoch([0.0, 0.0, 0.0])
+    first = next(batches)
+    for _ in range(4):  # warm-up and capture allocate and autotune: outside the checked stretch
+        parts.step(*first, 0.1)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x, y in batches:
+            parts.step(x, y, 0.1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert parts.step.sums.tolist()[2] == 40 * 256 + 3 * 256

@@ -1,0 +1,122 @@
+"""The CUDA-graph path's plumbing on the CPU, with the capture itself taken out: a stand-in
+`capture(fn)` keeps `fn` and `replay()` calls it, as a graph replays what it recorded.
+
+What runs on the GPU alone (capture, replay speed, sync-freedom) is in test_cuda.py."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+
+from resnetlab.data import Dataset, Loader
+from resnetlab.errors import UsageError
+from resnetlab.train import engine, graphs, make_config
+from resnetlab.train.engine import EagerStep, Evaluator, make_optimizer
+from resnetlab.train.graphs import CapturedEvaluator, CapturedStep, SGDUpdate
+
+
+class FakeGraph:
+    def __init__(self, fn):
+        self.fn, self.replays = fn, 0
+
+    def replay(self):
+        self.replays += 1
+        self.fn()
+
+
+class FakeGraphs:
+    captured: list = []
+
+    @staticmethod
+    def side_stream(device):
+        return contextlib.nullcontext()
+
+    @classmethod
+    def capture(cls, fn):
+        graph = FakeGraph(fn)  # recording runs nothing
+        cls.captured.append(graph)
+        return graph
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 3)).double()
+
+
+def batches(n=20, b=8):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(b, 1, 6, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (b,), generator=g))
+            for _ in range(n)]
+
+
+def test_the_graph_captures_the_eager_loops_step_function():
+    assert graphs.train_step is engine.train_step
+
+
+@pytest.mark.parametrize("momentum, nesterov, weight_decay", [(0.0, False, 0.0), (0.9, True, 5e-4), (0.9, False, 1e-3)])
+def test_captured_step_trains_as_the_eager_step_for_20_steps(momentum, nesterov, weight_decay):
+    cfg = make_config("quick", momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, label_smoothing=0.1)
+    eager_net, graph_net = tiny_net(), tiny_net()
+    eager = EagerStep(eager_net, make_optimizer(eager_net, cfg), cfg, torch.device("cpu"), amp=False)
+    FakeGraphs.captured = []
+    captured = CapturedStep(graph_net, make_optimizer(graph_net, cfg), cfg, torch.device("cpu"), amp=False,
+                            graphs=FakeGraphs)
+    for runner in (eager, captured):
+        runner.start_epoch([0.0, 0.0, 0.0])
+    for i, (x, y) in enumerate(batches()):
+        lr = 0.1 * (1 - i / 20)  # the rate changes every step: a graph must read it at replay
+        eager(x, y, lr)
+        captured(x, y, lr)
+    assert len(FakeGraphs.captured) == 1 and FakeGraphs.captured[0].replays == 20 - graphs.WARMUP_STEPS
+    for (name, a), b in zip(eager_net.state_dict().items(), graph_net.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    torch.testing.assert_close(eager.sums, captured.sums)
+    if momentum:  # the optimizer's own buffers: a checkpoint holds the same state either way
+        ours = [captured.optimizer.state[p]["momentum_buffer"] for p in graph_net.parameters()]
+        theirs = [eager.optimizer.state[p]["momentum_buffer"] for p in eager_net.parameters()]
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_captured_step_refuses_another_batch_shape():
+    cfg = make_config("quick")
+    net = tiny_net()
+    step = CapturedStep(net, make_optimizer(net, cfg), cfg, torch.device("cpu"), amp=False, graphs=FakeGraphs,
+                        warmup_steps=0)
+    step.start_epoch([0.0, 0.0, 0.0])
+    x, y = batches(1)[0]
+    step(x, y, 0.1)
+    with pytest.raises(UsageError, match="drop the last partial batch"):
+        step(x[:3], y[:3], 0.1)
+
+
+def test_captured_update_is_sgd_only():
+    net = tiny_net()
+    with pytest.raises(UsageError, match="AdamW runs eagerly"):
+        SGDUpdate(torch.optim.AdamW(net.parameters()), torch.zeros(()))
+
+
+def test_captured_evaluator_matches_evaluate_with_a_last_partial_batch():
+    g = torch.Generator().manual_seed(2)
+    ds = Dataset("t", torch.randint(0, 256, (37, 1, 6, 6), generator=g, dtype=torch.uint8), torch.arange(37) % 3)
+    loader = Loader(ds, 8, shuffle=False)
+    net = tiny_net().float()
+    FakeGraphs.captured = []
+    captured = CapturedEvaluator(net, torch.device("cpu"), num_classes=3, graphs=FakeGraphs)
+    expected = Evaluator(net, torch.device("cpu"), num_classes=3)(loader)
+    for _ in range(2):  # a second evaluation replays the graph of the first
+        result = captured(loader)
+        assert result["count"] == 37 and torch.equal(result["confusion"], expected["confusion"])
+        assert result["acc"] == expected["acc"] and result["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert len(FakeGraphs.captured) == 1
+
+
+def test_capture_needs_cuda():
+    from resnetlab.train.setup import build
+
+    with pytest.raises(UsageError, match="--capture needs one process on a CUDA device"):
+        build(make_config("quick", capture=True, device="cpu"))
