@@ -55,7 +55,7 @@ def test_smoke_json_is_sane(smoke):
     assert result["results"]["textbook"]["settings"]["textbook"] is True
     assert result["results"]["fp32"]["settings"] == {
         "textbook": False, "amp": False, "channels_last": True, "fuse": True, "foreach": True,
-        "compile": False, "eval_batch_size": 256}
+        "compile": False, "capture": False, "eval_batch_size": 256}  # capture: as resolved here (a CPU: none)
     assert result["defaults"]["d2l"] == "fp32"  # the textbook recipe stays fp32
     assert result["machine"]["cpu"] and result["machine"]["process_peak_rss_mib"] > 0
 

@@ -356,7 +356,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds; the median counts")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--variants", help="comma-separated: textbook, fp32, bf16, with suffixes -nchw -nofuse "
-                                      "-noforeach -compile (default: textbook,fp32 and bf16 where it pays)")
+                                      "-noforeach -compile -nograph (default: textbook,fp32 and bf16 where it pays)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-dir", help="folder holding the Fashion-MNIST files")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")

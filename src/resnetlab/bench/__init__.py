@@ -12,7 +12,9 @@ Each *variant* is one way of running the same model at the same batch and resolu
   on the device), evaluation under `inference_mode` with batch norm folded into the convolutions
   (`fuse_bn`) at the trainer's evaluation batch, `resnetlab.data.Loader`, cuDNN autotuning on CUDA
   (`cudnn.benchmark`, as the trainer; the textbook runs without it); `bf16` adds bf16 autocast.
-  Suffixes turn one trick off or on for ablations: `-nchw`, `-nofuse`, `-noforeach`, `-compile`.
+  On CUDA both replay the training step and evaluation from CUDA graphs, as the trainer does.
+  Suffixes turn one trick off or on for ablations: `-nchw`, `-nofuse`, `-noforeach`, `-compile`,
+  `-nograph`.
 
 For each variant, after one warm-up round (whose peak memory is recorded), `repeats` rounds
 time, in turn for every variant (so a busy machine slows all of them alike): `steps` training

@@ -102,6 +102,7 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
             res["warmup_eval_setup_s"] = first_round[name]["eval_setup_s"]
             res["settings"] = {k: val for k, val in asdict(runner.variant).items() if k != "name"}
             res["settings"]["eval_batch_size"] = runner.eval_batch_size
+            res["settings"]["capture"] = getattr(runner, "capture", False)  # as resolved on this device
             results[name] = res
         # The ceiling: how fast this device multiplies matrices in each precision the variants use,
         # against the arithmetic a training step needs. No path that keeps the model's FLOPs can

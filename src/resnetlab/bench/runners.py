@@ -11,7 +11,8 @@ from resnetlab import textbook_baseline as tb
 from resnetlab.bench.variants import Variant
 from resnetlab.models import create_model
 from resnetlab.models.fuse import fuse_bn
-from resnetlab.train.engine import TrainState, evaluate, fit
+from resnetlab.train.engine import Evaluator, TrainState, fit
+from resnetlab.train.graphs import CapturedEvaluator
 from resnetlab.train.presets import make_config
 from resnetlab.train.setup import Splits, build
 
@@ -80,7 +81,8 @@ class TextbookRunner:
 
 
 class ResnetlabRunner:
-    """resnetlab's path: the training seam's parts (`setup.build`), the engine's fit and evaluate, fuse_bn."""
+    """resnetlab's path: the training seam's parts (`setup.build`), the engine's fit and evaluation,
+    fuse_bn; on CUDA the step and evaluation replayed from graphs (unless -nograph)."""
 
     def __init__(self, variant: Variant, model_name: str, data: Splits, batch_size: int, resize: int | None,
                  steps: int, device: torch.device, seed: int):
@@ -89,10 +91,12 @@ class ResnetlabRunner:
         # take the same step; only how it is computed differs.
         self.cfg = make_config("d2l", model=model_name, batch_size=batch_size, resize=resize, epochs=1, seed=seed,
                                lr=TEXTBOOK_LR, amp=variant.amp, channels_last=variant.channels_last,
-                               compile=variant.compile, device=str(device))
+                               compile=variant.compile, capture=variant.capture, device=str(device))
         parts = build(self.cfg, splits=data, foreach=variant.foreach)
         self.model, self.train_model, self.optimizer = parts.raw_model, parts.model, parts.optimizer
-        self.eval_model = None
+        self.capture = parts.capture
+        self.step = parts.step  # kept across rounds: a CUDA graph is captured once, in the warm-up round
+        self.evaluator = None
         self.train_loader, self.test_loader = parts.loaders.train, parts.loaders.test
         self.eval_batch_size = self.test_loader.batch_size
         self.train_batches = list(itertools.islice(self.train_loader, steps))
@@ -100,15 +104,21 @@ class ResnetlabRunner:
 
     def train(self, batches) -> None:
         fit(self.train_model, Batches(batches, len(batches)), self.cfg, self.device, optimizer=self.optimizer,
-            state=TrainState(), amp=self.variant.amp)
+            state=TrainState(), amp=self.variant.amp, step=self.step)
 
     def prepare_eval(self) -> None:
-        """What an evaluation costs once, before its first batch: folding (and compiling)."""
+        """What an evaluation costs once, before its first batch: folding (and compiling, or
+        capturing its graph on two batches)."""
         model = fuse_bn(self.model) if self.variant.fuse else self.model
-        self.eval_model = torch.compile(model) if self.variant.compile else model
+        if self.capture:
+            self.evaluator = CapturedEvaluator(model, self.device, amp=self.variant.amp)
+            self.evaluator(self.eval_batches[:2])
+        else:
+            self.evaluator = Evaluator(torch.compile(model) if self.variant.compile else model, self.device,
+                                       amp=self.variant.amp)
 
     def evaluate(self, batches) -> None:
-        evaluate(self.eval_model, batches, self.device, amp=self.variant.amp)
+        self.evaluator(batches)
 
     def load(self, steps: int) -> None:
         for _ in itertools.islice(self.train_loader, steps):

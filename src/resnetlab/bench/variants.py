@@ -18,6 +18,7 @@ MODIFIERS = {
     "nofuse": {"fuse": False},
     "noforeach": {"foreach": False},
     "compile": {"compile": True},
+    "nograph": {"capture": False},
 }
 
 
@@ -30,10 +31,11 @@ class Variant:
     fuse: bool = True  # evaluate with fuse_bn
     foreach: bool = True  # multi-tensor optimizer step
     compile: bool = False  # torch.compile the training and the evaluation model
+    capture: bool | None = None  # CUDA graphs for the step and evaluation; None: as the trainer decides
 
 
 def parse_variant(name: str) -> Variant:
-    """"textbook", or "fp32"/"bf16" followed by any of -nchw -nofuse -noforeach -compile."""
+    """"textbook", or "fp32"/"bf16" followed by any of -nchw -nofuse -noforeach -compile -nograph."""
     if name == "textbook":
         return Variant(name, textbook=True, channels_last=False, fuse=False, foreach=False)
     head, *mods = name.split("-")
