@@ -96,6 +96,8 @@ def _add_train(sub) -> None:
     p.add_argument("--model", help="model name (see `resnetlab models`)")
     p.add_argument("--data", help="dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH")
     p.add_argument("--data-dir", help="folder holding the dataset files (used alone, no fall-back)")
+    p.add_argument("--init-from", metavar="PATH", help="start from these weights: a torchvision/timm checkpoint "
+                   "(.pth, .pt, .safetensors) or a run's model.safetensors; another class count re-initialises the classifier")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="the global batch, split across processes")
     p.add_argument("--lr", type=float, help="the (peak) learning rate")
@@ -118,7 +120,7 @@ def _add_train(sub) -> None:
 
 
 _TRAIN_FIELDS = ("model", "data", "data_dir", "epochs", "batch_size", "lr", "resize", "val_split", "device", "amp",
-                 "channels_last", "compile", "sync_bn", "seed", "subset")
+                 "channels_last", "compile", "sync_bn", "seed", "subset", "init_from")
 
 
 def _flags_again(parser, args, skip: tuple[str, ...]) -> list[str]:

@@ -15,6 +15,9 @@ class TrainConfig:
     model: str = "resnet20"
     model_kwargs: dict = field(default_factory=dict)
     init: str = "default"  # "default" (PyTorch's) or "xavier" (the textbook's train_ch6)
+    # start from these weights (torchvision/timm .pth/.pt/.safetensors, or a run's model.safetensors),
+    # loaded after `init`; another class count re-initialises the classifier (models/pretrained.py)
+    init_from: str | None = None
     # data
     data: str = "fashion-mnist"
     data_dir: str | None = None

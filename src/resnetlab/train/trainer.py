@@ -58,12 +58,15 @@ def bf16_pays(device: torch.device) -> bool:
     return False
 
 
-def build_model(cfg: TrainConfig, in_chans: int, num_classes: int) -> nn.Module:
+def build_model(cfg: TrainConfig, in_chans: int, num_classes: int, say=None) -> nn.Module:
     from resnetlab.models import create_model
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = create_model(cfg.model, num_classes=num_classes, in_chans=in_chans, **cfg.model_kwargs)
     init_weights(model, cfg.init)
+    if cfg.init_from:  # --init-from: pretrained weights, adapted to these classes and channels
+        from resnetlab.models.pretrained import load_pretrained
+        load_pretrained(model, cfg.init_from, say=say, model_name=cfg.model)
     return model
 
 
@@ -171,7 +174,7 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
     input_hw = (cfg.resize, cfg.resize) if cfg.resize else tuple(train_set.images.shape[2:])
     normalize = (list(info.mean), list(info.std)) if cfg.normalize else None
 
-    model = build_model(cfg, in_chans, len(classes))
+    model = build_model(cfg, in_chans, len(classes), say=lambda note: display.say(f"--init-from: {note}"))
     if cfg.sync_bn and dist.enabled:
         model = convert_sync_batchnorm(model, device)
     model = model.to(device)
