@@ -75,20 +75,30 @@ def load_image(path: str | Path, channels: int) -> torch.Tensor:
     return t.permute(2, 0, 1).contiguous()
 
 
-def predict(source: str | Path, images: list[str | Path], *, top_k: int = 3, device: str = "auto") -> list[dict]:
-    dev = resolve_device(device)
-    model, meta = load_model(source, dev)
+def preprocess(images: list[torch.Tensor], meta: dict, device) -> torch.Tensor:
+    """uint8 [C, H, W] images as the model's float batch: scaled to [0, 1], resized to its input
+    size, normalised, as training's loader saw them."""
     _, height, width = meta["input_size"]
     norm = meta.get("normalize")
     batch = []
-    for path in images:
-        x = load_image(path, meta["in_chans"]).to(dev).unsqueeze(0).float() / 255
+    for img in images:
+        x = img.to(device).unsqueeze(0).float() / 255
         if x.shape[-2:] != (height, width):  # the same bilinear, antialiased resize the loader uses
             x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
         batch.append(x)
     x = torch.cat(batch)
     if norm:
-        x = (x - torch.tensor(norm["mean"], device=dev).view(1, -1, 1, 1)) / torch.tensor(norm["std"], device=dev).view(1, -1, 1, 1)
+        x = (x - torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1)) / torch.tensor(norm["std"], device=device).view(1, -1, 1, 1)
+    return x
+
+
+def predict(source: str | Path, images: list[str | Path], *, top_k: int = 3, device: str = "auto") -> list[dict]:
+    if Path(source).suffix == ".onnx":  # an exported model: onnxruntime on the CPU (resnetlab.export)
+        from resnetlab.export import predict_onnx
+        return predict_onnx(source, images, top_k=top_k)
+    dev = resolve_device(device)
+    model, meta = load_model(source, dev)
+    x = preprocess([load_image(path, meta["in_chans"]) for path in images], meta, dev)
     with torch.inference_mode():
         probs = inference_model(model)(x).float().softmax(1)
     k = min(top_k, probs.shape[1])
