@@ -122,8 +122,16 @@ def test_a_mismatch_writes_nothing_and_says_by_how_much(run_dir, monkeypatch, ca
                               "torchscript"], capsys)
     assert code == 1 and out == "" and err.count("\n") == 1
     assert err.startswith("resnetlab: error: onnxruntime's logits differ from PyTorch's by up to 0.01 ")
-    assert "(tolerance 0.0001)" in err and "bad.onnx not written" in err
+    assert "(tolerance 0.0001)" in err and "bad.onnx not written" in err and "rounding" not in err
     assert not (run_dir / "bad.onnx").exists() and not list(run_dir.glob("*.tmp"))
+
+
+def test_a_tolerance_below_float32_rounding_is_explained(run_dir, tmp_path):
+    with pytest.raises(ExportError) as e:
+        export.export_run(run_dir, out=tmp_path / "m.onnx", tolerance=1e-12, exporter="torchscript", check_images=8)
+    assert "PyTorch's own float32 logits differ from float64 ones by up to" in str(e.value)
+    assert "rounding, not a broken export; pass --tolerance" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_random_inputs_when_the_data_is_absent(run_dir, tmp_path):
