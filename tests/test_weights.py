@@ -36,6 +36,13 @@ def test_channels_last_and_views_are_written_in_plain_layout(tmp_path):
     assert meta == {} and torch.equal(tensors["w"], w) and tensors["row"].shape == (5,)
 
 
+def test_tied_weights_are_written_each_on_its_own(tmp_path):
+    shared = torch.randn(4, 4)
+    save_weights(tmp_path / "w.safetensors", {"a": shared, "b": shared, "c": shared[1]})
+    tensors, _ = load_weights(tmp_path / "w.safetensors")
+    assert torch.equal(tensors["a"], shared) and torch.equal(tensors["b"], shared) and torch.equal(tensors["c"], shared[1])
+
+
 def test_files_written_by_the_library_load(tmp_path):
     safetensors.torch.save_file(TENSORS, str(tmp_path / "x.safetensors"))
     tensors, meta = load_weights(tmp_path / "x.safetensors")

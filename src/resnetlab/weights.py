@@ -28,7 +28,11 @@ def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     """Write `tensors` (a state_dict) and JSON-able `metadata` atomically as a .safetensors file."""
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     header = {METADATA_KEY: json.dumps(metadata)} if metadata is not None else None
-    write_bytes(path, _save_bytes(cpu, metadata=header))
+    try:
+        data = _save_bytes(cpu, metadata=header)
+    except RuntimeError:  # tensors sharing memory (tied weights): the format wants each on its own
+        data = _save_bytes({name: t.clone() for name, t in cpu.items()}, metadata=header)
+    write_bytes(path, data)
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
