@@ -213,9 +213,10 @@ def test_bad_arguments_are_usage_errors(run_dir, tmp_path, capsys):
 
 def test_the_textbook_nets_export(tmp_path):
     torch.manual_seed(0)
-    d2l = create_model("resnet18_d2l", widths=(8, 8, 16, 16)).eval()
+    d2l = create_model("resnet18_d2l", widths=(8, 8, 16, 16))  # in training mode, as built
     r = export.export_onnx(d2l, tmp_path / "d2l.onnx", input_size=(1, 64, 64), exporter="torchscript")
-    assert r["check"]["passed"] and r["check"]["inputs"].startswith("random normal inputs")
+    assert r["check"]["passed"] and r["check"]["inputs"] == "random normal inputs"
+    assert d2l.training, "the caller's model is left as it was"
     # a lazily built net (the chapter's Residual(None, ...)): refused until it has run once
     lazy = nn.Sequential(nn.LazyConv2d(8, 3, padding=1), nn.LazyBatchNorm2d(), nn.ReLU(),
                          Residual(None, 8, use_1x1conv=True, strides=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -245,3 +246,13 @@ def test_an_exporter_failure_is_one_line(tmp_path, monkeypatch):
         export.export_onnx(create_model("resnet20", width=4), tmp_path / "x.onnx", input_size=(3, 32, 32))
     assert str(e.value) == ("cannot export to ONNX: the dynamo exporter failed (RuntimeError: no such op); "
                             "the torchscript exporter failed (RuntimeError: no such op)")
+
+
+def test_an_opset_below_the_dynamo_exporters_falls_back(tmp_path, capsys):
+    net = create_model("resnet20", width=4)
+    r = export.export_onnx(net, tmp_path / "o13.onnx", input_size=(3, 32, 32), opset=13)
+    assert r["opset"] == 13 and r["exporter"] == "torchscript" and r["check"]["passed"]
+    assert r["exporter_notes"] == ["the dynamo exporter made opset 18, not 13"]
+    assert capsys.readouterr() == ("", ""), "the exporters' own output is kept quiet"
+    with pytest.raises(ExportError, match="^cannot export to ONNX: the dynamo exporter made opset 18, not 13$"):
+        export.export_onnx(net, tmp_path / "d13.onnx", input_size=(3, 32, 32), opset=13, exporter="dynamo")

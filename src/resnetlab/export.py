@@ -77,15 +77,18 @@ def parse_batch(value: str | int | None) -> int | None:
 @contextlib.contextmanager
 def _quiet():
     """The exporters' progress lines, deprecation warnings and torchvision notices, silenced."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _first_line(e: BaseException) -> str:
@@ -120,6 +123,10 @@ def _export_torchscript(model: nn.Module, sample: torch.Tensor, opset: int | Non
 EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
 
 
+def _opset_of(proto) -> int | None:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def _to_onnx(model: nn.Module, sample: torch.Tensor, opset: int | None, dynamic: bool, exporter: str):
     """(ModelProto, exporter name, notes) from the first exporter that works."""
     order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
@@ -127,9 +134,15 @@ def _to_onnx(model: nn.Module, sample: torch.Tensor, opset: int | None, dynamic:
     for name in order:
         try:
             with _quiet():
-                return EXPORTERS[name](model, sample, opset, dynamic), name, failures
+                proto = EXPORTERS[name](model, sample, opset, dynamic)
         except Exception as e:  # the exporters raise many types; the next one may still work
             failures.append(f"the {name} exporter failed ({type(e).__name__}: {_first_line(e)})")
+            continue
+        made = _opset_of(proto)
+        if opset is not None and made != opset:  # the dynamo exporter makes opset 18 or more, whatever is asked
+            failures.append(f"the {name} exporter made opset {made}, not {opset}")
+            continue
+        return proto, name, failures
     raise ExportError(f"cannot export to ONNX: {'; '.join(failures)}")
 
 
@@ -226,12 +239,14 @@ def export_onnx(model: nn.Module, out: str | Path, *, input_size: tuple[int, int
         raise UsageError(f"--opset must be 7 or more, got {opset}")
     from resnetlab.models.fuse import fuse_bn
 
+    import copy
+
     input_size = tuple(int(v) for v in input_size)
-    model = model.cpu().float().eval()
-    folded = fuse_bn(model)  # also refuses lazy layers that have not run, in one line
+    folded = fuse_bn(model).cpu().float()  # a copy; also refuses lazy layers that have not run, in one line
+    model = copy.deepcopy(model).cpu().float().eval()  # the caller's model stays where and as it was
     if check_inputs is None:
         check_inputs = torch.randn(max(batch or 0, 16), *input_size, generator=torch.Generator().manual_seed(0))
-        check_source = "random normal inputs (the test data was not found)" if check_source is None else check_source
+        check_source = check_source or "random normal inputs"
     check_inputs = check_inputs.cpu().float().contiguous()
     if batch is not None and len(check_inputs) < batch:
         check_inputs = check_inputs.repeat((batch + len(check_inputs) - 1) // len(check_inputs), 1, 1, 1)[:batch]
@@ -268,7 +283,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, input_size: tuple[int, int
     from resnetlab.fileio import write_bytes
 
     write_bytes(out, data)
-    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    opset_used = _opset_of(proto)
     return {"onnx": str(out), "bytes": len(data), "exporter": used, "exporter_notes": failures,
             "opset": opset_used, "batch": "dynamic" if batch is None else batch, "input_size": list(input_size),
             "export_seconds": export_seconds, "check": check,
