@@ -174,7 +174,8 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
     input_hw = (cfg.resize, cfg.resize) if cfg.resize else tuple(train_set.images.shape[2:])
     normalize = (list(info.mean), list(info.std)) if cfg.normalize else None
 
-    model = build_model(cfg, in_chans, len(classes), say=lambda note: display.say(f"--init-from: {note}"))
+    model = build_model(cfg if checkpoint is None else cfg.replace(init_from=None),  # resuming: the checkpoint's weights
+                        in_chans, len(classes), say=lambda note: display.say(f"--init-from: {note}"))
     if cfg.sync_bn and dist.enabled:
         model = convert_sync_batchnorm(model, device)
     model = model.to(device)
