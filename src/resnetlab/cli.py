@@ -220,7 +220,7 @@ COMMANDS.append(_add_eval)
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="classify image files with trained weights")
-    p.add_argument("weights", help="a run folder or a .safetensors file")
+    p.add_argument("weights", help="a run folder, a .safetensors file or an exported .onnx model (run by onnxruntime)")
     p.add_argument("images", nargs="+", help="image files (any size or colour)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--device", default="auto")
@@ -243,6 +243,48 @@ def _cmd_predict(args) -> int:
 
 
 COMMANDS.append(_add_predict)
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write trained weights as an ONNX model, checked with onnxruntime",
+                       description="Export the kept weights of a run (best.safetensors where there is one) as "
+                       "ONNX: batch norms folded, eval mode, the run's input size, class names and "
+                       "preprocessing in the model's metadata. onnxruntime must reproduce PyTorch's logits "
+                       "on real test images (max abs difference within --tolerance, same top-1) or nothing "
+                       "is written. Needs: pip install 'resnetlab[onnx]'.")
+    p.add_argument("weights", metavar="RUN_OR_WEIGHTS", help="a run folder or a .safetensors file")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (only onnx)")
+    p.add_argument("--out", metavar="FILE", help="the .onnx file (default: beside the weights, e.g. RUN/best.onnx)")
+    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: the exporter's own, 20 with torch 2.13)")
+    p.add_argument("--batch", default="dynamic", metavar="N|dynamic",
+                   help="a fixed batch size, or 'dynamic' (default) for any batch")
+    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
+                   help="torch.onnx exporter: auto (default: dynamo, then torchscript if it fails)")
+    p.add_argument("--check-images", type=int, default=64, metavar="N", help="test images to check on (default 64)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed max abs logit difference (default 1e-4)")
+    p.add_argument("--data-dir", help="folder holding the run's dataset (for the check's test images)")
+    p.add_argument("--json", action="store_true", help="print the result and the check's figures as JSON")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from resnetlab.export import export_run, format_export
+
+    if args.tolerance <= 0:
+        raise UsageError(f"--tolerance must be positive, got {args.tolerance}")
+    result = export_run(args.weights, out=args.out, opset=args.opset, batch=args.batch, data_dir=args.data_dir,
+                        check_images=args.check_images, tolerance=args.tolerance, exporter=args.exporter)
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_export(result))
+    return 0
+
+
+COMMANDS.append(_add_export)
 
 
 # --- experiment degradation ---------------------------------------------------------------

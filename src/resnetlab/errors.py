@@ -21,6 +21,10 @@ class CheckpointError(ResnetlabError, ValueError):
     """A checkpoint or weights file that is missing, truncated or foreign."""
 
 
+class ExportError(ResnetlabError):
+    """An export that failed or did not match PyTorch's outputs; nothing was written."""
+
+
 class TrainingError(ResnetlabError):
     """A run that failed: a non-finite loss, out of memory."""
 

@@ -1,8 +1,10 @@
 """Weights for sharing, in the safetensors format, with resnetlab's metadata to rebuild the model.
 
-The format is small enough to write here (8-byte little-endian header length, a JSON header, raw
-little-endian tensor bytes), so sharing weights needs no extra dependency; files written here load
-with the `safetensors` package and the reverse. Nothing is unpickled.
+The `safetensors` package (a required dependency) reads and writes the format; this module adds
+what resnetlab needs around it: the file is written atomically (temporary name, then rename), the
+metadata (model name, classes, input size, normalisation) travels as JSON under the key
+"resnetlab" of the file's `__metadata__`, and a truncated, corrupt or foreign file is one
+CheckpointError, never a traceback. Nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -12,38 +14,25 @@ import struct
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as _load_bytes
+from safetensors.torch import save as _save_bytes
 
 from resnetlab.errors import CheckpointError
-from resnetlab.fileio import atomic_open
+from resnetlab.fileio import write_bytes
 
-_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-    torch.uint8: "U8", torch.bool: "BOOL",
-}
-_FROM_NAME = {v: k for k, v in _DTYPES.items()}
 METADATA_KEY = "resnetlab"
 
 
 def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     """Write `tensors` (a state_dict) and JSON-able `metadata` atomically as a .safetensors file."""
-    header: dict = {}
-    if metadata is not None:
-        header["__metadata__"] = {METADATA_KEY: json.dumps(metadata)}
-    blobs, offset = [], 0
-    for name, t in tensors.items():
-        t = t.detach().to("cpu").contiguous()
-        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # the format aligns the data to 8 bytes
-    with atomic_open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
-        for data in blobs:
-            f.write(data)
+    cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    header = {METADATA_KEY: json.dumps(metadata)} if metadata is not None else None
+    try:
+        data = _save_bytes(cpu, metadata=header)
+    except RuntimeError:  # tensors sharing memory (tied weights): the format wants each on its own
+        data = _save_bytes({name: t.clone() for name, t in cpu.items()}, metadata=header)
+    write_bytes(path, data)
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -53,22 +42,18 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"weights file {path} does not exist; pass a run folder or a .safetensors file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a .safetensors file") from None
     try:
+        tensors = _load_bytes(raw)  # checks the header length, offsets and sizes before allocating
         (n,) = struct.unpack("<Q", raw[:8])
         header = json.loads(raw[8 : 8 + n])
-        base = 8 + n
-        meta = json.loads(header.pop("__metadata__", {}).get(METADATA_KEY, "{}"))
-        tensors = {}
-        for name, info in header.items():
-            start, end = info["data_offsets"]
-            if base + end > len(raw):
-                raise ValueError(f"tensor {name} ends at byte {base + end} but the file has {len(raw)}")
-            dtype = _FROM_NAME[info["dtype"]]
-            buf = bytearray(raw[base + start : base + end])
-            t = torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.empty(0, dtype=torch.uint8)
-            tensors[name] = t.view(dtype).reshape(info["shape"])
-    except (struct.error, ValueError, KeyError, TypeError, RuntimeError) as e:
+        meta = json.loads((header.get("__metadata__") or {}).get(METADATA_KEY, "{}"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"its {METADATA_KEY!r} metadata is not a JSON object")
+    except (SafetensorError, struct.error, ValueError, KeyError, TypeError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{path} is not a valid safetensors weights file ({e}); it may be truncated: re-export it or use another"
+            f"{path} is not a valid safetensors weights file ({first}); it may be truncated: re-export it or use another"
         ) from None
     return tensors, meta

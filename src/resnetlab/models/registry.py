@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -91,11 +92,14 @@ def _check_options(info: ModelInfo, options: dict[str, Any]) -> None:
 
 
 def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
-                 **kwargs: Any) -> nn.Module:
+                 weights: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:
     """Build a registered model; `None` means the model's default classes / input channels.
 
     Extra keyword arguments go to the builder (`width=32` for the CIFAR nets, `layers=[5, 5, 5]`,
-    `zero_init_residual=True` for the ImageNet nets, ...).
+    `zero_init_residual=True` for the ImageNet nets, ...). `weights`: a checkpoint file to load,
+    e.g. torchvision's or timm's resnet50 (.pth, .pt or .safetensors); a classifier of another
+    size is re-initialised and the first convolution adapted to `in_chans`, each with a
+    `PretrainedNote` warning (models/pretrained.py).
     """
     info = get_model_info(name)
     num_classes = info.default_num_classes if num_classes is None else num_classes
@@ -103,4 +107,9 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
     _check_count("num_classes", num_classes)
     _check_count("in_chans", in_chans)
     _check_options(info, kwargs)
-    return info.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = info.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if weights is not None:
+        from resnetlab.models.pretrained import load_pretrained
+
+        load_pretrained(model, weights, model_name=name)
+    return model

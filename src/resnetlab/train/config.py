@@ -34,6 +34,9 @@ class TrainConfig:
     model_kwargs: dict = setting({}, "options of the model's builder as JSON, e.g. '{\"width\": 32}'")
     init: str = setting("default", "weight init: default (PyTorch's) or xavier (the textbook's train_ch6)",
                         choices=("default", "xavier"))
+    init_from: str | None = setting(None, "start from these weights: a torchvision/timm checkpoint (.pth, .pt, "
+                                    ".safetensors) or a run's model.safetensors, loaded after --init; another "
+                                    "class count re-initialises the classifier (models/pretrained.py)")
     # data
     data: str = setting("fashion-mnist", "dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH")
     data_dir: str | None = setting(None, "folder holding the dataset files (used alone, no fall-back)")

@@ -89,6 +89,10 @@ def preprocess(images: list[torch.Tensor], meta: dict, device: torch.device | st
 
 
 def predict(source: str | Path, images: list[str | Path], *, top_k: int = 3, device: str = "auto") -> list[dict]:
+    if Path(source).suffix == ".onnx":  # an exported model: onnxruntime on the CPU (resnetlab.export)
+        from resnetlab.export import predict_onnx  # deferred: export imports this module
+
+        return predict_onnx(source, images, top_k=top_k)
     dev = resolve_device(device)
     model, meta = load_model(source, dev)
     x = preprocess([load_image(path, meta["in_chans"]) for path in images], meta, dev)

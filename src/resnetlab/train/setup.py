@@ -9,9 +9,10 @@ data, model, optimizer and loaders here and nowhere else, so they cannot drift a
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from resnetlab import __version__
 from resnetlab.data import Augment, Dataset, Loaders, get_dataset_info, load_dataset, make_loaders, split_dataset
 from resnetlab.errors import UsageError
 from resnetlab.models import create_model
+from resnetlab.models.pretrained import load_pretrained
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.device import bf16_pays, capture_pays, channels_last_pays, prepare_device, resolve_device
 from resnetlab.train.distributed import (DistInfo, check_same_setup, convert_sync_batchnorm, describe_setup,
@@ -93,10 +95,14 @@ def load_splits(cfg: TrainConfig) -> Splits:
     return Splits(train_set, val_set, test_set)
 
 
-def build_model(cfg: TrainConfig, in_chans: int, num_classes: int) -> nn.Module:
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+def build_model(cfg: TrainConfig, in_chans: int, num_classes: int, say: Callable[[str], None] | None = None) -> nn.Module:
+    """The config's model, initialised (the same weights on every rank and every run), then
+    loaded from --init-from when given; `say` hears what loading adapted."""
+    torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=num_classes, in_chans=in_chans, **cfg.model_kwargs)
     init_weights(model, cfg.init)
+    if cfg.init_from:  # pretrained weights, adapted to these classes and channels
+        load_pretrained(model, cfg.init_from, say=say, model_name=cfg.model)
     return model
 
 
@@ -122,10 +128,10 @@ def weights_metadata(cfg: TrainConfig, splits: Splits) -> dict:
 
 
 def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | None = None,
-          checkpoint: dict | None = None, foreach: bool = True) -> Parts:
+          checkpoint: dict | None = None, foreach: bool = True, say: Callable[[str], None] | None = None) -> Parts:
     """Device policy, data (`splits`, or loaded as `cfg` says), model, optimizer and loaders for
     `cfg` on this process; restored from `checkpoint` when given. `foreach=False` takes the
-    optimizer's per-tensor step (a bench ablation)."""
+    optimizer's per-tensor step (a bench ablation); `say` hears notes worth printing."""
     device = resolve_device(cfg.device, dist.local_rank)
     prepare_device(device)
     amp = bf16_pays(device) if cfg.amp is None else cfg.amp
@@ -141,7 +147,10 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     if cfg.batch_size % dist.world_size:
         raise UsageError(f"--batch-size {cfg.batch_size} (the global batch) must divide by the {dist.world_size} processes")
 
-    raw_model = build_model(cfg, splits.train.images.shape[1], len(splits.train.classes))
+    # Resuming: the checkpoint holds the weights, so --init-from's file is not read again (it may be gone).
+    raw_model = build_model(cfg if checkpoint is None else dataclasses.replace(cfg, init_from=None),
+                            splits.train.images.shape[1], len(splits.train.classes),
+                            say=say and (lambda note: say(f"--init-from: {note}")))
     if cfg.sync_bn and dist.enabled:
         raw_model = convert_sync_batchnorm(raw_model, device)
     raw_model = raw_model.to(device)

@@ -74,11 +74,11 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
     with session(dist):  # a lost peer becomes one clear error; the process group is left at the end
         if checkpoint is not None:
             check_resume_world_size(checkpoint.get("world_size", 1), dist, resume)
-        parts = build(cfg, dist, checkpoint=checkpoint)
+        display = Display(sys.stderr if json_output else sys.stdout, verbose and dist.is_main)
+        parts = build(cfg, dist, checkpoint=checkpoint, say=display.say)
         run = RunDir.open(resume, enabled=dist.is_main) if checkpoint is not None else \
             RunDir.create(out or default_run_path(cfg.preset), overwrite=overwrite, enabled=dist.is_main)
-        return _train(parts, run, Display(sys.stderr if json_output else sys.stdout, verbose and dist.is_main),
-                      started=started)
+        return _train(parts, run, display, started=started)
 
 
 def _configuration(cfg: TrainConfig | None, resume) -> tuple[TrainConfig, dict | None]:
