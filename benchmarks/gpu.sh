@@ -1,49 +1,45 @@
 #!/usr/bin/env bash
-# One GPU session, everything in one go: the textbook's d2l recipe (timed, compiled; under bf16
-# autocast, the issue's GPU path, then in fp32), `resnetlab bench` at 28 and 96 px, and the quick
-# and best presets. Every result lands in $OUT as it comes
+# One GPU session, everything in one go: the CUDA tests (captured step vs eager, resume, no host
+# sync, one compilation), the textbook's d2l recipe (timed; with the captured step under bf16
+# autocast, then in fp32, then compiled instead of captured), `resnetlab bench` at 28 and 96 px,
+# and the quick and best presets. Every result lands in $OUT as it comes
 # (JSON from --json, logs, run folders), so a session cut short still returns what finished.
 #
 #   OUT=/some/folder benchmarks/gpu.sh                      # on the GPU machine (device tool: $OUT is set)
 #   OUT=/tmp/dry benchmarks/gpu.sh --dry-run --device cpu  # check the script here: tiny runs, minutes
 #
 # Options: --device D (default cuda)  --data-dir DIR (default .data if it holds fashion-mnist: carry
-# the four .gz files there, see BENCHMARKS.md)  --only "d2l_bf16 d2l bench quick best" (a
-# subset, in that order)  --no-compile (default: compile on cuda only)  --dry-run (a few examples and steps: tests the plumbing, measures nothing).
-# Per-step wall-clock limits (seconds) come from D2L_LIMIT (120 each precision), BENCH_LIMIT (150 each
-# size), QUICK_LIMIT (150), BEST_LIMIT (360): "d2l_bf16 d2l bench" fits one 600 s device call (540 s
-# at worst), "quick best" another (510 s).
+# the four .gz files there, see BENCHMARKS.md)  --only "tests d2l_bf16 d2l d2l_compile bench quick best"
+# (a subset, in that order)  --dry-run (a few examples and steps: tests the plumbing, measures nothing).
+# Per-step wall-clock limits (seconds) come from TESTS_LIMIT (120), D2L_LIMIT (60 each run: the
+# target is 15 s), BENCH_LIMIT (150 each size), QUICK_LIMIT (60), BEST_LIMIT (240):
+# "tests d2l_bf16 d2l d2l_compile bench" fits one 600 s device call at worst only if the runs are
+# near their targets; split as --only "tests d2l_bf16 d2l d2l_compile" and --only "bench quick best".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 device=cuda
 data_dir=""
-only="d2l_bf16 d2l bench quick best"
-compile=auto
+only="tests d2l_bf16 d2l d2l_compile bench quick best"
 dry=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device="$2"; shift 2 ;;
     --data-dir) data_dir="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
-    --no-compile) compile=0; shift ;;
     --dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 : "${OUT:?set OUT to the folder for the results}"
 mkdir -p "$OUT"
-if [ "$compile" = auto ]; then  # compiling pays on a GPU; on a CPU it costs minutes (BENCHMARKS.md)
-  case "$device" in cuda*) compile=1 ;; *) compile=0 ;; esac
-fi
 if [ -z "$data_dir" ] && [ -f .data/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   data_dir=.data
 fi
 data_args=()
 [ -n "$data_dir" ] && data_args=(--data-dir "$data_dir")
-compile_args=()
-[ "$compile" = 1 ] && compile_args=(--compile)
+[ -n "$data_dir" ] && export RESNETLAB_DATA="$PWD/$data_dir"  # where the tests find the data
 
 # The package from this checkout, installed or not.
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -78,7 +74,8 @@ run() {
 } > "$OUT/env.txt" 2>&1
 
 if [ "$dry" = 1 ]; then
-  # Plumbing only: a few hundred examples, one epoch, small images.
+  # Plumbing only: a few hundred examples, one epoch, small images (compiling on a CPU takes a minute).
+  : "${D2L_LIMIT:=300}" "${QUICK_LIMIT:=300}"
   d2l_args=(--subset 128 --epochs 1 --batch-size 32 --resize 16)
   bench_args=(--steps 1 --repeats 1 --batch-size 8)
   bench_sizes=("")
@@ -91,17 +88,22 @@ else
   quick_args=()
   best_args=()
 fi
-bench_variants=textbook,fp32,bf16
-[ "$compile" = 1 ] && bench_variants="$bench_variants,bf16-compile"
+# On CUDA resnetlab's variants replay captured steps; -nograph is the same path launched op by op.
+bench_variants=textbook,fp32,bf16,bf16-nograph
 
 for step in $only; do
   case "$step" in
-    d2l|d2l_bf16)  # the textbook's recipe: resnet18_d2l, 96 px, batch 256, 10 epochs, SGD 0.05;
-      # d2l in fp32 (the preset's default: the textbook's numerics), d2l_bf16 under bf16 autocast
-      amp_args=()
-      [ "$step" = d2l_bf16 ] && amp_args=(--amp)
-      run "$step" "${D2L_LIMIT:-120}" "$py" -m resnetlab train --preset d2l --device "$device" "${compile_args[@]}" \
-        "${amp_args[@]}" "${data_args[@]}" "${d2l_args[@]}" --out "$OUT/runs/$step" --overwrite --json ;;
+    tests)  # the CUDA tests (they skip on a CPU): graph vs eager, resume, no host sync, one compilation
+      run tests "${TESTS_LIMIT:-120}" "$py" -m pytest -q -p no:cacheprovider tests/train/test_cuda.py \
+        "tests/train/test_compile.py::test_no_recompilation_after_the_first_epoch[cuda]" ;;
+    d2l|d2l_bf16|d2l_compile)  # the textbook's recipe: resnetlab_d2l, 96 px, batch 256, 10 epochs, SGD 0.05;
+      # d2l in fp32 (the preset's default: the textbook's numerics), d2l_bf16 under bf16 autocast (both
+      # with the captured step on CUDA), d2l_compile in bf16 with torch.compile instead of capture
+      extra=()
+      [ "$step" = d2l_bf16 ] && extra=(--amp)
+      [ "$step" = d2l_compile ] && extra=(--amp --compile)
+      run "$step" "${D2L_LIMIT:-60}" "$py" -m resnetlab train --preset d2l --device "$device" \
+        "${extra[@]}" "${data_args[@]}" "${d2l_args[@]}" --out "$OUT/runs/$step" --overwrite --json ;;
     bench)
       for size in "${bench_sizes[@]}"; do
         tag=bench_${size:+${size##* }px}
@@ -111,12 +113,12 @@ for step in $only; do
           "${data_args[@]}" "${bench_args[@]}" $size --json
       done ;;
     quick)
-      run quick "${QUICK_LIMIT:-150}" "$py" -m resnetlab train --preset quick --device "$device" "${compile_args[@]}" \
+      run quick "${QUICK_LIMIT:-60}" "$py" -m resnetlab train --preset quick --device "$device" \
         "${data_args[@]}" "${quick_args[@]}" --out "$OUT/runs/quick" --overwrite --json ;;
     best)
-      run best "${BEST_LIMIT:-360}" "$py" -m resnetlab train --preset best --device "$device" "${compile_args[@]}" \
+      run best "${BEST_LIMIT:-240}" "$py" -m resnetlab train --preset best --device "$device" \
         "${data_args[@]}" "${best_args[@]}" --out "$OUT/runs/best" --overwrite --json ;;
-    *) echo "gpu.sh: unknown step $step (use d2l_bf16, d2l, bench, quick, best)" >&2; exit 2 ;;
+    *) echo "gpu.sh: unknown step $step (use tests, d2l_bf16, d2l, d2l_compile, bench, quick, best)" >&2; exit 2 ;;
   esac
 done
 

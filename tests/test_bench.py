@@ -177,16 +177,16 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split("\t") for line in (tmp_path / "steps.tsv").read_text().splitlines()[1:]]
-    assert [r[0] for r in rows] == ["d2l_bf16", "d2l", "bench", "quick", "best"]
+    assert [r[0] for r in rows] == ["tests", "d2l_bf16", "d2l", "d2l_compile", "bench", "quick", "best"]
     assert all(r[1] == "0" for r in rows)
-    for name in ("d2l_bf16", "d2l", "quick", "best"):
+    for name in ("d2l_bf16", "d2l", "d2l_compile", "quick", "best"):
         summary = json.loads((tmp_path / f"{name}.json").read_text())
-        assert summary["preset"] == name.removesuffix("_bf16") and summary["device"] == "cpu"
+        assert summary["preset"] == name.split("_")[0] and summary["device"] == "cpu"
         assert (tmp_path / "runs" / name / "metrics.csv").exists()
         assert not list((tmp_path / "runs" / name).glob("*.safetensors")), "weights are not sent back"
     amp = {name: json.loads((tmp_path / "runs" / name / "config.json").read_text())["config"]["amp"]
-           for name in ("d2l_bf16", "d2l")}
-    assert amp == {"d2l_bf16": True, "d2l": False}  # the same recipe, in bf16 and in the textbook's fp32
+           for name in ("d2l_bf16", "d2l", "d2l_compile")}
+    assert amp == {"d2l_bf16": True, "d2l": False, "d2l_compile": True}  # bf16 and the textbook's fp32
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert "textbook" in bench["results"] and bench["config"]["device"] == "cpu"
     assert "torch" in (tmp_path / "env.txt").read_text()
