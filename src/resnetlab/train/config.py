@@ -43,6 +43,8 @@ class TrainConfig:
     compile: bool = False
     sync_bn: bool = False
     seed: int = 0
+    # reporting
+    tensorboard: bool = False  # TensorBoard event files in the run folder (the `tensorboard` extra)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
