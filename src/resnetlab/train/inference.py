@@ -35,7 +35,7 @@ class _FlipAveraged(torch.nn.Module):
 
 
 def evaluate_run(source: str | Path, *, data: str | None = None, data_dir: str | None = None, tta: bool = False,
-                 device: str = "auto", batch_size: int = 256) -> dict:
+                 device: str = "auto", batch_size: int = 256, mistakes: int = 0, out: str | Path | None = None) -> dict:
     from resnetlab.data import Loader, load_dataset
 
     dev = resolve_device(device)
@@ -51,11 +51,15 @@ def evaluate_run(source: str | Path, *, data: str | None = None, data_dir: str |
                     normalize=(norm["mean"], norm["std"]) if norm else None)
     model = inference_model(model)
     result = evaluate(_FlipAveraged(model) if tta else model, loader, dev, num_classes=meta["num_classes"])
-    return {
+    r = {
         "weights": str(source), "data": data or meta["data"], "tta": tta, "loss": result["loss"], "acc": result["acc"],
         "count": result["count"], "per_class": per_class_table(result["confusion"], test_set.classes),
         "confusion": result["confusion"].tolist(), "classes": test_set.classes,
     }
+    if mistakes > 0:  # issue 17: mistakes.png/.csv and confusion.csv in `out` (default: eval/ beside the weights)
+        from resnetlab.report.mistakes import eval_mistakes
+        r.update(eval_mistakes(_FlipAveraged(model) if tta else model, loader, dev, test_set, source, out=out, k=mistakes))
+    return r
 
 
 def load_image(path: str | Path, channels: int) -> torch.Tensor:

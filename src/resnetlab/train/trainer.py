@@ -23,6 +23,7 @@ from resnetlab.train.config import TrainConfig
 from resnetlab.train.distributed import (DistInfo, check_resume_world_size, check_same_setup, convert_sync_batchnorm,
                                         describe_setup, init_from_env, local_main_first, session, shared, wrap_ddp)
 from resnetlab.train.engine import Hooks, TrainState, evaluate, fit, init_weights, make_optimizer
+from resnetlab.report.hooks import RunRecorder  # issue 17
 from resnetlab.train.report import have_matplotlib, plot_confusion, plot_curves
 from resnetlab.train.run import RunDir, default_run_path, load_checkpoint
 
@@ -209,6 +210,7 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
 
     run = RunDir(out, enabled=dist.is_main) if checkpoint is not None else \
         RunDir.create(out or default_run_path(cfg.preset), overwrite=overwrite, enabled=dist.is_main)
+    rec = RunRecorder(run, cfg, resumed=checkpoint is not None, state=state)  # issue 17: events.jsonl, TensorBoard
     meta = {
         "model": cfg.model, "model_kwargs": cfg.model_kwargs, "in_chans": in_chans, "num_classes": len(classes),
         "classes": classes, "input_size": [in_chans, *input_hw], "resize": cfg.resize,
@@ -237,9 +239,11 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
     def on_progress(step, total, stats):
         elapsed = time.perf_counter() - epoch_started[0]
         display.progress(state.epoch + 1, cfg.epochs, step, total, stats, step * cfg.batch_size / max(elapsed, 1e-9))
+        rec.on_progress(state.global_step, stats)  # issue 17
 
     def on_epoch_end(st: TrainState, row: dict, is_best: bool) -> None:
         display.epoch_line(cfg.epochs, row)
+        rec.on_epoch_end(row)  # issue 17
         run.write_metrics(st.history)
         if is_best:
             run.save_weights("best.safetensors", raw_model.state_dict(), dict(meta, epoch=row["epoch"]))
@@ -248,6 +252,7 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
 
     def on_interrupt(st: TrainState) -> None:
         save_checkpoint(st)
+        rec.on_interrupt(st)  # issue 17
         display.say(f"checkpoint saved; resume with: resnetlab train{f' --nproc {dist.world_size}' if dist.enabled else ''} --resume {run.path}")
 
     try:
@@ -259,6 +264,9 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
         raise shared(Interrupted(f"{e}; checkpoint saved; resume with: {resume_cmd} --resume {run.path}")) from None
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(f"CUDA ran out of memory at batch {cfg.batch_size}; try a smaller --batch-size") from None
+    except BaseException as e:  # issue 17: a 'failed' event (non-finite loss, a lost peer, a second Ctrl-C)
+        rec.on_failure(e)
+        raise
 
     # The final weights, then the kept weights (best on validation when there is a split) on the test set.
     run.save_weights("model.safetensors", raw_model.state_dict(), dict(meta, epoch=state.epoch))
@@ -292,6 +300,8 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
             display.say("matplotlib is not installed: plots skipped (pip install 'resnetlab[plot]')")
     summary["total_seconds"] = time.perf_counter() - started
     run.write_summary(summary)
+    # issue 17 (rank 0; a no-op elsewhere): mistakes.png/.csv, confusion.csv, TensorBoard images, 'finish', report.html
+    rec.finish(raw_model, test_set, loader_args, amp=amp, batch_size=eval_batch, summary=summary)
     # The textbook's two closing lines, with our figures.
     display.say(f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.3f}, test acc {summary['test_acc']:.3f}")
     display.say(f"{summary['examples_per_sec']:.1f} examples/sec on {device}")
