@@ -284,11 +284,14 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
 
 def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int = 256) -> bool:
     """For a finished run without mistakes.csv/confusion.csv (made before they existed): compute
-    them with the kept weights on the run's own test set (its --subset too). False when not needed."""
+    them with the kept weights on the run's own test set (its --subset too), with the run's bf16 and
+    channels_last settings on the same kind of device. False when not needed."""
     folder = Path(folder)
     summary = read_json(folder / "summary.json")
     if not summary or ((folder / "mistakes.csv").exists() and (folder / "confusion.csv").exists()):
         return False
+    import torch
+
     from resnetlab.data import Loader
     from resnetlab.report.mistakes import find_mistakes, write_analysis
     from resnetlab.train.config import TrainConfig
@@ -298,14 +301,20 @@ def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int
     kept = folder / summary.get("kept_weights", "model.safetensors")
     if not kept.exists():
         raise UsageError(f"{folder} holds no {kept.name}; its weights are gone, so its mistakes cannot be found")
-    cfg = TrainConfig.from_dict(read_json(folder / "config.json")["config"])
+    record = read_json(folder / "config.json")
+    cfg = TrainConfig.from_dict(record["config"])
     dev = resolve_device(device)
+    same_kind = str(record.get("device", "")).split(":")[0] == dev.type  # then compute as the run did
+    amp = bool(record.get("amp")) and same_kind
+    channels_last = bool(record.get("channels_last")) and same_kind
     model, meta = load_model(kept, dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     _, _, test_set = load_splits(cfg)
     norm = meta.get("normalize")
-    loader = Loader(test_set, batch_size, shuffle=False, resize=meta.get("resize"), device=dev,
-                    normalize=(norm["mean"], norm["std"]) if norm else None)
-    m = find_mistakes(model, loader, dev, classes=list(test_set.classes))
+    loader = Loader(test_set, max(cfg.batch_size, batch_size), shuffle=False, resize=meta.get("resize"), device=dev,
+                    normalize=(norm["mean"], norm["std"]) if norm else None, channels_last=channels_last)
+    m = find_mistakes(model, loader, dev, amp=amp, classes=list(test_set.classes))
     write_analysis(folder, m, test_set.images, title=f"{kept.name}: {m.wrong} of {m.count} test images wrong; "
                                                       f"the {len(m.items)} most confident")
     return True
