@@ -19,7 +19,9 @@ from resnetlab.report.html import CSP, STYLE, esc, fmt, img_tag, load_run, table
 
 FIGURES = ("epochs", "train_acc", "test_acc", "val_acc", "best_val_acc", "kept_weights", "kept_test_acc",
            "train_seconds", "examples_per_sec")
-IGNORED_SETTINGS = ("data_dir",)  # where the files were, not what was trained
+FIGURE_HEADERS = ("epochs", "final train acc", "final test acc", "final val acc", "best val acc", "kept weights",
+                  "kept test acc", "train s", "examples/s")
+IGNORED_SETTINGS = ("data_dir", "tensorboard")  # where the files were and what was logged, not what was trained
 
 
 def default_compare_path(root: str | Path = "runs") -> Path:
@@ -82,27 +84,31 @@ def plot_comparison(data: dict, path: str | Path) -> None:
         if not rows:
             continue
         epochs = [r["epoch"] for r in rows]
-        for split, style in (("train", dict(linestyle="--")), ("val", dict(linestyle="-", marker="x", markersize=4, alpha=0.7)),
+        for split, style in (("train", dict(linestyle="--", marker=".", markersize=3)),
+                             ("val", dict(linestyle="-", marker="x", markersize=4, alpha=0.7)),
                              ("test", dict(linestyle="-", marker=".", markersize=5))):
             if f"{split}_acc" not in rows[0]:
                 continue
             label = f"{run['label']} {split}"
             ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], color=colour, label=label, **style)
             ax_acc.plot(epochs, [r[f"{split}_acc"] for r in rows], color=colour, label=label, **style)
+    from matplotlib.ticker import MaxNLocator
+
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = ax_acc.get_legend_handles_labels()
-    if handles:
-        ax_acc.legend(handles, labels, fontsize=7, loc="lower right", ncol=1 + len(handles) // 12)
+    if handles:  # beside the axes, not over the curves (save_png's tight box keeps it)
+        fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), ncol=1 + len(handles) // 24)
     fig.suptitle("training dashed, validation (x) and test (.) solid; one colour per run")
     fig.tight_layout()
     save_png(fig, Path(path))
 
 
 def _figures_table(data: dict) -> str:
-    header = ["run", "state", "model", "data", *FIGURES]
+    header = ["run", "state", "model", "data", *FIGURE_HEADERS]
     rows = []
     for r in data["runs"]:
         cells = [esc(r["label"]), esc(r["state"]), esc(r["model"]), esc(r["data"])]
@@ -110,7 +116,8 @@ def _figures_table(data: dict) -> str:
             v = r.get(k)
             cells.append(esc(f"{v:.1f}" if k in ("train_seconds", "examples_per_sec") and v is not None else fmt(v)))
         rows.append(cells)
-    return table(header, rows, numeric=set(range(4, len(header))) - {4 + FIGURES.index("kept_weights")})
+    numeric = set(range(4, len(header))) - {4 + FIGURES.index("kept_weights")}
+    return f'<div class="wide">{table(header, rows, numeric)}</div>'
 
 
 def _settings_table(data: dict) -> str:

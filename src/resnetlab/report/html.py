@@ -42,6 +42,7 @@ td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; height: auto; border: 1px solid #eef1f6; }
 .bar { display: inline-block; height: 10px; background: #4a78c2; border-radius: 2px; vertical-align: middle; }
 .note { color: #5a6478; font-style: italic; }
+.wide { overflow-x: auto; } .wide td { white-space: nowrap; }
 code { background: #f4f6fa; padding: 0 4px; border-radius: 3px; }
 """
 
