@@ -54,6 +54,9 @@ def test_find_mistakes_ranks_the_wrong_answers_by_confidence(known):
     assert [r["true"] for r in m.items] == ["c", "b", "a"]
     assert [r["probability"] for r in m.items] == pytest.approx([0.95, 0.7, 0.6])
     assert (m.count, m.wrong, m.acc) == (10, 4, 0.6)
+    from resnetlab.train.engine import evaluate
+
+    assert m.loss == pytest.approx(evaluate(model, loader, torch.device("cpu"))["loss"], rel=1e-12)
     expected = torch.zeros(3, 3, dtype=torch.int64)
     for i, y in enumerate(ds.labels.tolist()):
         expected[y, wrong[i][0] if i in wrong else y] += 1
@@ -109,6 +112,13 @@ def test_eval_writes_mistakes_beside_the_weights_or_into_out(finished_run, run_c
     assert len(read_mistakes_csv(eval_dir / "mistakes.csv")) == 32 and (eval_dir / "mistakes.png").exists()
     # the training run's own files (its 512-image test subset) are left alone
     assert (run_copy / "mistakes.csv").read_bytes() == (finished_run / "mistakes.csv").read_bytes()
+    # one pass gives the mistakes and the figures: the same as evaluation without mistakes
+    from resnetlab.train.inference import evaluate_run
+
+    plain = evaluate_run(run_copy, mistakes=0)
+    assert "mistakes_dir" not in plain
+    assert (plain["acc"], plain["confusion"]) == (r["acc"], r["confusion"])
+    assert plain["loss"] == pytest.approx(r["loss"], rel=1e-9)
 
     out = tmp_path / "elsewhere"
     assert cli.main(["eval", str(run_copy / "model.safetensors"), "--out", str(out), "--mistakes", "5"]) == 0

@@ -30,6 +30,7 @@ class Mistakes:
     items: list[dict]  # {index, true, predicted, probability}, most confident first
     count: int  # examples seen
     wrong: int  # examples misclassified
+    loss: float  # mean cross-entropy, as engine.evaluate computes it
     confusion: torch.Tensor  # int64 [classes, classes], rows: true, columns: predicted
     classes: list[str] = field(default_factory=list)
 
@@ -43,6 +44,8 @@ def find_mistakes(model: torch.nn.Module, loader, device: torch.device | str, *,
                   classes: list[str], k: int = MISTAKES_K) -> Mistakes:
     """The top-`k` confident mistakes of `model` on `loader` (unshuffled, one process: an item's
     `index` is its position in the loader's dataset)."""
+    import torch.nn.functional as F
+
     from resnetlab.train.engine import autocast
 
     device = torch.device(device)
@@ -50,16 +53,18 @@ def find_mistakes(model: torch.nn.Module, loader, device: torch.device | str, *,
     model.eval()
     probs, preds, labels = [], [], []
     confusion = torch.zeros(n, n, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for x, y in loader:
         with autocast(device, amp):
             out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
         top, pred = out.float().softmax(1).max(1)
         probs.append(top)
         preds.append(pred)
         labels.append(y)
         confusion += torch.bincount(y * n + pred, minlength=n * n).view(n, n)
     if not labels:
-        return Mistakes([], 0, 0, confusion.cpu(), list(classes))
+        return Mistakes([], 0, 0, float("nan"), confusion.cpu(), list(classes))
     prob, pred, label = torch.cat(probs), torch.cat(preds), torch.cat(labels)
     wrong = pred != label
     score = torch.where(wrong, prob, torch.full_like(prob, -1.0))  # right answers sort last
@@ -68,7 +73,7 @@ def find_mistakes(model: torch.nn.Module, loader, device: torch.device | str, *,
     index, p, t, q = (top.indices.tolist(), top.values.tolist(), label[top.indices].tolist(), pred[top.indices].tolist())
     items = [{"index": i, "true": classes[a], "predicted": classes[b], "probability": float(v)}
              for i, v, a, b in zip(index, p, t, q)]
-    return Mistakes(items, len(label), wrong_count, confusion.cpu(), list(classes))
+    return Mistakes(items, len(label), wrong_count, loss_sum.item() / len(label), confusion.cpu(), list(classes))
 
 
 def write_mistakes_csv(mistakes: Mistakes, path: str | Path) -> None:
@@ -142,10 +147,12 @@ def write_analysis(folder: str | Path, mistakes: Mistakes, images: torch.Tensor,
     return written
 
 
-def eval_mistakes(model, loader, device, test_set, source: str | Path, *, out: str | Path | None, k: int) -> dict:
-    """`resnetlab eval`'s mistakes: mistakes.png/.csv and confusion.csv in `out`, by default in
-    eval/ beside the weights (RUN/eval/ for a run folder), so the training run's own files (made
-    on its test set, perhaps a subset) are left as they are."""
+def eval_mistakes(model, loader, device, test_set, source: str | Path, *, out: str | Path | None,
+                  k: int) -> tuple[dict, dict]:
+    """`resnetlab eval`'s pass: (what engine.evaluate returns: loss, acc, count, confusion; the
+    mistakes' summary) from one pass, with mistakes.png/.csv and confusion.csv written into `out`,
+    by default eval/ beside the weights (RUN/eval/ for a run folder), so the training run's own
+    files (made on its test set, perhaps a subset) are left as they are."""
     from resnetlab.errors import UsageError
 
     source = Path(source)
@@ -156,5 +163,6 @@ def eval_mistakes(model, loader, device, test_set, source: str | Path, *, out: s
     files = write_analysis(folder, m, test_set.images,
                            title=f"{source.name}: {m.wrong} of {m.count} {test_set.name} test images wrong; "
                                  f"the {len(m.items)} most confident")
-    return {"wrong": m.wrong, "mistakes_shown": len(m.items), "mistakes_dir": str(folder),
-            "mistakes_files": [str(f) for f in files]}
+    result = {"loss": m.loss, "acc": m.acc, "count": m.count, "confusion": m.confusion}
+    return result, {"wrong": m.wrong, "mistakes_shown": len(m.items), "mistakes_dir": str(folder),
+                    "mistakes_files": [str(f) for f in files]}

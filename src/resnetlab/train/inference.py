@@ -50,16 +50,18 @@ def evaluate_run(source: str | Path, *, data: str | None = None, data_dir: str |
     loader = Loader(test_set, batch_size, shuffle=False, resize=meta.get("resize"), device=dev,
                     normalize=(norm["mean"], norm["std"]) if norm else None)
     model = inference_model(model)
-    result = evaluate(_FlipAveraged(model) if tta else model, loader, dev, num_classes=meta["num_classes"])
-    r = {
+    net = _FlipAveraged(model) if tta else model
+    found = {}
+    if mistakes > 0:  # issue 17: one pass gives these figures and the mistakes, written to `out` (default RUN/eval/)
+        from resnetlab.report.mistakes import eval_mistakes
+        result, found = eval_mistakes(net, loader, dev, test_set, source, out=out, k=mistakes)
+    else:
+        result = evaluate(net, loader, dev, num_classes=meta["num_classes"])
+    return {
         "weights": str(source), "data": data or meta["data"], "tta": tta, "loss": result["loss"], "acc": result["acc"],
         "count": result["count"], "per_class": per_class_table(result["confusion"], test_set.classes),
-        "confusion": result["confusion"].tolist(), "classes": test_set.classes,
+        "confusion": result["confusion"].tolist(), "classes": test_set.classes, **found,
     }
-    if mistakes > 0:  # issue 17: mistakes.png/.csv and confusion.csv in `out` (default: eval/ beside the weights)
-        from resnetlab.report.mistakes import eval_mistakes
-        r.update(eval_mistakes(_FlipAveraged(model) if tta else model, loader, dev, test_set, source, out=out, k=mistakes))
-    return r
 
 
 def load_image(path: str | Path, channels: int) -> torch.Tensor:
