@@ -138,7 +138,7 @@ def test_interrupted_then_resumed_run_tells_what_happened_when(tmp_path, monkeyp
     assert [e["event"] for e in events] == ["start", "interrupt", "resume", "finish"]
     assert (events[2]["epoch"], events[2]["step_in_epoch"]) == (1, stopped["step_in_epoch"])
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert f"resume after epoch 1, step {stopped['step_in_epoch']}" in page and "1 stop(s), 1 resume(s)" in page
+    assert f"resumed in epoch 2 at step {stopped['step_in_epoch']}" in page and "1 stop(s), 1 resume(s)" in page
     assert run_state(out) == "finished"
 
 

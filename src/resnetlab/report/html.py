@@ -74,7 +74,8 @@ def table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) 
     head = "".join(f'<th class="n">{esc(h)}</th>' if i in numeric else f"<th>{esc(h)}</th>" for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
                    + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if any(header) else ""
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
 def read_json(path: Path) -> dict:
@@ -228,10 +229,12 @@ def _mistakes_section(run: dict) -> str:
 
 def describe_event(e: dict) -> str:
     kind = e["event"]
-    if kind in ("start", "resume"):
-        where = "from scratch" if kind == "start" and not e.get("epoch") else \
-            f"after epoch {e.get('epoch')}" + (f", step {e['step_in_epoch']}" if e.get("step_in_epoch") else "")
-        return f"{kind} {where} on {e.get('host', '?')}"
+    if kind == "start":
+        return f"started from scratch on {e.get('host', '?')}"
+    if kind == "resume":
+        where = f"in epoch {e.get('epoch', 0) + 1} at step {e['step_in_epoch']}" if e.get("step_in_epoch") else \
+            f"after epoch {e.get('epoch')}"
+        return f"resumed {where} on {e.get('host', '?')}"
     if kind == "interrupt":
         step = e.get("step_in_epoch")
         return f"interrupted in epoch {e.get('epoch', 0) + 1} at step {step}" if step else f"interrupted after epoch {e.get('epoch')}"
