@@ -13,10 +13,12 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from resnetlab.fileio import write_text
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading the CSVs (the report) needs none
+    import torch
 
 MISTAKES_K = 32  # images in mistakes.png (and rows in mistakes.csv)
 GRID_COLUMNS = 8
@@ -39,16 +41,22 @@ class Mistakes:
         return (self.count - self.wrong) / max(self.count, 1)
 
 
-@torch.inference_mode()
 def find_mistakes(model: torch.nn.Module, loader, device: torch.device | str, *, amp: bool = False,
                   classes: list[str], k: int = MISTAKES_K) -> Mistakes:
     """The top-`k` confident mistakes of `model` on `loader` (unshuffled, one process: an item's
     `index` is its position in the loader's dataset)."""
+    import torch
+
+    with torch.inference_mode():
+        return _find_mistakes(model, loader, torch.device(device), amp=amp, classes=classes, k=k)
+
+
+def _find_mistakes(model, loader, device, *, amp: bool, classes: list[str], k: int) -> Mistakes:
+    import torch
     import torch.nn.functional as F
 
     from resnetlab.train.engine import autocast
 
-    device = torch.device(device)
     n = len(classes)
     model.eval()
     probs, preds, labels = [], [], []
