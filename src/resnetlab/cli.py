@@ -160,6 +160,10 @@ def _cmd_train(args) -> int:
         return launch_local(args.nproc, _flags_again(args.train_parser, args, skip=("nproc",)))
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    if overrides.get("tensorboard"):  # the missing extra is one line before anything starts
+        from resnetlab.train.tensorboard import require_tensorboard
+
+        require_tensorboard()
     try:
         if args.resume:
             given = [k for k in (*overrides, "preset", "config", "out") if getattr(args, k) is not None]
@@ -193,14 +197,20 @@ def _add_eval(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--out", metavar="DIR", help="folder for mistakes.png, mistakes.csv and confusion.csv "
+                   "(default: eval/ beside the weights, e.g. RUN/eval/)")
+    p.add_argument("--mistakes", type=int, default=32, metavar="K",
+                   help="the K most confident mistakes go into mistakes.png/.csv (default 32; 0: write nothing)")
     p.set_defaults(func=_cmd_eval)
 
 
 def _cmd_eval(args) -> int:
     from resnetlab.train.inference import evaluate_run
 
+    if args.mistakes < 0:
+        raise UsageError(f"--mistakes must be zero or positive, got {args.mistakes}")
     r = evaluate_run(args.weights, data=args.data, data_dir=args.data_dir, tta=args.tta, device=args.device,
-                     batch_size=args.batch_size)
+                     batch_size=args.batch_size, mistakes=args.mistakes, out=args.out)
     if args.json:
         _print_json(r)
         return 0
@@ -212,6 +222,8 @@ def _cmd_eval(args) -> int:
     print("confusion matrix (rows: true, columns: predicted):")
     for cls, counts in zip(r["classes"], r["confusion"]):
         print(f"{cls:<{width}}  " + " ".join(f"{c:>5}" for c in counts))
+    if r.get("mistakes_files"):
+        print(f"{r['wrong']} mistakes; the {r['mistakes_shown']} most confident in {', '.join(r['mistakes_files'])}")
     return 0
 
 
@@ -285,6 +297,84 @@ def _cmd_export(args) -> int:
 
 
 COMMANDS.append(_add_export)
+
+
+# --- report / compare / runs (resnetlab.report) --------------------------------------------
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write a run's report.html: one self-contained page about the run",
+                       description="Write report.html into a run folder (every run also writes it when it ends): "
+                                   "configuration, environment, timings, curves, confusion matrix, per-class "
+                                   "accuracy, the most confident mistakes and what happened when. Images are "
+                                   "inline: the file opens offline. A finished run made before mistakes.csv "
+                                   "existed gets its mistakes computed first (its test set is loaded).")
+    p.add_argument("run", metavar="RUN", help="a run folder")
+    p.add_argument("--out", metavar="FILE", help="write the page here instead of RUN/report.html")
+    p.add_argument("--device", default="auto", help="for computing missing mistakes (default auto)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from resnetlab.report.html import ensure_analysis, load_run, write_report
+
+    load_run(args.run)  # not a run folder: one line, exit 2
+    if ensure_analysis(args.run, device=args.device):
+        print(f"computed mistakes.csv and confusion.csv for {args.run}", file=sys.stderr)
+    print(write_report(args.run, args.out))
+    return 0
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="compare runs: curves on shared axes, figures, differing settings",
+                       description="Draw the runs' curves on shared axes (one colour per run, training dashed, "
+                                   "validation and test solid) and tabulate their final and kept figures and the "
+                                   "settings that differ, as compare.png, compare.html and compare.json.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<date-time>-compare/)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args) -> int:
+    from resnetlab.report.compare import compare_runs
+
+    result = compare_runs(args.runs, args.out)
+    if args.json:
+        _print_json(result)
+        return 0
+    for r in result["runs"]:
+        acc = r["kept_test_acc"] if r["kept_test_acc"] is not None else r["test_acc"]
+        print(f"{r['label']}: {r['model']} on {r['data']}, {r['epochs']} epochs, {r['state']}, test acc "
+              + (f"{acc:.4f}" if acc is not None else "-"))
+    for k, values in result["differing_settings"].items():
+        print(f"  {k}: " + " | ".join(json.dumps(v) for v in values))
+    print(f"written: {', '.join(result['files'].values())}")
+    return 0
+
+
+def _add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="list run folders, newest first, with their state",
+                       description="List the run folders in DIR (and one level below, as an experiment's "
+                                   "nets): model, data, preset, epochs done, kept test accuracy, time and "
+                                   "state (finished, interrupted, failed, unfinished), newest first.")
+    p.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default: runs)")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=_cmd_runs)
+
+
+def _cmd_runs(args) -> int:
+    from resnetlab.report.runs import format_runs, list_runs
+
+    rows = list_runs(args.dir)
+    if args.json:
+        _print_json(rows)
+    else:
+        print(format_runs(rows, args.dir))
+    return 0
+
+
+COMMANDS += [_add_report, _add_compare, _add_runs]
 
 
 # --- experiment degradation ---------------------------------------------------------------

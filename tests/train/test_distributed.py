@@ -204,6 +204,12 @@ def test_two_processes_write_one_run_folder_and_evaluate_every_example_once(runs
     assert config["world_size"] == 2
     summary = json.loads((root / "two" / "summary.json").read_text())
     assert summary["test_count"] == 257  # uneven shares, no padding, no duplicates
+    # rank 0 alone records events and writes the mistakes (of every test example) and the report
+    events = [json.loads(line)["event"] for line in (root / "two" / "events.jsonl").read_text().splitlines()]
+    assert events == ["start", "finish"]
+    confusion = (root / "two" / "confusion.csv").read_text().splitlines()[1:]
+    assert sum(int(v) for row in confusion for v in row.split(",")[1:]) == 257
+    assert '<section id="mistakes">' in (root / "two" / "report.html").read_text()
 
 
 @pytest.mark.slow

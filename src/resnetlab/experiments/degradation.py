@@ -112,6 +112,8 @@ def _train_net(cfg, run_dir: Path, *, overwrite: bool, verbose: bool, json_outpu
     config_file = run_dir / "config.json"
     if config_file.exists() and not overwrite:
         saved = json.loads(config_file.read_text(encoding="utf-8")).get("config")
+        if saved is not None:  # settings added since the run was made take their defaults (as --resume does)
+            saved = {**type(cfg)().to_dict(), **saved}
         if saved != cfg.to_dict():
             raise UsageError(f"{run_dir} holds a {cfg.model} run with other settings; "
                              f"pass --overwrite to replace it or choose another --out")

@@ -69,6 +69,8 @@ class TrainConfig:
                             "smaller batch: one shape, one compilation)")
     sync_bn: bool = setting(False, "batch norm over the global batch across processes")
     seed: int = setting(0, "seed of the initial weights, data order and augmentation")
+    # reporting
+    tensorboard: bool = setting(False, "TensorBoard event files in the run folder (the tensorboard extra)")
 
     def __post_init__(self) -> None:
         self._check_types()

@@ -199,6 +199,22 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def gather_concat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Every process's `t` (1-d, lengths may differ by process), concatenated in rank order: the
+    per-example results of an evaluation split into contiguous blocks, in dataset order."""
+    if not info.enabled:
+        return t
+    n = torch.tensor([len(t)], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(info.world_size)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = t.new_zeros(max(sizes))
+    padded[:len(t)] = t
+    parts = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
 def sum_and_any(sums: torch.Tensor, flag: bool, info: DistInfo) -> tuple[list[float], bool]:
     """The running sums of all processes and whether any process raised `flag`, in one all-reduce."""
     if not info.enabled:

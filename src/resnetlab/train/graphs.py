@@ -157,17 +157,21 @@ class CapturedEvaluator:
     """engine.evaluate with each full batch replayed from one graph (the same call as engine.Evaluator)."""
 
     def __init__(self, model: nn.Module, device: torch.device, *, amp: bool = False, num_classes: int | None = None,
-                 dist: DistInfo = DistInfo(), graphs=Graphs) -> None:
+                 dist: DistInfo = DistInfo(), per_example: bool = False, graphs=Graphs) -> None:
         self.model, self.device, self.amp, self.num_classes, self.dist, self.graphs = \
             model, device, amp, num_classes, dist, graphs
-        self.graph = self.x = self.y = None
+        self.per_example = per_example
+        self.graph = self.x = self.y = self.outputs = None
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device) if num_classes else None
 
-    def _batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.amp, cache=False):
             out = self.model(x)
-        batch_sums(out, y, self.sums, self.confusion)
+        return batch_sums(out, y, self.sums, self.confusion)
+
+    def _captured_batch(self) -> None:
+        self.outputs = self._batch(self.x, self.y)  # in a graph: its static outputs, rewritten by each replay
 
     @torch.no_grad()  # not inference_mode: the graph's static tensors are reused across calls
     def __call__(self, loader) -> dict:
@@ -175,19 +179,23 @@ class CapturedEvaluator:
         self.sums.zero_()
         if self.confusion is not None:
             self.confusion.zero_()
+        collected = ([], []) if self.per_example else None
         for x, y in loader:
             if self.graph is None and self.x is None:  # the first full batch: warm up on it, capture on the next
                 self.x, self.y = x.clone(memory_format=torch.preserve_format), y.clone()
                 with self.graphs.side_stream(self.device):
-                    self._batch(x, y)
-                continue
-            if x.shape != self.x.shape:
-                self._batch(x, y)  # the last, smaller batch
-                continue
-            self.x.copy_(x)
-            self.y.copy_(y)
-            if self.graph is None:
-                self.graph = self.graphs.capture(lambda: self._batch(self.x, self.y))
-            self.graph.replay()
+                    outputs = self._batch(x, y)
+            elif x.shape != self.x.shape:
+                outputs = self._batch(x, y)  # the last, smaller batch
+            else:
+                self.x.copy_(x)
+                self.y.copy_(y)
+                if self.graph is None:
+                    self.graph = self.graphs.capture(self._captured_batch)
+                self.graph.replay()
+                outputs = tuple(t.clone() for t in self.outputs)
+            if collected is not None:
+                collected[0].append(outputs[0])
+                collected[1].append(outputs[1])
         return evaluation_result(self.sums.clone(), None if self.confusion is None else self.confusion.clone(),
-                                 self.dist)
+                                 self.dist, collected)

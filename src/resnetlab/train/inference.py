@@ -10,6 +10,7 @@ import torch
 from resnetlab.data import Dataset, load_dataset, make_loaders
 from resnetlab.errors import UsageError
 from resnetlab.models.fuse import fuse_bn
+from resnetlab.report.mistakes import eval_mistakes
 from resnetlab.train.device import resolve_device
 from resnetlab.train.engine import evaluate
 from resnetlab.train.report import per_class_table
@@ -40,7 +41,7 @@ class _FlipAveraged(torch.nn.Module):
 
 
 def evaluate_run(source: str | Path, *, data: str | None = None, data_dir: str | None = None, tta: bool = False,
-                 device: str = "auto", batch_size: int = 256) -> dict:
+                 device: str = "auto", batch_size: int = 256, mistakes: int = 0, out: str | Path | None = None) -> dict:
     dev = resolve_device(device)
     model, meta = load_model(source, dev)
     test_set = load_dataset(data or meta["data"], train=False, root=data_dir)
@@ -51,11 +52,16 @@ def evaluate_run(source: str | Path, *, data: str | None = None, data_dir: str |
         )
     loader = make_loaders(test=test_set, batch_size=batch_size, device=dev, **input_transform(meta)).test
     model = inference_model(model)
-    result = evaluate(_FlipAveraged(model) if tta else model, loader, dev, num_classes=meta["num_classes"])
+    net = _FlipAveraged(model) if tta else model
+    found = {}
+    if mistakes > 0:  # one pass gives these figures and the mistakes, written to `out` (default RUN/eval/)
+        result, found = eval_mistakes(net, loader, dev, test_set, source, out=out, k=mistakes)
+    else:
+        result = evaluate(net, loader, dev, num_classes=meta["num_classes"])
     return {
         "weights": str(source), "data": data or meta["data"], "tta": tta, "loss": result["loss"], "acc": result["acc"],
         "count": result["count"], "per_class": per_class_table(result["confusion"], test_set.classes),
-        "confusion": result["confusion"].tolist(), "classes": test_set.classes,
+        "confusion": result["confusion"].tolist(), "classes": test_set.classes, **found,
     }
 
 

@@ -183,10 +183,10 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     num_classes = len(splits.train.classes)
     if capture:
         step = CapturedStep(model, optimizer, cfg, device, amp)
-        evaluator = CapturedEvaluator(eval_model, device, amp=amp, num_classes=num_classes, dist=dist)
+        evaluator = CapturedEvaluator(eval_model, device, amp=amp, num_classes=num_classes, dist=dist, per_example=True)
     else:
         step = EagerStep(model, optimizer, cfg, device, amp)
-        evaluator = Evaluator(eval_model, device, amp=amp, num_classes=num_classes, dist=dist)
+        evaluator = Evaluator(eval_model, device, amp=amp, num_classes=num_classes, dist=dist, per_example=True)
     return Parts(cfg=cfg, dist=dist, device=device, amp=amp, channels_last=channels_last, capture=capture,
                  splits=splits, loaders=loaders, raw_model=raw_model, model=model, eval_model=eval_model,
                  optimizer=optimizer, step=step, evaluator=evaluator, state=state, meta=weights_metadata(cfg, splits))

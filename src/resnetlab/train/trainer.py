@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.errors import Interrupted, TrainingError, UsageError
+from resnetlab.report.hooks import RunReporter
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.distributed import check_resume_world_size, init_from_env, session, shared
 from resnetlab.train.engine import Hooks, TrainState, fit
@@ -96,8 +97,8 @@ def _configuration(cfg: TrainConfig | None, resume) -> tuple[TrainConfig, dict |
 
 def _train(parts: Parts, run: RunDir, display: Display, *, started: float) -> dict:
     """The parts, the loop and the run folder, wired."""
+    recorder = RunRecorder(parts, run, display)  # before any file: a missing tensorboard extra stops it here
     _start(parts, run, display)
-    recorder = RunRecorder(parts, run, display)
     try:
         fit(parts.model, parts.loaders.train, parts.cfg, parts.device, optimizer=parts.optimizer, state=parts.state,
             val_loader=parts.loaders.val, test_loader=parts.loaders.test, amp=parts.amp, dist=parts.dist,
@@ -105,8 +106,13 @@ def _train(parts: Parts, run: RunDir, display: Display, *, started: float) -> di
     except Interrupted as e:
         raise shared(Interrupted(f"{e}; checkpoint saved; resume with: {resume_command(parts, run)}")) from None
     except torch.cuda.OutOfMemoryError:
-        raise TrainingError(f"CUDA ran out of memory at batch {parts.cfg.batch_size}; try a smaller --batch-size") from None
-    return finish(parts, run, display, recorder.test_results, started=started)
+        error = TrainingError(f"CUDA ran out of memory at batch {parts.cfg.batch_size}; try a smaller --batch-size")
+        recorder.reporter.on_failure(error)
+        raise error from None
+    except BaseException as e:  # a 'failed' event (non-finite loss, a lost peer, a second Ctrl-C)
+        recorder.reporter.on_failure(e)
+        raise
+    return finish(parts, run, display, recorder, started=started)
 
 
 def _start(parts: Parts, run: RunDir, display: Display) -> None:
@@ -133,6 +139,8 @@ class RunRecorder:
         self.parts, self.run, self.display = parts, run, display
         self.epoch_started = time.perf_counter()
         self.test_results: dict[int, dict] = {}  # epoch -> its test evaluation, for the epochs run here
+        self.reporter = RunReporter(run, parts.cfg, resumed=parts.state.epoch > 0 or parts.state.step_in_epoch > 0,
+                                    state=parts.state)  # events.jsonl, TensorBoard, the after-run files
 
     def hooks(self) -> Hooks:
         return Hooks(on_progress=self.on_progress, on_epoch_end=self.on_epoch_end, on_interrupt=self.on_interrupt,
@@ -146,9 +154,13 @@ class RunRecorder:
         cfg, elapsed = self.parts.cfg, time.perf_counter() - self.epoch_started
         self.display.progress(self.parts.state.epoch + 1, cfg.epochs, step, total, stats,
                               step * cfg.batch_size / max(elapsed, 1e-9))
+        self.reporter.on_progress(self.parts.state.global_step, stats)
 
     def on_epoch_end(self, state: TrainState, row: dict, is_best: bool) -> None:
         self.display.epoch_line(self.parts.cfg.epochs, row)
+        self.reporter.on_epoch_end(row)
+        for epoch in [e for e in self.test_results if e not in (state.epoch, state.best_epoch)]:
+            del self.test_results[epoch]  # only the last and the best epoch's can be the kept weights
         self.run.write_metrics(state.history)
         if is_best:
             self.run.save_weights("best.safetensors", self.parts.raw_model.state_dict(),
@@ -158,14 +170,15 @@ class RunRecorder:
 
     def on_interrupt(self, state: TrainState) -> None:
         self.run.save_checkpoint(self.parts.checkpoint(state))
+        self.reporter.on_interrupt(state)
         self.display.say(f"checkpoint saved; resume with: {resume_command(self.parts, self.run)}")
 
 
-def finish(parts: Parts, run: RunDir, display: Display, test_results: dict[int, dict], *, started: float) -> dict:
+def finish(parts: Parts, run: RunDir, display: Display, recorder: RunRecorder, *, started: float) -> dict:
     """After the last epoch: the final weights, then the kept weights (best on validation when
-    there is a split) on the test set, the plots, and the summary. The kept weights' test figures
-    are those of their epoch's evaluation when this process ran it (`test_results`): the same
-    weights on the same data, not evaluated twice."""
+    there is a split) on the test set, the plots, the summary and the report (mistakes,
+    report.html). The kept weights' test figures are those of their epoch's evaluation when this
+    process ran it: the same weights on the same data, not evaluated twice."""
     cfg, state, dist, raw_model = parts.cfg, parts.state, parts.dist, parts.raw_model
     run.save_weights("model.safetensors", raw_model.state_dict(), dict(parts.meta, epoch=state.epoch))
     last = state.history[-1]
@@ -186,7 +199,7 @@ def finish(parts: Parts, run: RunDir, display: Display, test_results: dict[int, 
         raw_model.load_state_dict(best_state)
         kept, kept_epoch = "best.safetensors", state.best_epoch
         summary.update(val_acc=last["val_acc"], best_epoch=state.best_epoch, best_val_acc=state.best_val_acc)
-    final = test_results.get(kept_epoch) or parts.evaluator(parts.loaders.test)
+    final = recorder.test_results.get(kept_epoch) or parts.evaluator(parts.loaders.test)
     summary.update(kept_weights=kept, kept_test_acc=final["acc"], kept_test_loss=final["loss"], test_count=final["count"])
     if dist.is_main:
         if have_matplotlib():
@@ -202,5 +215,6 @@ def finish(parts: Parts, run: RunDir, display: Display, test_results: dict[int, 
         display.say(f"kept {kept} (epoch {state.best_epoch}, val acc {state.best_val_acc:.4f}): test acc {final['acc']:.4f}")
     summary["total_seconds"] = time.perf_counter() - started
     run.write_summary(summary)
+    recorder.reporter.finish(final, parts.splits.test, summary)
     display.say(f"run folder: {run.path}")
     return summary

@@ -1,0 +1,326 @@
+"""report.html: one self-contained page per run (`resnetlab report RUN`, and written at the end of
+every run). Images are inline base64 data URIs, styles are inline, there is no script, and a
+Content-Security-Policy forbids anything else, so the page opens offline and looks the same anywhere.
+
+Sections (each a <section id=...>): summary, configuration, environment, timings, curves,
+confusion, per-class, mistakes, events. A section whose files the run lacks says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+
+from resnetlab.errors import UsageError
+from resnetlab.fileio import write_text
+from resnetlab.report.events import read_events
+from resnetlab.report.runs import is_run, run_state
+
+SECTIONS = ("summary", "configuration", "environment", "timings", "curves", "confusion", "per-class", "mistakes", "events")
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0 auto;
+       max-width: 1180px; padding: 16px 24px 48px; color: #1d2330; background: #fff; line-height: 1.4; }
+h1 { font-size: 1.6em; margin: 0.4em 0 0.1em; }
+h2 { font-size: 1.2em; margin: 1.6em 0 0.5em; padding-bottom: 0.2em; border-bottom: 2px solid #dde3ee; }
+.sub { color: #5a6478; margin: 0 0 0.8em; }
+.state { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 0.85em; font-weight: 600; }
+.finished { background: #dff3e4; color: #1b6b32; } .interrupted { background: #fff1d6; color: #8a5a00; }
+.failed { background: #fbe0e0; color: #9b1c1c; } .unfinished { background: #e6ebf3; color: #3b4a63; }
+.cards { display: flex; flex-wrap: wrap; gap: 10px; }
+.card { border: 1px solid #dde3ee; border-radius: 8px; padding: 8px 14px; min-width: 130px; }
+.card .v { font-size: 1.35em; font-weight: 600; } .card .k { color: #5a6478; font-size: 0.85em; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 4px 0; }
+th, td { border-bottom: 1px solid #e6eaf1; padding: 3px 10px; text-align: left; vertical-align: top; }
+th { background: #f4f6fa; font-weight: 600; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+.cols { columns: 2 420px; column-gap: 28px; } .cols table { break-inside: avoid; width: 100%; }
+img { max-width: 100%; height: auto; border: 1px solid #eef1f6; }
+.bar { display: inline-block; height: 10px; background: #4a78c2; border-radius: 2px; vertical-align: middle; }
+.note { color: #5a6478; font-style: italic; }
+.wide { overflow-x: auto; } .wide td { white-space: nowrap; }
+code { background: #f4f6fa; padding: 0 4px; border-radius: 3px; }
+"""
+
+
+def esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        return f"{value:.{digits}f}" if abs(value) < 1e5 else f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def img_tag(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
+    head = "".join(f'<th class="n">{esc(h)}</th>' if i in numeric else f"<th>{esc(h)}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
+                   + "</tr>" for row in rows)
+    thead = f"<thead><tr>{head}</tr></thead>" if any(header) else ""
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    path = folder / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = []
+        for r in csv.DictReader(f):
+            rows.append({k: (int(v) if k == "epoch" else float(v)) for k, v in r.items() if v not in ("", None)})
+        return rows
+
+
+def load_run(folder: str | Path) -> dict:
+    """Everything a report or a comparison reads from a run folder; UsageError if it is not one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder; give a run folder (one holding config.json)")
+    if not is_run(folder):
+        raise UsageError(f"{folder} is not a run folder (no config.json); give the folder `resnetlab train` wrote")
+    events = read_events(folder)
+    return {"path": folder, "config": read_json(folder / "config.json"), "summary": read_json(folder / "summary.json"),
+            "metrics": read_metrics(folder), "events": events, "state": run_state(folder, events)}
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{sid}">\n<h2>{esc(title)}</h2>\n{body}\n</section>'
+
+
+def _missing(text: str) -> str:
+    return f'<p class="note">{esc(text)}</p>'
+
+
+def _summary_section(run: dict) -> str:
+    s, cfg, metrics = run["summary"], run["config"].get("config", {}), run["metrics"]
+    cards = []
+
+    def card(k, v):
+        cards.append(f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>')
+
+    if s:
+        card(f"test acc, kept weights ({s.get('kept_weights', '?')})", fmt(s.get("kept_test_acc")))
+        card("final test acc", fmt(s.get("test_acc")))
+        if "best_val_acc" in s:
+            card(f"best val acc (epoch {s.get('best_epoch')})", fmt(s["best_val_acc"]))
+        card("final train acc", fmt(s.get("train_acc")))
+        card("epochs", f"{s.get('epochs')}")
+        card("training time", f"{s.get('train_seconds', 0):.1f} s")
+    elif metrics:
+        last = metrics[-1]
+        card("last test acc", fmt(last.get("test_acc")))
+        card("epochs done", f"{last['epoch']} of {cfg.get('epochs', '?')}")
+    else:
+        cards.append(_missing("no epoch completed yet"))
+    return _section("summary", "Summary", f'<div class="cards">{"".join(cards)}</div>')
+
+
+def _config_section(run: dict) -> str:
+    cfg = run["config"].get("config", {})
+    rows = [[f"<code>{esc(k)}</code>", esc(fmt(v))] for k, v in cfg.items()]
+    half = (len(rows) + 1) // 2
+    body = f'<div class="cols">{table(["setting", "value"], rows[:half])}{table(["setting", "value"], rows[half:])}</div>'
+    return _section("configuration", "Configuration", body)
+
+
+def _environment_section(run: dict) -> str:
+    c = run["config"]
+    versions = c.get("versions", {})
+    rows = [[esc(f"{name} version"), esc(v)] for name, v in versions.items()]
+    for key, label in (("device", "device"), ("amp", "bf16 autocast"), ("channels_last", "channels_last"),
+                       ("world_size", "processes"), ("threads", "torch CPU threads"), ("host", "host"),
+                       ("params", "parameters")):
+        if key in c:
+            value = f"{c[key]:,}" if key == "params" else fmt(c[key])
+            rows.append([esc(label), esc(value)])
+    return _section("environment", "Environment", table(["", ""], rows) if rows else _missing("config.json records no environment"))
+
+
+def _timings_section(run: dict) -> str:
+    s, metrics = run["summary"], run["metrics"]
+    parts = []
+    if s:
+        rows = [["training (train steps only)", f"{s.get('train_seconds', 0):.1f} s"],
+                ["whole run (data, evaluation, files)", f"{s.get('total_seconds', 0):.1f} s"],
+                ["throughput (training examples / s)", f"{s.get('examples_per_sec', 0):,.1f}"],
+                ["test examples", f"{s.get('test_count', '-')}"]]
+        finish = next((e for e in reversed(run["events"]) if e["event"] == "finish"), None)
+        if finish and "mistakes_seconds" in finish:
+            rows.append(["mistakes pass and files (after training)", f"{finish['mistakes_seconds']:.2f} s"])
+        parts.append(table(["", ""], [[esc(a), esc(b)] for a, b in rows], numeric={1}))
+    if metrics:
+        keys = [k for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
+                            "examples_per_sec", "epoch_seconds") if k in metrics[0]]
+        rows = [[str(r["epoch"])] + [esc(fmt(r.get(k), 1 if k in ("examples_per_sec", "epoch_seconds") else 4)) for k in keys]
+                for r in metrics]
+        parts.append("<h3>Per epoch</h3>" + table(["epoch", *keys], rows, numeric=set(range(len(keys) + 1))))
+    return _section("timings", "Timings and throughput", "\n".join(parts) or _missing("no epoch completed yet"))
+
+
+def _image_section(run: dict, sid: str, title: str, name: str, why: str) -> str:
+    path = run["path"] / name
+    return _section(sid, title, img_tag(path, title) if path.exists() else _missing(why))
+
+
+def _per_class_section(run: dict) -> str:
+    from resnetlab.report.mistakes import read_confusion_csv
+
+    path = run["path"] / "confusion.csv"
+    if not path.exists():
+        return _section("per-class", "Per-class accuracy", _missing(
+            "confusion.csv is missing: the run did not finish, or predates it (`resnetlab report` computes it "
+            "for a finished run)"))
+    classes, m = read_confusion_csv(path)
+    rows = []
+    for i, name in enumerate(classes):
+        total = sum(m[i])
+        acc = m[i][i] / total if total else float("nan")
+        worst = max(((m[i][j], classes[j]) for j in range(len(classes)) if j != i), default=(0, "-"))
+        bar = f'<span class="bar" style="width:{0 if acc != acc else round(160 * acc)}px"></span>'
+        rows.append([esc(name), str(total), str(m[i][i]), esc(fmt(acc)), bar,
+                     esc(f"{worst[1]} ({worst[0]})" if worst[0] else "-")])
+    return _section("per-class", "Per-class accuracy (kept weights, test set)",
+                    table(["class", "count", "correct", "acc", "", "most often taken for"], rows, numeric={1, 2, 3}))
+
+
+def _mistakes_section(run: dict) -> str:
+    from resnetlab.report.mistakes import read_mistakes_csv
+
+    folder = run["path"]
+    if not (folder / "mistakes.csv").exists():
+        return _section("mistakes", "Most confident mistakes", _missing(
+            "mistakes.csv is missing: the run did not finish, or predates it"))
+    items = read_mistakes_csv(folder / "mistakes.csv")
+    parts = [img_tag(folder / "mistakes.png", "mistakes grid") if (folder / "mistakes.png").exists()
+             else _missing("mistakes.png is missing (matplotlib is not installed)")]
+    rows = [[str(r["index"]), esc(r["true"]), esc(r["predicted"]), f"{r['probability']:.3f}"] for r in items]
+    parts.append("<details><summary>as a table (mistakes.csv)</summary>"
+                 + table(["test index", "true", "predicted", "probability"], rows, numeric={0, 3}) + "</details>")
+    return _section("mistakes", "Most confident mistakes (kept weights, test set)", "\n".join(parts))
+
+
+def describe_event(e: dict) -> str:
+    kind = e["event"]
+    if kind == "start":
+        return f"started from scratch on {e.get('host', '?')}"
+    if kind == "resume":
+        where = f"in epoch {e.get('epoch', 0) + 1} at step {e['step_in_epoch']}" if e.get("step_in_epoch") else \
+            f"after epoch {e.get('epoch')}"
+        return f"resumed {where} on {e.get('host', '?')}"
+    if kind == "interrupt":
+        step = e.get("step_in_epoch")
+        return f"interrupted in epoch {e.get('epoch', 0) + 1} at step {step}" if step else f"interrupted after epoch {e.get('epoch')}"
+    if kind == "failed":
+        return f"failed: {e.get('error', '')}: {e.get('message', '')}"
+    if kind == "finish":
+        return f"finished after epoch {e.get('epoch')}, kept test acc {fmt(e.get('kept_test_acc'))}"
+    return kind
+
+
+def _events_section(run: dict) -> str:
+    events = run["events"]
+    if not events:
+        return _section("events", "What happened when", _missing("events.jsonl is missing: the run predates it"))
+    rows = [[esc(e.get("time", "-").replace("T", " ")), esc(e["event"]), esc(describe_event(e))] for e in events]
+    resumed = sum(e["event"] == "resume" for e in events)
+    stopped = sum(e["event"] in ("interrupt", "failed") for e in events)
+    lead = f"<p>{len(events)} events: {stopped} stop(s), {resumed} resume(s).</p>"
+    return _section("events", "What happened when", lead + table(["time (UTC)", "event", "what"], rows))
+
+
+def build_report(folder: str | Path) -> str:
+    run = load_run(folder)
+    cfg = run["config"].get("config", {})
+    title = f"{cfg.get('model', '?')} on {cfg.get('data', '?')}"
+    state = run["state"]
+    sections = [
+        _summary_section(run), _config_section(run), _environment_section(run), _timings_section(run),
+        _image_section(run, "curves", "Curves", "curves.png", "curves.png is missing: the run did not finish"),
+        _image_section(run, "confusion", "Confusion matrix (kept weights, test set)", "confusion.png",
+                       "confusion.png is missing: the run did not finish"),
+        _per_class_section(run), _mistakes_section(run), _events_section(run),
+    ]
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(run['path'].name)}: {esc(title)}</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
+        f"<h1>{esc(title)} <span class=\"state {esc(state)}\">{esc(state)}</span></h1>",
+        f'<p class="sub">run folder <code>{esc(run["path"])}</code>, preset <code>{esc(cfg.get("preset", "?"))}</code></p>',
+        *sections, "</body>", "</html>", ""])
+
+
+def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
+    """report.html in the run folder (or `out`); returns its path."""
+    page = build_report(folder)
+    path = Path(out) if out is not None else Path(folder) / "report.html"
+    write_text(path, page)
+    return path
+
+
+def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int = 256) -> bool:
+    """For a finished run without mistakes.csv/confusion.csv (made before they existed): compute
+    them with the kept weights on the run's own test set (its --subset too), with the run's bf16 and
+    channels_last settings on the same kind of device. False when not needed."""
+    folder = Path(folder)
+    summary = read_json(folder / "summary.json")
+    if not summary or ((folder / "mistakes.csv").exists() and (folder / "confusion.csv").exists()):
+        return False
+    # Deferred: only a run without its analysis needs torch; reading and writing reports does not.
+    import torch
+
+    from resnetlab.data import make_loaders
+    from resnetlab.report.mistakes import find_mistakes, write_analysis
+    from resnetlab.train.config import TrainConfig
+    from resnetlab.train.device import resolve_device
+    from resnetlab.train.inference import input_transform
+    from resnetlab.train.run import load_model
+    from resnetlab.train.setup import load_splits
+
+    kept = folder / summary.get("kept_weights", "model.safetensors")
+    if not kept.exists():
+        raise UsageError(f"{folder} holds no {kept.name}; its weights are gone, so its mistakes cannot be found")
+    record = read_json(folder / "config.json")
+    cfg = TrainConfig.from_dict(record["config"])
+    dev = resolve_device(device)
+    same_kind = str(record.get("device", "")).split(":")[0] == dev.type  # then compute as the run did
+    amp = bool(record.get("amp")) and same_kind
+    channels_last = bool(record.get("channels_last")) and same_kind
+    model, meta = load_model(kept, dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    _, _, test_set = load_splits(cfg)
+    loader = make_loaders(test=test_set, batch_size=max(cfg.batch_size, batch_size), device=dev,
+                          channels_last=channels_last, **input_transform(meta)).test
+    m = find_mistakes(model, loader, dev, amp=amp, classes=list(test_set.classes))
+    write_analysis(folder, m, test_set.images, title=f"{kept.name}: {m.wrong} of {m.count} test images wrong; "
+                                                      f"the {len(m.items)} most confident")
+    return True

@@ -1,0 +1,166 @@
+"""The test images a net gets most confidently wrong: `mistakes_from_evaluation` (from an
+evaluation's per-example results: a finished run reuses its kept weights' test evaluation),
+`find_mistakes` (one evaluation pass, for `resnetlab eval` and older runs), `plot_mistakes`
+(mistakes.png, a labelled grid) and `write_mistakes_csv` (mistakes.csv).
+
+The evaluation keeps, per example, only the top probability and its class; the same pass counts
+the confusion matrix, so a run folder's `confusion.csv` (and the report's per-class table) comes
+at no extra cost.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from resnetlab.fileio import write_text
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading the CSVs (the report) needs none
+    import torch
+
+MISTAKES_K = 32  # images in mistakes.png (and rows in mistakes.csv)
+GRID_COLUMNS = 8
+MISTAKE_COLUMNS = ["index", "true", "predicted", "probability"]
+
+
+@dataclass
+class Mistakes:
+    """The result of one pass over a test set."""
+
+    items: list[dict]  # {index, true, predicted, probability}, most confident first
+    count: int  # examples seen
+    wrong: int  # examples misclassified
+    loss: float  # mean cross-entropy, as engine.evaluate computes it
+    confusion: torch.Tensor  # int64 [classes, classes], rows: true, columns: predicted
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def acc(self) -> float:
+        return (self.count - self.wrong) / max(self.count, 1)
+
+
+def mistakes_from_evaluation(result: dict, labels: torch.Tensor, classes: list[str], k: int = MISTAKES_K) -> Mistakes:
+    """The top-`k` confident mistakes in an evaluation's per-example results (engine.evaluate with
+    `per_example=True`: "top_prob", "pred", in the order of `labels`), with its figures: no pass
+    of its own, so a run's kept weights are not evaluated again for them."""
+    import torch
+
+    prob, pred, label = result["top_prob"], result["pred"], labels.cpu()
+    if len(label) == 0:
+        return Mistakes([], 0, 0, float("nan"), result["confusion"], list(classes))
+    wrong = pred != label
+    score = torch.where(wrong, prob, torch.full_like(prob, -1.0))  # right answers sort last
+    wrong_count = int(wrong.sum())
+    top = score.topk(min(max(k, 0), wrong_count))
+    items = [{"index": i, "true": classes[a], "predicted": classes[b], "probability": float(v)}
+             for i, v, a, b in zip(top.indices.tolist(), top.values.tolist(), label[top.indices].tolist(),
+                                   pred[top.indices].tolist())]
+    return Mistakes(items, len(label), wrong_count, result["loss"], result["confusion"], list(classes))
+
+
+def find_mistakes(model: torch.nn.Module, loader, device: torch.device | str, *, amp: bool = False,
+                  classes: list[str], k: int = MISTAKES_K) -> Mistakes:
+    """The top-`k` confident mistakes of `model` on `loader` (unshuffled, one process: an item's
+    `index` is its position in the loader's dataset), from one evaluation pass."""
+    import torch
+
+    from resnetlab.train.engine import evaluate
+
+    result = evaluate(model, loader, torch.device(device), amp=amp, num_classes=len(classes), per_example=True)
+    return mistakes_from_evaluation(result, loader.dataset.labels, classes, k)
+
+
+def write_mistakes_csv(mistakes: Mistakes, path: str | Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MISTAKE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in mistakes.items:
+        writer.writerow(dict(row, probability=f"{row['probability']:.4f}"))
+    write_text(path, buf.getvalue())
+
+
+def read_mistakes_csv(path: str | Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [dict(r, index=int(r["index"]), probability=float(r["probability"])) for r in csv.DictReader(f)]
+
+
+def plot_mistakes(items: list[dict], images: torch.Tensor, path: str | Path, title: str = "") -> None:
+    """A grid of the mistaken images (uint8 [N, C, H, W], indexed by each item's `index`), each
+    titled with its true class, predicted class and probability, ~1.6 inches a cell."""
+    from resnetlab.train.report import new_figure, save_png
+
+    cols = min(GRID_COLUMNS, max(len(items), 1))
+    rows = max(1, math.ceil(len(items) / cols))
+    fig = new_figure(figsize=(1.65 * cols, 1.95 * rows + (0.4 if title else 0)), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, item in zip(axes.flat, items):
+        img = images[item["index"]]
+        if img.shape[0] == 1:
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(f"#{item['index']} true: {item['true']}\npred: {item['predicted']} ({item['probability']:.2f})",
+                     fontsize=8, color="black", pad=3)
+    if not items:
+        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=12)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    save_png(fig, Path(path))
+
+
+def write_confusion_csv(confusion, classes: list[str], path: str | Path) -> None:
+    """The confusion matrix as CSV: a `true` column, then one column per predicted class."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["true", *classes])
+    m = confusion.tolist() if hasattr(confusion, "tolist") else confusion
+    for name, row in zip(classes, m):
+        writer.writerow([name, *row])
+    write_text(path, buf.getvalue())
+
+
+def read_confusion_csv(path: str | Path) -> tuple[list[str], list[list[int]]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    return rows[0][1:], [[int(v) for v in row[1:]] for row in rows[1:]]
+
+
+def write_analysis(folder: str | Path, mistakes: Mistakes, images: torch.Tensor, *, title: str = "") -> list[Path]:
+    """mistakes.csv, confusion.csv and (with matplotlib) mistakes.png in `folder`; the paths written."""
+    from resnetlab.train.report import have_matplotlib
+
+    folder = Path(folder)
+    written = [folder / "mistakes.csv", folder / "confusion.csv"]
+    write_mistakes_csv(mistakes, written[0])
+    write_confusion_csv(mistakes.confusion, mistakes.classes, written[1])
+    if have_matplotlib():
+        plot_mistakes(mistakes.items, images, folder / "mistakes.png", title=title)
+        written.append(folder / "mistakes.png")
+    return written
+
+
+def eval_mistakes(model, loader, device, test_set, source: str | Path, *, out: str | Path | None,
+                  k: int) -> tuple[dict, dict]:
+    """`resnetlab eval`'s pass: (what engine.evaluate returns: loss, acc, count, confusion; the
+    mistakes' summary) from one pass, with mistakes.png/.csv and confusion.csv written into `out`,
+    by default eval/ beside the weights (RUN/eval/ for a run folder), so the training run's own
+    files (made on its test set, perhaps a subset) are left as they are."""
+    from resnetlab.errors import UsageError
+
+    source = Path(source)
+    folder = Path(out) if out is not None else (source if source.is_dir() else source.parent) / "eval"
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file; give a folder")
+    m = find_mistakes(model, loader, device, classes=list(test_set.classes), k=k)
+    files = write_analysis(folder, m, test_set.images,
+                           title=f"{source.name}: {m.wrong} of {m.count} {test_set.name} test images wrong; "
+                                 f"the {len(m.items)} most confident")
+    result = {"loss": m.loss, "acc": m.acc, "count": m.count, "confusion": m.confusion}
+    return result, {"wrong": m.wrong, "mistakes_shown": len(m.items), "mistakes_dir": str(folder),
+                    "mistakes_files": [str(f) for f in files]}

@@ -1,0 +1,118 @@
+"""`resnetlab runs [DIR]`: the run folders under DIR (default `runs`), newest first.
+
+A run folder is a folder holding config.json. Its state:
+    finished     summary.json exists (the run reached its end)
+    interrupted  no summary; the last event is an interrupt (Ctrl-C): `--resume` continues it
+    failed       no summary; the last event is a failure (non-finite loss, out of memory, ...)
+    unfinished   no summary and no such event: still running, or killed without a word
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from resnetlab.errors import UsageError
+from resnetlab.report.events import read_events
+
+STATES = ("finished", "interrupted", "failed", "unfinished")
+
+
+def is_run(folder: str | Path) -> bool:
+    return Path(folder, "config.json").is_file()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def run_state(folder: str | Path, events: list[dict] | None = None) -> str:
+    folder = Path(folder)
+    if (folder / "summary.json").is_file():
+        return "finished"
+    events = read_events(folder) if events is None else events
+    last = events[-1]["event"] if events else None
+    if last == "interrupt":
+        return "interrupted"
+    if last == "failed":
+        return "failed"
+    return "unfinished"
+
+
+def epochs_done(folder: Path) -> int:
+    try:
+        with open(folder / "metrics.csv", newline="", encoding="utf-8") as f:
+            return sum(1 for _ in csv.DictReader(f))
+    except OSError:
+        return 0
+
+
+def describe_run(folder: str | Path) -> dict:
+    """One row of the listing: what `resnetlab runs --json` prints per run."""
+    folder = Path(folder)
+    config = _read_json(folder / "config.json")
+    cfg = config.get("config", {})
+    summary = _read_json(folder / "summary.json")
+    events = read_events(folder)
+    started = events[0]["time"] if events else None
+    if started is None:  # runs made before events.jsonl: the config file's time
+        started = datetime.fromtimestamp((folder / "config.json").stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    return {
+        "run": str(folder), "name": folder.name, "state": run_state(folder, events),
+        "model": cfg.get("model"), "data": cfg.get("data"), "preset": cfg.get("preset"),
+        "epochs": summary.get("epochs", epochs_done(folder)), "epochs_planned": cfg.get("epochs"),
+        "kept_test_acc": summary.get("kept_test_acc"), "kept_weights": summary.get("kept_weights"),
+        "seconds": summary.get("total_seconds"), "started": started,
+        "last_modified": max((p.stat().st_mtime for p in folder.iterdir() if p.is_file()), default=0.0),
+    }
+
+
+def list_runs(root: str | Path = "runs") -> list[dict]:
+    """Every run folder in `root` and one level below (an experiment's nets), newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder; give the folder that holds your run folders (default: runs)")
+    folders = [root] if is_run(root) else []
+    for child in sorted(root.iterdir()):
+        if child.is_dir():
+            if is_run(child):
+                folders.append(child)
+            else:  # an experiment's folder (degradation: one run per net)
+                folders += [g for g in sorted(child.iterdir()) if g.is_dir() and is_run(g)]
+    rows = [describe_run(f) for f in folders]
+    rows.sort(key=lambda r: (r["started"] or "", r["last_modified"]), reverse=True)
+    return rows
+
+
+def format_runs(rows: list[dict], root: str | Path = "runs") -> str:
+    if not rows:
+        return f"no run folders in {root}"
+    root = Path(root)
+
+    def name(r):
+        p = Path(r["run"])
+        try:
+            return str(p.relative_to(root)) if p != root else p.name
+        except ValueError:
+            return str(p)
+
+    def acc(r):
+        return f"{r['kept_test_acc']:.4f}" if r["kept_test_acc"] is not None else "-"
+
+    def secs(r):
+        return f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"
+
+    table = [("run", "model", "data", "preset", "epochs", "test acc", "seconds", "state", "started")]
+    for r in rows:
+        table.append((name(r), str(r["model"]), str(r["data"]), str(r["preset"]),
+                      f"{r['epochs']}/{r['epochs_planned']}", acc(r), secs(r), r["state"], (r["started"] or "-")[:19]))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    right = {4, 5, 6}
+    return "\n".join("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+                     for row in table)

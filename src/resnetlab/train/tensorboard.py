@@ -1,0 +1,86 @@
+"""`--tensorboard`: TensorBoard event files in the run folder, so `tensorboard --logdir runs`
+shows every run. An optional extra: `pip install 'resnetlab[tensorboard]'`.
+
+What is logged (rank 0 only, never inside a step: at the trainer's sync points and epoch ends):
+    train/running_loss, train/running_acc, train/lr   at each sync point (every SYNC_EVERY steps),
+                                                      against the global step
+    epoch/<metric>                                    metrics.csv's columns, against the epoch
+    kept/test_acc, kept/test_loss                     the kept weights' test figures, at the end
+    images/confusion, images/mistakes                 confusion.png and mistakes.png, at the end
+    hparams                                           the configuration (HParams tab), at the start
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from resnetlab.errors import UsageError
+
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
+                 "examples_per_sec", "epoch_seconds")
+
+
+def require_tensorboard() -> None:
+    """A one-line UsageError when the `tensorboard` package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package: pip install 'resnetlab[tensorboard]'") from None
+
+
+def _hparam_value(value):
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value)  # None, lists and dicts: as their JSON text
+
+
+class TensorBoardLogger:
+    """One SummaryWriter on the run folder. A resumed run appends a new event file; TensorBoard
+    merges a folder's files, and steps continue where the checkpoint left off."""
+
+    def __init__(self, folder: str | Path, config: dict, *, resumed: bool = False) -> None:
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(folder))
+        if not resumed:  # the HParams tab: the configuration, and the scalars it shows beside it
+            from torch.utils.tensorboard.summary import hparams
+
+            metrics = {"epoch/test_acc": 0.0, "epoch/val_acc": 0.0, "kept/test_acc": 0.0}
+            for summary in hparams({k: _hparam_value(v) for k, v in config.items()}, metrics):
+                self.writer.file_writer.add_summary(summary)
+
+    def on_progress(self, global_step: int, stats: dict) -> None:
+        self.writer.add_scalar("train/running_loss", stats["loss"], global_step)
+        self.writer.add_scalar("train/running_acc", stats["acc"], global_step)
+        self.writer.add_scalar("train/lr", stats["lr"], global_step)
+
+    def on_epoch_end(self, row: dict) -> None:
+        for key in EPOCH_METRICS:
+            if key in row:
+                self.writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
+        self.writer.flush()
+
+    def on_finish(self, summary: dict, images: dict[str, Path]) -> None:
+        """The kept weights' figures and the run's PNGs (name -> path; missing files are skipped)."""
+        step = summary.get("epochs", 0)
+        for key in ("test_acc", "test_loss"):
+            if f"kept_{key}" in summary:
+                self.writer.add_scalar(f"kept/{key}", summary[f"kept_{key}"], step)
+        for name, path in images.items():
+            if Path(path).exists():
+                self.writer.add_image(f"images/{name}", _read_png(path), step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _read_png(path: str | Path):
+    """A PNG as a uint8 [H, W, 3] array (matplotlib reads PNGs without pyplot)."""
+    import numpy as np
+    from matplotlib.image import imread
+
+    img = imread(str(path))  # float [H, W, 3 or 4] in [0, 1]
+    return (np.clip(img[..., :3], 0, 1) * 255).round().astype(np.uint8)
