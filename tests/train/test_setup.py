@@ -3,6 +3,8 @@ through the loader's own transform."""
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 
@@ -77,3 +79,23 @@ def test_bench_measures_the_trainers_parts():
     assert all(g["foreach"] for g in runner.optimizer.param_groups)
     plain = ResnetlabRunner(parse_variant("fp32-noforeach"), "resnet20", splits, 32, None, 1, torch.device("cpu"), 0)
     assert not any(g["foreach"] for g in plain.optimizer.param_groups)
+
+
+@pytest.mark.needs_fashion_mnist
+@pytest.mark.parametrize("val_split", [0, 44])
+def test_kept_weights_are_evaluated_once(tmp_path, monkeypatch, val_split):
+    """No work done twice: the kept weights' test figures (and mistakes) come from their epoch's
+    evaluation; without a validation split the run ends with no evaluation of its own."""
+    from resnetlab.train import engine, train
+
+    calls = []
+    real = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = make_config("quick", **dict(TINY, epochs=2, val_split=val_split))
+    summary = train(cfg, out=tmp_path / "run", verbose=False)
+    splits = 2 if val_split else 1
+    assert len(calls) == 2 * splits, "one evaluation per split and epoch, none after"
+    last = [row for row in csv.DictReader((tmp_path / "run" / "metrics.csv").open())]
+    kept_epoch = summary.get("best_epoch", 2)
+    assert summary["kept_test_acc"] == pytest.approx(float(last[kept_epoch - 1]["test_acc"]), abs=1e-6)
+    assert (tmp_path / "run" / "mistakes.csv").exists() and (tmp_path / "run" / "report.html").exists()
