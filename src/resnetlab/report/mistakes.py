@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: reading the CSVs (the r
 
 MISTAKES_K = 32  # images in mistakes.png (and rows in mistakes.csv)
 GRID_COLUMNS = 8
+CELL_INCHES = 1.65  # the width of a cell in mistakes.png
 MISTAKE_COLUMNS = ["index", "true", "predicted", "probability"]
 
 
@@ -90,25 +91,40 @@ def read_mistakes_csv(path: str | Path) -> list[dict]:
 
 def plot_mistakes(items: list[dict], images: torch.Tensor, path: str | Path, title: str = "") -> None:
     """A grid of the mistaken images (uint8 [N, C, H, W], indexed by each item's `index`), each
-    titled with its true class, predicted class and probability, ~1.6 inches a cell."""
+    labelled above with its true class, predicted class and probability, 1.65 inches a cell.
+
+    Drawn as one mosaic in one axes, with the labels as text: a subplot per cell took ~0.9 s for 32
+    cells, which a short run would feel."""
+    import torch
+
     from resnetlab.train.report import new_figure, save_png
 
     cols = min(GRID_COLUMNS, max(len(items), 1))
     rows = max(1, math.ceil(len(items) / cols))
-    fig = new_figure(figsize=(1.65 * cols, 1.95 * rows + (0.4 if title else 0)), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, item in zip(axes.flat, items):
-        img = images[item["index"]]
-        if img.shape[0] == 1:
-            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        else:
-            ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(f"#{item['index']} true: {item['true']}\npred: {item['predicted']} ({item['probability']:.2f})",
-                     fontsize=8, color="black", pad=3)
+    c, h, w = images.shape[1:] if len(images) else (1, 28, 28)
+    gap = max(2, w // 8)  # white margin between cells
+    cell_w = w + gap
+    points_per_pixel = 72 * CELL_INCHES / cell_w
+    band = math.ceil(26 / points_per_pixel)  # room above each image for two lines of 8-point text
+    cell_h = band + h + gap
+    mosaic = torch.full((rows * cell_h, cols * cell_w, 3), 255, dtype=torch.uint8)
+    for n, item in enumerate(items):
+        img = images[item["index"]].expand(3, h, w) if c == 1 else images[item["index"]][:3]
+        top, left = (n // cols) * cell_h + band, (n % cols) * cell_w
+        mosaic[top:top + h, left:left + w] = img.permute(1, 2, 0)
+    width = CELL_INCHES * cols
+    height = width * mosaic.shape[0] / mosaic.shape[1]
+    title_inches = 0.4 if title else 0.0
+    fig = new_figure(figsize=(width, height + title_inches))
+    ax = fig.add_axes((0, 0, 1, height / (height + title_inches)))
+    ax.imshow(mosaic.numpy(), interpolation="nearest", aspect="auto")  # the axes has the mosaic's aspect
+    ax.axis("off")
+    for n, item in enumerate(items):
+        x, y = (n % cols) * cell_w + w / 2, (n // cols) * cell_h + band - 1
+        ax.text(x, y, f"#{item['index']} true: {item['true']}\npred: {item['predicted']} ({item['probability']:.2f})",
+                ha="center", va="bottom", fontsize=8)
     if not items:
-        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=12)
+        ax.text(mosaic.shape[1] / 2, mosaic.shape[0] / 2, "no mistakes", ha="center", va="center", fontsize=12)
     if title:
         fig.suptitle(title, fontsize=11)
     save_png(fig, Path(path))
