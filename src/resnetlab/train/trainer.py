@@ -19,7 +19,7 @@ from resnetlab.report.hooks import RunReporter
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.distributed import check_resume_world_size, init_from_env, session, shared
 from resnetlab.train.engine import Hooks, TrainState, fit
-from resnetlab.train.report import have_matplotlib, plot_confusion, plot_curves
+from resnetlab.train.report import have_matplotlib, plot_confusion, plot_curves, preload_matplotlib
 from resnetlab.train.run import RunDir, default_run_path, load_checkpoint
 from resnetlab.train.setup import Parts, build
 from resnetlab.weights import load_weights
@@ -118,6 +118,8 @@ def _train(parts: Parts, run: RunDir, display: Display, *, started: float) -> di
 def _start(parts: Parts, run: RunDir, display: Display) -> None:
     cfg, state = parts.cfg, parts.state
     run.write_config(parts.describe())
+    if parts.dist.is_main:
+        preload_matplotlib()
     if state.epoch or state.step_in_epoch:
         display.say(f"resuming {run.path} after epoch {state.epoch}, step {state.step_in_epoch}")
     else:
