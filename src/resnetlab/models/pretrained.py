@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from resnetlab.errors import CheckpointError, UsageError
+from resnetlab.weights import load_weights
 
 __all__ = ["PretrainedNote", "read_state_dict", "load_pretrained", "adapt_input_conv"]
 
@@ -83,8 +84,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; pass the weights file itself (.pth, .pt or .safetensors)")
     if path.suffix == ".safetensors":
-        from resnetlab.weights import load_weights
-
         return _strip_wrappers(load_weights(path)[0])
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -136,7 +135,7 @@ def _shape(t: Tensor) -> str:
 
 def _guess_model(sd: dict[str, Tensor]) -> str | None:
     """The registered model whose keys and shapes (stem and classifier aside) the checkpoint has."""
-    from resnetlab.models.registry import create_model, list_models
+    from resnetlab.models.registry import create_model, list_models  # deferred: the registry imports this module
 
     wanted = {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
     for name in list_models():

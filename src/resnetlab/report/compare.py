@@ -15,6 +15,7 @@ from pathlib import Path
 
 from resnetlab.errors import UsageError
 from resnetlab.fileio import write_json, write_text
+from resnetlab.train.report import have_matplotlib, new_figure, save_png
 from resnetlab.report.html import CSP, STYLE, esc, fmt, img_tag, load_run, table
 
 FIGURES = ("epochs", "train_acc", "test_acc", "val_acc", "best_val_acc", "kept_weights", "kept_test_acc",
@@ -74,8 +75,6 @@ def compare_data(folders: list[str | Path]) -> dict:
 
 def plot_comparison(data: dict, path: str | Path) -> None:
     """Loss (left) and accuracy (right) per epoch; one colour per run; train dashed, val/test solid."""
-    from resnetlab.train.report import new_figure, save_png
-
     fig = new_figure(figsize=(11, 4.2))
     ax_loss, ax_acc = fig.subplots(1, 2, sharex=True)
     colours = [f"C{i % 10}" for i in range(len(data["runs"]))]
@@ -131,8 +130,6 @@ def _settings_table(data: dict) -> str:
 def compare_runs(folders: list[str | Path], out: str | Path | None = None) -> dict:
     """Write compare.png (with matplotlib), compare.json and compare.html into `out`; return the
     data (without the per-epoch rows) and the paths written."""
-    from resnetlab.train.report import have_matplotlib
-
     data = compare_data(folders)
     out = Path(out) if out is not None else default_compare_path()
     if out.exists() and not out.is_dir():

@@ -17,6 +17,7 @@ from pathlib import Path
 from resnetlab.errors import UsageError
 from resnetlab.fileio import write_text
 from resnetlab.report.events import read_events
+from resnetlab.report.mistakes import find_mistakes, read_confusion_csv, read_mistakes_csv, write_analysis
 from resnetlab.report.runs import is_run, run_state
 
 SECTIONS = ("summary", "configuration", "environment", "timings", "curves", "confusion", "per-class", "mistakes", "events")
@@ -191,8 +192,6 @@ def _image_section(run: dict, sid: str, title: str, name: str, why: str) -> str:
 
 
 def _per_class_section(run: dict) -> str:
-    from resnetlab.report.mistakes import read_confusion_csv
-
     path = run["path"] / "confusion.csv"
     if not path.exists():
         return _section("per-class", "Per-class accuracy", _missing(
@@ -212,8 +211,6 @@ def _per_class_section(run: dict) -> str:
 
 
 def _mistakes_section(run: dict) -> str:
-    from resnetlab.report.mistakes import read_mistakes_csv
-
     folder = run["path"]
     if not (folder / "mistakes.csv").exists():
         return _section("mistakes", "Most confident mistakes", _missing(
@@ -298,7 +295,6 @@ def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int
     import torch
 
     from resnetlab.data import make_loaders
-    from resnetlab.report.mistakes import find_mistakes, write_analysis
     from resnetlab.train.config import TrainConfig
     from resnetlab.train.device import resolve_device
     from resnetlab.train.inference import input_transform

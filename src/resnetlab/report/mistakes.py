@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resnetlab.errors import UsageError
 from resnetlab.fileio import write_text
+from resnetlab.train.report import have_matplotlib, new_figure, save_png
 
 if TYPE_CHECKING:  # torch is imported where it is used: reading the CSVs (the report) needs none
     import torch
@@ -97,8 +99,6 @@ def plot_mistakes(items: list[dict], images: torch.Tensor, path: str | Path, tit
     cells, which a short run would feel."""
     import torch
 
-    from resnetlab.train.report import new_figure, save_png
-
     cols = min(GRID_COLUMNS, max(len(items), 1))
     rows = max(1, math.ceil(len(items) / cols))
     c, h, w = images.shape[1:] if len(images) else (1, 28, 28)
@@ -149,8 +149,6 @@ def read_confusion_csv(path: str | Path) -> tuple[list[str], list[list[int]]]:
 
 def write_analysis(folder: str | Path, mistakes: Mistakes, images: torch.Tensor, *, title: str = "") -> list[Path]:
     """mistakes.csv, confusion.csv and (with matplotlib) mistakes.png in `folder`; the paths written."""
-    from resnetlab.train.report import have_matplotlib
-
     folder = Path(folder)
     written = [folder / "mistakes.csv", folder / "confusion.csv"]
     write_mistakes_csv(mistakes, written[0])
@@ -167,8 +165,6 @@ def eval_mistakes(model, loader, device, test_set, source: str | Path, *, out: s
     mistakes' summary) from one pass, with mistakes.png/.csv and confusion.csv written into `out`,
     by default eval/ beside the weights (RUN/eval/ for a run folder), so the training run's own
     files (made on its test set, perhaps a subset) are left as they are."""
-    from resnetlab.errors import UsageError
-
     source = Path(source)
     folder = Path(out) if out is not None else (source if source.is_dir() else source.parent) / "eval"
     if folder.exists() and not folder.is_dir():
