@@ -49,11 +49,11 @@ def test_compare_writes_figure_table_and_differing_settings(two_runs, tmp_path, 
 
 
 def test_compare_draws_one_colour_per_run_train_dashed(two_runs, tmp_path, monkeypatch):
-    import resnetlab.train.report as report
+    import resnetlab.report.compare as compare
     from resnetlab.report.compare import compare_data, plot_comparison
 
     figures = []
-    monkeypatch.setattr(report, "save_png", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(compare, "save_png", lambda fig, path: figures.append(fig))
     plot_comparison(compare_data([two_runs / "slow", two_runs / "fast"]), tmp_path / "x.png")
     ax_loss, ax_acc = figures[0].axes
     for ax in (ax_loss, ax_acc):
