@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from resnetlab.errors import UsageError
@@ -48,8 +49,24 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        # Every float must be a finite number: NaN compares false with everything, so `lr <= 0`
+        # alone let `--lr nan` train, evaluate and save NaN weights without a word.
+        for name in ("lr", "momentum", "weight_decay", "warmup", "label_smoothing", "erasing"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        for name in ("momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
+        for name in ("warmup", "erasing"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"--label-smoothing must be at least 0 and below 1, got {self.label_smoothing}")
+        if self.crop_padding < 0:
+            raise UsageError(f"--crop-padding must be zero or positive, got {self.crop_padding}")
         if self.resize is not None and self.resize <= 0:
             raise UsageError(f"--resize must be positive, got {self.resize}")
         if self.val_split < 0:
