@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import _codecs
 import io
+import math
 import pickle
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -40,7 +42,7 @@ def read_idx(buf: np.ndarray, name: str, ndim: int) -> np.ndarray:
     if buf.size < header:
         raise _bad(name, f"an IDX header of {header} bytes", f"{buf.size} bytes (truncated)")
     dims = [int(d) for d in np.frombuffer(buf[4:header].tobytes(), dtype=">u4")]
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python ints: numpy's int64 product wraps around on huge dims
     if buf.size != expected:
         what = "truncated" if buf.size < expected else f"{buf.size - expected} bytes too many"
         raise _bad(name, f"{expected:,} bytes for shape {dims}", f"{buf.size:,} bytes ({what})")
@@ -62,6 +64,8 @@ def _checked_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarr
     labels = labels.astype(np.int64)
     if labels.size and int(labels.max()) >= num_classes:
         raise _bad(name, f"labels below {num_classes}", f"label {int(labels.max())}")
+    if labels.size and int(labels.min()) < 0:  # possible in a CIFAR Python batch: its labels are a list
+        raise _bad(name, f"labels from 0 to {num_classes - 1}", f"label {int(labels.min())}")
     return labels
 
 
@@ -131,6 +135,7 @@ def read_cifar_python(buf: np.ndarray, name: str, label_key: str, num_classes: i
 # --- image folders --------------------------------------------------------------------------
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold; the header is checked before decoding
 
 
 def _pillow():
@@ -160,12 +165,18 @@ def scan_image_tree(folders: list[Path]) -> tuple[int, tuple[int, int]]:
         for paths in image_files(folder).values():
             for path in paths:
                 try:
-                    with Image.open(path) as img:  # reads the header only
-                        sizes[img.size] += 1
-                        grey = grey and img.mode in ("1", "L", "I;16", "I")
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, in one line
+                        with Image.open(path) as img:  # reads the header only
+                            sizes[img.size] += 1
+                            grey = grey and img.mode in ("1", "L", "I;16", "I")
+                            pixels = img.size[0] * img.size[1]
                 except Exception as e:
                     raise _bad(str(path), "a PNG or JPEG image", f"an unreadable file ({e})",
                                "remove or replace it") from None
+                if pixels > MAX_IMAGE_PIXELS:  # decoding would take gigabytes: a decompression bomb
+                    raise _bad(str(path), f"an image of at most {MAX_IMAGE_PIXELS:,} pixels",
+                               f"{img.size[0]} x {img.size[1]}", "shrink or remove it")
     if not sizes:
         raise DataError(f"{', '.join(map(str, folders))}: expected one sub-folder per class holding "
                         f"{'/'.join(IMAGE_SUFFIXES)} images, found none; check the path")
