@@ -53,21 +53,29 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"weights file {path} does not exist; pass a run folder or a .safetensors file") from None
+    except OSError as e:  # a folder, an unreadable file
+        raise CheckpointError(f"cannot read weights file {path}: {e.strerror or e}") from None
     try:
         (n,) = struct.unpack("<Q", raw[:8])
+        if n > len(raw) - 8:
+            raise ValueError(f"the header claims {n:,} bytes but the file has {len(raw) - 8:,} after the length")
         header = json.loads(raw[8 : 8 + n])
         base = 8 + n
         meta = json.loads(header.pop("__metadata__", {}).get(METADATA_KEY, "{}"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"its resnetlab metadata is a {type(meta).__name__}, not an object")
         tensors = {}
         for name, info in header.items():
             start, end = info["data_offsets"]
+            if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
+                raise ValueError(f"tensor {name} has data offsets {start}, {end}")
             if base + end > len(raw):
                 raise ValueError(f"tensor {name} ends at byte {base + end} but the file has {len(raw)}")
             dtype = _FROM_NAME[info["dtype"]]
             buf = bytearray(raw[base + start : base + end])
             t = torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.empty(0, dtype=torch.uint8)
             tensors[name] = t.view(dtype).reshape(info["shape"])
-    except (struct.error, ValueError, KeyError, TypeError, RuntimeError) as e:
+    except (struct.error, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as e:
         raise CheckpointError(
             f"{path} is not a valid safetensors weights file ({e}); it may be truncated: re-export it or use another"
         ) from None
