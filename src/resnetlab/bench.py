@@ -399,6 +399,9 @@ def _machine(device: torch.device) -> dict:
     return info
 
 
+MAX_THREADS = 4096
+
+
 def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None = None, steps: int = 3,
           repeats: int = 3, device: str = "auto", variants: tuple[str, ...] | None = None,
           threads: int | None = None, data: str = "fashion-mnist", data_dir: str | None = None,
@@ -416,6 +419,8 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
         raise UsageError(f"--resize must be at least 8 pixels, got {resize!r}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be positive, got {threads}")
+    if threads is not None and threads > MAX_THREADS:  # torch.set_num_threads overflows on huge numbers
+        raise UsageError(f"--threads must be at most {MAX_THREADS}, got {threads}")
     get_model_info(model)  # an unknown name fails here, with the registry's message
     dev = resolve_device(device)
     if variants is None:
