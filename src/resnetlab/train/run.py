@@ -7,15 +7,18 @@ moment leaves the previous complete file. Checkpoints hold tensors and plain Pyt
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from resnetlab.errors import CheckpointError, UsageError
+from resnetlab.errors import CheckpointError, UsageError, WriteError
 from resnetlab.fileio import write_bytes, write_json, write_text
 from resnetlab.weights import load_weights, save_weights
 
@@ -23,6 +26,8 @@ CHECKPOINT_VERSION = 1
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                   "lr", "examples_per_sec", "epoch_seconds"]
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "checkpoint.pt")
+LOCK_FILE = ".lock"  # held (fcntl.flock) by the process training in the folder; the kernel drops it when that process ends
+_LOCK_SCOPES: list[list["RunDir"]] = []  # see RunDir.locks_released_at_exit
 
 
 def default_run_path(preset: str, root: str | Path = "runs") -> Path:
@@ -35,6 +40,7 @@ class RunDir:
     def __init__(self, path: str | Path, enabled: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self._lock = None
 
     @classmethod
     def create(cls, path: str | Path, *, overwrite: bool = False, enabled: bool = True) -> "RunDir":
@@ -44,14 +50,80 @@ class RunDir:
                 raise UsageError(f"--out {run.path} is a file; give a folder")
             held = [f for f in RUN_FILES if (run.path / f).exists()]
             if held and not overwrite:
+                run.lock()  # a live run is named as such, not as a finished one
+                run.release()
                 raise UsageError(
                     f"--out {run.path} already holds a run ({', '.join(held)}); "
                     f"continue it with --resume {run.path}, or pass --overwrite to replace it"
                 )
-            run.path.mkdir(parents=True, exist_ok=True)
+            try:
+                run.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise WriteError.of(e, run.path) from None
+            run.lock()
         return run
 
+    @classmethod
+    def open(cls, path: str | Path, *, enabled: bool = True) -> "RunDir":
+        """The folder of a run to continue (--resume), locked for this process."""
+        run = cls(path, enabled)
+        if enabled:
+            run.lock()
+        return run
+
+    # --- one process at a time ---------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the folder for this process, or refuse with one line if a live process has it.
+        An flock, not a pid file: a killed process's lock goes with it, nothing is left stuck."""
+        import fcntl
+
+        if self._lock is not None or not self.path.is_dir():
+            return
+        try:
+            f = open(self.path / LOCK_FILE, "a+")
+        except OSError as e:
+            raise WriteError.of(e, self.path / LOCK_FILE) from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.seek(0)
+            holder = f.read().strip()
+            f.close()
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise WriteError.of(e, self.path / LOCK_FILE) from None
+            raise UsageError(f"{self.path} is in use by another training process{f' (pid {holder})' if holder else ''}; "
+                             "wait for it to end (or stop it), or give another --out") from None
+        with contextlib.suppress(OSError):
+            f.truncate(0)
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            for stale in self.path.glob(".*.tmp"):  # half-written by a process that was killed: ours now
+                stale.unlink()
+        self._lock = f
+        if _LOCK_SCOPES:
+            _LOCK_SCOPES[-1].append(self)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the flock
+            self._lock = None
+
+    @staticmethod
+    @contextlib.contextmanager
+    def locks_released_at_exit():
+        """Run folders locked inside this block are released when it ends (the trainer wraps a
+        run in it, so a Python caller may resume the same folder afterwards in the same process)."""
+        _LOCK_SCOPES.append([])
+        try:
+            yield
+        finally:
+            for run in _LOCK_SCOPES.pop():
+                run.release()
+
     def file(self, name: str) -> Path:
+        if self.enabled and self._lock is not None and not self.path.is_dir():
+            # atomic writes would quietly make a new, empty folder: stop instead
+            raise WriteError(f"run folder {self.path} was removed during the run; nothing more can be saved there")
         return self.path / name
 
     # --- plain files ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from resnetlab import __version__
-from resnetlab.errors import Interrupted, TrainingError, UsageError
+from resnetlab.errors import Interrupted, TrainingError, UsageError, WriteError
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.distributed import (DistInfo, check_resume_world_size, check_same_setup, convert_sync_batchnorm,
                                         describe_setup, init_from_env, local_main_first, session, shared, wrap_ddp)
@@ -142,10 +142,18 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
         raise UsageError("train() needs a configuration or a run folder to resume")
 
     dist = init_from_env(torch.device("cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"))
-    with session(dist):  # a lost peer becomes one clear error; the process group is left at the end
+    # a lost peer becomes one clear error; the process group is left and the run folder unlocked at the end
+    with session(dist), RunDir.locks_released_at_exit():
         if checkpoint is not None:
             check_resume_world_size(checkpoint.get("world_size", 1), dist, out)
-        return _train(cfg, dist, out, checkpoint, overwrite, json_output, verbose, started)
+        try:
+            return _train(cfg, dist, out, checkpoint, overwrite, json_output, verbose, started)
+        except WriteError as e:  # no space, a read-only or removed folder: the files already there are intact
+            folder = Path(e.filename).parent if e.filename else None
+            if folder is None or not (folder / "checkpoint.pt").is_file():
+                raise
+            raise WriteError(f"{e}; once it can be written, continue with: resnetlab train --resume {folder}",
+                             e.errno, e.filename) from None
 
 
 def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose, started) -> dict:
@@ -207,7 +215,7 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
     if len(train_loader) == 0:
         raise UsageError(f"{len(train_set)} training examples make no full batch of {cfg.batch_size}; lower --batch-size")
 
-    run = RunDir(out, enabled=dist.is_main) if checkpoint is not None else \
+    run = RunDir.open(out, enabled=dist.is_main) if checkpoint is not None else \
         RunDir.create(out or default_run_path(cfg.preset), overwrite=overwrite, enabled=dist.is_main)
     meta = {
         "model": cfg.model, "model_kwargs": cfg.model_kwargs, "in_chans": in_chans, "num_classes": len(classes),
