@@ -180,6 +180,8 @@ def _add_eval(sub) -> None:
 def _cmd_eval(args) -> int:
     from resnetlab.train.inference import evaluate_run
 
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
     r = evaluate_run(args.weights, data=args.data, data_dir=args.data_dir, tta=args.tta, device=args.device,
                      batch_size=args.batch_size)
     if args.json:

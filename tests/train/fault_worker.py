@@ -5,7 +5,8 @@
 Every hook is set by an environment variable; without them this is `resnetlab` unchanged.
 
 RESNETLAB_TEST_PHASES  print "phase: WHAT" on stderr as the run enters each phase (step,
-                       eval, write NAME, plot NAME), so the test knows what a kill interrupted
+                       eval, write=NAME, plot), so the test knows what a kill interrupted;
+                       "rss" adds the resident memory: "phase: WHAT rss=BYTES"
 RESNETLAB_TEST_KILL    PHASE:N: SIGKILL this process on the N-th entry (1-based) into PHASE, where
                        PHASE is step, eval, plot, or write=NAME (a file name: the kill comes after
                        half of the file's bytes reached its temporary file, before the rename)
@@ -21,10 +22,16 @@ import resnetlab.train.engine as engine
 import resnetlab.train.trainer as trainer
 from resnetlab.cli import main
 
-SHOW = bool(os.environ.get("RESNETLAB_TEST_PHASES"))
+SHOW = os.environ.get("RESNETLAB_TEST_PHASES", "")
 KILL = os.environ.get("RESNETLAB_TEST_KILL", "")
 KILL_PHASE, _, KILL_AT = KILL.rpartition(":")
 counts: dict[str, int] = {}
+
+
+def _rss() -> int:
+    """Resident memory now, in bytes (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _die() -> None:
@@ -36,7 +43,7 @@ def enter(phase: str, kill_now: bool = True) -> bool:
     """Note the phase; True when this entry is the one to be killed in."""
     counts[phase] = counts.get(phase, 0) + 1
     if SHOW:
-        print(f"phase: {phase}", file=sys.stderr, flush=True)
+        print(f"phase: {phase}{f' rss={_rss()}' if SHOW == 'rss' else ''}", file=sys.stderr, flush=True)
     due = KILL_PHASE == phase and counts[phase] == int(KILL_AT)
     if due and kill_now:
         _die()

@@ -83,6 +83,29 @@ def metrics_without_timing(run: Path) -> list[list[str]]:
 # --- SIGKILL at random moments ---------------------------------------------------------------
 
 
+def _start(cmd: list[str], env: dict):
+    """(process, its stderr lines as they come, an Event set, with the time in `.at`, at its first phase note)."""
+    import threading
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    working = threading.Event()
+    working.ended = threading.Event()  # its stderr is read to the end
+
+    def read():
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("phase: ") and not working.is_set():
+                working.at = time.monotonic()
+                working.set()
+        working.at = getattr(working, "at", time.monotonic())
+        working.set()  # the process ended (perhaps before any phase): nobody waits forever
+        working.ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, lines, working
+
+
 @pytest.mark.slow
 def test_twenty_sigkills_at_random_moments_resume_to_bit_identical_weights(tmp_path):
     """20 SIGKILLs across a 4-epoch run: 8 at seeded random times, 12 at chosen moments (in a
@@ -90,19 +113,31 @@ def test_twenty_sigkills_at_random_moments_resume_to_bit_identical_weights(tmp_p
     and the final weights, while plotting). After each, every file under its final name parses;
     `--resume` then finishes with the weights of the uninterrupted run, bit for bit."""
     flags = [*FLAGS, "--epochs", "4"]
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, WORKER, "train", *flags, "--out", str(tmp_path / "straight")],
-                          env=_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    duration = time.monotonic() - started
     reference = tmp_path / "straight"
+    proc, lines, working = _start([sys.executable, WORKER, "train", *flags, "--out", str(reference)], _env(RESNETLAB_TEST_PHASES="1"))
+    assert working.wait(300) and proc.wait(300) == 0, lines
+    work = time.monotonic() - working.at  # from the first step to the end: the span random kills are drawn from
 
     rng = random.Random(18)
-    # counted from each process's start (a resumed one too), so small enough to come in most processes
-    chosen = ["step:2", "step:4", "step:7", "eval:1", "eval:2", "write=checkpoint.pt:1", "write=checkpoint.pt:2",
-              "write=metrics.csv:1", "write=best.safetensors:1", "write=model.safetensors:1", "plot:1", "plot:2"]
-    plan = [("phase", k) for k in chosen] + [("time", round(rng.uniform(1.0, 0.9 * duration), 2)) for _ in range(8)]
+    epochs, steps_per_epoch = 4, 5
+    # (kind, what, a seeded draw u in [0, 1)): a phase kill comes on the N-th entry into the phase,
+    # N drawn from what is left of the run; a time kill u x (the work left) after start-up
+    chosen = ["step", "step", "step", "eval", "eval", "write=checkpoint.pt", "write=checkpoint.pt",
+              "write=metrics.csv", "write=best.safetensors", "write=model.safetensors", "plot", "plot"]
+    plan = [("phase", k, rng.random()) for k in chosen] + [("time", "", rng.random()) for _ in range(8)]
     rng.shuffle(plan)
+
+    def reachable(item, done: int) -> bool:  # can this kill come in a process that resumes after epoch `done`?
+        what = item[1]
+        if what == "write=best.safetensors":
+            return done == 0  # the reference's best epoch is its first
+        return done < epochs or what in ("", "write=model.safetensors", "plot")
+
+    def kill_spec(what: str, u: float, done: int) -> str:
+        left = epochs - done
+        n = {"step": left * steps_per_epoch, "eval": 2 * left, "write=checkpoint.pt": left, "write=metrics.csv": left,
+             "plot": 2}.get(what, 1)
+        return f"{what}:{1 + int(u * n)}"
 
     killed_in: list[str] = []  # what each kill interrupted, from the worker's phase notes
     rounds, run, fresh = 0, None, True
@@ -110,16 +145,18 @@ def test_twenty_sigkills_at_random_moments_resume_to_bit_identical_weights(tmp_p
         if run is None:
             rounds += 1
             run, fresh = tmp_path / f"round{rounds}", True
-        kind, value = plan[0]
+        done = 0 if fresh else load_checkpoint(run)["state"]["epoch"]
+        item = next((p for p in plan if reachable(p, done)), plan[0])
+        kind, what, u = item
         args = ["train", *flags, "--out", str(run), "--overwrite"] if fresh else ["train", "--resume", str(run)]
-        env = _env(RESNETLAB_TEST_PHASES="1", **({"RESNETLAB_TEST_KILL": value} if kind == "phase" else {}))
-        proc = subprocess.Popen([sys.executable, WORKER, *args], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            _, err = proc.communicate(timeout=value if kind == "time" else 300)
-        except subprocess.TimeoutExpired:
+        env = _env(RESNETLAB_TEST_PHASES="1", **({"RESNETLAB_TEST_KILL": kill_spec(what, u, done)} if kind == "phase" else {}))
+        proc, lines, working = _start([sys.executable, WORKER, *args], env)
+        if kind == "time" and working.wait(300):  # a random moment after start-up (import and data loading)
+            time.sleep(u * work * (epochs - done + 1) / (epochs + 1))
             proc.send_signal(signal.SIGKILL)
-            _, err = proc.communicate()
+        proc.wait(300)
+        working.ended.wait(30)
+        err = "".join(lines)
         if proc.returncode == 0:  # finished before the kill came: check it, then a new round
             assert same_weights(reference / "model.safetensors", run / "model.safetensors")
             assert metrics_without_timing(run) == metrics_without_timing(reference)
@@ -127,7 +164,7 @@ def test_twenty_sigkills_at_random_moments_resume_to_bit_identical_weights(tmp_p
             run = None
             continue
         assert proc.returncode == -signal.SIGKILL, err
-        plan.pop(0)
+        plan.remove(item)
         phases = [line.split(": ", 1)[1] for line in err.splitlines() if line.startswith("phase: ")]
         killed_in.append(phases[-1] if phases else "start-up")
         names = check_final_files(run) if run.exists() else []
@@ -149,7 +186,7 @@ def test_twenty_sigkills_at_random_moments_resume_to_bit_identical_weights(tmp_p
     assert len(killed_in) == 20
     kinds = {p.split("=")[0].split(" ")[0] for p in killed_in}
     assert {"step", "eval", "write", "plot"} <= kinds, killed_in
-    print(f"\n20 SIGKILLs over {rounds} run(s) of {duration:.1f} s; interrupted: {sorted(killed_in)}")
+    print(f"\n20 SIGKILLs over {rounds} run(s) ({work:.1f} s of work each); interrupted: {sorted(killed_in)}")
 
 
 # --- writes that fail ------------------------------------------------------------------------

@@ -24,6 +24,7 @@ _REFETCH = "delete it and run `resnetlab data fetch` (or place a good copy)"
 
 
 def _bad(name: str, expected: str, found: str, todo: str = _REFETCH) -> DataError:
+    found = " ".join(str(found).split())  # one line, whatever a library's message held (pickle's has two)
     return DataError(f"{name}: expected {expected}, found {found}; {todo}")
 
 
@@ -46,7 +47,10 @@ def read_idx(buf: np.ndarray, name: str, ndim: int) -> np.ndarray:
     if buf.size != expected:
         what = "truncated" if buf.size < expected else f"{buf.size - expected} bytes too many"
         raise _bad(name, f"{expected:,} bytes for shape {dims}", f"{buf.size:,} bytes ({what})")
-    return buf[header:].reshape(dims)
+    try:
+        return buf[header:].reshape(dims)
+    except ValueError:  # a zero dimension beside ones whose product numpy cannot hold: an empty file that lies
+        raise _bad(name, "dimensions numpy can hold", f"shape {dims}") from None
 
 
 def read_idx_pair(image_buf: np.ndarray, image_name: str, label_buf: np.ndarray, label_name: str,
@@ -121,7 +125,7 @@ def read_cifar_python(buf: np.ndarray, name: str, label_key: str, num_classes: i
         raise _bad(name, "a CIFAR Python batch (pickled dict of arrays)", f"an unreadable file ({e})") from None
     if not isinstance(entry, dict):
         raise _bad(name, "a pickled dict", type(entry).__name__)
-    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    entry = {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in entry.items()}  # any bytes decode
     data, labels = entry.get("data"), entry.get(label_key)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
         found = f"{type(data).__name__} {getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}".strip()
