@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ResnetlabError as e:
-        print(f"resnetlab: error: {e}", file=sys.stderr)
+        print(f"resnetlab: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # one line, always
         return e.exit_code
     except KeyboardInterrupt:
         print("resnetlab: interrupted", file=sys.stderr)

@@ -76,7 +76,8 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             t = torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.empty(0, dtype=torch.uint8)
             tensors[name] = t.view(dtype).reshape(info["shape"])
     except (struct.error, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as e:
+        why = " ".join(str(e).split())  # one line, even when a tensor's name holds a newline
         raise CheckpointError(
-            f"{path} is not a valid safetensors weights file ({e}); it may be truncated: re-export it or use another"
+            f"{path} is not a valid safetensors weights file ({why}); it may be truncated: re-export it or use another"
         ) from None
     return tensors, meta
