@@ -155,19 +155,24 @@ def test_idx_files(images, labels):
 
 
 @fuzz(1000)
-@given(size=st.integers(0, 3 * 3074 + 5), label_bytes=st.sampled_from([1, 2]), num_classes=st.sampled_from([10, 100]),
-       seed=st.integers(0, 2**32 - 1))
-def test_cifar_binary_batches(size, label_bytes, num_classes, seed):
+@given(records=st.integers(0, 3), extra=st.sampled_from([0, 0, 1, -1, 3071, 5]), label_bytes=st.sampled_from([1, 2]),
+       num_classes=st.sampled_from([10, 100]), labels_in_range=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_cifar_binary_batches(records, extra, label_bytes, num_classes, labels_in_range, seed):
     from resnetlab.data.formats import read_cifar_binary
 
     count("CIFAR binary batches")
-    buf = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+    record = 3072 + label_bytes
+    buf = np.random.default_rng(seed).integers(0, 256, max(0, records * record + extra), dtype=np.uint8)
+    if labels_in_range:  # whole records whose class byte is a class: these must parse
+        buf[label_bytes - 1::record] %= num_classes
     try:
         x, y = read_cifar_binary(buf, "data_batch_1.bin", label_bytes, num_classes)
     except DataError as e:
         refused(e)
+        assert not (labels_in_range and extra == 0 and records > 0), "a well-formed batch was refused"
         return
-    assert x.shape == (size // (3072 + label_bytes), 3, 32, 32) and len(y) == len(x) and 0 <= y.min() and y.max() < num_classes
+    assert x.shape == (records, 3, 32, 32) and len(y) == len(x) and 0 <= y.min() and y.max() < num_classes
+    assert np.array_equal(x.reshape(records, -1), buf.reshape(records, record)[:, label_bytes:])
 
 
 # --- CIFAR Python (pickle) ------------------------------------------------------------------
@@ -468,6 +473,7 @@ def test_predict_on_huge_and_tiny_images_is_one_line_and_bounded_memory(width, h
     image.write_bytes(png_of_zeros(width, height))
     code, grew = peak_rss_growth(lambda: cli.main(["predict", str(tiny_weights), str(image), "--device", "cpu", "--json"]))
     out, err = capsys.readouterr()
+    print(f"\npredict on {width} x {height}: status {code}, peak memory +{grew / MiB:.1f} MiB", file=sys.stderr)
     assert grew < bound_mib * MiB, f"peak memory rose by {grew / MiB:.0f} MiB"
     if ok:
         assert code == 0 and len(json.loads(out)[0]["top"]) == 3

@@ -53,6 +53,7 @@ def test_three_processes_one_stalls_the_others_stop_in_time_and_the_run_resumes(
     assert named and set(named) <= {0, 1} and len(named) == len(set(named)), text  # each survivor once, by its rank
     assert "Traceback" not in stalled.stdout
     assert took < 120, f"{took:.0f} s"
+    print(f"\n3 processes, rank 2 stalled: the others stopped after {took:.0f} s with: {lost}")
 
     ckpt = load_checkpoint(out)  # epoch 1's checkpoint, written before the stall in epoch 2
     assert (ckpt["state"]["epoch"], ckpt["world_size"]) == (1, 3)
