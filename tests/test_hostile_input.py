@@ -369,8 +369,10 @@ def valid_checkpoint() -> bytes:
     from resnetlab.train import make_config
 
     buf = io.BytesIO()
-    torch.save({"config": make_config("quick").to_dict(), "model": {"w": torch.arange(4.0)}, "optimizer": {},
-                "state": {"epoch": 1}, "rng": {"torch": torch.get_rng_state()}, "version": 1}, buf)
+    torch.save({"config": make_config("quick").to_dict(), "model": {"w": torch.arange(4.0)},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+                "state": {"epoch": 1, "history": [{"epoch": 1, "train_loss": 2.0}]}, "rng": {"torch": torch.get_rng_state()},
+                "version": 1}, buf)
     return buf.getvalue()
 
 

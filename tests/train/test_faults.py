@@ -369,3 +369,40 @@ def test_a_live_run_folder_is_refused_to_a_second_run_and_freed_when_its_process
     # SIGKILL leaves no stale lock: the folder is free at once
     assert cli.main(["train", *FLAGS, "--epochs", "1", "--out", str(out), "--overwrite"]) == 0
     assert cli.main(["train", *FLAGS, "--epochs", "1", "--out", str(out), "--overwrite"]) == 0  # and after our own run
+
+
+# --- checkpoints that load but hold the wrong things ----------------------------------------
+
+DAMAGE = {  # each was a traceback somewhere in the trainer before load_checkpoint checked contents
+    "config a list": (lambda c: c.update(config=[1, 2]), 1, "its 'config' is list"),
+    "epochs a string": (lambda c: c["config"].update(epochs="5"), 2, "a configuration value has the wrong type"),
+    "lr a string": (lambda c: c["config"].update(lr="x"), 2, "--lr must be a finite number"),
+    "no model": (lambda c: c.pop("model"), 1, "its 'model' is NoneType"),
+    "empty model": (lambda c: c.update(model={}), 1, "its model holds no tensors"),
+    "a weight of another shape": (lambda c: c["model"].update({"fc.weight": torch.zeros(3)}), 1,
+                                  "weights do not fit the model its configuration builds"),
+    "empty optimizer": (lambda c: c.update(optimizer={}), 1, "its optimizer state is incomplete"),
+    "epoch a string": (lambda c: c["state"].update(epoch="x"), 1, "its state's epoch is 'x'"),
+    "an unknown state entry": (lambda c: c["state"].update(nosuch=1), 1, "unknown entries ['nosuch']"),
+    "no state": (lambda c: c.pop("state"), 1, "its 'state' is NoneType"),
+    "rng of floats": (lambda c: c.update(rng={"torch": torch.zeros(3)}), 1, "random-number state is not a byte tensor"),
+    "past the end": (lambda c: c["state"].update(epoch=99), 1, "past the run's end (epoch 99 of 3)"),
+    "history of numbers": (lambda c: c["state"].update(history=[1, 2, 3]), 1, "history is not a list of rows"),
+    "history too short": (lambda c: c["state"].update(history=[]), 1, "history has 0 rows for 3 epochs"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_a_checkpoint_with_damaged_contents_is_one_line(damage, straight, tmp_path, capsys):
+    import copy
+    import shutil
+
+    change, status, words = DAMAGE[damage]
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    ckpt = copy.deepcopy(torch.load(run / "checkpoint.pt", weights_only=True))
+    change(ckpt)
+    torch.save(ckpt, run / "checkpoint.pt")
+    code = cli.main(["train", "--resume", str(run)])
+    err = capsys.readouterr().err
+    assert (code, err.count("\n")) == (status, 1) and words in err, err

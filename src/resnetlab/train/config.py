@@ -89,7 +89,11 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise UsageError(f"unknown configuration keys {unknown}; this run was made by another resnetlab version")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError as e:  # a value of the wrong type ("5" for epochs) fails a comparison
+            raise UsageError(f"a configuration value has the wrong type ({e}); this run was made by another "
+                             "resnetlab version or edited") from None
 
     def replace(self, **overrides) -> "TrainConfig":
         return dataclasses.replace(self, **overrides)

@@ -174,7 +174,62 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a readable resnetlab checkpoint ({first}); it may be truncated or foreign") from None
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION or "config" not in ckpt:
         raise CheckpointError(f"{path} is not a resnetlab checkpoint (version {CHECKPOINT_VERSION}); it was written by another program")
+    problem = _checkpoint_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"{path} is a damaged resnetlab checkpoint ({problem}); resume from another copy or start again")
     return ckpt
+
+
+def _checkpoint_problem(ckpt: dict) -> str | None:
+    """What is wrong with the contents of a checkpoint that unpickled (found by feeding `--resume`
+    checkpoints with one part changed: each was a traceback deep in the trainer)."""
+    from resnetlab.train.engine import TrainState
+
+    for key in ("config", "model", "optimizer", "state", "rng"):
+        if not isinstance(ckpt.get(key), dict):
+            return f"its {key!r} is {type(ckpt.get(key)).__name__}, not a dict"
+    if not ckpt["model"] or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        return "its model holds no tensors, or other things"
+    if not isinstance(ckpt["optimizer"].get("state"), dict) or not isinstance(ckpt["optimizer"].get("param_groups"), list):
+        return "its optimizer state is incomplete"
+    rng = ckpt["rng"].get("torch")
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
+        return "its random-number state is not a byte tensor"
+    fields = {f.name: f.type for f in TrainState.__dataclass_fields__.values()}
+    state = ckpt["state"]
+    if set(state) - set(fields):
+        return f"its state has unknown entries {sorted(set(state) - set(fields))}"
+    for name, kind in (("epoch", int), ("step_in_epoch", int), ("global_step", int), ("best_epoch", int),
+                       ("train_seconds", (int, float)), ("best_val_acc", (int, float)), ("history", list), ("partial", list)):
+        value = state.get(name, 0 if kind is int else [] if kind is list else 0.0)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return f"its state's {name} is {value!r}"
+    if min(state.get("epoch", 0), state.get("step_in_epoch", 0), state.get("global_step", 0)) < 0:
+        return "its state counts negative steps"
+    epochs = ckpt["config"].get("epochs")
+    if isinstance(epochs, int) and state.get("epoch", 0) > epochs:
+        return f"its state is past the run's end (epoch {state.get('epoch')} of {epochs})"
+    if not all(isinstance(row, dict) for row in state.get("history", [])):
+        return "its metrics history is not a list of rows"
+    if len(state.get("history", [])) != state.get("epoch", 0):
+        return f"its metrics history has {len(state.get('history', []))} rows for {state.get('epoch', 0)} epochs"
+    return None
+
+
+def restore_checkpoint(checkpoint: dict, model, optimizer, where) -> "TrainState":
+    """Load a checkpoint (from load_checkpoint) into the model and optimizer the trainer built from
+    its configuration; the TrainState to continue from. The torch RNG continues where it was."""
+    from resnetlab.train.engine import TrainState
+
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        first = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{where}: the checkpoint's weights do not fit the model its configuration builds ({first})") from None
+    state = TrainState(**checkpoint["state"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    return state
 
 
 def resolve_weights(source: str | Path) -> Path:

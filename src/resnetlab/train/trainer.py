@@ -24,7 +24,7 @@ from resnetlab.train.distributed import (DistInfo, check_resume_world_size, chec
                                         describe_setup, init_from_env, local_main_first, session, shared, wrap_ddp)
 from resnetlab.train.engine import Hooks, TrainState, evaluate, fit, init_weights, make_optimizer
 from resnetlab.train.report import have_matplotlib, plot_confusion, plot_curves
-from resnetlab.train.run import RunDir, default_run_path, load_checkpoint
+from resnetlab.train.run import RunDir, default_run_path, load_checkpoint, restore_checkpoint
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -186,12 +186,7 @@ def _train(cfg, dist: DistInfo, out, checkpoint, overwrite, json_output, verbose
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
-    state = TrainState()
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        state = TrainState(**checkpoint["state"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
+    state = TrainState() if checkpoint is None else restore_checkpoint(checkpoint, model, optimizer, out)
     raw_model = model  # what we save: never the DDP or compiled wrapper
     if dist.enabled:
         model = wrap_ddp(model, device, dist)
