@@ -8,10 +8,12 @@ checkpoint loader and `predict`'s image reader.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pickle
+import signal
 import struct
 import sys
 import tempfile
@@ -48,8 +50,8 @@ def count(parser: str) -> None:
 def report_counts():
     yield
     if TRIED:
-        print("\ninputs tried: " + "; ".join(f"{k} {n:,} ({bad:,} refused)" for k, (n, bad) in sorted(TRIED.items())),
-              file=sys.stderr)
+        print("\ninputs tried: " + "; ".join(f"{k} {n:,} ({bad:,} refused, peak memory +{PEAK.get(k, 0) / MiB:.1f} MiB at most)"
+                                             for k, (n, bad) in sorted(TRIED.items())), file=sys.stderr)
 
 
 def one_line(error: ResnetlabError, kind=ResnetlabError) -> None:
@@ -86,6 +88,37 @@ def peak_rss_growth(fn) -> tuple[object, int]:
     except ResnetlabError as e:
         result = e
     return result, _status("VmHWM") - start
+
+
+MiB = 2**20
+PEAK: dict[str, int] = {}  # per parser: the largest rise in peak resident memory over one input
+
+
+@contextlib.contextmanager
+def bounded(seconds: float = 10.0, mib: int = 64):
+    """The block must end within `seconds` (no hang) and raise the peak resident memory by less
+    than `mib` MiB (no allocation the input's declared sizes ask for); the inputs are under 1 MB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak, to the current size (Linux)
+        start = _status("VmRSS")
+    except OSError:
+        start = None
+
+    def alarm(signum, frame):
+        raise TimeoutError(f"over {seconds} s on one input: a hang")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    if start is not None:
+        grew = _status("VmHWM") - start
+        parser = getattr(count, "last", "?")
+        PEAK[parser] = max(PEAK.get(parser, 0), grew)
+        assert grew < mib * MiB, f"peak memory rose by {grew / MiB:.0f} MiB on one input"
 
 
 # --- mutations of valid files ---------------------------------------------------------------
@@ -142,11 +175,12 @@ def test_idx_files(images, labels):
     from resnetlab.data.formats import read_idx_pair
 
     count("IDX (image and label file pairs)")
-    try:
-        x, y = read_idx_pair(np.frombuffer(images, np.uint8), "images", np.frombuffer(labels, np.uint8), "labels", 10)
-    except DataError as e:
-        refused(e)
-        return
+    with bounded():
+        try:
+            x, y = read_idx_pair(np.frombuffer(images, np.uint8), "images", np.frombuffer(labels, np.uint8), "labels", 10)
+        except DataError as e:
+            refused(e)
+            return
     assert x.dtype == np.uint8 and x.ndim == 4 and x.shape[1] == 1 and len(x) == len(y)
     assert y.dtype == np.int64 and (y.size == 0 or (0 <= y.min() and y.max() < 10))
 
@@ -165,12 +199,13 @@ def test_cifar_binary_batches(records, extra, label_bytes, num_classes, labels_i
     buf = np.random.default_rng(seed).integers(0, 256, max(0, records * record + extra), dtype=np.uint8)
     if labels_in_range:  # whole records whose class byte is a class: these must parse
         buf[label_bytes - 1::record] %= num_classes
-    try:
-        x, y = read_cifar_binary(buf, "data_batch_1.bin", label_bytes, num_classes)
-    except DataError as e:
-        refused(e)
-        assert not (labels_in_range and extra == 0 and records > 0), "a well-formed batch was refused"
-        return
+    with bounded():
+        try:
+            x, y = read_cifar_binary(buf, "data_batch_1.bin", label_bytes, num_classes)
+        except DataError as e:
+            refused(e)
+            assert not (labels_in_range and extra == 0 and records > 0), "a well-formed batch was refused"
+            return
     assert x.shape == (records, 3, 32, 32) and len(y) == len(x) and 0 <= y.min() and y.max() < num_classes
     assert np.array_equal(x.reshape(records, -1), buf.reshape(records, record)[:, label_bytes:])
 
@@ -215,11 +250,12 @@ def test_cifar_python_batches(blob):
     from resnetlab.data.formats import read_cifar_python
 
     count("CIFAR Python batches")
-    try:
-        x, y = read_cifar_python(np.frombuffer(blob, np.uint8), "data_batch_1", "labels", 10)
-    except DataError as e:
-        refused(e)
-        return
+    with bounded():
+        try:
+            x, y = read_cifar_python(np.frombuffer(blob, np.uint8), "data_batch_1", "labels", 10)
+        except DataError as e:
+            refused(e)
+            return
     assert x.dtype == np.uint8 and x.shape[1:] == (3, 32, 32) and len(y) == len(x)
     assert y.dtype == np.int64 and (y.size == 0 or (0 <= y.min() and y.max() < 10))
 
@@ -301,11 +337,12 @@ def test_image_folders(train, test, stray):
             (root / "train" / "README.png").write_bytes(b"not a class folder")  # a file beside the class folders
         for want_train in (True, False):
             count("image folders (train and test split loads)")
-            try:
-                ds = load_dataset(f"imagefolder:{root}", train=want_train)
-            except DataError as e:
-                refused(e)
-                continue
+            with bounded():
+                try:
+                    ds = load_dataset(f"imagefolder:{root}", train=want_train)
+                except DataError as e:
+                    refused(e)
+                    continue
             assert ds.images.dtype == torch.uint8 and ds.images.ndim == 4 and ds.images.shape[1] in (1, 3)
             assert len(ds.labels) == len(ds.images) and (len(ds.labels) == 0 or ds.labels.max() < len(ds.classes))
 
@@ -354,11 +391,12 @@ def test_weights_reader(blob, tmp_path_factory):
     count("weights files")
     path = tmp_path_factory.getbasetemp() / "fuzz.safetensors"
     path.write_bytes(blob)
-    try:
-        tensors, meta = load_weights(path)
-    except CheckpointError as e:
-        refused(e)
-        return
+    with bounded():
+        try:
+            tensors, meta = load_weights(path)
+        except CheckpointError as e:
+            refused(e)
+            return
     assert isinstance(meta, dict) and all(isinstance(t, torch.Tensor) for t in tensors.values())
 
 
@@ -385,11 +423,12 @@ def test_checkpoint_loader(blob, tmp_path_factory):
     count("checkpoints")
     path = tmp_path_factory.getbasetemp() / "fuzz.pt"
     path.write_bytes(blob)
-    try:
-        ckpt = load_checkpoint(path)
-    except CheckpointError as e:
-        refused(e)
-        return
+    with bounded():
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as e:
+            refused(e)
+            return
     assert isinstance(ckpt, dict) and ckpt["version"] == 1
 
 
@@ -421,11 +460,12 @@ def test_predict_image_reader(blob, channels, tmp_path_factory):
     count("predict's images")
     path = tmp_path_factory.getbasetemp() / "fuzz.img"
     path.write_bytes(blob)
-    try:
-        t = load_image(path, channels)
-    except UsageError as e:
-        refused(e)
-        return
+    with bounded():
+        try:
+            t = load_image(path, channels)
+        except UsageError as e:
+            refused(e)
+            return
     assert t.dtype == torch.uint8 and t.ndim == 3 and t.shape[0] == channels and t.shape[1] >= 1 and t.shape[2] >= 1
 
 
@@ -441,9 +481,6 @@ def png_of_zeros(width: int, height: int) -> bytes:
     parts.append(z.flush())
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
             + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
-
-
-MiB = 2**20
 
 
 @pytest.fixture(scope="module")
