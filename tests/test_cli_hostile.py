@@ -28,6 +28,10 @@ OURS = [  # refused by resnetlab with one line of its own
     *[_train("--lr", v) for v in ("0", "-1", "nan", "inf", "1e400", "-0.0")],
     *[_train(f, v) for f in ("--epochs", "--batch-size", "--subset", "--resize") for v in ("0", "-1")],
     _train("--val-split", "-1"),
+    *[_train("--resize", v) for v in ("4097", HUGE)],  # tracebacks once the data was loaded
+    _train("--seed", HUGE),  # a ValueError traceback from torch.manual_seed
+    *[["experiment", "degradation", "--width", v, *NODATA] for v in ("4097", HUGE)],  # a TypeError traceback
+    *[["bench", "--resize", v, *NODATA] for v in ("4097", HUGE)],  # a TypeError traceback
     *[_train("--nproc", v) for v in ("0", "-1", HUGE)],  # HUGE once started torchrun, which hung
     ["train", "--preset", "fastest"], ["train", "--data", "nosuch"], _train("--device", "tpu"),
     ["train", "--data-dir", FILE],  # a file where the data folder is wanted

@@ -417,6 +417,8 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
             raise UsageError(f"{name} must be a positive whole number, got {value!r}")
     if resize is not None and (not isinstance(resize, int) or resize < 8):
         raise UsageError(f"--resize must be at least 8 pixels, got {resize!r}")
+    if resize is not None and resize > 4096:  # beyond, the resize overflows or takes terabytes
+        raise UsageError(f"--resize must be at most 4096 pixels, got {resize}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be positive, got {threads}")
     if threads is not None and threads > MAX_THREADS:  # torch.set_num_threads overflows on huge numbers

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from resnetlab.errors import UsageError
 
 
+MAX_RESIZE = 4096  # pixels a side: a 256-image batch of 4096 x 4096 RGB floats is already 48 GiB
+
+
 @dataclass
 class TrainConfig:
     preset: str = "quick"
@@ -69,6 +72,10 @@ class TrainConfig:
             raise UsageError(f"--crop-padding must be zero or positive, got {self.crop_padding}")
         if self.resize is not None and self.resize <= 0:
             raise UsageError(f"--resize must be positive, got {self.resize}")
+        if self.resize is not None and self.resize > MAX_RESIZE:  # beyond, a batch takes terabytes (or overflows)
+            raise UsageError(f"--resize must be at most {MAX_RESIZE} pixels, got {self.resize}")
+        if not -2**63 <= self.seed < 2**63:  # torch seeds are 64-bit
+            raise UsageError(f"--seed must fit in 64 bits, got {self.seed}")
         if self.val_split < 0:
             raise UsageError(f"--val-split must be zero or positive, got {self.val_split}")
         if self.subset is not None and self.subset <= 0:
