@@ -209,6 +209,8 @@ def _cmd_eval(args) -> int:
 
     if args.mistakes < 0:
         raise UsageError(f"--mistakes must be zero or positive, got {args.mistakes}")
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
     r = evaluate_run(args.weights, data=args.data, data_dir=args.data_dir, tta=args.tta, device=args.device,
                      batch_size=args.batch_size, mistakes=args.mistakes, out=args.out)
     if args.json:
@@ -533,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ResnetlabError as e:
-        print(f"resnetlab: error: {e}", file=sys.stderr)
+        print(f"resnetlab: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # one line, always
         return e.exit_code
     except KeyboardInterrupt:
         print("resnetlab: interrupted", file=sys.stderr)

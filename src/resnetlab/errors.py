@@ -29,6 +29,25 @@ class TrainingError(ResnetlabError):
     """A run that failed: a non-finite loss, out of memory."""
 
 
+class WriteError(ResnetlabError, OSError):
+    """A file that could not be written (no space, a read-only folder, a removed folder); the
+    previous version of the file is left intact (resnetlab.fileio writes atomically)."""
+
+    def __init__(self, message: str, errno: int | None = None, filename: str | None = None) -> None:
+        super().__init__(message)
+        self.errno, self.filename = errno, filename
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno N] ..." form
+        return str(self.args[0])
+
+    @classmethod
+    def of(cls, error: OSError, path) -> "WriteError":
+        if isinstance(error, WriteError):
+            return error
+        cause = error.strerror or str(error) or type(error).__name__
+        return cls(f"cannot write {path}: {cause}; the previous file there is intact", error.errno, str(path))
+
+
 class Interrupted(ResnetlabError):
     """Ctrl-C during training: the checkpoint is written and the message says how to resume."""
 

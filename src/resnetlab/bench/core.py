@@ -37,6 +37,9 @@ def _machine(device: torch.device) -> dict:
     return info
 
 
+MAX_THREADS = 4096
+
+
 def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None = None, steps: int = 3,
           repeats: int = 3, device: str = "auto", variants: tuple[str, ...] | None = None,
           threads: int | None = None, data: str = "fashion-mnist", data_dir: str | None = None,
@@ -48,8 +51,12 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
             raise UsageError(f"{name} must be a positive whole number, got {value!r}")
     if resize is not None and (not isinstance(resize, int) or resize < 8):
         raise UsageError(f"--resize must be at least 8 pixels, got {resize!r}")
+    if resize is not None and resize > 4096:  # beyond, the resize overflows or takes terabytes
+        raise UsageError(f"--resize must be at most 4096 pixels, got {resize}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be positive, got {threads}")
+    if threads is not None and threads > MAX_THREADS:  # torch.set_num_threads overflows on huge numbers
+        raise UsageError(f"--threads must be at most {MAX_THREADS}, got {threads}")
     get_model_info(model)  # an unknown name fails here, with the registry's message
     dev = resolve_device(device)
     if variants is None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import _codecs
 import io
+import math
 import pickle
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +24,7 @@ _REFETCH = "delete it and run `resnetlab data fetch` (or place a good copy)"
 
 
 def _bad(name: str, expected: str, found: str, todo: str = _REFETCH) -> DataError:
+    found = " ".join(str(found).split())  # one line, whatever a library's message held (pickle's has two)
     return DataError(f"{name}: expected {expected}, found {found}; {todo}")
 
 
@@ -40,11 +43,14 @@ def read_idx(buf: np.ndarray, name: str, ndim: int) -> np.ndarray:
     if buf.size < header:
         raise _bad(name, f"an IDX header of {header} bytes", f"{buf.size} bytes (truncated)")
     dims = [int(d) for d in np.frombuffer(buf[4:header].tobytes(), dtype=">u4")]
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python ints: numpy's int64 product wraps around on huge dims
     if buf.size != expected:
         what = "truncated" if buf.size < expected else f"{buf.size - expected} bytes too many"
         raise _bad(name, f"{expected:,} bytes for shape {dims}", f"{buf.size:,} bytes ({what})")
-    return buf[header:].reshape(dims)
+    try:
+        return buf[header:].reshape(dims)
+    except ValueError:  # a zero dimension beside ones whose product numpy cannot hold: an empty file that lies
+        raise _bad(name, "dimensions numpy can hold", f"shape {dims}") from None
 
 
 def read_idx_pair(image_buf: np.ndarray, image_name: str, label_buf: np.ndarray, label_name: str,
@@ -62,6 +68,8 @@ def _checked_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarr
     labels = labels.astype(np.int64)
     if labels.size and int(labels.max()) >= num_classes:
         raise _bad(name, f"labels below {num_classes}", f"label {int(labels.max())}")
+    if labels.size and int(labels.min()) < 0:  # possible in a CIFAR Python batch: its labels are a list
+        raise _bad(name, f"labels from 0 to {num_classes - 1}", f"label {int(labels.min())}")
     return labels
 
 
@@ -117,7 +125,7 @@ def read_cifar_python(buf: np.ndarray, name: str, label_key: str, num_classes: i
         raise _bad(name, "a CIFAR Python batch (pickled dict of arrays)", f"an unreadable file ({e})") from None
     if not isinstance(entry, dict):
         raise _bad(name, "a pickled dict", type(entry).__name__)
-    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    entry = {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in entry.items()}  # any bytes decode
     data, labels = entry.get("data"), entry.get(label_key)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
         found = f"{type(data).__name__} {getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}".strip()
@@ -131,6 +139,7 @@ def read_cifar_python(buf: np.ndarray, name: str, label_key: str, num_classes: i
 # --- image folders --------------------------------------------------------------------------
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold; the header is checked before decoding
 
 
 def _pillow():
@@ -160,12 +169,18 @@ def scan_image_tree(folders: list[Path]) -> tuple[int, tuple[int, int]]:
         for paths in image_files(folder).values():
             for path in paths:
                 try:
-                    with Image.open(path) as img:  # reads the header only
-                        sizes[img.size] += 1
-                        grey = grey and img.mode in ("1", "L", "I;16", "I")
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, in one line
+                        with Image.open(path) as img:  # reads the header only
+                            sizes[img.size] += 1
+                            grey = grey and img.mode in ("1", "L", "I;16", "I")
+                            pixels = img.size[0] * img.size[1]
                 except Exception as e:
                     raise _bad(str(path), "a PNG or JPEG image", f"an unreadable file ({e})",
                                "remove or replace it") from None
+                if pixels > MAX_IMAGE_PIXELS:  # decoding would take gigabytes: a decompression bomb
+                    raise _bad(str(path), f"an image of at most {MAX_IMAGE_PIXELS:,} pixels",
+                               f"{img.size[0]} x {img.size[1]}", "shrink or remove it")
     if not sizes:
         raise DataError(f"{', '.join(map(str, folders))}: expected one sub-folder per class holding "
                         f"{'/'.join(IMAGE_SUFFIXES)} images, found none; check the path")

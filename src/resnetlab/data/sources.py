@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from resnetlab.data.catalog import DatasetSpec, Download, FileSpec, Layout
-from resnetlab.errors import DataError
+from resnetlab.errors import DataError, UsageError
 from resnetlab.fileio import atomic_open, write_bytes, write_json
 
 DOWNLOAD_ATTEMPTS = 2  # per mirror: one retry covers a dropped connection
@@ -55,6 +55,8 @@ def search_folders(spec: DatasetSpec, root: str | os.PathLike | None = None) -> 
     """[(folder, what it is)] in the order they are searched."""
     if root is not None:
         root = Path(root).expanduser()
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"--data-dir {root} is a file; give the folder that holds the dataset")
         return [(root / spec.name, "--data-dir"), (root, "--data-dir")]
     folders = []
     env = os.environ.get("RESNETLAB_DATA")

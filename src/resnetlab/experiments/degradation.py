@@ -81,6 +81,8 @@ def degradation_config(net: Net, *, data: str, epochs: int, width: int, subset: 
     """The TrainConfig of one net: the shared recipe plus the net's name."""
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise UsageError(f"--width must be a positive integer, got {width!r}")
+    if width > 4096:  # 4096 channels make a CIFAR net of billions of weights; beyond, torch overflows
+        raise UsageError(f"--width must be at most 4096, got {width}")
     return make_config(BASE_PRESET, **DEGRADATION_RECIPE, model=net.name, model_kwargs={"width": width},
                        data=data, data_dir=data_dir, epochs=epochs, subset=subset, seed=seed, lr=lr, device=device)
 

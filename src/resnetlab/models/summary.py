@@ -107,6 +107,9 @@ def _check_input_size(input_size: Sequence[int], batch_size: int, depth: int) ->
         raise UsageError(f"batch size must be a positive integer, got {batch_size}")
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
         raise UsageError(f"depth must be 0 or more, got {depth}")
+    if batch_size * size[0] * size[1] * size[2] >= 2**62:  # torch sizes are 64-bit: beyond, a traceback
+        raise UsageError(f"a batch of {batch_size} x {' x '.join(map(str, size))} is too large to describe; "
+                         "give a smaller batch size or input size")
     return size
 
 

@@ -25,6 +25,9 @@ def setting(default, help: str, choices: tuple[str, ...] | None = None):
     return field(default=default, metadata=metadata)
 
 
+MAX_RESIZE = 4096  # pixels a side: a 256-image batch of 4096 x 4096 RGB floats is already 48 GiB
+
+
 @dataclass
 class TrainConfig:
     preset: str = setting("quick", "the recipe the other settings start from: d2l (the textbook's), "
@@ -73,16 +76,26 @@ class TrainConfig:
     tensorboard: bool = setting(False, "TensorBoard event files in the run folder (the tensorboard extra)")
 
     def __post_init__(self) -> None:
-        self._check_types()
+        self._check_types()  # also: every float finite (NaN compares false: `lr <= 0` let --lr nan train)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        for name in ("momentum", "weight_decay", "crop_padding", "val_split"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
+        for name in ("warmup", "erasing"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"--label-smoothing must be at least 0 and below 1, got {self.label_smoothing}")
         if self.resize is not None and self.resize <= 0:
             raise UsageError(f"--resize must be positive, got {self.resize}")
-        if self.val_split < 0:
-            raise UsageError(f"--val-split must be zero or positive, got {self.val_split}")
+        if self.resize is not None and self.resize > MAX_RESIZE:  # beyond, a batch takes terabytes (or overflows)
+            raise UsageError(f"--resize must be at most {MAX_RESIZE} pixels, got {self.resize}")
+        if not -2**63 <= self.seed < 2**63:  # torch seeds are 64-bit
+            raise UsageError(f"--seed must fit in 64 bits, got {self.seed}")
         if self.subset is not None and self.subset <= 0:
             raise UsageError(f"--subset must be positive, got {self.subset}")
         for f in dataclasses.fields(self):

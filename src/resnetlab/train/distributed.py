@@ -438,6 +438,10 @@ def launch_local(nproc: int, train_argv: list[str]) -> int:
     """Run `resnetlab train <train_argv>` in `nproc` processes on this machine; their exit status."""
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {nproc}")
+    most = max(8, 2 * (os.cpu_count() or 1), torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if nproc > most:  # --nproc 1e20 once started torchrun, which then hung spawning processes
+        raise UsageError(f"--nproc {nproc} is more processes than this machine can run together (at most {most}: "
+                         "twice its CPUs, or its GPUs)")
     if _env_int("WORLD_SIZE", 1) > 1:
         raise UsageError("--nproc starts torchrun itself; under torchrun (WORLD_SIZE is set) drop --nproc")
     env = dict(os.environ)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from resnetlab.data import Dataset, load_dataset, make_loaders
@@ -65,20 +66,38 @@ def evaluate_run(source: str | Path, *, data: str | None = None, data_dir: str |
     }
 
 
+# The largest image `predict` decodes: Pillow's own decompression-bomb threshold (~89.5 million
+# pixels). Above it a small file could claim gigabytes; the header is checked before decoding.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
 def load_image(path: str | Path, channels: int) -> torch.Tensor:
     """An image file as uint8 [C, H, W], converted to the model's channels (grey or RGB)."""
+    import warnings
+
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
     except ImportError:
         raise UsageError("reading images needs Pillow: pip install 'resnetlab[images]'") from None
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, channels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, in one line
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise UsageError(f"image {path} is {width} x {height} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel "
+                                     "limit (a decompression bomb, or a picture to shrink first)")
+                img = img.convert("L" if channels == 1 else "RGB")
+                t = torch.from_numpy(np.array(img, dtype=np.uint8)).view(img.height, img.width, channels)
+    except UsageError:
+        raise
     except FileNotFoundError:
         raise UsageError(f"image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UsageError(f"cannot read image {path}: {e}") from None
+    except Image.DecompressionBombError as e:
+        raise UsageError(f"image {path} is too large to decode safely ({e})".replace("\n", " ")) from None
+    except Exception as e:  # Pillow fails on damaged files in many ways (OSError, ValueError, SyntaxError, ...)
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot read image {path}: {first}") from None
     return t.permute(2, 0, 1).contiguous()
 
 

@@ -7,21 +7,29 @@ moment leaves the previous complete file. Checkpoints hold tensors and plain Pyt
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import errno
 import io
+import json
+import os
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from resnetlab.errors import CheckpointError, UsageError, first_line
-from resnetlab.fileio import write_bytes, write_csv, write_json
+from resnetlab.errors import CheckpointError, UsageError, WriteError, first_line
+from resnetlab.fileio import write_bytes, write_csv, write_json, write_text
 from resnetlab.models import create_model
+from resnetlab.train.engine import TrainState
 from resnetlab.weights import load_weights, save_weights
 
 CHECKPOINT_VERSION = 1
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                   "lr", "examples_per_sec", "epoch_seconds"]
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "checkpoint.pt")
+LOCK_FILE = ".lock"  # held (fcntl.flock) by the process training in the folder; the kernel drops it when that process ends
+_LOCK_SCOPES: list[list["RunDir"]] = []  # see RunDir.locks_released_at_exit
 
 
 def default_run_path(preset: str, root: str | Path = "runs") -> Path:
@@ -34,11 +42,7 @@ class RunDir:
     def __init__(self, path: str | Path, enabled: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled
-
-    @classmethod
-    def open(cls, path: str | Path, *, enabled: bool = True) -> "RunDir":
-        """The folder of a run being resumed (load_checkpoint has found its checkpoint)."""
-        return cls(path, enabled)
+        self._lock = None
 
     @classmethod
     def create(cls, path: str | Path, *, overwrite: bool = False, enabled: bool = True) -> "RunDir":
@@ -48,14 +52,80 @@ class RunDir:
                 raise UsageError(f"--out {run.path} is a file; give a folder")
             held = [f for f in RUN_FILES if (run.path / f).exists()]
             if held and not overwrite:
+                run.lock()  # a live run is named as such, not as a finished one
+                run.release()
                 raise UsageError(
                     f"--out {run.path} already holds a run ({', '.join(held)}); "
                     f"continue it with --resume {run.path}, or pass --overwrite to replace it"
                 )
-            run.path.mkdir(parents=True, exist_ok=True)
+            try:
+                run.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise WriteError.of(e, run.path) from None
+            run.lock()
         return run
 
+    @classmethod
+    def open(cls, path: str | Path, *, enabled: bool = True) -> "RunDir":
+        """The folder of a run to continue (--resume), locked for this process."""
+        run = cls(path, enabled)
+        if enabled:
+            run.lock()
+        return run
+
+    # --- one process at a time ---------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the folder for this process, or refuse with one line if a live process has it.
+        An flock, not a pid file: a killed process's lock goes with it, nothing is left stuck."""
+        import fcntl  # POSIX only: deferred so that the rest of the package imports elsewhere
+
+        if self._lock is not None or not self.path.is_dir():
+            return
+        try:
+            f = open(self.path / LOCK_FILE, "a+")
+        except OSError as e:
+            raise WriteError.of(e, self.path / LOCK_FILE) from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.seek(0)
+            holder = f.read().strip()
+            f.close()
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise WriteError.of(e, self.path / LOCK_FILE) from None
+            raise UsageError(f"{self.path} is in use by another training process{f' (pid {holder})' if holder else ''}; "
+                             "wait for it to end (or stop it), or give another --out") from None
+        with contextlib.suppress(OSError):
+            f.truncate(0)
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            for stale in self.path.glob(".*.tmp"):  # half-written by a process that was killed: ours now
+                stale.unlink()
+        self._lock = f
+        if _LOCK_SCOPES:
+            _LOCK_SCOPES[-1].append(self)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the flock
+            self._lock = None
+
+    @staticmethod
+    @contextlib.contextmanager
+    def locks_released_at_exit():
+        """Run folders locked inside this block are released when it ends (the trainer wraps a
+        run in it, so a Python caller may resume the same folder afterwards in the same process)."""
+        _LOCK_SCOPES.append([])
+        try:
+            yield
+        finally:
+            for run in _LOCK_SCOPES.pop():
+                run.release()
+
     def file(self, name: str) -> Path:
+        if self.enabled and self._lock is not None and not self.path.is_dir():
+            # atomic writes would quietly make a new, empty folder: stop instead
+            raise WriteError(f"run folder {self.path} was removed during the run; nothing more can be saved there")
         return self.path / name
 
     # --- plain files ---------------------------------------------------------------------
@@ -96,7 +166,58 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a readable resnetlab checkpoint ({first_line(e)}); it may be truncated or foreign") from None
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION or "config" not in ckpt:
         raise CheckpointError(f"{path} is not a resnetlab checkpoint (version {CHECKPOINT_VERSION}); it was written by another program")
+    problem = _checkpoint_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"{path} is a damaged resnetlab checkpoint ({problem}); resume from another copy or start again")
     return ckpt
+
+
+def _checkpoint_problem(ckpt: dict) -> str | None:
+    """What is wrong with the contents of a checkpoint that unpickled (found by feeding `--resume`
+    checkpoints with one part changed: each was a traceback deep in the trainer)."""
+    for key in ("config", "model", "optimizer", "state", "rng"):
+        if not isinstance(ckpt.get(key), dict):
+            return f"its {key!r} is {type(ckpt.get(key)).__name__}, not a dict"
+    if not ckpt["model"] or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        return "its model holds no tensors, or other things"
+    if not isinstance(ckpt["optimizer"].get("state"), dict) or not isinstance(ckpt["optimizer"].get("param_groups"), list):
+        return "its optimizer state is incomplete"
+    rng = ckpt["rng"].get("torch")
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
+        return "its random-number state is not a byte tensor"
+    fields = {f.name: f.type for f in TrainState.__dataclass_fields__.values()}
+    state = ckpt["state"]
+    if set(state) - set(fields):
+        return f"its state has unknown entries {sorted(set(state) - set(fields))}"
+    for name, kind in (("epoch", int), ("step_in_epoch", int), ("global_step", int), ("best_epoch", int),
+                       ("train_seconds", (int, float)), ("best_val_acc", (int, float)), ("history", list), ("partial", list)):
+        value = state.get(name, 0 if kind is int else [] if kind is list else 0.0)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return f"its state's {name} is {value!r}"
+    if min(state.get("epoch", 0), state.get("step_in_epoch", 0), state.get("global_step", 0)) < 0:
+        return "its state counts negative steps"
+    epochs = ckpt["config"].get("epochs")
+    if isinstance(epochs, int) and state.get("epoch", 0) > epochs:
+        return f"its state is past the run's end (epoch {state.get('epoch')} of {epochs})"
+    if not all(isinstance(row, dict) for row in state.get("history", [])):
+        return "its metrics history is not a list of rows"
+    if len(state.get("history", [])) != state.get("epoch", 0):
+        return f"its metrics history has {len(state.get('history', []))} rows for {state.get('epoch', 0)} epochs"
+    return None
+
+
+def restore_checkpoint(checkpoint: dict, model, optimizer, where) -> TrainState:
+    """Load a checkpoint (from load_checkpoint) into the model and optimizer the trainer built from
+    its configuration; the TrainState to continue from. The torch RNG continues where it was."""
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        first = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{where}: the checkpoint's weights do not fit the model its configuration builds ({first})") from None
+    state = TrainState(**checkpoint["state"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    return state
 
 
 def resolve_weights(source: str | Path) -> Path:

@@ -28,6 +28,7 @@ from resnetlab.train.distributed import (DistInfo, check_same_setup, convert_syn
                                         local_main_first, wrap_ddp)
 from resnetlab.train.engine import EagerStep, Evaluator, TrainState, init_weights, make_optimizer
 from resnetlab.train.graphs import CapturedEvaluator, CapturedStep
+from resnetlab.train.run import restore_checkpoint
 
 
 class Splits(NamedTuple):
@@ -159,10 +160,7 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     optimizer = make_optimizer(raw_model, cfg, foreach=foreach)
     state = TrainState()
     if checkpoint is not None:
-        raw_model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        state = TrainState(**checkpoint["state"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
+        state = restore_checkpoint(checkpoint, raw_model, optimizer, "--resume")
     model = wrap_ddp(raw_model, device, dist) if dist.enabled else raw_model
     if cfg.compile:
         model = torch.compile(model)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.errors import Interrupted, TrainingError, UsageError
+from resnetlab.errors import Interrupted, TrainingError, UsageError, WriteError
 from resnetlab.report.hooks import RunReporter
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.distributed import check_resume_world_size, init_from_env, session, shared
@@ -72,14 +72,26 @@ def train(cfg: TrainConfig | None = None, *, out: str | Path | None = None, resu
     started = time.perf_counter()
     cfg, checkpoint = _configuration(cfg, resume)
     dist = init_from_env(cfg.device)
-    with session(dist):  # a lost peer becomes one clear error; the process group is left at the end
+    # a lost peer becomes one clear error; the process group is left and the run folder unlocked at the end
+    with session(dist), RunDir.locks_released_at_exit():
         if checkpoint is not None:
             check_resume_world_size(checkpoint.get("world_size", 1), dist, resume)
         display = Display(sys.stderr if json_output else sys.stdout, verbose and dist.is_main)
         parts = build(cfg, dist, checkpoint=checkpoint, say=display.say)
         run = RunDir.open(resume, enabled=dist.is_main) if checkpoint is not None else \
             RunDir.create(out or default_run_path(cfg.preset), overwrite=overwrite, enabled=dist.is_main)
-        return _train(parts, run, display, started=started)
+        try:
+            return _train(parts, run, display, started=started)
+        except WriteError as e:  # no space, a read-only or removed folder: the files already there are intact
+            raise _with_resume_hint(e) from None
+
+
+def _with_resume_hint(error: WriteError) -> WriteError:
+    folder = Path(error.filename).parent if error.filename else None
+    if folder is None or not (folder / "checkpoint.pt").is_file():
+        return error
+    return WriteError(f"{error}; once it can be written, continue with: resnetlab train --resume {folder}",
+                      error.errno, error.filename)
 
 
 def _configuration(cfg: TrainConfig | None, resume) -> tuple[TrainConfig, dict | None]:

@@ -1,0 +1,114 @@
+"""`python -m resnetlab` plus test-only hooks, for tests/train/test_faults.py:
+
+    python tests/train/fault_worker.py train ...
+
+Every hook is set by an environment variable; without them this is `resnetlab` unchanged.
+
+RESNETLAB_TEST_PHASES  print "phase: WHAT" on stderr as the run enters each phase (step,
+                       eval, write=NAME, plot), so the test knows what a kill interrupted;
+                       "rss" adds the resident memory: "phase: WHAT rss=BYTES"
+RESNETLAB_TEST_KILL    PHASE:N: SIGKILL this process on the N-th entry (1-based) into PHASE, where
+                       PHASE is step, eval, plot, or write=NAME (a file name: the kill comes after
+                       half of the file's bytes reached its temporary file, before the rename)
+"""
+
+import contextlib
+import os
+import signal
+import sys
+
+import resnetlab.fileio as fileio
+import resnetlab.train.engine as engine
+import resnetlab.train.trainer as trainer
+from resnetlab.cli import main
+
+SHOW = os.environ.get("RESNETLAB_TEST_PHASES", "")
+KILL = os.environ.get("RESNETLAB_TEST_KILL", "")
+KILL_PHASE, _, KILL_AT = KILL.rpartition(":")
+counts: dict[str, int] = {}
+
+
+def _rss() -> int:
+    """Resident memory now, in bytes (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _die() -> None:
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def enter(phase: str, kill_now: bool = True) -> bool:
+    """Note the phase; True when this entry is the one to be killed in."""
+    counts[phase] = counts.get(phase, 0) + 1
+    if SHOW:
+        print(f"phase: {phase}{f' rss={_rss()}' if SHOW == 'rss' else ''}", file=sys.stderr, flush=True)
+    due = KILL_PHASE == phase and counts[phase] == int(KILL_AT)
+    if due and kill_now:
+        _die()
+    return due
+
+
+class _HalfThenDie:
+    """A file that writes half of the first large write (or of everything), then kills the process."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def write(self, data):
+        self.f.write(data[: max(1, len(data) // 2)])
+        self.f.flush()
+        _die()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def _watched_atomic_open(real):
+    @contextlib.contextmanager
+    def atomic_open(path, mode="wb"):
+        due = enter(f"write={os.path.basename(str(path))}", kill_now=False)
+        with real(path, mode) as f:
+            yield _HalfThenDie(f) if due else f
+
+    return atomic_open
+
+
+def _watched(name, fn):
+    def run(*args, **kwargs):
+        enter(name)
+        return fn(*args, **kwargs)
+
+    return run
+
+
+def _watched_fit(fit):
+    def run(model, *args, optimizer, **kwargs):
+        def before_step(opt, args, kwargs):  # a pre-hook must return None
+            enter("step")
+
+        optimizer.register_step_pre_hook(before_step)
+        return fit(model, *args, optimizer=optimizer, **kwargs)
+
+    return run
+
+
+def _patch_everywhere(name: str, wrap) -> None:
+    """Replace `name` in every loaded resnetlab module that bound it (`from x import name`), so the
+    hooks survive the trainer's code moving between modules."""
+    original = getattr(fileio if name == "atomic_open" else engine if name in ("evaluate", "fit") else trainer, name)
+    wrapped = wrap(original)
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("resnetlab") and getattr(module, name, None) is original:
+            setattr(module, name, wrapped)
+
+
+_patch_everywhere("atomic_open", _watched_atomic_open)  # fileio's own writers and weights.py
+_patch_everywhere("evaluate", lambda fn: _watched("eval", fn))  # per-epoch and final evaluation
+_patch_everywhere("plot_curves", lambda fn: _watched("plot", fn))
+_patch_everywhere("plot_confusion", lambda fn: _watched("plot", fn))
+_patch_everywhere("fit", _watched_fit)
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
