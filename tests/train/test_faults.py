@@ -65,6 +65,14 @@ def check_final_files(run: Path) -> list[str]:
         elif name.endswith(".png"):
             with Image.open(path) as img:
                 img.load()
+        elif name == "events.jsonl":
+            assert all(isinstance(json.loads(line), dict) for line in path.read_text().splitlines()), name
+        elif name in ("mistakes.csv", "confusion.csv"):
+            with path.open(newline="") as f:
+                rows = list(csv.reader(f))
+            assert rows and all(len(r) == len(rows[0]) for r in rows), f"{name} is cut short"
+        elif name == "report.html":
+            assert path.read_text().rstrip().endswith("</html>"), "report.html is cut short"
         else:
             raise AssertionError(f"unexpected file {name} in the run folder")
     return names
@@ -299,6 +307,10 @@ def test_a_failed_write_stops_with_one_line_keeps_the_last_checkpoint_and_resume
     names = check_final_files(out)
     assert sorted(names) == sorted(before), "a file appeared or vanished after the failed write"
     for name in names:
+        if name == "events.jsonl":  # the one change allowed: the failure itself, recorded after the old events
+            old, new = before[name].decode(), (out / name).read_text()
+            assert new.startswith(old) and json.loads(new[len(old):])["event"] == "failed", new
+            continue
         assert (out / name).read_bytes() == before[name], f"{name} changed after the failed write"
     if "checkpoint.pt" in names:  # the previous checkpoint and weights are usable
         assert load_checkpoint(out)["state"]["epoch"] >= 1
@@ -375,8 +387,8 @@ def test_a_live_run_folder_is_refused_to_a_second_run_and_freed_when_its_process
 
 DAMAGE = {  # each was a traceback somewhere in the trainer before load_checkpoint checked contents
     "config a list": (lambda c: c.update(config=[1, 2]), 1, "its 'config' is list"),
-    "epochs a string": (lambda c: c["config"].update(epochs="5"), 2, "a configuration value has the wrong type"),
-    "lr a string": (lambda c: c["config"].update(lr="x"), 2, "--lr must be a finite number"),
+    "epochs a string": (lambda c: c["config"].update(epochs="5"), 2, "--epochs takes int, got '5'"),
+    "lr a string": (lambda c: c["config"].update(lr="x"), 2, "--lr takes float, got 'x'"),
     "no model": (lambda c: c.pop("model"), 1, "its 'model' is NoneType"),
     "empty model": (lambda c: c.update(model={}), 1, "its model holds no tensors"),
     "a weight of another shape": (lambda c: c["model"].update({"fc.weight": torch.zeros(3)}), 1,

@@ -12,11 +12,13 @@ than 0 (the run folder's `enabled` is False there).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
 import time
 
+from resnetlab.errors import first_line
 from resnetlab.report.events import record_event
 from resnetlab.report.html import write_report
 from resnetlab.report.mistakes import MISTAKES_K, mistakes_from_evaluation, write_analysis
@@ -51,9 +53,11 @@ class RunReporter:
         self._close_tb()
 
     def on_failure(self, error: BaseException) -> None:
-        if self.enabled:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            record_event(self.run.path, "failed", error=type(error).__name__, message=message[:300])
+        if self.enabled and self.run.path.is_dir():  # a removed folder is not made again for this record
+            # The failure may be the disk's (full, read-only): then this record cannot be written
+            # either, and the run's own error is the one to report.
+            with contextlib.suppress(OSError):
+                record_event(self.run.path, "failed", error=type(error).__name__, message=first_line(error, 300))
         self._close_tb()
 
     def finish(self, final: dict, test_set, summary: dict, k: int | None = None) -> dict:

@@ -36,7 +36,10 @@ def device_type(name: str | None) -> str:
     """"cuda", "cpu" or "mps" for a --device value; "auto" (or None) as `resolve_device` resolves it."""
     if name in (None, "auto"):
         return resolve_device("auto").type
-    return name.split(":", 1)[0]
+    try:
+        return torch.device(name).type
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
 
 
 def bf16_pays(device: torch.device) -> bool:

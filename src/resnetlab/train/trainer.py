@@ -115,16 +115,16 @@ def _train(parts: Parts, run: RunDir, display: Display, *, started: float) -> di
         fit(parts.model, parts.loaders.train, parts.cfg, parts.device, optimizer=parts.optimizer, state=parts.state,
             val_loader=parts.loaders.val, test_loader=parts.loaders.test, amp=parts.amp, dist=parts.dist,
             eval_model=parts.eval_model, step=parts.step, evaluator=parts.evaluator, hooks=recorder.hooks())
+        return finish(parts, run, display, recorder, started=started)
     except Interrupted as e:
         raise shared(Interrupted(f"{e}; checkpoint saved; resume with: {resume_command(parts, run)}")) from None
     except torch.cuda.OutOfMemoryError:
         error = TrainingError(f"CUDA ran out of memory at batch {parts.cfg.batch_size}; try a smaller --batch-size")
         recorder.reporter.on_failure(error)
         raise error from None
-    except BaseException as e:  # a 'failed' event (non-finite loss, a lost peer, a second Ctrl-C)
+    except BaseException as e:  # a 'failed' event (non-finite loss, a lost peer, a failed write, a second Ctrl-C)
         recorder.reporter.on_failure(e)
         raise
-    return finish(parts, run, display, recorder, started=started)
 
 
 def _start(parts: Parts, run: RunDir, display: Display) -> None:
