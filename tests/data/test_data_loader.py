@@ -174,3 +174,20 @@ def test_random_erasing_boxes():
         h, w = len(rows), len(cols)
         assert mask.sum() == h * w and rows[-1] - rows[0] + 1 == h and cols[-1] - cols[0] + 1 == w  # one rectangle
         assert 0.02 * 400 * 0.5 <= h * w <= 0.4 * 400 * 1.5 and h < 20 and w < 20
+
+
+@pytest.mark.parametrize("n_in, n_out", [(28, 96), (28, 16), (100, 28), (50, 7), (30, 90), (37, 11), (1, 5), (5, 1),
+                                         (64, 63), (2000, 28), (2048, 3000)])
+def test_resize_formula_equals_interpolates_own_weights(n_in, n_out):
+    """Long axes take the filter's formula instead of resizing an identity (n_in^2 memory); where
+    both can run they agree bit for bit."""
+    from resnetlab.data.loader import _antialias_weights, resize_weights
+
+    assert torch.equal(_antialias_weights(n_in, n_out).float(), resize_weights(n_in, n_out))
+
+
+def test_a_very_long_axis_resizes_in_little_memory():
+    from resnetlab.data.loader import resize_weights
+
+    w = resize_weights(50000, 16)  # an identity would be 20 GB
+    assert w.shape == (16, 50000) and torch.allclose(w.sum(1), torch.ones(16))

@@ -64,14 +64,37 @@ def _stream_seed(seed: int, epoch: int, stream: str) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+IDENTITY_LIMIT = 2048  # pixels: longer axes get their weights from the filter's formula, not an identity
+
+
 @functools.lru_cache(maxsize=16)
 def resize_weights(n_in: int, n_out: int) -> torch.Tensor:
     """[n_out, n_in]: row o holds the weights F.interpolate(bilinear, antialias=True) gives output
-    pixel o along one axis (the filter is separable). Found by resizing the identity."""
+    pixel o along one axis (the filter is separable). Found by resizing the identity; an axis longer
+    than IDENTITY_LIMIT (a 50,000-pixel-wide image given to `predict`) would need an identity of
+    n_in^2 doubles (20 GB), so its weights come from the formula PyTorch's kernel uses
+    (`_antialias_weights`, equal to the identity's bit for bit where both were tried)."""
+    if n_in > IDENTITY_LIMIT:
+        return _antialias_weights(n_in, n_out).float()
     # The resized axis is paired with a dummy axis of 4: interpolate mishandles a dummy axis of 1 here.
     basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, n_in, 1).expand(n_in, 1, n_in, 4)
     out = F.interpolate(basis, size=(n_out, 4), mode="bilinear", antialias=True, align_corners=False)
     return out[:, 0, :, 0].T.float().contiguous()
+
+
+def _antialias_weights(n_in: int, n_out: int) -> torch.Tensor:
+    """F.interpolate's bilinear antialiased weights computed as its CPU kernel does (a triangle
+    filter widened by the downscaling factor, each row normalised), float64 [n_out, n_in]."""
+    scale = n_in / n_out
+    support, invscale = (scale, 1.0 / scale) if scale >= 1.0 else (1.0, 1.0)
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for o in range(n_out):
+        center = scale * (o + 0.5)
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), n_in)
+        x = ((torch.arange(lo, hi, dtype=torch.float64) - center + 0.5) * invscale).abs()
+        f = (1 - x).clamp(min=0)
+        weights[o, lo:hi] = f / f.sum() if f.sum() != 0 else f
+    return weights
 
 
 def _all_shifts(weights: torch.Tensor, pad: int) -> torch.Tensor:

@@ -133,10 +133,10 @@ def evaluation_result(sums: torch.Tensor, confusion: torch.Tensor | None, dist: 
     result = {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "count": int(count)}
     if confusion is not None:
         result["confusion"] = confusion.cpu()
-    if per_example is not None:
-        for name, parts in zip(("top_prob", "pred"), per_example):
-            local = torch.cat(parts) if parts else torch.zeros(0, device=sums.device)
-            result[name] = gather_concat(local, dist).cpu()
+    if per_example is not None:  # a process may have no example (a split smaller than the processes)
+        for (name, dtype), parts in zip((("top_prob", torch.float32), ("pred", torch.int64)), per_example):
+            local = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=sums.device)
+            result[name] = gather_concat(local.to(dtype), dist).cpu()
     return result
 
 
