@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median counts")
+    parser.add_argument("--amp", action="store_true", help="resnetlab under bf16 autocast (the textbook stays fp32)")
     parser.add_argument("--data-dir")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--textbook", action="store_true", help=argparse.SUPPRESS)  # the child process
@@ -80,7 +81,8 @@ def main() -> None:
                          str(args.resize), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), *data],
             "resnetlab": [sys.executable, "-m", "resnetlab", "train", "--preset", "d2l", "--resize", str(args.resize),
                           "--subset", str(args.subset), "--epochs", str(args.epochs), "--batch-size",
-                          str(args.batch_size), "--out", os.path.join(tmp, "run"), "--overwrite", *data],
+                          str(args.batch_size), "--out", os.path.join(tmp, "run"), "--overwrite", *data,
+                          *(["--amp"] if args.amp else [])],
         }
         seconds: dict[str, list[float]] = {name: [] for name in commands}
         for r in range(args.rounds):

@@ -4,6 +4,7 @@ through the loader's own transform."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import pytest
 import torch
@@ -68,10 +69,11 @@ def test_build_gives_ready_parts():
 
 @pytest.mark.needs_fashion_mnist
 def test_bench_measures_the_trainers_parts():
-    cfg = make_config("d2l", model="resnet20", batch_size=32, resize=None, epochs=1, seed=0, lr=0.05, device="cpu",
-                      amp=False, channels_last=True, compile=False)
+    cfg = dataclasses.replace(make_config("d2l", model="resnet20", batch_size=32, epochs=1, seed=0, lr=0.05,
+                                          device="cpu", amp=False, channels_last=True, compile=False), resize=None)
     splits = load_splits(make_config("d2l", subset=200, resize=None))
     runner = ResnetlabRunner(parse_variant("fp32"), "resnet20", splits, 32, None, 1, torch.device("cpu"), 0)
+    assert runner.cfg.resize is None and runner.train_batches[0][0].shape[-2:] == (28, 28)  # the dataset's size
     parts = build(cfg, splits=splits)
     ours, theirs = runner.model.state_dict(), parts.raw_model.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

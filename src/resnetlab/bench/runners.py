@@ -3,6 +3,7 @@ resnetlab's training API. Both offer the same methods, which `measure.timed_roun
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import torch
@@ -89,9 +90,13 @@ class ResnetlabRunner:
         self.variant, self.device, self.steps = variant, device, steps
         # The d2l preset's optimisation (plain SGD at the chapter's rate, Xavier init), so both paths
         # take the same step; only how it is computed differs.
-        self.cfg = make_config("d2l", model=model_name, batch_size=batch_size, resize=resize, epochs=1, seed=seed,
-                               lr=TEXTBOOK_LR, amp=variant.amp, channels_last=variant.channels_last,
-                               compile=variant.compile, capture=variant.capture, device=str(device))
+        # (replace, not make_config's overrides, for `resize`: there None means "the dataset's size",
+        # not "the preset's 96 px")
+        self.cfg = dataclasses.replace(
+            make_config("d2l", model=model_name, batch_size=batch_size, epochs=1, seed=seed, lr=TEXTBOOK_LR,
+                        amp=variant.amp, channels_last=variant.channels_last, compile=variant.compile,
+                        capture=variant.capture, device=str(device)),
+            resize=resize)
         parts = build(self.cfg, splits=data, foreach=variant.foreach)
         self.model, self.train_model, self.optimizer = parts.raw_model, parts.model, parts.optimizer
         self.capture = parts.capture
