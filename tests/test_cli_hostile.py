@@ -137,6 +137,7 @@ def test_eval_and_predict_flags_on_real_weights(weights, tmp_path, capsys):
     assert cli.main(["predict", str(weights), str(tmp_path / "x.png"), "--top-k", "99999999999999999999"]) == 0  # all classes
 
 
+@pytest.mark.needs_fashion_mnist
 def test_train_out_that_is_a_file(capsys):
     code = cli.main(["train", "--subset", "64", "--val-split", "0", "--epochs", "1", "--out", FILE])
     _, err = capsys.readouterr()

@@ -66,6 +66,7 @@ def exported(run_dir):
     return run_dir / "model.onnx"
 
 
+@pytest.mark.needs_fashion_mnist
 def test_export_is_checked_on_real_test_images(run_dir, exported, capsys):
     code, out, err = run_cli(["export", str(run_dir), "--out", str(run_dir / "again.onnx"), "--json"], capsys)
     assert code == 0, err
@@ -79,6 +80,7 @@ def test_export_is_checked_on_real_test_images(run_dir, exported, capsys):
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.needs_fashion_mnist
 def test_metadata_carries_what_a_consumer_needs(exported):
     proto = onnx.load(str(exported))
     props = {p.key: p.value for p in proto.metadata_props}
@@ -94,6 +96,7 @@ def test_metadata_carries_what_a_consumer_needs(exported):
     assert session.run(None, {"input": torch.zeros(3, 1, 28, 28).numpy()})[0].shape == (3, 10)
 
 
+@pytest.mark.needs_fashion_mnist
 def test_fixed_batch_with_the_torchscript_exporter(run_dir, capsys):
     out = run_dir / "b4.onnx"
     code, text, err = run_cli(["export", str(run_dir / "model.safetensors"), "--batch", "4", "--exporter",
@@ -115,6 +118,7 @@ class _Perturbed:
         return [y + 0.01 for y in self.session.run(names, feeds)]
 
 
+@pytest.mark.needs_fashion_mnist
 def test_a_mismatch_writes_nothing_and_says_by_how_much(run_dir, monkeypatch, capsys):
     real = export._ort_session
     monkeypatch.setattr(export, "_ort_session", lambda data: _Perturbed(real(data)))
@@ -126,6 +130,7 @@ def test_a_mismatch_writes_nothing_and_says_by_how_much(run_dir, monkeypatch, ca
     assert not (run_dir / "bad.onnx").exists() and not list(run_dir.glob("*.tmp"))
 
 
+@pytest.mark.needs_fashion_mnist
 def test_a_tolerance_below_float32_rounding_is_explained(run_dir, tmp_path):
     with pytest.raises(ExportError) as e:
         export.export_run(run_dir, out=tmp_path / "m.onnx", tolerance=1e-12, exporter="torchscript", check_images=8)
@@ -134,6 +139,7 @@ def test_a_tolerance_below_float32_rounding_is_explained(run_dir, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.needs_fashion_mnist
 def test_random_inputs_when_the_data_is_absent(run_dir, tmp_path):
     r = export.export_run(run_dir, out=tmp_path / "m.onnx", data_dir=str(tmp_path / "empty"), exporter="torchscript")
     assert r["check"]["passed"] and r["check"]["inputs"] == "random normal inputs (fashion-mnist's test data was not found)"
@@ -153,6 +159,7 @@ def _save_images(folder):
     return [str(p) for p in paths]
 
 
+@pytest.mark.needs_fashion_mnist
 def test_predict_on_onnx_equals_predict_on_the_run(run_dir, exported, tmp_path, capsys):
     pytest.importorskip("PIL")
     images = _save_images(tmp_path)
@@ -167,6 +174,7 @@ def test_predict_on_onnx_equals_predict_on_the_run(run_dir, exported, tmp_path, 
     assert code == 0 and text.startswith(images[0] + ": ") and text.count(",") == 1
 
 
+@pytest.mark.needs_fashion_mnist
 def test_predict_on_a_fixed_batch_model_pads_the_last_slice(run_dir, exported, tmp_path):
     pytest.importorskip("PIL")
     images = _save_images(tmp_path)  # 4 images into a model of batch 3: 3, then 1 padded to 3
@@ -190,6 +198,7 @@ def test_an_onnx_file_not_from_resnetlab_is_one_line(tmp_path, capsys):
     assert code == 1 and err.count("\n") == 1 and "not a readable ONNX model" in err
 
 
+@pytest.mark.needs_fashion_mnist
 def test_missing_extra_names_it(run_dir, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
     code, out, err = run_cli(["export", str(run_dir)], capsys)
@@ -199,6 +208,7 @@ def test_missing_extra_names_it(run_dir, monkeypatch, capsys):
     assert code == 2 and "pip install 'resnetlab[onnx]'" in err
 
 
+@pytest.mark.needs_fashion_mnist
 def test_bad_arguments_are_usage_errors(run_dir, tmp_path, capsys):
     for args, words in ((["--batch", "0"], "--batch takes a positive number"),
                         (["--batch", "many"], "--batch takes a positive number"),

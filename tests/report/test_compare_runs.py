@@ -25,6 +25,7 @@ def two_runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.needs_fashion_mnist
 def test_compare_writes_figure_table_and_differing_settings(two_runs, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert cli.main(["compare", str(two_runs / "slow"), str(two_runs / "fast"), "--out", str(out)]) == 0
@@ -48,6 +49,7 @@ def test_compare_writes_figure_table_and_differing_settings(two_runs, tmp_path, 
         assert img.width > 1000
 
 
+@pytest.mark.needs_fashion_mnist
 def test_compare_draws_one_colour_per_run_train_dashed(two_runs, tmp_path, monkeypatch):
     import resnetlab.report.compare as compare
     from resnetlab.report.compare import compare_data, plot_comparison
@@ -65,6 +67,7 @@ def test_compare_draws_one_colour_per_run_train_dashed(two_runs, tmp_path, monke
     assert list(fast_test.get_xdata()) == [1, 2] and fast_test.get_ydata()[-1] == pytest.approx(fast_rows["test_acc"], abs=1e-5)
 
 
+@pytest.mark.needs_fashion_mnist
 def test_compare_refuses_bad_input(two_runs, tmp_path, capsys):
     assert cli.main(["compare", str(two_runs / "slow")]) == 2
     assert "two or more run folders" in capsys.readouterr().err
@@ -74,6 +77,7 @@ def test_compare_refuses_bad_input(two_runs, tmp_path, capsys):
     assert "not a run folder" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.needs_fashion_mnist
 def test_compare_works_on_the_degradation_experiments_run_folders(tmp_path):
     from resnetlab.experiments.degradation import run_degradation
 
@@ -97,6 +101,7 @@ def test_compare_works_on_the_degradation_experiments_run_folders(tmp_path):
     assert [n["action"] for n in again["nets"]] == ["reused"] * 4
 
 
+@pytest.mark.needs_fashion_mnist
 def test_runs_lists_newest_first_with_state(two_runs, tmp_path, capsys, train_tiny):
     import shutil
 

@@ -86,6 +86,7 @@ def test_writers_round_trip_and_the_grid_is_readable(known, tmp_path):
         assert img.width >= 8 * 150 and img.height >= 4 * 180
 
 
+@pytest.mark.needs_fashion_mnist
 def test_finished_run_writes_its_mistakes_from_the_kept_weights(finished_run):
     summary = json.loads((finished_run / "summary.json").read_text())
     items = read_mistakes_csv(finished_run / "mistakes.csv")
@@ -101,6 +102,7 @@ def test_finished_run_writes_its_mistakes_from_the_kept_weights(finished_run):
     assert (finished_run / "mistakes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.needs_fashion_mnist
 def test_eval_writes_mistakes_beside_the_weights_or_into_out(finished_run, run_copy, tmp_path, capsys):
     assert cli.main(["eval", str(run_copy), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)

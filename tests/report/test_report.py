@@ -55,6 +55,7 @@ def decoded_images(dom: str) -> tuple[int, int]:
     return int(found[1]), int(found[2])
 
 
+@pytest.mark.needs_fashion_mnist
 def test_report_holds_every_section_and_is_self_contained(finished_run):
     page = (finished_run / "report.html").read_text(encoding="utf-8")
     for sid in SECTIONS:
@@ -73,6 +74,7 @@ def test_report_holds_every_section_and_is_self_contained(finished_run):
 
 
 @needs_chromium
+@pytest.mark.needs_fashion_mnist
 def test_report_renders_in_headless_chromium(finished_run, tmp_path):
     page = finished_run / "report.html"
     shot = tmp_path / "report.png"
@@ -94,6 +96,7 @@ def test_report_renders_in_headless_chromium(finished_run, tmp_path):
 
 
 @needs_chromium
+@pytest.mark.needs_fashion_mnist
 def test_the_browser_check_catches_a_broken_page(finished_run, tmp_path):
     """The checks above can fail: a corrupt image and a remote one are both caught."""
     html = (finished_run / "report.html").read_text(encoding="utf-8")
@@ -106,6 +109,7 @@ def test_the_browser_check_catches_a_broken_page(finished_run, tmp_path):
     assert any("example.com" in line for line in console_messages(r.stderr))
 
 
+@pytest.mark.needs_fashion_mnist
 def test_interrupted_then_resumed_run_tells_what_happened_when(tmp_path, monkeypatch, train_tiny):
     class StopAtStep(engine.StopFlag):  # Ctrl-C during epoch 2 of 2 (8 steps an epoch)
         calls = 0
@@ -142,6 +146,7 @@ def test_interrupted_then_resumed_run_tells_what_happened_when(tmp_path, monkeyp
     assert run_state(out) == "finished"
 
 
+@pytest.mark.needs_fashion_mnist
 def test_failed_run_is_recorded(tmp_path, train_tiny):
     out = tmp_path / "nan"
     with pytest.raises(TrainingError):
@@ -152,6 +157,7 @@ def test_failed_run_is_recorded(tmp_path, train_tiny):
     assert "failed: TrainingError: the training loss became" in build_report(out)
 
 
+@pytest.mark.needs_fashion_mnist
 def test_report_command(run_copy, finished_run, tmp_path, capsys):
     # a finished run made before mistakes existed: `report` computes them (same weights, same test subset)
     (run_copy / "mistakes.csv").unlink()

@@ -12,6 +12,7 @@ import pytest
 from resnetlab import cli
 
 
+@pytest.mark.needs_fashion_mnist
 def test_tensorboard_event_files_hold_metrics_progress_images_and_config(tmp_path, train_tiny):
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install 'resnetlab[tensorboard]')")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -47,6 +48,7 @@ def test_tensorboard_event_files_hold_metrics_progress_images_and_config(tmp_pat
     assert session.hparams["model_kwargs"].string_value == '{"width": 8}'
 
 
+@pytest.mark.needs_fashion_mnist
 def test_tensorboard_flag_without_the_package_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
     code = cli.main(["train", "--tensorboard", "--subset", "64", "--epochs", "1", "--out", str(tmp_path / "r")])

@@ -40,6 +40,7 @@ def _torchrun(args, env, timeout=180):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available() or sys.platform == "win32", reason="needs Gloo on POSIX")
+@pytest.mark.needs_fashion_mnist
 def test_three_processes_one_stalls_the_others_stop_in_time_and_the_run_resumes(tmp_path):
     out = tmp_path / "run"
     started = time.monotonic()

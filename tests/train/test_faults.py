@@ -115,6 +115,7 @@ def _start(cmd: list[str], env: dict):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_fashion_mnist
 def test_twenty_sigkills_at_random_moments_resume_to_bit_identical_weights(tmp_path):
     """20 SIGKILLs across a 4-epoch run: 8 at seeded random times, 12 at chosen moments (in a
     training step, in evaluation, half-way through writing the checkpoint, the metrics, the best
@@ -282,6 +283,7 @@ WRITE_FAULTS = [  # (file, errno, where it fails, writes of that file that succe
 
 
 @pytest.mark.parametrize("target,code,at,after", WRITE_FAULTS, ids=[f"{t}-{errno.errorcode[c]}-{a}" for t, c, a, _ in WRITE_FAULTS])
+@pytest.mark.needs_fashion_mnist
 def test_a_failed_write_stops_with_one_line_keeps_the_last_checkpoint_and_resume_finishes(
         target, code, at, after, straight, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
@@ -323,6 +325,7 @@ def test_a_failed_write_stops_with_one_line_keeps_the_last_checkpoint_and_resume
     assert set(check_final_files(out)) == set(check_final_files(straight))
 
 
+@pytest.mark.needs_fashion_mnist
 def test_a_run_folder_removed_during_the_run_stops_it_with_one_line(tmp_path, monkeypatch, capsys):
     import shutil
 
@@ -356,6 +359,7 @@ def test_write_error_is_an_oserror_naming_path_and_cause(tmp_path, monkeypatch):
 # --- two runs, one folder --------------------------------------------------------------------
 
 
+@pytest.mark.needs_fashion_mnist
 def test_a_live_run_folder_is_refused_to_a_second_run_and_freed_when_its_process_is_killed(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", *FLAGS, "--epochs", "1", "--out", str(out)]) == 0
@@ -405,6 +409,7 @@ DAMAGE = {  # each was a traceback somewhere in the trainer before load_checkpoi
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+@pytest.mark.needs_fashion_mnist
 def test_a_checkpoint_with_damaged_contents_is_one_line(damage, straight, tmp_path, capsys):
     import copy
     import shutil

@@ -33,6 +33,7 @@ def test_build_model_starts_from_the_checkpoint(tmp_path):
     assert [n.split(" ")[0] for n in notes] == ["first", "classifier"]
 
 
+@pytest.mark.needs_fashion_mnist
 def test_cli_train_init_from_says_what_it_adapted(tmp_path, capsys):
     rgb_checkpoint(tmp_path / "c100.pth", width=16)  # the quick preset's resnet20 on a CPU
     out = tmp_path / "run"
@@ -45,6 +46,7 @@ def test_cli_train_init_from_says_what_it_adapted(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["config"]["init_from"] == str(tmp_path / "c100.pth")
 
 
+@pytest.mark.needs_fashion_mnist
 def test_cli_train_init_from_a_wrong_file_is_one_line(tmp_path, capsys):
     torch.save(create_model("resnet32").state_dict(), tmp_path / "r32.pth")
     code = cli.main(["train", "--model", "resnet20", "--subset", "64", "--epochs", "1", "--val-split", "0",
@@ -54,6 +56,7 @@ def test_cli_train_init_from_a_wrong_file_is_one_line(tmp_path, capsys):
     assert err.startswith("resnetlab: error: ") and "unexpected key(s): layer1.3" in err
 
 
+@pytest.mark.needs_fashion_mnist
 def test_resume_does_not_need_the_init_file(tmp_path, monkeypatch):
     rgb_checkpoint(tmp_path / "c100.pth")
     cfg = make_config("quick", model="resnet20", model_kwargs={"width": 8}, subset=256, batch_size=64, epochs=1,

@@ -23,6 +23,7 @@ def _env(**extra) -> dict:
 
 @pytest.mark.slow
 @needs_linux
+@pytest.mark.needs_fashion_mnist
 def test_resident_memory_after_epoch_50_is_within_5_percent_of_epoch_5(tmp_path):
     done = subprocess.run(
         [sys.executable, WORKER, "train", "--model", "resnet20", "--subset", "192", "--val-split", "64", "--resize", "16",
@@ -63,6 +64,7 @@ print(*seen)
 
 
 @needs_linux
+@pytest.mark.needs_fashion_mnist
 def test_repeated_evaluation_in_one_process_does_not_grow(tmp_path):
     """300 calls of d2l.evaluate_accuracy_gpu and of the engine's evaluate (a notebook left running)."""
     done = subprocess.run([sys.executable, "-c", EVALUATE_MANY], env=_env(), capture_output=True, text=True, timeout=300)
