@@ -278,7 +278,9 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path):
     for (key, value), (ref_key, ref_value) in zip(model.state_dict().items(), reference.state_dict().items()):
         assert key == ref_key
         if value.is_floating_point():
-            torch.testing.assert_close(value, ref_value, rtol=1e-2, atol=1e-3)
+            # Compiled kernels round differently and training amplifies it: single weights were seen up
+            # to 1.8e-3 apart (one thread and two, 2026-11-29), so 1e-3 failed now and then.
+            torch.testing.assert_close(value, ref_value, rtol=1e-2, atol=5e-3)
     # One batch shape, one compilation: a compiled run drops the last partial training batch (144 =
     # 4 x 32 + 16), while evaluation, run uncompiled, still sees every test example.
     uneven = [*flags[:2], "--subset", "144", *flags[4:]]
