@@ -115,12 +115,11 @@ def normalization(cfg: TrainConfig) -> tuple[list[float], list[float]] | None:
     return list(info.mean), list(info.std)
 
 
-def weights_metadata(cfg: TrainConfig, splits: Splits) -> dict:
+def weights_metadata(cfg: TrainConfig, splits: Splits, norm: tuple[list[float], list[float]] | None) -> dict:
     """What a weights file needs besides its tensors: the model, its classes and its input."""
     images = splits.train.images
     in_chans, classes = images.shape[1], splits.train.classes
     input_hw = (cfg.resize, cfg.resize) if cfg.resize else tuple(images.shape[2:])
-    norm = normalization(cfg)
     return {
         "model": cfg.model, "model_kwargs": cfg.model_kwargs, "in_chans": in_chans, "num_classes": len(classes),
         "classes": classes, "input_size": [in_chans, *input_hw], "resize": cfg.resize,
@@ -170,10 +169,11 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     # graph). Evaluation runs the uncompiled model: compiling it for eval mode would be a third.
     # Measured on the CPU, empty inductor cache: two epochs of resnet18_d2l took 71 s with three
     # compilations, 37 s with one.
+    norm = normalization(cfg)
     loaders = make_loaders(*splits, batch_size=cfg.batch_size, seed=cfg.seed,
                            drop_last=dist.enabled or cfg.compile or capture,
                            augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, erasing=cfg.erasing),
-                           resize=cfg.resize, normalize=normalization(cfg), device=device,
+                           resize=cfg.resize, normalize=norm, device=device,
                            channels_last=channels_last, rank=dist.rank, world_size=dist.world_size)
     if len(loaders.train) == 0:
         raise UsageError(f"{len(splits.train)} training examples make no full batch of {cfg.batch_size}; lower --batch-size")
@@ -187,4 +187,4 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
         evaluator = Evaluator(eval_model, device, amp=amp, num_classes=num_classes, dist=dist, per_example=True)
     return Parts(cfg=cfg, dist=dist, device=device, amp=amp, channels_last=channels_last, capture=capture,
                  splits=splits, loaders=loaders, raw_model=raw_model, model=model, eval_model=eval_model,
-                 optimizer=optimizer, step=step, evaluator=evaluator, state=state, meta=weights_metadata(cfg, splits))
+                 optimizer=optimizer, step=step, evaluator=evaluator, state=state, meta=weights_metadata(cfg, splits, norm))
