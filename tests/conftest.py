@@ -38,3 +38,27 @@ def pytest_collection_modifyitems(config, items):
                                    "or `resnetlab data fetch fashion-mnist` where the network allows")
     for item in marked:
         item.add_marker(skip)
+
+
+@pytest.fixture
+def ctrl_c_at(monkeypatch):
+    """`ctrl_c_at(n)`: Ctrl-C arrives as the training loop reads its stop flag for the n-th time
+    (it reads it once a step). `monkeypatch.undo()` takes it away again."""
+    from resnetlab.train import engine
+
+    def arm(n: int) -> None:
+        class StopAtStep(engine.StopFlag):
+            calls = 0
+
+            @property
+            def requested(self):
+                StopAtStep.calls += 1
+                return StopAtStep.calls >= n
+
+            @requested.setter
+            def requested(self, value):
+                pass
+
+        monkeypatch.setattr(engine, "StopFlag", StopAtStep)
+
+    return arm

@@ -16,7 +16,6 @@ from resnetlab.report.events import read_events
 from resnetlab.report.html import SECTIONS, build_report, write_report
 from resnetlab.report.mistakes import read_mistakes_csv
 from resnetlab.report.runs import run_state
-from resnetlab.train import engine
 from resnetlab.train.run import load_checkpoint
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -110,21 +109,10 @@ def test_the_browser_check_catches_a_broken_page(finished_run, tmp_path):
 
 
 @pytest.mark.needs_fashion_mnist
-def test_interrupted_then_resumed_run_tells_what_happened_when(tmp_path, monkeypatch, train_tiny):
-    class StopAtStep(engine.StopFlag):  # Ctrl-C during epoch 2 of 2 (8 steps an epoch)
-        calls = 0
-
-        @property
-        def requested(self):
-            StopAtStep.calls += 1
-            return StopAtStep.calls >= 11
-
-        @requested.setter
-        def requested(self, value):
-            pass
+def test_interrupted_then_resumed_run_tells_what_happened_when(tmp_path, monkeypatch, train_tiny, ctrl_c_at):
+    ctrl_c_at(11)  # Ctrl-C during epoch 2 of 2 (8 steps an epoch)
 
     out = tmp_path / "r"
-    monkeypatch.setattr(engine, "StopFlag", StopAtStep)
     with pytest.raises(Interrupted):
         train_tiny(out, epochs=2)
     monkeypatch.undo()

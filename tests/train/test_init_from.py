@@ -11,7 +11,7 @@ import pytest
 from resnetlab import cli
 from resnetlab.errors import Interrupted
 from resnetlab.models import create_model
-from resnetlab.train import engine, make_config, train
+from resnetlab.train import make_config, train
 from resnetlab.train.setup import build_model
 
 
@@ -57,24 +57,13 @@ def test_cli_train_init_from_a_wrong_file_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.needs_fashion_mnist
-def test_resume_does_not_need_the_init_file(tmp_path, monkeypatch):
+def test_resume_does_not_need_the_init_file(tmp_path, monkeypatch, ctrl_c_at):
     rgb_checkpoint(tmp_path / "c100.pth")
     cfg = make_config("quick", model="resnet20", model_kwargs={"width": 8}, subset=256, batch_size=64, epochs=1,
                       val_split=0, init_from=str(tmp_path / "c100.pth"))
 
-    class StopAtStep(engine.StopFlag):  # Ctrl-C during the second step
-        calls = 0
+    ctrl_c_at(2)  # Ctrl-C during the second step
 
-        @property
-        def requested(self):
-            StopAtStep.calls += 1
-            return StopAtStep.calls >= 2
-
-        @requested.setter
-        def requested(self, value):
-            pass
-
-    monkeypatch.setattr(engine, "StopFlag", StopAtStep)
     with pytest.raises(Interrupted):
         train(cfg, out=tmp_path / "run", verbose=False)
     monkeypatch.undo()

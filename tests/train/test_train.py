@@ -16,7 +16,7 @@ import torch
 
 from resnetlab import cli
 from resnetlab.errors import CheckpointError, Interrupted, TrainingError, UsageError
-from resnetlab.train import engine, make_config, train
+from resnetlab.train import make_config, train
 from resnetlab.train.run import load_checkpoint
 from resnetlab.weights import load_weights
 
@@ -103,24 +103,13 @@ def test_occupied_out_is_refused_unless_overwrite(finished_run, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
+def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, ctrl_c_at):
     """A run stopped mid-epoch (as Ctrl-C does) and resumed ends with the weights of an unbroken run."""
     cfg = make_config("quick", **TINY)
     train(cfg, out=tmp_path / "straight", verbose=False)
 
-    class StopAtStep(engine.StopFlag):  # Ctrl-C arriving during global step 11 (epoch 2 of 2)
-        calls = 0
+    ctrl_c_at(11)  # Ctrl-C arriving during global step 11 (epoch 2 of 2)
 
-        @property
-        def requested(self):
-            StopAtStep.calls += 1
-            return StopAtStep.calls >= 11
-
-        @requested.setter
-        def requested(self, value):
-            pass
-
-    monkeypatch.setattr(engine, "StopFlag", StopAtStep)
     with pytest.raises(Interrupted, match="resume with: resnetlab train --resume"):
         train(cfg, out=tmp_path / "broken", verbose=False)
     ckpt = load_checkpoint(tmp_path / "broken")
