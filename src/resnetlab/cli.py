@@ -189,11 +189,15 @@ COMMANDS.append(_add_train)
 
 
 def _add_eval(sub) -> None:
+    from resnetlab.train.config import TTA_MODES
+
     p = sub.add_parser("eval", help="evaluate trained weights on a test set")
     p.add_argument("weights", help="a run folder or a .safetensors file")
     p.add_argument("--data", help="dataset (default: the one the model was trained on)")
     p.add_argument("--data-dir")
-    p.add_argument("--tta", action="store_true", help="average predictions over the image and its mirror image")
+    p.add_argument("--tta", default="none", choices=TTA_MODES,
+                   help="test-time augmentation: average the logits over the image and its mirror image (flip), "
+                        "and over one-pixel shifts of both (flip-shift); default none")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", action="store_true")
@@ -216,7 +220,8 @@ def _cmd_eval(args) -> int:
     if args.json:
         _print_json(r)
         return 0
-    print(f"{r['data']} test set, {r['count']} examples{' (flip TTA)' if r['tta'] else ''}: loss {r['loss']:.4f}, acc {r['acc']:.4f}")
+    views = f" ({r['tta']} TTA)" if r["tta"] != "none" else ""
+    print(f"{r['data']} test set, {r['count']} examples{views}: loss {r['loss']:.4f}, acc {r['acc']:.4f}")
     width = max(len(c) for c in r["classes"])
     print(f"{'class':<{width}}  {'count':>6}  {'acc':>6}")
     for row in r["per_class"]:

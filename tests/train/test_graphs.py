@@ -14,7 +14,7 @@ from torch import nn
 from resnetlab.data import Dataset, Loader
 from resnetlab.errors import UsageError
 from resnetlab.train import engine, graphs, make_config
-from resnetlab.train.engine import EagerStep, Evaluator, make_optimizer
+from resnetlab.train.engine import EagerStep, Evaluator, WeightAverage, make_optimizer
 from resnetlab.train.graphs import CapturedEvaluator, CapturedStep, SGDUpdate
 
 
@@ -57,14 +57,16 @@ def test_the_graph_captures_the_eager_loops_step_function():
     assert graphs.train_step is engine.train_step
 
 
-@pytest.mark.parametrize("momentum, nesterov, weight_decay", [(0.0, False, 0.0), (0.9, True, 5e-4), (0.9, False, 1e-3)])
-def test_captured_step_trains_as_the_eager_step_for_20_steps(momentum, nesterov, weight_decay):
+@pytest.mark.parametrize("momentum, nesterov, weight_decay, ema",
+                         [(0.0, False, 0.0, 0.0), (0.9, True, 5e-4, 0.8), (0.9, False, 1e-3, 0.0)])
+def test_captured_step_trains_as_the_eager_step_for_20_steps(momentum, nesterov, weight_decay, ema):
     cfg = make_config("quick", momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, label_smoothing=0.1)
     eager_net, graph_net = tiny_net(), tiny_net()
-    eager = EagerStep(eager_net, make_optimizer(eager_net, cfg), cfg, torch.device("cpu"), amp=False)
+    average = lambda net: WeightAverage(net, ema) if ema else None  # --ema: updated inside the graph
+    eager = EagerStep(eager_net, make_optimizer(eager_net, cfg), cfg, torch.device("cpu"), False, average(eager_net))
     FakeGraphs.captured = []
-    captured = CapturedStep(graph_net, make_optimizer(graph_net, cfg), cfg, torch.device("cpu"), amp=False,
-                            graphs=FakeGraphs)
+    captured = CapturedStep(graph_net, make_optimizer(graph_net, cfg), cfg, torch.device("cpu"), False,
+                            average(graph_net), graphs=FakeGraphs)
     for runner in (eager, captured):
         runner.start_epoch([0.0, 0.0, 0.0])
     for i, (x, y) in enumerate(batches()):
@@ -75,6 +77,11 @@ def test_captured_step_trains_as_the_eager_step_for_20_steps(momentum, nesterov,
     for (name, a), b in zip(eager_net.state_dict().items(), graph_net.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
     torch.testing.assert_close(eager.sums, captured.sums)
+    if ema:
+        ours, theirs = captured.average.model.state_dict(), eager.average.model.state_dict()
+        for name in theirs:
+            torch.testing.assert_close(ours[name], theirs[name], rtol=1e-12, atol=1e-12, msg=name)
+        assert not torch.equal(ours["0.weight"], graph_net.state_dict()["0.weight"])
     if momentum:  # the optimizer's own buffers: a checkpoint holds the same state either way
         ours = [captured.optimizer.state[p]["momentum_buffer"] for p in graph_net.parameters()]
         theirs = [eager.optimizer.state[p]["momentum_buffer"] for p in eager_net.parameters()]

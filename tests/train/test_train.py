@@ -204,7 +204,7 @@ def test_eval_reports_accuracy_per_class_and_confusion(finished_run, capsys):
     assert len(r["per_class"]) == 10 and sum(map(sum, r["confusion"])) == 10000
     assert abs(sum(row[i] for i, row in enumerate(r["confusion"])) / 10000 - r["acc"]) < 1e-9
     assert summary["kept_weights"] == "best.safetensors"
-    code, out, _ = run_cli(["eval", str(finished_run / "model.safetensors"), "--tta"], capsys)
+    code, out, _ = run_cli(["eval", str(finished_run / "model.safetensors"), "--tta", "flip"], capsys)
     assert code == 0 and "confusion matrix" in out and "Ankle boot" in out
 
 

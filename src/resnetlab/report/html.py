@@ -128,7 +128,10 @@ def _summary_section(run: dict) -> str:
         cards.append(f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>')
 
     if s:
-        card(f"test acc, kept weights ({s.get('kept_weights', '?')})", fmt(s.get("kept_test_acc")))
+        tta = f", {s['tta']} TTA" if s.get("tta") else ""
+        card(f"test acc, kept weights ({s.get('kept_weights', '?')}{tta})", fmt(s.get("kept_test_acc")))
+        if tta:
+            card("the same without TTA", fmt(s.get("kept_test_acc_no_tta")))
         card("final test acc", fmt(s.get("test_acc")))
         if "best_val_acc" in s:
             card(f"best val acc (epoch {s.get('best_epoch')})", fmt(s["best_val_acc"]))

@@ -25,6 +25,7 @@ def setting(default, help: str, choices: tuple[str, ...] | None = None):
     return field(default=default, metadata=metadata)
 
 
+TTA_MODES = ("none", "flip", "flip-shift")  # test-time augmentations (train/tta.py)
 MAX_RESIZE = 4096  # pixels a side: a 256-image batch of 4096 x 4096 RGB floats is already 48 GiB
 
 
@@ -62,6 +63,13 @@ class TrainConfig:
                             "decay to 0) or cosine", choices=("constant", "onecycle", "cosine"))
     warmup: float = setting(0.0, "fraction of all steps spent warming up (onecycle, cosine)")
     label_smoothing: float = setting(0.0, "label smoothing of the training loss")
+    # the weights kept, and how they are measured
+    ema: float = setting(0.0, "keep an exponential moving average of the weights, batch-norm statistics included, "
+                         "with this decay per step (e.g. 0.99; 0: off): the average is what is evaluated and saved")
+    tta: str = setting("none", "test-time augmentation of the kept weights' final test figure: flip, or flip and "
+                       "one-pixel shifts (flip-shift; train/tta.py); per-epoch evaluations stay plain", choices=TTA_MODES)
+    epoch_test: bool = setting(True, "evaluate the test set after every epoch (--no-epoch-test: only the kept weights, "
+                               "at the end; validation picks them, and the curves show it)")
     # execution
     device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     amp: bool | None = setting(None, "bf16 autocast (default: where it pays: CUDA, CPUs with bf16)")
@@ -88,6 +96,8 @@ class TrainConfig:
         for name in ("warmup", "erasing"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
+        if not 0 <= self.ema < 1:
+            raise UsageError(f"--ema must be at least 0 (off) and below 1, got {self.ema}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"--label-smoothing must be at least 0 and below 1, got {self.label_smoothing}")
         if self.resize is not None and self.resize <= 0:

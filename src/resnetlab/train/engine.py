@@ -9,6 +9,7 @@ the non-finite check) and at the end of an epoch, so a GPU never waits for Pytho
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import time
@@ -18,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from resnetlab.errors import Interrupted, TrainingError
 from resnetlab.train.config import TrainConfig
@@ -84,24 +86,55 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sums: torch.T
         sums += torch.stack([loss.detach().double() * n, (out.argmax(1) == y).sum().double(), n])
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and buffers, batch-norm running
+    statistics included (as timm's ModelEmaV2): after each optimizer step, avg += (1 - decay) *
+    (w - avg). `model` is the averaged copy, in eval mode: what the run evaluates and saves.
+
+    The float tensors are updated by torch's own EMA function (swa_utils.get_ema_multi_avg_fn, one
+    foreach lerp); integer buffers (batch norm's step counters) are copied. Not swa_utils.AveragedModel
+    itself: its update reads a counter back to the host every step, which a GPU would wait for and
+    a CUDA graph cannot capture."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self._lerp = get_ema_multi_avg_fn(decay)
+        pairs = list(zip([*self.model.parameters(), *self.model.buffers()], [*model.parameters(), *model.buffers()]))
+        self._floats = ([a for a, _ in pairs if a.is_floating_point()], [m for a, m in pairs if a.is_floating_point()])
+        self._others = [(a, m) for a, m in pairs if not a.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self._lerp(*self._floats, None)
+        for averaged, current in self._others:
+            averaged.copy_(current)
+
+
 class EagerStep:
     """`train_step` run op by op with the optimizer's own update: the CPU's path, DDP's, and
-    wherever no graph is captured. `sums` holds the epoch's running (loss sum, correct, count)."""
+    wherever no graph is captured. `sums` holds the epoch's running (loss sum, correct, count);
+    `average`, when given, is updated after every optimizer step."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                 device: torch.device, amp: bool) -> None:
-        self.model, self.optimizer, self.device, self.amp = model, optimizer, device, amp
+                 device: torch.device, amp: bool, average: WeightAverage | None = None) -> None:
+        self.model, self.optimizer, self.device, self.amp, self.average = model, optimizer, device, amp, average
         self.label_smoothing = cfg.label_smoothing
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
 
     def start_epoch(self, partial: list[float]) -> None:
         self.sums = torch.tensor(partial, dtype=torch.float64, device=self.device)
 
+    def _update(self) -> None:
+        self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        train_step(self.model, x, y, self.sums, optimizer_step=self.optimizer.step,
+        train_step(self.model, x, y, self.sums, optimizer_step=self._update,
                    label_smoothing=self.label_smoothing, amp=self.amp)
 
 
@@ -228,7 +261,7 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, 
         eval_model: nn.Module | None = None, step=None, evaluator=None) -> TrainState:
     """Train from `state` to cfg.epochs. `model` may be wrapped (DDP, compiled); `eval_model`
     (default: `model`) is what the evaluations run, so a compiled `model` need not be compiled
-    again for evaluation's mode. `step` (default: an EagerStep) takes each training step and
+    again for evaluation's mode (with --ema it is the step's average). `step` (default: an EagerStep) takes each training step and
     `evaluator` (default: an Evaluator of eval_model) each evaluation: train/graphs.py has their
     CUDA-graph kinds."""
     eval_model = model if eval_model is None else eval_model
@@ -268,6 +301,8 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, 
                         hooks.on_interrupt(state)
                         raise shared(Interrupted(f"interrupted at epoch {epoch + 1}, step {i + 1}"))
             average_buffers(model, dist)  # evaluation and the saved weights see one set of BN statistics
+            if getattr(step, "average", None) is not None:
+                average_buffers(step.average.model, dist)
             sums = all_reduce_sum(step.sums.clone(), dist)
             epoch_seconds = time.perf_counter() - started
             state.train_seconds += epoch_seconds

@@ -28,7 +28,7 @@ from torch import nn
 from resnetlab.errors import UsageError
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.distributed import DistInfo
-from resnetlab.train.engine import autocast, batch_sums, evaluation_result, train_step
+from resnetlab.train.engine import WeightAverage, autocast, batch_sums, evaluation_result, train_step
 
 WARMUP_STEPS = 3  # eager steps before capture: cuDNN autotuning, lazy allocations (PyTorch's example uses 3)
 
@@ -114,8 +114,9 @@ class CapturedStep:
     interface as engine.EagerStep."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device,
-                 amp: bool, *, graphs=Graphs, warmup_steps: int = WARMUP_STEPS) -> None:
-        self.model, self.optimizer, self.device, self.amp = model, optimizer, device, amp
+                 amp: bool, average: WeightAverage | None = None, *, graphs=Graphs,
+                 warmup_steps: int = WARMUP_STEPS) -> None:
+        self.model, self.optimizer, self.device, self.amp, self.average = model, optimizer, device, amp, average
         self.label_smoothing, self.graphs, self.warmup_steps = cfg.label_smoothing, graphs, warmup_steps
         self.neg_lr = torch.zeros((), dtype=torch.float64, device=device)  # a 0-d tensor: the params keep their dtype
         self.update = SGDUpdate(optimizer, self.neg_lr)
@@ -130,8 +131,13 @@ class CapturedStep:
         # Gradients start as None: backward then writes them afresh (in a graph, into buffers of its
         # pool that every replay overwrites) instead of adding to the last step's.
         self.optimizer.zero_grad(set_to_none=True)
-        train_step(self.model, x, y, self.sums, optimizer_step=self.update, label_smoothing=self.label_smoothing,
+        train_step(self.model, x, y, self.sums, optimizer_step=self._update, label_smoothing=self.label_smoothing,
                    amp=self.amp, cache_casts=False)
+
+    def _update(self) -> None:
+        self.update()
+        if self.average is not None:  # in the graph too: a foreach lerp on tensors that stay put
+            self.average.update()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
         self.neg_lr.fill_(-lr)  # a fill from a host number: no copy the host would wait for

@@ -16,6 +16,7 @@ from resnetlab.train.device import resolve_device
 from resnetlab.train.engine import evaluate
 from resnetlab.train.report import per_class_table
 from resnetlab.train.run import load_model
+from resnetlab.train.tta import with_tta
 
 
 def inference_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -30,18 +31,7 @@ def input_transform(meta: dict) -> dict:
     return {"resize": meta.get("resize"), "normalize": (norm["mean"], norm["std"]) if norm else None}
 
 
-class _FlipAveraged(torch.nn.Module):
-    """Test-time augmentation: average the logits of the image and its mirror image."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return (self.model(x) + self.model(torch.flip(x, dims=[3]))) / 2
-
-
-def evaluate_run(source: str | Path, *, data: str | None = None, data_dir: str | None = None, tta: bool = False,
+def evaluate_run(source: str | Path, *, data: str | None = None, data_dir: str | None = None, tta: str = "none",
                  device: str = "auto", batch_size: int = 256, mistakes: int = 0, out: str | Path | None = None) -> dict:
     dev = resolve_device(device)
     model, meta = load_model(source, dev)
@@ -53,7 +43,7 @@ def evaluate_run(source: str | Path, *, data: str | None = None, data_dir: str |
         )
     loader = make_loaders(test=test_set, batch_size=batch_size, device=dev, **input_transform(meta)).test
     model = inference_model(model)
-    net = _FlipAveraged(model) if tta else model
+    net = with_tta(model, tta)  # the trainer's final test figure uses the same views
     found = {}
     if mistakes > 0:  # one pass gives these figures and the mistakes, written to `out` (default RUN/eval/)
         result, found = eval_mistakes(net, loader, dev, test_set, source, out=out, k=mistakes)

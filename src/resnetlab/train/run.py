@@ -180,6 +180,10 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
             return f"its {key!r} is {type(ckpt.get(key)).__name__}, not a dict"
     if not ckpt["model"] or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
         return "its model holds no tensors, or other things"
+    average = ckpt.get("average")
+    if average is not None and not (isinstance(average, dict) and average
+                                    and all(isinstance(v, torch.Tensor) for v in average.values())):
+        return "its weight average holds no tensors, or other things"
     if not isinstance(ckpt["optimizer"].get("state"), dict) or not isinstance(ckpt["optimizer"].get("param_groups"), list):
         return "its optimizer state is incomplete"
     rng = ckpt["rng"].get("torch")
@@ -206,12 +210,18 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
     return None
 
 
-def restore_checkpoint(checkpoint: dict, model, optimizer, where) -> TrainState:
+def restore_checkpoint(checkpoint: dict, model, optimizer, where, *, average=None) -> TrainState:
     """Load a checkpoint (from load_checkpoint) into the model and optimizer the trainer built from
-    its configuration; the TrainState to continue from. The torch RNG continues where it was."""
+    its configuration, and into `average` (the --ema copy) when given; the TrainState to continue
+    from. The torch RNG continues where it was."""
+    if average is not None and "average" not in checkpoint:
+        raise CheckpointError(f"{where}: the checkpoint holds no moving average of the weights, but its configuration "
+                              "asks for one (--ema); it is damaged or was edited")
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if average is not None:
+            average.load_state_dict(checkpoint["average"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         first = " ".join(str(e).split())[:300]
         raise CheckpointError(f"{where}: the checkpoint's weights do not fit the model its configuration builds ({first})") from None

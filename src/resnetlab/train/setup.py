@@ -26,9 +26,10 @@ from resnetlab.train.config import TrainConfig
 from resnetlab.train.device import bf16_pays, capture_pays, channels_last_pays, prepare_device, resolve_device
 from resnetlab.train.distributed import (DistInfo, check_same_setup, convert_sync_batchnorm, describe_setup,
                                         local_main_first, wrap_ddp)
-from resnetlab.train.engine import EagerStep, Evaluator, TrainState, init_weights, make_optimizer
+from resnetlab.train.engine import EagerStep, Evaluator, TrainState, WeightAverage, init_weights, make_optimizer
 from resnetlab.train.graphs import CapturedEvaluator, CapturedStep
 from resnetlab.train.run import restore_checkpoint
+from resnetlab.train.tta import with_tta
 
 
 class Splits(NamedTuple):
@@ -51,16 +52,24 @@ class Parts:
     loaders: Loaders
     raw_model: nn.Module  # what is saved: never the DDP or compiled wrapper
     model: nn.Module  # what trains: raw_model, wrapped in DDP and/or compiled as the config asks
-    eval_model: nn.Module  # what evaluates: the uncompiled model (compiling eval mode would cost a second compilation)
+    eval_model: nn.Module  # what evaluates: the uncompiled model (compiling eval mode would cost a second compilation),
+    #                        or with --ema the average
+    average: WeightAverage | None  # --ema: the moving average of the weights, updated by the step
     optimizer: torch.optim.Optimizer
     step: EagerStep | CapturedStep  # takes one training step (engine.fit calls it)
     evaluator: Evaluator | CapturedEvaluator  # evaluates eval_model on a loader, with a confusion matrix
+    final_evaluator: Evaluator | CapturedEvaluator  # the kept weights' test figure: evaluator, with --tta's views
     state: TrainState  # where training stands: fresh, or the checkpoint's
     meta: dict  # saved with the weights: what rebuilds the model and prepares its input
 
     @property
     def classes(self) -> list[str]:
         return self.splits.train.classes
+
+    @property
+    def weights(self) -> nn.Module:
+        """The module whose weights are evaluated and saved: the average with --ema, else raw_model."""
+        return self.average.model if self.average is not None else self.raw_model
 
     def describe(self) -> dict:
         """The run's config.json: the configuration, what `auto` resolved to, versions, machine."""
@@ -74,10 +83,13 @@ class Parts:
 
     def checkpoint(self, state: TrainState) -> dict:
         """What checkpoint.pt holds after `state`: tensors and plain types only."""
-        return {
+        checkpoint = {
             "config": self.cfg.to_dict(), "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "state": vars(state).copy(), "rng": {"torch": torch.get_rng_state()}, "world_size": self.dist.world_size,
         }
+        if self.average is not None:
+            checkpoint["average"] = self.average.model.state_dict()
+        return checkpoint
 
 
 def load_splits(cfg: TrainConfig) -> Splits:
@@ -157,9 +169,10 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     if channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(raw_model, cfg, foreach=foreach)
+    average = WeightAverage(raw_model, cfg.ema) if cfg.ema else None
     state = TrainState()
     if checkpoint is not None:
-        state = restore_checkpoint(checkpoint, raw_model, optimizer, "--resume")
+        state = restore_checkpoint(checkpoint, raw_model, optimizer, "--resume", average=average and average.model)
     model = wrap_ddp(raw_model, device, dist) if dist.enabled else raw_model
     if cfg.compile:
         model = torch.compile(model)
@@ -177,14 +190,16 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
                            channels_last=channels_last, rank=dist.rank, world_size=dist.world_size)
     if len(loaders.train) == 0:
         raise UsageError(f"{len(splits.train)} training examples make no full batch of {cfg.batch_size}; lower --batch-size")
-    eval_model = raw_model if cfg.compile else model
-    num_classes = len(splits.train.classes)
-    if capture:
-        step = CapturedStep(model, optimizer, cfg, device, amp)
-        evaluator = CapturedEvaluator(eval_model, device, amp=amp, num_classes=num_classes, dist=dist, per_example=True)
-    else:
-        step = EagerStep(model, optimizer, cfg, device, amp)
-        evaluator = Evaluator(eval_model, device, amp=amp, num_classes=num_classes, dist=dist, per_example=True)
+    eval_model = average.model if average is not None else raw_model if cfg.compile else model
+    step_kind, evaluator_kind = (CapturedStep, CapturedEvaluator) if capture else (EagerStep, Evaluator)
+    step = step_kind(model, optimizer, cfg, device, amp, average)
+
+    def evaluator_of(net: nn.Module):
+        return evaluator_kind(net, device, amp=amp, num_classes=len(splits.train.classes), dist=dist, per_example=True)
+
+    evaluator = evaluator_of(eval_model)
+    final_evaluator = evaluator if cfg.tta == "none" else evaluator_of(with_tta(eval_model, cfg.tta))
     return Parts(cfg=cfg, dist=dist, device=device, amp=amp, channels_last=channels_last, capture=capture,
                  splits=splits, loaders=loaders, raw_model=raw_model, model=model, eval_model=eval_model,
-                 optimizer=optimizer, step=step, evaluator=evaluator, state=state, meta=weights_metadata(cfg, splits, norm))
+                 average=average, optimizer=optimizer, step=step, evaluator=evaluator, final_evaluator=final_evaluator,
+                 state=state, meta=weights_metadata(cfg, splits, norm))

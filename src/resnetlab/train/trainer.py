@@ -113,7 +113,8 @@ def _train(parts: Parts, run: RunDir, display: Display, *, started: float) -> di
     _start(parts, run, display)
     try:
         fit(parts.model, parts.loaders.train, parts.cfg, parts.device, optimizer=parts.optimizer, state=parts.state,
-            val_loader=parts.loaders.val, test_loader=parts.loaders.test, amp=parts.amp, dist=parts.dist,
+            val_loader=parts.loaders.val, test_loader=parts.loaders.test if parts.cfg.epoch_test else None,
+            amp=parts.amp, dist=parts.dist,
             eval_model=parts.eval_model, step=parts.step, evaluator=parts.evaluator, hooks=recorder.hooks())
         return finish(parts, run, display, recorder, started=started)
     except Interrupted as e:
@@ -177,7 +178,7 @@ class RunRecorder:
             del self.test_results[epoch]  # only the last and the best epoch's can be the kept weights
         self.run.write_metrics(state.history)
         if is_best:
-            self.run.save_weights("best.safetensors", self.parts.raw_model.state_dict(),
+            self.run.save_weights("best.safetensors", self.parts.weights.state_dict(),
                                   dict(self.parts.meta, epoch=row["epoch"]))
         self.run.save_checkpoint(self.parts.checkpoint(state))
         self.epoch_started = time.perf_counter()
@@ -190,18 +191,22 @@ class RunRecorder:
 
 def finish(parts: Parts, run: RunDir, display: Display, recorder: RunRecorder, *, started: float) -> dict:
     """After the last epoch: the final weights, then the kept weights (best on validation when
-    there is a split) on the test set, the plots, the summary and the report (mistakes,
-    report.html). The kept weights' test figures are those of their epoch's evaluation when this
-    process ran it: the same weights on the same data, not evaluated twice."""
-    cfg, state, dist, raw_model = parts.cfg, parts.state, parts.dist, parts.raw_model
-    run.save_weights("model.safetensors", raw_model.state_dict(), dict(parts.meta, epoch=state.epoch))
+    there is a split) on the test set (with --tta's views, and without), the plots, the summary and
+    the report (mistakes, report.html). A plain test figure is that of its epoch's evaluation when
+    this process ran it: the same weights on the same data, not evaluated twice."""
+    cfg, state, dist, weights = parts.cfg, parts.state, parts.dist, parts.weights
+    run.save_weights("model.safetensors", weights.state_dict(), dict(parts.meta, epoch=state.epoch))
     last = state.history[-1]
+    if "test_acc" not in last:  # --no-epoch-test: the last weights' test figures, measured now
+        recorder.test_results[state.epoch] = parts.evaluator(parts.loaders.test)
+        last = dict(last, test_loss=recorder.test_results[state.epoch]["loss"],
+                    test_acc=recorder.test_results[state.epoch]["acc"])
     summary = {
         "run_dir": str(run.path), "model": cfg.model, "data": cfg.data, "preset": cfg.preset,
         "device": str(parts.device), "epochs": state.epoch, "train_loss": last["train_loss"],
         "train_acc": last["train_acc"], "test_loss": last["test_loss"], "test_acc": last["test_acc"],
         "examples_per_sec": sum(r["examples"] for r in state.history) / max(state.train_seconds, 1e-9),
-        "train_seconds": state.train_seconds, "params": sum(p.numel() for p in raw_model.parameters()),
+        "train_seconds": state.train_seconds, "params": sum(p.numel() for p in weights.parameters()),
     }
     kept, kept_epoch = "model.safetensors", state.epoch
     if parts.loaders.val is not None:
@@ -210,11 +215,16 @@ def finish(parts: Parts, run: RunDir, display: Display, recorder: RunRecorder, *
             holder = [best_state]
             torch.distributed.broadcast_object_list(holder, src=0)
             best_state = holder[0]
-        raw_model.load_state_dict(best_state)
+        weights.load_state_dict(best_state)
         kept, kept_epoch = "best.safetensors", state.best_epoch
         summary.update(val_acc=last["val_acc"], best_epoch=state.best_epoch, best_val_acc=state.best_val_acc)
-    final = recorder.test_results.get(kept_epoch) or parts.evaluator(parts.loaders.test)
+    plain = recorder.test_results.get(kept_epoch) or parts.evaluator(parts.loaders.test)
+    final = plain if cfg.tta == "none" else parts.final_evaluator(parts.loaders.test)
     summary.update(kept_weights=kept, kept_test_acc=final["acc"], kept_test_loss=final["loss"], test_count=final["count"])
+    tta_note = ""
+    if cfg.tta != "none":  # both figures: what the views added is measured in every run
+        summary.update(tta=cfg.tta, kept_test_acc_no_tta=plain["acc"], kept_test_loss_no_tta=plain["loss"])
+        tta_note = f" with {cfg.tta} TTA ({plain['acc']:.4f} without)"
     if dist.is_main:
         if have_matplotlib():
             plot_curves(state.history, run.file("curves.png"), title=f"{cfg.model} on {cfg.data}")
@@ -226,7 +236,10 @@ def finish(parts: Parts, run: RunDir, display: Display, recorder: RunRecorder, *
     display.say(f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.3f}, test acc {summary['test_acc']:.3f}")
     display.say(f"{summary['examples_per_sec']:.1f} examples/sec on {parts.device}")
     if kept != "model.safetensors":
-        display.say(f"kept {kept} (epoch {state.best_epoch}, val acc {state.best_val_acc:.4f}): test acc {final['acc']:.4f}")
+        display.say(f"kept {kept} (epoch {state.best_epoch}, val acc {state.best_val_acc:.4f}): "
+                    f"test acc {final['acc']:.4f}{tta_note}")
+    elif tta_note:
+        display.say(f"kept {kept}: test acc {final['acc']:.4f}{tta_note}")
     summary["total_seconds"] = time.perf_counter() - started
     run.write_summary(summary)
     recorder.reporter.finish(final, parts.splits.test, summary)

@@ -1,0 +1,171 @@
+"""The recipe options of issue 15: the weights' moving average (--ema), test-time augmentation
+(--tta) and the optional per-epoch test evaluation (--no-epoch-test)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from resnetlab import cli
+from resnetlab.errors import CheckpointError, Interrupted, UsageError
+from resnetlab.train import make_config, train
+from resnetlab.train.engine import WeightAverage, evaluate
+from resnetlab.train.run import load_checkpoint
+from resnetlab.train.tta import TTAModel, with_tta
+from resnetlab.weights import load_weights
+
+TINY = dict(model="resnet20", model_kwargs={"width": 8}, subset=512, batch_size=64, epochs=2, seed=3, val_split=0)
+
+
+# --- the moving average ------------------------------------------------------------------------
+
+def test_weight_average_is_an_exponential_average_of_weights_and_batch_norm_statistics():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    average = WeightAverage(net, decay=0.9)
+    before = {k: v.clone() for k, v in average.model.state_dict().items()}
+    net.train()(torch.randn(8, 1, 6, 6))  # moves the running statistics and the step counter
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    average.update()
+    now = net.state_dict()
+    for key, value in average.model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.9 * before[key] + 0.1 * now[key], msg=key)
+        else:  # batch norm's counter is copied, not averaged
+            assert torch.equal(value, now[key]), key
+    assert not torch.equal(average.model.state_dict()["1.running_mean"], now["1.running_mean"])
+    assert not any(p.requires_grad for p in average.model.parameters()) and not average.model.training
+
+
+def test_config_checks_ema_and_tta():
+    with pytest.raises(UsageError, match="--ema must be at least 0 .off. and below 1, got 1.0"):
+        make_config("quick", ema=1.0)
+    with pytest.raises(UsageError, match="unknown tta 'mirror'; use none, flip, flip-shift"):
+        make_config("quick", tta="mirror")
+
+
+@pytest.mark.needs_fashion_mnist
+def test_ema_run_saves_the_average_and_resumes_bit_identically(tmp_path, monkeypatch, ctrl_c_at):
+    """With --ema the weights kept and evaluated are the average; a run stopped mid-epoch and
+    resumed ends with the same average, the same training weights and the same metrics."""
+    cfg = make_config("quick", **dict(TINY, ema=0.9, val_split=128))
+    train(cfg, out=tmp_path / "straight", verbose=False)
+    ctrl_c_at(9)  # inside epoch 2 of 2 (6 steps an epoch)
+    with pytest.raises(Interrupted):
+        train(cfg, out=tmp_path / "broken", verbose=False)
+    assert load_checkpoint(tmp_path / "broken")["state"]["step_in_epoch"] > 0
+    monkeypatch.undo()
+    train(resume=tmp_path / "broken", verbose=False)
+
+    for name in ("model.safetensors", "best.safetensors"):
+        a, _ = load_weights(tmp_path / "straight" / name)
+        b, _ = load_weights(tmp_path / "broken" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), f"resumed {name} differs from the uninterrupted run"
+    ckpt_a, ckpt_b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "broken")
+    assert all(torch.equal(ckpt_a["model"][k], ckpt_b["model"][k]) for k in ckpt_a["model"])
+    strip = lambda path: [r.rsplit(",", 2)[0] for r in path.read_text().splitlines()]  # less the timing columns
+    assert strip(tmp_path / "straight" / "metrics.csv") == strip(tmp_path / "broken" / "metrics.csv")
+
+    saved, _ = load_weights(tmp_path / "straight" / "model.safetensors")
+    assert all(torch.equal(saved[k], ckpt_a["average"][k]) for k in saved)  # the average is what is saved
+    assert not torch.equal(saved["fc.weight"], ckpt_a["model"]["fc.weight"])  # and it is not the trained weights
+
+
+@pytest.mark.needs_fashion_mnist
+def test_resuming_an_ema_run_without_its_average_is_one_clear_error(tmp_path, capsys):
+    train(make_config("quick", **dict(TINY, epochs=2, ema=0.9)), out=tmp_path / "r", verbose=False)
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    ckpt["state"]["epoch"], ckpt["state"]["history"] = 1, ckpt["state"]["history"][:1]
+    del ckpt["average"]
+    torch.save(ckpt, tmp_path / "r" / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="holds no moving average of the weights"):
+        train(resume=tmp_path / "r", verbose=False)
+    ckpt["average"] = {"fc.weight": "not a tensor"}
+    torch.save(ckpt, tmp_path / "r" / "checkpoint.pt")
+    assert cli.main(["train", "--resume", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "weight average holds no tensors" in err and len(err.splitlines()) == 1
+
+
+# --- test-time augmentation --------------------------------------------------------------------
+
+class Pixels(nn.Module):
+    """A 'model' whose logits are its input's pixels: what the views average becomes visible."""
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+def test_flip_averages_the_image_and_its_mirror_image():
+    x = torch.randn(2, 1, 5, 7)
+    expected = (x + torch.flip(x, dims=[3])).flatten(1) / 2
+    torch.testing.assert_close(TTAModel(Pixels(), "flip")(x), expected)
+
+
+def test_flip_shift_adds_the_one_pixel_shifts_with_reflected_borders():
+    x = torch.randn(2, 3, 6, 6)
+    out = TTAModel(Pixels(), "flip-shift")(x).view_as(x)
+    flip = lambda t: torch.flip(t, dims=[3])
+    down_right = torch.zeros_like(x)  # the image moved one pixel down and right: pixel (i, j) shows (i-1, j-1)
+    down_right[:, :, 1:, 1:] = x[:, :, :-1, :-1]
+    up_left = torch.zeros_like(x)
+    up_left[:, :, :-1, :-1] = x[:, :, 1:, 1:]
+    expected = (x + flip(x)) / 4 + (down_right + flip(down_right) + up_left + flip(up_left)) / 8
+    # away from the border (where reflection fills in) every view is an exact shift
+    torch.testing.assert_close(out[:, :, 2:-2, 2:-2], expected[:, :, 2:-2, 2:-2])
+    constant = torch.full((1, 1, 4, 4), 3.0)  # reflected borders keep a constant image constant
+    torch.testing.assert_close(TTAModel(Pixels(), "flip-shift")(constant), constant.flatten(1))
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(TTAModel(Pixels(), "flip-shift")(channels_last), out.flatten(1))
+
+
+def test_with_tta_none_is_the_model_itself():
+    net = Pixels()
+    assert with_tta(net, "none") is net
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        TTAModel(net, "rotate")
+
+
+@pytest.mark.needs_fashion_mnist
+def test_final_test_figure_is_the_kept_weights_with_tta_and_without(tmp_path):
+    """--tta: the summary's kept test figure is the kept weights evaluated through the views (the
+    same wrapper as `resnetlab eval --tta`); the plain figure is reported beside it; the per-epoch
+    evaluations and the training itself are unchanged."""
+    base = dict(TINY, val_split=128, amp=False)
+    plain = train(make_config("quick", **base), out=tmp_path / "plain", verbose=False)
+    summary = train(make_config("quick", **dict(base, tta="flip-shift")), out=tmp_path / "tta", verbose=False)
+    assert summary["tta"] == "flip-shift" and "tta" not in plain
+    assert summary["kept_test_acc_no_tta"] == plain["kept_test_acc"]
+    strip = lambda path: [r.rsplit(",", 2)[0] for r in path.read_text().splitlines()]  # less the timing columns
+    assert strip(tmp_path / "plain" / "metrics.csv") == strip(tmp_path / "tta" / "metrics.csv")
+    a, _ = load_weights(tmp_path / "plain" / "best.safetensors")
+    b, _ = load_weights(tmp_path / "tta" / "best.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    from resnetlab.train.setup import build
+    parts = build(make_config("quick", **dict(base, tta="flip-shift")))
+    parts.raw_model.load_state_dict(b)
+    again = evaluate(with_tta(parts.raw_model, "flip-shift"), parts.loaders.test, parts.device)
+    assert again["acc"] == summary["kept_test_acc"] and again["loss"] == pytest.approx(summary["kept_test_loss"])
+    r = json.loads((tmp_path / "tta" / "summary.json").read_text())
+    assert r["kept_test_acc"] == summary["kept_test_acc"]
+
+
+# --- the test set at the end only -----------------------------------------------------------------
+
+@pytest.mark.needs_fashion_mnist
+def test_no_epoch_test_leaves_the_test_set_to_the_end(tmp_path):
+    base = dict(TINY, val_split=128, amp=False)
+    every = train(make_config("quick", **base), out=tmp_path / "every", verbose=False)
+    end = train(make_config("quick", **dict(base, epoch_test=False)), out=tmp_path / "end", verbose=False)
+    rows = list(csv.DictReader((tmp_path / "end" / "metrics.csv").open()))
+    assert len(rows) == 2 and all(r["test_acc"] == "" and r["val_acc"] for r in rows)
+    for key in ("test_acc", "test_loss", "kept_test_acc", "kept_test_loss", "best_epoch"):
+        assert end[key] == every[key], key  # the same weights, measured once at the end
+    assert (tmp_path / "end" / "curves.png").stat().st_size > 0
