@@ -12,9 +12,11 @@
 # the four .gz files there, see BENCHMARKS.md)  --only "tests d2l_bf16 d2l d2l_compile bench quick best"
 # (a subset, in that order)  --dry-run (a few examples and steps: tests the plumbing, measures nothing).
 # Per-step wall-clock limits (seconds) come from TESTS_LIMIT (120), D2L_LIMIT (60 each run: the
-# target is 15 s), BENCH_LIMIT (150 each size), QUICK_LIMIT (60), BEST_LIMIT (240):
+# target is 15 s), BENCH_LIMIT (150 each size), QUICK_LIMIT (60 each seed), BEST_LIMIT (240 each seed);
+# SEEDS (default "0 1 2") are the seeds of the quick and best runs.
 # "tests d2l_bf16 d2l d2l_compile bench" fits one 600 s device call at worst only if the runs are
-# near their targets; split as --only "tests d2l_bf16 d2l d2l_compile" and --only "bench quick best".
+# near their targets; split as --only "tests d2l_bf16 d2l d2l_compile", --only "bench quick" and
+# SEEDS="0 1" --only best (best's three seeds at 3 minutes each need two calls).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +30,7 @@ while [ $# -gt 0 ]; do
     --data-dir) data_dir="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
     --dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -112,12 +114,16 @@ for step in $only; do
         run "$tag" "${BENCH_LIMIT:-150}" "$py" -m resnetlab bench --device "$device" --variants "$bench_variants" \
           "${data_args[@]}" "${bench_args[@]}" $size --json
       done ;;
-    quick)
-      run quick "${QUICK_LIMIT:-60}" "$py" -m resnetlab train --preset quick --device "$device" \
-        "${data_args[@]}" "${quick_args[@]}" --out "$OUT/runs/quick" --overwrite --json ;;
+    quick)  # one run per seed in $SEEDS: the issue reports mean and spread over three
+      for seed in ${SEEDS:-0 1 2}; do
+        run "quick_s$seed" "${QUICK_LIMIT:-60}" "$py" -m resnetlab train --preset quick --device "$device" \
+          --seed "$seed" "${data_args[@]}" "${quick_args[@]}" --out "$OUT/runs/quick_s$seed" --overwrite --json
+      done ;;
     best)
-      run best "${BEST_LIMIT:-240}" "$py" -m resnetlab train --preset best --device "$device" \
-        "${data_args[@]}" "${best_args[@]}" --out "$OUT/runs/best" --overwrite --json ;;
+      for seed in ${SEEDS:-0 1 2}; do
+        run "best_s$seed" "${BEST_LIMIT:-240}" "$py" -m resnetlab train --preset best --device "$device" \
+          --seed "$seed" "${data_args[@]}" "${best_args[@]}" --out "$OUT/runs/best_s$seed" --overwrite --json
+      done ;;
     *) echo "gpu.sh: unknown step $step (use tests, d2l_bf16, d2l, d2l_compile, bench, quick, best)" >&2; exit 2 ;;
   esac
 done

@@ -172,14 +172,15 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
         pytest.skip("needs bash and coreutils' timeout")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
     # One thread per child: the runs are tiny, and on a shared 2-core machine two threads stall.
-    env = dict(os.environ, OUT=str(tmp_path), PYTHON=os.environ.get("PYTHON", "python3"), OMP_NUM_THREADS="1")
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=os.environ.get("PYTHON", "python3"), OMP_NUM_THREADS="1",
+               SEEDS="0")
     proc = subprocess.run(["bash", str(script), "--dry-run", "--device", "cpu"], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split("\t") for line in (tmp_path / "steps.tsv").read_text().splitlines()[1:]]
-    assert [r[0] for r in rows] == ["tests", "d2l_bf16", "d2l", "d2l_compile", "bench", "quick", "best"]
+    assert [r[0] for r in rows] == ["tests", "d2l_bf16", "d2l", "d2l_compile", "bench", "quick_s0", "best_s0"]
     assert all(r[1] == "0" for r in rows)
-    for name in ("d2l_bf16", "d2l", "d2l_compile", "quick", "best"):
+    for name in ("d2l_bf16", "d2l", "d2l_compile", "quick_s0", "best_s0"):
         summary = json.loads((tmp_path / f"{name}.json").read_text())
         assert summary["preset"] == name.split("_")[0] and summary["device"] == "cpu"
         assert (tmp_path / "runs" / name / "metrics.csv").exists()

@@ -191,3 +191,23 @@ def test_a_very_long_axis_resizes_in_little_memory():
 
     w = resize_weights(50000, 16)  # an identity would be 20 GB
     assert w.shape == (16, 50000) and torch.allclose(w.sum(1), torch.ones(16))
+
+
+def test_alternating_flips_mirror_each_image_in_every_other_epoch():
+    ds = tagged(n=64)
+    loader = Loader(ds, 16, shuffle=True, augment=Augment(flip=True, alternate_flip=True), seed=5)
+
+    def mirrored(epoch: int) -> torch.Tensor:  # per image (by label): was it shown mirrored?
+        flags = torch.zeros(len(ds), dtype=torch.bool)
+        same = lambda a, b: torch.allclose(a, b, atol=1e-6)  # noqa: E731 - resampled by matrix products
+        for x, y in batches(loader, epoch):
+            plain = ds.images[y].float() / 255
+            assert all(same(a, b) != same(a, b.flip(-1)) for a, b in zip(x, plain))  # one view or the other
+            flags[y] = torch.tensor([same(a, b.flip(-1)) for a, b in zip(x, plain)])
+        return flags
+
+    first, second, third = mirrored(0), mirrored(1), mirrored(2)
+    assert torch.equal(second, ~first) and torch.equal(third, first)  # every other epoch, per image
+    assert 16 < int(first.sum()) < 48  # each image's own random start: about half begin mirrored
+    with pytest.raises(UsageError, match="alternating flips need flips"):
+        Augment(alternate_flip=True)

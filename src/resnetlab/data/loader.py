@@ -39,6 +39,8 @@ class Augment:
     crop_padding: pad each side with this many zero (black) pixels, then crop a random window of
         the image's size (He et al. 2016, torchvision's RandomCrop(padding=p)); at the output size.
     flip: mirror left-right with probability 1/2.
+    alternate_flip: with flip, mirror each image in every other epoch instead, from a random start
+        of its own (airbench's alternating flip: no image goes several epochs without both views).
     erasing: probability of random erasing (Zhong et al. 2017): a box of 2-40 % of the area,
         aspect ratio 0.3-3.3, set to 0 after normalization (the mean), as torchvision's RandomErasing.
     """
@@ -46,12 +48,15 @@ class Augment:
     crop_padding: int = 0
     flip: bool = False
     erasing: float = 0.0
+    alternate_flip: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
             raise UsageError(f"crop padding must be a whole number of pixels >= 0, not {self.crop_padding!r}")
         if not 0.0 <= self.erasing <= 1.0:
             raise UsageError(f"random-erasing probability must lie in [0, 1], not {self.erasing!r}")
+        if self.alternate_flip and not self.flip:
+            raise UsageError("alternating flips need flips: add --flip, or drop --alternate-flip")
 
     @property
     def active(self) -> bool:
@@ -205,8 +210,9 @@ class Loader:
         order = None
         if self.shuffle:
             gen = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch, "order"))
-            order = torch.randperm(len(self.dataset), generator=gen).to(self._images.device)
-        epoch_params = self._epoch_params() if self.augment.active else None
+            order = torch.randperm(len(self.dataset), generator=gen)
+        epoch_params = self._epoch_params(order) if self.augment.active else None
+        order = order.to(self._images.device) if order is not None else None
         for i, (start, m, s0, s1) in enumerate(self._plan):
             params = epoch_params[i] if epoch_params else None
             if order is None:
@@ -216,14 +222,20 @@ class Loader:
                 raw, y = self._images.index_select(0, index), self._labels.index_select(0, index)
             yield self._transform(raw.to(self.device, non_blocking=True), params), y.to(self.device, non_blocking=True)
 
-    def _epoch_params(self) -> list[dict]:
-        """Every batch's augmentation parameters for this epoch, drawn in batch order, then moved
-        to the device in one copy per kind: a copy per batch would make the host wait for the
-        device at every step (a host-to-device copy from pageable memory synchronizes)."""
+    def _epoch_params(self, order: torch.Tensor) -> list[dict]:
+        """Every batch's augmentation parameters for this epoch (`order`: its permutation of the
+        dataset), drawn in batch order, then moved to the device in one copy per kind: a copy per
+        batch would make the host wait for the device at every step (a host-to-device copy from
+        pageable memory synchronizes)."""
         gen = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch, "augment"))
         draws = [self._draw(gen, m, s0, s1) for _, m, s0, s1 in self._plan]
         if not draws:
             return []
+        if self.augment.alternate_flip:  # each image's own random start, then every other epoch
+            start = torch.Generator().manual_seed(_stream_seed(self.seed, 0, "flip"))
+            flips = (torch.rand(len(self.dataset), generator=start) < 0.5)[order] ^ bool(self.epoch % 2)
+            for draw, (begin, _, s0, s1) in zip(draws, self._plan):
+                draw["flip"] = flips[begin + s0:begin + s1]
         sizes = [s1 - s0 for _, _, s0, s1 in self._plan]
         batches: list[dict] = [{} for _ in draws]
         for key in draws[0]:
@@ -240,7 +252,7 @@ class Loader:
         p = {}
         if aug.crop_padding:
             p["crop"] = torch.randint(0, 2 * aug.crop_padding + 1, (2, m), generator=gen)[:, s0:s1]
-        if aug.flip:
+        if aug.flip and not aug.alternate_flip:  # alternating flips are set by _epoch_params
             p["flip"] = (torch.rand(m, generator=gen) < 0.5)[s0:s1]
         if aug.erasing:
             apply = torch.rand(m, generator=gen) < aug.erasing

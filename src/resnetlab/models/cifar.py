@@ -20,7 +20,7 @@ from resnetlab.models.registry import register_model
 from resnetlab.models.resnet import ResNet
 
 HE2015_CIFAR = "He et al. 2015, sec. 4.2 CIFAR-10 (arXiv:1512.03385)"
-CIFAR_DEPTHS = (20, 32, 44, 56, 110)
+CIFAR_DEPTHS = (8, 14, 20, 32, 44, 56, 110)  # 8 and 14: the shallow end of the 6n+2 family
 
 
 class ZeroPadShortcut(nn.Module):

@@ -48,6 +48,8 @@ class TrainConfig:
     normalize: bool = setting(True, "subtract the dataset mean, divide by its std")
     crop_padding: int = setting(0, "random crop after padding each side by this many pixels (0: off)")
     flip: bool = setting(False, "random horizontal flip")
+    alternate_flip: bool = setting(False, "with --flip: mirror each image in every other epoch, from a random start "
+                                   "(airbench), instead of with probability 1/2 each epoch")
     erasing: float = setting(0.0, "random-erasing probability (0: off)")
     val_split: int = setting(0, "hold out N training examples to pick best.safetensors (0: none)")
     subset: int | None = setting(None, "use a seeded random subset of N examples of each split")

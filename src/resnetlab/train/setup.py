@@ -185,7 +185,8 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     norm = normalization(cfg)
     loaders = make_loaders(*splits, batch_size=cfg.batch_size, seed=cfg.seed,
                            drop_last=dist.enabled or cfg.compile or capture,
-                           augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, erasing=cfg.erasing),
+                           augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, erasing=cfg.erasing,
+                                           alternate_flip=cfg.alternate_flip),
                            resize=cfg.resize, normalize=norm, device=device,
                            channels_last=channels_last, rank=dist.rank, world_size=dist.world_size)
     if len(loaders.train) == 0:
