@@ -2,7 +2,8 @@
 
     torchrun --nproc-per-node 2 tests/train/dist_worker.py train ...
 
-RESNETLAB_TEST_DUMP_DIR   each process saves its weights after training to DIR/rank<R>.pt
+RESNETLAB_TEST_DUMP_DIR   each process saves its weights after training to DIR/rank<R>.pt (and with
+                          --ema their moving average to DIR/rank<R>_average.pt)
 RESNETLAB_TEST_SYNC_EVERY steps between the loop's sync points (engine.SYNC_EVERY)
 RESNETLAB_TEST_FLOAT64    train in float64, so that runs that differ only in how the global batch
                           is split agree to ~1e-12 instead of float32 rounding amplified by training
@@ -54,6 +55,10 @@ def _patched_fit(fit):
         if os.environ.get("RESNETLAB_TEST_DUMP_DIR"):
             raw = getattr(model, "module", model)
             torch.save(raw.state_dict(), os.path.join(os.environ["RESNETLAB_TEST_DUMP_DIR"], f"rank{RANK}.pt"))
+            average = getattr(kwargs.get("step"), "average", None)  # --ema's moving average
+            if average is not None:
+                torch.save(average.model.state_dict(),
+                           os.path.join(os.environ["RESNETLAB_TEST_DUMP_DIR"], f"rank{RANK}_average.pt"))
         return state
 
     return run

@@ -227,13 +227,19 @@ def test_every_rank_ends_with_the_same_weights(runs):
 @processes
 def test_without_sync_bn_the_ranks_still_end_with_the_same_weights(tmp_path):
     """Per-process batch-norm statistics differ between ranks while training; the end of each
-    epoch averages them, so evaluation and the saved weights are the same on every rank."""
-    flags = [f for f in RUN_FLAGS if f != "--sync-bn"]
+    epoch averages them, so evaluation and the saved weights are the same on every rank. The
+    same holds for --ema's moving average of the weights and statistics, which is what is saved."""
+    flags = [f for f in RUN_FLAGS if f != "--sync-bn"] + ["--ema", "0.9"]
     flags[flags.index("--epochs") + 1] = "1"
     done = _torchrun(["train", *flags, "--out", str(tmp_path / "run")], _env(RESNETLAB_TEST_DUMP_DIR=str(tmp_path)))
     assert done.returncode == 0, done.stdout + done.stderr
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    average0, average1 = torch.load(tmp_path / "rank0_average.pt"), torch.load(tmp_path / "rank1_average.pt")
+    assert all(torch.equal(average0[k], average1[k]) for k in average0)
+    saved, _ = load_weights(tmp_path / "run" / "model.safetensors")
+    assert all(torch.equal(saved[k], average0[k]) for k in saved)
+    assert not torch.equal(saved["bn1.running_mean"], rank0["bn1.running_mean"])
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ DEGRADATION_RECIPE = dict(
     resize=None, normalize=True, crop_padding=0, flip=False, erasing=0.0, val_split=0,
     label_smoothing=0.0, init="default", batch_size=128, optimizer="sgd", momentum=0.9,
     nesterov=False, weight_decay=1e-4, schedule="onecycle", warmup=0.15,
+    alternate_flip=False, ema=0.0, tta="none", epoch_test=True,  # the curves are test error per epoch
 )
 # The settings `resnetlab experiment degradation` uses when no flag is given (docs/degradation.md
 # records the runs that chose them): narrow nets on a subset of Fashion-MNIST at its native 28 px.
