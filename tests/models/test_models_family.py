@@ -74,7 +74,7 @@ def test_required_models_are_registered():
 
 def test_list_models_filters_and_sorts_naturally():
     assert list_models("wide_*") == ["wide_resnet50_2", "wide_resnet101_2"]
-    assert list_models("resnet1*") == ["resnet18", "resnet18_d2l", "resnet101", "resnet110",
+    assert list_models("resnet1*") == ["resnet14", "resnet18", "resnet18_d2l", "resnet101", "resnet110",
                                        "resnet152"]
     assert list_models("no_such_net*") == []
 
