@@ -145,7 +145,7 @@ def test_other_settings_in_the_folder_are_refused(tiny):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--depths", "8", "14"], "no plain8/resnet8 pair"),
+    (["--depths", "10", "14"], "no plain10/resnet10 pair"),
     (["--depths", "20", "20"], "two different depths"),
     (["--width", "0"], "--width must be a positive integer"),
     (["--subset", "-5"], "--subset must be positive"),

@@ -19,7 +19,8 @@ def two_runs(tmp_path_factory):
     from resnetlab.train import make_config, train
 
     root = tmp_path_factory.mktemp("runs")
-    tiny = dict(model="resnet20", model_kwargs={"width": 8}, subset=512, batch_size=64, seed=3, val_split=0)
+    tiny = dict(model="resnet20", model_kwargs={"width": 8}, subset=512, batch_size=64, seed=3, val_split=0,
+                epoch_test=True)
     train(make_config("quick", **tiny, epochs=1, lr=0.4), out=root / "slow", verbose=False)
     train(make_config("quick", **tiny, epochs=2, lr=0.2), out=root / "fast", verbose=False)
     return root

@@ -44,7 +44,8 @@ def test_tensorboard_event_files_hold_metrics_progress_images_and_config(tmp_pat
     content = acc.PluginTagToContent("hparams")
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert session.hparams["model"].string_value == "resnet20"
-    assert session.hparams["lr"].number_value == pytest.approx(0.4)
+    lr = json.loads((out / "config.json").read_text())["config"]["lr"]
+    assert session.hparams["lr"].number_value == pytest.approx(lr)
     assert session.hparams["model_kwargs"].string_value == '{"width": 8}'
 
 

@@ -47,7 +47,7 @@ WORKER = str(Path(__file__).with_name("dist_worker.py"))
 # rank 0 no validation example at all; the 257 test examples give rank 0 one evaluation batch and
 # rank 1 two. Float64 (a worker hook) so that splitting the batch differs only by ~1e-15 rounding.
 RUN_FLAGS = ["--model", "resnet20", "--resize", "16", "--subset", "257", "--val-split", "1",
-             "--batch-size", "64", "--epochs", "2", "--lr", "0.05", "--no-amp", "--sync-bn"]
+             "--batch-size", "64", "--epochs", "2", "--lr", "0.05", "--no-amp", "--sync-bn", "--epoch-test"]
 SUBPROCESS_LIMIT_S = 120  # a hung test fails instead of blocking the suite
 # the end-to-end tests need Gloo and POSIX signals (Ctrl-C forwarding, start_new_session)
 processes = pytest.mark.skipif(not torch.distributed.is_available() or sys.platform == "win32",

@@ -53,8 +53,9 @@ def test_config_checks_ema_and_tta():
 @pytest.mark.needs_fashion_mnist
 def test_ema_run_saves_the_average_and_resumes_bit_identically(tmp_path, monkeypatch, ctrl_c_at):
     """With --ema the weights kept and evaluated are the average; a run stopped mid-epoch and
-    resumed ends with the same average, the same training weights and the same metrics."""
-    cfg = make_config("quick", **dict(TINY, ema=0.9, val_split=128))
+    resumed ends with the same average, the same training weights and the same metrics. The other
+    recipe options are on too (alternating flips, flip TTA, the test set at the end only)."""
+    cfg = make_config("quick", **dict(TINY, ema=0.9, val_split=128, alternate_flip=True, tta="flip", epoch_test=False))
     train(cfg, out=tmp_path / "straight", verbose=False)
     ctrl_c_at(9)  # inside epoch 2 of 2 (6 steps an epoch)
     with pytest.raises(Interrupted):
@@ -71,6 +72,8 @@ def test_ema_run_saves_the_average_and_resumes_bit_identically(tmp_path, monkeyp
     assert all(torch.equal(ckpt_a["model"][k], ckpt_b["model"][k]) for k in ckpt_a["model"])
     strip = lambda path: [r.rsplit(",", 2)[0] for r in path.read_text().splitlines()]  # less the timing columns
     assert strip(tmp_path / "straight" / "metrics.csv") == strip(tmp_path / "broken" / "metrics.csv")
+    a, b = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("straight", "broken"))
+    assert (a["kept_test_acc"], a["kept_test_acc_no_tta"]) == (b["kept_test_acc"], b["kept_test_acc_no_tta"])
 
     saved, _ = load_weights(tmp_path / "straight" / "model.safetensors")
     assert all(torch.equal(saved[k], ckpt_a["average"][k]) for k in saved)  # the average is what is saved
@@ -138,7 +141,7 @@ def test_final_test_figure_is_the_kept_weights_with_tta_and_without(tmp_path):
     same wrapper as `resnetlab eval --tta`); the plain figure is reported beside it; the per-epoch
     evaluations and the training itself are unchanged."""
     base = dict(TINY, val_split=128, amp=False)
-    plain = train(make_config("quick", **base), out=tmp_path / "plain", verbose=False)
+    plain = train(make_config("quick", **dict(base, tta="none")), out=tmp_path / "plain", verbose=False)
     summary = train(make_config("quick", **dict(base, tta="flip-shift")), out=tmp_path / "tta", verbose=False)
     assert summary["tta"] == "flip-shift" and "tta" not in plain
     assert summary["kept_test_acc_no_tta"] == plain["kept_test_acc"]
@@ -162,7 +165,7 @@ def test_final_test_figure_is_the_kept_weights_with_tta_and_without(tmp_path):
 @pytest.mark.needs_fashion_mnist
 def test_no_epoch_test_leaves_the_test_set_to_the_end(tmp_path):
     base = dict(TINY, val_split=128, amp=False)
-    every = train(make_config("quick", **base), out=tmp_path / "every", verbose=False)
+    every = train(make_config("quick", **dict(base, epoch_test=True)), out=tmp_path / "every", verbose=False)
     end = train(make_config("quick", **dict(base, epoch_test=False)), out=tmp_path / "end", verbose=False)
     rows = list(csv.DictReader((tmp_path / "end" / "metrics.csv").open()))
     assert len(rows) == 2 and all(r["test_acc"] == "" and r["val_acc"] for r in rows)

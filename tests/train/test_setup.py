@@ -93,7 +93,7 @@ def test_kept_weights_are_evaluated_once(tmp_path, monkeypatch, val_split):
     calls = []
     real = engine.evaluate
     monkeypatch.setattr(engine, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
-    cfg = make_config("quick", **dict(TINY, epochs=2, val_split=val_split))
+    cfg = make_config("quick", **dict(TINY, epochs=2, val_split=val_split, epoch_test=True, tta="none"))
     summary = train(cfg, out=tmp_path / "run", verbose=False)
     splits = 2 if val_split else 1
     assert len(calls) == 2 * splits, "one evaluation per split and epoch, none after"
@@ -101,3 +101,18 @@ def test_kept_weights_are_evaluated_once(tmp_path, monkeypatch, val_split):
     kept_epoch = summary.get("best_epoch", 2)
     assert summary["kept_test_acc"] == pytest.approx(float(last[kept_epoch - 1]["test_acc"]), abs=1e-6)
     assert (tmp_path / "run" / "mistakes.csv").exists() and (tmp_path / "run" / "report.html").exists()
+
+
+@pytest.mark.needs_fashion_mnist
+def test_the_quick_presets_test_set_is_evaluated_at_the_end_only(tmp_path, monkeypatch):
+    """The preset's own way (--no-epoch-test, --tta flip): validation each epoch; at the end the last
+    weights plain, the kept ones plain when they differ, and the kept ones through the views."""
+    from resnetlab.train import engine, train
+
+    calls = []
+    real = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: calls.append(len(a[1].dataset)) or real(*a, **k))
+    summary = train(make_config("quick", **dict(TINY, epochs=2, val_split=44)), out=tmp_path / "run", verbose=False)
+    tests = 1 + (summary["best_epoch"] != 2) + 1  # the last plain, the kept plain if another, the kept with TTA
+    assert calls == [44, 44] + [300] * tests  # 44 validation images; the subset's 300 test images
+    assert summary["tta"] == "flip" and 0 <= summary["kept_test_acc_no_tta"] <= 1

@@ -24,9 +24,12 @@ pytestmark = pytest.mark.needs_fashion_mnist  # trains on subsets of the real da
 
 # Small and fast: 512 training and 512 test examples at 28 px on a narrow ResNet-20.
 # (no validation split unless a test asks for one: the quick preset's 5,000 exceed the subset)
-TINY = dict(model="resnet20", model_kwargs={"width": 8}, subset=512, batch_size=64, epochs=2, seed=3, val_split=0)
+# The test set after every epoch and no test-time augmentation, as these tests read the figures
+# (the quick preset's own defaults, test at the end through flip TTA, are tested in test_recipes.py).
+TINY = dict(model="resnet20", model_kwargs={"width": 8}, subset=512, batch_size=64, epochs=2, seed=3, val_split=0,
+            epoch_test=True, tta="none")
 TINY_FLAGS = ["--model", "resnet20", "--subset", "512", "--batch-size", "64", "--epochs", "1", "--seed", "3",
-              "--val-split", "0"]
+              "--val-split", "0", "--epoch-test", "--tta", "none"]
 
 
 def run_cli(args, capsys):

@@ -303,6 +303,7 @@ def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int
     from resnetlab.train.inference import input_transform
     from resnetlab.train.run import load_model
     from resnetlab.train.setup import load_splits
+    from resnetlab.train.tta import with_tta
 
     kept = folder / summary.get("kept_weights", "model.safetensors")
     if not kept.exists():
@@ -319,6 +320,7 @@ def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int
     _, _, test_set = load_splits(cfg)
     loader = make_loaders(test=test_set, batch_size=max(cfg.batch_size, batch_size), device=dev,
                           channels_last=channels_last, **input_transform(meta)).test
+    model = with_tta(model, cfg.tta)  # the views the run's own final test figure used
     m = find_mistakes(model, loader, dev, amp=amp, classes=list(test_set.classes))
     write_analysis(folder, m, test_set.images, title=f"{kept.name}: {m.wrong} of {m.count} test images wrong; "
                                                       f"the {len(m.items)} most confident")
