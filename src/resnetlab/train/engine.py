@@ -261,9 +261,9 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, 
         eval_model: nn.Module | None = None, step=None, evaluator=None) -> TrainState:
     """Train from `state` to cfg.epochs. `model` may be wrapped (DDP, compiled); `eval_model`
     (default: `model`) is what the evaluations run, so a compiled `model` need not be compiled
-    again for evaluation's mode (with --ema it is the step's average). `step` (default: an EagerStep) takes each training step and
-    `evaluator` (default: an Evaluator of eval_model) each evaluation: train/graphs.py has their
-    CUDA-graph kinds."""
+    again for evaluation's mode (with --ema it is the step's average). `step` (default: an
+    EagerStep) takes each training step and `evaluator` (default: an Evaluator of eval_model)
+    each evaluation: train/graphs.py has their CUDA-graph kinds."""
     eval_model = model if eval_model is None else eval_model
     step = step or EagerStep(model, optimizer, cfg, device, amp)
     evaluator = evaluator or Evaluator(eval_model, device, amp=amp, num_classes=None, dist=dist)
