@@ -21,6 +21,11 @@ from resnetlab.weights import load_weights
 TINY = dict(model="resnet20", model_kwargs={"width": 8}, subset=512, batch_size=64, epochs=2, seed=3, val_split=0)
 
 
+def metrics_less_timing(run) -> list[str]:
+    """metrics.csv's lines without their last two columns (examples/s, epoch seconds)."""
+    return [row.rsplit(",", 2)[0] for row in (run / "metrics.csv").read_text().splitlines()]
+
+
 # --- the moving average ------------------------------------------------------------------------
 
 def test_weight_average_is_an_exponential_average_of_weights_and_batch_norm_statistics():
@@ -70,8 +75,7 @@ def test_ema_run_saves_the_average_and_resumes_bit_identically(tmp_path, monkeyp
         assert all(torch.equal(a[k], b[k]) for k in a), f"resumed {name} differs from the uninterrupted run"
     ckpt_a, ckpt_b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "broken")
     assert all(torch.equal(ckpt_a["model"][k], ckpt_b["model"][k]) for k in ckpt_a["model"])
-    strip = lambda path: [r.rsplit(",", 2)[0] for r in path.read_text().splitlines()]  # less the timing columns
-    assert strip(tmp_path / "straight" / "metrics.csv") == strip(tmp_path / "broken" / "metrics.csv")
+    assert metrics_less_timing(tmp_path / "straight") == metrics_less_timing(tmp_path / "broken")
     a, b = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("straight", "broken"))
     assert (a["kept_test_acc"], a["kept_test_acc_no_tta"]) == (b["kept_test_acc"], b["kept_test_acc_no_tta"])
 
@@ -145,8 +149,7 @@ def test_final_test_figure_is_the_kept_weights_with_tta_and_without(tmp_path):
     summary = train(make_config("quick", **dict(base, tta="flip-shift")), out=tmp_path / "tta", verbose=False)
     assert summary["tta"] == "flip-shift" and "tta" not in plain
     assert summary["kept_test_acc_no_tta"] == plain["kept_test_acc"]
-    strip = lambda path: [r.rsplit(",", 2)[0] for r in path.read_text().splitlines()]  # less the timing columns
-    assert strip(tmp_path / "plain" / "metrics.csv") == strip(tmp_path / "tta" / "metrics.csv")
+    assert metrics_less_timing(tmp_path / "plain") == metrics_less_timing(tmp_path / "tta")
     a, _ = load_weights(tmp_path / "plain" / "best.safetensors")
     b, _ = load_weights(tmp_path / "tta" / "best.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -172,7 +172,8 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     average = WeightAverage(raw_model, cfg.ema) if cfg.ema else None
     state = TrainState()
     if checkpoint is not None:
-        state = restore_checkpoint(checkpoint, raw_model, optimizer, "--resume", average=average and average.model)
+        state = restore_checkpoint(checkpoint, raw_model, optimizer, "--resume",
+                                   average=average.model if average is not None else None)
     model = wrap_ddp(raw_model, device, dist) if dist.enabled else raw_model
     if cfg.compile:
         model = torch.compile(model)

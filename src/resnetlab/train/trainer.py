@@ -198,9 +198,8 @@ def finish(parts: Parts, run: RunDir, display: Display, recorder: RunRecorder, *
     run.save_weights("model.safetensors", weights.state_dict(), dict(parts.meta, epoch=state.epoch))
     last = state.history[-1]
     if "test_acc" not in last:  # --no-epoch-test: the last weights' test figures, measured now
-        recorder.test_results[state.epoch] = parts.evaluator(parts.loaders.test)
-        last = dict(last, test_loss=recorder.test_results[state.epoch]["loss"],
-                    test_acc=recorder.test_results[state.epoch]["acc"])
+        at_end = recorder.test_results[state.epoch] = parts.evaluator(parts.loaders.test)
+        last = dict(last, test_loss=at_end["loss"], test_acc=at_end["acc"])
     summary = {
         "run_dir": str(run.path), "model": cfg.model, "data": cfg.data, "preset": cfg.preset,
         "device": str(parts.device), "epochs": state.epoch, "train_loss": last["train_loss"],
