@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.errors import UsageError
@@ -162,6 +163,22 @@ def test_cifar_width_and_depth_options():
     assert n_params(deeper) == PARAM_COUNTS["resnet32"]
     with torch.device("meta"):
         assert n_params(CifarResNet(BasicBlock, [3, 3, 3])) == PARAM_COUNTS["resnet20"]
+
+
+def test_patch_stem_cuts_the_image_into_patches_that_become_channels():
+    torch.manual_seed(0)
+    net = create_model("resnet20", in_chans=1, width=32, patch_stem=2).eval()
+    assert net.conv1.weight.shape == (32, 1, 2, 2) and net.conv1.stride == (2, 2)
+    x = torch.randn(2, 1, 28, 28)
+    # The stem sees each 2x2 patch once: it is a linear map of the patch's four pixels (space to depth).
+    patches = F.pixel_unshuffle(x, 2)  # [2, 4, 14, 14]
+    expected = torch.einsum("bphw,op->bohw", patches, net.conv1.weight.reshape(32, 4))
+    torch.testing.assert_close(net.conv1(x), expected, rtol=1e-5, atol=1e-5)
+    assert net.layer1(net.relu(net.bn1(net.conv1(x)))).shape == (2, 32, 14, 14) and net(x).shape == (2, 10)
+    assert set(net.state_dict()) == set(create_model("resnet20", in_chans=1, width=32).state_dict())
+    for bad in (0, True, 1.5):
+        with pytest.raises(UsageError, match="patch_stem must be a positive integer"):
+            meta_model("resnet20", patch_stem=bad)
 
 
 def test_plain_block_has_no_shortcut():

@@ -44,18 +44,28 @@ class ZeroPadShortcut(nn.Module):
 
 
 class CifarResNet(ResNet):
-    """`CifarResNet(BasicBlock, [3, 3, 3])` is ResNet-20; `PlainBlock` gives its plain twin."""
+    """`CifarResNet(BasicBlock, [3, 3, 3])` is ResNet-20; `PlainBlock` gives its plain twin.
+
+    `patch_stem=k` (k > 1) replaces the 3x3 stem by a k x k convolution of stride k (a "patchify"
+    stem, as ConvNeXt's): the stages then work at 1/k of the input's side. Nothing of the image is
+    thrown away (each k x k patch becomes one position's channels), and at width 2w with k = 2 the
+    convolutions cost what width w costs on the whole image, on fewer, wider maps, which the CPU's
+    kernels run faster (BENCHMARKS.md, "Training presets")."""
 
     def __init__(self, block: type[nn.Module], layers: Sequence[int], num_classes: int = 10,
-                 in_chans: int = 3, width: int = 16, zero_init_residual: bool = False):
+                 in_chans: int = 3, width: int = 16, zero_init_residual: bool = False, patch_stem: int = 1):
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise UsageError(f"width must be a positive integer, got {width!r}")
+        if isinstance(patch_stem, bool) or not isinstance(patch_stem, int) or patch_stem < 1:
+            raise UsageError(f"patch_stem must be a positive integer (1: the 3x3 stem), got {patch_stem!r}")
+        self.patch_stem = patch_stem  # read by _make_stem, which ResNet.__init__ calls
         widths = [width * 2**i for i in range(len(layers))]
         super().__init__(block, layers, num_classes=num_classes, in_chans=in_chans,
                          zero_init_residual=zero_init_residual, widths=widths)
 
     def _make_stem(self, in_chans: int, width: int) -> None:
-        self.conv1 = conv3x3(in_chans, width)
+        k = self.patch_stem
+        self.conv1 = conv3x3(in_chans, width) if k == 1 else nn.Conv2d(in_chans, width, k, stride=k, bias=False)
         self.bn1 = self._norm_layer(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity()  # no pooling: 32x32 inputs stay 32x32 in the first stage
