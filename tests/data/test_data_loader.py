@@ -211,3 +211,22 @@ def test_alternating_flips_mirror_each_image_in_every_other_epoch():
     assert 16 < int(first.sum()) < 48  # each image's own random start: about half begin mirrored
     with pytest.raises(UsageError, match="alternating flips need flips"):
         Augment(alternate_flip=True)
+
+
+def test_progressive_sizes_give_each_epoch_the_batches_of_a_loader_at_that_size():
+    """Under epoch_sizes a training loader's epoch e is exactly what a loader built at size
+    epoch_sizes[e] gives (the same order and augmentation); past the list, its last size."""
+    ds = tagged(n=40, shape=(1, 12, 12))
+    aug = Augment(crop_padding=2, flip=True, erasing=0.5)
+    norm = ([0.3], [0.2])
+    loader = Loader(ds, 16, shuffle=True, augment=aug, seed=4, normalize=norm, epoch_sizes=[6, 9, 12])
+    for epoch, size in ((0, 6), (1, 9), (2, 12), (3, 12), (1, 9)):
+        at_size = Loader(ds, 16, shuffle=True, augment=aug, seed=4, normalize=norm, resize=size)
+        got, want = batches(loader, epoch), batches(at_size, epoch)
+        assert [x.shape[-2:] for x, _ in got] == [(size, size)] * 3
+        assert all(torch.equal(a, b) and torch.equal(p, q) for (a, p), (b, q) in zip(got, want)), (epoch, size)
+    for bad in ([], [8, 0], [8.5]):
+        with pytest.raises(UsageError, match="sizes by epoch are for training loaders"):
+            Loader(ds, 16, shuffle=True, epoch_sizes=bad)
+    with pytest.raises(UsageError, match="sizes by epoch are for training loaders"):
+        Loader(ds, 16, shuffle=False, epoch_sizes=[8])

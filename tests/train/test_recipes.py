@@ -1,5 +1,6 @@
 """The recipe options of issue 15: the weights' moving average (--ema), test-time augmentation
-(--tta) and the optional per-epoch test evaluation (--no-epoch-test)."""
+(--tta), the optional per-epoch test evaluation (--no-epoch-test), progressive resizing
+(--progressive-resize) and the whitened first layer (--init whiten)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from resnetlab import cli
@@ -15,7 +17,9 @@ from resnetlab.errors import CheckpointError, Interrupted, UsageError
 from resnetlab.train import make_config, train
 from resnetlab.train.engine import WeightAverage, evaluate
 from resnetlab.train.run import load_checkpoint
+from resnetlab.train.setup import build
 from resnetlab.train.tta import TTAModel, with_tta
+from resnetlab.train.whiten import whiten_first_conv, whitening_filters
 from resnetlab.weights import load_weights
 
 TINY = dict(model="resnet20", model_kwargs={"width": 8}, subset=512, batch_size=64, epochs=2, seed=3, val_split=0)
@@ -55,14 +59,71 @@ def test_config_checks_ema_and_tta():
         make_config("quick", tta="mirror")
 
 
+# --- the whitened first layer ------------------------------------------------------------------
+
+def test_whitening_filters_decorrelate_the_patches_to_unit_variance():
+    torch.manual_seed(0)
+    mix = torch.randn(4, 4)  # correlated pixels: each 2x2 patch is a mix of independent sources
+    images = [F.pixel_shuffle(torch.einsum("ij,bjhw->bihw", mix, torch.randn(400, 4, 5, 5)), 2) for _ in range(3)]
+    filters = whitening_filters(images, (2, 2), eps=0.0)
+    assert filters.shape == (8, 1, 2, 2) and torch.equal(filters[1::2], -filters[0::2])  # each with its negation
+    out = torch.cat([F.conv2d(x, filters[0::2]) for x in images])  # every 2x2 patch, as the stem sees them
+    moments = torch.einsum("bihw,bjhw->ij", out, out) / (out.numel() / 4)
+    torch.testing.assert_close(moments, torch.eye(4), atol=1e-3, rtol=0)  # whitened
+    norms = filters[0::2].flatten(1).norm(dim=1)
+    assert torch.all(norms[:-1] <= norms[1:])  # the largest eigenvalue (shortest filter) first
+
+
+def test_whitened_first_layer_is_frozen_and_refuses_what_it_cannot_fill():
+    from resnetlab.models import create_model
+
+    images = [torch.randn(20, 1, 8, 8)]
+    net = create_model("resnet20", in_chans=1, width=16)
+    whiten_first_conv(net, images)
+    assert not net.conv1.weight.requires_grad and net.layer1[0].conv1.weight.requires_grad
+    assert torch.equal(net.conv1.weight, whitening_filters(images, (3, 3))[:16])
+    with pytest.raises(UsageError, match="has 32 filters, but patches of 1 x 3 x 3 values give only 18"):
+        whiten_first_conv(create_model("resnet20", in_chans=1, width=32), images)
+    with pytest.raises(UsageError, match="--init whiten sets the first layer from the data and --init-from"):
+        make_config("quick", init="whiten", init_from="weights.pth")
+
+
+# --- progressive resizing ----------------------------------------------------------------------
+
+def test_progressive_sizes_grow_linearly_to_the_full_size():
+    sizes = lambda **kw: make_config("quick", progressive_resize=16, **kw).epoch_sizes(28)  # noqa: E731
+    assert sizes(epochs=12, progressive_until=0.5) == [16, 18, 20, 22, 24, 26] + [28] * 6
+    assert sizes(epochs=3, progressive_until=1.0) == [16, 22, 28]
+    assert sizes(epochs=4, progressive_until=0.0) == [16, 28, 28, 28]
+    assert make_config("quick", epochs=5).epoch_sizes(28) is None
+    with pytest.raises(UsageError, match="--progressive-resize must be between 1 and 4096 pixels, got 0"):
+        make_config("quick", progressive_resize=0)
+    with pytest.raises(UsageError, match="--progressive-until must be between 0 and 1, got 1.5"):
+        make_config("quick", progressive_resize=16, progressive_until=1.5)
+
+
+def test_progressive_resizing_refuses_what_it_cannot_do():
+    from resnetlab.data import Dataset
+    from resnetlab.train.setup import epoch_sizes
+
+    wide = Dataset("wide", torch.zeros(4, 1, 8, 12, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), ["a"])
+    with pytest.raises(UsageError, match="grows square images; these are 8 x 12: add --resize"):
+        epoch_sizes(make_config("quick", progressive_resize=4), wide)
+    assert epoch_sizes(make_config("quick", progressive_resize=4, resize=10, epochs=2), wide) == [4, 10]
+    with pytest.raises(UsageError, match="--capture replays one batch shape and --progressive-resize changes it"):
+        build(make_config("quick", progressive_resize=16, capture=True, device="cpu"))
+
+
 @pytest.mark.needs_fashion_mnist
 def test_ema_run_saves_the_average_and_resumes_bit_identically(tmp_path, monkeypatch, ctrl_c_at):
     """With --ema the weights kept and evaluated are the average; a run stopped mid-epoch and
     resumed ends with the same average, the same training weights and the same metrics. The other
-    recipe options are on too (alternating flips, flip TTA, the test set at the end only)."""
-    cfg = make_config("quick", **dict(TINY, ema=0.9, val_split=128, alternate_flip=True, tta="flip", epoch_test=False))
+    recipe options are on too (alternating flips, flip TTA, the test set at the end only,
+    progressive resizing: 16, 22, then 28 px, the whitened first layer)."""
+    cfg = make_config("quick", **dict(TINY, ema=0.9, val_split=128, alternate_flip=True, tta="flip", epoch_test=False,
+                                      epochs=3, progressive_resize=16, progressive_until=1.0, init="whiten"))
     train(cfg, out=tmp_path / "straight", verbose=False)
-    ctrl_c_at(9)  # inside epoch 2 of 2 (6 steps an epoch)
+    ctrl_c_at(9)  # inside epoch 2 of 3 (6 steps an epoch), trained at 22 px
     with pytest.raises(Interrupted):
         train(cfg, out=tmp_path / "broken", verbose=False)
     assert load_checkpoint(tmp_path / "broken")["state"]["step_in_epoch"] > 0
@@ -82,6 +143,8 @@ def test_ema_run_saves_the_average_and_resumes_bit_identically(tmp_path, monkeyp
     saved, _ = load_weights(tmp_path / "straight" / "model.safetensors")
     assert all(torch.equal(saved[k], ckpt_a["average"][k]) for k in saved)  # the average is what is saved
     assert not torch.equal(saved["fc.weight"], ckpt_a["model"]["fc.weight"])  # and it is not the trained weights
+    whitened = build(cfg).raw_model.conv1.weight  # the frozen first layer ends as it started
+    assert torch.equal(ckpt_a["model"]["conv1.weight"], whitened) and torch.equal(ckpt_b["model"]["conv1.weight"], whitened)
 
 
 @pytest.mark.needs_fashion_mnist

@@ -125,7 +125,8 @@ class Loader:
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, resize: int | tuple[int, int] | None = None,
                  normalize: tuple[Sequence[float], Sequence[float]] | None = None, augment: Augment | None = None,
                  seed: int = 0, device: str | torch.device = "cpu", channels_last: bool = False,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 epoch_sizes: Sequence[int] | None = None) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch size must be a whole number >= 1, not {batch_size!r}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -144,29 +145,43 @@ class Loader:
             raise UsageError(f"normalize needs {channels} means and {channels} positive stds for {dataset.name}, "
                              f"got {list(mean)} and {list(std)}")
 
+        if epoch_sizes is not None and (not shuffle or not epoch_sizes
+                                        or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in epoch_sizes)):
+            raise UsageError(f"sizes by epoch are for training loaders and must be whole numbers of pixels >= 1, "
+                             f"not {epoch_sizes!r}")
+
         self.dataset, self.batch_size, self.shuffle, self.augment = dataset, batch_size, shuffle, augment
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.epoch = 0
-        self.out_size = tuple(sizes) if resize else (height, width)
+        self.epoch_sizes = list(epoch_sizes) if epoch_sizes is not None else None
         self._divisor = torch.tensor([255 * s for s in std], device=self.device).view(-1, 1, 1)
         self._shift = (torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(-1, 1, 1)
                        if normalize is not None else None)
-        self._rows = (resize_weights(height, self.out_size[0]) if resize else torch.eye(height)).to(self.device)
-        self._cols = (resize_weights(width, self.out_size[1]) if resize else torch.eye(width)).to(self.device)
-        self._geometry = resize is not None and self.out_size != (height, width)
         self._folded = len(set(std)) == 1  # one divisor serves all channels: resampling folds it into its weights
-        if self._folded:
-            self._rows = self._rows / (255 * std[0])
-        # Every crop offset (and its mirror image) of the weights, made once: a batch picks its
-        # samples' matrices with one index_select instead of building them.
-        pad = augment.crop_padding
-        self._row_table = _all_shifts(self._rows, pad)  # [2p+1, H', H]
-        col_shifts = _all_shifts(self._cols, pad)
-        self._col_table = torch.cat([col_shifts, col_shifts.flip(1)]) if augment.flip else col_shifts
+        self._row_divisor = 255 * std[0] if self._folded else 1.0
+        self._geometries: dict[tuple[int, int], tuple] = {}
+        self._use_size(tuple(sizes) if resize else (height, width))
         self._images, self._labels = self._place(dataset)
         self._plan = self._make_plan(len(dataset))
+
+    def _use_size(self, out_size: tuple[int, int]) -> None:
+        """Make batches of `out_size` (height, width): the resampling weights of that size, made
+        once per size and kept."""
+        if out_size not in self._geometries:
+            height, width = self.dataset.images.shape[2:]
+            same = out_size == (height, width)
+            rows = (torch.eye(height) if same else resize_weights(height, out_size[0])).to(self.device) / self._row_divisor
+            cols = (torch.eye(width) if same else resize_weights(width, out_size[1])).to(self.device)
+            # Every crop offset (and its mirror image) of the weights, made once: a batch picks its
+            # samples' matrices with one index_select instead of building them.
+            pad = self.augment.crop_padding
+            col_shifts = _all_shifts(cols, pad)
+            self._geometries[out_size] = (rows, cols, not same, _all_shifts(rows, pad),  # [2p+1, H', H]
+                                          torch.cat([col_shifts, col_shifts.flip(1)]) if self.augment.flip else col_shifts)
+        self.out_size = out_size
+        self._rows, self._cols, self._geometry, self._row_table, self._col_table = self._geometries[out_size]
 
     def _place(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """The uint8 images and labels on the device once; in host memory if the device is full."""
@@ -198,6 +213,9 @@ class Loader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.epoch_sizes is not None:  # progressive resizing: past the list, its last size
+            size = self.epoch_sizes[min(epoch, len(self.epoch_sizes) - 1)]
+            self._use_size((size, size))
 
     def __len__(self) -> int:
         return len(self._plan)
@@ -328,13 +346,15 @@ class Loaders(NamedTuple):
 
 def make_loaders(train: Dataset | None = None, val: Dataset | None = None, test: Dataset | None = None, *,
                  batch_size: int, augment: Augment | None = None, seed: int = 0, drop_last: bool = False,
-                 **common) -> Loaders:
+                 epoch_sizes: Sequence[int] | None = None, **common) -> Loaders:
     """The loaders of a run: `train` shuffled and augmented (dropping its last, smaller batch when
-    `drop_last`), `val` and `test` in order at `eval_batch_size(batch_size)`. `common` (resize,
-    normalize, device, channels_last, rank, world_size) is what they all share."""
+    `drop_last`; at `epoch_sizes` when given: progressive resizing), `val` and `test` in order at
+    `eval_batch_size(batch_size)`. `common` (resize, normalize, device, channels_last, rank,
+    world_size) is what they all share."""
     eval_batch = eval_batch_size(batch_size)
     return Loaders(
-        Loader(train, batch_size, shuffle=True, augment=augment, seed=seed, drop_last=drop_last, **common)
+        Loader(train, batch_size, shuffle=True, augment=augment, seed=seed, drop_last=drop_last,
+               epoch_sizes=epoch_sizes, **common)
         if train is not None else None,
         Loader(val, eval_batch, shuffle=False, **common) if val is not None else None,
         Loader(test, eval_batch, shuffle=False, **common) if test is not None else None,

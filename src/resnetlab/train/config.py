@@ -36,8 +36,9 @@ class TrainConfig:
     # model
     model: str = setting("resnet20", "model name (see `resnetlab models`)")
     model_kwargs: dict = setting({}, "options of the model's builder as JSON, e.g. '{\"width\": 32}'")
-    init: str = setting("default", "weight init: default (PyTorch's) or xavier (the textbook's train_ch6)",
-                        choices=("default", "xavier"))
+    init: str = setting("default", "weight init: default (PyTorch's), xavier (the textbook's train_ch6) or whiten "
+                        "(PyTorch's, with the first convolution set to the training images' patch-whitening filters and "
+                        "frozen, as airbench's; train/whiten.py)", choices=("default", "xavier", "whiten"))
     init_from: str | None = setting(None, "start from these weights: a torchvision/timm checkpoint (.pth, .pt, "
                                     ".safetensors) or a run's model.safetensors, loaded after --init; another "
                                     "class count re-initialises the classifier (models/pretrained.py)")
@@ -51,6 +52,11 @@ class TrainConfig:
     alternate_flip: bool = setting(False, "with --flip: mirror each image in every other epoch, from a random start "
                                    "(airbench), instead of with probability 1/2 each epoch")
     erasing: float = setting(0.0, "random-erasing probability (0: off)")
+    progressive_resize: int | None = setting(None, "progressive resizing: train the first epoch at PX x PX, growing "
+                                             "linearly to the full size (--resize, or the dataset's) by --progressive-until; "
+                                             "evaluation stays at the full size")
+    progressive_until: float = setting(0.5, "with --progressive-resize: where in the run training reaches the full "
+                                       "size, as a fraction of the epochs (0: from the second epoch, 1: in the last)")
     val_split: int = setting(0, "hold out N training examples to pick best.safetensors (0: none)")
     subset: int | None = setting(None, "use a seeded random subset of N examples of each split")
     # optimisation
@@ -95,7 +101,7 @@ class TrainConfig:
         for name in ("momentum", "weight_decay", "crop_padding", "val_split"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
-        for name in ("warmup", "erasing"):
+        for name in ("warmup", "erasing", "progressive_until"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
         if not 0 <= self.ema < 1:
@@ -106,6 +112,10 @@ class TrainConfig:
             raise UsageError(f"--resize must be positive, got {self.resize}")
         if self.resize is not None and self.resize > MAX_RESIZE:  # beyond, a batch takes terabytes (or overflows)
             raise UsageError(f"--resize must be at most {MAX_RESIZE} pixels, got {self.resize}")
+        if self.init == "whiten" and self.init_from:
+            raise UsageError("--init whiten sets the first layer from the data and --init-from would overwrite it; drop one")
+        if self.progressive_resize is not None and not 1 <= self.progressive_resize <= MAX_RESIZE:
+            raise UsageError(f"--progressive-resize must be between 1 and {MAX_RESIZE} pixels, got {self.progressive_resize}")
         if not -2**63 <= self.seed < 2**63:  # torch seeds are 64-bit
             raise UsageError(f"--seed must fit in 64 bits, got {self.seed}")
         if self.subset is not None and self.subset <= 0:
@@ -129,6 +139,16 @@ class TrainConfig:
             elif not any(isinstance(value, k) and not (k is int and isinstance(value, bool)) for k in kinds):
                 wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
                 raise UsageError(f"--{flag_name(name)} takes {wanted}, got {value!r}")
+
+    def epoch_sizes(self, full: int) -> list[int] | None:
+        """The training image side of each epoch under --progressive-resize (None without it): from
+        `progressive_resize` in the first epoch, linearly to `full`, reached at epoch
+        `progressive_until` * (epochs - 1) (counted from 0) and kept after it."""
+        if self.progressive_resize is None:
+            return None
+        ramp = max(1, round(self.progressive_until * (self.epochs - 1)))
+        start = self.progressive_resize
+        return [round(start + (full - start) * min(e, ramp) / ramp) for e in range(self.epochs)]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import platform
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from torch import nn
 
 from resnetlab import __version__
-from resnetlab.data import Augment, Dataset, Loaders, get_dataset_info, load_dataset, make_loaders, split_dataset
+from resnetlab.data import Augment, Dataset, Loader, Loaders, get_dataset_info, load_dataset, make_loaders, split_dataset
 from resnetlab.errors import UsageError
 from resnetlab.models import create_model
 from resnetlab.models.pretrained import load_pretrained
@@ -30,6 +30,7 @@ from resnetlab.train.engine import EagerStep, Evaluator, TrainState, WeightAvera
 from resnetlab.train.graphs import CapturedEvaluator, CapturedStep
 from resnetlab.train.run import restore_checkpoint
 from resnetlab.train.tta import with_tta
+from resnetlab.train.whiten import WHITEN_IMAGES, whiten_first_conv
 
 
 class Splits(NamedTuple):
@@ -139,6 +140,21 @@ def weights_metadata(cfg: TrainConfig, splits: Splits, norm: tuple[list[float], 
     }
 
 
+def whitening_images(cfg: TrainConfig, train: Dataset) -> Iterator[torch.Tensor]:
+    """The first WHITEN_IMAGES training images as the model sees them (resized, normalized; not
+    augmented), in batches, on the CPU: what --init whiten measures its filters on."""
+    first = train.subset(range(min(WHITEN_IMAGES, len(train))))
+    return (x for x, _ in Loader(first, 500, shuffle=False, resize=cfg.resize, normalize=normalization(cfg)))
+
+
+def epoch_sizes(cfg: TrainConfig, train: Dataset) -> list[int] | None:
+    """Each epoch's training image side under --progressive-resize, growing to the size evaluated."""
+    full = (cfg.resize, cfg.resize) if cfg.resize else tuple(train.images.shape[2:])
+    if cfg.progressive_resize is not None and full[0] != full[1]:
+        raise UsageError(f"--progressive-resize grows square images; these are {full[0]} x {full[1]}: add --resize")
+    return cfg.epoch_sizes(full[0])
+
+
 def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | None = None,
           checkpoint: dict | None = None, foreach: bool = True, say: Callable[[str], None] | None = None) -> Parts:
     """Device policy, data (`splits`, or loaded as `cfg` says), model, optimizer and loaders for
@@ -148,7 +164,10 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     prepare_device(device)
     amp = bf16_pays(device) if cfg.amp is None else cfg.amp
     channels_last = channels_last_pays(device) if cfg.channels_last is None else cfg.channels_last
-    capture = capture_pays(device, dist.world_size, cfg.optimizer, cfg.compile) if cfg.capture is None else cfg.capture
+    capture = (capture_pays(device, dist.world_size, cfg.optimizer, cfg.compile) and cfg.progressive_resize is None
+               if cfg.capture is None else cfg.capture)
+    if capture and cfg.progressive_resize is not None:
+        raise UsageError("--capture replays one batch shape and --progressive-resize changes it each epoch; drop one")
     if capture and not (device.type == "cuda" and not dist.enabled and cfg.optimizer == "sgd" and not cfg.compile):
         raise UsageError("--capture needs one process on a CUDA device, SGD and no --compile; drop --capture")
     if splits is None:
@@ -163,6 +182,8 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     raw_model = build_model(cfg if checkpoint is None else dataclasses.replace(cfg, init_from=None),
                             splits.train.images.shape[1], len(splits.train.classes),
                             say=say and (lambda note: say(f"--init-from: {note}")))
+    if cfg.init == "whiten":  # on resume too: the checkpoint then overwrites the same values, the layer stays frozen
+        whiten_first_conv(raw_model, whitening_images(cfg, splits.train))
     if cfg.sync_bn and dist.enabled:
         raw_model = convert_sync_batchnorm(raw_model, device)
     raw_model = raw_model.to(device)
@@ -184,7 +205,7 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     # Measured on the CPU, empty inductor cache: two epochs of resnet18_d2l took 71 s with three
     # compilations, 37 s with one.
     norm = normalization(cfg)
-    loaders = make_loaders(*splits, batch_size=cfg.batch_size, seed=cfg.seed,
+    loaders = make_loaders(epoch_sizes=epoch_sizes(cfg, splits.train),*splits, batch_size=cfg.batch_size, seed=cfg.seed,
                            drop_last=dist.enabled or cfg.compile or capture,
                            augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, erasing=cfg.erasing,
                                            alternate_flip=cfg.alternate_flip),
