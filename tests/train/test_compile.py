@@ -21,7 +21,7 @@ def test_no_recompilation_after_the_first_epoch(device):
     counters.clear()
     # 200 training examples in batches of 64: the last partial batch is dropped (one shape)
     cfg = make_config("quick", model="resnet20", model_kwargs={"width": 4}, subset=264, val_split=64, batch_size=64,
-                      epochs=3, compile=True, device=device)
+                      epochs=3, compile=True, device=device, progressive_resize=0)  # one size: one graph
     parts = build(cfg)
     graphs_after = []
     fit(parts.model, parts.loaders.train, cfg, parts.device, optimizer=parts.optimizer, state=parts.state,

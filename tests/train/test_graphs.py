@@ -126,4 +126,4 @@ def test_capture_needs_cuda():
     from resnetlab.train.setup import build
 
     with pytest.raises(UsageError, match="--capture needs one process on a CUDA device"):
-        build(make_config("quick", capture=True, device="cpu"))
+        build(make_config("quick", capture=True, device="cpu", progressive_resize=0))

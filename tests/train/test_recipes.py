@@ -74,7 +74,7 @@ def test_whitening_filters_decorrelate_the_patches_to_unit_variance():
     assert torch.all(norms[:-1] <= norms[1:])  # the largest eigenvalue (shortest filter) first
 
 
-def test_whitened_first_layer_is_frozen_and_refuses_what_it_cannot_fill():
+def test_whitened_first_layer_is_frozen_and_as_many_filters_as_the_patches_give():
     from resnetlab.models import create_model
 
     images = [torch.randn(20, 1, 8, 8)]
@@ -82,8 +82,12 @@ def test_whitened_first_layer_is_frozen_and_refuses_what_it_cannot_fill():
     whiten_first_conv(net, images)
     assert not net.conv1.weight.requires_grad and net.layer1[0].conv1.weight.requires_grad
     assert torch.equal(net.conv1.weight, whitening_filters(images, (3, 3))[:16])
-    with pytest.raises(UsageError, match="has 32 filters, but patches of 1 x 3 x 3 values give only 18"):
-        whiten_first_conv(create_model("resnet20", in_chans=1, width=32), images)
+    torch.manual_seed(0)
+    wide = create_model("resnet20", in_chans=1, width=32)  # 32 filters; 1 x 3 x 3 patches give 18
+    initial = wide.conv1.weight.detach().clone()
+    whiten_first_conv(wide, images)
+    assert torch.equal(wide.conv1.weight[:18], whitening_filters(images, (3, 3)))
+    assert torch.equal(wide.conv1.weight[18:], initial[18:]) and not wide.conv1.weight.requires_grad
     with pytest.raises(UsageError, match="--init whiten sets the first layer from the data and --init-from"):
         make_config("quick", init="whiten", init_from="weights.pth")
 
@@ -95,9 +99,9 @@ def test_progressive_sizes_grow_linearly_to_the_full_size():
     assert sizes(epochs=12, progressive_until=0.5) == [16, 18, 20, 22, 24, 26] + [28] * 6
     assert sizes(epochs=3, progressive_until=1.0) == [16, 22, 28]
     assert sizes(epochs=4, progressive_until=0.0) == [16, 28, 28, 28]
-    assert make_config("quick", epochs=5).epoch_sizes(28) is None
-    with pytest.raises(UsageError, match="--progressive-resize must be between 1 and 4096 pixels, got 0"):
-        make_config("quick", progressive_resize=0)
+    assert make_config("quick", epochs=5, progressive_resize=0).epoch_sizes(28) is None  # 0: off
+    with pytest.raises(UsageError, match=r"--progressive-resize must be between 1 and 4096 pixels \(0: off\), got -1"):
+        make_config("quick", progressive_resize=-1)
     with pytest.raises(UsageError, match="--progressive-until must be between 0 and 1, got 1.5"):
         make_config("quick", progressive_resize=16, progressive_until=1.5)
 

@@ -13,6 +13,7 @@ DEGRADATION_RECIPE = dict(
     label_smoothing=0.0, init="default", batch_size=128, optimizer="sgd", momentum=0.9,
     nesterov=False, weight_decay=1e-4, schedule="onecycle", warmup=0.15,
     alternate_flip=False, ema=0.0, tta="none", epoch_test=True,  # the curves are test error per epoch
+    progressive_resize=0, progressive_until=0.5,
 )
 # The settings `resnetlab experiment degradation` uses when no flag is given (docs/degradation.md
 # records the runs that chose them): narrow nets on a subset of Fashion-MNIST at its native 28 px.

@@ -52,9 +52,9 @@ class TrainConfig:
     alternate_flip: bool = setting(False, "with --flip: mirror each image in every other epoch, from a random start "
                                    "(airbench), instead of with probability 1/2 each epoch")
     erasing: float = setting(0.0, "random-erasing probability (0: off)")
-    progressive_resize: int | None = setting(None, "progressive resizing: train the first epoch at PX x PX, growing "
-                                             "linearly to the full size (--resize, or the dataset's) by --progressive-until; "
-                                             "evaluation stays at the full size")
+    progressive_resize: int = setting(0, "progressive resizing: train the first epoch at PX x PX, growing linearly "
+                                      "to the full size (--resize, or the dataset's) by --progressive-until; evaluation "
+                                      "stays at the full size (0: off)")
     progressive_until: float = setting(0.5, "with --progressive-resize: where in the run training reaches the full "
                                        "size, as a fraction of the epochs (0: from the second epoch, 1: in the last)")
     val_split: int = setting(0, "hold out N training examples to pick best.safetensors (0: none)")
@@ -114,8 +114,9 @@ class TrainConfig:
             raise UsageError(f"--resize must be at most {MAX_RESIZE} pixels, got {self.resize}")
         if self.init == "whiten" and self.init_from:
             raise UsageError("--init whiten sets the first layer from the data and --init-from would overwrite it; drop one")
-        if self.progressive_resize is not None and not 1 <= self.progressive_resize <= MAX_RESIZE:
-            raise UsageError(f"--progressive-resize must be between 1 and {MAX_RESIZE} pixels, got {self.progressive_resize}")
+        if not 0 <= self.progressive_resize <= MAX_RESIZE:
+            raise UsageError(f"--progressive-resize must be between 1 and {MAX_RESIZE} pixels (0: off), "
+                             f"got {self.progressive_resize}")
         if not -2**63 <= self.seed < 2**63:  # torch seeds are 64-bit
             raise UsageError(f"--seed must fit in 64 bits, got {self.seed}")
         if self.subset is not None and self.subset <= 0:
@@ -144,7 +145,7 @@ class TrainConfig:
         """The training image side of each epoch under --progressive-resize (None without it): from
         `progressive_resize` in the first epoch, linearly to `full`, reached at epoch
         `progressive_until` * (epochs - 1) (counted from 0) and kept after it."""
-        if self.progressive_resize is None:
+        if not self.progressive_resize:
             return None
         ramp = max(1, round(self.progressive_until * (self.epochs - 1)))
         start = self.progressive_resize

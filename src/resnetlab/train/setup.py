@@ -150,7 +150,7 @@ def whitening_images(cfg: TrainConfig, train: Dataset) -> Iterator[torch.Tensor]
 def epoch_sizes(cfg: TrainConfig, train: Dataset) -> list[int] | None:
     """Each epoch's training image side under --progressive-resize, growing to the size evaluated."""
     full = (cfg.resize, cfg.resize) if cfg.resize else tuple(train.images.shape[2:])
-    if cfg.progressive_resize is not None and full[0] != full[1]:
+    if cfg.progressive_resize and full[0] != full[1]:
         raise UsageError(f"--progressive-resize grows square images; these are {full[0]} x {full[1]}: add --resize")
     return cfg.epoch_sizes(full[0])
 
@@ -164,10 +164,11 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     prepare_device(device)
     amp = bf16_pays(device) if cfg.amp is None else cfg.amp
     channels_last = channels_last_pays(device) if cfg.channels_last is None else cfg.channels_last
-    capture = (capture_pays(device, dist.world_size, cfg.optimizer, cfg.compile) and cfg.progressive_resize is None
+    capture = (capture_pays(device, dist.world_size, cfg.optimizer, cfg.compile) and not cfg.progressive_resize
                if cfg.capture is None else cfg.capture)
-    if capture and cfg.progressive_resize is not None:
-        raise UsageError("--capture replays one batch shape and --progressive-resize changes it each epoch; drop one")
+    if capture and cfg.progressive_resize:
+        raise UsageError("--capture replays one batch shape and --progressive-resize changes it each epoch; "
+                         "add --progressive-resize 0 or drop --capture")
     if capture and not (device.type == "cuda" and not dist.enabled and cfg.optimizer == "sgd" and not cfg.compile):
         raise UsageError("--capture needs one process on a CUDA device, SGD and no --compile; drop --capture")
     if splits is None:

@@ -5,8 +5,9 @@ The filters are the eigenvectors of the patches' second-moment matrix, each divi
 root of its eigenvalue (plus a small epsilon), largest first, each one followed by its negation
 (so that a ReLU after it keeps both signs): the layer maps a patch onto its principal components,
 scaled to equal variance. With C input channels and a k x k kernel a patch has D = C*k*k values,
-which give 2*D filters; a layer of more filters than that is refused, one of fewer takes the leading
-ones. The weight is frozen (requires_grad False): no optimizer, weight decay or DDP touches it.
+which give 2*D filters: a layer of fewer filters takes the leading ones, one of more keeps its own
+initialization for the rest (random features). The whole weight is frozen (requires_grad False):
+no optimizer, weight decay or DDP touches it.
 """
 
 from __future__ import annotations
@@ -50,14 +51,10 @@ def whitening_filters(images, kernel_size: tuple[int, int], eps: float = WHITEN_
 @torch.no_grad()
 def whiten_first_conv(model: nn.Module, images) -> None:
     """Set the first convolution's filters to the whitening filters of `images` (an iterable of
-    float [N, C, H, W] batches) and freeze them."""
+    float [N, C, H, W] batches), as many as there are, and freeze the layer's weight."""
     conv = first_conv(model)
-    filters = whitening_filters(images, conv.kernel_size)
-    if conv.out_channels > len(filters):
-        raise UsageError(f"--init whiten: the first convolution has {conv.out_channels} filters, but patches of "
-                         f"{conv.in_channels} x {conv.kernel_size[0]} x {conv.kernel_size[1]} values give only "
-                         f"{len(filters)} whitening filters; use a narrower stem or another --init")
-    conv.weight.copy_(filters[:conv.out_channels].to(conv.weight))
+    filters = whitening_filters(images, conv.kernel_size)[:conv.out_channels]
+    conv.weight[:len(filters)] = filters.to(conv.weight)
     if conv.bias is not None:
-        conv.bias.zero_()
+        conv.bias[:len(filters)] = 0
     conv.weight.requires_grad_(False)
