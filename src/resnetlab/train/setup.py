@@ -206,8 +206,8 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     # Measured on the CPU, empty inductor cache: two epochs of resnet18_d2l took 71 s with three
     # compilations, 37 s with one.
     norm = normalization(cfg)
-    loaders = make_loaders(epoch_sizes=epoch_sizes(cfg, splits.train),*splits, batch_size=cfg.batch_size, seed=cfg.seed,
-                           drop_last=dist.enabled or cfg.compile or capture,
+    loaders = make_loaders(*splits, batch_size=cfg.batch_size, seed=cfg.seed,
+                           drop_last=dist.enabled or cfg.compile or capture, epoch_sizes=epoch_sizes(cfg, splits.train),
                            augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, erasing=cfg.erasing,
                                            alternate_flip=cfg.alternate_flip),
                            resize=cfg.resize, normalize=norm, device=device,
