@@ -246,6 +246,7 @@ plain = st.recursive(
 ))
 @example(blob=cifar_pickle(2, [0, -1]))  # a negative label passed the range check
 @example(blob=cifar_pickle(protocol=5))  # numpy 2's protocol-5 array pickle: another reconstructor, refused
+@example(blob=pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [None, []]}, protocol=2))  # ragged: numpy raised
 def test_cifar_python_batches(blob):
     from resnetlab.data.formats import read_cifar_python
 
@@ -454,13 +455,24 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     st.builds(encode, st.sampled_from(MODES), st.tuples(st.integers(1, 9), st.integers(1, 9)), st.sampled_from(FORMATS),
               st.integers(0, 100)).filter(lambda b: b is not None).flatmap(lambda b: st.just(b) | mutated(b)),
 ), channels=st.sampled_from([1, 3]))
+# 48 bytes of WebP declaring 1792 x 9472 pixels: decoding them takes 65 MiB (within the allowance below)
+@example(blob=b"RIFF$\x00\x00\x00WEBPVP8 \x18\x00\x00\x000\x01\x00\x9d\x01*\x00\x07\x00%\x01\x00\x01\x00\x01@&%"
+              b"\xa4\x00\x03p\x00\xfe\xfd6h\x00", channels=1)
 def test_predict_image_reader(blob, channels, tmp_path_factory):
     from resnetlab.train.inference import load_image
 
     count("predict's images")
     path = tmp_path_factory.getbasetemp() / "fuzz.img"
     path.write_bytes(blob)
-    with bounded():
+    # A compressed image may declare up to MAX_IMAGE_PIXELS (refused beyond, in one line: the bomb
+    # tests below), and decoding what it declares takes memory in proportion: Pillow's buffer (up
+    # to 4 bytes a pixel) and the converted copy (up to 3). 48 bytes of WebP can declare 17
+    # megapixels. The bound is that allowance, so what is caught is memory beyond it.
+    declared = 0
+    with contextlib.suppress(Exception):
+        with Image.open(path) as img:
+            declared = img.size[0] * img.size[1]
+    with bounded(mib=64 + 7 * declared // MiB):
         try:
             t = load_image(path, channels)
         except UsageError as e:

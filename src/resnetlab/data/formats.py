@@ -130,7 +130,10 @@ def read_cifar_python(buf: np.ndarray, name: str, label_key: str, num_classes: i
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
         found = f"{type(data).__name__} {getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}".strip()
         raise _bad(name, f"'data' as uint8 [N, {_CIFAR_PIXELS}]", found)
-    labels = np.asarray(labels)
+    try:
+        labels = np.asarray(labels)
+    except (TypeError, ValueError):  # a ragged or foreign object: numpy cannot make an array of it
+        raise _bad(name, f"'{label_key}' as {len(data)} integers", type(labels).__name__) from None
     if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
         raise _bad(name, f"'{label_key}' as {len(data)} integers", f"{labels.dtype} {labels.shape}")
     return data.reshape(-1, 3, 32, 32), _checked_labels(labels, num_classes, name)
