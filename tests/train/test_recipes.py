@@ -221,7 +221,6 @@ def test_final_test_figure_is_the_kept_weights_with_tta_and_without(tmp_path):
     b, _ = load_weights(tmp_path / "tta" / "best.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
-    from resnetlab.train.setup import build
     parts = build(make_config("quick", **dict(base, tta="flip-shift")))
     parts.raw_model.load_state_dict(b)
     again = evaluate(with_tta(parts.raw_model, "flip-shift"), parts.loaders.test, parts.device)

@@ -56,12 +56,13 @@ def channels_last_pays(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-def capture_pays(device: torch.device, world_size: int, optimizer: str, compile: bool) -> bool:
+def capture_pays(device: torch.device, world_size: int, optimizer: str, compile: bool, one_shape: bool = True) -> bool:
     """CUDA graphs pay where the host's kernel launches bound the step: on CUDA (measured on an H200:
     a captured resnet18_d2l step at batch 256 ran 45k ex/s in bf16 against 22k eager). Not with
-    DDP (its communication hooks are not captured here), AdamW (no captured update written yet) or
-    torch.compile (which has its own)."""
-    return device.type == "cuda" and world_size == 1 and optimizer == "sgd" and not compile
+    DDP (its communication hooks are not captured here), AdamW (no captured update written yet),
+    torch.compile (which has its own) or batches whose shape changes between epochs
+    (`one_shape=False`: progressive resizing; a graph replays one shape)."""
+    return device.type == "cuda" and world_size == 1 and optimizer == "sgd" and not compile and one_shape
 
 
 def prepare_device(device: torch.device) -> None:

@@ -164,7 +164,7 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     prepare_device(device)
     amp = bf16_pays(device) if cfg.amp is None else cfg.amp
     channels_last = channels_last_pays(device) if cfg.channels_last is None else cfg.channels_last
-    capture = (capture_pays(device, dist.world_size, cfg.optimizer, cfg.compile) and not cfg.progressive_resize
+    capture = (capture_pays(device, dist.world_size, cfg.optimizer, cfg.compile, one_shape=not cfg.progressive_resize)
                if cfg.capture is None else cfg.capture)
     if capture and cfg.progressive_resize:
         raise UsageError("--capture replays one batch shape and --progressive-resize changes it each epoch; "
