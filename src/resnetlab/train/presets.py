@@ -16,16 +16,16 @@ PRESETS: dict[str, dict] = {
     ),
     # The best accuracy in about 10 minutes on a 2-core CPU (BENCHMARKS.md, "Training presets", has
     # the runs and the ablations): a CIFAR-style ResNet-20 with a frozen, whitened first layer,
-    # 13 epochs at batch 128 of one-cycle SGD with Nesterov momentum, label smoothing, crop+flip
-    # augmentation, bf16 autocast where the CPU has bf16 units; the first 60 % of the epochs at
-    # 12 growing to 28 px (progressive resizing: 13 epochs for the time of 10). 5,000 training
+    # 12 epochs at batch 128 of one-cycle SGD with Nesterov momentum, label smoothing, crop+flip
+    # augmentation, bf16 autocast where the CPU has bf16 units; the first half of the epochs at
+    # 16 growing to 28 px (progressive resizing: 12 epochs for the time of 10). 5,000 training
     # images are held out so the kept weights (best.safetensors) are chosen without the test set;
     # the test set is evaluated once, at the end, through flip test-time augmentation (the plain
     # figure is reported beside it).
     "quick": dict(
         model="resnet20", init="whiten", resize=None, normalize=True, crop_padding=2, flip=True, val_split=5000,
-        progressive_resize=12, progressive_until=0.6,
-        epochs=13, batch_size=128, lr=0.2, optimizer="sgd", momentum=0.9, nesterov=True,
+        progressive_resize=16, progressive_until=0.5,
+        epochs=12, batch_size=128, lr=0.2, optimizer="sgd", momentum=0.9, nesterov=True,
         weight_decay=5e-4, schedule="onecycle", warmup=0.2, label_smoothing=0.1,
         tta="flip", epoch_test=False,
     ),
