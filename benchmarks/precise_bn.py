@@ -1,8 +1,8 @@
 """Precise batch-norm statistics, probed on finished runs (BENCHMARKS.md, "Training presets").
 
-For each run folder it rebuilds the run from its config.json and checkpoint.pt, evaluates the
-kept weights on validation and test (bf16 as the trainer does, no TTA), then recomputes every
-batch norm's running mean and variance as a plain average over a pass of training batches
+For each run folder it rebuilds the run from its checkpoint.pt (weights and configuration),
+evaluates the kept weights on validation and test (bf16 as the trainer does, no TTA), then
+recomputes every batch norm's running mean and variance as a plain average over a pass of training batches
 (pycls's "precise BN") and evaluates again. The statistics are recomputed from:
   * `aug`: 40 batches of the last epoch's augmented training loader;
   * `clean`, `clean200`: 40 and 200 unaugmented training batches of 256.
@@ -13,11 +13,12 @@ batch norm's running mean and variance as a plain average over a pass of trainin
 from __future__ import annotations
 
 import copy
-import json
+import itertools
 import sys
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from resnetlab.data.loader import Loader
 from resnetlab.train.config import TrainConfig
@@ -27,26 +28,17 @@ from resnetlab.train.setup import build, normalization
 
 
 def recompute_statistics(model: nn.Module, batches, limit: int, device: torch.device, amp: bool) -> None:
-    """Running statistics as the plain average (momentum None) over `limit` of `batches`."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    with torch.no_grad(), autocast(device, amp):
-        for i, (x, _) in enumerate(batches):
-            if i == limit:
-                break
-            model(x)
-    for m in norms:
-        m.momentum = 0.1
-    model.eval()
+    """Running statistics as the plain average over `limit` of `batches` (torch's own
+    swa_utils.update_bn: reset, momentum None for the pass, momenta restored), under the run's autocast."""
+    with autocast(device, amp):
+        update_bn(itertools.islice(batches, limit), model)
 
 
 def main(runs: list[str]) -> None:
     for run in runs:
-        cfg = TrainConfig.from_dict(json.load(open(f"{run}/config.json"))["config"])
-        parts = build(cfg, checkpoint=load_checkpoint(f"{run}/checkpoint.pt"))
+        checkpoint = load_checkpoint(run)  # holds the run's configuration, as --resume reads it
+        cfg = TrainConfig.from_dict(checkpoint["config"])
+        parts = build(cfg, checkpoint=checkpoint)
 
         def val_and_test() -> tuple[float, float]:
             return tuple(round(parts.evaluator(loader)["acc"], 4) for loader in (parts.loaders.val, parts.loaders.test))
