@@ -190,7 +190,7 @@ def test_presets_take_device_settings_and_keep_model_options_with_their_model():
     assert (cpu.model_kwargs, cpu.epochs) == ({}, PRESETS["quick"]["epochs"])
     assert (gpu.model_kwargs, gpu.epochs) == (DEVICE_SETTINGS["quick"]["cuda"]["model_kwargs"],
                                               DEVICE_SETTINGS["quick"]["cuda"]["epochs"])
-    # the GPU recipe keeps the crop it was measured with when the CPU recipe's changes
+    # the GPU recipe keeps the crop it was measured with, whatever the CPU recipe's crop
     assert (cpu.crop_padding, gpu.crop_padding) == (PRESETS["quick"]["crop_padding"], 2)
     assert make_config("quick", device="cuda", epochs=3).epochs == 3  # the caller's flags win
     # another model does not inherit the preset's model options (resnet18 has no `width`)
