@@ -38,18 +38,45 @@ BEGIN, END = "<!-- speed-tables:begin -->", "<!-- speed-tables:end -->"
 # (key, title, bench flags): the two targets.
 HEADLINE = [
     ("b256_28px", "batch 256, 28 px, one thread", ["--batch-size", "256", "--threads", "1"]),
-    ("b64_96px", "batch 64, 96 px, one thread", ["--batch-size", "64", "--resize", "96", "--steps", "2", "--threads", "1"]),
+    (
+        "b64_96px",
+        "batch 64, 96 px, one thread",
+        ["--batch-size", "64", "--resize", "96", "--steps", "2", "--threads", "1"],
+    ),
 ]
 # (key, title, bench flags): one trick at a time, threads, compile; on the cheaper 28 px configuration.
 ABLATIONS = [
-    ("tricks_28px", "each trick alone, batch 256, 28 px, one thread",
-     ["--batch-size", "256", "--threads", "1",
-      "--variants", "textbook,fp32,fp32-nchw,fp32-noforeach,fp32-nofuse,bf16,bf16-nchw"]),
-    ("threads2_28px", "two threads (torch's default here), batch 256, 28 px",
-     ["--batch-size", "256", "--threads", "2", "--steps", "2", "--repeats", "2"]),
-    ("compile_28px", "torch.compile (inductor), batch 256, 28 px, one thread",
-     ["--batch-size", "256", "--threads", "1", "--repeats", "2",
-      "--variants", "textbook,fp32,fp32-compile,bf16,bf16-compile"]),
+    (
+        "tricks_28px",
+        "each trick alone, batch 256, 28 px, one thread",
+        [
+            "--batch-size",
+            "256",
+            "--threads",
+            "1",
+            "--variants",
+            "textbook,fp32,fp32-nchw,fp32-noforeach,fp32-nofuse,bf16,bf16-nchw",
+        ],
+    ),
+    (
+        "threads2_28px",
+        "two threads (torch's default here), batch 256, 28 px",
+        ["--batch-size", "256", "--threads", "2", "--steps", "2", "--repeats", "2"],
+    ),
+    (
+        "compile_28px",
+        "torch.compile (inductor), batch 256, 28 px, one thread",
+        [
+            "--batch-size",
+            "256",
+            "--threads",
+            "1",
+            "--repeats",
+            "2",
+            "--variants",
+            "textbook,fp32,fp32-compile,bf16,bf16-compile",
+        ],
+    ),
 ]
 # (preset, extra train flags): peak RSS of a short run of each CPU preset. The whole dataset is
 # loaded and the peak comes from a training step and an evaluation batch, so one epoch of a subset
@@ -66,10 +93,17 @@ def _bench(flags: list[str]) -> dict:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:
         # An empty inductor cache: the compile time a first run pays (a warm cache skips most of it).
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                              env=dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache))
+        proc = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache),
+        )
     if proc.returncode != 0:
-        raise SystemExit(f"bench failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(
+            f"bench failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
+        )
     result = json.loads(proc.stdout)
     result["command"] = "resnetlab bench " + " ".join(flags)
     result["wall_s"] = time.perf_counter() - started
@@ -82,18 +116,30 @@ def _train_peak_rss(preset: str, flags: list[str]) -> dict:
         args = ["train", "--preset", preset, "--device", "cpu", *flags, "--out", out, "--overwrite"]
         print("$ resnetlab", " ".join(args[:-3]), file=sys.stderr, flush=True)
         load = os.getloadavg()[0]
-        proc = subprocess.Popen([sys.executable, "-m", "resnetlab", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=log, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "resnetlab", *args],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
         if proc.returncode != 0:
             log.seek(0)
-            raise SystemExit(f"train --preset {preset} failed: {log.read().decode().strip().splitlines()[-1:]}")
-    return {"preset": preset, "command": "resnetlab " + " ".join(args[:-3]),
-            "peak_rss_mib": usage.ru_maxrss / 1024, "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
+            raise SystemExit(
+                f"train --preset {preset} failed: {log.read().decode().strip().splitlines()[-1:]}"
+            )
+    return {
+        "preset": preset,
+        "command": "resnetlab " + " ".join(args[:-3]),
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "loadavg_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
+    }
 
 
 # --- rendering -------------------------------------------------------------------------------
+
 
 def _cell(value, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
@@ -101,14 +147,20 @@ def _cell(value, fmt: str) -> str:
 
 def _where(r: dict) -> str:
     m, c = r["machine"], r["config"]
-    return (f"{m['date'][:10]}, {m['cpu']} ({m['logical_cpus']} CPUs, {c['threads']} torch threads), "
-            f"torch {m['torch']}; load average {m['loadavg_1min'][0]} -> {m['loadavg_1min'][1]} "
-            f"(the run itself adds about {c['threads']}; the rest is other processes on the same cores)")
+    return (
+        f"{m['date'][:10]}, {m['cpu']} ({m['logical_cpus']} CPUs, {c['threads']} torch threads), "
+        f"torch {m['torch']}; load average {m['loadavg_1min'][0]} -> {m['loadavg_1min'][1]} "
+        f"(the run itself adds about {c['threads']}; the rest is other processes on the same cores)"
+    )
 
 
 def _variant_table(r: dict) -> list[str]:
     names = list(r["results"])
-    head = "| figure | " + " | ".join(f"{n}" + (" | ratio" if n in r["ratios"] else "") for n in names) + " |"
+    head = (
+        "| figure | "
+        + " | ".join(f"{n}" + (" | ratio" if n in r["ratios"] else "") for n in names)
+        + " |"
+    )
     rule = "|---|" + "".join("---:|" * (2 if n in r["ratios"] else 1) for n in names)
     rows = [head, rule]
     for label, key, ratio_key, fmt in FIGURES:
@@ -123,15 +175,23 @@ def _variant_table(r: dict) -> list[str]:
             if ratio_key is None:  # a figure without a ratio (GFLOP/s)
                 cells.append("")
             else:
-                cells.append("n/a" if ratio is None else f"**{ratio:.2f}x**" if ratio_key != "memory" else f"{ratio:.2f}x")
+                cells.append(
+                    "n/a"
+                    if ratio is None
+                    else f"**{ratio:.2f}x**"
+                    if ratio_key != "memory"
+                    else f"{ratio:.2f}x"
+                )
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return rows
 
 
 # (figure, ratio key, at least, table keys): the CPU targets, as resnetlab / textbook ratios.
-TARGETS = [("training step", "train", 1.3, ["b256_28px", "b64_96px"]),
-           ("evaluation", "eval", 2.0, ["b256_28px", "b64_96px"]),
-           ("whole epoch (data + training + evaluation)", "epoch", 3.0, ["b64_96px"])]
+TARGETS = [
+    ("training step", "train", 1.3, ["b256_28px", "b64_96px"]),
+    ("evaluation", "eval", 2.0, ["b256_28px", "b64_96px"]),
+    ("whole epoch (data + training + evaluation)", "epoch", 3.0, ["b64_96px"]),
+]
 RSS_TARGETS_MIB = {"quick": 2048, "d2l": 4096}
 
 
@@ -149,7 +209,13 @@ def _targets(saved: dict) -> list[str]:
                 if wall is None or cpu is None:
                     cells.append("not measured")
                     continue
-                verdict = "met" if min(wall, cpu) >= floor else "missed" if max(wall, cpu) < floor else "mixed"
+                verdict = (
+                    "met"
+                    if min(wall, cpu) >= floor
+                    else "missed"
+                    if max(wall, cpu) < floor
+                    else "mixed"
+                )
                 cells.append(f"{wall:.2f}x / {cpu:.2f}x {verdict}")
             title = next(t for k, t, _ in HEADLINE if k == table)
             rows.append(f"| {figure} >= {floor}x | {title} | " + " | ".join(cells) + " |")
@@ -159,42 +225,76 @@ def _targets(saved: dict) -> list[str]:
         if limit:  # in the column of the precision the preset trains in
             cell = f"{row['peak_rss_mib']:,.0f} MiB {'met' if row['peak_rss_mib'] <= limit else 'missed'}"
             bf16 = defaults.get(row["preset"], "fp32").startswith("bf16")
-            rows.append(f"| peak RSS of train --preset {row['preset']} <= {limit // 1024} GiB | `{row['command']}` | "
-                        + (f" | {cell} |" if bf16 else f"{cell} | |"))
+            rows.append(
+                f"| peak RSS of train --preset {row['preset']} <= {limit // 1024} GiB | `{row['command']}` | "
+                + (f" | {cell} |" if bf16 else f"{cell} | |")
+            )
     return rows
 
 
 def render(saved: dict) -> str:
-    out = [BEGIN, "<!-- generated by benchmarks/cpu_tables.py: edit that script, not these lines -->", ""]
+    out = [
+        BEGIN,
+        "<!-- generated by benchmarks/cpu_tables.py: edit that script, not these lines -->",
+        "",
+    ]
     if any(k in saved for k, _, _ in HEADLINE):
-        out += ["#### the issue's targets on this CPU", "",
-                "Ratios to the textbook from the tables below, by the wall clock / by CPU-seconds; \"met\" needs both.", ""]
+        out += [
+            "#### the issue's targets on this CPU",
+            "",
+            'Ratios to the textbook from the tables below, by the wall clock / by CPU-seconds; "met" needs both.',
+            "",
+        ]
         out += _targets(saved) + [""]
     for group in ("headline", "ablations"):
-        for key, title, _ in (HEADLINE if group == "headline" else ABLATIONS):
+        for key, title, _ in HEADLINE if group == "headline" else ABLATIONS:
             r = saved.get(key)
             if r is None:
                 continue
-            out += [f"#### {title}", "", f"`{r['command']}`: {_where(r)}; median of {r['config']['repeats']} "
-                    f"rounds of {r['config']['steps']} steps; the whole command took {r['wall_s']:.0f} s.", ""]
+            out += [
+                f"#### {title}",
+                "",
+                f"`{r['command']}`: {_where(r)}; median of {r['config']['repeats']} "
+                f"rounds of {r['config']['steps']} steps; the whole command took {r['wall_s']:.0f} s.",
+                "",
+            ]
             out += _variant_table(r)
             if "compute" in r:
                 out += ["", f"Compute: {compute_summary(r)}."]
-            extra = {n: res["warmup_train_s"] for n, res in r["results"].items() if res["settings"].get("compile")}
+            extra = {
+                n: res["warmup_train_s"]
+                for n, res in r["results"].items()
+                if res["settings"].get("compile")
+            }
             if extra:
-                out += ["", "First (compiling, empty inductor cache) training round: " + ", ".join(
-                    f"{n} {s:.0f} s for {r['config']['steps']} steps" for n, s in extra.items()) + "."]
+                out += [
+                    "",
+                    "First (compiling, empty inductor cache) training round: "
+                    + ", ".join(
+                        f"{n} {s:.0f} s for {r['config']['steps']} steps" for n, s in extra.items()
+                    )
+                    + ".",
+                ]
             out.append("")
     mem = saved.get("memory")
     if mem:
-        out += ["#### peak RSS of `resnetlab train` on the CPU", "", "| preset | command | peak RSS | target |",
-                "|---|---|---:|---:|"]
+        out += [
+            "#### peak RSS of `resnetlab train` on the CPU",
+            "",
+            "| preset | command | peak RSS | target |",
+            "|---|---|---:|---:|",
+        ]
         targets = {"quick": "2 GiB", "d2l": "4 GiB"}
         for row in mem:
-            out.append(f"| {row['preset']} | `{row['command']}` | {row['peak_rss_mib']:,.0f} MiB | "
-                       f"{targets.get(row['preset'], '')} |")
-        out += ["", f"Measured {saved.get('memory_date', '')} as the child's maximum resident set (wait4), "
-                    f"with OMP_NUM_THREADS=1."]
+            out.append(
+                f"| {row['preset']} | `{row['command']}` | {row['peak_rss_mib']:,.0f} MiB | "
+                f"{targets.get(row['preset'], '')} |"
+            )
+        out += [
+            "",
+            f"Measured {saved.get('memory_date', '')} as the child's maximum resident set (wait4), "
+            f"with OMP_NUM_THREADS=1.",
+        ]
     out.append(END)
     return "\n".join(out)
 
@@ -202,16 +302,24 @@ def render(saved: dict) -> str:
 def _write_doc(tables: str) -> None:
     text = DOC.read_text()
     if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOC} has no {BEGIN} ... {END} block in its ## Speed section; add the two markers")
+        raise SystemExit(
+            f"{DOC} has no {BEGIN} ... {END} block in its ## Speed section; add the two markers"
+        )
     start, stop = text.index(BEGIN), text.index(END) + len(END)
     write_text(DOC, text[:start] + tables + text[stop:])
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ablations", action="store_true", help="also measure each trick alone, one thread and compile")
+    p.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also measure each trick alone, one thread and compile",
+    )
     p.add_argument("--only", help="comma-separated table keys to (re)measure, e.g. b64_96px,memory")
-    p.add_argument("--render-only", action="store_true", help="re-render BENCHMARKS.md from the saved JSON")
+    p.add_argument(
+        "--render-only", action="store_true", help="re-render BENCHMARKS.md from the saved JSON"
+    )
     args = p.parse_args(argv)
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if not args.render_only:

@@ -28,7 +28,9 @@ import tempfile
 import time
 
 
-def textbook_process(subset: int, resize: int | None, epochs: int, batch_size: int, data_dir: str | None) -> None:
+def textbook_process(
+    subset: int, resize: int | None, epochs: int, batch_size: int, data_dir: str | None
+) -> None:
     import torch
 
     from resnetlab import textbook_baseline as tb
@@ -54,7 +56,9 @@ def timed(cmd: list[str]) -> float:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        sys.exit(f"e2e: {' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+        sys.exit(
+            f"e2e: {' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
+        )
     return seconds
 
 
@@ -64,41 +68,91 @@ def main() -> None:
     parser.add_argument("--resize", type=int, default=28)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median counts")
-    parser.add_argument("--amp", action="store_true", help="resnetlab under bf16 autocast (the textbook stays fp32)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds; the median counts"
+    )
+    parser.add_argument(
+        "--amp", action="store_true", help="resnetlab under bf16 autocast (the textbook stays fp32)"
+    )
     parser.add_argument("--data-dir")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--textbook", action="store_true", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument(
+        "--textbook", action="store_true", help=argparse.SUPPRESS
+    )  # the child process
     args = parser.parse_args()
     native = args.resize == 28  # Fashion-MNIST is 28 px: the textbook's loader then resizes nothing
     if args.textbook:
-        textbook_process(args.subset, None if native else args.resize, args.epochs, args.batch_size, args.data_dir)
+        textbook_process(
+            args.subset,
+            None if native else args.resize,
+            args.epochs,
+            args.batch_size,
+            args.data_dir,
+        )
         return
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     with tempfile.TemporaryDirectory() as tmp:
         commands = {
-            "textbook": [sys.executable, __file__, "--textbook", "--subset", str(args.subset), "--resize",
-                         str(args.resize), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), *data],
-            "resnetlab": [sys.executable, "-m", "resnetlab", "train", "--preset", "d2l", "--resize", str(args.resize),
-                          "--subset", str(args.subset), "--epochs", str(args.epochs), "--batch-size",
-                          str(args.batch_size), "--out", os.path.join(tmp, "run"), "--overwrite", *data,
-                          *(["--amp"] if args.amp else [])],
+            "textbook": [
+                sys.executable,
+                __file__,
+                "--textbook",
+                "--subset",
+                str(args.subset),
+                "--resize",
+                str(args.resize),
+                "--epochs",
+                str(args.epochs),
+                "--batch-size",
+                str(args.batch_size),
+                *data,
+            ],
+            "resnetlab": [
+                sys.executable,
+                "-m",
+                "resnetlab",
+                "train",
+                "--preset",
+                "d2l",
+                "--resize",
+                str(args.resize),
+                "--subset",
+                str(args.subset),
+                "--epochs",
+                str(args.epochs),
+                "--batch-size",
+                str(args.batch_size),
+                "--out",
+                os.path.join(tmp, "run"),
+                "--overwrite",
+                *data,
+                *(["--amp"] if args.amp else []),
+            ],
         }
         seconds: dict[str, list[float]] = {name: [] for name in commands}
         for r in range(args.rounds):
-            for name in (list(commands) if r % 2 == 0 else list(commands)[::-1]):
+            for name in list(commands) if r % 2 == 0 else list(commands)[::-1]:
                 seconds[name].append(timed(commands[name]))
-                print(f"round {r + 1}: {name} {seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
+                print(
+                    f"round {r + 1}: {name} {seconds[name][-1]:.1f} s", file=sys.stderr, flush=True
+                )
     med = {name: statistics.median(s) for name, s in seconds.items()}
-    result = {"seconds": seconds, "median_s": med, "speedup": med["textbook"] / med["resnetlab"],
-              "commands": {name: " ".join(cmd[1:]) for name, cmd in commands.items()},
-              "threads": os.environ.get("OMP_NUM_THREADS", "torch default"), "loadavg": os.getloadavg()}
+    result = {
+        "seconds": seconds,
+        "median_s": med,
+        "speedup": med["textbook"] / med["resnetlab"],
+        "commands": {name: " ".join(cmd[1:]) for name, cmd in commands.items()},
+        "threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
+        "loadavg": os.getloadavg(),
+    }
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
     else:
-        print(f"textbook process {med['textbook']:.1f} s, resnetlab train {med['resnetlab']:.1f} s (median of "
-              f"{args.rounds}): resnetlab {result['speedup']:.2f}x")
+        print(
+            f"textbook process {med['textbook']:.1f} s, resnetlab train {med['resnetlab']:.1f} s (median of "
+            f"{args.rounds}): resnetlab {result['speedup']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

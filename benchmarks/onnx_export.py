@@ -30,7 +30,9 @@ def main(pattern: str = "*") -> None:
     tmp = Path(tempfile.mkdtemp())
     for name in list_models(pattern):
         c, h, w = get_model_info(name).default_input_size
-        size = (c, 64, 64) if h >= 64 else (c, h, w)  # the ImageNet nets at 64 px: fast, 2x2 at the end
+        size = (
+            (c, 64, 64) if h >= 64 else (c, h, w)
+        )  # the ImageNet nets at 64 px: fast, 2x2 at the end
         torch.manual_seed(0)
         model = create_model(name)
         for m in model.modules():
@@ -41,16 +43,30 @@ def main(pattern: str = "*") -> None:
                 model.train()(torch.randn(8, *size))
         model.eval()
         x = torch.randn(8, *size)
-        row = {"model": name, "size": size, "float32_noise": float(f"{export.float32_noise(model, x):.2e}")}
+        row = {
+            "model": name,
+            "size": size,
+            "float32_noise": float(f"{export.float32_noise(model, x):.2e}"),
+        }
         for exporter in ("dynamo", "torchscript"):
             started = time.perf_counter()
             try:
-                r = export.export_onnx(model, tmp / f"{name}.onnx", input_size=size, exporter=exporter,
-                                       check_inputs=x, tolerance=1.0)
+                r = export.export_onnx(
+                    model,
+                    tmp / f"{name}.onnx",
+                    input_size=size,
+                    exporter=exporter,
+                    check_inputs=x,
+                    tolerance=1.0,
+                )
                 ck = r["check"]
-                row[exporter] = {"diff": float(f"{ck['max_abs_diff']:.2e}"), "agree": f"{ck['top1_agree']}/{ck['count']}",
-                                 "mb": round(r["bytes"] / 1e6, 1), "export_s": round(r["export_seconds"], 1),
-                                 "total_s": round(time.perf_counter() - started, 1)}
+                row[exporter] = {
+                    "diff": float(f"{ck['max_abs_diff']:.2e}"),
+                    "agree": f"{ck['top1_agree']}/{ck['count']}",
+                    "mb": round(r["bytes"] / 1e6, 1),
+                    "export_s": round(r["export_seconds"], 1),
+                    "total_s": round(time.perf_counter() - started, 1),
+                }
             except Exception as e:
                 row[exporter] = {"error": f"{type(e).__name__}: {e}"[:300]}
             (tmp / f"{name}.onnx").unlink(missing_ok=True)

@@ -27,7 +27,9 @@ from resnetlab.train.run import load_checkpoint
 from resnetlab.train.setup import build, normalization
 
 
-def recompute_statistics(model: nn.Module, batches, limit: int, device: torch.device, amp: bool) -> None:
+def recompute_statistics(
+    model: nn.Module, batches, limit: int, device: torch.device, amp: bool
+) -> None:
     """Running statistics as the plain average over `limit` of `batches` (torch's own
     swa_utils.update_bn: reset, momentum None for the pass, momenta restored), under the run's autocast."""
     with autocast(device, amp):
@@ -40,15 +42,29 @@ def main(runs: list[str]) -> None:
         cfg = TrainConfig.from_dict(checkpoint["config"])
         parts = build(cfg, checkpoint=checkpoint)
 
-        def val_and_test() -> tuple[float, float]:
-            return tuple(round(parts.evaluator(loader)["acc"], 4) for loader in (parts.loaders.val, parts.loaders.test))
+        def val_and_test(parts=parts) -> tuple[float, float]:
+            return tuple(
+                round(parts.evaluator(loader)["acc"], 4)
+                for loader in (parts.loaders.val, parts.loaders.test)
+            )
 
         stored = copy.deepcopy(parts.raw_model.state_dict())
-        clean = Loader(parts.splits.train, 256, shuffle=True, seed=1, normalize=normalization(cfg),
-                       device=parts.device, channels_last=parts.channels_last)
+        clean = Loader(
+            parts.splits.train,
+            256,
+            shuffle=True,
+            seed=1,
+            normalize=normalization(cfg),
+            device=parts.device,
+            channels_last=parts.channels_last,
+        )
         parts.loaders.train.set_epoch(cfg.epochs - 1)
         results = {"stored": val_and_test()}
-        for name, batches, limit in [("aug", parts.loaders.train, 40), ("clean", clean, 40), ("clean200", clean, 200)]:
+        for name, batches, limit in [
+            ("aug", parts.loaders.train, 40),
+            ("clean", clean, 40),
+            ("clean200", clean, 200),
+        ]:
             parts.raw_model.load_state_dict(stored)
             recompute_statistics(parts.raw_model, batches, limit, parts.device, parts.amp)
             results[name] = val_and_test()

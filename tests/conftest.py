@@ -33,9 +33,13 @@ def pytest_collection_modifyitems(config, items):
     if missing is None:
         return
     if os.environ.get(REQUIRE_ENV) == "1":
-        raise pytest.UsageError(f"{REQUIRE_ENV}=1 but {missing}: install Debian's dataset-fashion-mnist")
-    skip = pytest.mark.skip(reason=f"needs the real Fashion-MNIST ({missing}): apt-get install dataset-fashion-mnist, "
-                                   "or `resnetlab data fetch fashion-mnist` where the network allows")
+        raise pytest.UsageError(
+            f"{REQUIRE_ENV}=1 but {missing}: install Debian's dataset-fashion-mnist"
+        )
+    skip = pytest.mark.skip(
+        reason=f"needs the real Fashion-MNIST ({missing}): apt-get install dataset-fashion-mnist, "
+        "or `resnetlab data fetch fashion-mnist` where the network allows"
+    )
     for item in marked:
         item.add_marker(skip)
 

@@ -22,10 +22,25 @@ def smoke():
     threads, cudnn_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         # --threads 1: restored afterwards; on a shared 2-core machine one thread is far steadier
-        code = main(["bench", "--steps", "2", "--repeats", "1", "--batch-size", "8", "--threads", "1", "--json"])
+        code = main(
+            [
+                "bench",
+                "--steps",
+                "2",
+                "--repeats",
+                "1",
+                "--batch-size",
+                "8",
+                "--threads",
+                "1",
+                "--json",
+            ]
+        )
     assert code == 0, err.getvalue()
     assert torch.get_num_threads() == threads, "bench restores the thread count"
-    assert torch.backends.cudnn.benchmark == cudnn_benchmark, "bench restores cuDNN's autotuning flag"
+    assert torch.backends.cudnn.benchmark == cudnn_benchmark, (
+        "bench restores cuDNN's autotuning flag"
+    )
     return json.loads(out.getvalue()), err.getvalue()
 
 
@@ -38,11 +53,21 @@ def test_smoke_json_is_sane(smoke):
     assert names[:2] == ["textbook", "fp32"]
     assert set(result["results"]) == set(names)
     for name, res in result["results"].items():
-        for key in ("train_ex_s", "eval_ex_s", "loader_ex_s", "epoch_s", "train_ex_cpu_s", "eval_ex_cpu_s",
-                    "loader_ex_cpu_s", "epoch_cpu_s"):
+        for key in (
+            "train_ex_s",
+            "eval_ex_s",
+            "loader_ex_s",
+            "epoch_s",
+            "train_ex_cpu_s",
+            "eval_ex_cpu_s",
+            "loader_ex_cpu_s",
+            "epoch_cpu_s",
+        ):
             assert math.isfinite(res[key]) and res[key] > 0, (name, key, res[key])
         assert res["epoch_s"] == pytest.approx(res["epoch_train_s"] + res["epoch_eval_s"])
-        assert res["epoch_cpu_s"] == pytest.approx(res["epoch_train_cpu_s"] + res["epoch_eval_cpu_s"])
+        assert res["epoch_cpu_s"] == pytest.approx(
+            res["epoch_train_cpu_s"] + res["epoch_eval_cpu_s"]
+        )
         assert len(res["rounds"]) == 1
         assert res["peak_mib"] is None or res["peak_mib"] >= 0
     base = result["results"]["textbook"]
@@ -54,8 +79,15 @@ def test_smoke_json_is_sane(smoke):
         assert ratio["eval_cpu"] == pytest.approx(res["eval_ex_cpu_s"] / base["eval_ex_cpu_s"])
     assert result["results"]["textbook"]["settings"]["textbook"] is True
     assert result["results"]["fp32"]["settings"] == {
-        "textbook": False, "amp": False, "channels_last": True, "fuse": True, "foreach": True,
-        "compile": False, "capture": False, "eval_batch_size": 256}  # capture: as resolved here (a CPU: none)
+        "textbook": False,
+        "amp": False,
+        "channels_last": True,
+        "fuse": True,
+        "foreach": True,
+        "compile": False,
+        "capture": False,
+        "eval_batch_size": 256,
+    }  # capture: as resolved here (a CPU: none)
     assert result["defaults"]["d2l"] == "fp32"  # the textbook recipe stays fp32
     assert result["machine"]["cpu"] and result["machine"]["process_peak_rss_mib"] > 0
 
@@ -68,8 +100,12 @@ def test_compute_ceiling_is_consistent(smoke):
     assert "fp32" in peaks and all(math.isfinite(v) and v > 0 for v in peaks.values())
     assert ("bf16" in peaks) == any(r["settings"]["amp"] for r in results.values())
     for res in results.values():
-        assert res["train_gflop_s"] == pytest.approx(compute["train_gflop_per_example"] * res["train_ex_s"])
-    assert compute["train_ceiling"] == pytest.approx(max(peaks.values()) / results["textbook"]["train_gflop_s"])
+        assert res["train_gflop_s"] == pytest.approx(
+            compute["train_gflop_per_example"] * res["train_ex_s"]
+        )
+    assert compute["train_ceiling"] == pytest.approx(
+        max(peaks.values()) / results["textbook"]["train_gflop_s"]
+    )
     assert f"trains at most {compute['train_ceiling']:.2f}x the textbook" in format_report(result)
 
 
@@ -88,7 +124,14 @@ def test_training_flops_are_forward_and_backward():
 def test_text_report_has_every_figure_and_ratio(smoke):
     result, _ = smoke
     text = format_report(result)
-    for label in ("training ex/s", "training GFLOP/s", "evaluation", "loader", "epoch s (est.)", "peak MiB"):
+    for label in (
+        "training ex/s",
+        "training GFLOP/s",
+        "evaluation",
+        "loader",
+        "epoch s (est.)",
+        "peak MiB",
+    ):
         assert label in text
     assert f"({result['ratios']['fp32']['train']:.2f}x)" in text
     assert "extrapolated to 60000 training and 10000 test examples" in text
@@ -96,7 +139,9 @@ def test_text_report_has_every_figure_and_ratio(smoke):
 
 
 def test_variant_names():
-    assert parse_variant("textbook") == Variant("textbook", textbook=True, channels_last=False, fuse=False, foreach=False)
+    assert parse_variant("textbook") == Variant(
+        "textbook", textbook=True, channels_last=False, fuse=False, foreach=False
+    )
     assert parse_variant("fp32") == Variant("fp32")
     v = parse_variant("bf16-nchw-compile")
     assert v.amp and not v.channels_last and v.compile and v.fuse and v.foreach
@@ -115,14 +160,24 @@ def test_preset_defaults_follow_presets_and_bf16_pays():
     assert defaults["quick"] == ("bf16" if bf16_pays(cpu) else "fp32")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "--steps must be a positive"),
-    (["--variants", "textbook,fp64"], "unknown bench variant 'fp64'"),
-    (["--variants", "fp32,fp32"], "each variant once"),
-    (["--model", "resnet9000"], "resnet9000"),
-    pytest.param(["--steps", "300", "--batch-size", "256"], "lower one of them", marks=pytest.mark.needs_fashion_mnist),
-    (["--device", "cuda"] if not torch.cuda.is_available() else ["--resize", "4"], "cuda" if not torch.cuda.is_available() else "at least 8"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps must be a positive"),
+        (["--variants", "textbook,fp64"], "unknown bench variant 'fp64'"),
+        (["--variants", "fp32,fp32"], "each variant once"),
+        (["--model", "resnet9000"], "resnet9000"),
+        pytest.param(
+            ["--steps", "300", "--batch-size", "256"],
+            "lower one of them",
+            marks=pytest.mark.needs_fashion_mnist,
+        ),
+        (
+            ["--device", "cuda"] if not torch.cuda.is_available() else ["--resize", "4"],
+            "cuda" if not torch.cuda.is_available() else "at least 8",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     code = main(["bench", "--repeats", "1", *argv])
     err = capsys.readouterr().err.strip().splitlines()
@@ -172,22 +227,48 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
         pytest.skip("needs bash and coreutils' timeout")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
     # One thread per child: the runs are tiny, and on a shared 2-core machine two threads stall.
-    env = dict(os.environ, OUT=str(tmp_path), PYTHON=os.environ.get("PYTHON", "python3"), OMP_NUM_THREADS="1",
-               SEEDS="0")
-    proc = subprocess.run(["bash", str(script), "--dry-run", "--device", "cpu"], env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        OUT=str(tmp_path),
+        PYTHON=os.environ.get("PYTHON", "python3"),
+        OMP_NUM_THREADS="1",
+        SEEDS="0",
+    )
+    proc = subprocess.run(
+        ["bash", str(script), "--dry-run", "--device", "cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split("\t") for line in (tmp_path / "steps.tsv").read_text().splitlines()[1:]]
-    assert [r[0] for r in rows] == ["tests", "d2l_bf16", "d2l", "d2l_compile", "bench", "quick_s0", "best_s0"]
+    assert [r[0] for r in rows] == [
+        "tests",
+        "d2l_bf16",
+        "d2l",
+        "d2l_compile",
+        "bench",
+        "quick_s0",
+        "best_s0",
+    ]
     assert all(r[1] == "0" for r in rows)
     for name in ("d2l_bf16", "d2l", "d2l_compile", "quick_s0", "best_s0"):
         summary = json.loads((tmp_path / f"{name}.json").read_text())
         assert summary["preset"] == name.split("_")[0] and summary["device"] == "cpu"
         assert (tmp_path / "runs" / name / "metrics.csv").exists()
-        assert not list((tmp_path / "runs" / name).glob("*.safetensors")), "weights are not sent back"
-    amp = {name: json.loads((tmp_path / "runs" / name / "config.json").read_text())["config"]["amp"]
-           for name in ("d2l_bf16", "d2l", "d2l_compile")}
-    assert amp == {"d2l_bf16": True, "d2l": False, "d2l_compile": True}  # bf16 and the textbook's fp32
+        assert not list((tmp_path / "runs" / name).glob("*.safetensors")), (
+            "weights are not sent back"
+        )
+    amp = {
+        name: json.loads((tmp_path / "runs" / name / "config.json").read_text())["config"]["amp"]
+        for name in ("d2l_bf16", "d2l", "d2l_compile")
+    }
+    assert amp == {
+        "d2l_bf16": True,
+        "d2l": False,
+        "d2l_compile": True,
+    }  # bf16 and the textbook's fp32
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert "textbook" in bench["results"] and bench["config"]["device"] == "cpu"
     assert "torch" in (tmp_path / "env.txt").read_text()

@@ -24,22 +24,43 @@ def test_summary_prints_the_table(capsys):
 
 
 def test_summary_json_and_options(capsys):
-    code, out, _ = run(capsys, "summary", "resnet20", "--input-size", "1", "64", "64",
-                       "--batch-size", "3", "--depth", "0", "--json")
+    code, out, _ = run(
+        capsys,
+        "summary",
+        "resnet20",
+        "--input-size",
+        "1",
+        "64",
+        "64",
+        "--batch-size",
+        "3",
+        "--depth",
+        "0",
+        "--json",
+    )
     s = json.loads(out)
     assert code == 0 and s["rows"] == [] and s["input_size"] == [1, 64, 64]
     assert s["output_shape"] == [3, 10] and s["flops"] == 2 * s["macs"]
     assert s["total_params"] == 269_722 - 16 * 2 * 9  # a 1-channel stem
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["summary", "resnet19"], "unknown model 'resnet19'; did you mean: resnet18"),
-    (["summary", "resnet18", "--input-size", "3", "0", "32"], "input size must be three positive"),
-    (["summary", "resnet18", "--input-size", "3", "-8", "32"], "input size must be three positive"),
-    (["summary", "resnet18", "--input-size", "3", "8", "8"], "too small for resnet18"),
-    (["summary", "resnet18", "--batch-size", "0"], "batch size must be a positive integer"),
-    (["models", "zzz*"], "no model matches 'zzz*'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["summary", "resnet19"], "unknown model 'resnet19'; did you mean: resnet18"),
+        (
+            ["summary", "resnet18", "--input-size", "3", "0", "32"],
+            "input size must be three positive",
+        ),
+        (
+            ["summary", "resnet18", "--input-size", "3", "-8", "32"],
+            "input size must be three positive",
+        ),
+        (["summary", "resnet18", "--input-size", "3", "8", "8"], "too small for resnet18"),
+        (["summary", "resnet18", "--batch-size", "0"], "batch size must be a positive integer"),
+        (["models", "zzz*"], "no model matches 'zzz*'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
@@ -68,7 +89,13 @@ def test_models_lists_every_registered_model(capsys):
 
 def test_python_dash_m_entry_point():
     # the error path: the exit status must survive `python -m`, with no traceback
-    bad = subprocess.run([sys.executable, "-m", "resnetlab", "summary", "resnet19"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "resnetlab", "summary", "resnet19"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and bad.stdout == ""
-    assert bad.stderr.startswith("resnetlab: error: unknown model") and "Traceback" not in bad.stderr
+    assert (
+        bad.stderr.startswith("resnetlab: error: unknown model") and "Traceback" not in bad.stderr
+    )

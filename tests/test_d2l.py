@@ -23,8 +23,10 @@ from resnetlab.models import create_model
 CELLS = Path(__file__).parent / "d2l_cells"
 NOTEBOOKS = ("000", "002", "003", "004")
 # Notebook 004 is an article whose code blocks assume the chapter's imports without showing them.
-PREAMBLE = {"004": "import torch\nfrom torch import nn\nfrom torch.nn import functional as F\n"
-                   "from resnetlab import d2l\n"}
+PREAMBLE = {
+    "004": "import torch\nfrom torch import nn\nfrom torch.nn import functional as F\n"
+    "from resnetlab import d2l\n"
+}
 # Cells whose shown output holds values that differ from run to run (random inputs, a GPU run):
 # compared by format, with every number free.
 VALUES_VARY = {("000", "10"), ("003", "03")}
@@ -71,10 +73,18 @@ def reduced_budget(monkeypatch, tmp_path):
     load, train = d2l.load_data_fashion_mnist, d2l.train_ch6
     monkeypatch.setattr(d2l, "SUBSET", SMALL_SUBSET)
     monkeypatch.setattr(d2l, "PLOT_DIR", tmp_path)
-    monkeypatch.setattr(d2l, "load_data_fashion_mnist",
-                        lambda batch_size, resize=None: load(batch_size, resize=SMALL_RESIZE))
-    monkeypatch.setattr(d2l, "train_ch6", lambda net, train_iter, test_iter, num_epochs, lr, device:
-                        train(net, train_iter, test_iter, SMALL_EPOCHS, lr, device))
+    monkeypatch.setattr(
+        d2l,
+        "load_data_fashion_mnist",
+        lambda batch_size, resize=None: load(batch_size, resize=SMALL_RESIZE),
+    )
+    monkeypatch.setattr(
+        d2l,
+        "train_ch6",
+        lambda net, train_iter, test_iter, num_epochs, lr, device: train(
+            net, train_iter, test_iter, SMALL_EPOCHS, lr, device
+        ),
+    )
     return tmp_path
 
 
@@ -98,7 +108,9 @@ def check_training_output(output: str, plot_dir: Path) -> None:
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
 @pytest.mark.needs_fashion_mnist
-def test_notebook_cells_run_and_print_what_the_notebook_shows(notebook, reduced_budget, monkeypatch):
+def test_notebook_cells_run_and_print_what_the_notebook_shows(
+    notebook, reduced_budget, monkeypatch
+):
     monkeypatch.delenv("KMP_DUPLICATE_LIB_OK", raising=False)  # notebook 000 sets it; undone after
     torch.manual_seed(0)
     namespace = {"__name__": f"notebook_{notebook}"}
@@ -156,15 +168,21 @@ def test_residual_shape_cells_with_d2l_residual(cell):
     namespace = {"__name__": "nb", "torch": torch, "Residual": d2l.Residual}
     if cell == "000/04":
         namespace["X"] = torch.rand(4, 3, 6, 6)  # made by cell 03
-    assert run_cell((CELLS / f"{cell}.py").read_text(), namespace) == (CELLS / f"{cell}.out").read_text()
+    assert (
+        run_cell((CELLS / f"{cell}.py").read_text(), namespace)
+        == (CELLS / f"{cell}.out").read_text()
+    )
 
 
-@pytest.mark.parametrize("args, kwargs", [((3, 3), {}), ((3, 6), dict(use_1x1conv=True, strides=2))])
+@pytest.mark.parametrize(
+    "args, kwargs", [((3, 3), {}), ((3, 6), dict(use_1x1conv=True, strides=2))]
+)
 def test_d2l_residual_has_the_notebook_parameters(args, kwargs):
     notebook_residual = textbook_residual(CELLS / "002" / "01.py")
     ours, theirs = d2l.Residual(*args, **kwargs), notebook_residual(*args, **kwargs)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == \
-        {k: v.shape for k, v in theirs.state_dict().items()}
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
     theirs.load_state_dict(ours.state_dict())
     X = torch.rand(2, 3, 8, 8)
     torch.testing.assert_close(ours(X), theirs(X))
@@ -174,9 +192,15 @@ def test_d2l_residual_has_the_notebook_parameters(args, kwargs):
 
 # What notebook 001 prints for its network at a 1x224x224 input (layer names are Gluon's).
 GLUON_SHAPES = [
-    ("conv7", (1, 64, 112, 112)), ("batchnorm6", (1, 64, 112, 112)), ("relu0", (1, 64, 112, 112)),
-    ("pool0", (1, 64, 56, 56)), ("sequential1", (1, 64, 56, 56)), ("sequential2", (1, 128, 28, 28)),
-    ("sequential3", (1, 256, 14, 14)), ("sequential4", (1, 512, 7, 7)), ("pool1", (1, 512, 1, 1)),
+    ("conv7", (1, 64, 112, 112)),
+    ("batchnorm6", (1, 64, 112, 112)),
+    ("relu0", (1, 64, 112, 112)),
+    ("pool0", (1, 64, 56, 56)),
+    ("sequential1", (1, 64, 56, 56)),
+    ("sequential2", (1, 128, 28, 28)),
+    ("sequential3", (1, 256, 14, 14)),
+    ("sequential4", (1, 512, 7, 7)),
+    ("pool1", (1, 512, 1, 1)),
     ("dense0", (1, 10)),
 ]
 
@@ -195,11 +219,17 @@ def gluon_resnet_block(num_channels, num_residuals, first_block=False):
 def gluon_resnet18():
     """Notebook 001's net layer for layer; Gluon's Dense flattens, so the head is Flatten + Linear."""
     return nn.Sequential(
-        nn.LazyConv2d(64, kernel_size=7, stride=2, padding=3), nn.LazyBatchNorm2d(), nn.ReLU(),
+        nn.LazyConv2d(64, kernel_size=7, stride=2, padding=3),
+        nn.LazyBatchNorm2d(),
+        nn.ReLU(),
         nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-        gluon_resnet_block(64, 2, first_block=True), gluon_resnet_block(128, 2),
-        gluon_resnet_block(256, 2), gluon_resnet_block(512, 2),
-        nn.AdaptiveAvgPool2d((1, 1)), nn.Sequential(nn.Flatten(), nn.LazyLinear(10)))
+        gluon_resnet_block(64, 2, first_block=True),
+        gluon_resnet_block(128, 2),
+        gluon_resnet_block(256, 2),
+        gluon_resnet_block(512, 2),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Sequential(nn.Flatten(), nn.LazyLinear(10)),
+    )
 
 
 def test_gluon_network_with_lazy_blocks():
@@ -217,8 +247,9 @@ def test_gluon_network_with_lazy_blocks():
         shapes.append(tuple(X.shape))
     assert shapes == [shape for _, shape in GLUON_SHAPES]
     # Once materialised it is the PyTorch notebooks' ResNet-18: the same number of parameters.
-    assert sum(p.numel() for p in net.parameters()) == \
-        sum(p.numel() for p in create_model("resnet18_d2l").parameters())
+    assert sum(p.numel() for p in net.parameters()) == sum(
+        p.numel() for p in create_model("resnet18_d2l").parameters()
+    )
 
 
 @pytest.mark.needs_fashion_mnist
@@ -228,20 +259,34 @@ def test_train_ch6_materializes_lazy_layers_and_learns(monkeypatch, tmp_path, ca
     monkeypatch.setattr(d2l, "SUBSET", 1024)
     monkeypatch.setattr(d2l, "PLOT_DIR", tmp_path)
     torch.manual_seed(0)
-    net = nn.Sequential(nn.LazyConv2d(16, kernel_size=3, stride=2, padding=1), nn.LazyBatchNorm2d(),
-                        nn.ReLU(), d2l.Residual(None, 16), d2l.Residual(None, 32, use_1x1conv=True, strides=2),
-                        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.LazyLinear(10))
+    net = nn.Sequential(
+        nn.LazyConv2d(16, kernel_size=3, stride=2, padding=1),
+        nn.LazyBatchNorm2d(),
+        nn.ReLU(),
+        d2l.Residual(None, 16),
+        d2l.Residual(None, 32, use_1x1conv=True, strides=2),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+        nn.LazyLinear(10),
+    )
     train_iter, test_iter = d2l.load_data_fashion_mnist(64)
     d2l.train_ch6(net, train_iter, test_iter, 1, 0.2, d2l.try_gpu())
     assert not any(nn.parameter.is_lazy(p) for p in net.parameters())
     assert type(net[0]) is nn.Conv2d and type(net[-1]) is nn.Linear
-    loss, train_acc, test_acc = map(float, re.findall(NUMBER, capsys.readouterr().out.splitlines()[1]))
-    assert train_acc > 0.25, (loss, train_acc, test_acc)  # 0.34-0.40 measured (3 seeds); test acc swings after 16 steps
+    loss, train_acc, test_acc = map(
+        float, re.findall(NUMBER, capsys.readouterr().out.splitlines()[1])
+    )
+    assert train_acc > 0.25, (
+        loss,
+        train_acc,
+        test_acc,
+    )  # 0.34-0.40 measured (3 seeds); test acc swings after 16 steps
 
 
 def test_train_ch6_on_plain_batches_without_matplotlib(monkeypatch, capsys):
     """Any iterable of (X, y) batches trains (X moved to the device); without matplotlib the
     training still runs and says why there is no plot."""
+
     def no_matplotlib():
         raise UsageError("plotting needs matplotlib: pip install 'resnetlab[plot]'")
 
@@ -259,13 +304,16 @@ def test_train_ch6_on_plain_batches_without_matplotlib(monkeypatch, capsys):
 
 # --- d2l's helpers ---------------------------------------------------------------------------
 
+
 @pytest.mark.needs_fashion_mnist
 def test_load_data_fashion_mnist_batches(monkeypatch):
     monkeypatch.setattr(d2l, "SUBSET", 300)
     torch.manual_seed(1)
     train_iter, test_iter = d2l.load_data_fashion_mnist(128, resize=32)
     assert len(train_iter) == len(test_iter) == 3  # 300 examples: 128 + 128 + 44, the last kept
-    assert train_iter.batch_size == 128 and len(train_iter.dataset) == 300  # the Loader's attributes
+    assert (
+        train_iter.batch_size == 128 and len(train_iter.dataset) == 300
+    )  # the Loader's attributes
     X, y = next(iter(train_iter))
     assert X.dtype == torch.float32 and tuple(X.shape) == (128, 1, 32, 32)
     assert y.dtype == torch.int64 and tuple(y.shape) == (128,)
@@ -330,20 +378,31 @@ def test_evaluate_accuracy_gpu():
     net.train()
     assert d2l.evaluate_accuracy_gpu(net, batches) == pytest.approx(correct / 15)
     assert not net.training  # evaluated in eval mode, as d2l does
-    assert d2l.evaluate_accuracy_gpu(net, batches, torch.device("cpu")) == pytest.approx(correct / 15)
+    assert d2l.evaluate_accuracy_gpu(net, batches, torch.device("cpu")) == pytest.approx(
+        correct / 15
+    )
     with pytest.raises(UsageError, match="no examples"):
         d2l.evaluate_accuracy_gpu(net, [])
 
 
 def test_devices():
-    assert d2l.try_gpu() == (torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu"))
+    assert d2l.try_gpu() == (
+        torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    )
     assert d2l.try_gpu(10_000) == torch.device("cpu")
     gpus = d2l.try_all_gpus()
-    assert gpus == ([torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())] or [torch.device("cpu")])
+    assert gpus == (
+        [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+        or [torch.device("cpu")]
+    )
 
 
 def test_fashion_mnist_labels_and_show_images():
-    assert d2l.get_fashion_mnist_labels(torch.tensor([0, 9, 7])) == ["t-shirt", "ankle boot", "sneaker"]
+    assert d2l.get_fashion_mnist_labels(torch.tensor([0, 9, 7])) == [
+        "t-shirt",
+        "ankle boot",
+        "sneaker",
+    ]
     assert d2l.get_fashion_mnist_labels([2]) == ["pullover"]
     imgs = [torch.rand(28, 28), torch.rand(1, 28, 28), torch.rand(3, 8, 8)]
     axes = d2l.show_images(imgs, 1, 3, titles=["a", "b", "c"], scale=1.0)
@@ -365,7 +424,9 @@ def test_animator_saves_a_png_without_a_display(tmp_path):
 def test_animator_in_a_notebook_displays_each_update(monkeypatch):
     """In an IPython kernel the figure is displayed and replaced at each add, as d2l does."""
     shown = []
-    display = types.SimpleNamespace(display=shown.append, clear_output=lambda wait: shown.append(wait))
+    display = types.SimpleNamespace(
+        display=shown.append, clear_output=lambda wait: shown.append(wait)
+    )
     kernel_shell = types.SimpleNamespace(kernel=object())
     fake_ipython = types.SimpleNamespace(get_ipython=lambda: kernel_shell, display=display)
     monkeypatch.setitem(sys.modules, "IPython", fake_ipython)
@@ -377,6 +438,7 @@ def test_animator_in_a_notebook_displays_each_update(monkeypatch):
 
 
 # --- What is not provided says so --------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["train_ch3", "load_array", "DATA_HUB", "Vocab"])
 def test_unsupported_d2l_names_raise_a_clear_error(name):

@@ -17,10 +17,24 @@ from resnetlab.cli import main
 from resnetlab.errors import UsageError
 from resnetlab.experiments import degradation as deg
 
-pytestmark = pytest.mark.needs_fashion_mnist  # trains on subsets of the real data (tests/conftest.py)
+pytestmark = (
+    pytest.mark.needs_fashion_mnist
+)  # trains on subsets of the real data (tests/conftest.py)
 
 TINY = dict(depths=(20, 32), width=4, subset=256, epochs=2, seed=0)
-TINY_FLAGS = ["--depths", "20", "32", "--width", "4", "--subset", "256", "--epochs", "2", "--seed", "0"]
+TINY_FLAGS = [
+    "--depths",
+    "20",
+    "32",
+    "--width",
+    "4",
+    "--subset",
+    "256",
+    "--epochs",
+    "2",
+    "--seed",
+    "0",
+]
 NETS = ["plain20", "resnet20", "plain32", "resnet32"]
 
 
@@ -45,7 +59,9 @@ def test_writes_run_folders_combined_csv_and_figures(tiny):
     assert list(rows[0]) == ["net", "depth", "residual", "epoch", "train_err", "test_err"]
     assert [(r["net"], int(r["epoch"])) for r in rows] == [(n, e) for n in NETS for e in (1, 2)]
     for r in rows:  # the combined CSV is each run's own metrics, as errors
-        metrics = {int(m["epoch"]): m for m in _read_csv(out / r["net"] / "metrics.csv")}[int(r["epoch"])]
+        metrics = {int(m["epoch"]): m for m in _read_csv(out / r["net"] / "metrics.csv")}[
+            int(r["epoch"])
+        ]
         assert float(r["train_err"]) == pytest.approx(1 - float(metrics["train_acc"]), abs=1e-5)
         assert float(r["test_err"]) == pytest.approx(1 - float(metrics["test_acc"]), abs=1e-5)
         assert r["residual"] == str(r["net"].startswith("resnet"))
@@ -59,8 +75,9 @@ def test_every_net_gets_the_same_recipe(tiny):
     configs = {net: json.loads((out / net / "config.json").read_text())["config"] for net in NETS}
     for net, cfg in configs.items():
         assert cfg["model"] == net
-        assert {k: v for k, v in cfg.items() if k != "model"} == \
-            {k: v for k, v in configs["plain20"].items() if k != "model"}
+        assert {k: v for k, v in cfg.items() if k != "model"} == {
+            k: v for k, v in configs["plain20"].items() if k != "model"
+        }
     cfg = configs["plain20"]
     assert cfg["model_kwargs"] == {"width": 4} and cfg["subset"] == 256 and cfg["epochs"] == 2
     assert cfg["label_smoothing"] == 0.0 and cfg["crop_padding"] == 0 and not cfg["flip"]
@@ -82,8 +99,12 @@ def test_final_errors_and_verdict_come_from_the_last_epoch(tiny):
         last = [r for r in rows if r["net"] == net][-1]
         assert final[net]["train_err"] == pytest.approx(float(last["train_err"]), abs=1e-5)
         assert final[net]["test_err"] == pytest.approx(float(last["test_err"]), abs=1e-5)
-    assert result["plain_degrades"] == (final["plain32"]["train_err"] > final["plain20"]["train_err"])
-    assert result["residual_no_worse"] == (final["resnet32"]["train_err"] <= final["resnet20"]["train_err"])
+    assert result["plain_degrades"] == (
+        final["plain32"]["train_err"] > final["plain20"]["train_err"]
+    )
+    assert result["residual_no_worse"] == (
+        final["resnet32"]["train_err"] <= final["resnet20"]["train_err"]
+    )
     table = deg.format_table(result)
     assert all(net in table for net in NETS)
     assert ("degradation shown" in table) == result["plain_degrades"]
@@ -103,8 +124,15 @@ def test_gradient_norms_cover_every_weighted_layer_of_the_deep_nets(tiny):
 
 def test_gradient_norms_are_reproducible():
     # the seed fixes both the initial weights and the batch, so a second call agrees exactly
-    cfg = deg.degradation_config(deg.Net(20, residual=False), data="fashion-mnist", epochs=1, width=4, subset=256,
-                                 seed=0, lr=0.1)
+    cfg = deg.degradation_config(
+        deg.Net(20, residual=False),
+        data="fashion-mnist",
+        epochs=1,
+        width=4,
+        subset=256,
+        seed=0,
+        lr=0.1,
+    )
     first, second = deg.gradient_norms_at_init(cfg), deg.gradient_norms_at_init(cfg)
     assert first == second and len(first) == 20
 
@@ -116,13 +144,16 @@ def test_cli_json_reuses_finished_runs(tiny, capsys):
     captured = capsys.readouterr()
     again = json.loads(captured.out)
     assert [a["action"] for a in again["nets"]] == ["reused"] * 4
-    assert [(a["net"], a["train_err"], a["test_err"]) for a in again["nets"]] == \
-        [(f["net"], f["train_err"], f["test_err"]) for f in result["nets"]]
+    assert [(a["net"], a["train_err"], a["test_err"]) for a in again["nets"]] == [
+        (f["net"], f["train_err"], f["test_err"]) for f in result["nets"]
+    ]
     assert (out / "plain20" / "model.safetensors").stat().st_mtime_ns == stamp
     assert "reusing the finished run" in captured.err
 
 
-def test_interrupted_run_is_resumed_and_plots_skipped_without_matplotlib(tiny, tmp_path, monkeypatch, capsys):
+def test_interrupted_run_is_resumed_and_plots_skipped_without_matplotlib(
+    tiny, tmp_path, monkeypatch, capsys
+):
     out, result = tiny
     copy = tmp_path / "exp"
     shutil.copytree(out, copy)
@@ -144,12 +175,15 @@ def test_other_settings_in_the_folder_are_refused(tiny):
         deg.run_degradation(out, verbose=False, **dict(TINY, epochs=3))
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--depths", "10", "14"], "no plain10/resnet10 pair"),
-    (["--depths", "20", "20"], "two different depths"),
-    (["--width", "0"], "--width must be a positive integer"),
-    (["--subset", "-5"], "--subset must be positive"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--depths", "10", "14"], "no plain10/resnet10 pair"),
+        (["--depths", "20", "20"], "two different depths"),
+        (["--width", "0"], "--width must be a positive integer"),
+        (["--subset", "-5"], "--subset must be positive"),
+    ],
+)
 def test_bad_flags_give_one_line_and_exit_2(flags, message, tmp_path, capsys):
     assert main(["experiment", "degradation", *flags, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err

@@ -48,11 +48,22 @@ def run_dir(tmp_path_factory):
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = None  # a cumulative average over the batches below
     with torch.no_grad():
-        for x, _ in Loader(test.take(512, seed=1), 128, shuffle=False, normalize=(info.mean, info.std)):
+        for x, _ in Loader(
+            test.take(512, seed=1), 128, shuffle=False, normalize=(info.mean, info.std)
+        ):
             model.train()(x)
-    meta = {"model": "resnet20", "model_kwargs": {"width": 8}, "in_chans": 1, "num_classes": 10,
-            "classes": test.classes, "input_size": [1, 28, 28], "resize": None,
-            "normalize": {"mean": list(info.mean), "std": list(info.std)}, "data": "fashion-mnist", "epoch": 1}
+    meta = {
+        "model": "resnet20",
+        "model_kwargs": {"width": 8},
+        "in_chans": 1,
+        "num_classes": 10,
+        "classes": test.classes,
+        "input_size": [1, 28, 28],
+        "resize": None,
+        "normalize": {"mean": list(info.mean), "std": list(info.std)},
+        "data": "fashion-mnist",
+        "epoch": 1,
+    }
     out = tmp_path_factory.mktemp("export") / "run"
     save_weights(out / "model.safetensors", model.state_dict(), meta)
     return out
@@ -68,15 +79,26 @@ def exported(run_dir):
 
 @pytest.mark.needs_fashion_mnist
 def test_export_is_checked_on_real_test_images(run_dir, exported, capsys):
-    code, out, err = run_cli(["export", str(run_dir), "--out", str(run_dir / "again.onnx"), "--json"], capsys)
+    code, out, err = run_cli(
+        ["export", str(run_dir), "--out", str(run_dir / "again.onnx"), "--json"], capsys
+    )
     assert code == 0, err
     r = json.loads(out)
     c = r["check"]
     assert c["passed"] and c["inputs"] == "64 fashion-mnist test images" and c["count"] == 64
-    assert c["max_abs_diff"] <= 1e-4 and c["top1_agree"] == 64 and c["runs"] == 3  # a batch of 64, then of 1 twice
+    assert (
+        c["max_abs_diff"] <= 1e-4 and c["top1_agree"] == 64 and c["runs"] == 3
+    )  # a batch of 64, then of 1 twice
     assert 0.1 < c["max_abs_logit"] < 100, "a sane net: logits of ordinary size"
-    assert r["batch"] == "dynamic" and r["input_size"] == [1, 28, 28] and r["exporter"] in ("dynamo", "torchscript")
-    assert r["weights"] == str(run_dir / "model.safetensors") and r["bytes"] == (run_dir / "again.onnx").stat().st_size
+    assert (
+        r["batch"] == "dynamic"
+        and r["input_size"] == [1, 28, 28]
+        and r["exporter"] in ("dynamo", "torchscript")
+    )
+    assert (
+        r["weights"] == str(run_dir / "model.safetensors")
+        and r["bytes"] == (run_dir / "again.onnx").stat().st_size
+    )
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -84,23 +106,46 @@ def test_export_is_checked_on_real_test_images(run_dir, exported, capsys):
 def test_metadata_carries_what_a_consumer_needs(exported):
     proto = onnx.load(str(exported))
     props = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(props["classes"])[0] == "T-shirt/top" and len(json.loads(props["classes"])) == 10
+    assert (
+        json.loads(props["classes"])[0] == "T-shirt/top" and len(json.loads(props["classes"])) == 10
+    )
     assert json.loads(props["input_size"]) == [1, 28, 28] and json.loads(props["resize"]) is None
     norm = json.loads(props["normalize"])
-    assert len(norm["mean"]) == 1 and 0.2 < norm["mean"][0] < 0.4 and json.loads(props["model"]) == "resnet20"
+    assert (
+        len(norm["mean"]) == 1
+        and 0.2 < norm["mean"][0] < 0.4
+        and json.loads(props["model"]) == "resnet20"
+    )
     assert "divided by 255" in props["preprocess"]
-    assert not [n for n in proto.graph.node if n.op_type == "BatchNormalization"], "batch norms are folded"
+    assert not [n for n in proto.graph.node if n.op_type == "BatchNormalization"], (
+        "batch norms are folded"
+    )
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
-    (inp,), (outp,) = session.get_inputs(), session.get_outputs()
-    assert inp.name == "input" and inp.shape[1:] == [1, 28, 28] and not isinstance(inp.shape[0], int)
+    (inp,), (_outp,) = session.get_inputs(), session.get_outputs()
+    assert (
+        inp.name == "input" and inp.shape[1:] == [1, 28, 28] and not isinstance(inp.shape[0], int)
+    )
     assert session.run(None, {"input": torch.zeros(3, 1, 28, 28).numpy()})[0].shape == (3, 10)
 
 
 @pytest.mark.needs_fashion_mnist
 def test_fixed_batch_with_the_torchscript_exporter(run_dir, capsys):
     out = run_dir / "b4.onnx"
-    code, text, err = run_cli(["export", str(run_dir / "model.safetensors"), "--batch", "4", "--exporter",
-                               "torchscript", "--opset", "17", "--out", str(out)], capsys)
+    code, text, err = run_cli(
+        [
+            "export",
+            str(run_dir / "model.safetensors"),
+            "--batch",
+            "4",
+            "--exporter",
+            "torchscript",
+            "--opset",
+            "17",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "input [4, 1, 28, 28], opset 17, torchscript exporter" in text
     assert "checked with onnxruntime" in text and "top-1 agrees on 64/64" in text
@@ -122,10 +167,14 @@ class _Perturbed:
 def test_a_mismatch_writes_nothing_and_says_by_how_much(run_dir, monkeypatch, capsys):
     real = export._ort_session
     monkeypatch.setattr(export, "_ort_session", lambda data: _Perturbed(real(data)))
-    code, out, err = run_cli(["export", str(run_dir), "--out", str(run_dir / "bad.onnx"), "--exporter",
-                              "torchscript"], capsys)
+    code, out, err = run_cli(
+        ["export", str(run_dir), "--out", str(run_dir / "bad.onnx"), "--exporter", "torchscript"],
+        capsys,
+    )
     assert code == 1 and out == "" and err.count("\n") == 1
-    assert err.startswith("resnetlab: error: onnxruntime's logits differ from PyTorch's by up to 0.01 ")
+    assert err.startswith(
+        "resnetlab: error: onnxruntime's logits differ from PyTorch's by up to 0.01 "
+    )
     assert "(tolerance 0.0001)" in err and "bad.onnx not written" in err and "rounding" not in err
     assert not (run_dir / "bad.onnx").exists() and not list(run_dir.glob("*.tmp"))
 
@@ -133,16 +182,29 @@ def test_a_mismatch_writes_nothing_and_says_by_how_much(run_dir, monkeypatch, ca
 @pytest.mark.needs_fashion_mnist
 def test_a_tolerance_below_float32_rounding_is_explained(run_dir, tmp_path):
     with pytest.raises(ExportError) as e:
-        export.export_run(run_dir, out=tmp_path / "m.onnx", tolerance=1e-12, exporter="torchscript", check_images=8)
+        export.export_run(
+            run_dir,
+            out=tmp_path / "m.onnx",
+            tolerance=1e-12,
+            exporter="torchscript",
+            check_images=8,
+        )
     assert "PyTorch's own float32 logits differ from float64 ones by up to" in str(e.value)
-    assert "rounding, not a broken export; pass --tolerance" in str(e.value) and "\n" not in str(e.value)
+    assert "rounding, not a broken export; pass --tolerance" in str(e.value) and "\n" not in str(
+        e.value
+    )
     assert not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.needs_fashion_mnist
 def test_random_inputs_when_the_data_is_absent(run_dir, tmp_path):
-    r = export.export_run(run_dir, out=tmp_path / "m.onnx", data_dir=str(tmp_path / "empty"), exporter="torchscript")
-    assert r["check"]["passed"] and r["check"]["inputs"] == "random normal inputs (fashion-mnist's test data was not found)"
+    r = export.export_run(
+        run_dir, out=tmp_path / "m.onnx", data_dir=str(tmp_path / "empty"), exporter="torchscript"
+    )
+    assert (
+        r["check"]["passed"]
+        and r["check"]["inputs"] == "random normal inputs (fashion-mnist's test data was not found)"
+    )
     assert "random normal inputs" in export.format_export(r)
 
 
@@ -163,13 +225,24 @@ def _save_images(folder):
 def test_predict_on_onnx_equals_predict_on_the_run(run_dir, exported, tmp_path, capsys):
     pytest.importorskip("PIL")
     images = _save_images(tmp_path)
-    code, from_run, err = run_cli(["predict", str(run_dir), *images, "--top-k", "3", "--json"], capsys)
+    code, from_run, err = run_cli(
+        ["predict", str(run_dir), *images, "--top-k", "3", "--json"], capsys
+    )
     assert code == 0, err
-    code, from_onnx, err = run_cli(["predict", str(exported), *images, "--top-k", "3", "--json"], capsys)
+    code, from_onnx, err = run_cli(
+        ["predict", str(exported), *images, "--top-k", "3", "--json"], capsys
+    )
     assert code == 0, err
     a, b = json.loads(from_run), json.loads(from_onnx)
-    assert [[t["class"] for t in r["top"]] for r in a] == [[t["class"] for t in r["top"]] for r in b]
-    assert max(abs(x["prob"] - y["prob"]) for ra, rb in zip(a, b) for x, y in zip(ra["top"], rb["top"])) < 1e-5
+    assert [[t["class"] for t in r["top"]] for r in a] == [
+        [t["class"] for t in r["top"]] for r in b
+    ]
+    assert (
+        max(
+            abs(x["prob"] - y["prob"]) for ra, rb in zip(a, b) for x, y in zip(ra["top"], rb["top"])
+        )
+        < 1e-5
+    )
     code, text, _ = run_cli(["predict", str(exported), images[0], "--top-k", "2"], capsys)
     assert code == 0 and text.startswith(images[0] + ": ") and text.count(",") == 1
 
@@ -183,13 +256,18 @@ def test_predict_on_a_fixed_batch_model_pads_the_last_slice(run_dir, exported, t
     dynamic = export.predict_onnx(exported, images, top_k=1)
     assert [r["image"] for r in fixed] == images
     assert [r["top"][0]["class"] for r in fixed] == [r["top"][0]["class"] for r in dynamic]
-    assert max(abs(a["top"][0]["prob"] - b["top"][0]["prob"]) for a, b in zip(fixed, dynamic)) < 1e-5
+    assert (
+        max(abs(a["top"][0]["prob"] - b["top"][0]["prob"]) for a, b in zip(fixed, dynamic)) < 1e-5
+    )
 
 
 def test_an_onnx_file_not_from_resnetlab_is_one_line(tmp_path, capsys):
     x = onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 1])
-    model = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Identity", ["input"], ["logits"])],
-                                                          "g", [x], [x]))
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["input"], ["logits"])], "g", [x], [x]
+        )
+    )
     onnx.save(model, str(tmp_path / "foreign.onnx"))
     code, _, err = run_cli(["predict", str(tmp_path / "foreign.onnx"), "x.png"], capsys)
     assert code == 1 and err.count("\n") == 1 and "not exported by resnetlab" in err
@@ -200,7 +278,9 @@ def test_an_onnx_file_not_from_resnetlab_is_one_line(tmp_path, capsys):
 
 @pytest.mark.needs_fashion_mnist
 def test_missing_extra_names_it(run_dir, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    monkeypatch.setitem(
+        sys.modules, "onnxruntime", None
+    )  # `import onnxruntime` now raises ImportError
     code, out, err = run_cli(["export", str(run_dir)], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "onnxruntime is not installed" in err and "pip install 'resnetlab[onnx]'" in err
@@ -210,11 +290,13 @@ def test_missing_extra_names_it(run_dir, monkeypatch, capsys):
 
 @pytest.mark.needs_fashion_mnist
 def test_bad_arguments_are_usage_errors(run_dir, tmp_path, capsys):
-    for args, words in ((["--batch", "0"], "--batch takes a positive number"),
-                        (["--batch", "many"], "--batch takes a positive number"),
-                        (["--out", str(tmp_path / "m.txt")], "should end in .onnx"),
-                        (["--tolerance", "0"], "--tolerance must be positive"),
-                        (["--check-images", "0"], "--check-images must be positive")):
+    for args, words in (
+        (["--batch", "0"], "--batch takes a positive number"),
+        (["--batch", "many"], "--batch takes a positive number"),
+        (["--out", str(tmp_path / "m.txt")], "should end in .onnx"),
+        (["--tolerance", "0"], "--tolerance must be positive"),
+        (["--check-images", "0"], "--check-images must be positive"),
+    ):
         code, _, err = run_cli(["export", str(run_dir), *args], capsys)
         assert code == 2 and words in err and err.count("\n") == 1, (args, err)
     code, _, err = run_cli(["export", str(tmp_path / "nothing")], capsys)
@@ -224,24 +306,43 @@ def test_bad_arguments_are_usage_errors(run_dir, tmp_path, capsys):
 def test_the_textbook_nets_export(tmp_path):
     torch.manual_seed(0)
     d2l = create_model("resnet18_d2l", widths=(8, 8, 16, 16))  # in training mode, as built
-    r = export.export_onnx(d2l, tmp_path / "d2l.onnx", input_size=(1, 64, 64), exporter="torchscript")
+    r = export.export_onnx(
+        d2l, tmp_path / "d2l.onnx", input_size=(1, 64, 64), exporter="torchscript"
+    )
     assert r["check"]["passed"] and r["check"]["inputs"] == "random normal inputs"
     assert d2l.training, "the caller's model is left as it was"
     # a lazily built net (the chapter's Residual(None, ...)): refused until it has run once
-    lazy = nn.Sequential(nn.LazyConv2d(8, 3, padding=1), nn.LazyBatchNorm2d(), nn.ReLU(),
-                         Residual(None, 8, use_1x1conv=True, strides=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.LazyLinear(10))
+    lazy = nn.Sequential(
+        nn.LazyConv2d(8, 3, padding=1),
+        nn.LazyBatchNorm2d(),
+        nn.ReLU(),
+        Residual(None, 8, use_1x1conv=True, strides=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.LazyLinear(10),
+    )
     with pytest.raises(UsageError, match="lazy layers"):
         export.export_onnx(lazy, tmp_path / "lazy.onnx", input_size=(1, 32, 32))
     lazy(torch.randn(2, 1, 32, 32))
-    r = export.export_onnx(lazy.eval(), tmp_path / "lazy.onnx", input_size=(1, 32, 32), classes=list("abcdefghij"))
+    r = export.export_onnx(
+        lazy.eval(), tmp_path / "lazy.onnx", input_size=(1, 32, 32), classes=list("abcdefghij")
+    )
     assert r["check"]["passed"] and (tmp_path / "lazy.onnx").exists()
-    assert json.loads({p.key: p.value for p in onnx.load(str(tmp_path / "lazy.onnx")).metadata_props}["classes"])[0] == "a"
+    assert (
+        json.loads(
+            {p.key: p.value for p in onnx.load(str(tmp_path / "lazy.onnx")).metadata_props}[
+                "classes"
+            ]
+        )[0]
+        == "a"
+    )
 
 
 def test_a_model_that_cannot_run_at_that_size_is_one_line(tmp_path):
     with pytest.raises(UsageError, match="does not run on a \\[2, 3, 28, 28\\] input") as e:
-        export.export_onnx(create_model("resnet20", in_chans=1), tmp_path / "x.onnx", input_size=(3, 28, 28))
+        export.export_onnx(
+            create_model("resnet20", in_chans=1), tmp_path / "x.onnx", input_size=(3, 28, 28)
+        )
     assert "\n" not in str(e.value)
     assert not (tmp_path / "x.onnx").exists()
 
@@ -253,9 +354,13 @@ def test_an_exporter_failure_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(export.EXPORTERS, "dynamo", broken)
     monkeypatch.setitem(export.EXPORTERS, "torchscript", broken)
     with pytest.raises(ExportError) as e:
-        export.export_onnx(create_model("resnet20", width=4), tmp_path / "x.onnx", input_size=(3, 32, 32))
-    assert str(e.value) == ("cannot export to ONNX: the dynamo exporter failed (RuntimeError: no such op); "
-                            "the torchscript exporter failed (RuntimeError: no such op)")
+        export.export_onnx(
+            create_model("resnet20", width=4), tmp_path / "x.onnx", input_size=(3, 32, 32)
+        )
+    assert str(e.value) == (
+        "cannot export to ONNX: the dynamo exporter failed (RuntimeError: no such op); "
+        "the torchscript exporter failed (RuntimeError: no such op)"
+    )
 
 
 def test_an_opset_below_the_dynamo_exporters_falls_back(tmp_path, capsys):
@@ -264,5 +369,9 @@ def test_an_opset_below_the_dynamo_exporters_falls_back(tmp_path, capsys):
     assert r["opset"] == 13 and r["exporter"] == "torchscript" and r["check"]["passed"]
     assert r["exporter_notes"] == ["the dynamo exporter made opset 18, not 13"]
     assert capsys.readouterr() == ("", ""), "the exporters' own output is kept quiet"
-    with pytest.raises(ExportError, match="^cannot export to ONNX: the dynamo exporter made opset 18, not 13$"):
-        export.export_onnx(net, tmp_path / "d13.onnx", input_size=(3, 32, 32), opset=13, exporter="dynamo")
+    with pytest.raises(
+        ExportError, match="^cannot export to ONNX: the dynamo exporter made opset 18, not 13$"
+    ):
+        export.export_onnx(
+            net, tmp_path / "d13.onnx", input_size=(3, 32, 32), opset=13, exporter="dynamo"
+        )

@@ -13,16 +13,28 @@ import torch
 from resnetlab.errors import CheckpointError
 from resnetlab.weights import load_weights, save_weights
 
-TENSORS = {"a.weight": torch.arange(12, dtype=torch.float32).view(3, 4), "a.bias": torch.ones(3, dtype=torch.float16),
-           "n": torch.tensor(7), "empty": torch.zeros(0, 5), "b": torch.tensor([True, False])}
+TENSORS = {
+    "a.weight": torch.arange(12, dtype=torch.float32).view(3, 4),
+    "a.bias": torch.ones(3, dtype=torch.float16),
+    "n": torch.tensor(7),
+    "empty": torch.zeros(0, 5),
+    "b": torch.tensor([True, False]),
+}
 
 
 def test_round_trip_keeps_values_dtypes_and_metadata(tmp_path):
-    meta = {"model": "resnet20", "classes": ["a", "b"], "input_size": [1, 28, 28], "normalize": None}
+    meta = {
+        "model": "resnet20",
+        "classes": ["a", "b"],
+        "input_size": [1, 28, 28],
+        "normalize": None,
+    }
     save_weights(tmp_path / "w.safetensors", TENSORS, meta)
     tensors, back = load_weights(tmp_path / "w.safetensors")
     assert back == meta and tensors.keys() == TENSORS.keys()
-    assert all(tensors[k].dtype == v.dtype and torch.equal(tensors[k], v) for k, v in TENSORS.items())
+    assert all(
+        tensors[k].dtype == v.dtype and torch.equal(tensors[k], v) for k, v in TENSORS.items()
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"], "no temporary file is left"
     # the reference library reads the same file, metadata under "resnetlab" in __metadata__
     with safetensors.safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
@@ -40,7 +52,11 @@ def test_tied_weights_are_written_each_on_its_own(tmp_path):
     shared = torch.randn(4, 4)
     save_weights(tmp_path / "w.safetensors", {"a": shared, "b": shared, "c": shared[1]})
     tensors, _ = load_weights(tmp_path / "w.safetensors")
-    assert torch.equal(tensors["a"], shared) and torch.equal(tensors["b"], shared) and torch.equal(tensors["c"], shared[1])
+    assert (
+        torch.equal(tensors["a"], shared)
+        and torch.equal(tensors["b"], shared)
+        and torch.equal(tensors["c"], shared[1])
+    )
 
 
 def test_files_written_by_the_library_load(tmp_path):
@@ -49,7 +65,9 @@ def test_files_written_by_the_library_load(tmp_path):
     assert meta == {} and torch.equal(tensors["a.weight"], TENSORS["a.weight"])
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "huge_header", "bad_json", "foreign_meta"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "empty", "garbage", "huge_header", "bad_json", "foreign_meta"]
+)
 def test_bad_files_are_one_line_checkpoint_errors(tmp_path, damage):
     path = tmp_path / "w.safetensors"
     save_weights(path, TENSORS, {"model": "resnet20"})

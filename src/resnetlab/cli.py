@@ -31,16 +31,28 @@ COMMANDS = []  # each section appends its `_add_<name>`, in the order --help sho
 
 
 def _add_summary(sub) -> None:
-    p = sub.add_parser("summary", help="layers, parameters, FLOPs and activation memory of a model",
-                       description="Print a model's layers (name, type, output shape, parameters, "
-                       "MACs) and its totals. Runs on the meta device: instant, no memory.")
+    p = sub.add_parser(
+        "summary",
+        help="layers, parameters, FLOPs and activation memory of a model",
+        description="Print a model's layers (name, type, output shape, parameters, "
+        "MACs) and its totals. Runs on the meta device: instant, no memory.",
+    )
     p.add_argument("model", metavar="MODEL", help="a registered name (see `resnetlab models`)")
-    p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"),
-                   help="input channels, height, width (default: the model's own); "
-                   "the model is built for C channels")
+    p.add_argument(
+        "--input-size",
+        nargs=3,
+        type=int,
+        metavar=("C", "H", "W"),
+        help="input channels, height, width (default: the model's own); "
+        "the model is built for C channels",
+    )
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--depth", type=int, default=2,
-                   help="levels of sub-modules to list (default 2; 0: totals only)")
+    p.add_argument(
+        "--depth",
+        type=int,
+        default=2,
+        help="levels of sub-modules to list (default 2; 0: totals only)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_summary)
 
@@ -48,8 +60,9 @@ def _add_summary(sub) -> None:
 def _cmd_summary(args) -> int:
     from resnetlab.models import summarize
 
-    summary = summarize(args.model, input_size=args.input_size, batch_size=args.batch_size,
-                        depth=args.depth)
+    summary = summarize(
+        args.model, input_size=args.input_size, batch_size=args.batch_size, depth=args.depth
+    )
     if args.json:
         _print_json(summary.to_dict())
     else:
@@ -58,11 +71,19 @@ def _cmd_summary(args) -> int:
 
 
 def _add_models(sub) -> None:
-    p = sub.add_parser("models", help="list the registered models with their size and cost",
-                       description="List registered models: parameters, GFLOPs at the default "
-                       "input size, default input size and classes, paper.")
-    p.add_argument("pattern", nargs="?", default="*", metavar="PATTERN",
-                   help="shell-style filter, e.g. 'resnet*' or '*resnext*' (default: all)")
+    p = sub.add_parser(
+        "models",
+        help="list the registered models with their size and cost",
+        description="List registered models: parameters, GFLOPs at the default "
+        "input size, default input size and classes, paper.",
+    )
+    p.add_argument(
+        "pattern",
+        nargs="?",
+        default="*",
+        metavar="PATTERN",
+        help="shell-style filter, e.g. 'resnet*' or '*resnext*' (default: all)",
+    )
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=_cmd_models)
 
@@ -90,17 +111,34 @@ COMMANDS += [_add_summary, _add_models]
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model (default: the quick preset on Fashion-MNIST)",
-                       description="Train a model. A preset (or --config) fills every setting; flags override it.")
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: the quick preset on Fashion-MNIST)",
+        description="Train a model. A preset (or --config) fills every setting; flags override it.",
+    )
     _add_config_flags(p)
-    p.add_argument("--config", metavar="FILE", help="start from a saved configuration (a run's config.json) "
-                                                   "instead of a preset; flags override it")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="start from a saved configuration (a run's config.json) "
+        "instead of a preset; flags override it",
+    )
     p.add_argument("--out", help="run folder (default: runs/<date-time>-<preset>/)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR after its last checkpoint")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout (progress goes to stderr)")
-    p.add_argument("--nproc", type=int, metavar="N",
-                   help="train in N processes on this machine (starts torchrun; README: Distributed training)")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR after its last checkpoint"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as JSON on stdout (progress goes to stderr)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train in N processes on this machine (starts torchrun; README: Distributed training)",
+    )
     p.set_defaults(func=_cmd_train, train_parser=p)
 
 
@@ -108,7 +146,9 @@ def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON ({e}): write it as '{{\"width\": 32}}'") from None
+        raise argparse.ArgumentTypeError(
+            f"not JSON ({e}): write it as '{{\"width\": 32}}'"
+        ) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"a JSON object is wanted, got {text!r}")
     return value
@@ -121,15 +161,25 @@ def _add_config_flags(parser) -> None:
 
     from resnetlab.train.config import TrainConfig, field_types, flag_name
 
-    group = parser.add_argument_group("settings (each a field of the run's TrainConfig; default: the preset's)")
+    group = parser.add_argument_group(
+        "settings (each a field of the run's TrainConfig; default: the preset's)"
+    )
     for f, kinds in zip(dataclasses.fields(TrainConfig), field_types().values()):
         flag, meta = "--" + flag_name(f.name), dict(f.metadata)
         if bool in kinds:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=meta["help"])
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=meta["help"]
+            )
             continue
         kind = _json_object if dict in kinds else next(k for k in kinds if k is not type(None))
-        group.add_argument(flag, type=kind, choices=meta["choices"], default=None, help=meta["help"],
-                           metavar=None if meta["choices"] else f.name.upper())
+        group.add_argument(
+            flag,
+            type=kind,
+            choices=meta["choices"],
+            default=None,
+            help=meta["help"],
+            metavar=None if meta["choices"] else f.name.upper(),
+        )
 
 
 def _flags_again(parser, args, skip: tuple[str, ...]) -> list[str]:
@@ -137,7 +187,12 @@ def _flags_again(parser, args, skip: tuple[str, ...]) -> list[str]:
     argv = []
     for action in parser._actions:  # argparse keeps no public list of a parser's flags
         value = getattr(args, action.dest, None)
-        if not action.option_strings or action.dest in skip or value is None or value == action.default:
+        if (
+            not action.option_strings
+            or action.dest in skip
+            or value is None
+            or value == action.default
+        ):
             continue
         flag = action.option_strings[0]
         if isinstance(action, argparse.BooleanOptionalAction):
@@ -166,17 +221,23 @@ def _cmd_train(args) -> int:
         require_tensorboard()
     try:
         if args.resume:
-            given = [k for k in (*overrides, "preset", "config", "out") if getattr(args, k) is not None]
+            given = [
+                k for k in (*overrides, "preset", "config", "out") if getattr(args, k) is not None
+            ]
             if given:
-                raise UsageError(f"--resume continues a run with its saved settings; drop "
-                                 f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+                raise UsageError(
+                    f"--resume continues a run with its saved settings; drop "
+                    f"{', '.join('--' + k.replace('_', '-') for k in given)}"
+                )
             summary = train(resume=args.resume, json_output=args.json)
         else:
             base = read_config_file(args.config) if args.config else None
             cfg = make_config(args.preset, base=base, **overrides)
             summary = train(cfg, out=args.out, overwrite=args.overwrite, json_output=args.json)
     except ResnetlabError as e:
-        report = error_to_report(e)  # several processes: an error they all raised is printed by rank 0 alone
+        report = error_to_report(
+            e
+        )  # several processes: an error they all raised is printed by rank 0 alone
         if report is None:
             raise SystemExit(e.exit_code) from None
         raise report from None
@@ -195,16 +256,29 @@ def _add_eval(sub) -> None:
     p.add_argument("weights", help="a run folder or a .safetensors file")
     p.add_argument("--data", help="dataset (default: the one the model was trained on)")
     p.add_argument("--data-dir")
-    p.add_argument("--tta", default="none", choices=TTA_MODES,
-                   help="test-time augmentation: average the logits over the image and its mirror image (flip), "
-                        "and over one-pixel shifts of both (flip-shift); default none")
+    p.add_argument(
+        "--tta",
+        default="none",
+        choices=TTA_MODES,
+        help="test-time augmentation: average the logits over the image and its mirror image (flip), "
+        "and over one-pixel shifts of both (flip-shift); default none",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--out", metavar="DIR", help="folder for mistakes.png, mistakes.csv and confusion.csv "
-                   "(default: eval/ beside the weights, e.g. RUN/eval/)")
-    p.add_argument("--mistakes", type=int, default=32, metavar="K",
-                   help="the K most confident mistakes go into mistakes.png/.csv (default 32; 0: write nothing)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for mistakes.png, mistakes.csv and confusion.csv "
+        "(default: eval/ beside the weights, e.g. RUN/eval/)",
+    )
+    p.add_argument(
+        "--mistakes",
+        type=int,
+        default=32,
+        metavar="K",
+        help="the K most confident mistakes go into mistakes.png/.csv (default 32; 0: write nothing)",
+    )
     p.set_defaults(func=_cmd_eval)
 
 
@@ -215,13 +289,23 @@ def _cmd_eval(args) -> int:
         raise UsageError(f"--mistakes must be zero or positive, got {args.mistakes}")
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
-    r = evaluate_run(args.weights, data=args.data, data_dir=args.data_dir, tta=args.tta, device=args.device,
-                     batch_size=args.batch_size, mistakes=args.mistakes, out=args.out)
+    r = evaluate_run(
+        args.weights,
+        data=args.data,
+        data_dir=args.data_dir,
+        tta=args.tta,
+        device=args.device,
+        batch_size=args.batch_size,
+        mistakes=args.mistakes,
+        out=args.out,
+    )
     if args.json:
         _print_json(r)
         return 0
     views = f" ({r['tta']} TTA)" if r["tta"] != "none" else ""
-    print(f"{r['data']} test set, {r['count']} examples{views}: loss {r['loss']:.4f}, acc {r['acc']:.4f}")
+    print(
+        f"{r['data']} test set, {r['count']} examples{views}: loss {r['loss']:.4f}, acc {r['acc']:.4f}"
+    )
     width = max(len(c) for c in r["classes"])
     print(f"{'class':<{width}}  {'count':>6}  {'acc':>6}")
     for row in r["per_class"]:
@@ -230,7 +314,9 @@ def _cmd_eval(args) -> int:
     for cls, counts in zip(r["classes"], r["confusion"]):
         print(f"{cls:<{width}}  " + " ".join(f"{c:>5}" for c in counts))
     if r.get("mistakes_files"):
-        print(f"{r['wrong']} mistakes; the {r['mistakes_shown']} most confident in {', '.join(r['mistakes_files'])}")
+        print(
+            f"{r['wrong']} mistakes; the {r['mistakes_shown']} most confident in {', '.join(r['mistakes_files'])}"
+        )
     return 0
 
 
@@ -239,7 +325,10 @@ COMMANDS.append(_add_eval)
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="classify image files with trained weights")
-    p.add_argument("weights", help="a run folder, a .safetensors file or an exported .onnx model (run by onnxruntime)")
+    p.add_argument(
+        "weights",
+        help="a run folder, a .safetensors file or an exported .onnx model (run by onnxruntime)",
+    )
     p.add_argument("images", nargs="+", help="image files (any size or colour)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--device", default="auto")
@@ -268,24 +357,59 @@ COMMANDS.append(_add_predict)
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write trained weights as an ONNX model, checked with onnxruntime",
-                       description="Export the kept weights of a run (best.safetensors where there is one) as "
-                       "ONNX: batch norms folded, eval mode, the run's input size, class names and "
-                       "preprocessing in the model's metadata. onnxruntime must reproduce PyTorch's logits "
-                       "on real test images (max abs difference within --tolerance, same top-1) or nothing "
-                       "is written. Needs: pip install 'resnetlab[onnx]'.")
+    p = sub.add_parser(
+        "export",
+        help="write trained weights as an ONNX model, checked with onnxruntime",
+        description="Export the kept weights of a run (best.safetensors where there is one) as "
+        "ONNX: batch norms folded, eval mode, the run's input size, class names and "
+        "preprocessing in the model's metadata. onnxruntime must reproduce PyTorch's logits "
+        "on real test images (max abs difference within --tolerance, same top-1) or nothing "
+        "is written. Needs: pip install 'resnetlab[onnx]'.",
+    )
     p.add_argument("weights", metavar="RUN_OR_WEIGHTS", help="a run folder or a .safetensors file")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (only onnx)")
-    p.add_argument("--out", metavar="FILE", help="the .onnx file (default: beside the weights, e.g. RUN/best.onnx)")
-    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: the exporter's own, 20 with torch 2.13)")
-    p.add_argument("--batch", default="dynamic", metavar="N|dynamic",
-                   help="a fixed batch size, or 'dynamic' (default) for any batch")
-    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
-                   help="torch.onnx exporter: auto (default: dynamo, then torchscript if it fails)")
-    p.add_argument("--check-images", type=int, default=64, metavar="N", help="test images to check on (default 64)")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed max abs logit difference (default 1e-4)")
-    p.add_argument("--data-dir", help="folder holding the run's dataset (for the check's test images)")
-    p.add_argument("--json", action="store_true", help="print the result and the check's figures as JSON")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="the .onnx file (default: beside the weights, e.g. RUN/best.onnx)",
+    )
+    p.add_argument(
+        "--opset",
+        type=int,
+        metavar="N",
+        help="ONNX opset (default: the exporter's own, 20 with torch 2.13)",
+    )
+    p.add_argument(
+        "--batch",
+        default="dynamic",
+        metavar="N|dynamic",
+        help="a fixed batch size, or 'dynamic' (default) for any batch",
+    )
+    p.add_argument(
+        "--exporter",
+        default="auto",
+        choices=["auto", "dynamo", "torchscript"],
+        help="torch.onnx exporter: auto (default: dynamo, then torchscript if it fails)",
+    )
+    p.add_argument(
+        "--check-images",
+        type=int,
+        default=64,
+        metavar="N",
+        help="test images to check on (default 64)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed max abs logit difference (default 1e-4)",
+    )
+    p.add_argument(
+        "--data-dir", help="folder holding the run's dataset (for the check's test images)"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the result and the check's figures as JSON"
+    )
     p.set_defaults(func=_cmd_export)
 
 
@@ -294,8 +418,16 @@ def _cmd_export(args) -> int:
 
     if args.tolerance <= 0:
         raise UsageError(f"--tolerance must be positive, got {args.tolerance}")
-    result = export_run(args.weights, out=args.out, opset=args.opset, batch=args.batch, data_dir=args.data_dir,
-                        check_images=args.check_images, tolerance=args.tolerance, exporter=args.exporter)
+    result = export_run(
+        args.weights,
+        out=args.out,
+        opset=args.opset,
+        batch=args.batch,
+        data_dir=args.data_dir,
+        check_images=args.check_images,
+        tolerance=args.tolerance,
+        exporter=args.exporter,
+    )
     if args.json:
         _print_json(result)
     else:
@@ -310,12 +442,15 @@ COMMANDS.append(_add_export)
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="write a run's report.html: one self-contained page about the run",
-                       description="Write report.html into a run folder (every run also writes it when it ends): "
-                                   "configuration, environment, timings, curves, confusion matrix, per-class "
-                                   "accuracy, the most confident mistakes and what happened when. Images are "
-                                   "inline: the file opens offline. A finished run made before mistakes.csv "
-                                   "existed gets its mistakes computed first (its test set is loaded).")
+    p = sub.add_parser(
+        "report",
+        help="write a run's report.html: one self-contained page about the run",
+        description="Write report.html into a run folder (every run also writes it when it ends): "
+        "configuration, environment, timings, curves, confusion matrix, per-class "
+        "accuracy, the most confident mistakes and what happened when. Images are "
+        "inline: the file opens offline. A finished run made before mistakes.csv "
+        "existed gets its mistakes computed first (its test set is loaded).",
+    )
     p.add_argument("run", metavar="RUN", help="a run folder")
     p.add_argument("--out", metavar="FILE", help="write the page here instead of RUN/report.html")
     p.add_argument("--device", default="auto", help="for computing missing mistakes (default auto)")
@@ -333,12 +468,17 @@ def _cmd_report(args) -> int:
 
 
 def _add_compare(sub) -> None:
-    p = sub.add_parser("compare", help="compare runs: curves on shared axes, figures, differing settings",
-                       description="Draw the runs' curves on shared axes (one colour per run, training dashed, "
-                                   "validation and test solid) and tabulate their final and kept figures and the "
-                                   "settings that differ, as compare.png, compare.html and compare.json.")
+    p = sub.add_parser(
+        "compare",
+        help="compare runs: curves on shared axes, figures, differing settings",
+        description="Draw the runs' curves on shared axes (one colour per run, training dashed, "
+        "validation and test solid) and tabulate their final and kept figures and the "
+        "settings that differ, as compare.png, compare.html and compare.json.",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<date-time>-compare/)")
+    p.add_argument(
+        "--out", metavar="DIR", help="output folder (default: runs/<date-time>-compare/)"
+    )
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(func=_cmd_compare)
 
@@ -352,8 +492,10 @@ def _cmd_compare(args) -> int:
         return 0
     for r in result["runs"]:
         acc = r["kept_test_acc"] if r["kept_test_acc"] is not None else r["test_acc"]
-        print(f"{r['label']}: {r['model']} on {r['data']}, {r['epochs']} epochs, {r['state']}, test acc "
-              + (f"{acc:.4f}" if acc is not None else "-"))
+        print(
+            f"{r['label']}: {r['model']} on {r['data']}, {r['epochs']} epochs, {r['state']}, test acc "
+            + (f"{acc:.4f}" if acc is not None else "-")
+        )
     for k, values in result["differing_settings"].items():
         print(f"  {k}: " + " | ".join(json.dumps(v) for v in values))
     print(f"written: {', '.join(result['files'].values())}")
@@ -361,11 +503,20 @@ def _cmd_compare(args) -> int:
 
 
 def _add_runs(sub) -> None:
-    p = sub.add_parser("runs", help="list run folders, newest first, with their state",
-                       description="List the run folders in DIR (and one level below, as an experiment's "
-                                   "nets): model, data, preset, epochs done, kept test accuracy, time and "
-                                   "state (finished, interrupted, failed, unfinished), newest first.")
-    p.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default: runs)")
+    p = sub.add_parser(
+        "runs",
+        help="list run folders, newest first, with their state",
+        description="List the run folders in DIR (and one level below, as an experiment's "
+        "nets): model, data, preset, epochs done, kept test accuracy, time and "
+        "state (finished, interrupted, failed, unfinished), newest first.",
+    )
+    p.add_argument(
+        "dir",
+        nargs="?",
+        default="runs",
+        metavar="DIR",
+        help="folder of run folders (default: runs)",
+    )
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=_cmd_runs)
 
@@ -394,24 +545,52 @@ def _add_experiment(sub) -> None:
     experiments = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     experiments.required = True
     q = experiments.add_parser(
-        "degradation", help="plain vs residual nets at two depths (He et al. 2016, figs. 1 and 6)",
+        "degradation",
+        help="plain vs residual nets at two depths (He et al. 2016, figs. 1 and 6)",
         description="Train plain{d} and resnet{d} at two depths with one recipe (no augmentation, SGD at a high "
-                    "peak rate, one-cycle schedule); write each run folder, degradation.csv, degradation.png and gradients.png "
-                    "under --out, and print the final errors.")
+        "peak rate, one-cycle schedule); write each run folder, degradation.csv, degradation.png and gradients.png "
+        "under --out, and print the final errors.",
+    )
     q.add_argument("--data", default=D["data"], help=f"dataset (default {D['data']})")
     q.add_argument("--data-dir", help="folder holding the dataset files")
-    q.add_argument("--depths", nargs=2, type=int, default=list(D["depths"]), metavar=("SHALLOW", "DEEP"),
-                   help=f"two registered CIFAR depths (default {D['depths'][0]} {D['depths'][1]})")
+    q.add_argument(
+        "--depths",
+        nargs=2,
+        type=int,
+        default=list(D["depths"]),
+        metavar=("SHALLOW", "DEEP"),
+        help=f"two registered CIFAR depths (default {D['depths'][0]} {D['depths'][1]})",
+    )
     q.add_argument("--epochs", type=int, default=D["epochs"], help=f"(default {D['epochs']})")
-    q.add_argument("--width", type=int, default=D["width"], help=f"channels of the first stage (default {D['width']}; the paper: 16)")
-    q.add_argument("--subset", type=int, default=D["subset"],
-                   help=f"train (and test) on a seeded subset of N examples (default {D['subset']}; 0: all)")
-    q.add_argument("--lr", type=float, default=D["lr"], help=f"peak learning rate: warm-up, then linear decay to 0 (default {D['lr']})")
+    q.add_argument(
+        "--width",
+        type=int,
+        default=D["width"],
+        help=f"channels of the first stage (default {D['width']}; the paper: 16)",
+    )
+    q.add_argument(
+        "--subset",
+        type=int,
+        default=D["subset"],
+        help=f"train (and test) on a seeded subset of N examples (default {D['subset']}; 0: all)",
+    )
+    q.add_argument(
+        "--lr",
+        type=float,
+        default=D["lr"],
+        help=f"peak learning rate: warm-up, then linear decay to 0 (default {D['lr']})",
+    )
     q.add_argument("--seed", type=int, default=D["seed"], help=f"(default {D['seed']})")
     q.add_argument("--device", default="auto")
     q.add_argument("--out", help="experiment folder (default: runs/<date-time>-degradation/)")
-    q.add_argument("--overwrite", action="store_true", help="replace runs of other settings already in --out")
-    q.add_argument("--json", action="store_true", help="print the result as JSON on stdout (progress goes to stderr)")
+    q.add_argument(
+        "--overwrite", action="store_true", help="replace runs of other settings already in --out"
+    )
+    q.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as JSON on stdout (progress goes to stderr)",
+    )
     q.set_defaults(func=_cmd_experiment_degradation)
 
 
@@ -421,10 +600,20 @@ def _cmd_experiment_degradation(args) -> int:
 
     if args.subset < 0:
         raise UsageError(f"--subset must be positive (or 0 for the whole set), got {args.subset}")
-    result = run_degradation(args.out or default_run_path("degradation"), data=args.data, depths=args.depths,
-                             epochs=args.epochs, width=args.width, subset=args.subset or None, seed=args.seed,
-                             lr=args.lr, device=args.device, data_dir=args.data_dir, overwrite=args.overwrite,
-                             json_output=args.json)
+    result = run_degradation(
+        args.out or default_run_path("degradation"),
+        data=args.data,
+        depths=args.depths,
+        epochs=args.epochs,
+        width=args.width,
+        subset=args.subset or None,
+        seed=args.seed,
+        lr=args.lr,
+        device=args.device,
+        data_dir=args.data_dir,
+        overwrite=args.overwrite,
+        json_output=args.json,
+    )
     if args.json:
         _print_json(result)
     else:
@@ -443,7 +632,9 @@ def _add_data(sub) -> None:
     p = sub.add_parser("data", help="list the datasets found here, or fetch one")
     actions = p.add_subparsers(dest="data_command", metavar="ACTION")
     actions.required = True
-    q = actions.add_parser("list", help="each dataset: where it was found and whether it verified (downloads nothing)")
+    q = actions.add_parser(
+        "list", help="each dataset: where it was found and whether it verified (downloads nothing)"
+    )
     q.add_argument("--data-dir", help="look only in this folder (as training's --data-dir does)")
     q.add_argument("--json", action="store_true", help="print JSON on stdout")
     q.set_defaults(func=_cmd_data_list)
@@ -474,7 +665,9 @@ def _cmd_data_fetch(args) -> int:
         _print_json(result)
     else:
         for split, s in result["splits"].items():
-            print(f"{result['name']} {split}: {s['examples']:,} examples, verified ({s['check']}), in {s['folder']}")
+            print(
+                f"{result['name']} {split}: {s['examples']:,} examples, verified ({s['check']}), in {s['folder']}"
+            )
     return 0
 
 
@@ -485,30 +678,62 @@ COMMANDS.append(_add_data)
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="measure resnetlab's training path against the textbook's code, in one run",
-                       description="Time training, evaluation, data loading and an estimated epoch for the "
-                                   "textbook's code and resnetlab's path (fp32 and bf16), in one process.")
-    p.add_argument("--model", default="resnet18_d2l", help="model name (default: resnet18_d2l, the notebook's net)")
+    p = sub.add_parser(
+        "bench",
+        help="measure resnetlab's training path against the textbook's code, in one run",
+        description="Time training, evaluation, data loading and an estimated epoch for the "
+        "textbook's code and resnetlab's path (fp32 and bf16), in one process.",
+    )
+    p.add_argument(
+        "--model",
+        default="resnet18_d2l",
+        help="model name (default: resnet18_d2l, the notebook's net)",
+    )
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--resize", type=int, help="resize images to PX x PX (default: the dataset's 28 px)")
-    p.add_argument("--steps", type=int, default=3, help="batches per timed round (training, evaluation, loading)")
+    p.add_argument(
+        "--resize", type=int, help="resize images to PX x PX (default: the dataset's 28 px)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        help="batches per timed round (training, evaluation, loading)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed rounds; the median counts")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    p.add_argument("--variants", help="comma-separated: textbook, fp32, bf16, with suffixes -nchw -nofuse "
-                                      "-noforeach -compile -nograph (default: textbook,fp32 and bf16 where it pays)")
+    p.add_argument(
+        "--variants",
+        help="comma-separated: textbook, fp32, bf16, with suffixes -nchw -nofuse "
+        "-noforeach -compile -nograph (default: textbook,fp32 and bf16 where it pays)",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-dir", help="folder holding the Fashion-MNIST files")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout (progress goes to stderr)",
+    )
     p.set_defaults(func=_cmd_bench)
 
 
 def _cmd_bench(args) -> int:
     from resnetlab.bench import bench, format_report
 
-    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
-    result = bench(model=args.model, batch_size=args.batch_size, resize=args.resize, steps=args.steps,
-                   repeats=args.repeats, device=args.device, variants=variants, threads=args.threads,
-                   data_dir=args.data_dir, progress=lambda text: print(text, file=sys.stderr, flush=True))
+    variants = (
+        tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
+    )
+    result = bench(
+        model=args.model,
+        batch_size=args.batch_size,
+        resize=args.resize,
+        steps=args.steps,
+        repeats=args.repeats,
+        device=args.device,
+        variants=variants,
+        threads=args.threads,
+        data_dir=args.data_dir,
+        progress=lambda text: print(text, file=sys.stderr, flush=True),
+    )
     if args.json:
         _print_json(result)
     else:
@@ -540,13 +765,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ResnetlabError as e:
-        print(f"resnetlab: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # one line, always
+        print(
+            f"resnetlab: error: {' '.join(str(e).splitlines())}", file=sys.stderr
+        )  # one line, always
         return e.exit_code
     except KeyboardInterrupt:
         print("resnetlab: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `resnetlab models | head`: the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        os.dup2(
+            os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()
+        )  # nothing more to flush at exit
         return 0
 
 

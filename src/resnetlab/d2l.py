@@ -31,25 +31,48 @@ from torch import Tensor, nn
 
 from resnetlab.data import Loader, load_dataset
 from resnetlab.errors import UsageError
-from resnetlab.models import Residual
 from resnetlab.train.engine import init_weights
 from resnetlab.train.report import save_png
 
 # The d2l names provided (those the chapter's PyTorch cells use, and what they need).
 TEXTBOOK_NAMES = (
-    "Residual", "load_data_fashion_mnist", "train_ch6", "try_gpu", "try_all_gpus",
-    "evaluate_accuracy_gpu", "accuracy", "Accumulator", "Timer", "Animator",
-    "get_fashion_mnist_labels", "show_images", "set_axes", "use_svg_display", "plt",
+    "Residual",
+    "load_data_fashion_mnist",
+    "train_ch6",
+    "try_gpu",
+    "try_all_gpus",
+    "evaluate_accuracy_gpu",
+    "accuracy",
+    "Accumulator",
+    "Timer",
+    "Animator",
+    "get_fashion_mnist_labels",
+    "show_images",
+    "set_axes",
+    "use_svg_display",
+    "plt",
 )
 __all__ = [n for n in TEXTBOOK_NAMES if n != "plt"] + ["SUBSET", "PLOT_DIR", "UnsupportedError"]
 
-SUBSET: int | None = None  # examples per split (a fixed random subset); None: all, or $RESNETLAB_D2L_SUBSET
+SUBSET: int | None = (
+    None  # examples per split (a fixed random subset); None: all, or $RESNETLAB_D2L_SUBSET
+)
 PLOT_DIR: str | os.PathLike = "."  # where train_ch6 saves its plot when nothing can display it
 SUBSET_ENV = "RESNETLAB_D2L_SUBSET"
 
 # The textbook's words for the ten classes (d2l's get_fashion_mnist_labels), not the dataset's.
-FASHION_MNIST_LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat",
-                        "sandal", "shirt", "sneaker", "bag", "ankle boot")
+FASHION_MNIST_LABELS = (
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 
 
 class UnsupportedError(UsageError, AttributeError):
@@ -58,6 +81,7 @@ class UnsupportedError(UsageError, AttributeError):
 
 
 # --- devices -------------------------------------------------------------------------------
+
 
 def try_gpu(i: int = 0) -> torch.device:
     """GPU i if it exists, else the CPU."""
@@ -73,6 +97,7 @@ def try_all_gpus() -> list[torch.device]:
 
 
 # --- small helpers, as d2l has them ----------------------------------------------------------
+
 
 class Timer:
     """Records several running times."""
@@ -141,11 +166,14 @@ def evaluate_accuracy_gpu(net, data_iter, device=None) -> float:
             correct = correct + _num_correct(net(X), y)
             total += y.numel()
     if total == 0:
-        raise UsageError("evaluate_accuracy_gpu: data_iter gave no examples; pass a non-empty iterator")
+        raise UsageError(
+            "evaluate_accuracy_gpu: data_iter gave no examples; pass a non-empty iterator"
+        )
     return float(correct) / total
 
 
 # --- data ------------------------------------------------------------------------------------
+
 
 class EpochIterator:
     """A resnetlab Loader that starts a new epoch (a new shuffle) each time it is iterated, as a
@@ -171,8 +199,11 @@ class EpochIterator:
 
 def _subset_size() -> int | None:
     """SUBSET, else $RESNETLAB_D2L_SUBSET, as a positive int (None: the whole dataset)."""
-    value, source = (SUBSET, "resnetlab.d2l.SUBSET") if SUBSET is not None else \
-        (os.environ.get(SUBSET_ENV) or None, f"${SUBSET_ENV}")
+    value, source = (
+        (SUBSET, "resnetlab.d2l.SUBSET")
+        if SUBSET is not None
+        else (os.environ.get(SUBSET_ENV) or None, f"${SUBSET_ENV}")
+    )
     if value is None:
         return None
     n = int(value) if isinstance(value, str) and value.strip().isdigit() else value
@@ -188,10 +219,14 @@ def load_data_fashion_mnist(batch_size, resize=None):
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(resize, (tuple, list)):  # torchvision's Resize((h, w)); a square one is an int
         if len(resize) != 2 or resize[0] != resize[1]:
-            raise UnsupportedError(f"load_data_fashion_mnist(resize={resize!r}): only square sizes "
-                                   f"are supported; pass one integer such as resize=96")
+            raise UnsupportedError(
+                f"load_data_fashion_mnist(resize={resize!r}): only square sizes "
+                f"are supported; pass one integer such as resize=96"
+            )
         resize = resize[0]
-    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or resize < 1):
+    if resize is not None and (
+        isinstance(resize, bool) or not isinstance(resize, int) or resize < 1
+    ):
         raise UsageError(f"resize must be None or a positive integer, got {resize!r}")
 
     subset = _subset_size()
@@ -218,6 +253,7 @@ def get_fashion_mnist_labels(labels) -> list[str]:
 
 # --- plots -----------------------------------------------------------------------------------
 
+
 def _pyplot():
     try:
         import matplotlib.pyplot as plt
@@ -227,7 +263,7 @@ def _pyplot():
 
 
 def _display_mode() -> str:
-    """"notebook" (an IPython kernel), "window" (an interactive matplotlib backend) or "file"."""
+    """ "notebook" (an IPython kernel), "window" (an interactive matplotlib backend) or "file"."""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
     if shell is not None and getattr(shell, "kernel", None) is not None:
@@ -237,9 +273,11 @@ def _display_mode() -> str:
     backend = matplotlib.get_backend().lower()
     try:
         from matplotlib.backends import BackendFilter, backend_registry
+
         interactive = backend_registry.list_builtin(BackendFilter.INTERACTIVE)
     except ImportError:  # matplotlib < 3.9
         from matplotlib import rcsetup
+
         interactive = rcsetup.interactive_bk
     return "window" if backend in {name.lower() for name in interactive} else "file"
 
@@ -269,9 +307,20 @@ def set_axes(axes, xlabel, ylabel, xlim, ylim, xscale, yscale, legend):
 class Animator:
     """Plots data incrementally: live in a notebook or a plot window; `save(path)` writes a PNG."""
 
-    def __init__(self, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None,
-                 xscale="linear", yscale="linear", fmts=("-", "m--", "g-.", "r:"),
-                 nrows=1, ncols=1, figsize=(3.5, 2.5)):
+    def __init__(
+        self,
+        xlabel=None,
+        ylabel=None,
+        legend=None,
+        xlim=None,
+        ylim=None,
+        xscale="linear",
+        yscale="linear",
+        fmts=("-", "m--", "g-.", "r:"),
+        nrows=1,
+        ncols=1,
+        figsize=(3.5, 2.5),
+    ):
         if legend is None:
             legend = []
         plt = _pyplot()
@@ -279,6 +328,7 @@ class Animator:
         if self.display == "file":
             # A figure outside pyplot's registry: nothing to close, no "too many figures" warning.
             from matplotlib.figure import Figure
+
             self.fig = Figure(figsize=figsize)
             self.axes = self.fig.subplots(nrows, ncols)
         else:
@@ -287,8 +337,9 @@ class Animator:
             self.fig, self.axes = plt.subplots(nrows, ncols, figsize=figsize)
         if nrows * ncols == 1:
             self.axes = [self.axes]
-        self.config_axes = lambda: set_axes(self.axes[0], xlabel, ylabel, xlim, ylim,
-                                            xscale, yscale, legend)
+        self.config_axes = lambda: set_axes(
+            self.axes[0], xlabel, ylabel, xlim, ylim, xscale, yscale, legend
+        )
         self.X, self.Y, self.fmts = None, None, fmts
 
     def add(self, x, y):
@@ -312,6 +363,7 @@ class Animator:
         self.config_axes()
         if self.display == "notebook":
             from IPython import display
+
             display.display(self.fig)
             display.clear_output(wait=True)
         elif self.display == "window":
@@ -349,6 +401,7 @@ def show_images(imgs, num_rows, num_cols, titles=None, scale=1.5):
 
 # --- training --------------------------------------------------------------------------------
 
+
 def _materialize_lazy(net: nn.Module, train_iter, device: torch.device) -> None:
     """Gives lazy layers (Residual(None, ...), LazyConv2d) their shapes from one example, so the
     Xavier init sees real weights (the Gluon chapter's net infers its input channels this way)."""
@@ -376,13 +429,18 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
     loss = nn.CrossEntropyLoss()
     try:
         # d2l's x range; one epoch gets [0, 1] (d2l's [1, 1] hides every point and warns).
-        animator = Animator(xlabel="epoch", xlim=[1, num_epochs] if num_epochs > 1 else [0, 1],
-                            legend=["train loss", "train acc", "test acc"])
+        animator = Animator(
+            xlabel="epoch",
+            xlim=[1, num_epochs] if num_epochs > 1 else [0, 1],
+            legend=["train loss", "train acc", "test acc"],
+        )
     except UsageError as e:  # no matplotlib: train anyway, say why there is no plot
         animator = None
         print(f"(no plot: {e})")
     timer, num_batches = Timer(), len(train_iter)
-    plot_every = max(1, num_batches // 5)  # five points an epoch, as d2l (which fails under 5 batches)
+    plot_every = max(
+        1, num_batches // 5
+    )  # five points an epoch, as d2l (which fails under 5 batches)
     examples = 0
     for epoch in range(num_epochs):
         net.train()
@@ -403,8 +461,10 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
             epoch_examples += len(y)
             if animator is not None and (i + 1) % plot_every == 0 and i + 1 < num_batches:
                 loss_sum, correct = sums.tolist()
-                animator.add(epoch + (i + 1) / num_batches,
-                             (loss_sum / epoch_examples, correct / epoch_examples, None))
+                animator.add(
+                    epoch + (i + 1) / num_batches,
+                    (loss_sum / epoch_examples, correct / epoch_examples, None),
+                )
         if epoch_examples == 0:
             raise UsageError("train_ch6: train_iter gave no batches; pass a non-empty iterator")
         loss_sum, correct = sums.tolist()  # waits for the epoch's last step: the timer is honest
@@ -428,4 +488,5 @@ def __getattr__(name: str):
     raise UnsupportedError(
         f"resnetlab.d2l does not provide d2l.{name}: it has only the names the ResNet chapter's "
         f"PyTorch code uses ({', '.join(TEXTBOOK_NAMES)}); "
-        f"for d2l.{name} use the d2l package itself (docs/textbook.md lists what maps where)")
+        f"for d2l.{name} use the d2l package itself (docs/textbook.md lists what maps where)"
+    )

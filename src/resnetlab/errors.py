@@ -45,7 +45,11 @@ class WriteError(ResnetlabError, OSError):
         if isinstance(error, WriteError):
             return error
         cause = error.strerror or str(error) or type(error).__name__
-        return cls(f"cannot write {path}: {cause}; the previous file there is intact", error.errno, str(path))
+        return cls(
+            f"cannot write {path}: {cause}; the previous file there is intact",
+            error.errno,
+            str(path),
+        )
 
 
 class Interrupted(ResnetlabError):

@@ -64,8 +64,10 @@ def require_onnx():
         import onnx
         import onnxruntime
     except ImportError as e:
-        raise UsageError(f"ONNX export and inference need the onnx extra ({e.name or 'onnx'} is not installed): "
-                         f"{ONNX_EXTRA}") from None
+        raise UsageError(
+            f"ONNX export and inference need the onnx extra ({e.name or 'onnx'} is not installed): "
+            f"{ONNX_EXTRA}"
+        ) from None
     return onnx, onnxruntime
 
 
@@ -93,8 +95,11 @@ def _quiet():
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -103,8 +108,13 @@ def _quiet():
 
 
 def _export_dynamo(model: nn.Module, sample: torch.Tensor, opset: int | None, dynamic: bool):
-    kwargs = dict(dynamo=True, verbose=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                  external_data=False)
+    kwargs = dict(
+        dynamo=True,
+        verbose=False,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        external_data=False,
+    )
     if opset is not None:
         kwargs["opset_version"] = opset
     if dynamic:
@@ -117,7 +127,9 @@ def _export_torchscript(model: nn.Module, sample: torch.Tensor, opset: int | Non
     import onnx
 
     buf = io.BytesIO()
-    kwargs = dict(dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True)
+    kwargs = dict(
+        dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True
+    )
     if opset is not None:
         kwargs["opset_version"] = opset
     if dynamic:
@@ -133,7 +145,9 @@ def _opset_of(proto) -> int | None:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def _to_onnx(model: nn.Module, sample: torch.Tensor, opset: int | None, dynamic: bool, exporter: str):
+def _to_onnx(
+    model: nn.Module, sample: torch.Tensor, opset: int | None, dynamic: bool, exporter: str
+):
     """(ModelProto, exporter name, notes) from the first exporter that works."""
     order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     failures = []
@@ -145,7 +159,9 @@ def _to_onnx(model: nn.Module, sample: torch.Tensor, opset: int | None, dynamic:
             failures.append(f"the {name} exporter failed ({type(e).__name__}: {first_line(e)})")
             continue
         made = _opset_of(proto)
-        if opset is not None and made != opset:  # the dynamo exporter makes opset 18 or more, whatever is asked
+        if (
+            opset is not None and made != opset
+        ):  # the dynamo exporter makes opset 18 or more, whatever is asked
             failures.append(f"the {name} exporter made opset {made}, not {opset}")
             continue
         return proto, name, failures
@@ -155,9 +171,11 @@ def _to_onnx(model: nn.Module, sample: torch.Tensor, opset: int | None, dynamic:
 def _props(meta: dict) -> dict[str, str]:
     norm = meta.get("normalize")
     c, h, w = meta["input_size"]
-    words = (f"float32 NCHW batch of {c}-channel {h}x{w} images ({'grey' if c == 1 else 'RGB'}), "
-             f"pixel values divided by 255, resized to {h}x{w} when of another size (bilinear, antialiased)"
-             + (", then (x - mean) / std per channel with `normalize`" if norm else ", not normalised"))
+    words = (
+        f"float32 NCHW batch of {c}-channel {h}x{w} images ({'grey' if c == 1 else 'RGB'}), "
+        f"pixel values divided by 255, resized to {h}x{w} when of another size (bilinear, antialiased)"
+        + (", then (x - mean) / std per channel with `normalize`" if norm else ", not normalised")
+    )
     props = {k: json.dumps(meta.get(k)) for k in META_KEYS}
     props.update(preprocess=words, resnetlab_version=__version__)
     return props
@@ -172,8 +190,14 @@ def _ort_session(data: bytes):
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def check_onnx(data: bytes, model: nn.Module, inputs: torch.Tensor, *, batch: int | None,
-               tolerance: float = DEFAULT_TOLERANCE) -> dict:
+def check_onnx(
+    data: bytes,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    batch: int | None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> dict:
     """Run the ONNX bytes with onnxruntime on `inputs` and compare with `model`'s logits.
 
     A fixed batch is fed in slices of that size; a dynamic one as one batch, then image by image
@@ -190,18 +214,28 @@ def check_onnx(data: bytes, model: nn.Module, inputs: torch.Tensor, *, batch: in
     diff, agrees = 0.0, torch.ones(len(inputs), dtype=torch.bool)
     checked = torch.zeros(len(inputs), dtype=torch.bool)
     for s in pieces:
-        got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: inputs[s].contiguous().numpy()})[0])
+        got = torch.from_numpy(
+            session.run([OUTPUT_NAME], {INPUT_NAME: inputs[s].contiguous().numpy()})[0]
+        )
         if got.shape != reference[s].shape:
-            raise ExportError(f"the ONNX model returned {list(got.shape)} logits for a {list(inputs[s].shape)} input, "
-                              f"PyTorch {list(reference[s].shape)}")
+            raise ExportError(
+                f"the ONNX model returned {list(got.shape)} logits for a {list(inputs[s].shape)} input, "
+                f"PyTorch {list(reference[s].shape)}"
+            )
         diff = max(diff, (reference[s] - got).abs().max().item())
         agrees[s] &= reference[s].argmax(1) == got.argmax(1)
         checked[s] = True
     agree, count = int(agrees[checked].sum()), int(checked.sum())
-    return {"max_abs_diff": diff, "top1_agree": agree, "count": count, "tolerance": tolerance,
-            "runs": len(pieces),
-            "max_abs_logit": reference.abs().max().item() if reference.numel() else 0.0,
-            "passed": diff <= tolerance and agree == count, "seconds": time.perf_counter() - started}
+    return {
+        "max_abs_diff": diff,
+        "top1_agree": agree,
+        "count": count,
+        "tolerance": tolerance,
+        "runs": len(pieces),
+        "max_abs_logit": reference.abs().max().item() if reference.numel() else 0.0,
+        "passed": diff <= tolerance and agree == count,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def float32_noise(model: nn.Module, inputs: torch.Tensor) -> float:
@@ -218,15 +252,28 @@ def _rounding_hint(check: dict, model: nn.Module, inputs: torch.Tensor) -> str:
     check["float32_noise"] = noise
     if noise < check["tolerance"] / 2 or check["top1_agree"] != check["count"]:
         return ""
-    return (f" (PyTorch's own float32 logits differ from float64 ones by up to {noise:.2g} on these inputs: "
-            f"rounding, not a broken export; pass --tolerance {float(f'{3 * noise:.1g}'):g} to accept it)")
+    return (
+        f" (PyTorch's own float32 logits differ from float64 ones by up to {noise:.2g} on these inputs: "
+        f"rounding, not a broken export; pass --tolerance {float(f'{3 * noise:.1g}'):g} to accept it)"
+    )
 
 
-def export_onnx(model: nn.Module, out: str | Path, *, input_size: tuple[int, int, int], classes=None,
-                resize: int | None = None, normalize: dict | None = None, meta: dict | None = None,
-                check_inputs: torch.Tensor | None = None, check_source: str | None = None,
-                opset: int | None = None, batch: int | None = None, tolerance: float = DEFAULT_TOLERANCE,
-                exporter: str = "auto") -> dict:
+def export_onnx(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    input_size: tuple[int, int, int],
+    classes=None,
+    resize: int | None = None,
+    normalize: dict | None = None,
+    meta: dict | None = None,
+    check_inputs: torch.Tensor | None = None,
+    check_source: str | None = None,
+    opset: int | None = None,
+    batch: int | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    exporter: str = "auto",
+) -> dict:
     """Export `model` (any nn.Module taking [N, C, H, W]; lazy layers must have run) as ONNX.
 
     `check_inputs`: a float batch as the model sees it (else random normal inputs); the export
@@ -240,16 +287,26 @@ def export_onnx(model: nn.Module, out: str | Path, *, input_size: tuple[int, int
     if opset is not None and opset < 7:
         raise UsageError(f"--opset must be 7 or more, got {opset}")
     input_size = tuple(int(v) for v in input_size)
-    folded = fuse_bn(model).cpu().float()  # a copy; also refuses lazy layers that have not run, in one line
-    model = copy.deepcopy(model).cpu().float().eval()  # the caller's model stays where and as it was
+    folded = (
+        fuse_bn(model).cpu().float()
+    )  # a copy; also refuses lazy layers that have not run, in one line
+    model = (
+        copy.deepcopy(model).cpu().float().eval()
+    )  # the caller's model stays where and as it was
     if check_inputs is None:
-        check_inputs = torch.randn(max(batch or 0, 16), *input_size, generator=torch.Generator().manual_seed(0))
+        check_inputs = torch.randn(
+            max(batch or 0, 16), *input_size, generator=torch.Generator().manual_seed(0)
+        )
         check_source = check_source or "random normal inputs"
     check_inputs = check_inputs.cpu().float().contiguous()
     if batch is not None and len(check_inputs) < batch:
-        check_inputs = check_inputs.repeat((batch + len(check_inputs) - 1) // len(check_inputs), 1, 1, 1)[:batch]
+        check_inputs = check_inputs.repeat(
+            (batch + len(check_inputs) - 1) // len(check_inputs), 1, 1, 1
+        )[:batch]
     if tuple(check_inputs.shape[1:]) != input_size:
-        raise UsageError(f"check inputs are {list(check_inputs.shape[1:])}, the model takes {list(input_size)}")
+        raise UsageError(
+            f"check inputs are {list(check_inputs.shape[1:])}, the model takes {list(input_size)}"
+        )
     sample = check_inputs[: batch or 2].clone()
     if len(sample) < (batch or 2):
         sample = sample.repeat(2, 1, 1, 1)[: batch or 2]
@@ -259,31 +316,47 @@ def export_onnx(model: nn.Module, out: str | Path, *, input_size: tuple[int, int
     except ResnetlabError:
         raise
     except Exception as e:
-        raise UsageError(f"the model does not run on a {list(sample.shape)} input ({first_line(e)})") from None
+        raise UsageError(
+            f"the model does not run on a {list(sample.shape)} input ({first_line(e)})"
+        ) from None
 
     started = time.perf_counter()
     proto, used, failures = _to_onnx(folded, sample, opset, batch is None, exporter)
     export_seconds = time.perf_counter() - started
-    meta = dict(meta or {}, input_size=list(input_size), classes=classes, resize=resize, normalize=normalize)
+    meta = dict(
+        meta or {}, input_size=list(input_size), classes=classes, resize=resize, normalize=normalize
+    )
     onnx.helper.set_model_props(proto, _props(meta))
     data = proto.SerializeToString()
     try:
         onnx.checker.check_model(proto)
     except Exception as e:
-        raise ExportError(f"the exported ONNX model is invalid ({first_line(e)}); {Path(out)} not written") from None
+        raise ExportError(
+            f"the exported ONNX model is invalid ({first_line(e)}); {Path(out)} not written"
+        ) from None
     check = check_onnx(data, model, check_inputs, batch=batch, tolerance=tolerance)
     check["inputs"] = check_source or "the given inputs"
     if not check["passed"]:
         raise ExportError(
             f"onnxruntime's logits differ from PyTorch's by up to {check['max_abs_diff']:.3g} (tolerance "
             f"{tolerance:g}) and agree on top-1 for {check['top1_agree']} of {check['count']} on "
-            f"{check['inputs']}{_rounding_hint(check, model, check_inputs)}; {Path(out)} not written")
+            f"{check['inputs']}{_rounding_hint(check, model, check_inputs)}; {Path(out)} not written"
+        )
     write_bytes(out, data)
     opset_used = _opset_of(proto)
-    return {"onnx": str(out), "bytes": len(data), "exporter": used, "exporter_notes": failures,
-            "opset": opset_used, "batch": "dynamic" if batch is None else batch, "input_size": list(input_size),
-            "export_seconds": export_seconds, "check": check,
-            "onnxruntime": require_onnx()[1].__version__, "torch": torch.__version__}
+    return {
+        "onnx": str(out),
+        "bytes": len(data),
+        "exporter": used,
+        "exporter_notes": failures,
+        "opset": opset_used,
+        "batch": "dynamic" if batch is None else batch,
+        "input_size": list(input_size),
+        "export_seconds": export_seconds,
+        "check": check,
+        "onnxruntime": require_onnx()[1].__version__,
+        "torch": torch.__version__,
+    }
 
 
 def _test_batch(meta: dict, count: int, data_dir: str | None) -> tuple[torch.Tensor | None, str]:
@@ -293,12 +366,17 @@ def _test_batch(meta: dict, count: int, data_dir: str | None) -> tuple[torch.Ten
         return None, "random normal inputs (the weights name no dataset)"
     try:
         if not name.startswith(IMAGEFOLDER):
-            open_split(resolve_spec(name), False, data_dir, download=False)  # found here? (downloads nothing)
+            open_split(
+                resolve_spec(name), False, data_dir, download=False
+            )  # found here? (downloads nothing)
         test = load_dataset(name, train=False, root=data_dir)
     except DataError:
         return None, f"random normal inputs ({name}'s test data was not found)"
     if tuple(test.images.shape[1:2]) != (meta["in_chans"],):
-        return None, f"random normal inputs ({name} has {test.images.shape[1]} channels, the model {meta['in_chans']})"
+        return (
+            None,
+            f"random normal inputs ({name} has {test.images.shape[1]} channels, the model {meta['in_chans']})",
+        )
     test = test.take(min(count, len(test)), seed=0)
     x, _ = next(iter(make_loaders(test=test, batch_size=len(test), **input_transform(meta)).test))
     return x.float().contiguous(), f"{len(test)} {name} test images"
@@ -309,10 +387,17 @@ def default_onnx_path(weights: Path) -> Path:
     return weights.with_suffix(".onnx")
 
 
-def export_run(source: str | Path, *, out: str | Path | None = None, opset: int | None = None,
-               batch: str | int | None = None, data_dir: str | None = None,
-               check_images: int = DEFAULT_CHECK_IMAGES, tolerance: float = DEFAULT_TOLERANCE,
-               exporter: str = "auto") -> dict:
+def export_run(
+    source: str | Path,
+    *,
+    out: str | Path | None = None,
+    opset: int | None = None,
+    batch: str | int | None = None,
+    data_dir: str | None = None,
+    check_images: int = DEFAULT_CHECK_IMAGES,
+    tolerance: float = DEFAULT_TOLERANCE,
+    exporter: str = "auto",
+) -> dict:
     """`resnetlab export`: the kept weights of a run folder (or a .safetensors file) as ONNX."""
     require_onnx()
     fixed = parse_batch(batch)
@@ -320,26 +405,41 @@ def export_run(source: str | Path, *, out: str | Path | None = None, opset: int 
         raise UsageError(f"--check-images must be positive, got {check_images}")
     weights = resolve_weights(source)
     if weights.suffix == ".onnx":
-        raise UsageError(f"{weights} is already an ONNX model; export takes a run folder or a .safetensors file")
+        raise UsageError(
+            f"{weights} is already an ONNX model; export takes a run folder or a .safetensors file"
+        )
     model, meta = load_model(weights, "cpu")
     out = Path(out) if out else default_onnx_path(weights)
     if out.suffix != ".onnx":
         raise UsageError(f"--out {out} should end in .onnx")
     inputs, described = _test_batch(meta, max(check_images, fixed or 0), data_dir)
-    result = export_onnx(model, out, input_size=tuple(meta["input_size"]), classes=meta.get("classes"),
-                         resize=meta.get("resize"), normalize=meta.get("normalize"),
-                         meta={"model": meta["model"], "data": meta.get("data")}, check_inputs=inputs,
-                         check_source=described, opset=opset, batch=fixed, tolerance=tolerance, exporter=exporter)
+    result = export_onnx(
+        model,
+        out,
+        input_size=tuple(meta["input_size"]),
+        classes=meta.get("classes"),
+        resize=meta.get("resize"),
+        normalize=meta.get("normalize"),
+        meta={"model": meta["model"], "data": meta.get("data")},
+        check_inputs=inputs,
+        check_source=described,
+        opset=opset,
+        batch=fixed,
+        tolerance=tolerance,
+        exporter=exporter,
+    )
     return dict(result, weights=str(weights), model=meta["model"])
 
 
 def format_export(r: dict) -> str:
     c = r["check"]
-    lines = [f"wrote {r['onnx']} ({r['bytes'] / 1e6:.1f} MB): {r['model']} from {r['weights']}, batch norms folded, "
-             f"input [{r['batch']}, {', '.join(map(str, r['input_size']))}], opset {r['opset']}, "
-             f"{r['exporter']} exporter ({r['export_seconds']:.1f} s)",
-             f"checked with onnxruntime {r['onnxruntime']} on {c['inputs']}: max abs logit difference "
-             f"{c['max_abs_diff']:.2e} (tolerance {c['tolerance']:g}), top-1 agrees on {c['top1_agree']}/{c['count']}"]
+    lines = [
+        f"wrote {r['onnx']} ({r['bytes'] / 1e6:.1f} MB): {r['model']} from {r['weights']}, batch norms folded, "
+        f"input [{r['batch']}, {', '.join(map(str, r['input_size']))}], opset {r['opset']}, "
+        f"{r['exporter']} exporter ({r['export_seconds']:.1f} s)",
+        f"checked with onnxruntime {r['onnxruntime']} on {c['inputs']}: max abs logit difference "
+        f"{c['max_abs_diff']:.2e} (tolerance {c['tolerance']:g}), top-1 agrees on {c['top1_agree']}/{c['count']}",
+    ]
     lines += [f"note: {n}; the next exporter was used" for n in r["exporter_notes"]]
     return "\n".join(lines)
 
@@ -360,8 +460,10 @@ def read_onnx_meta(path: str | Path) -> dict:
     props = {p.key: p.value for p in proto.metadata_props}
     missing = [k for k in ("classes", "input_size") if k not in props]
     if missing:
-        raise ExportError(f"{path} has no {' or '.join(missing)} in its metadata; it was not exported by resnetlab "
-                          "(`resnetlab export`)")
+        raise ExportError(
+            f"{path} has no {' or '.join(missing)} in its metadata; it was not exported by resnetlab "
+            "(`resnetlab export`)"
+        )
     try:
         meta = {k: json.loads(props[k]) for k in META_KEYS if k in props}
     except json.JSONDecodeError as e:
@@ -379,8 +481,10 @@ def predict_onnx(path: str | Path, images: list[str | Path], *, top_k: int = 3) 
     fixed = shape[0] if isinstance(shape[0], int) else None
     logits = []
     for start in range(0, len(x), fixed or len(x)):
-        part = x[start:start + (fixed or len(x))]
-        if fixed and len(part) < fixed:  # a fixed-batch model: pad the last slice, then drop the padding
+        part = x[start : start + (fixed or len(x))]
+        if (
+            fixed and len(part) < fixed
+        ):  # a fixed-batch model: pad the last slice, then drop the padding
             part = torch.cat([part, part[:1].expand(fixed - len(part), *part.shape[1:])])
         out = session.run([OUTPUT_NAME], {INPUT_NAME: part.contiguous().numpy()})[0]
         logits.append(torch.from_numpy(out)[: len(x) - start])
@@ -388,6 +492,9 @@ def predict_onnx(path: str | Path, images: list[str | Path], *, top_k: int = 3) 
     classes = meta["classes"] or [str(i) for i in range(probs.shape[1])]
     top = probs.topk(min(top_k, probs.shape[1]), dim=1)
     return [
-        {"image": str(p), "top": [{"class": classes[i], "prob": v} for v, i in zip(ps.tolist(), idx.tolist())]}
+        {
+            "image": str(p),
+            "top": [{"class": classes[i], "prob": v} for v, i in zip(ps.tolist(), idx.tolist())],
+        }
         for p, ps, idx in zip(images, top.values, top.indices)
     ]

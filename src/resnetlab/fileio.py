@@ -14,8 +14,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from resnetlab.errors import WriteError
 
@@ -38,7 +39,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:  # no space left, the disk went read-only: the old file stays, the error names it
+    except (
+        OSError
+    ) as e:  # no space left, the disk went read-only: the old file stays, the error names it
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise WriteError.of(e, path) from None

@@ -16,8 +16,10 @@ import pytest
 from resnetlab.data import catalog, sources
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                                   reason="Debian's dataset-fashion-mnist is not installed")
+needs_fashion = pytest.mark.skipif(
+    not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +57,9 @@ class Tiny:
     def write(self, folder: Path, compressed: bool = False) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         for name, data in self.files.items():
-            (folder / (name + ".gz" if compressed else name)).write_bytes(gzipped(data) if compressed else data)
+            (folder / (name + ".gz" if compressed else name)).write_bytes(
+                gzipped(data) if compressed else data
+            )
         return folder
 
     def use_mirrors(self, monkeypatch, *mirrors: str) -> None:
@@ -66,18 +70,32 @@ class Tiny:
 @pytest.fixture
 def tiny(monkeypatch) -> Tiny:
     rng = np.random.default_rng(0)
-    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (40, 8, 8), dtype=np.uint8),
-              "train-labels-idx1-ubyte": rng.integers(0, 3, 40, dtype=np.uint8),
-              "t10k-images-idx3-ubyte": rng.integers(0, 256, (12, 8, 8), dtype=np.uint8),
-              "t10k-labels-idx1-ubyte": rng.integers(0, 3, 12, dtype=np.uint8)}
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (40, 8, 8), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 3, 40, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (12, 8, 8), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 3, 12, dtype=np.uint8),
+    }
     files = {name: idx_bytes(a) for name, a in arrays.items()}
     digests = [md5(files[n]) for n in files]
-    layout = catalog._idx_layout(tuple(digests[:2]), tuple(digests[2:]), train_n=40, test_n=12, hw=8)
+    layout = catalog._idx_layout(
+        tuple(digests[:2]), tuple(digests[2:]), train_n=40, test_n=12, hw=8
+    )
     spec = catalog.DatasetSpec(
-        name="tiny", channels=1, image_size=(8, 8), classes=("a", "b", "c"), mean=(0.5,), std=(0.29,),
-        layouts=(layout,), downloads=catalog._gz_downloads(layout, tuple(md5(gzipped(files[n])) for n in files)),
-        mirrors=("http://127.0.0.1:1/",),  # nothing listens on port 1: offline unless a test serves it
-        system_dirs=(), package="dataset-tiny")
+        name="tiny",
+        channels=1,
+        image_size=(8, 8),
+        classes=("a", "b", "c"),
+        mean=(0.5,),
+        std=(0.29,),
+        layouts=(layout,),
+        downloads=catalog._gz_downloads(layout, tuple(md5(gzipped(files[n])) for n in files)),
+        mirrors=(
+            "http://127.0.0.1:1/",
+        ),  # nothing listens on port 1: offline unless a test serves it
+        system_dirs=(),
+        package="dataset-tiny",
+    )
     monkeypatch.setitem(catalog.DATASETS, "tiny", spec)
     return Tiny(spec, files, arrays)
 

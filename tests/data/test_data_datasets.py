@@ -6,13 +6,18 @@ import json
 
 import pytest
 import torch
+from conftest import needs_fashion
 
 from resnetlab.cli import main
-from resnetlab.data import Dataset, get_dataset_info, list_datasets, load_dataset, split_dataset
-from resnetlab.data import sources
+from resnetlab.data import (
+    Dataset,
+    get_dataset_info,
+    list_datasets,
+    load_dataset,
+    sources,
+    split_dataset,
+)
 from resnetlab.errors import UsageError
-
-from conftest import needs_fashion
 
 
 @needs_fashion
@@ -24,12 +29,16 @@ def test_fashion_mnist_from_the_system_folder_then_the_cache(isolated_cache, mon
     pixels = train.images.double() / 255
     info = get_dataset_info("fashion-mnist")
     assert abs(pixels.mean() - info.mean[0]) < 1e-4 and abs(pixels.std() - info.std[0]) < 1e-4
-    assert (isolated_cache / "fashion-mnist" / "train-images-idx3-ubyte").stat().st_size == 47_040_016
+    assert (
+        isolated_cache / "fashion-mnist" / "train-images-idx3-ubyte"
+    ).stat().st_size == 47_040_016
 
     test = load_dataset("Fashion_MNIST", train=False)
     assert len(test) == 10000 and torch.bincount(test.labels).tolist() == [1000] * 10
 
-    monkeypatch.setattr(sources, "_check_bytes", lambda *a, **k: pytest.fail("hashed a verified file again"))
+    monkeypatch.setattr(
+        sources, "_check_bytes", lambda *a, **k: pytest.fail("hashed a verified file again")
+    )
     again = load_dataset("fashion-mnist")  # the decompressed, stamped copy: no gunzip, no md5
     assert torch.equal(again.images, train.images) and torch.equal(again.labels, train.labels)
 
@@ -37,14 +46,21 @@ def test_fashion_mnist_from_the_system_folder_then_the_cache(isolated_cache, mon
 def test_info_and_names():
     assert list_datasets() == ["fashion-mnist", "mnist", "cifar10", "cifar100"]
     info = get_dataset_info("cifar100")
-    assert (info.channels, info.image_size, info.num_classes, len(info.classes)) == (3, (32, 32), 100, 100)
+    assert (info.channels, info.image_size, info.num_classes, len(info.classes)) == (
+        3,
+        (32, 32),
+        100,
+        100,
+    )
     assert len(info.mean) == len(info.std) == 3
     with pytest.raises(UsageError, match="unknown dataset 'cifar1000'; did you mean cifar100"):
         get_dataset_info("cifar1000")
 
 
 def _numbers(n: int = 30) -> Dataset:
-    return Dataset("numbers", torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1), torch.arange(n), ["x"])
+    return Dataset(
+        "numbers", torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1), torch.arange(n), ["x"]
+    )
 
 
 def test_take_subset_and_split_are_seeded_and_disjoint():
@@ -76,8 +92,13 @@ def test_cli_data_list_and_fetch(tiny, tmp_path, capsys):
     assert f"tiny           train  ok       md5    40        {root} (--data-dir)" in table
     (root / "t10k-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03")
     assert main(["data", "list", "--data-dir", str(tmp_path / "d")]) == 0
-    assert "t10k-images-idx3-ubyte: expected 784 bytes, found 4 (truncated); delete it" in capsys.readouterr().out
+    assert (
+        "t10k-images-idx3-ubyte: expected 784 bytes, found 4 (truncated); delete it"
+        in capsys.readouterr().out
+    )
     assert main(["data", "fetch", "tiny", "--data-dir", str(tmp_path / "empty")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("resnetlab: error: tiny: training files not found") and err.count("\n") == 1
+    assert (
+        err.startswith("resnetlab: error: tiny: training files not found") and err.count("\n") == 1
+    )
     assert main(["data", "fetch", "imagefolder:/x"]) == 2

@@ -8,12 +8,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
-from resnetlab.data import dataset_status, fetch_dataset, load_dataset
-from resnetlab.data import catalog, sources
-from resnetlab.errors import DataError
-
 from conftest import gzipped
+
+from resnetlab.data import catalog, dataset_status, fetch_dataset, load_dataset, sources
+from resnetlab.errors import DataError
 
 
 def _serve(tiny, folder, *, corrupt: bool = False) -> None:
@@ -27,30 +25,42 @@ def _serve(tiny, folder, *, corrupt: bool = False) -> None:
 
 def _assert_is_tiny(ds, tiny, train=True) -> None:
     prefix = "train" if train else "t10k"
-    assert torch.equal(ds.images[:, 0], torch.from_numpy(tiny.arrays[f"{prefix}-images-idx3-ubyte"]))
-    assert torch.equal(ds.labels, torch.from_numpy(tiny.arrays[f"{prefix}-labels-idx1-ubyte"].astype(np.int64)))
+    assert torch.equal(
+        ds.images[:, 0], torch.from_numpy(tiny.arrays[f"{prefix}-images-idx3-ubyte"])
+    )
+    assert torch.equal(
+        ds.labels, torch.from_numpy(tiny.arrays[f"{prefix}-labels-idx1-ubyte"].astype(np.int64))
+    )
     assert ds.classes == ["a", "b", "c"] and ds.name == "tiny"
 
 
-def test_download_verifies_and_caches_decompressed_files(tiny, http_root, isolated_cache, monkeypatch):
+def test_download_verifies_and_caches_decompressed_files(
+    tiny, http_root, isolated_cache, monkeypatch
+):
     served, url = http_root
     _serve(tiny, served / "good")
     tiny.use_mirrors(monkeypatch, url + "good/")
     _assert_is_tiny(load_dataset("tiny"), tiny)
     _assert_is_tiny(load_dataset("tiny", train=False), tiny, train=False)
-    assert sorted(p.name for p in (isolated_cache / "tiny").iterdir()) == sorted(tiny.files)  # no .gz, no temp file
+    assert sorted(p.name for p in (isolated_cache / "tiny").iterdir()) == sorted(
+        tiny.files
+    )  # no .gz, no temp file
     monkeypatch.setattr(sources, "_stream_verified", lambda *a: pytest.fail("downloaded again"))
     _assert_is_tiny(load_dataset("tiny"), tiny)
 
 
-def test_corrupted_download_is_rejected_and_the_next_mirror_used(tiny, http_root, isolated_cache, monkeypatch):
+def test_corrupted_download_is_rejected_and_the_next_mirror_used(
+    tiny, http_root, isolated_cache, monkeypatch
+):
     served, url = http_root
     _serve(tiny, served / "bad", corrupt=True)
     _serve(tiny, served / "good")
     tiny.use_mirrors(monkeypatch, url + "bad/")
     with pytest.raises(DataError, match=r"md5 .* expected"):
         load_dataset("tiny")
-    leftovers = list((isolated_cache / "tiny").iterdir()) if (isolated_cache / "tiny").exists() else []
+    leftovers = (
+        list((isolated_cache / "tiny").iterdir()) if (isolated_cache / "tiny").exists() else []
+    )
     assert leftovers == []  # nothing half-written under a final (or temporary) name
     tiny.use_mirrors(monkeypatch, url + "bad/", url + "good/")
     _assert_is_tiny(load_dataset("tiny"), tiny)
@@ -69,8 +79,14 @@ def test_offline_error_lists_folders_package_and_files(tiny, tmp_path, isolated_
         load_dataset("tiny")
     message = str(err.value)
     assert "\n" not in message
-    for expected in (str(tmp_path / "shelf" / "tiny"), str(isolated_cache / "tiny"), "127.0.0.1:1",
-                     "apt-get install dataset-tiny", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+    for expected in (
+        str(tmp_path / "shelf" / "tiny"),
+        str(isolated_cache / "tiny"),
+        "127.0.0.1:1",
+        "apt-get install dataset-tiny",
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+    ):
         assert expected in message
 
 
@@ -91,7 +107,10 @@ def test_search_order(tiny, tmp_path, isolated_cache, monkeypatch):
     monkeypatch.setenv("RESNETLAB_DATA", str(tmp_path / "env"))
     tiny.write(tmp_path / "env" / "tiny")
     status = dataset_status("tiny")["splits"]["train"]
-    assert (status["source"], status["folder"]) == ("RESNETLAB_DATA", str(tmp_path / "env" / "tiny"))
+    assert (status["source"], status["folder"]) == (
+        "RESNETLAB_DATA",
+        str(tmp_path / "env" / "tiny"),
+    )
 
 
 def test_each_file_is_hashed_once(tiny, tmp_path, isolated_cache, monkeypatch):
@@ -99,7 +118,9 @@ def test_each_file_is_hashed_once(tiny, tmp_path, isolated_cache, monkeypatch):
     before = sorted(os.listdir(root))
     checks = []
     real = sources._check_bytes
-    monkeypatch.setattr(sources, "_check_bytes", lambda *a, **k: checks.append(a[1]) or real(*a, **k))
+    monkeypatch.setattr(
+        sources, "_check_bytes", lambda *a, **k: checks.append(a[1]) or real(*a, **k)
+    )
     load_dataset("tiny", root=root)
     assert len(checks) == 2
     load_dataset("tiny", root=root)
@@ -126,12 +147,16 @@ def test_truncated_files_get_one_line_errors(tiny, tmp_path):
     image_file.write_bytes(tiny.files["train-images-idx3-ubyte"][:1000])
     with pytest.raises(DataError) as err:
         load_dataset("tiny", root=root)
-    assert str(err.value) == (f"{image_file}: expected 2,576 bytes, found 1,000 (truncated); delete it and run "
-                              f"`resnetlab data fetch` (or place a good copy)")
+    assert str(err.value) == (
+        f"{image_file}: expected 2,576 bytes, found 1,000 (truncated); delete it and run "
+        f"`resnetlab data fetch` (or place a good copy)"
+    )
     image_file.unlink()
     packed = root / "train-images-idx3-ubyte.gz"
     packed.write_bytes(gzipped(tiny.files["train-images-idx3-ubyte"])[:200])
-    with pytest.raises(DataError, match=f"{packed}: expected a complete gzip file, found a damaged one"):
+    with pytest.raises(
+        DataError, match=f"{packed}: expected a complete gzip file, found a damaged one"
+    ):
         load_dataset("tiny", root=root)
 
 
@@ -141,7 +166,9 @@ def test_fetch_into_a_data_dir(tiny, http_root, tmp_path, monkeypatch):
     tiny.use_mirrors(monkeypatch, url)
     result = fetch_dataset("tiny", root=tmp_path / "dd")
     assert {s["examples"] for s in result["splits"].values()} == {40, 12}
-    assert sorted(p.name for p in (tmp_path / "dd" / "tiny").iterdir()) == sorted(f"{n}.gz" for n in tiny.files)
+    assert sorted(p.name for p in (tmp_path / "dd" / "tiny").iterdir()) == sorted(
+        f"{n}.gz" for n in tiny.files
+    )
     assert dataset_status("tiny", root=tmp_path / "dd")["splits"]["test"]["source"] == "--data-dir"
 
 

@@ -26,13 +26,20 @@ def _count(model: nn.Module, kind: type) -> int:
     return sum(type(m) is kind for m in model.modules())
 
 
-@pytest.mark.parametrize("name, in_chans, pairs", [
-    ("resnet18_d2l", 1, 17),   # stem + two per Residual; the 1x1 shortcut convs have no norm
-    ("resnet18", 3, 20),       # stem + two per BasicBlock + three projection shortcuts
-    ("resnet50", 3, 53),       # Bottlenecks: three per block + four projections
-    ("resnet20", 3, 19),       # CIFAR stem + two per block (option-A shortcuts have no conv)
-    ("preact_resnet18", 3, 9),  # stem, and conv1 -> bn2 inside each block; the others normalize sums
-])
+@pytest.mark.parametrize(
+    "name, in_chans, pairs",
+    [
+        ("resnet18_d2l", 1, 17),  # stem + two per Residual; the 1x1 shortcut convs have no norm
+        ("resnet18", 3, 20),  # stem + two per BasicBlock + three projection shortcuts
+        ("resnet50", 3, 53),  # Bottlenecks: three per block + four projections
+        ("resnet20", 3, 19),  # CIFAR stem + two per block (option-A shortcuts have no conv)
+        (
+            "preact_resnet18",
+            3,
+            9,
+        ),  # stem, and conv1 -> bn2 inside each block; the others normalize sums
+    ],
+)
 def test_fused_model_matches_in_eval_mode(name, in_chans, pairs):
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, in_chans=in_chans)
@@ -44,7 +51,9 @@ def test_fused_model_matches_in_eval_mode(name, in_chans, pairs):
     with torch.inference_mode():
         expected, got = model(x), fused(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    assert model.training is False and _count(model, nn.BatchNorm2d) > 0, "the original is left as it was"
+    assert model.training is False and _count(model, nn.BatchNorm2d) > 0, (
+        "the original is left as it was"
+    )
 
 
 def test_textbook_residual_and_channels_last():

@@ -9,8 +9,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.errors import UsageError
-from resnetlab.models import (BasicBlock, Bottleneck, CifarResNet, PlainBlock, PreActBlock, ResNet,
-                              create_model, get_model_info, list_models, register_model)
+from resnetlab.models import (
+    BasicBlock,
+    Bottleneck,
+    CifarResNet,
+    PlainBlock,
+    PreActBlock,
+    ResNet,
+    create_model,
+    get_model_info,
+    list_models,
+    register_model,
+)
 from resnetlab.models.cifar import ZeroPadShortcut
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,25 +78,40 @@ def test_plain_imagenet_nets_are_resnets_without_shortcuts(depth):
 
 
 def test_required_models_are_registered():
-    required = set(PARAM_COUNTS) | {f"plain{d}" for d in CIFAR_DEPTHS} | {
-        "plain18", "plain34", "preact_resnet18", "preact_resnet34"}
+    required = (
+        set(PARAM_COUNTS)
+        | {f"plain{d}" for d in CIFAR_DEPTHS}
+        | {"plain18", "plain34", "preact_resnet18", "preact_resnet34"}
+    )
     assert required <= set(list_models())
 
 
 def test_list_models_filters_and_sorts_naturally():
     assert list_models("wide_*") == ["wide_resnet50_2", "wide_resnet101_2"]
-    assert list_models("resnet1*") == ["resnet14", "resnet18", "resnet18_d2l", "resnet101", "resnet110",
-                                       "resnet152"]
+    assert list_models("resnet1*") == [
+        "resnet14",
+        "resnet18",
+        "resnet18_d2l",
+        "resnet101",
+        "resnet110",
+        "resnet152",
+    ]
     assert list_models("no_such_net*") == []
 
 
 def test_model_info_records():
     info = get_model_info("resnet20")
-    assert (info.name, info.default_input_size, info.default_num_classes) == ("resnet20", (3, 32, 32), 10)
+    assert (info.name, info.default_input_size, info.default_num_classes) == (
+        "resnet20",
+        (3, 32, 32),
+        10,
+    )
     assert "1512.03385" in info.paper
     d2l = get_model_info("resnet18_d2l")
     assert (d2l.default_in_chans, d2l.default_num_classes) == (1, 10)
-    assert all(get_model_info(n).paper and callable(get_model_info(n).builder) for n in list_models())
+    assert all(
+        get_model_info(n).paper and callable(get_model_info(n).builder) for n in list_models()
+    )
 
 
 def test_torchvision_key_names_and_shapes():
@@ -106,7 +131,9 @@ def test_torchvision_key_names_and_shapes():
     }
     assert {k: tuple(sd[k].shape) for k in expected} == expected
     # nothing but torchvision's module names
-    pattern = re.compile(r"(conv1|bn1|fc)\.\w+|layer[1-4]\.\d+\.(conv[1-3]|bn[1-3]|downsample\.[01])\.\w+")
+    pattern = re.compile(
+        r"(conv1|bn1|fc)\.\w+|layer[1-4]\.\d+\.(conv[1-3]|bn[1-3]|downsample\.[01])\.\w+"
+    )
     assert all(pattern.fullmatch(k) for k in sd)
     # ResNet V1.5: the stride sits on the 3x3 convolution
     layer2 = meta_model("resnet50").layer2[0]
@@ -174,7 +201,9 @@ def test_patch_stem_cuts_the_image_into_patches_that_become_channels():
     patches = F.pixel_unshuffle(x, 2)  # [2, 4, 14, 14]
     expected = torch.einsum("bphw,op->bohw", patches, net.conv1.weight.reshape(32, 4))
     torch.testing.assert_close(net.conv1(x), expected, rtol=1e-5, atol=1e-5)
-    assert net.layer1(net.relu(net.bn1(net.conv1(x)))).shape == (2, 32, 14, 14) and net(x).shape == (2, 10)
+    assert net.layer1(net.relu(net.bn1(net.conv1(x)))).shape == (2, 32, 14, 14) and net(
+        x
+    ).shape == (2, 10)
     assert set(net.state_dict()) == set(create_model("resnet20", in_chans=1, width=32).state_dict())
     for bad in (0, True, 1.5):
         with pytest.raises(UsageError, match="patch_stem must be a positive integer"):
@@ -216,14 +245,17 @@ def test_unknown_model_names_close_matches():
         get_model_info("qwertyuiop")
 
 
-@pytest.mark.parametrize("kwargs, complaint", [
-    (dict(num_classes=0), "num_classes must be a positive integer"),
-    (dict(in_chans=-1), "in_chans must be a positive integer"),
-    (dict(width=32), "has no option 'width'"),
-    (dict(layers=[2, 0, 2, 2]), "positive integers"),
-    (dict(layers=[2, 2], widths=[64]), "one width per stage"),
-    (dict(groups=32), "groups=1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, complaint",
+    [
+        (dict(num_classes=0), "num_classes must be a positive integer"),
+        (dict(in_chans=-1), "in_chans must be a positive integer"),
+        (dict(width=32), "has no option 'width'"),
+        (dict(layers=[2, 0, 2, 2]), "positive integers"),
+        (dict(layers=[2, 2], widths=[64]), "one width per stage"),
+        (dict(groups=32), "groups=1"),
+    ],
+)
 def test_bad_options_are_usage_errors(kwargs, complaint):
     with pytest.raises(UsageError, match=complaint):
         meta_model("resnet18", **kwargs)

@@ -88,13 +88,14 @@ def test_notebook_shape_walk_prints_the_notebook_output(capsys):
     with torch.no_grad():
         for layer in net:
             X = layer(X)
-            print(layer.__class__.__name__, 'output shape:\t', X.shape)
+            print(layer.__class__.__name__, "output shape:\t", X.shape)
     assert capsys.readouterr().out == NOTEBOOK_WALK
 
 
 def test_resnet18_d2l_other_depths_and_inputs():
-    net = lab.create_model("resnet18_d2l", in_chans=3, num_classes=5, layers=[3, 4, 6, 3],
-                           widths=[8, 16, 32, 64])
+    net = lab.create_model(
+        "resnet18_d2l", in_chans=3, num_classes=5, layers=[3, 4, 6, 3], widths=[8, 16, 32, 64]
+    )
     assert [len(stage) for stage in list(net)[1:5]] == [3, 4, 6, 3]
     assert [stage[-1].conv2.out_channels for stage in list(net)[1:5]] == [8, 16, 32, 64]
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 5)

@@ -13,7 +13,12 @@ from torch import nn
 
 from resnetlab.errors import CheckpointError, UsageError
 from resnetlab.models import create_model
-from resnetlab.models.pretrained import PretrainedNote, adapt_input_conv, load_pretrained, read_state_dict
+from resnetlab.models.pretrained import (
+    PretrainedNote,
+    adapt_input_conv,
+    load_pretrained,
+    read_state_dict,
+)
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -47,12 +52,21 @@ def test_timm_files_safetensors_and_training_checkpoint(tmp_path, one_thread):
     sd = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
     # timm's hub file: model.safetensors without resnetlab metadata
     safetensors.torch.save_file(sd, str(tmp_path / "model.safetensors"))
-    assert torch.equal(logits(create_model("resnet18", weights=tmp_path / "model.safetensors")), logits(source))
+    assert torch.equal(
+        logits(create_model("resnet18", weights=tmp_path / "model.safetensors")), logits(source)
+    )
     # timm's train.py checkpoint: nested under "state_dict", beside plain entries; DDP's "module." prefix
-    ckpt = {"epoch": 3, "arch": "resnet18", "version": 2,
-            "state_dict": {f"module.{k}": v for k, v in sd.items()}, "optimizer": {"state": {}, "param_groups": []}}
+    ckpt = {
+        "epoch": 3,
+        "arch": "resnet18",
+        "version": 2,
+        "state_dict": {f"module.{k}": v for k, v in sd.items()},
+        "optimizer": {"state": {}, "param_groups": []},
+    }
     torch.save(ckpt, tmp_path / "checkpoint-3.pth.tar")
-    assert torch.equal(logits(create_model("resnet18", weights=tmp_path / "checkpoint-3.pth.tar")), logits(source))
+    assert torch.equal(
+        logits(create_model("resnet18", weights=tmp_path / "checkpoint-3.pth.tar")), logits(source)
+    )
     torch.save({"model": sd}, tmp_path / "nested.pt")
     assert read_state_dict(tmp_path / "nested.pt").keys() == sd.keys()
 
@@ -87,7 +101,9 @@ def test_grey_checkpoint_into_rgb_model_repeats_and_scales(tmp_path, one_thread)
     assert "from 1 to 3 input channel(s): repeated and scaled by 1/3" in notes[0]
     torch.testing.assert_close(rgb.conv1.weight, source.conv1.weight.repeat(1, 3, 1, 1) / 3)
     g = X[:, :1]
-    torch.testing.assert_close(logits(rgb, g.repeat(1, 3, 1, 1)), logits(source, g), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        logits(rgb, g.repeat(1, 3, 1, 1)), logits(source, g), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_adapt_input_conv_follows_timm():
@@ -129,7 +145,10 @@ def test_wrong_architecture_is_named(tmp_path, one_thread):
     with pytest.raises(CheckpointError) as e:
         create_model("resnet50", weights=path)
     message = one_line(e)
-    assert "shape clash(es): layer1.0.conv1.weight is 128x64x1x1 in the checkpoint, 64x64x1x1 in the model" in message
+    assert (
+        "shape clash(es): layer1.0.conv1.weight is 128x64x1x1 in the checkpoint, 64x64x1x1 in the model"
+        in message
+    )
     assert "it looks like resnext50_32x4d's weights" in message
 
 
@@ -191,10 +210,21 @@ def _torchvision_resnet18(num_classes=1000):
     inplanes = 64
     for i, planes in enumerate((64, 128, 256, 512)):
         stride = 1 if i == 0 else 2
-        down = None if stride == 1 and inplanes == planes else \
-            nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-        setattr(m, f"layer{i + 1}", nn.Sequential(_TorchvisionBasicBlock(inplanes, planes, stride, down),
-                                                  _TorchvisionBasicBlock(planes, planes)))
+        down = (
+            None
+            if stride == 1 and inplanes == planes
+            else nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+        )
+        setattr(
+            m,
+            f"layer{i + 1}",
+            nn.Sequential(
+                _TorchvisionBasicBlock(inplanes, planes, stride, down),
+                _TorchvisionBasicBlock(planes, planes),
+            ),
+        )
         inplanes = planes
     m.avgpool, m.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(512, num_classes)
 
@@ -214,5 +244,7 @@ def test_our_safetensors_load_into_a_torchvision_layout_model(tmp_path, one_thre
     ours = create_model("resnet18", num_classes=10)
     save_weights(tmp_path / "model.safetensors", ours.state_dict(), {"model": "resnet18"})
     tv = _torchvision_resnet18(num_classes=10)
-    tv.load_state_dict(safetensors.torch.load_file(str(tmp_path / "model.safetensors")))  # the README snippet
+    tv.load_state_dict(
+        safetensors.torch.load_file(str(tmp_path / "model.safetensors"))
+    )  # the README snippet
     assert torch.equal(logits(tv), logits(ours))

@@ -10,8 +10,16 @@ import pytest
 
 from resnetlab.train import make_config, train
 
-TINY = dict(model="resnet20", model_kwargs={"width": 8}, subset=512, batch_size=64, epochs=1, seed=3, val_split=0,
-            epoch_test=True)  # per-epoch test figures: the report shows them
+TINY = dict(
+    model="resnet20",
+    model_kwargs={"width": 8},
+    subset=512,
+    batch_size=64,
+    epochs=1,
+    seed=3,
+    val_split=0,
+    epoch_test=True,
+)  # per-epoch test figures: the report shows them
 
 
 def tiny_run(out: Path, **overrides) -> dict:

@@ -11,8 +11,13 @@ import torch
 from resnetlab import cli
 from resnetlab.data import Loader
 from resnetlab.data.datasets import Dataset
-from resnetlab.report.mistakes import (find_mistakes, plot_mistakes, read_confusion_csv, read_mistakes_csv,
-                                       write_analysis)
+from resnetlab.report.mistakes import (
+    find_mistakes,
+    plot_mistakes,
+    read_confusion_csv,
+    read_mistakes_csv,
+    write_analysis,
+)
 
 CLASSES = ["a", "b", "c"]
 
@@ -35,7 +40,12 @@ def known():
     probs = torch.full((10, 3), 0.05)
     for i, y in enumerate(labels.tolist()):
         probs[i, y] = 0.9  # right, confidently
-    wrong = {3: (2, 0.6), 5: (0, 0.95), 7: (2, 0.7), 8: (1, 0.5)}  # index: (predicted class, its probability)
+    wrong = {
+        3: (2, 0.6),
+        5: (0, 0.95),
+        7: (2, 0.7),
+        8: (1, 0.5),
+    }  # index: (predicted class, its probability)
     for i, (pred, p) in wrong.items():
         probs[i] = (1 - p) / 2
         probs[i, pred] = p
@@ -62,7 +72,9 @@ def test_find_mistakes_ranks_the_wrong_answers_by_confidence(known):
         expected[y, wrong[i][0] if i in wrong else y] += 1
     assert torch.equal(m.confusion, expected)
     # more asked than there are: every mistake, still most confident first; none asked: none
-    assert [r["index"] for r in find_mistakes(model, loader, "cpu", classes=CLASSES, k=50).items] == [5, 7, 3, 8]
+    assert [
+        r["index"] for r in find_mistakes(model, loader, "cpu", classes=CLASSES, k=50).items
+    ] == [5, 7, 3, 8]
     assert find_mistakes(model, loader, "cpu", classes=CLASSES, k=0).items == []
 
 
@@ -73,13 +85,17 @@ def test_writers_round_trip_and_the_grid_is_readable(known, tmp_path):
     assert {p.name for p in written} == {"mistakes.csv", "confusion.csv", "mistakes.png"}
     rows = list(csv.DictReader((tmp_path / "mistakes.csv").open()))
     assert list(rows[0]) == ["index", "true", "predicted", "probability"]
-    assert [(r["index"], r["true"], r["predicted"]) for r in read_mistakes_csv(tmp_path / "mistakes.csv")] == \
-        [(r["index"], r["true"], r["predicted"]) for r in m.items]
+    assert [
+        (r["index"], r["true"], r["predicted"])
+        for r in read_mistakes_csv(tmp_path / "mistakes.csv")
+    ] == [(r["index"], r["true"], r["predicted"]) for r in m.items]
     assert read_confusion_csv(tmp_path / "confusion.csv") == (CLASSES, m.confusion.tolist())
 
     from PIL import Image
 
-    with Image.open(tmp_path / "mistakes.png") as img:  # four cells in one row, each over 150 px wide
+    with Image.open(
+        tmp_path / "mistakes.png"
+    ) as img:  # four cells in one row, each over 150 px wide
         assert img.width >= 4 * 150 and img.height >= 150
     plot_mistakes(m.items * 8, ds.images, tmp_path / "grid.png")  # 32 cells: 8 columns, 4 rows
     with Image.open(tmp_path / "grid.png") as img:
@@ -94,7 +110,9 @@ def test_finished_run_writes_its_mistakes_from_the_kept_weights(finished_run):
     correct = sum(confusion[i][i] for i in range(len(classes)))
     total = sum(map(sum, confusion))
     assert total == summary["test_count"] == 512
-    assert abs(correct / total - summary["kept_test_acc"]) <= 2 / 512  # the same weights as the final evaluation
+    assert (
+        abs(correct / total - summary["kept_test_acc"]) <= 2 / 512
+    )  # the same weights as the final evaluation
     assert len(items) == min(32, total - correct)
     assert all(r["true"] != r["predicted"] and 0 < r["probability"] <= 1 for r in items)
     probs = [r["probability"] for r in items]
@@ -103,7 +121,9 @@ def test_finished_run_writes_its_mistakes_from_the_kept_weights(finished_run):
 
 
 @pytest.mark.needs_fashion_mnist
-def test_eval_writes_mistakes_beside_the_weights_or_into_out(finished_run, run_copy, tmp_path, capsys):
+def test_eval_writes_mistakes_beside_the_weights_or_into_out(
+    finished_run, run_copy, tmp_path, capsys
+):
     assert cli.main(["eval", str(run_copy), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     eval_dir = run_copy / "eval"
@@ -111,7 +131,10 @@ def test_eval_writes_mistakes_beside_the_weights_or_into_out(finished_run, run_c
     classes, confusion = read_confusion_csv(eval_dir / "confusion.csv")
     assert confusion == r["confusion"] and sum(map(sum, confusion)) == 10000  # the whole test set
     assert r["wrong"] == 10000 - sum(confusion[i][i] for i in range(10))
-    assert len(read_mistakes_csv(eval_dir / "mistakes.csv")) == 32 and (eval_dir / "mistakes.png").exists()
+    assert (
+        len(read_mistakes_csv(eval_dir / "mistakes.csv")) == 32
+        and (eval_dir / "mistakes.png").exists()
+    )
     # the training run's own files (its 512-image test subset) are left alone
     assert (run_copy / "mistakes.csv").read_bytes() == (finished_run / "mistakes.csv").read_bytes()
     # one pass gives the mistakes and the figures: the same as evaluation without mistakes
@@ -123,7 +146,12 @@ def test_eval_writes_mistakes_beside_the_weights_or_into_out(finished_run, run_c
     assert plain["loss"] == pytest.approx(r["loss"], rel=1e-9)
 
     out = tmp_path / "elsewhere"
-    assert cli.main(["eval", str(run_copy / "model.safetensors"), "--out", str(out), "--mistakes", "5"]) == 0
+    assert (
+        cli.main(
+            ["eval", str(run_copy / "model.safetensors"), "--out", str(out), "--mistakes", "5"]
+        )
+        == 0
+    )
     assert "5 most confident in" in capsys.readouterr().out
     assert len(read_mistakes_csv(out / "mistakes.csv")) == 5
     assert cli.main(["eval", str(run_copy), "--mistakes", "-1"]) == 2

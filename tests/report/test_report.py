@@ -18,13 +18,28 @@ from resnetlab.report.mistakes import read_mistakes_csv
 from resnetlab.report.runs import run_state
 from resnetlab.train.run import load_checkpoint
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMIUM = (
+    shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+)
 needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="Chromium is not installed here (apt-get install chromium; .ci/run installs it); "
-                             "the report is not rendered in a browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--host-resolver-rules=MAP * ~NOTFOUND", "--hide-scrollbars", "--enable-logging=stderr", "--v=0"]
+    CHROMIUM is None,
+    reason="Chromium is not installed here (apt-get install chromium; .ci/run installs it); "
+    "the report is not rendered in a browser",
+)
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
+]
 # A test-only script, added to a copy of the page: once loaded, it counts the images that decoded.
 IMAGE_CHECK = """<script>window.addEventListener("load", () => { const all = [...document.images];
 document.body.setAttribute("data-images", all.filter(i => i.complete && i.naturalWidth > 0).length + "/" + all.length);
@@ -33,8 +48,12 @@ document.body.setAttribute("data-images", all.filter(i => i.complete && i.natura
 
 def chromium(page, tmp_path, *args) -> subprocess.CompletedProcess:
     profile = tmp_path / "chromium-profile"
-    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()],
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def console_messages(stderr: str) -> list[str]:
@@ -43,7 +62,9 @@ def console_messages(stderr: str) -> list[str]:
 
 def with_image_check(page, out):
     html = page.read_text(encoding="utf-8")
-    html = html.replace("img-src data:;", "img-src data:; script-src 'unsafe-inline';").replace("</body>", IMAGE_CHECK)
+    html = html.replace("img-src data:;", "img-src data:; script-src 'unsafe-inline';").replace(
+        "</body>", IMAGE_CHECK
+    )
     out.write_text(html, encoding="utf-8")
     return out
 
@@ -64,8 +85,15 @@ def test_report_holds_every_section_and_is_self_contained(finished_run):
     assert config["versions"]["torch"] in page and f"{summary['kept_test_acc']:.4f}" in page
     assert "Ankle boot" in page and "best.safetensors" in page
     # nothing to fetch: every image is a data URI, no scripts, no links, no remote URL anywhere
-    assert re.findall(r'src="([^"]{0,22})', page) == ["data:image/png;base64,"] * 3  # curves, confusion, mistakes
-    assert "<script" not in page and "<link" not in page and "http://" not in page and "https://" not in page
+    assert (
+        re.findall(r'src="([^"]{0,22})', page) == ["data:image/png;base64,"] * 3
+    )  # curves, confusion, mistakes
+    assert (
+        "<script" not in page
+        and "<link" not in page
+        and "http://" not in page
+        and "https://" not in page
+    )
     assert "Content-Security-Policy" in page
     first = read_mistakes_csv(finished_run / "mistakes.csv")[0]
     assert f"<td>{first['predicted']}</td>" in page
@@ -79,18 +107,29 @@ def test_report_renders_in_headless_chromium(finished_run, tmp_path):
     shot = tmp_path / "report.png"
     r = chromium(page, tmp_path, f"--screenshot={shot}", "--window-size=1280,4200")
     assert r.returncode == 0 and shot.exists(), r.stderr[-2000:]
-    assert console_messages(r.stderr) == [], "the page logged console messages (blocked loads, errors)"
+    assert console_messages(r.stderr) == [], (
+        "the page logged console messages (blocked loads, errors)"
+    )
     from PIL import Image
 
     with Image.open(shot) as img:
         assert img.size == (1280, 4200)
         colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
-        assert colours is not None and len(colours) > 200  # text, tables and the figures, not a blank page
-    r = chromium(with_image_check(page, tmp_path / "checked.html"), tmp_path, "--dump-dom", "--virtual-time-budget=5000")
+        assert (
+            colours is not None and len(colours) > 200
+        )  # text, tables and the figures, not a blank page
+    r = chromium(
+        with_image_check(page, tmp_path / "checked.html"),
+        tmp_path,
+        "--dump-dom",
+        "--virtual-time-budget=5000",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert decoded_images(r.stdout) == (3, 3)
     for sid in SECTIONS:
-        assert re.search(rf'<section id="{sid}">\s*<h2>', r.stdout), f"section {sid} is not in the rendered page"
+        assert re.search(rf'<section id="{sid}">\s*<h2>', r.stdout), (
+            f"section {sid} is not in the rendered page"
+        )
     assert console_messages(r.stderr) == []
 
 
@@ -103,13 +142,20 @@ def test_the_browser_check_catches_a_broken_page(finished_run, tmp_path):
     html = html.replace("</body>", '<img alt="remote" src="https://example.com/x.png"></body>')
     broken = tmp_path / "broken.html"
     broken.write_text(html, encoding="utf-8")
-    r = chromium(with_image_check(broken, tmp_path / "checked.html"), tmp_path, "--dump-dom", "--virtual-time-budget=5000")
+    r = chromium(
+        with_image_check(broken, tmp_path / "checked.html"),
+        tmp_path,
+        "--dump-dom",
+        "--virtual-time-budget=5000",
+    )
     assert decoded_images(r.stdout) == (2, 4)
     assert any("example.com" in line for line in console_messages(r.stderr))
 
 
 @pytest.mark.needs_fashion_mnist
-def test_interrupted_then_resumed_run_tells_what_happened_when(tmp_path, monkeypatch, train_tiny, ctrl_c_at):
+def test_interrupted_then_resumed_run_tells_what_happened_when(
+    tmp_path, monkeypatch, train_tiny, ctrl_c_at
+):
     ctrl_c_at(11)  # Ctrl-C during epoch 2 of 2 (8 steps an epoch)
 
     out = tmp_path / "r"
@@ -121,7 +167,10 @@ def test_interrupted_then_resumed_run_tells_what_happened_when(tmp_path, monkeyp
     stopped = load_checkpoint(out)["state"]
     assert stopped["epoch"] == 1 and stopped["step_in_epoch"] > 0
     page = build_report(out)  # a stopped run has a report too: what it has so far
-    assert f"interrupted in epoch 2 at step {stopped['step_in_epoch']}" in page and "mistakes.csv is missing" in page
+    assert (
+        f"interrupted in epoch 2 at step {stopped['step_in_epoch']}" in page
+        and "mistakes.csv is missing" in page
+    )
 
     from resnetlab.train import train
 
@@ -130,7 +179,10 @@ def test_interrupted_then_resumed_run_tells_what_happened_when(tmp_path, monkeyp
     assert [e["event"] for e in events] == ["start", "interrupt", "resume", "finish"]
     assert (events[2]["epoch"], events[2]["step_in_epoch"]) == (1, stopped["step_in_epoch"])
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert f"resumed in epoch 2 at step {stopped['step_in_epoch']}" in page and "1 stop(s), 1 resume(s)" in page
+    assert (
+        f"resumed in epoch 2 at step {stopped['step_in_epoch']}" in page
+        and "1 stop(s), 1 resume(s)" in page
+    )
     assert run_state(out) == "finished"
 
 
@@ -140,7 +192,9 @@ def test_failed_run_is_recorded(tmp_path, train_tiny):
     with pytest.raises(TrainingError):
         train_tiny(out, epochs=2, lr=1e30)
     events = read_events(out)
-    assert [e["event"] for e in events] == ["start", "failed"] and events[1]["error"] == "TrainingError"
+    assert [e["event"] for e in events] == ["start", "failed"] and events[1][
+        "error"
+    ] == "TrainingError"
     assert run_state(out) == "failed"
     assert "failed: TrainingError: the training loss became" in build_report(out)
 
@@ -153,7 +207,9 @@ def test_report_command(run_copy, finished_run, tmp_path, capsys):
     (run_copy / "report.html").unlink()
     assert cli.main(["report", str(run_copy)]) == 0
     assert capsys.readouterr().out.strip() == str(run_copy / "report.html")
-    assert read_mistakes_csv(run_copy / "mistakes.csv") == read_mistakes_csv(finished_run / "mistakes.csv")
+    assert read_mistakes_csv(run_copy / "mistakes.csv") == read_mistakes_csv(
+        finished_run / "mistakes.csv"
+    )
     assert (run_copy / "confusion.csv").read_text() == (finished_run / "confusion.csv").read_text()
     assert cli.main(["report", str(run_copy), "--out", str(tmp_path / "elsewhere.html")]) == 0
     assert '<section id="mistakes">' in (tmp_path / "elsewhere.html").read_text()

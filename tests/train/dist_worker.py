@@ -54,11 +54,16 @@ def _patched_fit(fit):
         state = fit(model, *args, optimizer=optimizer, **kwargs)
         if os.environ.get("RESNETLAB_TEST_DUMP_DIR"):
             raw = getattr(model, "module", model)
-            torch.save(raw.state_dict(), os.path.join(os.environ["RESNETLAB_TEST_DUMP_DIR"], f"rank{RANK}.pt"))
+            torch.save(
+                raw.state_dict(),
+                os.path.join(os.environ["RESNETLAB_TEST_DUMP_DIR"], f"rank{RANK}.pt"),
+            )
             average = getattr(kwargs.get("step"), "average", None)  # --ema's moving average
             if average is not None:
-                torch.save(average.model.state_dict(),
-                           os.path.join(os.environ["RESNETLAB_TEST_DUMP_DIR"], f"rank{RANK}_average.pt"))
+                torch.save(
+                    average.model.state_dict(),
+                    os.path.join(os.environ["RESNETLAB_TEST_DUMP_DIR"], f"rank{RANK}_average.pt"),
+                )
         return state
 
     return run

@@ -43,7 +43,11 @@ def enter(phase: str, kill_now: bool = True) -> bool:
     """Note the phase; True when this entry is the one to be killed in."""
     counts[phase] = counts.get(phase, 0) + 1
     if SHOW:
-        print(f"phase: {phase}{f' rss={_rss()}' if SHOW == 'rss' else ''}", file=sys.stderr, flush=True)
+        print(
+            f"phase: {phase}{f' rss={_rss()}' if SHOW == 'rss' else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
     due = KILL_PHASE == phase and counts[phase] == int(KILL_AT)
     if due and kill_now:
         _die()
@@ -97,10 +101,16 @@ def _watched_fit(fit):
 def _patch_everywhere(name: str, wrap) -> None:
     """Replace `name` in every loaded resnetlab module that bound it (`from x import name`), so the
     hooks survive the trainer's code moving between modules."""
-    original = getattr(fileio if name == "atomic_open" else engine if name in ("evaluate", "fit") else trainer, name)
+    original = getattr(
+        fileio if name == "atomic_open" else engine if name in ("evaluate", "fit") else trainer,
+        name,
+    )
     wrapped = wrap(original)
     for module in list(sys.modules.values()):
-        if getattr(module, "__name__", "").startswith("resnetlab") and getattr(module, name, None) is original:
+        if (
+            getattr(module, "__name__", "").startswith("resnetlab")
+            and getattr(module, name, None) is original
+        ):
             setattr(module, name, wrapped)
 
 

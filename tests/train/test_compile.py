@@ -14,19 +14,54 @@ from resnetlab.train.setup import build
 pytestmark = [pytest.mark.slow, pytest.mark.needs_fashion_mnist]
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+        ),
+    ],
+)
 def test_no_recompilation_after_the_first_epoch(device):
     torch._dynamo.reset()
     counters.clear()
     # 200 training examples in batches of 64: the last partial batch is dropped (one shape)
-    cfg = make_config("quick", model="resnet20", model_kwargs={"width": 4}, subset=264, val_split=64, batch_size=64,
-                      epochs=3, compile=True, device=device, progressive_resize=0)  # one size: one graph
+    cfg = make_config(
+        "quick",
+        model="resnet20",
+        model_kwargs={"width": 4},
+        subset=264,
+        val_split=64,
+        batch_size=64,
+        epochs=3,
+        compile=True,
+        device=device,
+        progressive_resize=0,
+    )  # one size: one graph
     parts = build(cfg)
     graphs_after = []
-    fit(parts.model, parts.loaders.train, cfg, parts.device, optimizer=parts.optimizer, state=parts.state,
-        val_loader=parts.loaders.val, test_loader=parts.loaders.test, amp=parts.amp, eval_model=parts.eval_model,
-        step=parts.step, evaluator=parts.evaluator,
-        hooks=Hooks(on_epoch_end=lambda state, row, best: graphs_after.append(counters["stats"]["unique_graphs"])))
+    fit(
+        parts.model,
+        parts.loaders.train,
+        cfg,
+        parts.device,
+        optimizer=parts.optimizer,
+        state=parts.state,
+        val_loader=parts.loaders.val,
+        test_loader=parts.loaders.test,
+        amp=parts.amp,
+        eval_model=parts.eval_model,
+        step=parts.step,
+        evaluator=parts.evaluator,
+        hooks=Hooks(
+            on_epoch_end=lambda state, row, best: graphs_after.append(
+                counters["stats"]["unique_graphs"]
+            )
+        ),
+    )
     assert graphs_after[0] >= 1, "the first epoch compiled the training step"
-    assert graphs_after == [graphs_after[0]] * 3, f"graphs compiled by the end of each epoch: {graphs_after}"
+    assert graphs_after == [graphs_after[0]] * 3, (
+        f"graphs compiled by the end of each epoch: {graphs_after}"
+    )

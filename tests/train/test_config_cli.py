@@ -31,7 +31,9 @@ def captured(monkeypatch):
 
 def test_every_field_is_a_flag_with_its_help():
     parser = cli.build_parser()
-    train_parser = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "train")[1]
+    train_parser = next(
+        a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "train"
+    )[1]
     flags = {opt: action for action in train_parser._actions for opt in action.option_strings}
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -40,22 +42,67 @@ def test_every_field_is_a_flag_with_its_help():
 
 
 def test_flags_reach_the_config(captured):
-    assert cli.main(["train", "--preset", "d2l", "--weight-decay", "0.01", "--momentum", "0.5", "--nesterov",
-                     "--optimizer", "adamw", "--schedule", "cosine", "--warmup", "0.1", "--label-smoothing", "0.2",
-                     "--crop-padding", "2", "--flip", "--erasing", "0.3", "--no-normalize",
-                     "--model", "resnet20", "--model-kwargs", '{"width": 8}', "--init", "default"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--preset",
+                "d2l",
+                "--weight-decay",
+                "0.01",
+                "--momentum",
+                "0.5",
+                "--nesterov",
+                "--optimizer",
+                "adamw",
+                "--schedule",
+                "cosine",
+                "--warmup",
+                "0.1",
+                "--label-smoothing",
+                "0.2",
+                "--crop-padding",
+                "2",
+                "--flip",
+                "--erasing",
+                "0.3",
+                "--no-normalize",
+                "--model",
+                "resnet20",
+                "--model-kwargs",
+                '{"width": 8}',
+                "--init",
+                "default",
+            ]
+        )
+        == 0
+    )
     cfg = captured[0][0]
-    assert (cfg.preset, cfg.weight_decay, cfg.momentum, cfg.nesterov, cfg.optimizer, cfg.schedule) == \
-        ("d2l", 0.01, 0.5, True, "adamw", "cosine")
-    assert (cfg.warmup, cfg.label_smoothing, cfg.crop_padding, cfg.flip, cfg.erasing, cfg.normalize) == \
-        (0.1, 0.2, 2, True, 0.3, False)
+    assert (
+        cfg.preset,
+        cfg.weight_decay,
+        cfg.momentum,
+        cfg.nesterov,
+        cfg.optimizer,
+        cfg.schedule,
+    ) == ("d2l", 0.01, 0.5, True, "adamw", "cosine")
+    assert (
+        cfg.warmup,
+        cfg.label_smoothing,
+        cfg.crop_padding,
+        cfg.flip,
+        cfg.erasing,
+        cfg.normalize,
+    ) == (0.1, 0.2, 2, True, 0.3, False)
     assert cfg.model_kwargs == {"width": 8} and cfg.init == "default"
     assert cfg.resize == 96 and cfg.lr == 0.05  # what no flag changed is the preset's
 
 
 def test_config_file_is_the_start_and_flags_override_it(tmp_path, captured):
     saved = make_config("best", epochs=7, seed=5)
-    run_config = tmp_path / "config.json"  # as a run folder holds it: the configuration under "config"
+    run_config = (
+        tmp_path / "config.json"
+    )  # as a run folder holds it: the configuration under "config"
     run_config.write_text(json.dumps({"config": saved.to_dict(), "device": "cpu"}))
     assert cli.main(["train", "--config", str(run_config), "--epochs", "3"]) == 0
     cfg = captured[0][0]
@@ -63,20 +110,25 @@ def test_config_file_is_the_start_and_flags_override_it(tmp_path, captured):
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps(saved.to_dict()))
     assert cli.main(["train", "--config", str(bare), "--model", "resnet56"]) == 0
-    assert captured[1][0].model == "resnet56" and captured[1][0].model_kwargs == {}  # best's width was resnet20's
+    assert (
+        captured[1][0].model == "resnet56" and captured[1][0].model_kwargs == {}
+    )  # best's width was resnet20's
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"config": {"epochs": "ten"}}, "--epochs takes int, got 'ten'"),
-    ({"config": {"lr": "fast"}}, "--lr takes float"),
-    ({"config": {"amp": "yes"}}, "--amp takes bool or null"),
-    ({"config": {"epochs": True}}, "--epochs takes int, got True"),
-    ({"config": {"lr": 1e999}}, "--lr must be a finite number"),
-    ({"config": {"optimizer": "lion"}}, "unknown optimizer 'lion'"),
-    ({"epochz": 3}, "unknown configuration keys ['epochz']"),
-    ([1, 2], "holds no configuration object"),
-    ("not json", "is not a JSON configuration"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"config": {"epochs": "ten"}}, "--epochs takes int, got 'ten'"),
+        ({"config": {"lr": "fast"}}, "--lr takes float"),
+        ({"config": {"amp": "yes"}}, "--amp takes bool or null"),
+        ({"config": {"epochs": True}}, "--epochs takes int, got True"),
+        ({"config": {"lr": 1e999}}, "--lr must be a finite number"),
+        ({"config": {"optimizer": "lion"}}, "unknown optimizer 'lion'"),
+        ({"epochz": 3}, "unknown configuration keys ['epochz']"),
+        ([1, 2], "holds no configuration object"),
+        ("not json", "is not a JSON configuration"),
+    ],
+)
 def test_bad_config_file_is_one_line_and_exit_2(tmp_path, capsys, captured, content, message):
     path = tmp_path / "config.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))
@@ -86,13 +138,16 @@ def test_bad_config_file_is_one_line_and_exit_2(tmp_path, capsys, captured, cont
     assert not captured
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--config", "/nonexistent/config.json"], "does not exist"),
-    (["--config", "/tmp"], "is a folder"),
-    (["--preset", "d2l", "--config", "CONFIG"], "not both"),
-    (["--lr", "nan"], "--lr must be a finite number"),
-    (["--preset", "fastest"], "unknown preset 'fastest'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--config", "/nonexistent/config.json"], "does not exist"),
+        (["--config", "/tmp"], "is a folder"),
+        (["--preset", "d2l", "--config", "CONFIG"], "not both"),
+        (["--lr", "nan"], "--lr must be a finite number"),
+        (["--preset", "fastest"], "unknown preset 'fastest'"),
+    ],
+)
 def test_bad_flags_are_one_line_and_exit_2(tmp_path, capsys, captured, argv, message):
     config = tmp_path / "c.json"
     config.write_text(json.dumps(make_config("quick").to_dict()))
@@ -101,7 +156,9 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, capsys, captured, argv, mes
     assert len(err) == 1 and message in err[0], err
 
 
-@pytest.mark.parametrize("argv", [["--epochs", "ten"], ["--model-kwargs", "[1]"], ["--optimizer", "lion"]])
+@pytest.mark.parametrize(
+    "argv", [["--epochs", "ten"], ["--model-kwargs", "[1]"], ["--optimizer", "lion"]]
+)
 def test_ill_typed_flags_exit_2(capsys, captured, argv):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", *argv])
@@ -115,11 +172,28 @@ def test_resume_takes_no_other_settings(capsys, captured):
 
 def test_nproc_hands_every_given_flag_to_torchrun():
     parser = cli.build_parser()
-    args = parser.parse_args(["train", "--nproc", "2", "--model-kwargs", '{"width": 8}', "--no-amp",
-                              "--weight-decay", "0.001", "--preset", "best"])
+    args = parser.parse_args(
+        [
+            "train",
+            "--nproc",
+            "2",
+            "--model-kwargs",
+            '{"width": 8}',
+            "--no-amp",
+            "--weight-decay",
+            "0.001",
+            "--preset",
+            "best",
+        ]
+    )
     argv = cli._flags_again(args.train_parser, args, skip=("nproc",))
     again = parser.parse_args(["train", *argv])
-    assert (again.model_kwargs, again.amp, again.weight_decay, again.preset) == ({"width": 8}, False, 0.001, "best")
+    assert (again.model_kwargs, again.amp, again.weight_decay, again.preset) == (
+        {"width": 8},
+        False,
+        0.001,
+        "best",
+    )
 
 
 def test_python_callers_get_the_same_checks():

@@ -10,10 +10,12 @@ import json
 import pytest
 import torch
 
-pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-              pytest.mark.needs_fashion_mnist]
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.needs_fashion_mnist,
+]
 
-from resnetlab.train import engine, make_config, train  # noqa: E402
+from resnetlab.train import make_config, train  # noqa: E402
 from resnetlab.train.engine import EagerStep, make_optimizer  # noqa: E402
 from resnetlab.train.graphs import CapturedStep  # noqa: E402
 from resnetlab.train.setup import build  # noqa: E402
@@ -22,8 +24,18 @@ SMALL = dict(model="resnet20", subset=2048, batch_size=256, epochs=2, val_split=
 
 
 def test_graph_step_agrees_with_the_eager_step_for_20_steps():
-    cfg = make_config("d2l", model="resnet20", subset=20 * 128, batch_size=128, resize=None, amp=True,
-                      momentum=0.9, nesterov=True, weight_decay=5e-4, device="cuda")
+    cfg = make_config(
+        "d2l",
+        model="resnet20",
+        subset=20 * 128,
+        batch_size=128,
+        resize=None,
+        amp=True,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        device="cuda",
+    )
     parts = build(cfg)
     batches = [(x.clone(), y.clone()) for x, y in parts.loaders.train][:20]
     eager_net, graph_net = parts.raw_model, build(cfg).raw_model
@@ -37,7 +49,9 @@ def test_graph_step_agrees_with_the_eager_step_for_20_steps():
         captured(x, y, lr)
     assert captured.graph is not None
     for (name, a), b in zip(eager_net.state_dict().items(), graph_net.state_dict().values()):
-        if a.is_floating_point():  # bf16 autocast: kernels may differ between the two, so agree to its rounding
+        if (
+            a.is_floating_point()
+        ):  # bf16 autocast: kernels may differ between the two, so agree to its rounding
             torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2, msg=name)
     torch.testing.assert_close(eager.sums, captured.sums, rtol=1e-2, atol=1.0)
 
@@ -45,7 +59,9 @@ def test_graph_step_agrees_with_the_eager_step_for_20_steps():
 def test_captured_run_resumes_after_an_interruption(tmp_path):
     whole = train(make_config("quick", **SMALL), out=tmp_path / "whole", verbose=False)
     assert json.loads((tmp_path / "whole" / "config.json").read_text())["capture"] is True
-    first = train(make_config("quick", **dict(SMALL, epochs=1)), out=tmp_path / "split", verbose=False)
+    first = train(
+        make_config("quick", **dict(SMALL, epochs=1)), out=tmp_path / "split", verbose=False
+    )
     ckpt = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
     ckpt["config"]["epochs"] = 2  # as if the run had been stopped after its first epoch
     torch.save(ckpt, tmp_path / "split" / "checkpoint.pt")

@@ -15,43 +15,87 @@ import torch
 
 from resnetlab.train.distributed import TIMEOUT_ENV
 from resnetlab.train.run import load_checkpoint
+
 WORKER = str(Path(__file__).with_name("dist_worker.py"))
 
 
-def _env(**extra) -> dict:  # as tests/train/test_distributed.py's: loopback only, one thread a process
+def _env(
+    **extra,
+) -> dict:  # as tests/train/test_distributed.py's: loopback only, one thread a process
     import os
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"),
+    )
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     env.update(extra)
     return env
 
+
 # 288 training examples: 6 global batches of 48 (16 a process) an epoch; 1 to validate on
-FLAGS = ["--model", "resnet20", "--resize", "16", "--subset", "289", "--val-split", "1", "--batch-size", "48",
-         "--epochs", "2", "--no-amp"]
+FLAGS = [
+    "--model",
+    "resnet20",
+    "--resize",
+    "16",
+    "--subset",
+    "289",
+    "--val-split",
+    "1",
+    "--batch-size",
+    "48",
+    "--epochs",
+    "2",
+    "--no-amp",
+]
 
 
 def _torchrun(args, env, timeout=180):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3", WORKER, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=3",
+        WORKER,
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available() or sys.platform == "win32", reason="needs Gloo on POSIX")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or sys.platform == "win32", reason="needs Gloo on POSIX"
+)
 @pytest.mark.needs_fashion_mnist
 def test_three_processes_one_stalls_the_others_stop_in_time_and_the_run_resumes(tmp_path):
     out = tmp_path / "run"
     started = time.monotonic()
-    stalled = _torchrun(["train", *FLAGS, "--out", str(out)], _env(**{TIMEOUT_ENV: "5", "RESNETLAB_TEST_FAULT": "2:8:hang"}))
+    stalled = _torchrun(
+        ["train", *FLAGS, "--out", str(out)],
+        _env(**{TIMEOUT_ENV: "5", "RESNETLAB_TEST_FAULT": "2:8:hang"}),
+    )
     took = time.monotonic() - started
     assert stalled.returncode != 0
     text = stalled.stdout + stalled.stderr
-    lost = re.findall(r"^(?:rank (\d): )?resnetlab: error: (?:rank \d: )?process (\d) of 3 lost the others.*"
-                      rf"{TIMEOUT_ENV} \(now 5 s\)$", text, re.M)
+    lost = re.findall(
+        r"^(?:rank (\d): )?resnetlab: error: (?:rank \d: )?process (\d) of 3 lost the others.*"
+        rf"{TIMEOUT_ENV} \(now 5 s\)$",
+        text,
+        re.M,
+    )
     named = sorted(int(r) for _, r in lost)
-    assert named and set(named) <= {0, 1} and len(named) == len(set(named)), text  # each survivor once, by its rank
+    assert named and set(named) <= {0, 1} and len(named) == len(set(named)), (
+        text
+    )  # each survivor once, by its rank
     assert "Traceback" not in stalled.stdout
     assert took < 120, f"{took:.0f} s"
     print(f"\n3 processes, rank 2 stalled: the others stopped after {took:.0f} s with: {lost}")

@@ -6,7 +6,6 @@ adds test-only hooks: each rank dumps its weights, float64 training, a fault aft
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -40,22 +39,47 @@ from resnetlab.train.distributed import (
 from resnetlab.train.setup import build_model
 from resnetlab.weights import load_weights
 
-pytestmark = pytest.mark.needs_fashion_mnist  # trains on subsets of the real data (tests/conftest.py)
+pytestmark = (
+    pytest.mark.needs_fashion_mnist
+)  # trains on subsets of the real data (tests/conftest.py)
 
 WORKER = str(Path(__file__).with_name("dist_worker.py"))
 # 257 examples: 256 to train on (4 global batches of 64 per epoch) and 1 to validate on, which gives
 # rank 0 no validation example at all; the 257 test examples give rank 0 one evaluation batch and
 # rank 1 two. Float64 (a worker hook) so that splitting the batch differs only by ~1e-15 rounding.
-RUN_FLAGS = ["--model", "resnet20", "--resize", "16", "--subset", "257", "--val-split", "1",
-             "--batch-size", "64", "--epochs", "2", "--lr", "0.05", "--no-amp", "--sync-bn", "--epoch-test"]
+RUN_FLAGS = [
+    "--model",
+    "resnet20",
+    "--resize",
+    "16",
+    "--subset",
+    "257",
+    "--val-split",
+    "1",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "2",
+    "--lr",
+    "0.05",
+    "--no-amp",
+    "--sync-bn",
+    "--epoch-test",
+]
 SUBPROCESS_LIMIT_S = 120  # a hung test fails instead of blocking the suite
 # the end-to-end tests need Gloo and POSIX signals (Ctrl-C forwarding, start_new_session)
-processes = pytest.mark.skipif(not torch.distributed.is_available() or sys.platform == "win32",
-                               reason="needs torch.distributed with Gloo on a POSIX system")
+processes = pytest.mark.skipif(
+    not torch.distributed.is_available() or sys.platform == "win32",
+    reason="needs torch.distributed with Gloo on a POSIX system",
+)
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.setdefault(TIMEOUT_ENV, "60")
     if sys.platform.startswith("linux"):
@@ -65,7 +89,15 @@ def _env(**extra) -> dict:
 
 
 def _torchrun(args: list[str], env: dict, nproc: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", WORKER, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        WORKER,
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S)
 
 
@@ -78,10 +110,23 @@ def _free_port() -> int:
 def _spawn_by_hand(args_per_rank: list[list[str]], env: dict) -> list[subprocess.Popen]:
     """The processes of one run started without torchrun's agent (as on several machines)."""
     port, world = _free_port(), len(args_per_rank)
-    return [subprocess.Popen([sys.executable, WORKER, *args], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world),
-                                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
-            for r, args in enumerate(args_per_rank)]
+    return [
+        subprocess.Popen(
+            [sys.executable, WORKER, *args],
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(
+                env,
+                RANK=str(r),
+                LOCAL_RANK=str(r),
+                WORLD_SIZE=str(world),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+            ),
+        )
+        for r, args in enumerate(args_per_rank)
+    ]
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -94,18 +139,41 @@ def _metrics(run: Path) -> list[dict]:
 
 def test_nproc_hands_torchrun_the_same_flags():
     parser = cli.build_parser()
-    argv = ["train", "--nproc", "3", "--preset", "d2l", "--epochs", "2", "--lr", "0.1", "--no-amp", "--channels-last",
-            "--sync-bn", "--out", "runs/x", "--overwrite", "--json"]
+    argv = [
+        "train",
+        "--nproc",
+        "3",
+        "--preset",
+        "d2l",
+        "--epochs",
+        "2",
+        "--lr",
+        "0.1",
+        "--no-amp",
+        "--channels-last",
+        "--sync-bn",
+        "--out",
+        "runs/x",
+        "--overwrite",
+        "--json",
+    ]
     args = parser.parse_args(argv)
     again = cli._flags_again(args.train_parser, args, skip=("nproc",))
     assert "--nproc" not in again
     reparsed = parser.parse_args(["train", *again])
     ignore = {"nproc", "train_parser", "func"}
-    assert {k: v for k, v in vars(reparsed).items() if k not in ignore} == {k: v for k, v in vars(args).items() if k not in ignore}
+    assert {k: v for k, v in vars(reparsed).items() if k not in ignore} == {
+        k: v for k, v in vars(args).items() if k not in ignore
+    }
 
     cmd = torchrun_command(3, again)
-    assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc-per-node=3" in cmd
-    assert cmd[cmd.index("-m", 2):][:3] == ["-m", "resnetlab", "train"] and cmd[-len(again):] == again
+    assert (
+        cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc-per-node=3" in cmd
+    )
+    assert (
+        cmd[cmd.index("-m", 2) :][:3] == ["-m", "resnetlab", "train"]
+        and cmd[-len(again) :] == again
+    )
 
 
 def test_nproc_refuses_a_bad_count_and_running_under_torchrun(monkeypatch):
@@ -129,7 +197,12 @@ def test_timeout_comes_from_the_environment(monkeypatch):
 
 def _tiny_dataset(labels: list[int]) -> Dataset:
     n = len(labels)
-    return Dataset("tiny", torch.arange(n * 16, dtype=torch.uint8).view(n, 1, 4, 4), torch.tensor(labels), ["a", "b", "c"])
+    return Dataset(
+        "tiny",
+        torch.arange(n * 16, dtype=torch.uint8).view(n, 1, 4, 4),
+        torch.tensor(labels),
+        ["a", "b", "c"],
+    )
 
 
 def test_mismatch_message_names_what_differs_and_where():
@@ -137,10 +210,17 @@ def test_mismatch_message_names_what_differs_and_where():
     base = describe_setup(cfg, {"train": _tiny_dataset([0, 1, 2])}, device="cpu", amp=False)
     assert describe_mismatch([base, base, base]) is None
     # where the data lives may differ between machines; what it holds may not
-    moved = describe_setup(dict(cfg, data_dir="/elsewhere"), {"train": _tiny_dataset([0, 1, 2])}, device="cpu", amp=False)
+    moved = describe_setup(
+        dict(cfg, data_dir="/elsewhere"),
+        {"train": _tiny_dataset([0, 1, 2])},
+        device="cpu",
+        amp=False,
+    )
     assert describe_mismatch([base, moved]) is None
 
-    other_lr = describe_setup(dict(cfg, lr=0.2), {"train": _tiny_dataset([0, 1, 2])}, device="cpu", amp=False)
+    other_lr = describe_setup(
+        dict(cfg, lr=0.2), {"train": _tiny_dataset([0, 1, 2])}, device="cpu", amp=False
+    )
     message = describe_mismatch([base, base, other_lr])
     assert "lr is 0.1 on rank 0 but 0.2 on rank 2" in message and "3 processes" in message
 
@@ -164,12 +244,17 @@ def test_sync_batchnorm_on_cpu_keeps_the_plain_models_weights():
     converted = convert_sync_batchnorm(build_model(cfg, 1, 10), torch.device("cpu"))
     assert any(isinstance(m, GlobalBatchNorm2d) for m in converted.modules())
     assert not any(type(m) is nn.BatchNorm2d for m in converted.modules())
-    plain.load_state_dict(converted.state_dict(), strict=True)  # the saved weights load into the plain model
+    plain.load_state_dict(
+        converted.state_dict(), strict=True
+    )  # the saved weights load into the plain model
     # one process: exactly batch norm
     x = torch.randn(8, 1, 16, 16)
     plain.train(), converted.train()
     assert torch.equal(plain(x), converted(x))
-    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), converted.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(plain.state_dict().values(), converted.state_dict().values())
+    )
 
 
 # --- end to end: torchrun, 2 processes ----------------------------------------------------
@@ -181,11 +266,17 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     (root / "dumps2").mkdir()
     (root / "dumps1").mkdir()
-    two = _torchrun(["train", *RUN_FLAGS, "--out", str(root / "two")],
-                    _env(RESNETLAB_TEST_FLOAT64="1", RESNETLAB_TEST_DUMP_DIR=str(root / "dumps2")))
-    one = subprocess.run([sys.executable, WORKER, "train", *RUN_FLAGS, "--out", str(root / "one")], capture_output=True,
-                         text=True, timeout=SUBPROCESS_LIMIT_S,
-                         env=_env(RESNETLAB_TEST_FLOAT64="1", RESNETLAB_TEST_DUMP_DIR=str(root / "dumps1")))
+    two = _torchrun(
+        ["train", *RUN_FLAGS, "--out", str(root / "two")],
+        _env(RESNETLAB_TEST_FLOAT64="1", RESNETLAB_TEST_DUMP_DIR=str(root / "dumps2")),
+    )
+    one = subprocess.run(
+        [sys.executable, WORKER, "train", *RUN_FLAGS, "--out", str(root / "one")],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_LIMIT_S,
+        env=_env(RESNETLAB_TEST_FLOAT64="1", RESNETLAB_TEST_DUMP_DIR=str(root / "dumps1")),
+    )
     assert two.returncode == 0, two.stdout + two.stderr
     assert one.returncode == 0, one.stdout + one.stderr
     return root, two
@@ -196,7 +287,9 @@ def runs(tmp_path_factory):
 def test_two_processes_write_one_run_folder_and_evaluate_every_example_once(runs):
     root, two = runs
     assert sorted(p.name for p in root.iterdir()) == ["dumps1", "dumps2", "one", "two"]
-    assert sorted(p.name for p in (root / "two").iterdir()) == sorted(p.name for p in (root / "one").iterdir())
+    assert sorted(p.name for p in (root / "two").iterdir()) == sorted(
+        p.name for p in (root / "one").iterdir()
+    )
     # rank 0 alone prints
     assert two.stdout.count("training resnet20 on fashion-mnist") == 1
     assert two.stdout.count("run folder: ") == 1 and two.stdout.count("epoch 2/2, loss") == 1
@@ -205,7 +298,10 @@ def test_two_processes_write_one_run_folder_and_evaluate_every_example_once(runs
     summary = json.loads((root / "two" / "summary.json").read_text())
     assert summary["test_count"] == 257  # uneven shares, no padding, no duplicates
     # rank 0 alone records events and writes the mistakes (of every test example) and the report
-    events = [json.loads(line)["event"] for line in (root / "two" / "events.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line)["event"]
+        for line in (root / "two" / "events.jsonl").read_text().splitlines()
+    ]
     assert events == ["start", "finish"]
     confusion = (root / "two" / "confusion.csv").read_text().splitlines()[1:]
     assert sum(int(v) for row in confusion for v in row.split(",")[1:]) == 257
@@ -216,7 +312,10 @@ def test_two_processes_write_one_run_folder_and_evaluate_every_example_once(runs
 @processes
 def test_every_rank_ends_with_the_same_weights(runs):
     root, _ = runs
-    rank0, rank1 = torch.load(root / "dumps2" / "rank0.pt"), torch.load(root / "dumps2" / "rank1.pt")
+    rank0, rank1 = (
+        torch.load(root / "dumps2" / "rank0.pt"),
+        torch.load(root / "dumps2" / "rank1.pt"),
+    )
     assert rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     saved, _ = load_weights(root / "two" / "model.safetensors")
@@ -231,11 +330,17 @@ def test_without_sync_bn_the_ranks_still_end_with_the_same_weights(tmp_path):
     same holds for --ema's moving average of the weights and statistics, which is what is saved."""
     flags = [f for f in RUN_FLAGS if f != "--sync-bn"] + ["--ema", "0.9"]
     flags[flags.index("--epochs") + 1] = "1"
-    done = _torchrun(["train", *flags, "--out", str(tmp_path / "run")], _env(RESNETLAB_TEST_DUMP_DIR=str(tmp_path)))
+    done = _torchrun(
+        ["train", *flags, "--out", str(tmp_path / "run")],
+        _env(RESNETLAB_TEST_DUMP_DIR=str(tmp_path)),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
-    average0, average1 = torch.load(tmp_path / "rank0_average.pt"), torch.load(tmp_path / "rank1_average.pt")
+    average0, average1 = (
+        torch.load(tmp_path / "rank0_average.pt"),
+        torch.load(tmp_path / "rank1_average.pt"),
+    )
     assert all(torch.equal(average0[k], average1[k]) for k in average0)
     saved, _ = load_weights(tmp_path / "run" / "model.safetensors")
     assert all(torch.equal(saved[k], average0[k]) for k in saved)
@@ -256,26 +361,37 @@ def test_two_processes_train_like_one_with_the_same_global_batch(runs):
     assert (apart / moved).sqrt() < 1e-9, "the 2-process run drifted from the 1-process run"
     for a, b in zip(_metrics(root / "two"), _metrics(root / "one")):
         for column in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"):
-            assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-5)  # metrics.csv keeps 6 digits
+            assert float(a[column]) == pytest.approx(
+                float(b[column]), rel=1e-5
+            )  # metrics.csv keeps 6 digits
 
 
 @pytest.mark.slow
 @processes
-def test_ctrl_c_stops_every_rank_at_one_step_and_the_resumed_run_matches(runs, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_stops_every_rank_at_one_step_and_the_resumed_run_matches(
+    runs, tmp_path, capsys, monkeypatch
+):
     root, _ = runs
     out = tmp_path / "stopped"
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    env = _env(RESNETLAB_TEST_FLOAT64="1", RESNETLAB_TEST_SYNC_EVERY="2", RESNETLAB_TEST_FAULT="1:1:sigint")
+    env = _env(
+        RESNETLAB_TEST_FLOAT64="1", RESNETLAB_TEST_SYNC_EVERY="2", RESNETLAB_TEST_FAULT="1:1:sigint"
+    )
     stopped = _torchrun(["train", *RUN_FLAGS, "--out", str(out)], env)
     text = stopped.stdout + stopped.stderr
     assert stopped.returncode != 0
-    reports = re.findall(r"resnetlab: error: interrupted (at epoch 1, step (\d)|after epoch 1)", text)
-    assert len(reports) == 1, text  # rank 0 reports; rank 1 stopped at the same point and says nothing
+    reports = re.findall(
+        r"resnetlab: error: interrupted (at epoch 1, step (\d)|after epoch 1)", text
+    )
+    assert len(reports) == 1, (
+        text
+    )  # rank 0 reports; rank 1 stopped at the same point and says nothing
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["world_size"] == 2
-    assert (state["state"]["epoch"], state["state"]["step_in_epoch"]) == \
-        ((0, int(reports[0][1])) if reports[0][1] else (1, 0))
+    assert (state["state"]["epoch"], state["state"]["step_in_epoch"]) == (
+        (0, int(reports[0][1])) if reports[0][1] else (1, 0)
+    )
 
     assert cli.main(["train", "--resume", str(out)]) == 2  # this process alone
     err = capsys.readouterr().err
@@ -286,16 +402,44 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_the_resumed_run_matches(runs, t
     ours, _ = load_weights(out / "model.safetensors")
     reference, _ = load_weights(root / "two" / "model.safetensors")
     assert all(torch.allclose(ours[k], reference[k], rtol=0, atol=1e-10) for k in reference)
-    assert [r["train_loss"] for r in _metrics(out)] == [r["train_loss"] for r in _metrics(root / "two")]
+    assert [r["train_loss"] for r in _metrics(out)] == [
+        r["train_loss"] for r in _metrics(root / "two")
+    ]
 
 
 @pytest.mark.slow
 @processes
 def test_nproc_runs_torchrun_and_prints_one_summary(tmp_path):
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "resnetlab", "train", "--nproc", "2", "--model", "resnet20", "--resize", "16",
-                           "--subset", "129", "--val-split", "1", "--batch-size", "64", "--epochs", "1", "--json",
-                           "--out", str(out)], env=_env(), capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resnetlab",
+            "train",
+            "--nproc",
+            "2",
+            "--model",
+            "resnet20",
+            "--resize",
+            "16",
+            "--subset",
+            "129",
+            "--val-split",
+            "1",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "1",
+            "--json",
+            "--out",
+            str(out),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_LIMIT_S,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(done.stdout)  # one JSON document: rank 1 printed nothing
     assert summary["test_count"] == 129 and summary["run_dir"] == str(out)
@@ -309,10 +453,14 @@ def test_nproc_runs_torchrun_and_prints_one_summary(tmp_path):
 @processes
 def test_a_process_that_dies_stops_the_others(tmp_path):
     started = time.monotonic()
-    died = _torchrun(["train", *RUN_FLAGS, "--out", str(tmp_path / "run")], _env(RESNETLAB_TEST_FAULT="1:2:exit"))
+    died = _torchrun(
+        ["train", *RUN_FLAGS, "--out", str(tmp_path / "run")], _env(RESNETLAB_TEST_FAULT="1:2:exit")
+    )
     assert died.returncode != 0
     assert time.monotonic() - started < 60
-    assert re.search(r"rank\s*:\s*1 .*\n.*exitcode\s*:\s*3", died.stderr), died.stderr  # torchrun names the culprit
+    assert re.search(r"rank\s*:\s*1 .*\n.*exitcode\s*:\s*3", died.stderr), (
+        died.stderr
+    )  # torchrun names the culprit
 
 
 @pytest.mark.slow
@@ -330,16 +478,33 @@ def test_a_stalled_process_makes_the_others_stop_with_a_clear_error(tmp_path):
         rank1.communicate()
     assert rank0.returncode == 1
     lines = [line for line in err.splitlines() if line.startswith("resnetlab: error:")]
-    assert len(lines) == 1 and "lost the others" in lines[0] and f"{TIMEOUT_ENV} (now 5 s)" in lines[0], err
+    assert (
+        len(lines) == 1 and "lost the others" in lines[0] and f"{TIMEOUT_ENV} (now 5 s)" in lines[0]
+    ), err
     assert waited < 60
 
 
 @pytest.mark.slow
 @processes
 def test_processes_started_with_different_settings_refuse_to_train(tmp_path):
-    args = ["train", "--model", "resnet20", "--subset", "129", "--val-split", "1", "--epochs", "1", "--out", str(tmp_path / "run")]
+    args = [
+        "train",
+        "--model",
+        "resnet20",
+        "--subset",
+        "129",
+        "--val-split",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     rank0, rank1 = _spawn_by_hand([[*args, "--lr", "0.05"], [*args, "--lr", "0.1"]], _env())
-    (_, err0), (_, err1) = rank0.communicate(timeout=SUBPROCESS_LIMIT_S), rank1.communicate(timeout=SUBPROCESS_LIMIT_S)
+    (_, err0), (_, err1) = (
+        rank0.communicate(timeout=SUBPROCESS_LIMIT_S),
+        rank1.communicate(timeout=SUBPROCESS_LIMIT_S),
+    )
     assert rank0.returncode == rank1.returncode == 2
     assert "not started alike: lr is 0.05 on rank 0 but 0.1 on rank 1" in err0
     assert "error" not in err1  # rank 0 reports it

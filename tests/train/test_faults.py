@@ -29,13 +29,29 @@ from resnetlab.weights import load_weights
 WORKER = str(Path(__file__).with_name("fault_worker.py"))
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 # ~0.3 s an epoch here: 320 training, 64 validation and 384 test images at 16 px, 5 steps an epoch.
-FLAGS = ["--model", "resnet20", "--subset", "384", "--val-split", "64", "--resize", "16", "--batch-size", "64",
-         "--seed", "3"]
+FLAGS = [
+    "--model",
+    "resnet20",
+    "--subset",
+    "384",
+    "--val-split",
+    "64",
+    "--resize",
+    "16",
+    "--batch-size",
+    "64",
+    "--seed",
+    "3",
+]
 
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESNETLAB_TEST_")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=SRC + os.pathsep + env.get("PYTHONPATH", ""),
+    )
     env.update(extra)
     return env
 
@@ -55,7 +71,9 @@ def check_final_files(run: Path) -> list[str]:
             assert isinstance(json.loads(path.read_text()), dict), name
         elif name == "metrics.csv":
             rows = list(csv.DictReader(path.open()))
-            assert rows and all(r["epoch"] and r["epoch_seconds"] for r in rows), "metrics.csv is cut short"
+            assert rows and all(r["epoch"] and r["epoch_seconds"] for r in rows), (
+                "metrics.csv is cut short"
+            )
             assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
         elif name == "checkpoint.pt":
             load_checkpoint(path)
@@ -66,7 +84,9 @@ def check_final_files(run: Path) -> list[str]:
             with Image.open(path) as img:
                 img.load()
         elif name == "events.jsonl":
-            assert all(isinstance(json.loads(line), dict) for line in path.read_text().splitlines()), name
+            assert all(
+                isinstance(json.loads(line), dict) for line in path.read_text().splitlines()
+            ), name
         elif name in ("mistakes.csv", "confusion.csv"):
             with path.open(newline="") as f:
                 rows = list(csv.reader(f))
@@ -95,7 +115,9 @@ def _start(cmd: list[str], env: dict):
     """(process, its stderr lines as they come, an Event set, with the time in `.at`, at its first phase note)."""
     import threading
 
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     lines: list[str] = []
     working = threading.Event()
     working.ended = threading.Event()  # its stderr is read to the end
@@ -123,20 +145,41 @@ def test_twenty_sigkills_at_random_moments_resume_to_bit_identical_weights(tmp_p
     `--resume` then finishes with the weights of the uninterrupted run, bit for bit."""
     flags = [*FLAGS, "--epochs", "4"]
     reference = tmp_path / "straight"
-    proc, lines, working = _start([sys.executable, WORKER, "train", *flags, "--out", str(reference)], _env(RESNETLAB_TEST_PHASES="1"))
+    proc, lines, working = _start(
+        [sys.executable, WORKER, "train", *flags, "--out", str(reference)],
+        _env(RESNETLAB_TEST_PHASES="1"),
+    )
     assert working.wait(300) and proc.wait(300) == 0, lines
-    work = time.monotonic() - working.at  # from the first step to the end: the span random kills are drawn from
+    work = (
+        time.monotonic() - working.at
+    )  # from the first step to the end: the span random kills are drawn from
 
     rng = random.Random(18)
     epochs, steps_per_epoch = 4, 5
     # (kind, what, a seeded draw u in [0, 1)): a phase kill comes on the N-th entry into the phase,
     # N drawn from what is left of the run; a time kill u x (the work left) after start-up
-    chosen = ["step", "step", "step", "eval", "eval", "write=checkpoint.pt", "write=checkpoint.pt",
-              "write=metrics.csv", "write=best.safetensors", "write=model.safetensors", "plot", "plot"]
-    plan = [("phase", k, rng.random()) for k in chosen] + [("time", "", rng.random()) for _ in range(8)]
+    chosen = [
+        "step",
+        "step",
+        "step",
+        "eval",
+        "eval",
+        "write=checkpoint.pt",
+        "write=checkpoint.pt",
+        "write=metrics.csv",
+        "write=best.safetensors",
+        "write=model.safetensors",
+        "plot",
+        "plot",
+    ]
+    plan = [("phase", k, rng.random()) for k in chosen] + [
+        ("time", "", rng.random()) for _ in range(8)
+    ]
     rng.shuffle(plan)
 
-    def reachable(item, done: int) -> bool:  # can this kill come in a process that resumes after epoch `done`?
+    def reachable(
+        item, done: int
+    ) -> bool:  # can this kill come in a process that resumes after epoch `done`?
         what = item[1]
         if what == "write=best.safetensors":
             return done == 0  # the reference's best epoch is its first
@@ -144,8 +187,13 @@ def test_twenty_sigkills_at_random_moments_resume_to_bit_identical_weights(tmp_p
 
     def kill_spec(what: str, u: float, done: int) -> str:
         left = epochs - done
-        n = {"step": left * steps_per_epoch, "eval": 2 * left, "write=checkpoint.pt": left, "write=metrics.csv": left,
-             "plot": 2}.get(what, 1)
+        n = {
+            "step": left * steps_per_epoch,
+            "eval": 2 * left,
+            "write=checkpoint.pt": left,
+            "write=metrics.csv": left,
+            "plot": 2,
+        }.get(what, 1)
         return f"{what}:{1 + int(u * n)}"
 
     killed_in: list[str] = []  # what each kill interrupted, from the worker's phase notes
@@ -157,10 +205,19 @@ def test_twenty_sigkills_at_random_moments_resume_to_bit_identical_weights(tmp_p
         done = 0 if fresh else load_checkpoint(run)["state"]["epoch"]
         item = next((p for p in plan if reachable(p, done)), plan[0])
         kind, what, u = item
-        args = ["train", *flags, "--out", str(run), "--overwrite"] if fresh else ["train", "--resume", str(run)]
-        env = _env(RESNETLAB_TEST_PHASES="1", **({"RESNETLAB_TEST_KILL": kill_spec(what, u, done)} if kind == "phase" else {}))
+        args = (
+            ["train", *flags, "--out", str(run), "--overwrite"]
+            if fresh
+            else ["train", "--resume", str(run)]
+        )
+        env = _env(
+            RESNETLAB_TEST_PHASES="1",
+            **({"RESNETLAB_TEST_KILL": kill_spec(what, u, done)} if kind == "phase" else {}),
+        )
         proc, lines, working = _start([sys.executable, WORKER, *args], env)
-        if kind == "time" and working.wait(300):  # a random moment after start-up (import and data loading)
+        if kind == "time" and working.wait(
+            300
+        ):  # a random moment after start-up (import and data loading)
             time.sleep(u * work * (epochs - done + 1) / (epochs + 1))
             proc.send_signal(signal.SIGKILL)
         proc.wait(300)
@@ -184,8 +241,14 @@ def test_twenty_sigkills_at_random_moments_resume_to_bit_identical_weights(tmp_p
 
     # the last round, resumed to its end
     if run is not None:
-        args = ["train", *flags, "--out", str(run), "--overwrite"] if fresh else ["train", "--resume", str(run)]
-        done = subprocess.run([sys.executable, WORKER, *args], env=_env(), capture_output=True, text=True, timeout=300)
+        args = (
+            ["train", *flags, "--out", str(run), "--overwrite"]
+            if fresh
+            else ["train", "--resume", str(run)]
+        )
+        done = subprocess.run(
+            [sys.executable, WORKER, *args], env=_env(), capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr
         assert same_weights(reference / "model.safetensors", run / "model.safetensors")
         assert same_weights(reference / "best.safetensors", run / "best.safetensors")
@@ -195,7 +258,9 @@ def test_twenty_sigkills_at_random_moments_resume_to_bit_identical_weights(tmp_p
     assert len(killed_in) == 20
     kinds = {p.split("=")[0].split(" ")[0] for p in killed_in}
     assert {"step", "eval", "write", "plot"} <= kinds, killed_in
-    print(f"\n20 SIGKILLs over {rounds} run(s) ({work:.1f} s of work each); interrupted: {sorted(killed_in)}")
+    print(
+        f"\n20 SIGKILLs over {rounds} run(s) ({work:.1f} s of work each); interrupted: {sorted(killed_in)}"
+    )
 
 
 # --- writes that fail ------------------------------------------------------------------------
@@ -221,7 +286,9 @@ class _FailingFile:
         return getattr(self.f, name)
 
 
-def inject_write_fault(monkeypatch, target: str, code: int, at: str, after: int = 0, on_fault=None) -> list[str]:
+def inject_write_fault(
+    monkeypatch, target: str, code: int, at: str, after: int = 0, on_fault=None
+) -> list[str]:
     """Make the write of file `target` fail with `code` after `after` successful writes of it:
     at="create" (no temporary file can be made: a read-only or removed folder), "write" (the disk
     fills half-way), "rename" (the final os.replace fails). `on_fault(folder)` runs just before
@@ -272,7 +339,12 @@ def straight(tmp_path_factory):
 
 
 WRITE_FAULTS = [  # (file, errno, where it fails, writes of that file that succeed first)
-    ("checkpoint.pt", errno.ENOSPC, "write", 1),  # the disk fills while epoch 2's checkpoint is written
+    (
+        "checkpoint.pt",
+        errno.ENOSPC,
+        "write",
+        1,
+    ),  # the disk fills while epoch 2's checkpoint is written
     ("checkpoint.pt", errno.EROFS, "create", 2),  # the folder turns read-only before epoch 3's
     ("metrics.csv", errno.ENOSPC, "write", 1),
     ("best.safetensors", errno.ENOSPC, "rename", 0),
@@ -282,15 +354,24 @@ WRITE_FAULTS = [  # (file, errno, where it fails, writes of that file that succe
 ]
 
 
-@pytest.mark.parametrize("target,code,at,after", WRITE_FAULTS, ids=[f"{t}-{errno.errorcode[c]}-{a}" for t, c, a, _ in WRITE_FAULTS])
+@pytest.mark.parametrize(
+    "target,code,at,after",
+    WRITE_FAULTS,
+    ids=[f"{t}-{errno.errorcode[c]}-{a}" for t, c, a, _ in WRITE_FAULTS],
+)
 @pytest.mark.needs_fashion_mnist
 def test_a_failed_write_stops_with_one_line_keeps_the_last_checkpoint_and_resume_finishes(
-        target, code, at, after, straight, tmp_path, monkeypatch, capsys):
+    target, code, at, after, straight, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "run"
     before = {}
 
-    def snapshot(folder):  # the files just before the failed write: each must come through it unchanged
-        before.update({p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")})
+    def snapshot(
+        folder,
+    ):  # the files just before the failed write: each must come through it unchanged
+        before.update(
+            {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+        )
 
     failed = inject_write_fault(monkeypatch, target, code, at, after, on_fault=snapshot)
     code_ = cli.main(["train", *FLAGS, "--epochs", "3", "--out", str(out)])
@@ -303,22 +384,30 @@ def test_a_failed_write_stops_with_one_line_keeps_the_last_checkpoint_and_resume
     assert len(lines) == 1, err
     assert lines[0].startswith("resnetlab: error: cannot write ") and str(out / target) in lines[0]
     assert os.strerror(code) in lines[0]
-    resumable = "checkpoint.pt" in before  # a failure before the first checkpoint: the run starts again
+    resumable = (
+        "checkpoint.pt" in before
+    )  # a failure before the first checkpoint: the run starts again
     assert ("--resume" in lines[0]) == resumable
     assert not list(out.glob(".*.tmp")), "the failed write left its temporary file"
     names = check_final_files(out)
     assert sorted(names) == sorted(before), "a file appeared or vanished after the failed write"
     for name in names:
-        if name == "events.jsonl":  # the one change allowed: the failure itself, recorded after the old events
+        if (
+            name == "events.jsonl"
+        ):  # the one change allowed: the failure itself, recorded after the old events
             old, new = before[name].decode(), (out / name).read_text()
-            assert new.startswith(old) and json.loads(new[len(old):])["event"] == "failed", new
+            assert new.startswith(old) and json.loads(new[len(old) :])["event"] == "failed", new
             continue
         assert (out / name).read_bytes() == before[name], f"{name} changed after the failed write"
     if "checkpoint.pt" in names:  # the previous checkpoint and weights are usable
         assert load_checkpoint(out)["state"]["epoch"] >= 1
 
     # space is back
-    again = ["--resume", str(out)] if resumable else [*FLAGS, "--epochs", "3", "--out", str(out), "--overwrite"]
+    again = (
+        ["--resume", str(out)]
+        if resumable
+        else [*FLAGS, "--epochs", "3", "--out", str(out), "--overwrite"]
+    )
     assert cli.main(["train", *again]) == 0
     assert same_weights(straight / "model.safetensors", out / "model.safetensors")
     assert metrics_without_timing(out) == metrics_without_timing(straight)
@@ -351,8 +440,13 @@ def test_write_error_is_an_oserror_naming_path_and_cause(tmp_path, monkeypatch):
     fileio.write_text(tmp_path / "b.txt", "fine")
     with pytest.raises(WriteError) as e:
         fileio.write_text(tmp_path / "a.txt", "x" * 1000)
-    assert isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC  # callers catching OSError still do
-    assert str(e.value) == f"cannot write {tmp_path / 'a.txt'}: No space left on device; the previous file there is intact"
+    assert (
+        isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC
+    )  # callers catching OSError still do
+    assert (
+        str(e.value)
+        == f"cannot write {tmp_path / 'a.txt'}: No space left on device; the previous file there is intact"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt"]
 
 
@@ -360,31 +454,55 @@ def test_write_error_is_an_oserror_naming_path_and_cause(tmp_path, monkeypatch):
 
 
 @pytest.mark.needs_fashion_mnist
-def test_a_live_run_folder_is_refused_to_a_second_run_and_freed_when_its_process_is_killed(tmp_path, capsys):
+def test_a_live_run_folder_is_refused_to_a_second_run_and_freed_when_its_process_is_killed(
+    tmp_path, capsys
+):
     out = tmp_path / "run"
     assert cli.main(["train", *FLAGS, "--epochs", "1", "--out", str(out)]) == 0
     capsys.readouterr()
     # a live training process in the folder (200 epochs: busy for a minute or more)
-    holder = subprocess.Popen([sys.executable, WORKER, "train", *FLAGS, "--epochs", "200", "--out", str(out),
-                               "--overwrite"], env=_env(RESNETLAB_TEST_PHASES="1"), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            WORKER,
+            "train",
+            *FLAGS,
+            "--epochs",
+            "200",
+            "--out",
+            str(out),
+            "--overwrite",
+        ],
+        env=_env(RESNETLAB_TEST_PHASES="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in holder.stderr:  # the lock is taken before the first step
             if line.startswith("phase: step"):
                 break
         time.sleep(0.5)
         assert holder.poll() is None, holder.stderr.read()
-        for args in (["--resume", str(out)], [*FLAGS, "--epochs", "1", "--out", str(out), "--overwrite"],
-                     [*FLAGS, "--epochs", "1", "--out", str(out)]):
+        for args in (
+            ["--resume", str(out)],
+            [*FLAGS, "--epochs", "1", "--out", str(out), "--overwrite"],
+            [*FLAGS, "--epochs", "1", "--out", str(out)],
+        ):
             assert cli.main(["train", *args]) == 2
             err = capsys.readouterr().err.strip()
-            assert len(err.splitlines()) == 1 and f"{out} is in use by another training process (pid {holder.pid})" in err
+            assert (
+                len(err.splitlines()) == 1
+                and f"{out} is in use by another training process (pid {holder.pid})" in err
+            )
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.communicate()
     # SIGKILL leaves no stale lock: the folder is free at once
     assert cli.main(["train", *FLAGS, "--epochs", "1", "--out", str(out), "--overwrite"]) == 0
-    assert cli.main(["train", *FLAGS, "--epochs", "1", "--out", str(out), "--overwrite"]) == 0  # and after our own run
+    assert (
+        cli.main(["train", *FLAGS, "--epochs", "1", "--out", str(out), "--overwrite"]) == 0
+    )  # and after our own run
 
 
 # --- checkpoints that load but hold the wrong things ----------------------------------------
@@ -395,16 +513,39 @@ DAMAGE = {  # each was a traceback somewhere in the trainer before load_checkpoi
     "lr a string": (lambda c: c["config"].update(lr="x"), 2, "--lr takes float, got 'x'"),
     "no model": (lambda c: c.pop("model"), 1, "its 'model' is NoneType"),
     "empty model": (lambda c: c.update(model={}), 1, "its model holds no tensors"),
-    "a weight of another shape": (lambda c: c["model"].update({"fc.weight": torch.zeros(3)}), 1,
-                                  "weights do not fit the model its configuration builds"),
+    "a weight of another shape": (
+        lambda c: c["model"].update({"fc.weight": torch.zeros(3)}),
+        1,
+        "weights do not fit the model its configuration builds",
+    ),
     "empty optimizer": (lambda c: c.update(optimizer={}), 1, "its optimizer state is incomplete"),
     "epoch a string": (lambda c: c["state"].update(epoch="x"), 1, "its state's epoch is 'x'"),
-    "an unknown state entry": (lambda c: c["state"].update(nosuch=1), 1, "unknown entries ['nosuch']"),
+    "an unknown state entry": (
+        lambda c: c["state"].update(nosuch=1),
+        1,
+        "unknown entries ['nosuch']",
+    ),
     "no state": (lambda c: c.pop("state"), 1, "its 'state' is NoneType"),
-    "rng of floats": (lambda c: c.update(rng={"torch": torch.zeros(3)}), 1, "random-number state is not a byte tensor"),
-    "past the end": (lambda c: c["state"].update(epoch=99), 1, "past the run's end (epoch 99 of 3)"),
-    "history of numbers": (lambda c: c["state"].update(history=[1, 2, 3]), 1, "history is not a list of rows"),
-    "history too short": (lambda c: c["state"].update(history=[]), 1, "history has 0 rows for 3 epochs"),
+    "rng of floats": (
+        lambda c: c.update(rng={"torch": torch.zeros(3)}),
+        1,
+        "random-number state is not a byte tensor",
+    ),
+    "past the end": (
+        lambda c: c["state"].update(epoch=99),
+        1,
+        "past the run's end (epoch 99 of 3)",
+    ),
+    "history of numbers": (
+        lambda c: c["state"].update(history=[1, 2, 3]),
+        1,
+        "history is not a list of rows",
+    ),
+    "history too short": (
+        lambda c: c["state"].update(history=[]),
+        1,
+        "history has 0 rows for 3 epochs",
+    ),
 }
 
 

@@ -43,37 +43,74 @@ class FakeGraphs:
 
 def tiny_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(4, 3)).double()
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).double()
 
 
 def batches(n=20, b=8):
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(b, 1, 6, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (b,), generator=g))
-            for _ in range(n)]
+    return [
+        (
+            torch.randn(b, 1, 6, 6, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (b,), generator=g),
+        )
+        for _ in range(n)
+    ]
 
 
 def test_the_graph_captures_the_eager_loops_step_function():
     assert graphs.train_step is engine.train_step
 
 
-@pytest.mark.parametrize("momentum, nesterov, weight_decay, ema",
-                         [(0.0, False, 0.0, 0.0), (0.9, True, 5e-4, 0.8), (0.9, False, 1e-3, 0.0)])
+@pytest.mark.parametrize(
+    "momentum, nesterov, weight_decay, ema",
+    [(0.0, False, 0.0, 0.0), (0.9, True, 5e-4, 0.8), (0.9, False, 1e-3, 0.0)],
+)
 def test_captured_step_trains_as_the_eager_step_for_20_steps(momentum, nesterov, weight_decay, ema):
-    cfg = make_config("quick", momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, label_smoothing=0.1)
+    cfg = make_config(
+        "quick",
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        label_smoothing=0.1,
+    )
     eager_net, graph_net = tiny_net(), tiny_net()
-    average = lambda net: WeightAverage(net, ema) if ema else None  # --ema: updated inside the graph
-    eager = EagerStep(eager_net, make_optimizer(eager_net, cfg), cfg, torch.device("cpu"), False, average(eager_net))
+    average = lambda net: (
+        WeightAverage(net, ema) if ema else None
+    )  # --ema: updated inside the graph
+    eager = EagerStep(
+        eager_net,
+        make_optimizer(eager_net, cfg),
+        cfg,
+        torch.device("cpu"),
+        False,
+        average(eager_net),
+    )
     FakeGraphs.captured = []
-    captured = CapturedStep(graph_net, make_optimizer(graph_net, cfg), cfg, torch.device("cpu"), False,
-                            average(graph_net), graphs=FakeGraphs)
+    captured = CapturedStep(
+        graph_net,
+        make_optimizer(graph_net, cfg),
+        cfg,
+        torch.device("cpu"),
+        False,
+        average(graph_net),
+        graphs=FakeGraphs,
+    )
     for runner in (eager, captured):
         runner.start_epoch([0.0, 0.0, 0.0])
     for i, (x, y) in enumerate(batches()):
         lr = 0.1 * (1 - i / 20)  # the rate changes every step: a graph must read it at replay
         eager(x, y, lr)
         captured(x, y, lr)
-    assert len(FakeGraphs.captured) == 1 and FakeGraphs.captured[0].replays == 20 - graphs.WARMUP_STEPS
+    assert (
+        len(FakeGraphs.captured) == 1 and FakeGraphs.captured[0].replays == 20 - graphs.WARMUP_STEPS
+    )
     for (name, a), b in zip(eager_net.state_dict().items(), graph_net.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
     torch.testing.assert_close(eager.sums, captured.sums)
@@ -92,8 +129,15 @@ def test_captured_step_trains_as_the_eager_step_for_20_steps(momentum, nesterov,
 def test_captured_step_refuses_another_batch_shape():
     cfg = make_config("quick")
     net = tiny_net()
-    step = CapturedStep(net, make_optimizer(net, cfg), cfg, torch.device("cpu"), amp=False, graphs=FakeGraphs,
-                        warmup_steps=0)
+    step = CapturedStep(
+        net,
+        make_optimizer(net, cfg),
+        cfg,
+        torch.device("cpu"),
+        amp=False,
+        graphs=FakeGraphs,
+        warmup_steps=0,
+    )
     step.start_epoch([0.0, 0.0, 0.0])
     x, y = batches(1)[0]
     step(x, y, 0.1)
@@ -109,7 +153,11 @@ def test_captured_update_is_sgd_only():
 
 def test_captured_evaluator_matches_evaluate_with_a_last_partial_batch():
     g = torch.Generator().manual_seed(2)
-    ds = Dataset("t", torch.randint(0, 256, (37, 1, 6, 6), generator=g, dtype=torch.uint8), torch.arange(37) % 3)
+    ds = Dataset(
+        "t",
+        torch.randint(0, 256, (37, 1, 6, 6), generator=g, dtype=torch.uint8),
+        torch.arange(37) % 3,
+    )
     loader = Loader(ds, 8, shuffle=False)
     net = tiny_net().float()
     FakeGraphs.captured = []
@@ -118,7 +166,9 @@ def test_captured_evaluator_matches_evaluate_with_a_last_partial_batch():
     for _ in range(2):  # a second evaluation replays the graph of the first
         result = captured(loader)
         assert result["count"] == 37 and torch.equal(result["confusion"], expected["confusion"])
-        assert result["acc"] == expected["acc"] and result["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+        assert result["acc"] == expected["acc"] and result["loss"] == pytest.approx(
+            expected["loss"], rel=1e-6
+        )
     assert len(FakeGraphs.captured) == 1
 
 

@@ -22,7 +22,15 @@ from resnetlab.train.tta import TTAModel, with_tta
 from resnetlab.train.whiten import whiten_first_conv, whitening_filters
 from resnetlab.weights import load_weights
 
-TINY = dict(model="resnet20", model_kwargs={"width": 8}, subset=512, batch_size=64, epochs=2, seed=3, val_split=0)
+TINY = dict(
+    model="resnet20",
+    model_kwargs={"width": 8},
+    subset=512,
+    batch_size=64,
+    epochs=2,
+    seed=3,
+    val_split=0,
+)
 
 
 def metrics_less_timing(run) -> list[str]:
@@ -31,6 +39,7 @@ def metrics_less_timing(run) -> list[str]:
 
 
 # --- the moving average ------------------------------------------------------------------------
+
 
 def test_weight_average_is_an_exponential_average_of_weights_and_batch_norm_statistics():
     torch.manual_seed(0)
@@ -49,7 +58,9 @@ def test_weight_average_is_an_exponential_average_of_weights_and_batch_norm_stat
         else:  # batch norm's counter is copied, not averaged
             assert torch.equal(value, now[key]), key
     assert not torch.equal(average.model.state_dict()["1.running_mean"], now["1.running_mean"])
-    assert not any(p.requires_grad for p in average.model.parameters()) and not average.model.training
+    assert (
+        not any(p.requires_grad for p in average.model.parameters()) and not average.model.training
+    )
 
 
 def test_config_checks_ema_and_tta():
@@ -61,13 +72,21 @@ def test_config_checks_ema_and_tta():
 
 # --- the whitened first layer ------------------------------------------------------------------
 
+
 def test_whitening_filters_decorrelate_the_patches_to_unit_variance():
     torch.manual_seed(0)
     mix = torch.randn(4, 4)  # correlated pixels: each 2x2 patch is a mix of independent sources
-    images = [F.pixel_shuffle(torch.einsum("ij,bjhw->bihw", mix, torch.randn(400, 4, 5, 5)), 2) for _ in range(3)]
+    images = [
+        F.pixel_shuffle(torch.einsum("ij,bjhw->bihw", mix, torch.randn(400, 4, 5, 5)), 2)
+        for _ in range(3)
+    ]
     filters = whitening_filters(images, (2, 2), eps=0.0)
-    assert filters.shape == (8, 1, 2, 2) and torch.equal(filters[1::2], -filters[0::2])  # each with its negation
-    out = torch.cat([F.conv2d(x, filters[0::2]) for x in images])  # every 2x2 patch, as the stem sees them
+    assert filters.shape == (8, 1, 2, 2) and torch.equal(
+        filters[1::2], -filters[0::2]
+    )  # each with its negation
+    out = torch.cat(
+        [F.conv2d(x, filters[0::2]) for x in images]
+    )  # every 2x2 patch, as the stem sees them
     moments = torch.einsum("bihw,bjhw->ij", out, out) / (out.numel() / 4)
     torch.testing.assert_close(moments, torch.eye(4), atol=1e-3, rtol=0)  # whitened
     norms = filters[0::2].flatten(1).norm(dim=1)
@@ -88,11 +107,14 @@ def test_whitened_first_layer_is_frozen_and_as_many_filters_as_the_patches_give(
     whiten_first_conv(wide, images)
     assert torch.equal(wide.conv1.weight[:18], whitening_filters(images, (3, 3)))
     assert torch.equal(wide.conv1.weight[18:], initial[18:]) and not wide.conv1.weight.requires_grad
-    with pytest.raises(UsageError, match="--init whiten sets the first layer from the data and --init-from"):
+    with pytest.raises(
+        UsageError, match="--init whiten sets the first layer from the data and --init-from"
+    ):
         make_config("quick", init="whiten", init_from="weights.pth")
 
 
 # --- progressive resizing ----------------------------------------------------------------------
+
 
 def test_progressive_sizes_grow_linearly_to_the_full_size():
     sizes = lambda **kw: make_config("quick", progressive_resize=16, **kw).epoch_sizes(28)  # noqa: E731
@@ -100,7 +122,10 @@ def test_progressive_sizes_grow_linearly_to_the_full_size():
     assert sizes(epochs=3, progressive_until=1.0) == [16, 22, 28]
     assert sizes(epochs=4, progressive_until=0.0) == [16, 28, 28, 28]
     assert make_config("quick", epochs=5, progressive_resize=0).epoch_sizes(28) is None  # 0: off
-    with pytest.raises(UsageError, match=r"--progressive-resize must be between 1 and 4096 pixels \(0: off\), got -1"):
+    with pytest.raises(
+        UsageError,
+        match=r"--progressive-resize must be between 1 and 4096 pixels \(0: off\), got -1",
+    ):
         make_config("quick", progressive_resize=-1)
     with pytest.raises(UsageError, match="--progressive-until must be between 0 and 1, got 1.5"):
         make_config("quick", progressive_resize=16, progressive_until=1.5)
@@ -110,11 +135,21 @@ def test_progressive_resizing_refuses_what_it_cannot_do():
     from resnetlab.data import Dataset
     from resnetlab.train.setup import epoch_sizes
 
-    wide = Dataset("wide", torch.zeros(4, 1, 8, 12, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), ["a"])
+    wide = Dataset(
+        "wide",
+        torch.zeros(4, 1, 8, 12, dtype=torch.uint8),
+        torch.zeros(4, dtype=torch.int64),
+        ["a"],
+    )
     with pytest.raises(UsageError, match="grows square images; these are 8 x 12: add --resize"):
         epoch_sizes(make_config("quick", progressive_resize=4), wide)
-    assert epoch_sizes(make_config("quick", progressive_resize=4, resize=10, epochs=2), wide) == [4, 10]
-    with pytest.raises(UsageError, match="--capture replays one batch shape and --progressive-resize changes it"):
+    assert epoch_sizes(make_config("quick", progressive_resize=4, resize=10, epochs=2), wide) == [
+        4,
+        10,
+    ]
+    with pytest.raises(
+        UsageError, match="--capture replays one batch shape and --progressive-resize changes it"
+    ):
         build(make_config("quick", progressive_resize=16, capture=True, device="cpu"))
 
 
@@ -124,8 +159,21 @@ def test_ema_run_saves_the_average_and_resumes_bit_identically(tmp_path, monkeyp
     resumed ends with the same average, the same training weights and the same metrics. The other
     recipe options are on too (alternating flips, flip TTA, the test set at the end only,
     progressive resizing: 16, 22, then 28 px, the whitened first layer)."""
-    cfg = make_config("quick", **dict(TINY, ema=0.9, val_split=128, alternate_flip=True, tta="flip", epoch_test=False,
-                                      epochs=3, progressive_resize=16, progressive_until=1.0, init="whiten"))
+    cfg = make_config(
+        "quick",
+        **dict(
+            TINY,
+            ema=0.9,
+            val_split=128,
+            alternate_flip=True,
+            tta="flip",
+            epoch_test=False,
+            epochs=3,
+            progressive_resize=16,
+            progressive_until=1.0,
+            init="whiten",
+        ),
+    )
     train(cfg, out=tmp_path / "straight", verbose=False)
     ctrl_c_at(9)  # inside epoch 2 of 3 (6 steps an epoch), trained at 22 px
     with pytest.raises(Interrupted):
@@ -137,18 +185,31 @@ def test_ema_run_saves_the_average_and_resumes_bit_identically(tmp_path, monkeyp
     for name in ("model.safetensors", "best.safetensors"):
         a, _ = load_weights(tmp_path / "straight" / name)
         b, _ = load_weights(tmp_path / "broken" / name)
-        assert all(torch.equal(a[k], b[k]) for k in a), f"resumed {name} differs from the uninterrupted run"
+        assert all(torch.equal(a[k], b[k]) for k in a), (
+            f"resumed {name} differs from the uninterrupted run"
+        )
     ckpt_a, ckpt_b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "broken")
     assert all(torch.equal(ckpt_a["model"][k], ckpt_b["model"][k]) for k in ckpt_a["model"])
     assert metrics_less_timing(tmp_path / "straight") == metrics_less_timing(tmp_path / "broken")
-    a, b = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("straight", "broken"))
-    assert (a["kept_test_acc"], a["kept_test_acc_no_tta"]) == (b["kept_test_acc"], b["kept_test_acc_no_tta"])
+    a, b = (
+        json.loads((tmp_path / run / "summary.json").read_text()) for run in ("straight", "broken")
+    )
+    assert (a["kept_test_acc"], a["kept_test_acc_no_tta"]) == (
+        b["kept_test_acc"],
+        b["kept_test_acc_no_tta"],
+    )
 
     saved, _ = load_weights(tmp_path / "straight" / "model.safetensors")
-    assert all(torch.equal(saved[k], ckpt_a["average"][k]) for k in saved)  # the average is what is saved
-    assert not torch.equal(saved["fc.weight"], ckpt_a["model"]["fc.weight"])  # and it is not the trained weights
+    assert all(
+        torch.equal(saved[k], ckpt_a["average"][k]) for k in saved
+    )  # the average is what is saved
+    assert not torch.equal(
+        saved["fc.weight"], ckpt_a["model"]["fc.weight"]
+    )  # and it is not the trained weights
     whitened = build(cfg).raw_model.conv1.weight  # the frozen first layer ends as it started
-    assert torch.equal(ckpt_a["model"]["conv1.weight"], whitened) and torch.equal(ckpt_b["model"]["conv1.weight"], whitened)
+    assert torch.equal(ckpt_a["model"]["conv1.weight"], whitened) and torch.equal(
+        ckpt_b["model"]["conv1.weight"], whitened
+    )
 
 
 @pytest.mark.needs_fashion_mnist
@@ -169,6 +230,7 @@ def test_resuming_an_ema_run_without_its_average_is_one_clear_error(tmp_path, ca
 
 # --- test-time augmentation --------------------------------------------------------------------
 
+
 class Pixels(nn.Module):
     """A 'model' whose logits are its input's pixels: what the views average becomes visible."""
 
@@ -186,7 +248,9 @@ def test_flip_shift_adds_the_one_pixel_shifts_with_reflected_borders():
     x = torch.randn(2, 3, 6, 6)
     out = TTAModel(Pixels(), "flip-shift")(x).view_as(x)
     flip = lambda t: torch.flip(t, dims=[3])
-    down_right = torch.zeros_like(x)  # the image moved one pixel down and right: pixel (i, j) shows (i-1, j-1)
+    down_right = torch.zeros_like(
+        x
+    )  # the image moved one pixel down and right: pixel (i, j) shows (i-1, j-1)
     down_right[:, :, 1:, 1:] = x[:, :, :-1, :-1]
     up_left = torch.zeros_like(x)
     up_left[:, :, :-1, :-1] = x[:, :, 1:, 1:]
@@ -212,8 +276,12 @@ def test_final_test_figure_is_the_kept_weights_with_tta_and_without(tmp_path):
     same wrapper as `resnetlab eval --tta`); the plain figure is reported beside it; the per-epoch
     evaluations and the training itself are unchanged."""
     base = dict(TINY, val_split=128, amp=False)
-    plain = train(make_config("quick", **dict(base, tta="none")), out=tmp_path / "plain", verbose=False)
-    summary = train(make_config("quick", **dict(base, tta="flip-shift")), out=tmp_path / "tta", verbose=False)
+    plain = train(
+        make_config("quick", **dict(base, tta="none")), out=tmp_path / "plain", verbose=False
+    )
+    summary = train(
+        make_config("quick", **dict(base, tta="flip-shift")), out=tmp_path / "tta", verbose=False
+    )
     assert summary["tta"] == "flip-shift" and "tta" not in plain
     assert summary["kept_test_acc_no_tta"] == plain["kept_test_acc"]
     assert metrics_less_timing(tmp_path / "plain") == metrics_less_timing(tmp_path / "tta")
@@ -224,18 +292,25 @@ def test_final_test_figure_is_the_kept_weights_with_tta_and_without(tmp_path):
     parts = build(make_config("quick", **dict(base, tta="flip-shift")))
     parts.raw_model.load_state_dict(b)
     again = evaluate(with_tta(parts.raw_model, "flip-shift"), parts.loaders.test, parts.device)
-    assert again["acc"] == summary["kept_test_acc"] and again["loss"] == pytest.approx(summary["kept_test_loss"])
+    assert again["acc"] == summary["kept_test_acc"] and again["loss"] == pytest.approx(
+        summary["kept_test_loss"]
+    )
     r = json.loads((tmp_path / "tta" / "summary.json").read_text())
     assert r["kept_test_acc"] == summary["kept_test_acc"]
 
 
 # --- the test set at the end only -----------------------------------------------------------------
 
+
 @pytest.mark.needs_fashion_mnist
 def test_no_epoch_test_leaves_the_test_set_to_the_end(tmp_path):
     base = dict(TINY, val_split=128, amp=False)
-    every = train(make_config("quick", **dict(base, epoch_test=True)), out=tmp_path / "every", verbose=False)
-    end = train(make_config("quick", **dict(base, epoch_test=False)), out=tmp_path / "end", verbose=False)
+    every = train(
+        make_config("quick", **dict(base, epoch_test=True)), out=tmp_path / "every", verbose=False
+    )
+    end = train(
+        make_config("quick", **dict(base, epoch_test=False)), out=tmp_path / "end", verbose=False
+    )
     rows = list(csv.DictReader((tmp_path / "end" / "metrics.csv").open()))
     assert len(rows) == 2 and all(r["test_acc"] == "" and r["val_acc"] for r in rows)
     for key in ("test_acc", "test_loss", "kept_test_acc", "kept_test_loss", "best_epoch"):

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,16 +19,42 @@ from resnetlab.train import make_config, train
 from resnetlab.train.run import load_checkpoint
 from resnetlab.weights import load_weights
 
-pytestmark = pytest.mark.needs_fashion_mnist  # trains on subsets of the real data (tests/conftest.py)
+pytestmark = (
+    pytest.mark.needs_fashion_mnist
+)  # trains on subsets of the real data (tests/conftest.py)
 
 # Small and fast: 512 training and 512 test examples at 28 px on a narrow ResNet-20.
 # (no validation split unless a test asks for one: the quick preset's 5,000 exceed the subset)
 # The test set after every epoch and no test-time augmentation, as these tests read the figures
 # (the quick preset's own defaults, test at the end through flip TTA, are tested in test_recipes.py).
-TINY = dict(model="resnet20", model_kwargs={"width": 8}, subset=512, batch_size=64, epochs=2, seed=3, val_split=0,
-            epoch_test=True, tta="none")
-TINY_FLAGS = ["--model", "resnet20", "--subset", "512", "--batch-size", "64", "--epochs", "1", "--seed", "3",
-              "--val-split", "0", "--epoch-test", "--tta", "none"]
+TINY = dict(
+    model="resnet20",
+    model_kwargs={"width": 8},
+    subset=512,
+    batch_size=64,
+    epochs=2,
+    seed=3,
+    val_split=0,
+    epoch_test=True,
+    tta="none",
+)
+TINY_FLAGS = [
+    "--model",
+    "resnet20",
+    "--subset",
+    "512",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "1",
+    "--seed",
+    "3",
+    "--val-split",
+    "0",
+    "--epoch-test",
+    "--tta",
+    "none",
+]
 
 
 def run_cli(args, capsys):
@@ -49,8 +74,16 @@ def finished_run(tmp_path_factory):
 
 def test_run_folder_holds_every_file(finished_run):
     names = {p.name for p in finished_run.iterdir()}
-    assert {"config.json", "metrics.csv", "summary.json", "checkpoint.pt", "model.safetensors",
-            "best.safetensors", "curves.png", "confusion.png"} <= names
+    assert {
+        "config.json",
+        "metrics.csv",
+        "summary.json",
+        "checkpoint.pt",
+        "model.safetensors",
+        "best.safetensors",
+        "curves.png",
+        "confusion.png",
+    } <= names
     assert not [n for n in names if n.endswith(".tmp")], "no temporary file may be left behind"
 
     config = json.loads((finished_run / "config.json").read_text())
@@ -59,19 +92,35 @@ def test_run_folder_holds_every_file(finished_run):
 
     rows = list(csv.DictReader((finished_run / "metrics.csv").open()))
     assert len(rows) == 1
-    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                            "lr", "examples_per_sec", "epoch_seconds"}
+    assert set(rows[0]) == {
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+        "lr",
+        "examples_per_sec",
+        "epoch_seconds",
+    }
     assert 0.0 <= float(rows[0]["test_acc"]) <= 1.0 and float(rows[0]["examples_per_sec"]) > 0
 
     summary = json.loads((finished_run / "summary.json").read_text())
     assert summary["kept_weights"] == "best.safetensors" and summary["test_count"] == 512
     assert summary["epochs"] == 1 and summary["total_seconds"] > 0
 
-    ckpt = torch.load(finished_run / "checkpoint.pt", weights_only=True)  # plain types and tensors only
+    ckpt = torch.load(
+        finished_run / "checkpoint.pt", weights_only=True
+    )  # plain types and tensors only
     assert ckpt["state"]["epoch"] == 1 and "optimizer" in ckpt and "model" in ckpt
 
     tensors, meta = load_weights(finished_run / "model.safetensors")
-    assert meta["model"] == "resnet20" and meta["classes"][9] == "Ankle boot" and meta["input_size"] == [1, 28, 28]
+    assert (
+        meta["model"] == "resnet20"
+        and meta["classes"][9] == "Ankle boot"
+        and meta["input_size"] == [1, 28, 28]
+    )
     assert "fc.weight" in tensors
 
 
@@ -84,11 +133,16 @@ def test_safetensors_file_reads_with_the_reference_library(finished_run):
 
 
 def test_non_terminal_output_is_one_line_per_epoch_and_the_textbook_closing_lines(tmp_path, capsys):
-    code, out, _ = run_cli(["train", *TINY_FLAGS, "--epochs", "2", "--out", str(tmp_path / "r")], capsys)
+    code, out, _ = run_cli(
+        ["train", *TINY_FLAGS, "--epochs", "2", "--out", str(tmp_path / "r")], capsys
+    )
     assert code == 0
     lines = out.splitlines()
     assert sum(line.startswith("epoch ") for line in lines) == 2
-    assert any(line.startswith("loss ") and ", train acc " in line and ", test acc " in line for line in lines)
+    assert any(
+        line.startswith("loss ") and ", train acc " in line and ", test acc " in line
+        for line in lines
+    )
     assert any(line.endswith(" examples/sec on cpu") for line in lines)
 
 
@@ -116,14 +170,18 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, ctrl_
     with pytest.raises(Interrupted, match="resume with: resnetlab train --resume"):
         train(cfg, out=tmp_path / "broken", verbose=False)
     ckpt = load_checkpoint(tmp_path / "broken")
-    assert ckpt["state"]["epoch"] == 1 and ckpt["state"]["step_in_epoch"] > 0  # stopped inside epoch 2
+    assert (
+        ckpt["state"]["epoch"] == 1 and ckpt["state"]["step_in_epoch"] > 0
+    )  # stopped inside epoch 2
     monkeypatch.undo()
 
     train(resume=tmp_path / "broken", verbose=False)
     a, _ = load_weights(tmp_path / "straight" / "model.safetensors")
     b, _ = load_weights(tmp_path / "broken" / "model.safetensors")
     assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    assert all(torch.equal(a[k], b[k]) for k in a), (
+        "resumed weights differ from the uninterrupted run"
+    )
     rows_a = (tmp_path / "straight" / "metrics.csv").read_text().splitlines()
     rows_b = (tmp_path / "broken" / "metrics.csv").read_text().splitlines()
     strip = lambda rows: [r.rsplit(",", 2)[0] for r in rows]  # all but the timing columns
@@ -141,9 +199,28 @@ def test_sigint_writes_a_checkpoint_and_exits_130(tmp_path):
     out = tmp_path / "r"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "resnetlab", "train", "--model", "resnet20", "--subset", "1024", "--batch-size", "64",
-         "--epochs", "50", "--val-split", "0", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "resnetlab",
+            "train",
+            "--model",
+            "resnet20",
+            "--subset",
+            "1024",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "50",
+            "--val-split",
+            "0",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     # Wait for the first epoch's checkpoint (slow on a busy machine), then press Ctrl-C.
     deadline = time.time() + 600
@@ -156,14 +233,20 @@ def test_sigint_writes_a_checkpoint_and_exits_130(tmp_path):
     assert f"resnetlab train --resume {out}" in stderr
     assert len(stderr.strip().splitlines()) == 1, "the error is one line"
     state = load_checkpoint(out)["state"]
-    assert state["epoch"] >= 1 and state["global_step"] > 16  # saved after the step that was running, in epoch 2+
+    assert (
+        state["epoch"] >= 1 and state["global_step"] > 16
+    )  # saved after the step that was running, in epoch 2+
 
 
 def test_corrupt_and_missing_checkpoints_get_one_line(tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
     code, _, err = run_cli(["train", "--resume", str(tmp_path / "bad")], capsys)
-    assert code == 1 and "not a readable resnetlab checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert (
+        code == 1
+        and "not a readable resnetlab checkpoint" in err
+        and len(err.strip().splitlines()) == 1
+    )
     code, _, err = run_cli(["train", "--resume", str(tmp_path / "nothing")], capsys)
     assert code == 1 and "no checkpoint at" in err
     torch.save({"foreign": torch.zeros(1)}, tmp_path / "bad" / "checkpoint.pt")
@@ -188,8 +271,10 @@ def test_presets_take_device_settings_and_keep_model_options_with_their_model():
 
     cpu, gpu = make_config("quick", device="cpu"), make_config("quick", device="cuda:0")
     assert (cpu.model_kwargs, cpu.epochs) == ({}, PRESETS["quick"]["epochs"])
-    assert (gpu.model_kwargs, gpu.epochs) == (DEVICE_SETTINGS["quick"]["cuda"]["model_kwargs"],
-                                              DEVICE_SETTINGS["quick"]["cuda"]["epochs"])
+    assert (gpu.model_kwargs, gpu.epochs) == (
+        DEVICE_SETTINGS["quick"]["cuda"]["model_kwargs"],
+        DEVICE_SETTINGS["quick"]["cuda"]["epochs"],
+    )
     # the GPU recipe keeps the crop it was measured with, whatever the CPU recipe's crop
     assert (cpu.crop_padding, gpu.crop_padding) == (PRESETS["quick"]["crop_padding"], 2)
     assert make_config("quick", device="cuda", epochs=3).epochs == 3  # the caller's flags win
@@ -197,7 +282,9 @@ def test_presets_take_device_settings_and_keep_model_options_with_their_model():
     assert make_config("quick", device="cuda", model="resnet18").model_kwargs == {}
     assert make_config("best", model="resnet56").model_kwargs == {}
     assert make_config("best").model_kwargs == {"width": 64}
-    assert make_config("best", model="resnet20", model_kwargs={"width": 8}).model_kwargs == {"width": 8}
+    assert make_config("best", model="resnet20", model_kwargs={"width": 8}).model_kwargs == {
+        "width": 8
+    }
 
 
 def test_eval_reports_accuracy_per_class_and_confusion(finished_run, capsys):
@@ -209,7 +296,9 @@ def test_eval_reports_accuracy_per_class_and_confusion(finished_run, capsys):
     assert len(r["per_class"]) == 10 and sum(map(sum, r["confusion"])) == 10000
     assert abs(sum(row[i] for i, row in enumerate(r["confusion"])) / 10000 - r["acc"]) < 1e-9
     assert summary["kept_weights"] == "best.safetensors"
-    code, out, _ = run_cli(["eval", str(finished_run / "model.safetensors"), "--tta", "flip"], capsys)
+    code, out, _ = run_cli(
+        ["eval", str(finished_run / "model.safetensors"), "--tta", "flip"], capsys
+    )
     assert code == 0 and "confusion matrix" in out and "Ankle boot" in out
 
 
@@ -226,13 +315,20 @@ def test_eval_folds_batch_norm_without_changing_the_result(finished_run):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     test_set = load_dataset("fashion-mnist", train=False)
     norm = meta.get("normalize")
-    loader = Loader(test_set, 256, shuffle=False, resize=meta.get("resize"),
-                    normalize=(norm["mean"], norm["std"]) if norm else None)
+    loader = Loader(
+        test_set,
+        256,
+        shuffle=False,
+        resize=meta.get("resize"),
+        normalize=(norm["mean"], norm["std"]) if norm else None,
+    )
     plain = evaluate(model, loader, torch.device("cpu"), num_classes=10)
     r = evaluate_run(finished_run, device="cpu")
     assert r["count"] == plain["count"] == 10000
     assert r["loss"] == pytest.approx(plain["loss"], rel=1e-4)
-    assert abs(r["acc"] - plain["acc"]) <= 2 / 10000  # a rounding-level tie may flip an argmax or two
+    assert (
+        abs(r["acc"] - plain["acc"]) <= 2 / 10000
+    )  # a rounding-level tie may flip an argmax or two
 
 
 def test_predict_takes_any_image_size_and_colour(finished_run, tmp_path, capsys):
@@ -244,8 +340,18 @@ def test_predict_takes_any_image_size_and_colour(finished_run, tmp_path, capsys)
     grey = Image.fromarray(test_set.images[0, 0].numpy())
     grey.save(tmp_path / "item.png")
     grey.convert("RGB").resize((64, 80)).save(tmp_path / "big_rgb.jpg")
-    code, out, _ = run_cli(["predict", str(finished_run), str(tmp_path / "item.png"), str(tmp_path / "big_rgb.jpg"),
-                            "--json", "--top-k", "2"], capsys)
+    code, out, _ = run_cli(
+        [
+            "predict",
+            str(finished_run),
+            str(tmp_path / "item.png"),
+            str(tmp_path / "big_rgb.jpg"),
+            "--json",
+            "--top-k",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0
     results = json.loads(out)
     assert [len(r["top"]) for r in results] == [2, 2]
@@ -261,15 +367,36 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path):
     float rounding, and saves weights an uncompiled model loads (no `_orig_mod.` prefixes)."""
     from resnetlab.train.run import load_model
 
-    flags = ["--model", "resnet20", "--subset", "128", "--batch-size", "32", "--epochs", "1", "--seed", "3",
-             "--val-split", "0", "--device", "cpu", "--no-amp", "--lr", "0.01"]  # a gentle rate: rounding stays small
+    flags = [
+        "--model",
+        "resnet20",
+        "--subset",
+        "128",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--seed",
+        "3",
+        "--val-split",
+        "0",
+        "--device",
+        "cpu",
+        "--no-amp",
+        "--lr",
+        "0.01",
+    ]  # a gentle rate: rounding stays small
     assert cli.main(["train", *flags, "--out", str(tmp_path / "eager")]) == 0
     assert cli.main(["train", *flags, "--compile", "--out", str(tmp_path / "compiled")]) == 0
-    eager, compiled = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("eager", "compiled"))
+    eager, compiled = (
+        json.loads((tmp_path / name / "summary.json").read_text()) for name in ("eager", "compiled")
+    )
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
     model, _ = load_model(tmp_path / "compiled")
     reference, _ = load_model(tmp_path / "eager")
-    for (key, value), (ref_key, ref_value) in zip(model.state_dict().items(), reference.state_dict().items()):
+    for (key, value), (ref_key, ref_value) in zip(
+        model.state_dict().items(), reference.state_dict().items()
+    ):
         assert key == ref_key
         if value.is_floating_point():
             # Compiled kernels round differently and training amplifies it: single weights were seen up

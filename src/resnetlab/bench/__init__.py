@@ -28,5 +28,13 @@ from resnetlab.bench.measure import training_flops_per_example
 from resnetlab.bench.report import FIGURES, compute_summary, format_report
 from resnetlab.bench.variants import Variant, parse_variant, preset_defaults
 
-__all__ = ["FIGURES", "Variant", "bench", "compute_summary", "format_report", "parse_variant", "preset_defaults",
-           "training_flops_per_example"]
+__all__ = [
+    "FIGURES",
+    "Variant",
+    "bench",
+    "compute_summary",
+    "format_report",
+    "parse_variant",
+    "preset_defaults",
+    "training_flops_per_example",
+]

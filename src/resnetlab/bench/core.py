@@ -9,8 +9,15 @@ from dataclasses import asdict
 
 import torch
 
-from resnetlab.bench.measure import (Clock, PeakMemory, matmul_peak_gflops, peak_rss_mib, summarize, timed_round,
-                                     training_flops_per_example)
+from resnetlab.bench.measure import (
+    Clock,
+    PeakMemory,
+    matmul_peak_gflops,
+    peak_rss_mib,
+    summarize,
+    timed_round,
+    training_flops_per_example,
+)
 from resnetlab.bench.runners import ResnetlabRunner, TextbookRunner
 from resnetlab.bench.variants import DEFAULT_VARIANTS, parse_variant, preset_defaults
 from resnetlab.data import load_dataset
@@ -29,8 +36,12 @@ def _machine(device: torch.device) -> dict:
         pass
     info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -40,10 +51,20 @@ def _machine(device: torch.device) -> dict:
 MAX_THREADS = 4096
 
 
-def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None = None, steps: int = 3,
-          repeats: int = 3, device: str = "auto", variants: tuple[str, ...] | None = None,
-          threads: int | None = None, data: str = "fashion-mnist", data_dir: str | None = None,
-          seed: int = 0, progress=None) -> dict:
+def bench(
+    model: str = "resnet18_d2l",
+    batch_size: int = 256,
+    resize: int | None = None,
+    steps: int = 3,
+    repeats: int = 3,
+    device: str = "auto",
+    variants: tuple[str, ...] | None = None,
+    threads: int | None = None,
+    data: str = "fashion-mnist",
+    data_dir: str | None = None,
+    seed: int = 0,
+    progress=None,
+) -> dict:
     """Measure `variants` (default: textbook, fp32, and bf16 where it pays) and return one dict:
     config, machine, per-variant figures, ratios to the textbook, and each preset's default variant."""
     for name, value in (("--batch-size", batch_size), ("--steps", steps), ("--repeats", repeats)):
@@ -55,7 +76,9 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
         raise UsageError(f"--resize must be at most 4096 pixels, got {resize}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be positive, got {threads}")
-    if threads is not None and threads > MAX_THREADS:  # torch.set_num_threads overflows on huge numbers
+    if (
+        threads is not None and threads > MAX_THREADS
+    ):  # torch.set_num_threads overflows on huge numbers
         raise UsageError(f"--threads must be at most {MAX_THREADS}, got {threads}")
     get_model_info(model)  # an unknown name fails here, with the registry's message
     dev = resolve_device(device)
@@ -66,23 +89,37 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
         raise UsageError(f"each variant once, please: {', '.join(variants)}")
     say = progress or (lambda text: None)
 
-    previous_threads, previous_cudnn_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    previous_threads, previous_cudnn_benchmark = (
+        torch.get_num_threads(),
+        torch.backends.cudnn.benchmark,
+    )
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        datasets = Splits(load_dataset(data, train=True, root=data_dir), None,
-                          load_dataset(data, train=False, root=data_dir))
+        datasets = Splits(
+            load_dataset(data, train=True, root=data_dir),
+            None,
+            load_dataset(data, train=False, root=data_dir),
+        )
         for split, ds in (("train", datasets.train), ("test", datasets.test)):
             if steps * batch_size > len(ds):
-                raise UsageError(f"--steps {steps} x --batch-size {batch_size} needs more than the "
-                                 f"{len(ds)} {split} examples; lower one of them")
+                raise UsageError(
+                    f"--steps {steps} x --batch-size {batch_size} needs more than the "
+                    f"{len(ds)} {split} examples; lower one of them"
+                )
         load_start = os.getloadavg()[0]
         busy = None
-        if dev.type == "cpu" and torch.get_num_threads() > 1 and load_start >= (os.cpu_count() or 1):
+        if (
+            dev.type == "cpu"
+            and torch.get_num_threads() > 1
+            and load_start >= (os.cpu_count() or 1)
+        ):
             # Measured on the shared 2-core machine: with other processes running, two threads ran
             # 10-90x slower than one (each parallel region waits for a descheduled partner thread).
-            busy = (f"the machine is busy (load average {load_start:.1f} on {os.cpu_count()} CPUs): with "
-                    f"{torch.get_num_threads()} threads the figures will be slow and noisy; --threads 1 is steadier")
+            busy = (
+                f"the machine is busy (load average {load_start:.1f} on {os.cpu_count()} CPUs): with "
+                f"{torch.get_num_threads()} threads the figures will be slow and noisy; --threads 1 is steadier"
+            )
             say(f"warning: {busy}")
         machine = _machine(dev)
         runners, peaks, first_round = {}, {}, {}
@@ -98,7 +135,9 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
         rounds = {name: [] for name in runners}
         order = list(runners)
         for r in range(repeats):
-            for name in order[r % len(order):] + order[:r % len(order)]:  # each round starts elsewhere
+            for name in (
+                order[r % len(order) :] + order[: r % len(order)]
+            ):  # each round starts elsewhere
                 say(f"round {r + 1}/{repeats}: {name}")
                 rounds[name].append(timed_round(runners[name], dev))
         results = {}
@@ -109,16 +148,24 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
             res["warmup_eval_setup_s"] = first_round[name]["eval_setup_s"]
             res["settings"] = {k: val for k, val in asdict(runner.variant).items() if k != "name"}
             res["settings"]["eval_batch_size"] = runner.eval_batch_size
-            res["settings"]["capture"] = getattr(runner, "capture", False)  # as resolved on this device
+            res["settings"]["capture"] = getattr(
+                runner, "capture", False
+            )  # as resolved on this device
             results[name] = res
         # The ceiling: how fast this device multiplies matrices in each precision the variants use,
         # against the arithmetic a training step needs. No path that keeps the model's FLOPs can
         # train faster than the best peak allows.
         say("measuring matmul peaks")
-        train_flops = training_flops_per_example(model, datasets.train.images.shape[1],
-                                                 len(datasets.train.classes),
-                                                 resize or datasets.train.images.shape[-1])
-        precisions = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if any(v.amp for v in parsed) else {})}
+        train_flops = training_flops_per_example(
+            model,
+            datasets.train.images.shape[1],
+            len(datasets.train.classes),
+            resize or datasets.train.images.shape[-1],
+        )
+        precisions = {
+            "fp32": torch.float32,
+            **({"bf16": torch.bfloat16} if any(v.amp for v in parsed) else {}),
+        }
         peaks_gflops = {name: matmul_peak_gflops(dtype, dev) for name, dtype in precisions.items()}
         for res in results.values():
             res["train_gflop_s"] = train_flops * res["train_ex_s"] / 1e9
@@ -139,20 +186,35 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
                 if f"train_ex{clock}_s" not in res:
                     continue
                 for figure in ("train", "eval", "loader"):
-                    ratios[name][figure + clock] = res[f"{figure}_ex{clock}_s"] / base[f"{figure}_ex{clock}_s"]
-                ratios[name]["epoch" + clock] = base[f"epoch{clock}_s"] / res[f"epoch{clock}_s"]  # a speed-up
-            ratios[name]["memory"] = (res["peak_mib"] / base["peak_mib"]
-                                      if res["peak_mib"] and base["peak_mib"] else None)  # below 1 is leaner
+                    ratios[name][figure + clock] = (
+                        res[f"{figure}_ex{clock}_s"] / base[f"{figure}_ex{clock}_s"]
+                    )
+                ratios[name]["epoch" + clock] = (
+                    base[f"epoch{clock}_s"] / res[f"epoch{clock}_s"]
+                )  # a speed-up
+            ratios[name]["memory"] = (
+                res["peak_mib"] / base["peak_mib"] if res["peak_mib"] and base["peak_mib"] else None
+            )  # below 1 is leaner
     input_hw = resize or datasets.train.images.shape[-1]
     compute = {"train_gflop_per_example": train_flops / 1e9, "matmul_peak_gflop_s": peaks_gflops}
     if "textbook" in results:
         # The training speed-up a path with the textbook's FLOPs could reach at the best peak.
         compute["train_ceiling"] = max(peaks_gflops.values()) / results["textbook"]["train_gflop_s"]
     return {
-        "config": {"model": model, "data": data, "batch_size": batch_size, "resize": resize, "input_px": input_hw,
-                   "steps": steps, "repeats": repeats, "device": str(dev), "threads": torch.get_num_threads() if threads is None else threads,
-                   "variants": [v.name for v in parsed], "seed": seed,
-                   "epoch_examples": {"train": len(datasets.train), "test": len(datasets.test)}},
+        "config": {
+            "model": model,
+            "data": data,
+            "batch_size": batch_size,
+            "resize": resize,
+            "input_px": input_hw,
+            "steps": steps,
+            "repeats": repeats,
+            "device": str(dev),
+            "threads": torch.get_num_threads() if threads is None else threads,
+            "variants": [v.name for v in parsed],
+            "seed": seed,
+            "epoch_examples": {"train": len(datasets.train), "test": len(datasets.test)},
+        },
         "machine": machine,
         "results": results,
         "ratios": ratios,
@@ -161,19 +223,19 @@ def bench(model: str = "resnet18_d2l", batch_size: int = 256, resize: int | None
         "notes": {
             **({"busy": busy} if busy else {}),
             "figures": "median of the timed rounds after one warm-up round; each round runs every variant in turn, "
-                       "starting with a different one each round",
+            "starting with a different one each round",
             "per_cpu_second": "*_cpu_s figures (CPU only): the same from the CPU-seconds of this process (all "
-                              "threads) instead of the wall clock; steadier when other processes share the cores",
+            "threads) instead of the wall clock; steadier when other processes share the cores",
             "epoch_s": f"loader + training over {steps} batches and loader + evaluation over {steps} batches, "
-                       f"extrapolated to {len(datasets.train)} training and {len(datasets.test)} test examples "
-                       f"(plus one eval_setup_s: batch-norm folding, and compiling for -compile variants)",
+            f"extrapolated to {len(datasets.train)} training and {len(datasets.test)} test examples "
+            f"(plus one eval_setup_s: batch-norm folding, and compiling for -compile variants)",
             "peak_mib": "memory the variant's warm-up round added (resident set on a CPU, max allocated on CUDA)",
             "compute": "train_gflop_per_example: convolution and linear FLOPs of a training step (forward and "
-                       "backward) per example, from torch.utils.flop_counter; matmul_peak_gflop_s: the fastest of "
-                       "3 square 2048 products per precision, same device and threads; train_gflop_s (per "
-                       "variant): the two multiplied; train_ceiling: the best peak / the textbook's rate, the most "
-                       "any path with the textbook's FLOPs could speed up its training here",
+            "backward) per example, from torch.utils.flop_counter; matmul_peak_gflop_s: the fastest of "
+            "3 square 2048 products per precision, same device and threads; train_gflop_s (per "
+            "variant): the two multiplied; train_ceiling: the best peak / the textbook's rate, the most "
+            "any path with the textbook's FLOPs could speed up its training here",
             "textbook": "the textbook loop reads its metrics on the host every step, as d2l's train_ch6 does; "
-                        "its plot is left out",
+            "its plot is left out",
         },
     }

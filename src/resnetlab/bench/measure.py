@@ -96,7 +96,9 @@ class PeakMemory:
         # else: the high-water mark may predate the block; leave the figure out rather than guess
 
 
-def training_flops_per_example(model_name: str, in_chans: int, num_classes: int, input_px: int) -> float:
+def training_flops_per_example(
+    model_name: str, in_chans: int, num_classes: int, input_px: int
+) -> float:
     """Convolution and linear FLOPs of one training step (forward and backward) per example, as
     torch.utils.flop_counter counts them, on the meta device: no memory, no time."""
     batch = 2  # batch norm in training mode needs more than one value per channel
@@ -109,7 +111,9 @@ def training_flops_per_example(model_name: str, in_chans: int, num_classes: int,
     return counter.get_total_flops() / batch
 
 
-def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 3) -> float:
+def matmul_peak_gflops(
+    dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 3
+) -> float:
     """GFLOP/s of the fastest of `repeats` n x n x n matrix products in `dtype` at the current
     thread count: about the most a convolution network's arithmetic can reach on this device."""
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
@@ -120,7 +124,6 @@ def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, 
             a @ b
         best = min(best, c.seconds)
     return 2 * n**3 / best / 1e9
-
 
 
 def count_examples(batches) -> int:
@@ -149,20 +152,37 @@ def timed_round(runner, device: torch.device) -> dict:
     return out
 
 
-def _figures(med: dict, clock: str, n_train: int, n_eval: int, n_loader: int, num_train: int, num_test: int) -> dict:
+def _figures(
+    med: dict, clock: str, n_train: int, n_eval: int, n_loader: int, num_train: int, num_test: int
+) -> dict:
     """Throughputs and the extrapolated epoch from median seconds; clock is "" (wall) or "_cpu"."""
-    t = {k: med[f"{k}{clock}_s"] for k in ("train", "eval_setup", "eval", "loader", "e2e_train", "e2e_eval")}
+    t = {
+        k: med[f"{k}{clock}_s"]
+        for k in ("train", "eval_setup", "eval", "loader", "e2e_train", "e2e_eval")
+    }
     # The end-to-end evaluation includes one eval_setup (folding) per evaluation: counted once.
     e2e_eval_rate = n_eval / max(t["e2e_eval"] - t["eval_setup"], 1e-9)
-    epoch_train, epoch_eval = num_train * t["e2e_train"] / n_train, t["eval_setup"] + num_test / e2e_eval_rate
-    return {f"train_ex{clock}_s": n_train / t["train"], f"eval_ex{clock}_s": n_eval / t["eval"],
-            f"loader_ex{clock}_s": n_loader / t["loader"], f"epoch{clock}_s": epoch_train + epoch_eval,
-            f"epoch_train{clock}_s": epoch_train, f"epoch_eval{clock}_s": epoch_eval}
+    epoch_train, epoch_eval = (
+        num_train * t["e2e_train"] / n_train,
+        t["eval_setup"] + num_test / e2e_eval_rate,
+    )
+    return {
+        f"train_ex{clock}_s": n_train / t["train"],
+        f"eval_ex{clock}_s": n_eval / t["eval"],
+        f"loader_ex{clock}_s": n_loader / t["loader"],
+        f"epoch{clock}_s": epoch_train + epoch_eval,
+        f"epoch_train{clock}_s": epoch_train,
+        f"epoch_eval{clock}_s": epoch_eval,
+    }
 
 
-def summarize(rounds: list[dict], runner, num_train: int, num_test: int, device: torch.device) -> dict:
+def summarize(
+    rounds: list[dict], runner, num_train: int, num_test: int, device: torch.device
+) -> dict:
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    n_train = count_examples(runner.train_batches)  # also what the loader and the end-to-end pass yield: full batches
+    n_train = count_examples(
+        runner.train_batches
+    )  # also what the loader and the end-to-end pass yield: full batches
     counts = (n_train, count_examples(runner.eval_batches), n_train)
     res = _figures(med, "", *counts, num_train, num_test)
     # CPU-seconds mean nothing for a GPU's work, which runs beside the host thread.

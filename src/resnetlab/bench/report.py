@@ -19,18 +19,32 @@ FIGURES = (  # (label, result key, ratio key or None, format); the CPU-second ro
 def compute_summary(result: dict) -> str:
     """One sentence: the arithmetic of a training step, the matmul peaks and the ceiling they set."""
     compute = result["compute"]
-    peaks = ", ".join(f"{name} {value:.0f}" for name, value in compute["matmul_peak_gflop_s"].items())
-    text = (f"a training step is {compute['train_gflop_per_example']:.3f} GFLOP per example (convolutions and "
-            f"linear layers, forward and backward); this device's matmul peak: {peaks} GFLOP/s")
+    peaks = ", ".join(
+        f"{name} {value:.0f}" for name, value in compute["matmul_peak_gflop_s"].items()
+    )
+    text = (
+        f"a training step is {compute['train_gflop_per_example']:.3f} GFLOP per example (convolutions and "
+        f"linear layers, forward and backward); this device's matmul peak: {peaks} GFLOP/s"
+    )
     if "train_ceiling" in compute:
-        text += (f"; at that peak, a path with the textbook's FLOPs trains at most "
-                 f"{compute['train_ceiling']:.2f}x the textbook here")
+        text += (
+            f"; at that peak, a path with the textbook's FLOPs trains at most "
+            f"{compute['train_ceiling']:.2f}x the textbook here"
+        )
     return text
 
 
 def format_report(result: dict) -> str:
-    cfg, machine, results, ratios = result["config"], result["machine"], result["results"], result["ratios"]
-    where = machine.get("gpu") or f"{machine['cpu']}, {machine['logical_cpus']} CPUs, {cfg['threads']} threads"
+    cfg, machine, results, ratios = (
+        result["config"],
+        result["machine"],
+        result["results"],
+        result["ratios"],
+    )
+    where = (
+        machine.get("gpu")
+        or f"{machine['cpu']}, {machine['logical_cpus']} CPUs, {cfg['threads']} threads"
+    )
     lines = [
         f"resnetlab bench: {cfg['model']} on {cfg['data']}, batch {cfg['batch_size']}, {cfg['input_px']} px, "
         f"{cfg['device']} ({where}), torch {machine['torch']}, {machine['date']}",
@@ -51,7 +65,9 @@ def format_report(result: dict) -> str:
                 text += f" ({ratio:.2f}x)"
             cells.append(f"{text:>{width}}")
         lines.append(f"{label:20}" + "".join(cells))
-    lines.append("ratios are resnetlab / textbook (epoch: textbook time / resnetlab time; memory: below 1 is leaner)")
+    lines.append(
+        "ratios are resnetlab / textbook (epoch: textbook time / resnetlab time; memory: below 1 is leaner)"
+    )
     lines.append(f"compute: {compute_summary(result)}")
     lines.append(f"epoch: {result['notes']['epoch_s']}")
     if "busy" in result["notes"]:

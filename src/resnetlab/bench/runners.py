@@ -40,26 +40,45 @@ class Batches:
 class TextbookRunner:
     """The notebook's net and d2l's loop (resnetlab.textbook_baseline)."""
 
-    def __init__(self, variant: Variant, model_name: str, data: Splits, batch_size: int, resize: int | None,
-                 steps: int, device: torch.device, seed: int):
+    def __init__(
+        self,
+        variant: Variant,
+        model_name: str,
+        data: Splits,
+        batch_size: int,
+        resize: int | None,
+        steps: int,
+        device: torch.device,
+        seed: int,
+    ):
         self.tb, self.variant, self.device, self.steps = tb, variant, device, steps
         torch.manual_seed(seed)
         train, test = data.train, data.test
         if model_name == "resnet18_d2l" and train.images.shape[1] == 1 and len(train.classes) == 10:
             net = tb.notebook_resnet18()
         else:
-            net = create_model(model_name, num_classes=len(train.classes), in_chans=train.images.shape[1])
+            net = create_model(
+                model_name, num_classes=len(train.classes), in_chans=train.images.shape[1]
+            )
         net.apply(tb.init_weights)
         self.net = net.to(device)
         self.optimizer, self.loss = tb.make_optimizer(self.net, TEXTBOOK_LR)
         # d2l uses 4 workers. On a CPU they would compete with the training threads for the same
         # cores, so the pipeline runs in the main process there; on a GPU they run beside it.
         workers = 4 if device.type == "cuda" else 0
-        self.train_loader = tb.pil_loader(train.images, train.labels, batch_size, shuffle=True, resize=resize, workers=workers)
-        self.test_loader = tb.pil_loader(test.images, test.labels, batch_size, shuffle=False, resize=resize, workers=workers)
+        self.train_loader = tb.pil_loader(
+            train.images, train.labels, batch_size, shuffle=True, resize=resize, workers=workers
+        )
+        self.test_loader = tb.pil_loader(
+            test.images, test.labels, batch_size, shuffle=False, resize=resize, workers=workers
+        )
         self.eval_batch_size = batch_size
-        self.train_batches = [(x.to(device), y.to(device)) for x, y in itertools.islice(self.train_loader, steps)]
-        self.eval_batches = [(x.to(device), y.to(device)) for x, y in itertools.islice(self.test_loader, steps)]
+        self.train_batches = [
+            (x.to(device), y.to(device)) for x, y in itertools.islice(self.train_loader, steps)
+        ]
+        self.eval_batches = [
+            (x.to(device), y.to(device)) for x, y in itertools.islice(self.test_loader, steps)
+        ]
 
     def train(self, batches) -> None:
         self.tb.train_batches(self.net, batches, self.optimizer, self.loss, self.device)
@@ -85,22 +104,44 @@ class ResnetlabRunner:
     """resnetlab's path: the training seam's parts (`setup.build`), the engine's fit and evaluation,
     fuse_bn; on CUDA the step and evaluation replayed from graphs (unless -nograph)."""
 
-    def __init__(self, variant: Variant, model_name: str, data: Splits, batch_size: int, resize: int | None,
-                 steps: int, device: torch.device, seed: int):
+    def __init__(
+        self,
+        variant: Variant,
+        model_name: str,
+        data: Splits,
+        batch_size: int,
+        resize: int | None,
+        steps: int,
+        device: torch.device,
+        seed: int,
+    ):
         self.variant, self.device, self.steps = variant, device, steps
         # The d2l preset's optimisation (plain SGD at the chapter's rate, Xavier init), so both paths
         # take the same step; only how it is computed differs.
         # (replace, not make_config's overrides, for `resize`: there None means "the dataset's size",
         # not "the preset's 96 px")
         self.cfg = dataclasses.replace(
-            make_config("d2l", model=model_name, batch_size=batch_size, epochs=1, seed=seed, lr=TEXTBOOK_LR,
-                        amp=variant.amp, channels_last=variant.channels_last, compile=variant.compile,
-                        capture=variant.capture, device=str(device)),
-            resize=resize)
+            make_config(
+                "d2l",
+                model=model_name,
+                batch_size=batch_size,
+                epochs=1,
+                seed=seed,
+                lr=TEXTBOOK_LR,
+                amp=variant.amp,
+                channels_last=variant.channels_last,
+                compile=variant.compile,
+                capture=variant.capture,
+                device=str(device),
+            ),
+            resize=resize,
+        )
         parts = build(self.cfg, splits=data, foreach=variant.foreach)
         self.model, self.train_model, self.optimizer = parts.raw_model, parts.model, parts.optimizer
         self.capture = parts.capture
-        self.step = parts.step  # kept across rounds: a CUDA graph is captured once, in the warm-up round
+        self.step = (
+            parts.step
+        )  # kept across rounds: a CUDA graph is captured once, in the warm-up round
         self.evaluator = None
         self.train_loader, self.test_loader = parts.loaders.train, parts.loaders.test
         self.eval_batch_size = self.test_loader.batch_size
@@ -108,8 +149,16 @@ class ResnetlabRunner:
         self.eval_batches = list(itertools.islice(self.test_loader, steps))
 
     def train(self, batches) -> None:
-        fit(self.train_model, Batches(batches, len(batches)), self.cfg, self.device, optimizer=self.optimizer,
-            state=TrainState(), amp=self.variant.amp, step=self.step)
+        fit(
+            self.train_model,
+            Batches(batches, len(batches)),
+            self.cfg,
+            self.device,
+            optimizer=self.optimizer,
+            state=TrainState(),
+            amp=self.variant.amp,
+            step=self.step,
+        )
 
     def prepare_eval(self) -> None:
         """What an evaluation costs once, before its first batch: folding (and compiling, or
@@ -119,8 +168,11 @@ class ResnetlabRunner:
             self.evaluator = CapturedEvaluator(model, self.device, amp=self.variant.amp)
             self.evaluator(self.eval_batches[:2])
         else:
-            self.evaluator = Evaluator(torch.compile(model) if self.variant.compile else model, self.device,
-                                       amp=self.variant.amp)
+            self.evaluator = Evaluator(
+                torch.compile(model) if self.variant.compile else model,
+                self.device,
+                amp=self.variant.amp,
+            )
 
     def evaluate(self, batches) -> None:
         self.evaluator(batches)

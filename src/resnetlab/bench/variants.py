@@ -31,22 +31,28 @@ class Variant:
     fuse: bool = True  # evaluate with fuse_bn
     foreach: bool = True  # multi-tensor optimizer step
     compile: bool = False  # torch.compile the training and the evaluation model
-    capture: bool | None = None  # CUDA graphs for the step and evaluation; None: as the trainer decides
+    capture: bool | None = (
+        None  # CUDA graphs for the step and evaluation; None: as the trainer decides
+    )
 
 
 def parse_variant(name: str) -> Variant:
-    """"textbook", or "fp32"/"bf16" followed by any of -nchw -nofuse -noforeach -compile -nograph."""
+    """ "textbook", or "fp32"/"bf16" followed by any of -nchw -nofuse -noforeach -compile -nograph."""
     if name == "textbook":
         return Variant(name, textbook=True, channels_last=False, fuse=False, foreach=False)
     head, *mods = name.split("-")
     if head not in ("fp32", "bf16"):
-        raise UsageError(f"unknown bench variant {name!r}: use textbook, fp32 or bf16, optionally "
-                         f"followed by {', '.join('-' + m for m in MODIFIERS)} (e.g. bf16-compile)")
+        raise UsageError(
+            f"unknown bench variant {name!r}: use textbook, fp32 or bf16, optionally "
+            f"followed by {', '.join('-' + m for m in MODIFIERS)} (e.g. bf16-compile)"
+        )
     variant = Variant(name, amp=head == "bf16")
     for mod in mods:
         if mod not in MODIFIERS:
-            raise UsageError(f"unknown suffix -{mod} in bench variant {name!r}; "
-                             f"known: {', '.join('-' + m for m in MODIFIERS)}")
+            raise UsageError(
+                f"unknown suffix -{mod} in bench variant {name!r}; "
+                f"known: {', '.join('-' + m for m in MODIFIERS)}"
+            )
         variant = replace(variant, **MODIFIERS[mod])
     return variant
 
@@ -57,5 +63,7 @@ def preset_defaults(device: torch.device) -> dict[str, str]:
     out = {}
     for name, preset in PRESETS.items():
         amp = preset.get("amp")
-        out[name] = ("bf16" if (pays if amp is None else amp) else "fp32") + ("-compile" if preset.get("compile") else "")
+        out[name] = ("bf16" if (pays if amp is None else amp) else "fp32") + (
+            "-compile" if preset.get("compile") else ""
+        )
     return out

@@ -14,7 +14,9 @@ class FileSpec:
     """One file of a split, as found on disk (or with `.gz` added, compressed)."""
 
     path: str  # relative to the dataset's folder
-    md5: str | None  # of the decompressed bytes; None where no official digest exists (size + parse only)
+    md5: (
+        str | None
+    )  # of the decompressed bytes; None where no official digest exists (size + parse only)
     size: int | None  # of the decompressed bytes
 
 
@@ -59,12 +61,21 @@ class DatasetSpec:
         return layout.train if train else layout.test
 
 
-def _idx_layout(train_md5: tuple[str, str], test_md5: tuple[str, str], *, train_n: int, test_n: int, hw: int = 28) -> Layout:
+def _idx_layout(
+    train_md5: tuple[str, str],
+    test_md5: tuple[str, str],
+    *,
+    train_n: int,
+    test_n: int,
+    hw: int = 28,
+) -> Layout:
     """The four IDX files of the MNIST family: (images, labels) md5 for each split."""
 
     def split(prefix: str, md5s: tuple[str, str], n: int) -> tuple[FileSpec, ...]:
-        return (FileSpec(f"{prefix}-images-idx3-ubyte", md5s[0], 16 + n * hw * hw),
-                FileSpec(f"{prefix}-labels-idx1-ubyte", md5s[1], 8 + n))
+        return (
+            FileSpec(f"{prefix}-images-idx3-ubyte", md5s[0], 16 + n * hw * hw),
+            FileSpec(f"{prefix}-labels-idx1-ubyte", md5s[1], 8 + n),
+        )
 
     return Layout("idx", split("train", train_md5, train_n), split("t10k", test_md5, test_n))
 
@@ -74,33 +85,73 @@ def _gz_downloads(layout: Layout, gz_md5: tuple[str, str, str, str]) -> tuple[Do
     return tuple(Download(f"{f.path}.gz", md5, (f.path,)) for f, md5 in zip(files, gz_md5))
 
 
-_FASHION = _idx_layout(("f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9"),
-                       ("8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"), train_n=60000, test_n=10000)
-_MNIST = _idx_layout(("6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624"),
-                     ("2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"), train_n=60000, test_n=10000)
+_FASHION = _idx_layout(
+    ("f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9"),
+    ("8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"),
+    train_n=60000,
+    test_n=10000,
+)
+_MNIST = _idx_layout(
+    ("6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624"),
+    ("2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"),
+    train_n=60000,
+    test_n=10000,
+)
 
 
-def _cifar_layouts(kind: str, folder_bin: str, folder_py: str, train_bin: list[str], test_bin: str, record: int,
-                   py_md5: dict[str, str]) -> tuple[Layout, Layout]:
+def _cifar_layouts(
+    kind: str,
+    folder_bin: str,
+    folder_py: str,
+    train_bin: list[str],
+    test_bin: str,
+    record: int,
+    py_md5: dict[str, str],
+) -> tuple[Layout, Layout]:
     """CIFAR's binary layout (no official per-file digest: checked by exact size and parsing,
     or trusted as extracted from the md5-verified archive) and its Python layout (md5-verified)."""
-    binary = Layout(f"{kind}-bin",
-                    tuple(FileSpec(f"{folder_bin}/{n}", None, record * (50000 // len(train_bin))) for n in train_bin),
-                    (FileSpec(f"{folder_bin}/{test_bin}", None, record * 10000),))
+    binary = Layout(
+        f"{kind}-bin",
+        tuple(
+            FileSpec(f"{folder_bin}/{n}", None, record * (50000 // len(train_bin)))
+            for n in train_bin
+        ),
+        (FileSpec(f"{folder_bin}/{test_bin}", None, record * 10000),),
+    )
     names = list(py_md5)
-    python = Layout(f"{kind}-py", tuple(FileSpec(f"{folder_py}/{n}", py_md5[n], None) for n in names[:-1]),
-                    (FileSpec(f"{folder_py}/{names[-1]}", py_md5[names[-1]], None),))
+    python = Layout(
+        f"{kind}-py",
+        tuple(FileSpec(f"{folder_py}/{n}", py_md5[n], None) for n in names[:-1]),
+        (FileSpec(f"{folder_py}/{names[-1]}", py_md5[names[-1]], None),),
+    )
     return binary, python
 
 
 _CIFAR10_LAYOUTS = _cifar_layouts(
-    "cifar10", "cifar-10-batches-bin", "cifar-10-batches-py", [f"data_batch_{i}.bin" for i in range(1, 6)], "test_batch.bin", 3073,
-    {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-     "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
-     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e"})
+    "cifar10",
+    "cifar-10-batches-bin",
+    "cifar-10-batches-py",
+    [f"data_batch_{i}.bin" for i in range(1, 6)],
+    "test_batch.bin",
+    3073,
+    {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+    },
+)
 _CIFAR100_LAYOUTS = _cifar_layouts(
-    "cifar100", "cifar-100-binary", "cifar-100-python", ["train.bin"], "test.bin", 3074,
-    {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"})
+    "cifar100",
+    "cifar-100-binary",
+    "cifar-100-python",
+    ["train.bin"],
+    "test.bin",
+    3074,
+    {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"},
+)
 
 _CIFAR100_CLASSES = (
     "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle "
@@ -114,42 +165,107 @@ _CIFAR100_CLASSES = (
 
 DATASETS: dict[str, DatasetSpec] = {
     "fashion-mnist": DatasetSpec(
-        name="fashion-mnist", channels=1, image_size=(28, 28),
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        mean=(0.2860,), std=(0.3530,),  # of the 60,000 training images (checked by a test)
+        name="fashion-mnist",
+        channels=1,
+        image_size=(28, 28),
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+        mean=(0.2860,),
+        std=(0.3530,),  # of the 60,000 training images (checked by a test)
         layouts=(_FASHION,),
-        downloads=_gz_downloads(_FASHION, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-                                           "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310")),
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                 "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
+        downloads=_gz_downloads(
+            _FASHION,
+            (
+                "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "25c81989df183df01b3e8a0aad5dffbe",
+                "bef4ecab320f06d8554ea6380940ec79",
+                "bb300cfdad3c16e7a12a480ee83cd310",
+            ),
+        ),
+        mirrors=(
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ),
         system_dirs=("/usr/share/datasets/fashion-mnist",),
         package="dataset-fashion-mnist",
     ),
     "mnist": DatasetSpec(
-        name="mnist", channels=1, image_size=(28, 28), classes=tuple(str(d) for d in range(10)),
-        mean=(0.1307,), std=(0.3081,),
+        name="mnist",
+        channels=1,
+        image_size=(28, 28),
+        classes=tuple(str(d) for d in range(10)),
+        mean=(0.1307,),
+        std=(0.3081,),
         layouts=(_MNIST,),
-        downloads=_gz_downloads(_MNIST, ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-                                         "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c")),
-        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        downloads=_gz_downloads(
+            _MNIST,
+            (
+                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "d53e105ee54ea40749a09fcbcd1e9432",
+                "9fb629c4189551a2d022fa330f9573f3",
+                "ec29112dd5afa0611ce80d1b7f02629c",
+            ),
+        ),
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
         system_dirs=("/usr/share/datasets/mnist",),
     ),
     "cifar10": DatasetSpec(
-        name="cifar10", channels=3, image_size=(32, 32),
-        classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+        name="cifar10",
+        channels=3,
+        image_size=(32, 32),
+        classes=(
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
         layouts=_CIFAR10_LAYOUTS,
-        downloads=(Download("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530",
-                            tuple(f.path for f in _CIFAR10_LAYOUTS[0].train + _CIFAR10_LAYOUTS[0].test)),),
+        downloads=(
+            Download(
+                "cifar-10-binary.tar.gz",
+                "c32a1d4ab5d03f1284b67883e8d87530",
+                tuple(f.path for f in _CIFAR10_LAYOUTS[0].train + _CIFAR10_LAYOUTS[0].test),
+            ),
+        ),
         mirrors=("https://www.cs.toronto.edu/~kriz/",),
         system_dirs=("/usr/share/datasets/cifar10", "/usr/share/datasets/cifar-10"),
     ),
     "cifar100": DatasetSpec(
-        name="cifar100", channels=3, image_size=(32, 32), classes=tuple(_CIFAR100_CLASSES),
-        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+        name="cifar100",
+        channels=3,
+        image_size=(32, 32),
+        classes=tuple(_CIFAR100_CLASSES),
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
         layouts=_CIFAR100_LAYOUTS,
-        downloads=(Download("cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8",
-                            tuple(f.path for f in _CIFAR100_LAYOUTS[0].train + _CIFAR100_LAYOUTS[0].test)),),
+        downloads=(
+            Download(
+                "cifar-100-binary.tar.gz",
+                "03b5dce01913d631647c71ecec9e9cb8",
+                tuple(f.path for f in _CIFAR100_LAYOUTS[0].train + _CIFAR100_LAYOUTS[0].test),
+            ),
+        ),
         mirrors=("https://www.cs.toronto.edu/~kriz/",),
         system_dirs=("/usr/share/datasets/cifar100", "/usr/share/datasets/cifar-100"),
     ),

@@ -28,9 +28,13 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise UsageError(f"Dataset images must be uint8 [N, C, H, W], not {self.images.dtype} {list(self.images.shape)}")
+            raise UsageError(
+                f"Dataset images must be uint8 [N, C, H, W], not {self.images.dtype} {list(self.images.shape)}"
+            )
         if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.images),):
-            raise UsageError(f"Dataset labels must be int64 [{len(self.images)}], not {self.labels.dtype} {list(self.labels.shape)}")
+            raise UsageError(
+                f"Dataset labels must be int64 [{len(self.images)}], not {self.labels.dtype} {list(self.labels.shape)}"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -55,7 +59,9 @@ def _permutation(n: int, seed: int) -> torch.Tensor:
 def split_dataset(ds: Dataset, val_size: int, seed: int = 0) -> tuple[Dataset, Dataset]:
     """(train part, validation part): a seeded split, disjoint, each in the original order."""
     if not 0 < val_size < len(ds):
-        raise UsageError(f"a validation split of {val_size} needs 0 < size < {len(ds)} (the examples of {ds.name})")
+        raise UsageError(
+            f"a validation split of {val_size} needs 0 < size < {len(ds)} (the examples of {ds.name})"
+        )
     perm = _permutation(len(ds), seed)
     return ds.subset(perm[val_size:].sort().values), ds.subset(perm[:val_size].sort().values)
 
@@ -87,7 +93,9 @@ def resolve_spec(name: str) -> DatasetSpec:
         return by_key[_key(name)]
     close = difflib.get_close_matches(name.lower(), list(DATASETS), n=3, cutoff=0.5)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
-    raise UsageError(f"unknown dataset {name!r}; {hint}choose from {', '.join(DATASETS)} or imagefolder:PATH")
+    raise UsageError(
+        f"unknown dataset {name!r}; {hint}choose from {', '.join(DATASETS)} or imagefolder:PATH"
+    )
 
 
 def get_dataset_info(name: str) -> DatasetInfo:
@@ -96,13 +104,30 @@ def get_dataset_info(name: str) -> DatasetInfo:
         pixels = ds.images.double().div_(255)
         mean = pixels.mean(dim=(0, 2, 3)) if len(ds) else torch.zeros(ds.images.shape[1])
         std = pixels.std(dim=(0, 2, 3), correction=0) if len(ds) else torch.ones(ds.images.shape[1])
-        return DatasetInfo(name, ds.images.shape[1], tuple(ds.images.shape[2:]), len(ds.classes), list(ds.classes),
-                           tuple(round(float(m), 4) for m in mean), tuple(round(max(float(s), 1e-3), 4) for s in std))
+        return DatasetInfo(
+            name,
+            ds.images.shape[1],
+            tuple(ds.images.shape[2:]),
+            len(ds.classes),
+            list(ds.classes),
+            tuple(round(float(m), 4) for m in mean),
+            tuple(round(max(float(s), 1e-3), 4) for s in std),
+        )
     spec = resolve_spec(name)
-    return DatasetInfo(spec.name, spec.channels, spec.image_size, len(spec.classes), list(spec.classes), spec.mean, spec.std)
+    return DatasetInfo(
+        spec.name,
+        spec.channels,
+        spec.image_size,
+        len(spec.classes),
+        list(spec.classes),
+        spec.mean,
+        spec.std,
+    )
 
 
-def load_dataset(name: str = "fashion-mnist", train: bool = True, root: str | os.PathLike | None = None) -> Dataset:
+def load_dataset(
+    name: str = "fashion-mnist", train: bool = True, root: str | os.PathLike | None = None
+) -> Dataset:
     """One split of a dataset, found, verified and parsed (see `resnetlab.data.sources` for where
     files are looked for; `root` is used alone when given)."""
     if name.startswith(IMAGEFOLDER):
@@ -119,19 +144,33 @@ def _parse(spec: DatasetSpec, split: sources.SplitFiles) -> Dataset:
         if fmt == "idx":
             if i == 0:  # IDX files come as (images, labels)
                 parts.append(formats.read_idx_pair(buf, name, split.buffers[1], split.names[1], n))
-        elif fmt in ("cifar10-bin", "cifar100-bin"):  # CIFAR-100 records carry a coarse and a fine label byte
+        elif fmt in (
+            "cifar10-bin",
+            "cifar100-bin",
+        ):  # CIFAR-100 records carry a coarse and a fine label byte
             parts.append(formats.read_cifar_binary(buf, name, 2 if fmt == "cifar100-bin" else 1, n))
         elif fmt in ("cifar10-py", "cifar100-py"):
-            parts.append(formats.read_cifar_python(buf, name, "fine_labels" if fmt == "cifar100-py" else "labels", n))
+            parts.append(
+                formats.read_cifar_python(
+                    buf, name, "fine_labels" if fmt == "cifar100-py" else "labels", n
+                )
+            )
         else:
             raise DataError(f"{spec.name}: unknown file format {fmt!r} in the dataset table")
     images = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
     labels = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
     expected = (spec.channels, *spec.image_size)
     if tuple(images.shape[1:]) != expected:
-        raise DataError(f"{split.names[0]}: expected images of shape {list(expected)}, found {list(images.shape[1:])}; "
-                        f"this is not {spec.name}: delete it and run `resnetlab data fetch {spec.name}`")
-    return Dataset(spec.name, torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), list(spec.classes))
+        raise DataError(
+            f"{split.names[0]}: expected images of shape {list(expected)}, found {list(images.shape[1:])}; "
+            f"this is not {spec.name}: delete it and run `resnetlab data fetch {spec.name}`"
+        )
+    return Dataset(
+        spec.name,
+        torch.from_numpy(np.ascontiguousarray(images)),
+        torch.from_numpy(labels),
+        list(spec.classes),
+    )
 
 
 # --- image folders --------------------------------------------------------------------------
@@ -140,9 +179,11 @@ def _parse(spec: DatasetSpec, split: sources.SplitFiles) -> Dataset:
 def _image_folder_splits(name: str) -> tuple[Path, Path, Path | None]:
     """(folder, train folder, test folder or None): PATH/train and PATH/test (or PATH/val) when
     PATH has them, else PATH itself is the training split."""
-    path = Path(name[len(IMAGEFOLDER):]).expanduser()
+    path = Path(name[len(IMAGEFOLDER) :]).expanduser()
     if not path.is_dir():
-        raise DataError(f"{name}: no such folder; give imagefolder:PATH with one sub-folder of images per class")
+        raise DataError(
+            f"{name}: no such folder; give imagefolder:PATH with one sub-folder of images per class"
+        )
     if (path / "train").is_dir():
         test = next((path / s for s in ("test", "val") if (path / s).is_dir()), None)
         return path, path / "train", test
@@ -152,11 +193,15 @@ def _image_folder_splits(name: str) -> tuple[Path, Path, Path | None]:
 def _load_image_folder(name: str, train: bool) -> Dataset:
     path, train_dir, test_dir = _image_folder_splits(name)
     if not train and test_dir is None:
-        raise DataError(f"{name}: expected train/ and test/ (or val/) sub-folders for a test split, found class "
-                        f"folders only; split it that way, or hold out images with split_dataset / --val-split")
+        raise DataError(
+            f"{name}: expected train/ and test/ (or val/) sub-folders for a test split, found class "
+            f"folders only; split it that way, or hold out images with split_dataset / --val-split"
+        )
     classes = list(formats.image_files(train_dir))
     channels, size = formats.scan_image_tree([d for d in (train_dir, test_dir) if d is not None])
-    images, labels = formats.read_image_folder(train_dir if train else test_dir, classes, channels, size)
+    images, labels = formats.read_image_folder(
+        train_dir if train else test_dir, classes, channels, size
+    )
     return Dataset(name, torch.from_numpy(images), torch.from_numpy(labels), classes)
 
 
@@ -171,15 +216,23 @@ def dataset_status(name: str, root: str | os.PathLike | None = None) -> dict:
         try:
             files = sources.open_split(spec, train, root, download=False)
             ds = _parse(spec, files)
-            splits[split] = {"status": "ok", "check": files.check, "folder": str(files.folder), "source": files.source,
-                             "files": files.names, "examples": len(ds)}
+            splits[split] = {
+                "status": "ok",
+                "check": files.check,
+                "folder": str(files.folder),
+                "source": files.source,
+                "files": files.names,
+                "examples": len(ds),
+            }
         except DataError as e:
             missing = isinstance(e, sources.DataMissingError)
             splits[split] = {"status": "missing" if missing else "bad", "error": str(e)}
     return {"name": spec.name, "splits": splits}
 
 
-def fetch_dataset(name: str, root: str | os.PathLike | None = None, mirrors: tuple[str, ...] | None = None) -> dict:
+def fetch_dataset(
+    name: str, root: str | os.PathLike | None = None, mirrors: tuple[str, ...] | None = None
+) -> dict:
     """Download (when missing) and verify both splits of a built-in dataset."""
     if name.startswith(IMAGEFOLDER):
         raise UsageError(f"{name} is a local folder: there is nothing to fetch")
@@ -187,8 +240,14 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None, mirrors: tup
     result = {"name": spec.name, "splits": {}}
     for split, files in zip(("train", "test"), sources.fetch(spec, root, mirrors)):
         ds = _parse(spec, files)
-        result["splits"][split] = {"status": "ok", "check": files.check, "folder": str(files.folder),
-                                   "source": files.source, "files": files.names, "examples": len(ds)}
+        result["splits"][split] = {
+            "status": "ok",
+            "check": files.check,
+            "folder": str(files.folder),
+            "source": files.source,
+            "files": files.names,
+            "examples": len(ds),
+        }
     return result
 
 
@@ -199,11 +258,22 @@ def format_status(statuses: list[dict]) -> str:
     for st in statuses:
         for split, s in st["splits"].items():
             where = f"{s['folder']} ({s['source']})" if s["status"] == "ok" else "-"
-            rows.append((st["name"], split, s["status"], s.get("check", "-"), f"{s['examples']:,}" if "examples" in s else "-", where))
+            rows.append(
+                (
+                    st["name"],
+                    split,
+                    s["status"],
+                    s.get("check", "-"),
+                    f"{s['examples']:,}" if "examples" in s else "-",
+                    where,
+                )
+            )
             if s["status"] == "bad":
                 notes.append(s["error"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if any(s["status"] == "missing" for st in statuses for s in st["splits"].values()):
-        notes.append("missing: `resnetlab data fetch NAME` downloads one (Fashion-MNIST: apt-get install dataset-fashion-mnist)")
+        notes.append(
+            "missing: `resnetlab data fetch NAME` downloads one (Fashion-MNIST: apt-get install dataset-fashion-mnist)"
+        )
     return "\n".join(lines + notes)

@@ -24,7 +24,9 @@ _REFETCH = "delete it and run `resnetlab data fetch` (or place a good copy)"
 
 
 def _bad(name: str, expected: str, found: str, todo: str = _REFETCH) -> DataError:
-    found = " ".join(str(found).split())  # one line, whatever a library's message held (pickle's has two)
+    found = " ".join(
+        str(found).split()
+    )  # one line, whatever a library's message held (pickle's has two)
     return DataError(f"{name}: expected {expected}, found {found}; {todo}")
 
 
@@ -38,29 +40,41 @@ def read_idx(buf: np.ndarray, name: str, ndim: int) -> np.ndarray:
     header = 4 + 4 * ndim
     magic = bytes(buf[:4])
     if len(magic) == 4 and (magic[:2] != b"\0\0" or magic[2] != _IDX_UBYTE or magic[3] != ndim):
-        raise _bad(name, f"IDX magic 00 00 08 {ndim:02x} (unsigned bytes, {ndim} dimensions)",
-                   f"{magic.hex(' ')} (not this kind of IDX file)")
+        raise _bad(
+            name,
+            f"IDX magic 00 00 08 {ndim:02x} (unsigned bytes, {ndim} dimensions)",
+            f"{magic.hex(' ')} (not this kind of IDX file)",
+        )
     if buf.size < header:
         raise _bad(name, f"an IDX header of {header} bytes", f"{buf.size} bytes (truncated)")
     dims = [int(d) for d in np.frombuffer(buf[4:header].tobytes(), dtype=">u4")]
-    expected = header + math.prod(dims)  # Python ints: numpy's int64 product wraps around on huge dims
+    expected = header + math.prod(
+        dims
+    )  # Python ints: numpy's int64 product wraps around on huge dims
     if buf.size != expected:
         what = "truncated" if buf.size < expected else f"{buf.size - expected} bytes too many"
         raise _bad(name, f"{expected:,} bytes for shape {dims}", f"{buf.size:,} bytes ({what})")
     try:
         return buf[header:].reshape(dims)
-    except ValueError:  # a zero dimension beside ones whose product numpy cannot hold: an empty file that lies
+    except (
+        ValueError
+    ):  # a zero dimension beside ones whose product numpy cannot hold: an empty file that lies
         raise _bad(name, "dimensions numpy can hold", f"shape {dims}") from None
 
 
-def read_idx_pair(image_buf: np.ndarray, image_name: str, label_buf: np.ndarray, label_name: str,
-                  num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def read_idx_pair(
+    image_buf: np.ndarray, image_name: str, label_buf: np.ndarray, label_name: str, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, 1, H, W], labels int64 [N]) from an IDX images file and its labels file."""
     images = read_idx(image_buf, image_name, 3)
     labels = read_idx(label_buf, label_name, 1)
     if len(images) != len(labels):
-        raise _bad(label_name, f"{len(images):,} labels (one per image in {image_name})", f"{len(labels):,}",
-                   "the two files come from different releases: fetch both again")
+        raise _bad(
+            label_name,
+            f"{len(images):,} labels (one per image in {image_name})",
+            f"{len(labels):,}",
+            "the two files come from different releases: fetch both again",
+        )
     return images[:, None], _checked_labels(labels, num_classes, label_name)
 
 
@@ -68,7 +82,9 @@ def _checked_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarr
     labels = labels.astype(np.int64)
     if labels.size and int(labels.max()) >= num_classes:
         raise _bad(name, f"labels below {num_classes}", f"label {int(labels.max())}")
-    if labels.size and int(labels.min()) < 0:  # possible in a CIFAR Python batch: its labels are a list
+    if (
+        labels.size and int(labels.min()) < 0
+    ):  # possible in a CIFAR Python batch: its labels are a list
         raise _bad(name, f"labels from 0 to {num_classes - 1}", f"label {int(labels.min())}")
     return labels
 
@@ -78,13 +94,18 @@ def _checked_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarr
 _CIFAR_PIXELS = 3 * 32 * 32
 
 
-def read_cifar_binary(buf: np.ndarray, name: str, label_bytes: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_binary(
+    buf: np.ndarray, name: str, label_bytes: int, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A CIFAR binary batch: records of `label_bytes` label bytes (CIFAR-100: coarse, fine; the
     last one is the class) followed by 3,072 pixels, red then green then blue planes."""
     record = label_bytes + _CIFAR_PIXELS
     if buf.size == 0 or buf.size % record:
-        raise _bad(name, f"a whole number of {record}-byte records",
-                   f"{buf.size:,} bytes ({buf.size % record} left over: truncated or not this CIFAR)")
+        raise _bad(
+            name,
+            f"a whole number of {record}-byte records",
+            f"{buf.size:,} bytes ({buf.size % record} left over: truncated or not this CIFAR)",
+        )
     rows = buf.reshape(-1, record)
     images = rows[:, label_bytes:].reshape(-1, 3, 32, 32)
     return images, _checked_labels(rows[:, label_bytes - 1], num_classes, name)
@@ -107,27 +128,42 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
         ("numpy", "ndarray"): lambda: np.ndarray,
         ("numpy", "dtype"): lambda: np.dtype,
-        ("_codecs", "encode"): lambda: _codecs.encode,  # how Python 3 pickles bytes at protocol 2: str -> bytes only
+        ("_codecs", "encode"): lambda: (
+            _codecs.encode
+        ),  # how Python 3 pickles bytes at protocol 2: str -> bytes only
     }
 
     def find_class(self, module: str, name: str):
         make = self._ALLOWED.get((module, name))
         if make is None:
-            raise pickle.UnpicklingError(f"refused to load {module}.{name} (only numpy arrays and plain types)")
+            raise pickle.UnpicklingError(
+                f"refused to load {module}.{name} (only numpy arrays and plain types)"
+            )
         return make()
 
 
-def read_cifar_python(buf: np.ndarray, name: str, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_python(
+    buf: np.ndarray, name: str, label_key: str, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A CIFAR Python batch: a pickled dict with `data` (uint8 [N, 3072]) and the labels under `label_key`."""
     try:
         entry = _ArraysOnlyUnpickler(io.BytesIO(buf.tobytes()), encoding="bytes").load()
     except Exception as e:  # a truncated or foreign pickle fails in many ways; all mean "bad file"
-        raise _bad(name, "a CIFAR Python batch (pickled dict of arrays)", f"an unreadable file ({e})") from None
+        raise _bad(
+            name, "a CIFAR Python batch (pickled dict of arrays)", f"an unreadable file ({e})"
+        ) from None
     if not isinstance(entry, dict):
         raise _bad(name, "a pickled dict", type(entry).__name__)
-    entry = {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in entry.items()}  # any bytes decode
+    entry = {
+        k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in entry.items()
+    }  # any bytes decode
     data, labels = entry.get("data"), entry.get(label_key)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != _CIFAR_PIXELS
+    ):
         found = f"{type(data).__name__} {getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}".strip()
         raise _bad(name, f"'data' as uint8 [N, {_CIFAR_PIXELS}]", found)
     try:
@@ -142,7 +178,9 @@ def read_cifar_python(buf: np.ndarray, name: str, label_key: str, num_classes: i
 # --- image folders --------------------------------------------------------------------------
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold; the header is checked before decoding
+MAX_IMAGE_PIXELS = (
+    89_478_485  # Pillow's decompression-bomb threshold; the header is checked before decoding
+)
 
 
 def _pillow():
@@ -157,7 +195,9 @@ def image_files(folder: Path) -> dict[str, list[Path]]:
     """{class name: sorted image paths} for a folder holding one sub-folder per class."""
     classes = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = sorted(
+            p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
         if files:
             classes[sub.name] = files
     return classes
@@ -173,33 +213,51 @@ def scan_image_tree(folders: list[Path]) -> tuple[int, tuple[int, int]]:
             for path in paths:
                 try:
                     with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, in one line
+                        warnings.simplefilter(
+                            "ignore", Image.DecompressionBombWarning
+                        )  # refused below, in one line
                         with Image.open(path) as img:  # reads the header only
                             sizes[img.size] += 1
                             grey = grey and img.mode in ("1", "L", "I;16", "I")
                             pixels = img.size[0] * img.size[1]
                 except Exception as e:
-                    raise _bad(str(path), "a PNG or JPEG image", f"an unreadable file ({e})",
-                               "remove or replace it") from None
+                    raise _bad(
+                        str(path),
+                        "a PNG or JPEG image",
+                        f"an unreadable file ({e})",
+                        "remove or replace it",
+                    ) from None
                 if pixels > MAX_IMAGE_PIXELS:  # decoding would take gigabytes: a decompression bomb
-                    raise _bad(str(path), f"an image of at most {MAX_IMAGE_PIXELS:,} pixels",
-                               f"{img.size[0]} x {img.size[1]}", "shrink or remove it")
+                    raise _bad(
+                        str(path),
+                        f"an image of at most {MAX_IMAGE_PIXELS:,} pixels",
+                        f"{img.size[0]} x {img.size[1]}",
+                        "shrink or remove it",
+                    )
     if not sizes:
-        raise DataError(f"{', '.join(map(str, folders))}: expected one sub-folder per class holding "
-                        f"{'/'.join(IMAGE_SUFFIXES)} images, found none; check the path")
+        raise DataError(
+            f"{', '.join(map(str, folders))}: expected one sub-folder per class holding "
+            f"{'/'.join(IMAGE_SUFFIXES)} images, found none; check the path"
+        )
     (w, h), _ = sizes.most_common(1)[0]
     return (1 if grey else 3), (h, w)
 
 
-def read_image_folder(folder: Path, classes: list[str], channels: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def read_image_folder(
+    folder: Path, classes: list[str], channels: int, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, C, H, W], labels int64 [N]) of one split; `classes` fixes the label of
     each sub-folder (a sub-folder not in it is an error)."""
     Image = _pillow()
     found = image_files(folder)
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise _bad(str(folder), f"class folders among the training classes {classes}", f"{unknown}",
-                   "rename or remove them")
+        raise _bad(
+            str(folder),
+            f"class folders among the training classes {classes}",
+            f"{unknown}",
+            "rename or remove them",
+        )
     mode = "L" if channels == 1 else "RGB"
     h, w = size
     images, labels = [], []
@@ -212,7 +270,12 @@ def read_image_folder(folder: Path, classes: list[str], channels: int, size: tup
                         img = img.resize((w, h), Image.BILINEAR)
                     pixels = np.asarray(img, dtype=np.uint8)
             except Exception as e:
-                raise _bad(str(path), "a PNG or JPEG image", f"an unreadable file ({e})", "remove or replace it") from None
+                raise _bad(
+                    str(path),
+                    "a PNG or JPEG image",
+                    f"an unreadable file ({e})",
+                    "remove or replace it",
+                ) from None
             images.append(pixels.reshape(h, w, channels).transpose(2, 0, 1))
             labels.append(label)
     if not images:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,9 @@ from resnetlab.errors import UsageError
 _ERASE_ATTEMPTS = 10  # Zhong et al.: draw a box up to 10 times until it fits inside the image
 _ERASE_AREA = (0.02, 0.4)  # fraction of the image area
 _ERASE_ASPECT = 0.3  # aspect ratio drawn log-uniformly from [0.3, 1/0.3]
-EVAL_BATCH_MIN = 256  # evaluation keeps no activations for backward: a larger batch costs little memory
+EVAL_BATCH_MIN = (
+    256  # evaluation keeps no activations for backward: a larger batch costs little memory
+)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,9 @@ class Augment:
 
     def __post_init__(self) -> None:
         if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
-            raise UsageError(f"crop padding must be a whole number of pixels >= 0, not {self.crop_padding!r}")
+            raise UsageError(
+                f"crop padding must be a whole number of pixels >= 0, not {self.crop_padding!r}"
+            )
         if not 0.0 <= self.erasing <= 1.0:
             raise UsageError(f"random-erasing probability must lie in [0, 1], not {self.erasing!r}")
         if self.alternate_flip and not self.flip:
@@ -69,7 +74,9 @@ def _stream_seed(seed: int, epoch: int, stream: str) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-IDENTITY_LIMIT = 2048  # pixels: longer axes get their weights from the filter's formula, not an identity
+IDENTITY_LIMIT = (
+    2048  # pixels: longer axes get their weights from the filter's formula, not an identity
+)
 
 
 @functools.lru_cache(maxsize=16)
@@ -83,7 +90,9 @@ def resize_weights(n_in: int, n_out: int) -> torch.Tensor:
         return _antialias_weights(n_in, n_out).float()
     # The resized axis is paired with a dummy axis of 4: interpolate mishandles a dummy axis of 1 here.
     basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, n_in, 1).expand(n_in, 1, n_in, 4)
-    out = F.interpolate(basis, size=(n_out, 4), mode="bilinear", antialias=True, align_corners=False)
+    out = F.interpolate(
+        basis, size=(n_out, 4), mode="bilinear", antialias=True, align_corners=False
+    )
     return out[:, 0, :, 0].T.float().contiguous()
 
 
@@ -122,44 +131,82 @@ class Loader:
     cover every example once. Call `set_epoch` before each epoch; iterating twice gives the same batches.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, resize: int | tuple[int, int] | None = None,
-                 normalize: tuple[Sequence[float], Sequence[float]] | None = None, augment: Augment | None = None,
-                 seed: int = 0, device: str | torch.device = "cpu", channels_last: bool = False,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1,
-                 epoch_sizes: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        resize: int | tuple[int, int] | None = None,
+        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+        augment: Augment | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        channels_last: bool = False,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch_sizes: Sequence[int] | None = None,
+    ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch size must be a whole number >= 1, not {batch_size!r}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise UsageError(f"rank {rank} of {world_size} processes: need 0 <= rank < world_size")
         if shuffle and batch_size % world_size:
-            raise UsageError(f"the global batch {batch_size} must divide by the {world_size} processes")
+            raise UsageError(
+                f"the global batch {batch_size} must divide by the {world_size} processes"
+            )
         sizes = (resize, resize) if isinstance(resize, int) else resize
-        if sizes is not None and (len(sizes) != 2 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes)):
-            raise UsageError(f"resize must be a whole number of pixels >= 1 (or a pair of them), not {resize!r}")
+        if sizes is not None and (
+            len(sizes) != 2
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes)
+        ):
+            raise UsageError(
+                f"resize must be a whole number of pixels >= 1 (or a pair of them), not {resize!r}"
+            )
         augment = augment or Augment()
         if augment.active and not shuffle:
-            raise UsageError("augmentation is for training loaders (shuffle=True); evaluation sees the images as they are")
+            raise UsageError(
+                "augmentation is for training loaders (shuffle=True); evaluation sees the images as they are"
+            )
         channels, height, width = dataset.images.shape[1:]
         mean, std = normalize if normalize is not None else ([0.0] * channels, [1.0] * channels)
         if len(mean) != channels or len(std) != channels or min(std) <= 0:
-            raise UsageError(f"normalize needs {channels} means and {channels} positive stds for {dataset.name}, "
-                             f"got {list(mean)} and {list(std)}")
+            raise UsageError(
+                f"normalize needs {channels} means and {channels} positive stds for {dataset.name}, "
+                f"got {list(mean)} and {list(std)}"
+            )
 
-        if epoch_sizes is not None and (not shuffle or not epoch_sizes
-                                        or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in epoch_sizes)):
-            raise UsageError(f"sizes by epoch are for training loaders and must be whole numbers of pixels >= 1, "
-                             f"not {epoch_sizes!r}")
+        if epoch_sizes is not None and (
+            not shuffle
+            or not epoch_sizes
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in epoch_sizes)
+        ):
+            raise UsageError(
+                f"sizes by epoch are for training loaders and must be whole numbers of pixels >= 1, "
+                f"not {epoch_sizes!r}"
+            )
 
-        self.dataset, self.batch_size, self.shuffle, self.augment = dataset, batch_size, shuffle, augment
+        self.dataset, self.batch_size, self.shuffle, self.augment = (
+            dataset,
+            batch_size,
+            shuffle,
+            augment,
+        )
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.epoch = 0
         self.epoch_sizes = list(epoch_sizes) if epoch_sizes is not None else None
         self._divisor = torch.tensor([255 * s for s in std], device=self.device).view(-1, 1, 1)
-        self._shift = (torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(-1, 1, 1)
-                       if normalize is not None else None)
-        self._folded = len(set(std)) == 1  # one divisor serves all channels: resampling folds it into its weights
+        self._shift = (
+            torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(-1, 1, 1)
+            if normalize is not None
+            else None
+        )
+        self._folded = (
+            len(set(std)) == 1
+        )  # one divisor serves all channels: resampling folds it into its weights
         self._row_divisor = 255 * std[0] if self._folded else 1.0
         self._geometries: dict[tuple[int, int], tuple] = {}
         self._use_size(tuple(sizes) if resize else (height, width))
@@ -172,16 +219,27 @@ class Loader:
         if out_size not in self._geometries:
             height, width = self.dataset.images.shape[2:]
             same = out_size == (height, width)
-            rows = (torch.eye(height) if same else resize_weights(height, out_size[0])).to(self.device) / self._row_divisor
-            cols = (torch.eye(width) if same else resize_weights(width, out_size[1])).to(self.device)
+            rows = (torch.eye(height) if same else resize_weights(height, out_size[0])).to(
+                self.device
+            ) / self._row_divisor
+            cols = (torch.eye(width) if same else resize_weights(width, out_size[1])).to(
+                self.device
+            )
             # Every crop offset (and its mirror image) of the weights, made once: a batch picks its
             # samples' matrices with one index_select instead of building them.
             pad = self.augment.crop_padding
             col_shifts = _all_shifts(cols, pad)
-            self._geometries[out_size] = (rows, cols, not same, _all_shifts(rows, pad),  # [2p+1, H', H]
-                                          torch.cat([col_shifts, col_shifts.flip(1)]) if self.augment.flip else col_shifts)
+            self._geometries[out_size] = (
+                rows,
+                cols,
+                not same,
+                _all_shifts(rows, pad),  # [2p+1, H', H]
+                torch.cat([col_shifts, col_shifts.flip(1)]) if self.augment.flip else col_shifts,
+            )
         self.out_size = out_size
-        self._rows, self._cols, self._geometry, self._row_table, self._col_table = self._geometries[out_size]
+        self._rows, self._cols, self._geometry, self._row_table, self._col_table = self._geometries[
+            out_size
+        ]
 
     def _place(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """The uint8 images and labels on the device once; in host memory if the device is full."""
@@ -231,14 +289,20 @@ class Loader:
             order = torch.randperm(len(self.dataset), generator=gen)
         epoch_params = self._epoch_params(order) if self.augment.active else None
         order = order.to(self._images.device) if order is not None else None
-        for i, (start, m, s0, s1) in enumerate(self._plan):
+        for i, (start, _m, s0, s1) in enumerate(self._plan):
             params = epoch_params[i] if epoch_params else None
             if order is None:
-                raw, y = self._images[start + s0:start + s1], self._labels[start + s0:start + s1]
+                raw, y = (
+                    self._images[start + s0 : start + s1],
+                    self._labels[start + s0 : start + s1],
+                )
             else:  # index_select: a tenth of the time of x[index] for uint8 images
-                index = order[start + s0:start + s1]
+                index = order[start + s0 : start + s1]
                 raw, y = self._images.index_select(0, index), self._labels.index_select(0, index)
-            yield self._transform(raw.to(self.device, non_blocking=True), params), y.to(self.device, non_blocking=True)
+            yield (
+                self._transform(raw.to(self.device, non_blocking=True), params),
+                y.to(self.device, non_blocking=True),
+            )
 
     def _epoch_params(self, order: torch.Tensor) -> list[dict]:
         """Every batch's augmentation parameters for this epoch (`order`: its permutation of the
@@ -251,9 +315,11 @@ class Loader:
             return []
         if self.augment.alternate_flip:  # each image's own random start, then every other epoch
             start = torch.Generator().manual_seed(_stream_seed(self.seed, 0, "flip"))
-            flips = (torch.rand(len(self.dataset), generator=start) < 0.5)[order] ^ bool(self.epoch % 2)
+            flips = (torch.rand(len(self.dataset), generator=start) < 0.5)[order] ^ bool(
+                self.epoch % 2
+            )
             for draw, (begin, _, s0, s1) in zip(draws, self._plan):
-                draw["flip"] = flips[begin + s0:begin + s1]
+                draw["flip"] = flips[begin + s0 : begin + s1]
         sizes = [s1 - s0 for _, _, s0, s1 in self._plan]
         batches: list[dict] = [{} for _ in draws]
         for key in draws[0]:
@@ -295,7 +361,9 @@ class Loader:
             if not self._folded:
                 x.div_(self._divisor)
         else:
-            x = raw / self._divisor  # uint8 -> float32 in [0, 1] (exactly ToTensor's x / 255), / std: one pass
+            x = (
+                raw / self._divisor
+            )  # uint8 -> float32 in [0, 1] (exactly ToTensor's x / 255), / std: one pass
         if self._shift is not None:
             x.sub_(self._shift)
         if "erase" in params:
@@ -311,14 +379,22 @@ class Loader:
         if "crop" in params:
             rows = self._row_table.index_select(0, params["crop"][0])
         if "crop" in params or "flip" in params:
-            col_index = params["crop"][1] if "crop" in params else torch.full_like(params["flip"], pad, dtype=torch.long)
+            col_index = (
+                params["crop"][1]
+                if "crop" in params
+                else torch.full_like(params["flip"], pad, dtype=torch.long)
+            )
             if "flip" in params:  # the mirrored matrices follow the 2p+1 plain ones in the table
                 col_index = col_index + params["flip"].long() * (2 * pad + 1)
             cols = self._col_table.index_select(0, col_index)
-        rows = rows[:, None] if rows.ndim == 3 else rows  # [(b, 1,) H', H]: the same for every channel
+        rows = (
+            rows[:, None] if rows.ndim == 3 else rows
+        )  # [(b, 1,) H', H]: the same for every channel
         cols_t = (cols[:, None] if cols.ndim == 3 else cols).transpose(-1, -2)  # [(b, 1,) W, W']
         (h, w), (h_out, w_out) = x.shape[-2:], self.out_size
-        if h_out * h * w + h_out * w * w_out <= h * w * w_out + h_out * h * w_out:  # the cheaper order
+        if (
+            h_out * h * w + h_out * w * w_out <= h * w * w_out + h_out * h * w_out
+        ):  # the cheaper order
             return torch.matmul(torch.matmul(rows, x), cols_t)
         return torch.matmul(rows, torch.matmul(x, cols_t))
 
@@ -344,18 +420,36 @@ class Loaders(NamedTuple):
     test: Loader | None
 
 
-def make_loaders(train: Dataset | None = None, val: Dataset | None = None, test: Dataset | None = None, *,
-                 batch_size: int, augment: Augment | None = None, seed: int = 0, drop_last: bool = False,
-                 epoch_sizes: Sequence[int] | None = None, **common) -> Loaders:
+def make_loaders(
+    train: Dataset | None = None,
+    val: Dataset | None = None,
+    test: Dataset | None = None,
+    *,
+    batch_size: int,
+    augment: Augment | None = None,
+    seed: int = 0,
+    drop_last: bool = False,
+    epoch_sizes: Sequence[int] | None = None,
+    **common,
+) -> Loaders:
     """The loaders of a run: `train` shuffled and augmented (dropping its last, smaller batch when
     `drop_last`; at `epoch_sizes` when given: progressive resizing), `val` and `test` in order at
     `eval_batch_size(batch_size)`. `common` (resize, normalize, device, channels_last, rank,
     world_size) is what they all share."""
     eval_batch = eval_batch_size(batch_size)
     return Loaders(
-        Loader(train, batch_size, shuffle=True, augment=augment, seed=seed, drop_last=drop_last,
-               epoch_sizes=epoch_sizes, **common)
-        if train is not None else None,
+        Loader(
+            train,
+            batch_size,
+            shuffle=True,
+            augment=augment,
+            seed=seed,
+            drop_last=drop_last,
+            epoch_sizes=epoch_sizes,
+            **common,
+        )
+        if train is not None
+        else None,
         Loader(val, eval_batch, shuffle=False, **common) if val is not None else None,
         Loader(test, eval_batch, shuffle=False, **common) if test is not None else None,
     )

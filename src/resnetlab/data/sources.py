@@ -51,7 +51,9 @@ def cache_dir() -> Path:
     return Path(base) / "resnetlab"
 
 
-def search_folders(spec: DatasetSpec, root: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
+def search_folders(
+    spec: DatasetSpec, root: str | os.PathLike | None = None
+) -> list[tuple[Path, str]]:
     """[(folder, what it is)] in the order they are searched."""
     if root is not None:
         root = Path(root).expanduser()
@@ -61,7 +63,10 @@ def search_folders(spec: DatasetSpec, root: str | os.PathLike | None = None) -> 
     folders = []
     env = os.environ.get("RESNETLAB_DATA")
     if env:
-        folders += [(Path(env).expanduser() / spec.name, "RESNETLAB_DATA"), (Path(env).expanduser(), "RESNETLAB_DATA")]
+        folders += [
+            (Path(env).expanduser() / spec.name, "RESNETLAB_DATA"),
+            (Path(env).expanduser(), "RESNETLAB_DATA"),
+        ]
     folders.append((cache_dir() / spec.name, "user cache"))
     folders += [(Path(d), "system folder") for d in spec.system_dirs]
     return folders
@@ -76,7 +81,9 @@ class SplitFiles:
     names: list[str]  # the file each buffer came from, for messages
     folder: Path
     source: str  # which step of the search found it ("--data-dir", "user cache", ...)
-    check: str  # the weakest check of its files: "md5" (official digest), "archive" (unpacked from an
+    check: (
+        str  # the weakest check of its files: "md5" (official digest), "archive" (unpacked from an
+    )
     # md5-verified archive) or "size" (exact size and parsing: no official digest exists)
 
 
@@ -106,7 +113,12 @@ class _Stamps:
     def record(self, path: Path, md5: str, check: str) -> None:
         st = path.stat()
         stamps = self._read()  # re-read: another process may have added entries meanwhile
-        stamps[str(path.resolve())] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": md5, "check": check}
+        stamps[str(path.resolve())] = {
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "md5": md5,
+            "check": check,
+        }
         try:
             write_json(self.path, stamps)
         except OSError:
@@ -122,21 +134,31 @@ def _md5_file(path: Path) -> str:
 
 
 def _bad_file(path: Path | str, expected: str, found: str) -> DataError:
-    return DataError(f"{path}: expected {expected}, found {found}; delete it and run "
-                     f"`resnetlab data fetch` (or place a good copy)")
+    return DataError(
+        f"{path}: expected {expected}, found {found}; delete it and run "
+        f"`resnetlab data fetch` (or place a good copy)"
+    )
 
 
-def _check_bytes(data: bytes | None, path: Path, spec: FileSpec, md5: str | None = None) -> tuple[str, str]:
+def _check_bytes(
+    data: bytes | None, path: Path, spec: FileSpec, md5: str | None = None
+) -> tuple[str, str]:
     """(md5, how checked) of a file's decompressed bytes (`data`, or the file itself), or DataError."""
     size = len(data) if data is not None else path.stat().st_size
     if spec.size is not None and size != spec.size:
         what = "truncated" if size < spec.size else "too long"
-        raise _bad_file(path, f"{spec.size:,} bytes{' once decompressed' if data is not None else ''}",
-                        f"{size:,} ({what})")
+        raise _bad_file(
+            path,
+            f"{spec.size:,} bytes{' once decompressed' if data is not None else ''}",
+            f"{size:,} ({what})",
+        )
     md5 = md5 or (hashlib.md5(data).hexdigest() if data is not None else _md5_file(path))
     if spec.md5 is not None and md5 != spec.md5:
-        raise _bad_file(path, f"md5 {spec.md5}{' of the decompressed bytes' if data is not None else ''}",
-                        f"{md5} (corrupted or another release)")
+        raise _bad_file(
+            path,
+            f"md5 {spec.md5}{' of the decompressed bytes' if data is not None else ''}",
+            f"{md5} (corrupted or another release)",
+        )
     return md5, "md5" if spec.md5 is not None else "size"
 
 
@@ -148,7 +170,9 @@ def _gunzip(path: Path) -> bytes:
         raise _bad_file(path, "a complete gzip file", f"a damaged one ({e})") from None
 
 
-def _read_verified(spec: DatasetSpec, fspec: FileSpec, path: Path, stamps: _Stamps) -> tuple[np.ndarray, str]:
+def _read_verified(
+    spec: DatasetSpec, fspec: FileSpec, path: Path, stamps: _Stamps
+) -> tuple[np.ndarray, str]:
     """The decompressed bytes of `path` (found for `fspec`) once they verify, and how they did."""
     if path.name == Path(fspec.path).name + ".gz":
         copy = cache_dir() / spec.name / fspec.path  # the decompressed copy, read from then on
@@ -183,7 +207,9 @@ def _extract(spec: DatasetSpec, download: Download, archive: Path, stamps: _Stam
         with tarfile.open(archive) as tar:
             for member in tar:
                 name = member.name.removeprefix("./")
-                if name in download.provides and member.isfile():  # by exact name: no path from the archive is trusted
+                if (
+                    name in download.provides and member.isfile()
+                ):  # by exact name: no path from the archive is trusted
                     members[name] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise _bad_file(archive, "a complete tar archive", f"a damaged one ({e})") from None
@@ -196,8 +222,10 @@ def _extract(spec: DatasetSpec, download: Download, archive: Path, stamps: _Stam
             write_bytes(target / name, data)
             stamps.record(target / name, hashlib.md5(data).hexdigest(), "archive")
     except OSError as e:
-        raise DataError(f"cannot unpack {archive} into {target} ({e}); make the cache writable "
-                        f"or point XDG_CACHE_HOME at a writable folder") from None
+        raise DataError(
+            f"cannot unpack {archive} into {target} ({e}); make the cache writable "
+            f"or point XDG_CACHE_HOME at a writable folder"
+        ) from None
     if archive.parent == target:
         archive.unlink()
 
@@ -205,14 +233,18 @@ def _extract(spec: DatasetSpec, download: Download, archive: Path, stamps: _Stam
 # --- finding --------------------------------------------------------------------------------
 
 
-def _find_in(folder: Path, spec: DatasetSpec, train: bool) -> tuple[Layout, list[Path]] | Download | list[str]:
+def _find_in(
+    folder: Path, spec: DatasetSpec, train: bool
+) -> tuple[Layout, list[Path]] | Download | list[str]:
     """What `folder` holds of a split: (layout, the files), an archive to unpack, or the names
     of the files it lacks (empty when it holds none of them)."""
     lacking = []
     for layout in spec.layouts:
         found, missing = [], []
         for f in spec.files(train, layout):
-            path = next((p for p in (folder / f.path, folder / (f.path + ".gz")) if p.is_file()), None)
+            path = next(
+                (p for p in (folder / f.path, folder / (f.path + ".gz")) if p.is_file()), None
+            )
             if path is None:
                 missing.append(f.path)
             else:
@@ -223,7 +255,11 @@ def _find_in(folder: Path, spec: DatasetSpec, train: bool) -> tuple[Layout, list
             lacking = missing
     needed = {f.path for f in spec.files(train)}
     for download in spec.downloads:
-        if download.is_archive and needed <= set(download.provides) and (folder / download.filename).is_file():
+        if (
+            download.is_archive
+            and needed <= set(download.provides)
+            and (folder / download.filename).is_file()
+        ):
             return download
     return lacking
 
@@ -240,22 +276,35 @@ def _locate(spec: DatasetSpec, train: bool, root) -> tuple[Path, str, object] | 
     return notes
 
 
-def open_split(spec: DatasetSpec, train: bool, root: str | os.PathLike | None = None, *,
-               download: bool = True, mirrors: tuple[str, ...] | None = None) -> SplitFiles:
+def open_split(
+    spec: DatasetSpec,
+    train: bool,
+    root: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    mirrors: tuple[str, ...] | None = None,
+) -> SplitFiles:
     """Find, verify and read one split's files, downloading them into the cache when missing
     (never when `root` is given). Raises DataError naming what was tried and what to do."""
     located = _locate(spec, train, root)
     download_errors: list[str] = []
     if isinstance(located, list) and download and root is None:
-        download_errors = _download_split(spec, train, cache_dir() / spec.name, mirrors or spec.mirrors)
+        download_errors = _download_split(
+            spec, train, cache_dir() / spec.name, mirrors or spec.mirrors
+        )
         located = _locate(spec, train, root)
     if isinstance(located, list):
-        raise DataMissingError(_missing_message(spec, train, root, located, download_errors, download))
+        raise DataMissingError(
+            _missing_message(spec, train, root, located, download_errors, download)
+        )
     folder, source, found = located
     stamps = _Stamps()
     if isinstance(found, Download):  # an archive: unpack into the cache, then read from there
         _extract(spec, found, folder / found.filename, stamps)
-        folder, (layout, paths) = cache_dir() / spec.name, _find_in(cache_dir() / spec.name, spec, train)
+        folder, (layout, paths) = (
+            cache_dir() / spec.name,
+            _find_in(cache_dir() / spec.name, spec, train),
+        )
     else:
         layout, paths = found
     buffers, checks = [], []
@@ -267,19 +316,30 @@ def open_split(spec: DatasetSpec, train: bool, root: str | os.PathLike | None = 
     return SplitFiles(layout, buffers, [str(p) for p in paths], folder, source, weakest)
 
 
-def _missing_message(spec: DatasetSpec, train: bool, root, tried: list[str], download_errors: list[str],
-                     download: bool) -> str:
+def _missing_message(
+    spec: DatasetSpec,
+    train: bool,
+    root,
+    tried: list[str],
+    download_errors: list[str],
+    download: bool,
+) -> str:
     split = "training" if train else "test"
     files = [f.path for f in spec.files(train)]
     archives = [d.filename for d in spec.downloads if d.is_archive]
-    place = (f"{' or '.join(archives)} (or its files {', '.join(files)})" if archives
-             else f"{', '.join(files)} (each may be .gz)")
+    place = (
+        f"{' or '.join(archives)} (or its files {', '.join(files)})"
+        if archives
+        else f"{', '.join(files)} (each may be .gz)"
+    )
     parts = [f"{spec.name}: {split} files not found; looked in {'; '.join(tried)}"]
     if download_errors:
         parts.append(f"download failed ({'; '.join(download_errors)})")
     elif root is not None:
-        parts.append(f"--data-dir is used alone (no other folder, no download); "
-                     f"run `resnetlab data fetch {spec.name} --data-dir {root}` when online")
+        parts.append(
+            f"--data-dir is used alone (no other folder, no download); "
+            f"run `resnetlab data fetch {spec.name} --data-dir {root}` when online"
+        )
     elif not download:
         parts.append(f"run `resnetlab data fetch {spec.name}` to download it")
     if spec.package:
@@ -319,7 +379,10 @@ def _download(item: Download, mirrors, dest: Path) -> list[str]:
                 _stream_verified(url, item.md5, dest)
                 return []
             except _ChecksumMismatch as e:
-                error, retry = str(e), False  # this mirror serves other bytes: retrying will not help
+                error, retry = (
+                    str(e),
+                    False,
+                )  # this mirror serves other bytes: retrying will not help
             except urllib.error.HTTPError as e:
                 error, retry = f"HTTP {e.code}", e.code >= 500
             except (urllib.error.URLError, OSError) as e:
@@ -366,16 +429,30 @@ def _progress_bar(total: int | None, name: str):
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, desc=name, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False)
+    return tqdm(
+        total=total,
+        desc=name,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        leave=False,
+    )
 
 
-def fetch(spec: DatasetSpec, root: str | os.PathLike | None = None, mirrors: tuple[str, ...] | None = None) -> list[SplitFiles]:
+def fetch(
+    spec: DatasetSpec, root: str | os.PathLike | None = None, mirrors: tuple[str, ...] | None = None
+) -> list[SplitFiles]:
     """Make both splits available (into `root`/NAME when given, else the user cache) and verify them."""
     if root is not None:
         for train in (True, False):
             if isinstance(_locate(spec, train, root), list):
-                errors = _download_split(spec, train, Path(root).expanduser() / spec.name, mirrors or spec.mirrors)
+                errors = _download_split(
+                    spec, train, Path(root).expanduser() / spec.name, mirrors or spec.mirrors
+                )
                 if errors:
-                    tried = [f"{folder} ({source})" for folder, source in search_folders(spec, root)]
+                    tried = [
+                        f"{folder} ({source})" for folder, source in search_folders(spec, root)
+                    ]
                     raise DataMissingError(_missing_message(spec, train, root, tried, errors, True))
     return [open_split(spec, train, root, mirrors=mirrors) for train in (True, False)]

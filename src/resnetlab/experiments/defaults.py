@@ -9,12 +9,30 @@ shows them) starts without importing it (measured: --help 1.9 s with torch impor
 # of a high constant rate (with a constant 0.1, resnet56 had not yet overtaken resnet20 after
 # 8 epochs: see docs/degradation.md).
 DEGRADATION_RECIPE = dict(
-    resize=None, normalize=True, crop_padding=0, flip=False, erasing=0.0, val_split=0,
-    label_smoothing=0.0, init="default", batch_size=128, optimizer="sgd", momentum=0.9,
-    nesterov=False, weight_decay=1e-4, schedule="onecycle", warmup=0.15,
-    alternate_flip=False, ema=0.0, tta="none", epoch_test=True,  # the curves are test error per epoch
-    progressive_resize=0, progressive_until=0.5,
+    resize=None,
+    normalize=True,
+    crop_padding=0,
+    flip=False,
+    erasing=0.0,
+    val_split=0,
+    label_smoothing=0.0,
+    init="default",
+    batch_size=128,
+    optimizer="sgd",
+    momentum=0.9,
+    nesterov=False,
+    weight_decay=1e-4,
+    schedule="onecycle",
+    warmup=0.15,
+    alternate_flip=False,
+    ema=0.0,
+    tta="none",
+    epoch_test=True,  # the curves are test error per epoch
+    progressive_resize=0,
+    progressive_until=0.5,
 )
 # The settings `resnetlab experiment degradation` uses when no flag is given (docs/degradation.md
 # records the runs that chose them): narrow nets on a subset of Fashion-MNIST at its native 28 px.
-DEGRADATION_DEFAULTS = dict(data="fashion-mnist", depths=(20, 56), epochs=8, width=8, subset=8000, seed=0, lr=0.1)
+DEGRADATION_DEFAULTS = dict(
+    data="fashion-mnist", depths=(20, 56), epochs=8, width=8, subset=8000, seed=0, lr=0.1
+)

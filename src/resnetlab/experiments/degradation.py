@@ -55,9 +55,13 @@ class Net:
 def registered_depths() -> list[int]:
     """Depths with both a `plain{d}` and a `resnet{d}` in the model registry that take a `width`
     (the CIFAR-style nets; plain18/34 are ImageNet-style and have no single width)."""
+
     def depths(prefix: str) -> set[str]:
-        return {name[len(prefix):] for name in list_models(prefix + "*")
-                if "width" in inspect.signature(get_model_info(name).builder).parameters}
+        return {
+            name[len(prefix) :]
+            for name in list_models(prefix + "*")
+            if "width" in inspect.signature(get_model_info(name).builder).parameters
+        }
 
     return sorted(int(d) for d in depths("plain") & depths("resnet") if d.isdigit())
 
@@ -67,24 +71,51 @@ def check_depths(depths) -> tuple[int, int]:
     depths = tuple(depths)
     available = registered_depths()
     if len(depths) != 2 or depths[0] == depths[1]:
-        raise UsageError(f"--depths takes two different depths (got {' '.join(map(str, depths))}); "
-                         f"choose two of {', '.join(map(str, available))}")
+        raise UsageError(
+            f"--depths takes two different depths (got {' '.join(map(str, depths))}); "
+            f"choose two of {', '.join(map(str, available))}"
+        )
     for depth in depths:
         if depth not in available:
-            raise UsageError(f"--depths {depth}: the model registry has no plain{depth}/resnet{depth} pair; "
-                             f"choose two of {', '.join(map(str, available))}")
+            raise UsageError(
+                f"--depths {depth}: the model registry has no plain{depth}/resnet{depth} pair; "
+                f"choose two of {', '.join(map(str, available))}"
+            )
     return tuple(sorted(depths))
 
 
-def degradation_config(net: Net, *, data: str, epochs: int, width: int, subset: int | None, seed: int,
-                       lr: float, device: str = "auto", data_dir: str | None = None):
+def degradation_config(
+    net: Net,
+    *,
+    data: str,
+    epochs: int,
+    width: int,
+    subset: int | None,
+    seed: int,
+    lr: float,
+    device: str = "auto",
+    data_dir: str | None = None,
+):
     """The TrainConfig of one net: the shared recipe plus the net's name."""
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise UsageError(f"--width must be a positive integer, got {width!r}")
-    if width > 4096:  # 4096 channels make a CIFAR net of billions of weights; beyond, torch overflows
+    if (
+        width > 4096
+    ):  # 4096 channels make a CIFAR net of billions of weights; beyond, torch overflows
         raise UsageError(f"--width must be at most 4096, got {width}")
-    return make_config(BASE_PRESET, **DEGRADATION_RECIPE, model=net.name, model_kwargs={"width": width},
-                       data=data, data_dir=data_dir, epochs=epochs, subset=subset, seed=seed, lr=lr, device=device)
+    return make_config(
+        BASE_PRESET,
+        **DEGRADATION_RECIPE,
+        model=net.name,
+        model_kwargs={"width": width},
+        data=data,
+        data_dir=data_dir,
+        epochs=epochs,
+        subset=subset,
+        seed=seed,
+        lr=lr,
+        device=device,
+    )
 
 
 def gradient_norms_at_init(cfg) -> list[tuple[str, float]]:
@@ -98,27 +129,43 @@ def gradient_norms_at_init(cfg) -> list[tuple[str, float]]:
     model = parts.raw_model
     model.train()
     F.cross_entropy(model(x), y).backward()
-    return [(name, module.weight.grad.norm().item()) for name, module in model.named_modules()
-            if isinstance(module, (nn.Conv2d, nn.Linear))]
+    return [
+        (name, module.weight.grad.norm().item())
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+    ]
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
-        return [{"epoch": int(row["epoch"]), "train_acc": float(row["train_acc"]), "test_acc": float(row["test_acc"]),
-                 "epoch_seconds": float(row["epoch_seconds"])} for row in csv.DictReader(f)]
+        return [
+            {
+                "epoch": int(row["epoch"]),
+                "train_acc": float(row["train_acc"]),
+                "test_acc": float(row["test_acc"]),
+                "epoch_seconds": float(row["epoch_seconds"]),
+            }
+            for row in csv.DictReader(f)
+        ]
 
 
-def _train_net(cfg, run_dir: Path, *, overwrite: bool, verbose: bool, json_output: bool, say) -> str:
+def _train_net(
+    cfg, run_dir: Path, *, overwrite: bool, verbose: bool, json_output: bool, say
+) -> str:
     """Train one net into `run_dir`: reuse a finished run of the same settings, continue an
     interrupted one, refuse to mix with a run of other settings. Returns what it did."""
     config_file = run_dir / "config.json"
     if config_file.exists() and not overwrite:
         saved = json.loads(config_file.read_text(encoding="utf-8")).get("config")
-        if saved is not None:  # settings added since the run was made take their defaults (as --resume does)
+        if (
+            saved is not None
+        ):  # settings added since the run was made take their defaults (as --resume does)
             saved = {**type(cfg)().to_dict(), **saved}
         if saved != cfg.to_dict():
-            raise UsageError(f"{run_dir} holds a {cfg.model} run with other settings; "
-                             f"pass --overwrite to replace it or choose another --out")
+            raise UsageError(
+                f"{run_dir} holds a {cfg.model} run with other settings; "
+                f"pass --overwrite to replace it or choose another --out"
+            )
         if (run_dir / "summary.json").exists():
             say(f"{cfg.model}: reusing the finished run in {run_dir}")
             return "reused"
@@ -129,12 +176,22 @@ def _train_net(cfg, run_dir: Path, *, overwrite: bool, verbose: bool, json_outpu
     return "trained"
 
 
-def run_degradation(out: str | Path, *, data: str = DEGRADATION_DEFAULTS["data"],
-                    depths=DEGRADATION_DEFAULTS["depths"], epochs: int = DEGRADATION_DEFAULTS["epochs"],
-                    width: int = DEGRADATION_DEFAULTS["width"], subset: int | None = DEGRADATION_DEFAULTS["subset"],
-                    seed: int = DEGRADATION_DEFAULTS["seed"], lr: float = DEGRADATION_DEFAULTS["lr"],
-                    device: str = "auto", data_dir: str | None = None, overwrite: bool = False,
-                    verbose: bool = True, json_output: bool = False) -> dict:
+def run_degradation(
+    out: str | Path,
+    *,
+    data: str = DEGRADATION_DEFAULTS["data"],
+    depths=DEGRADATION_DEFAULTS["depths"],
+    epochs: int = DEGRADATION_DEFAULTS["epochs"],
+    width: int = DEGRADATION_DEFAULTS["width"],
+    subset: int | None = DEGRADATION_DEFAULTS["subset"],
+    seed: int = DEGRADATION_DEFAULTS["seed"],
+    lr: float = DEGRADATION_DEFAULTS["lr"],
+    device: str = "auto",
+    data_dir: str | None = None,
+    overwrite: bool = False,
+    verbose: bool = True,
+    json_output: bool = False,
+) -> dict:
     """Train the four nets, write the combined CSV, figures and degradation.json; return the result.
 
     A net's training error is the engine's: the running error over each epoch's batches (BN in
@@ -153,47 +210,111 @@ def run_degradation(out: str | Path, *, data: str = DEGRADATION_DEFAULTS["data"]
 
     shallow, deep = check_depths(depths)
     nets = [Net(depth, residual) for depth in (shallow, deep) for residual in (False, True)]
-    configs = {net: degradation_config(net, data=data, epochs=epochs, width=width, subset=subset, seed=seed, lr=lr,
-                                       device=device, data_dir=data_dir) for net in nets}
+    configs = {
+        net: degradation_config(
+            net,
+            data=data,
+            epochs=epochs,
+            width=width,
+            subset=subset,
+            seed=seed,
+            lr=lr,
+            device=device,
+            data_dir=data_dir,
+        )
+        for net in nets
+    }
     plots = have_matplotlib()
-    say(f"degradation experiment: {', '.join(n.name for n in nets)} (width {width}) on {data}, "
-        f"{subset or 'all'} training examples, {epochs} epochs, lr {lr}, seed {seed}; folder {out}")
+    say(
+        f"degradation experiment: {', '.join(n.name for n in nets)} (width {width}) on {data}, "
+        f"{subset or 'all'} training examples, {epochs} epochs, lr {lr}, seed {seed}; folder {out}"
+    )
     if not plots:
-        say("matplotlib is not installed: degradation.png and gradients.png are skipped (pip install 'resnetlab[plot]')")
+        say(
+            "matplotlib is not installed: degradation.png and gradients.png are skipped (pip install 'resnetlab[plot]')"
+        )
 
     rows, finals = [], []
     for net in nets:
         run_dir = out / net.name
-        action = _train_net(configs[net], run_dir, overwrite=overwrite, verbose=verbose, json_output=json_output, say=say)
+        action = _train_net(
+            configs[net],
+            run_dir,
+            overwrite=overwrite,
+            verbose=verbose,
+            json_output=json_output,
+            say=say,
+        )
         history = _read_metrics(run_dir)
         for r in history:
-            rows.append({"net": net.name, "depth": net.depth, "residual": net.residual, "epoch": r["epoch"],
-                         "train_err": 1.0 - r["train_acc"], "test_err": 1.0 - r["test_acc"]})
-        finals.append({"net": net.name, "depth": net.depth, "residual": net.residual,
-                       "train_err": 1.0 - history[-1]["train_acc"], "test_err": 1.0 - history[-1]["test_acc"],
-                       "seconds": sum(r["epoch_seconds"] for r in history), "run_dir": str(run_dir),
-                       "action": action})
-    write_csv(out / "degradation.csv", rows, ["net", "depth", "residual", "epoch", "train_err", "test_err"])
+            rows.append(
+                {
+                    "net": net.name,
+                    "depth": net.depth,
+                    "residual": net.residual,
+                    "epoch": r["epoch"],
+                    "train_err": 1.0 - r["train_acc"],
+                    "test_err": 1.0 - r["test_acc"],
+                }
+            )
+        finals.append(
+            {
+                "net": net.name,
+                "depth": net.depth,
+                "residual": net.residual,
+                "train_err": 1.0 - history[-1]["train_acc"],
+                "test_err": 1.0 - history[-1]["test_acc"],
+                "seconds": sum(r["epoch_seconds"] for r in history),
+                "run_dir": str(run_dir),
+                "action": action,
+            }
+        )
+    write_csv(
+        out / "degradation.csv",
+        rows,
+        ["net", "depth", "residual", "epoch", "train_err", "test_err"],
+    )
 
     say("gradient norms at initialisation (one batch) of the deep nets")
-    gradients = {net.name: gradient_norms_at_init(configs[net]) for net in nets if net.depth == deep}
-    write_csv(out / "gradients.csv",
-               [{"net": name, "layer": i + 1, "name": layer, "grad_norm": norm}
-                for name, norms in gradients.items() for i, (layer, norm) in enumerate(norms)],
-               ["net", "layer", "name", "grad_norm"])
+    gradients = {
+        net.name: gradient_norms_at_init(configs[net]) for net in nets if net.depth == deep
+    }
+    write_csv(
+        out / "gradients.csv",
+        [
+            {"net": name, "layer": i + 1, "name": layer, "grad_norm": norm}
+            for name, norms in gradients.items()
+            for i, (layer, norm) in enumerate(norms)
+        ],
+        ["net", "layer", "name", "grad_norm"],
+    )
 
     by_name = {f["net"]: f for f in finals}
     result = {
-        "out": str(out), "data": data, "depths": [shallow, deep], "epochs": epochs, "width": width,
-        "subset": subset, "seed": seed, "lr": lr, "recipe": DEGRADATION_RECIPE, "nets": finals,
+        "out": str(out),
+        "data": data,
+        "depths": [shallow, deep],
+        "epochs": epochs,
+        "width": width,
+        "subset": subset,
+        "seed": seed,
+        "lr": lr,
+        "recipe": DEGRADATION_RECIPE,
+        "nets": finals,
         # the paper's two claims, on the final epoch's training error
-        "plain_degrades": by_name[f"plain{deep}"]["train_err"] > by_name[f"plain{shallow}"]["train_err"],
-        "residual_no_worse": by_name[f"resnet{deep}"]["train_err"] <= by_name[f"resnet{shallow}"]["train_err"],
+        "plain_degrades": by_name[f"plain{deep}"]["train_err"]
+        > by_name[f"plain{shallow}"]["train_err"],
+        "residual_no_worse": by_name[f"resnet{deep}"]["train_err"]
+        <= by_name[f"resnet{shallow}"]["train_err"],
     }
     if plots:
         title = f"{data}, width {width}, {subset or 'all'} examples, seed {seed}"
         plot_degradation(rows, out / "degradation.png", title=title)
-        plot_gradients(gradients, out / "gradients.png", title=f"at initialisation, one batch of {DEGRADATION_RECIPE['batch_size']}")
+        plot_gradients(
+            gradients,
+            out / "gradients.png",
+            title=f"at initialisation, one batch of {DEGRADATION_RECIPE['batch_size']}",
+        )
     result["total_seconds"] = time.perf_counter() - started
     write_json(out / "degradation.json", result)
     return result
@@ -203,11 +324,15 @@ def format_table(result: dict) -> str:
     """The final errors of each net and the verdict, as printed by the CLI."""
     lines = [f"{'net':<10} {'depth':>5}  {'train err':>9}  {'test err':>8}  {'seconds':>7}"]
     for f in result["nets"]:
-        lines.append(f"{f['net']:<10} {f['depth']:>5}  {f['train_err']:>9.4f}  {f['test_err']:>8.4f}  {f['seconds']:>7.0f}")
+        lines.append(
+            f"{f['net']:<10} {f['depth']:>5}  {f['train_err']:>9.4f}  {f['test_err']:>8.4f}  {f['seconds']:>7.0f}"
+        )
     shallow, deep = result["depths"]
-    lines.append(f"plain: {deep} layers train {'WORSE' if result['plain_degrades'] else 'no worse'} than {shallow}"
-                 f" (degradation {'shown' if result['plain_degrades'] else 'NOT shown'}); "
-                 f"residual: {deep} layers train {'no worse' if result['residual_no_worse'] else 'WORSE'} than {shallow}")
+    lines.append(
+        f"plain: {deep} layers train {'WORSE' if result['plain_degrades'] else 'no worse'} than {shallow}"
+        f" (degradation {'shown' if result['plain_degrades'] else 'NOT shown'}); "
+        f"residual: {deep} layers train {'no worse' if result['residual_no_worse'] else 'WORSE'} than {shallow}"
+    )
     return "\n".join(lines)
 
 
@@ -241,14 +366,22 @@ def plot_degradation(rows: list[dict], path: str | Path, title: str = "") -> Non
     save_png(fig, Path(path))
 
 
-def plot_gradients(norms: dict[str, list[tuple[str, float]]], path: str | Path, title: str = "") -> None:
+def plot_gradients(
+    norms: dict[str, list[tuple[str, float]]], path: str | Path, title: str = ""
+) -> None:
     """Gradient norm per layer (log scale), input layer first, one line per net."""
     fig = new_figure(figsize=(7, 3.8))
     ax = fig.subplots()
     for net, layers in norms.items():
         residual = net.startswith("resnet")
-        ax.plot(range(1, len(layers) + 1), [n for _, n in layers], marker=".", linestyle="-" if residual else "--",
-                color="tab:green" if residual else "tab:purple", label=net)
+        ax.plot(
+            range(1, len(layers) + 1),
+            [n for _, n in layers],
+            marker=".",
+            linestyle="-" if residual else "--",
+            color="tab:green" if residual else "tab:purple",
+            label=net,
+        )
     ax.set_yscale("log")
     ax.set_xlabel("layer (1 = first conv, last = classifier)")
     ax.set_ylabel("weight gradient norm")

@@ -14,7 +14,7 @@ Every block except `Residual` shares one interface, so one builder (`ResNet._mak
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -42,8 +42,13 @@ class Residual(nn.Module):
     `input_channels=None` infers the input channels on the first call, like the Gluon version.
     """
 
-    def __init__(self, input_channels: int | None, num_channels: int, use_1x1conv: bool = False,
-                 strides: int = 1):
+    def __init__(
+        self,
+        input_channels: int | None,
+        num_channels: int,
+        use_1x1conv: bool = False,
+        strides: int = 1,
+    ):
         super().__init__()
 
         def conv(out_channels, **kw):
@@ -73,9 +78,16 @@ class BasicBlock(nn.Module):
     has_shortcut = True
     pre_activation = False
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
-                 norm_layer: NormLayer | None = None):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        norm_layer: NormLayer | None = None,
+    ):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise UsageError("BasicBlock only supports groups=1 and base_width=64")
@@ -110,9 +122,16 @@ class PlainBlock(BasicBlock):
 
     has_shortcut = False
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
-                 norm_layer: NormLayer | None = None):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        norm_layer: NormLayer | None = None,
+    ):
         if downsample is not None:
             raise UsageError("PlainBlock has no shortcut, so it takes no downsample module")
         super().__init__(inplanes, planes, stride, None, groups, base_width, norm_layer)
@@ -136,9 +155,16 @@ class Bottleneck(nn.Module):
     has_shortcut = True
     pre_activation = False
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
-                 norm_layer: NormLayer | None = None):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        norm_layer: NormLayer | None = None,
+    ):
         super().__init__()
         norm_layer = norm_layer or nn.BatchNorm2d
         width = int(planes * (base_width / 64.0)) * groups
@@ -176,9 +202,16 @@ class PreActBlock(nn.Module):
     has_shortcut = True
     pre_activation = True
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
-                 norm_layer: NormLayer | None = None):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        norm_layer: NormLayer | None = None,
+    ):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise UsageError("PreActBlock only supports groups=1 and base_width=64")

@@ -8,8 +8,8 @@ are the same builder's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -29,8 +29,9 @@ class ZeroPadShortcut(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
         if out_channels < in_channels:
-            raise UsageError(f"a zero-padding shortcut cannot reduce {in_channels} channels "
-                             f"to {out_channels}")
+            raise UsageError(
+                f"a zero-padding shortcut cannot reduce {in_channels} channels to {out_channels}"
+            )
         self.extra_channels = out_channels - in_channels
         self.stride = stride
 
@@ -53,31 +54,57 @@ class CifarResNet(ResNet):
     kernels run faster; on Fashion-MNIST it trained 10 % faster than width 16 with the 3x3 stem
     but 0.3-0.8 points less accurate (BENCHMARKS.md, "Training presets")."""
 
-    def __init__(self, block: type[nn.Module], layers: Sequence[int], num_classes: int = 10,
-                 in_chans: int = 3, width: int = 16, zero_init_residual: bool = False, patch_stem: int = 1):
+    def __init__(
+        self,
+        block: type[nn.Module],
+        layers: Sequence[int],
+        num_classes: int = 10,
+        in_chans: int = 3,
+        width: int = 16,
+        zero_init_residual: bool = False,
+        patch_stem: int = 1,
+    ):
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise UsageError(f"width must be a positive integer, got {width!r}")
         if isinstance(patch_stem, bool) or not isinstance(patch_stem, int) or patch_stem < 1:
-            raise UsageError(f"patch_stem must be a positive integer (1: the 3x3 stem), got {patch_stem!r}")
+            raise UsageError(
+                f"patch_stem must be a positive integer (1: the 3x3 stem), got {patch_stem!r}"
+            )
         self.patch_stem = patch_stem  # read by _make_stem, which ResNet.__init__ calls
         widths = [width * 2**i for i in range(len(layers))]
-        super().__init__(block, layers, num_classes=num_classes, in_chans=in_chans,
-                         zero_init_residual=zero_init_residual, widths=widths)
+        super().__init__(
+            block,
+            layers,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            zero_init_residual=zero_init_residual,
+            widths=widths,
+        )
 
     def _make_stem(self, in_chans: int, width: int) -> None:
         k = self.patch_stem
-        self.conv1 = conv3x3(in_chans, width) if k == 1 else nn.Conv2d(in_chans, width, k, stride=k, bias=False)
+        self.conv1 = (
+            conv3x3(in_chans, width)
+            if k == 1
+            else nn.Conv2d(in_chans, width, k, stride=k, bias=False)
+        )
         self.bn1 = self._norm_layer(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity()  # no pooling: 32x32 inputs stay 32x32 in the first stage
 
-    def _make_shortcut(self, block: type[nn.Module], inplanes: int, outplanes: int,
-                       stride: int) -> nn.Module:
+    def _make_shortcut(
+        self, block: type[nn.Module], inplanes: int, outplanes: int, stride: int
+    ) -> nn.Module:
         return ZeroPadShortcut(inplanes, outplanes, stride)
 
 
 for _depth in CIFAR_DEPTHS:
     _n = (_depth - 2) // 6
     for _prefix, _block in (("resnet", BasicBlock), ("plain", PlainBlock)):
-        register_model(f"{_prefix}{_depth}", partial(CifarResNet, block=_block, layers=[_n] * 3),
-                       paper=HE2015_CIFAR, default_input_size=(3, 32, 32), default_num_classes=10)
+        register_model(
+            f"{_prefix}{_depth}",
+            partial(CifarResNet, block=_block, layers=[_n] * 3),
+            paper=HE2015_CIFAR,
+            default_input_size=(3, 32, 32),
+            default_num_classes=10,
+        )

@@ -24,8 +24,10 @@ from resnetlab.errors import UsageError
 
 __all__ = ["fuse_bn", "find_conv_bn_pairs"]
 
-_EVAL_ONLY_MESSAGE = ("this model has its batch norms folded into its convolutions (fuse_bn) and is "
-                      "for inference only; call .eval() on it, and train the original model instead")
+_EVAL_ONLY_MESSAGE = (
+    "this model has its batch norms folded into its convolutions (fuse_bn) and is "
+    "for inference only; call .eval() on it, and train the original model instead"
+)
 
 
 def _traced_pairs(module: nn.Module, prefix: str) -> list[tuple[str, str]] | None:
@@ -44,8 +46,11 @@ def _traced_pairs(module: nn.Module, prefix: str) -> list[tuple[str, str]] | Non
         if node.op != "call_module" or type(submodules[node.target]) is not nn.BatchNorm2d:
             continue
         source = node.args[0] if node.args else None
-        if not (isinstance(source, fx.Node) and source.op == "call_module"
-                and type(submodules[source.target]) is nn.Conv2d):
+        if not (
+            isinstance(source, fx.Node)
+            and source.op == "call_module"
+            and type(submodules[source.target]) is nn.Conv2d
+        ):
             continue
         conv, bn = source.target, node.target
         if len(source.users) != 1 or calls[conv] != 1 or calls[bn] != 1:
@@ -83,12 +88,18 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     norms can no longer learn batch statistics). Lazy modules must have run once first.
     """
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
-        raise UsageError("the model has lazy layers that have not run yet; call it once on an input, then fuse_bn")
+        raise UsageError(
+            "the model has lazy layers that have not run yet; call it once on an input, then fuse_bn"
+        )
     fused = copy.deepcopy(model).eval()
     for conv_name, bn_name in find_conv_bn_pairs(fused):
         conv, bn = fused.get_submodule(conv_name), fused.get_submodule(bn_name)
-        memory_format = torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last) \
-            and not conv.weight.is_contiguous() else torch.contiguous_format
+        memory_format = (
+            torch.channels_last
+            if conv.weight.is_contiguous(memory_format=torch.channels_last)
+            and not conv.weight.is_contiguous()
+            else torch.contiguous_format
+        )
         folded = fuse_conv_bn_eval(conv, bn)
         folded.weight.data = folded.weight.data.contiguous(memory_format=memory_format)
         fused.set_submodule(conv_name, folded)

@@ -27,8 +27,8 @@ from __future__ import annotations
 import math
 import pickle
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -63,16 +63,21 @@ def _unwrap(obj, path: Path) -> dict[str, Tensor]:
         if nested is None:
             break
         obj = nested
-    what = f"a {type(obj).__name__}" if not isinstance(obj, dict) else \
-        f"a dict with keys {', '.join(map(repr, list(obj)[:5]))}{' ...' if len(obj) > 5 else ''}"
-    raise CheckpointError(f"{path} holds {what}, not a state_dict of tensors (looked under "
-                          f"{', '.join(map(repr, _NESTED_KEYS))}); save model.state_dict() with torch.save")
+    what = (
+        f"a {type(obj).__name__}"
+        if not isinstance(obj, dict)
+        else f"a dict with keys {', '.join(map(repr, list(obj)[:5]))}{' ...' if len(obj) > 5 else ''}"
+    )
+    raise CheckpointError(
+        f"{path} holds {what}, not a state_dict of tensors (looked under "
+        f"{', '.join(map(repr, _NESTED_KEYS))}); save model.state_dict() with torch.save"
+    )
 
 
 def _strip_wrappers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     for prefix in _WRAPPER_PREFIXES:
         if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -82,7 +87,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not path.exists():
         raise CheckpointError(f"weights file {path} does not exist")
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; pass the weights file itself (.pth, .pt or .safetensors)")
+        raise CheckpointError(
+            f"{path} is a folder; pass the weights file itself (.pth, .pt or .safetensors)"
+        )
     if path.suffix == ".safetensors":
         return _strip_wrappers(load_weights(path)[0])
     try:
@@ -91,11 +98,16 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         if "weights only" in str(e).lower() or "weights_only" in str(e):
             raise CheckpointError(
                 f"{path} holds Python objects besides tensors, which torch.load(weights_only=True) refuses "
-                "to unpickle; load it where it was made and save its state_dict alone with torch.save") from None
-        raise CheckpointError(f"{path} is not a readable checkpoint ({_first_line(e)}); it may be truncated") from None
+                "to unpickle; load it where it was made and save its state_dict alone with torch.save"
+            ) from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({_first_line(e)}); it may be truncated"
+        ) from None
     except Exception as e:  # truncated zip, not a torch file at all: torch raises many types
-        raise CheckpointError(f"{path} is not a readable checkpoint ({_first_line(e)}); it may be truncated "
-                              "or not saved by torch.save") from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({_first_line(e)}); it may be truncated "
+            "or not saved by torch.save"
+        ) from None
     return _strip_wrappers(_unwrap(obj, path))
 
 
@@ -112,8 +124,10 @@ def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
     elif have == 1:
         w = w.repeat(1, in_chans, 1, 1) / in_chans
     else:
-        raise CheckpointError(f"cannot adapt a first convolution of {have} input channels to {in_chans}; "
-                              "only 3 (RGB) or 1 (grey) input channels adapt")
+        raise CheckpointError(
+            f"cannot adapt a first convolution of {have} input channels to {in_chans}; "
+            "only 3 (RGB) or 1 (grey) input channels adapt"
+        )
     return w.to(dtype)
 
 
@@ -135,7 +149,10 @@ def _shape(t: Tensor) -> str:
 
 def _guess_model(sd: dict[str, Tensor]) -> str | None:
     """The registered model whose keys and shapes (stem and classifier aside) the checkpoint has."""
-    from resnetlab.models.registry import create_model, list_models  # deferred: the registry imports this module
+    from resnetlab.models.registry import (  # deferred: the registry imports this module
+        create_model,
+        list_models,
+    )
 
     wanted = {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
     for name in list_models():
@@ -146,7 +163,11 @@ def _guess_model(sd: dict[str, Tensor]) -> str | None:
             continue
         stem, head = _layer_names(candidate)
         free = {f"{stem}.weight", f"{head}.weight", f"{head}.bias"}
-        own = {k: tuple(v.shape) for k, v in candidate.state_dict().items() if not k.endswith("num_batches_tracked")}
+        own = {
+            k: tuple(v.shape)
+            for k, v in candidate.state_dict().items()
+            if not k.endswith("num_batches_tracked")
+        }
         if own.keys() == wanted.keys() and all(own[k] == wanted[k] or k in free for k in own):
             return name
     return None
@@ -158,8 +179,13 @@ def _mismatch(path: Path, what: str, model_name: str, sd: dict[str, Tensor]) -> 
     return CheckpointError(f"{path} does not fit {model_name}: {what}{hint}")
 
 
-def load_pretrained(model: nn.Module, path: str | Path, *, say: Callable[[str], None] | None = None,
-                    model_name: str | None = None) -> list[str]:
+def load_pretrained(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    say: Callable[[str], None] | None = None,
+    model_name: str | None = None,
+) -> list[str]:
     """Load the checkpoint at `path` into `model` (strict, with the two adaptations above).
 
     Returns the notes on what was adapted; each is also passed to `say`, or, without it,
@@ -168,14 +194,17 @@ def load_pretrained(model: nn.Module, path: str | Path, *, say: Callable[[str], 
     path = Path(path)
     model_name = model_name or type(model).__name__
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
-        raise UsageError("the model has lazy layers that have not run yet; call it once on an input, then load weights")
+        raise UsageError(
+            "the model has lazy layers that have not run yet; call it once on an input, then load weights"
+        )
     sd = read_state_dict(path)
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
-        parts = ([f"{len(missing)} missing key(s): {_listed(missing)}"] if missing else []) + \
-                ([f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}"] if unexpected else [])
+        parts = ([f"{len(missing)} missing key(s): {_listed(missing)}"] if missing else []) + (
+            [f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}"] if unexpected else []
+        )
         raise _mismatch(path, "; ".join(parts), model_name, sd)
 
     stem, head = _layer_names(model)
@@ -185,24 +214,45 @@ def load_pretrained(model: nn.Module, path: str | Path, *, say: Callable[[str], 
         theirs = sd.get(key)
         if theirs is None or theirs.shape == mine.shape:
             continue
-        if key == f"{stem}.weight" and theirs.dim() == 4 and theirs.shape[0] == mine.shape[0] \
-                and theirs.shape[2:] == mine.shape[2:]:
+        if (
+            key == f"{stem}.weight"
+            and theirs.dim() == 4
+            and theirs.shape[0] == mine.shape[0]
+            and theirs.shape[2:] == mine.shape[2:]
+        ):
             sd[key] = adapt_input_conv(theirs, mine.shape[1])
-            rule = "summed over its colour channels" if mine.shape[1] == 1 else \
-                f"repeated and scaled by {theirs.shape[1]}/{mine.shape[1]}"
-            notes.append(f"first convolution {stem} adapted from {theirs.shape[1]} to {mine.shape[1]} input "
-                         f"channel(s): {rule} (timm's adapt_input_conv)")
-        elif key in (f"{head}.weight", f"{head}.bias") and theirs.shape[0] != mine.shape[0] \
-                and theirs.shape[1:] == mine.shape[1:]:
+            rule = (
+                "summed over its colour channels"
+                if mine.shape[1] == 1
+                else f"repeated and scaled by {theirs.shape[1]}/{mine.shape[1]}"
+            )
+            notes.append(
+                f"first convolution {stem} adapted from {theirs.shape[1]} to {mine.shape[1]} input "
+                f"channel(s): {rule} (timm's adapt_input_conv)"
+            )
+        elif (
+            key in (f"{head}.weight", f"{head}.bias")
+            and theirs.shape[0] != mine.shape[0]
+            and theirs.shape[1:] == mine.shape[1:]
+        ):
             sd[key] = mine  # keep the fresh initialisation
             if key == f"{head}.weight":
-                notes.append(f"classifier {head} re-initialised for {mine.shape[0]} classes "
-                             f"(the checkpoint has {theirs.shape[0]})")
+                notes.append(
+                    f"classifier {head} re-initialised for {mine.shape[0]} classes "
+                    f"(the checkpoint has {theirs.shape[0]})"
+                )
         else:
-            clashes.append(f"{key} is {_shape(theirs)} in the checkpoint, {_shape(mine)} in the model")
+            clashes.append(
+                f"{key} is {_shape(theirs)} in the checkpoint, {_shape(mine)} in the model"
+            )
     if clashes:
         more = f" (and {len(clashes) - _SHOWN} more)" if len(clashes) > _SHOWN else ""
-        raise _mismatch(path, f"{len(clashes)} shape clash(es): {'; '.join(clashes[:_SHOWN])}{more}", model_name, sd)
+        raise _mismatch(
+            path,
+            f"{len(clashes)} shape clash(es): {'; '.join(clashes[:_SHOWN])}{more}",
+            model_name,
+            sd,
+        )
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:

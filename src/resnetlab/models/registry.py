@@ -12,8 +12,9 @@ import fnmatch
 import inspect
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -40,9 +41,14 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str | None = None, builder: Builder | None = None, *, paper: str,
-                   default_input_size: tuple[int, int, int] = (3, 224, 224),
-                   default_num_classes: int = 1000):
+def register_model(
+    name: str | None = None,
+    builder: Builder | None = None,
+    *,
+    paper: str,
+    default_input_size: tuple[int, int, int] = (3, 224, 224),
+    default_num_classes: int = 1000,
+):
     """Register `builder` as `name`; without `builder`, decorate a function (named by default
     after it): `@register_model(paper="...")`. Returns the builder."""
 
@@ -88,11 +94,18 @@ def _check_options(info: ModelInfo, options: dict[str, Any]) -> None:
     unknown = sorted(set(options) - set(params))
     if unknown:
         accepted = ", ".join(p for p in params if p not in ("num_classes", "in_chans"))
-        raise UsageError(f"model {info.name!r} has no option {unknown[0]!r}; it accepts: {accepted}")
+        raise UsageError(
+            f"model {info.name!r} has no option {unknown[0]!r}; it accepts: {accepted}"
+        )
 
 
-def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
-                 weights: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    weights: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Build a registered model; `None` means the model's default classes / input channels.
 
     Extra keyword arguments go to the builder (`width=32` for the CIFAR nets, `layers=[5, 5, 5]`,

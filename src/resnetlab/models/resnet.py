@@ -8,14 +8,14 @@ A variant is data: a block type, blocks per stage, and optionally group/width op
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from resnetlab.errors import UsageError
-from resnetlab.models.blocks import (BasicBlock, Bottleneck, NormLayer, PlainBlock, PreActBlock)
+from resnetlab.models.blocks import BasicBlock, Bottleneck, NormLayer, PlainBlock, PreActBlock
 from resnetlab.models.registry import register_model
 
 HE2015 = "He et al. 2015, Deep Residual Learning (arXiv:1512.03385)"
@@ -38,14 +38,19 @@ def init_resnet_weights(model: nn.Module) -> None:
 
 
 def _check_layers(layers: Sequence[int], widths: Sequence[int]) -> None:
-    ok = len(layers) > 0 and all(isinstance(n, int) and not isinstance(n, bool) and n > 0
-                                 for n in [*layers, *widths])
+    ok = len(layers) > 0 and all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in [*layers, *widths]
+    )
     if not ok:
-        raise UsageError(f"layers and widths must be non-empty lists of positive integers, "
-                         f"got layers={list(layers)}, widths={list(widths)}")
+        raise UsageError(
+            f"layers and widths must be non-empty lists of positive integers, "
+            f"got layers={list(layers)}, widths={list(widths)}"
+        )
     if len(layers) != len(widths):
-        raise UsageError(f"need one width per stage: {len(layers)} stages in layers={list(layers)}, "
-                         f"{len(widths)} widths in widths={list(widths)}")
+        raise UsageError(
+            f"need one width per stage: {len(layers)} stages in layers={list(layers)}, "
+            f"{len(widths)} widths in widths={list(widths)}"
+        )
 
 
 class ResNet(nn.Module):
@@ -58,10 +63,18 @@ class ResNet(nn.Module):
     branch (Goyal et al. 2017; +0.2-0.3% top-1 per torchvision).
     """
 
-    def __init__(self, block: type[nn.Module], layers: Sequence[int], num_classes: int = 1000,
-                 in_chans: int = 3, groups: int = 1, width_per_group: int = 64,
-                 zero_init_residual: bool = False, widths: Sequence[int] | None = None,
-                 norm_layer: NormLayer | None = None):
+    def __init__(
+        self,
+        block: type[nn.Module],
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        groups: int = 1,
+        width_per_group: int = 64,
+        zero_init_residual: bool = False,
+        widths: Sequence[int] | None = None,
+        norm_layer: NormLayer | None = None,
+    ):
         super().__init__()
         widths = list(widths) if widths is not None else [64 * 2**i for i in range(len(layers))]
         _check_layers(layers, widths)
@@ -92,12 +105,14 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
-    def _make_shortcut(self, block: type[nn.Module], inplanes: int, outplanes: int,
-                       stride: int) -> nn.Module:
+    def _make_shortcut(
+        self, block: type[nn.Module], inplanes: int, outplanes: int, stride: int
+    ) -> nn.Module:
         return block.projection(inplanes, outplanes, stride, self._norm_layer)
 
-    def _make_layer(self, block: type[nn.Module], planes: int, blocks: int,
-                    stride: int = 1) -> nn.Sequential:
+    def _make_layer(
+        self, block: type[nn.Module], planes: int, blocks: int, stride: int = 1
+    ) -> nn.Sequential:
         outplanes = planes * block.expansion
         downsample = None
         if block.has_shortcut and (stride != 1 or self.inplanes != outplanes):
@@ -130,8 +145,18 @@ _IMAGENET_VARIANTS = {
     "resnet50": (Bottleneck, [3, 4, 6, 3], {}, HE2015),
     "resnet101": (Bottleneck, [3, 4, 23, 3], {}, HE2015),
     "resnet152": (Bottleneck, [3, 8, 36, 3], {}, HE2015),
-    "resnext50_32x4d": (Bottleneck, [3, 4, 6, 3], dict(groups=32, width_per_group=4), XIE2017_RESNEXT),
-    "resnext101_32x8d": (Bottleneck, [3, 4, 23, 3], dict(groups=32, width_per_group=8), XIE2017_RESNEXT),
+    "resnext50_32x4d": (
+        Bottleneck,
+        [3, 4, 6, 3],
+        dict(groups=32, width_per_group=4),
+        XIE2017_RESNEXT,
+    ),
+    "resnext101_32x8d": (
+        Bottleneck,
+        [3, 4, 23, 3],
+        dict(groups=32, width_per_group=8),
+        XIE2017_RESNEXT,
+    ),
     "wide_resnet50_2": (Bottleneck, [3, 4, 6, 3], dict(width_per_group=128), ZAGORUYKO2016_WIDE),
     "wide_resnet101_2": (Bottleneck, [3, 4, 23, 3], dict(width_per_group=128), ZAGORUYKO2016_WIDE),
     "plain18": (PlainBlock, [2, 2, 2, 2], {}, HE2015_PLAIN),
@@ -141,5 +166,10 @@ _IMAGENET_VARIANTS = {
 }
 
 for _name, (_block, _layers, _extra, _paper) in _IMAGENET_VARIANTS.items():
-    register_model(_name, partial(ResNet, block=_block, layers=_layers, **_extra), paper=_paper,
-                   default_input_size=(3, 224, 224), default_num_classes=1000)
+    register_model(
+        _name,
+        partial(ResNet, block=_block, layers=_layers, **_extra),
+        paper=_paper,
+        default_input_size=(3, 224, 224),
+        default_num_classes=1000,
+    )

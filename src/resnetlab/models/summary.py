@@ -9,8 +9,8 @@ and buffers are swapped for meta stand-ins through `torch.func.functional_call`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -53,18 +53,29 @@ class ModelSummary:
 
     def render(self) -> str:
         c, h, w = self.input_size
-        lines = [f"{self.model}: input {self.batch_size}x{c}x{h}x{w} -> output "
-                 + "x".join(map(str, self.output_shape))]
+        lines = [
+            f"{self.model}: input {self.batch_size}x{c}x{h}x{w} -> output "
+            + "x".join(map(str, self.output_shape))
+        ]
         if self.rows:
             table = [("Layer", "Type", "Output shape", "Params", "MACs")]
             for row in self.rows:
                 indent = "  " * row.name.count(".")
                 shape = "x".join(map(str, row.output_shape)) if row.output_shape else "-"
-                table.append((indent + row.name, row.type, shape, f"{row.params:,}",
-                              _si(row.macs) if row.macs else "-"))
+                table.append(
+                    (
+                        indent + row.name,
+                        row.type,
+                        shape,
+                        f"{row.params:,}",
+                        _si(row.macs) if row.macs else "-",
+                    )
+                )
             widths = [max(len(r[i]) for r in table) for i in range(5)]
             for j, r in enumerate(table):
-                cells = [r[i].ljust(widths[i]) if i < 3 else r[i].rjust(widths[i]) for i in range(5)]
+                cells = [
+                    r[i].ljust(widths[i]) if i < 3 else r[i].rjust(widths[i]) for i in range(5)
+                ]
                 lines.append("  ".join(cells).rstrip())
                 if j == 0:
                     lines.append("-" * len(lines[-1]))
@@ -97,19 +108,27 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def _check_input_size(input_size: Sequence[int], batch_size: int, depth: int) -> tuple[int, int, int]:
+def _check_input_size(
+    input_size: Sequence[int], batch_size: int, depth: int
+) -> tuple[int, int, int]:
     size = tuple(input_size)
-    if len(size) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                 for v in size):
-        raise UsageError(f"input size must be three positive integers C H W, "
-                         f"got {' '.join(map(str, size))}")
+    if len(size) != 3 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size
+    ):
+        raise UsageError(
+            f"input size must be three positive integers C H W, got {' '.join(map(str, size))}"
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch size must be a positive integer, got {batch_size}")
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
         raise UsageError(f"depth must be 0 or more, got {depth}")
-    if batch_size * size[0] * size[1] * size[2] >= 2**62:  # torch sizes are 64-bit: beyond, a traceback
-        raise UsageError(f"a batch of {batch_size} x {' x '.join(map(str, size))} is too large to describe; "
-                         "give a smaller batch size or input size")
+    if (
+        batch_size * size[0] * size[1] * size[2] >= 2**62
+    ):  # torch sizes are 64-bit: beyond, a traceback
+        raise UsageError(
+            f"a batch of {batch_size} x {' x '.join(map(str, size))} is too large to describe; "
+            "give a smaller batch size or input size"
+        )
     return size
 
 
@@ -148,16 +167,20 @@ def _trace(model: nn.Module, x: Tensor) -> _Trace:
 
     def check_stride(name, module, inputs):
         stride = module.stride if isinstance(module.stride, tuple) else (module.stride,) * 2
-        spatial = list(inputs[0].shape[-len(stride):])
+        spatial = list(inputs[0].shape[-len(stride) :])
         # A stride-2 layer given a 1-pixel map cannot downsample: the input is too small.
         if any(s > 1 and n < 2 for s, n in zip(stride, spatial)):
             undersized.append((name, f"{type(module).__name__}, stride {max(stride)}", spatial))
 
     handles = []
     for name, m in model.named_modules():
-        handles.append(m.register_forward_hook(lambda mod, i, o, n=name: record_output(n, mod, i, o)))
+        handles.append(
+            m.register_forward_hook(lambda mod, i, o, n=name: record_output(n, mod, i, o))
+        )
         if isinstance(m, _STRIDED):
-            handles.append(m.register_forward_pre_hook(lambda mod, i, n=name: check_stride(n, mod, i)))
+            handles.append(
+                m.register_forward_pre_hook(lambda mod, i, n=name: check_stride(n, mod, i))
+            )
 
     state = _meta_state(model)
     # Tensors are told apart by storage, so that views (a transposed weight) and tensors saved
@@ -177,16 +200,25 @@ def _trace(model: nn.Module, x: Tensor) -> _Trace:
         # Eval mode: batch norm then accepts a batch of one 1x1 map, and autograd keeps the same
         # tensors as in training (input, per-channel mean and inverse std).
         model.eval()
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-                counter:
+        with (
+            torch.enable_grad(),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            counter,
+        ):
             out = torch.func.functional_call(model, state, (x,))
     finally:
         for h in handles:
             h.remove()
         for m, training in modes.items():
             m.training = training
-    return _Trace(out, shapes, undersized[0] if undersized else None, counter.get_flop_counts(),
-                  counter.get_total_flops(), sum(nbytes for _, nbytes in saved.values()))
+    return _Trace(
+        out,
+        shapes,
+        undersized[0] if undersized else None,
+        counter.get_flop_counts(),
+        counter.get_total_flops(),
+        sum(nbytes for _, nbytes in saved.values()),
+    )
 
 
 def _smallest_square_input(model: nn.Module, channels: int, start: int) -> int | None:
@@ -213,8 +245,12 @@ def _smallest_square_input(model: nn.Module, channels: int, start: int) -> int |
     return high
 
 
-def summarize(model_or_name: nn.Module | str, input_size: Sequence[int] | None = None,
-              batch_size: int = 1, depth: int = 2) -> ModelSummary:
+def summarize(
+    model_or_name: nn.Module | str,
+    input_size: Sequence[int] | None = None,
+    batch_size: int = 1,
+    depth: int = 2,
+) -> ModelSummary:
     """Summarize a registered model (by name, built for `input_size`'s channels) or a module.
 
     input_size: (C, H, W); None means the registered default (required for a module).
@@ -222,8 +258,9 @@ def summarize(model_or_name: nn.Module | str, input_size: Sequence[int] | None =
     """
     if isinstance(model_or_name, str):
         info = get_model_info(model_or_name)
-        size = _check_input_size(info.default_input_size if input_size is None else input_size,
-                                 batch_size, depth)
+        size = _check_input_size(
+            info.default_input_size if input_size is None else input_size, batch_size, depth
+        )
         with torch.device("meta"):  # shapes only: no memory, no init cost
             model = create_model(info.name, in_chans=size[0])
         label = info.name
@@ -233,14 +270,20 @@ def summarize(model_or_name: nn.Module | str, input_size: Sequence[int] | None =
             raise UsageError("give input_size=(C, H, W) to summarize a model instance")
         size = _check_input_size(input_size, batch_size, depth)
         if any(isinstance(p, UninitializedParameter) for p in model.parameters()):
-            raise UsageError(f"{label} has lazy layers that are not initialized yet; "
-                             "run one batch through it first")
+            raise UsageError(
+                f"{label} has lazy layers that are not initialized yet; "
+                "run one batch through it first"
+            )
     c, h, w = size
     conv = _first_conv(model)
-    if conv is not None and not isinstance(conv.weight, UninitializedParameter) \
-            and conv.in_channels != c:
-        raise UsageError(f"{label} takes {conv.in_channels} input channels, got {c} "
-                         f"(input size {c}x{h}x{w})")
+    if (
+        conv is not None
+        and not isinstance(conv.weight, UninitializedParameter)
+        and conv.in_channels != c
+    ):
+        raise UsageError(
+            f"{label} takes {conv.in_channels} input channels, got {c} (input size {c}x{h}x{w})"
+        )
 
     x = torch.empty(batch_size, c, h, w, device="meta")
     try:
@@ -251,8 +294,10 @@ def summarize(model_or_name: nn.Module | str, input_size: Sequence[int] | None =
         layer, kind, spatial = trace.undersized
         smallest = _smallest_square_input(model, c, min(h, w))
         hint = f"; H and W must each be at least {smallest}" if smallest else ""
-        raise UsageError(f"input {c}x{h}x{w} is too small for {label}: {layer} ({kind}) "
-                         f"gets a {'x'.join(map(str, spatial))} map and cannot downsample it{hint}")
+        raise UsageError(
+            f"input {c}x{h}x{w} is too small for {label}: {layer} ({kind}) "
+            f"gets a {'x'.join(map(str, spatial))} map and cannot downsample it{hint}"
+        )
 
     root = type(model).__name__
     rows = []
@@ -261,17 +306,30 @@ def summarize(model_or_name: nn.Module | str, input_size: Sequence[int] | None =
         if not 1 <= level <= depth:
             continue
         flops = sum(trace.flop_counts.get(f"{root}.{name}", {}).values())
-        rows.append(LayerRow(name, type(m).__name__, trace.shapes.get(name),
-                             sum(p.numel() for p in m.parameters()), flops // 2))
+        rows.append(
+            LayerRow(
+                name,
+                type(m).__name__,
+                trace.shapes.get(name),
+                sum(p.numel() for p in m.parameters()),
+                flops // 2,
+            )
+        )
     params = list(model.parameters())
     return ModelSummary(
-        model=label, input_size=size, batch_size=batch_size, depth=depth,
+        model=label,
+        input_size=size,
+        batch_size=batch_size,
+        depth=depth,
         output_shape=list(trace.output.shape),
         total_params=sum(p.numel() for p in params),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         param_bytes=sum(p.numel() * p.element_size() for p in params),
-        macs=trace.flops // 2, flops=trace.flops, activation_bytes=trace.activation_bytes,
-        rows=rows)
+        macs=trace.flops // 2,
+        flops=trace.flops,
+        activation_bytes=trace.activation_bytes,
+        rows=rows,
+    )
 
 
 @dataclass
@@ -294,21 +352,40 @@ def describe_models(pattern: str = "*") -> list[ModelListing]:
         # no_grad halves the time: no autograd graph for shapes-only tensors
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model.eval()(torch.empty(1, *info.default_input_size, device="meta"))
-        listings.append(ModelListing(
-            name, sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 1e9,
-            info.default_input_size, info.default_num_classes, info.paper))
+        listings.append(
+            ModelListing(
+                name,
+                sum(p.numel() for p in model.parameters()),
+                counter.get_total_flops() / 1e9,
+                info.default_input_size,
+                info.default_num_classes,
+                info.paper,
+            )
+        )
     return listings
 
 
 def render_model_table(listings: Sequence[ModelListing]) -> str:
     table = [("Model", "Params", "GFLOPs", "Input", "Classes", "Paper")]
     for m in listings:
-        table.append((m.name, f"{m.params:,}", f"{m.gflops:.2f}",
-                      "x".join(map(str, m.default_input_size)), str(m.default_num_classes), m.paper))
+        table.append(
+            (
+                m.name,
+                f"{m.params:,}",
+                f"{m.gflops:.2f}",
+                "x".join(map(str, m.default_input_size)),
+                str(m.default_num_classes),
+                m.paper,
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     right = {1, 2, 4}
-    lines = ["  ".join(r[i].rjust(widths[i]) if i in right else r[i].ljust(widths[i])
-                       for i in range(len(r))).rstrip() for r in table]
+    lines = [
+        "  ".join(
+            r[i].rjust(widths[i]) if i in right else r[i].ljust(widths[i]) for i in range(len(r))
+        ).rstrip()
+        for r in table
+    ]
     lines.insert(1, "-" * len(lines[0]))
     lines.append("")
     lines.append("GFLOPs: 2 x multiply-accumulates of one image at the model's default input size")

@@ -15,14 +15,35 @@ from pathlib import Path
 
 from resnetlab.errors import UsageError
 from resnetlab.fileio import write_json, write_text
-from resnetlab.train.report import have_matplotlib, new_figure, save_png
 from resnetlab.report.html import CSP, STYLE, esc, fmt, img_tag, load_run, table
+from resnetlab.train.report import have_matplotlib, new_figure, save_png
 
-FIGURES = ("epochs", "train_acc", "test_acc", "val_acc", "best_val_acc", "kept_weights", "kept_test_acc",
-           "train_seconds", "examples_per_sec")
-FIGURE_HEADERS = ("epochs", "final train acc", "final test acc", "final val acc", "best val acc", "kept weights",
-                  "kept test acc", "train s", "examples/s")
-IGNORED_SETTINGS = ("data_dir", "tensorboard")  # where the files were and what was logged, not what was trained
+FIGURES = (
+    "epochs",
+    "train_acc",
+    "test_acc",
+    "val_acc",
+    "best_val_acc",
+    "kept_weights",
+    "kept_test_acc",
+    "train_seconds",
+    "examples_per_sec",
+)
+FIGURE_HEADERS = (
+    "epochs",
+    "final train acc",
+    "final test acc",
+    "final val acc",
+    "best val acc",
+    "kept weights",
+    "kept test acc",
+    "train s",
+    "examples/s",
+)
+IGNORED_SETTINGS = (
+    "data_dir",
+    "tensorboard",
+)  # where the files were and what was logged, not what was trained
 
 
 def default_compare_path(root: str | Path = "runs") -> Path:
@@ -38,9 +59,19 @@ def run_labels(paths: list[Path]) -> list[str]:
 def _final_figures(run: dict) -> dict:
     s, metrics = run["summary"], run["metrics"]
     last = metrics[-1] if metrics else {}
-    figures = {"epochs": s.get("epochs", last.get("epoch", 0)), "train_acc": last.get("train_acc"),
-               "test_acc": last.get("test_acc"), "val_acc": last.get("val_acc")}
-    for key in ("best_val_acc", "kept_weights", "kept_test_acc", "train_seconds", "examples_per_sec"):
+    figures = {
+        "epochs": s.get("epochs", last.get("epoch", 0)),
+        "train_acc": last.get("train_acc"),
+        "test_acc": last.get("test_acc"),
+        "val_acc": last.get("val_acc"),
+    }
+    for key in (
+        "best_val_acc",
+        "kept_weights",
+        "kept_test_acc",
+        "train_seconds",
+        "examples_per_sec",
+    ):
         figures[key] = s.get(key)
     if figures["train_seconds"] is None and metrics:
         figures["train_seconds"] = sum(r.get("epoch_seconds", 0.0) for r in metrics)
@@ -55,7 +86,10 @@ def differing_settings(configs: list[dict]) -> dict[str, list]:
         if k in IGNORED_SETTINGS:
             continue
         values = [c.get(k) for c in configs]
-        if any(json.dumps(v, sort_keys=True) != json.dumps(values[0], sort_keys=True) for v in values[1:]):
+        if any(
+            json.dumps(v, sort_keys=True) != json.dumps(values[0], sort_keys=True)
+            for v in values[1:]
+        ):
             out[k] = values
     return out
 
@@ -66,9 +100,18 @@ def compare_data(folders: list[str | Path]) -> dict:
     runs = [load_run(f) for f in folders]
     labels = run_labels([r["path"] for r in runs])
     return {
-        "runs": [{"label": label, "run": str(r["path"]), "state": r["state"], "model": r["config"].get("config", {}).get("model"),
-                  "data": r["config"].get("config", {}).get("data"), **_final_figures(r), "metrics": r["metrics"]}
-                 for label, r in zip(labels, runs)],
+        "runs": [
+            {
+                "label": label,
+                "run": str(r["path"]),
+                "state": r["state"],
+                "model": r["config"].get("config", {}).get("model"),
+                "data": r["config"].get("config", {}).get("data"),
+                **_final_figures(r),
+                "metrics": r["metrics"],
+            }
+            for label, r in zip(labels, runs)
+        ],
         "differing_settings": differing_settings([r["config"].get("config", {}) for r in runs]),
     }
 
@@ -83,14 +126,20 @@ def plot_comparison(data: dict, path: str | Path) -> None:
         if not rows:
             continue
         epochs = [r["epoch"] for r in rows]
-        for split, style in (("train", dict(linestyle="--", marker=".", markersize=3)),
-                             ("val", dict(linestyle="-", marker="x", markersize=4, alpha=0.7)),
-                             ("test", dict(linestyle="-", marker=".", markersize=5))):
+        for split, style in (
+            ("train", dict(linestyle="--", marker=".", markersize=3)),
+            ("val", dict(linestyle="-", marker="x", markersize=4, alpha=0.7)),
+            ("test", dict(linestyle="-", marker=".", markersize=5)),
+        ):
             if f"{split}_acc" not in rows[0]:
                 continue
             label = f"{run['label']} {split}"
-            ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], color=colour, label=label, **style)
-            ax_acc.plot(epochs, [r[f"{split}_acc"] for r in rows], color=colour, label=label, **style)
+            ax_loss.plot(
+                epochs, [r[f"{split}_loss"] for r in rows], color=colour, label=label, **style
+            )
+            ax_acc.plot(
+                epochs, [r[f"{split}_acc"] for r in rows], color=colour, label=label, **style
+            )
     from matplotlib.ticker import MaxNLocator
 
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
@@ -100,7 +149,14 @@ def plot_comparison(data: dict, path: str | Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = ax_acc.get_legend_handles_labels()
     if handles:  # beside the axes, not over the curves (save_png's tight box keeps it)
-        fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), ncol=1 + len(handles) // 24)
+        fig.legend(
+            handles,
+            labels,
+            fontsize=8,
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            ncol=1 + len(handles) // 24,
+        )
     fig.suptitle("training dashed, validation (x) and test (.) solid; one colour per run")
     fig.tight_layout()
     save_png(fig, Path(path))
@@ -113,7 +169,13 @@ def _figures_table(data: dict) -> str:
         cells = [esc(r["label"]), esc(r["state"]), esc(r["model"]), esc(r["data"])]
         for k in FIGURES:
             v = r.get(k)
-            cells.append(esc(f"{v:.1f}" if k in ("train_seconds", "examples_per_sec") and v is not None else fmt(v)))
+            cells.append(
+                esc(
+                    f"{v:.1f}"
+                    if k in ("train_seconds", "examples_per_sec") and v is not None
+                    else fmt(v)
+                )
+            )
         rows.append(cells)
     numeric = set(range(4, len(header))) - {4 + FIGURES.index("kept_weights")}
     return f'<div class="wide">{table(header, rows, numeric)}</div>'
@@ -124,7 +186,10 @@ def _settings_table(data: dict) -> str:
     if not diff:
         return '<p class="note">the runs share every setting</p>'
     labels = [r["label"] for r in data["runs"]]
-    return table(["setting", *labels], [[f"<code>{esc(k)}</code>", *[esc(fmt(v)) for v in values]] for k, values in diff.items()])
+    return table(
+        ["setting", *labels],
+        [[f"<code>{esc(k)}</code>", *[esc(fmt(v)) for v in values]] for k, values in diff.items()],
+    )
 
 
 def compare_runs(folders: list[str | Path], out: str | Path | None = None) -> dict:
@@ -140,19 +205,38 @@ def compare_runs(folders: list[str | Path], out: str | Path | None = None) -> di
         files["png"] = out / "compare.png"
         plot_comparison(data, files["png"])
     write_json(files["json"], data)
-    figure = img_tag(files["png"], "curves of the runs") if "png" in files else \
-        '<p class="note">matplotlib is not installed: no figure (pip install \'resnetlab[plot]\')</p>'
-    page = "\n".join([
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
-        f"<title>comparison of {len(data['runs'])} runs</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
-        f"<h1>Comparison of {len(data['runs'])} runs</h1>",
-        '<p class="sub">' + ", ".join(f"<code>{esc(r['run'])}</code>" for r in data["runs"]) + "</p>",
-        f'<section id="curves"><h2>Curves</h2>{figure}</section>',
-        f'<section id="figures"><h2>Final and kept figures</h2>{_figures_table(data)}</section>',
-        f'<section id="settings"><h2>Settings that differ</h2>{_settings_table(data)}</section>',
-        "</body>", "</html>", ""])
+    figure = (
+        img_tag(files["png"], "curves of the runs")
+        if "png" in files
+        else "<p class=\"note\">matplotlib is not installed: no figure (pip install 'resnetlab[plot]')</p>"
+    )
+    page = "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+            f"<title>comparison of {len(data['runs'])} runs</title>",
+            f"<style>{STYLE}</style>",
+            "</head>",
+            "<body>",
+            f"<h1>Comparison of {len(data['runs'])} runs</h1>",
+            '<p class="sub">'
+            + ", ".join(f"<code>{esc(r['run'])}</code>" for r in data["runs"])
+            + "</p>",
+            f'<section id="curves"><h2>Curves</h2>{figure}</section>',
+            f'<section id="figures"><h2>Final and kept figures</h2>{_figures_table(data)}</section>',
+            f'<section id="settings"><h2>Settings that differ</h2>{_settings_table(data)}</section>',
+            "</body>",
+            "</html>",
+            "",
+        ]
+    )
     write_text(files["html"], page)
-    return {"out": str(out), "files": {k: str(v) for k, v in files.items()},
-            "runs": [{k: v for k, v in r.items() if k != "metrics"} for r in data["runs"]],
-            "differing_settings": data["differing_settings"]}
+    return {
+        "out": str(out),
+        "files": {k: str(v) for k, v in files.items()},
+        "runs": [{k: v for k, v in r.items() if k != "metrics"} for r in data["runs"]],
+        "differing_settings": data["differing_settings"],
+    }

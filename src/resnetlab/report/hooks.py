@@ -35,8 +35,16 @@ class RunReporter:
             if self.enabled:
                 self.tb = TensorBoardLogger(run.path, cfg.to_dict(), resumed=resumed)
         if self.enabled:
-            record_event(run.path, "resume" if resumed else "start", epoch=state.epoch, step_in_epoch=state.step_in_epoch,
-                         global_step=state.global_step, host=platform.node(), pid=os.getpid(), argv=sys.argv[1:])
+            record_event(
+                run.path,
+                "resume" if resumed else "start",
+                epoch=state.epoch,
+                step_in_epoch=state.step_in_epoch,
+                global_step=state.global_step,
+                host=platform.node(),
+                pid=os.getpid(),
+                argv=sys.argv[1:],
+            )
 
     def on_progress(self, global_step: int, stats: dict) -> None:
         if self.tb is not None:
@@ -48,16 +56,28 @@ class RunReporter:
 
     def on_interrupt(self, state) -> None:
         if self.enabled:
-            record_event(self.run.path, "interrupt", epoch=state.epoch, step_in_epoch=state.step_in_epoch,
-                         global_step=state.global_step)
+            record_event(
+                self.run.path,
+                "interrupt",
+                epoch=state.epoch,
+                step_in_epoch=state.step_in_epoch,
+                global_step=state.global_step,
+            )
         self._close_tb()
 
     def on_failure(self, error: BaseException) -> None:
-        if self.enabled and self.run.path.is_dir():  # a removed folder is not made again for this record
+        if (
+            self.enabled and self.run.path.is_dir()
+        ):  # a removed folder is not made again for this record
             # The failure may be the disk's (full, read-only): then this record cannot be written
             # either, and the run's own error is the one to report.
             with contextlib.suppress(OSError):
-                record_event(self.run.path, "failed", error=type(error).__name__, message=first_line(error, 300))
+                record_event(
+                    self.run.path,
+                    "failed",
+                    error=type(error).__name__,
+                    message=first_line(error, 300),
+                )
         self._close_tb()
 
     def finish(self, final: dict, test_set, summary: dict, k: int | None = None) -> dict:
@@ -70,30 +90,51 @@ class RunReporter:
         seconds = {}
         try:
             started = time.perf_counter()
-            mistakes = mistakes_from_evaluation(final, test_set.labels, list(test_set.classes),
-                                                MISTAKES_K if k is None else k)
+            mistakes = mistakes_from_evaluation(
+                final, test_set.labels, list(test_set.classes), MISTAKES_K if k is None else k
+            )
             kept = summary.get("kept_weights", "model.safetensors")
-            write_analysis(self.run.path, mistakes, test_set.images,
-                           title=f"{kept}: {mistakes.wrong} of {mistakes.count} test images wrong; "
-                                 f"the {len(mistakes.items)} most confident")
+            write_analysis(
+                self.run.path,
+                mistakes,
+                test_set.images,
+                title=f"{kept}: {mistakes.wrong} of {mistakes.count} test images wrong; "
+                f"the {len(mistakes.items)} most confident",
+            )
             seconds["mistakes_seconds"] = time.perf_counter() - started
             if self.tb is not None:
                 started = time.perf_counter()
-                self.tb.on_finish(summary, {"confusion": self.run.file("confusion.png"),
-                                            "mistakes": self.run.file("mistakes.png")})
+                self.tb.on_finish(
+                    summary,
+                    {
+                        "confusion": self.run.file("confusion.png"),
+                        "mistakes": self.run.file("mistakes.png"),
+                    },
+                )
                 seconds["tensorboard_seconds"] = time.perf_counter() - started
         except Exception as e:  # noqa: BLE001 - the run itself is finished and saved
-            print(f"resnetlab: warning: mistakes not written: {type(e).__name__}: {e}", file=sys.stderr)
+            print(
+                f"resnetlab: warning: mistakes not written: {type(e).__name__}: {e}",
+                file=sys.stderr,
+            )
             seconds["error"] = f"{type(e).__name__}: {e}"
         self._close_tb()
-        record_event(self.run.path, "finish", epoch=summary.get("epochs"), kept_test_acc=summary.get("kept_test_acc"),
-                     **seconds)
+        record_event(
+            self.run.path,
+            "finish",
+            epoch=summary.get("epochs"),
+            kept_test_acc=summary.get("kept_test_acc"),
+            **seconds,
+        )
         try:  # last, so that it shows the 'finish' event
             started = time.perf_counter()
             write_report(self.run.path)
             seconds["report_seconds"] = time.perf_counter() - started
         except Exception as e:  # noqa: BLE001
-            print(f"resnetlab: warning: report.html not written: {type(e).__name__}: {e}", file=sys.stderr)
+            print(
+                f"resnetlab: warning: report.html not written: {type(e).__name__}: {e}",
+                file=sys.stderr,
+            )
         return seconds
 
     def _close_tb(self) -> None:

@@ -17,10 +17,25 @@ from pathlib import Path
 from resnetlab.errors import UsageError
 from resnetlab.fileio import write_text
 from resnetlab.report.events import read_events
-from resnetlab.report.mistakes import find_mistakes, read_confusion_csv, read_mistakes_csv, write_analysis
+from resnetlab.report.mistakes import (
+    find_mistakes,
+    read_confusion_csv,
+    read_mistakes_csv,
+    write_analysis,
+)
 from resnetlab.report.runs import is_run, run_state
 
-SECTIONS = ("summary", "configuration", "environment", "timings", "curves", "confusion", "per-class", "mistakes", "events")
+SECTIONS = (
+    "summary",
+    "configuration",
+    "environment",
+    "timings",
+    "curves",
+    "confusion",
+    "per-class",
+    "mistakes",
+    "events",
+)
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 STYLE = """
@@ -72,9 +87,19 @@ def img_tag(path: Path, alt: str) -> str:
 
 
 def table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
-    head = "".join(f'<th class="n">{esc(h)}</th>' if i in numeric else f"<th>{esc(h)}</th>" for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
-                   + "</tr>" for row in rows)
+    head = "".join(
+        f'<th class="n">{esc(h)}</th>' if i in numeric else f"<th>{esc(h)}</th>"
+        for i, h in enumerate(header)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>"
+            for i, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
     thead = f"<thead><tr>{head}</tr></thead>" if any(header) else ""
     return f"<table>{thead}<tbody>{body}</tbody></table>"
 
@@ -93,7 +118,13 @@ def read_metrics(folder: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
         rows = []
         for r in csv.DictReader(f):
-            rows.append({k: (int(v) if k == "epoch" else float(v)) for k, v in r.items() if v not in ("", None)})
+            rows.append(
+                {
+                    k: (int(v) if k == "epoch" else float(v))
+                    for k, v in r.items()
+                    if v not in ("", None)
+                }
+            )
         return rows
 
 
@@ -103,10 +134,18 @@ def load_run(folder: str | Path) -> dict:
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder; give a run folder (one holding config.json)")
     if not is_run(folder):
-        raise UsageError(f"{folder} is not a run folder (no config.json); give the folder `resnetlab train` wrote")
+        raise UsageError(
+            f"{folder} is not a run folder (no config.json); give the folder `resnetlab train` wrote"
+        )
     events = read_events(folder)
-    return {"path": folder, "config": read_json(folder / "config.json"), "summary": read_json(folder / "summary.json"),
-            "metrics": read_metrics(folder), "events": events, "state": run_state(folder, events)}
+    return {
+        "path": folder,
+        "config": read_json(folder / "config.json"),
+        "summary": read_json(folder / "summary.json"),
+        "metrics": read_metrics(folder),
+        "events": events,
+        "state": run_state(folder, events),
+    }
 
 
 # --- sections -------------------------------------------------------------------------------
@@ -125,11 +164,16 @@ def _summary_section(run: dict) -> str:
     cards = []
 
     def card(k, v):
-        cards.append(f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>')
+        cards.append(
+            f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
+        )
 
     if s:
         tta = f", {s['tta']} TTA" if s.get("tta") else ""
-        card(f"test acc, kept weights ({s.get('kept_weights', '?')}{tta})", fmt(s.get("kept_test_acc")))
+        card(
+            f"test acc, kept weights ({s.get('kept_weights', '?')}{tta})",
+            fmt(s.get("kept_test_acc")),
+        )
         if tta:
             card("the same without TTA", fmt(s.get("kept_test_acc_no_tta")))
         card("final test acc", fmt(s.get("test_acc")))
@@ -159,34 +203,71 @@ def _environment_section(run: dict) -> str:
     c = run["config"]
     versions = c.get("versions", {})
     rows = [[esc(f"{name} version"), esc(v)] for name, v in versions.items()]
-    for key, label in (("device", "device"), ("amp", "bf16 autocast"), ("channels_last", "channels_last"),
-                       ("world_size", "processes"), ("threads", "torch CPU threads"), ("host", "host"),
-                       ("params", "parameters")):
+    for key, label in (
+        ("device", "device"),
+        ("amp", "bf16 autocast"),
+        ("channels_last", "channels_last"),
+        ("world_size", "processes"),
+        ("threads", "torch CPU threads"),
+        ("host", "host"),
+        ("params", "parameters"),
+    ):
         if key in c:
             value = f"{c[key]:,}" if key == "params" else fmt(c[key])
             rows.append([esc(label), esc(value)])
-    return _section("environment", "Environment", table(["", ""], rows) if rows else _missing("config.json records no environment"))
+    return _section(
+        "environment",
+        "Environment",
+        table(["", ""], rows) if rows else _missing("config.json records no environment"),
+    )
 
 
 def _timings_section(run: dict) -> str:
     s, metrics = run["summary"], run["metrics"]
     parts = []
     if s:
-        rows = [["training (train steps only)", f"{s.get('train_seconds', 0):.1f} s"],
-                ["whole run (data, evaluation, files)", f"{s.get('total_seconds', 0):.1f} s"],
-                ["throughput (training examples / s)", f"{s.get('examples_per_sec', 0):,.1f}"],
-                ["test examples", f"{s.get('test_count', '-')}"]]
+        rows = [
+            ["training (train steps only)", f"{s.get('train_seconds', 0):.1f} s"],
+            ["whole run (data, evaluation, files)", f"{s.get('total_seconds', 0):.1f} s"],
+            ["throughput (training examples / s)", f"{s.get('examples_per_sec', 0):,.1f}"],
+            ["test examples", f"{s.get('test_count', '-')}"],
+        ]
         finish = next((e for e in reversed(run["events"]) if e["event"] == "finish"), None)
         if finish and "mistakes_seconds" in finish:
-            rows.append(["mistakes pass and files (after training)", f"{finish['mistakes_seconds']:.2f} s"])
+            rows.append(
+                ["mistakes pass and files (after training)", f"{finish['mistakes_seconds']:.2f} s"]
+            )
         parts.append(table(["", ""], [[esc(a), esc(b)] for a, b in rows], numeric={1}))
     if metrics:
-        keys = [k for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
-                            "examples_per_sec", "epoch_seconds") if k in metrics[0]]
-        rows = [[str(r["epoch"])] + [esc(fmt(r.get(k), 1 if k in ("examples_per_sec", "epoch_seconds") else 4)) for k in keys]
-                for r in metrics]
-        parts.append("<h3>Per epoch</h3>" + table(["epoch", *keys], rows, numeric=set(range(len(keys) + 1))))
-    return _section("timings", "Timings and throughput", "\n".join(parts) or _missing("no epoch completed yet"))
+        keys = [
+            k
+            for k in (
+                "train_loss",
+                "train_acc",
+                "val_loss",
+                "val_acc",
+                "test_loss",
+                "test_acc",
+                "lr",
+                "examples_per_sec",
+                "epoch_seconds",
+            )
+            if k in metrics[0]
+        ]
+        rows = [
+            [str(r["epoch"])]
+            + [
+                esc(fmt(r.get(k), 1 if k in ("examples_per_sec", "epoch_seconds") else 4))
+                for k in keys
+            ]
+            for r in metrics
+        ]
+        parts.append(
+            "<h3>Per epoch</h3>" + table(["epoch", *keys], rows, numeric=set(range(len(keys) + 1)))
+        )
+    return _section(
+        "timings", "Timings and throughput", "\n".join(parts) or _missing("no epoch completed yet")
+    )
 
 
 def _image_section(run: dict, sid: str, title: str, name: str, why: str) -> str:
@@ -197,34 +278,70 @@ def _image_section(run: dict, sid: str, title: str, name: str, why: str) -> str:
 def _per_class_section(run: dict) -> str:
     path = run["path"] / "confusion.csv"
     if not path.exists():
-        return _section("per-class", "Per-class accuracy", _missing(
-            "confusion.csv is missing: the run did not finish, or predates it (`resnetlab report` computes it "
-            "for a finished run)"))
+        return _section(
+            "per-class",
+            "Per-class accuracy",
+            _missing(
+                "confusion.csv is missing: the run did not finish, or predates it (`resnetlab report` computes it "
+                "for a finished run)"
+            ),
+        )
     classes, m = read_confusion_csv(path)
     rows = []
     for i, name in enumerate(classes):
         total = sum(m[i])
         acc = m[i][i] / total if total else float("nan")
-        worst = max(((m[i][j], classes[j]) for j in range(len(classes)) if j != i), default=(0, "-"))
+        worst = max(
+            ((m[i][j], classes[j]) for j in range(len(classes)) if j != i), default=(0, "-")
+        )
         bar = f'<span class="bar" style="width:{0 if acc != acc else round(160 * acc)}px"></span>'
-        rows.append([esc(name), str(total), str(m[i][i]), esc(fmt(acc)), bar,
-                     esc(f"{worst[1]} ({worst[0]})" if worst[0] else "-")])
-    return _section("per-class", "Per-class accuracy (kept weights, test set)",
-                    table(["class", "count", "correct", "acc", "", "most often taken for"], rows, numeric={1, 2, 3}))
+        rows.append(
+            [
+                esc(name),
+                str(total),
+                str(m[i][i]),
+                esc(fmt(acc)),
+                bar,
+                esc(f"{worst[1]} ({worst[0]})" if worst[0] else "-"),
+            ]
+        )
+    return _section(
+        "per-class",
+        "Per-class accuracy (kept weights, test set)",
+        table(
+            ["class", "count", "correct", "acc", "", "most often taken for"],
+            rows,
+            numeric={1, 2, 3},
+        ),
+    )
 
 
 def _mistakes_section(run: dict) -> str:
     folder = run["path"]
     if not (folder / "mistakes.csv").exists():
-        return _section("mistakes", "Most confident mistakes", _missing(
-            "mistakes.csv is missing: the run did not finish, or predates it"))
+        return _section(
+            "mistakes",
+            "Most confident mistakes",
+            _missing("mistakes.csv is missing: the run did not finish, or predates it"),
+        )
     items = read_mistakes_csv(folder / "mistakes.csv")
-    parts = [img_tag(folder / "mistakes.png", "mistakes grid") if (folder / "mistakes.png").exists()
-             else _missing("mistakes.png is missing (matplotlib is not installed)")]
-    rows = [[str(r["index"]), esc(r["true"]), esc(r["predicted"]), f"{r['probability']:.3f}"] for r in items]
-    parts.append("<details><summary>as a table (mistakes.csv)</summary>"
-                 + table(["test index", "true", "predicted", "probability"], rows, numeric={0, 3}) + "</details>")
-    return _section("mistakes", "Most confident mistakes (kept weights, test set)", "\n".join(parts))
+    parts = [
+        img_tag(folder / "mistakes.png", "mistakes grid")
+        if (folder / "mistakes.png").exists()
+        else _missing("mistakes.png is missing (matplotlib is not installed)")
+    ]
+    rows = [
+        [str(r["index"]), esc(r["true"]), esc(r["predicted"]), f"{r['probability']:.3f}"]
+        for r in items
+    ]
+    parts.append(
+        "<details><summary>as a table (mistakes.csv)</summary>"
+        + table(["test index", "true", "predicted", "probability"], rows, numeric={0, 3})
+        + "</details>"
+    )
+    return _section(
+        "mistakes", "Most confident mistakes (kept weights, test set)", "\n".join(parts)
+    )
 
 
 def describe_event(e: dict) -> str:
@@ -232,12 +349,19 @@ def describe_event(e: dict) -> str:
     if kind == "start":
         return f"started from scratch on {e.get('host', '?')}"
     if kind == "resume":
-        where = f"in epoch {e.get('epoch', 0) + 1} at step {e['step_in_epoch']}" if e.get("step_in_epoch") else \
-            f"after epoch {e.get('epoch')}"
+        where = (
+            f"in epoch {e.get('epoch', 0) + 1} at step {e['step_in_epoch']}"
+            if e.get("step_in_epoch")
+            else f"after epoch {e.get('epoch')}"
+        )
         return f"resumed {where} on {e.get('host', '?')}"
     if kind == "interrupt":
         step = e.get("step_in_epoch")
-        return f"interrupted in epoch {e.get('epoch', 0) + 1} at step {step}" if step else f"interrupted after epoch {e.get('epoch')}"
+        return (
+            f"interrupted in epoch {e.get('epoch', 0) + 1} at step {step}"
+            if step
+            else f"interrupted after epoch {e.get('epoch')}"
+        )
     if kind == "failed":
         return f"failed: {e.get('error', '')}: {e.get('message', '')}"
     if kind == "finish":
@@ -248,12 +372,19 @@ def describe_event(e: dict) -> str:
 def _events_section(run: dict) -> str:
     events = run["events"]
     if not events:
-        return _section("events", "What happened when", _missing("events.jsonl is missing: the run predates it"))
-    rows = [[esc(e.get("time", "-").replace("T", " ")), esc(e["event"]), esc(describe_event(e))] for e in events]
+        return _section(
+            "events", "What happened when", _missing("events.jsonl is missing: the run predates it")
+        )
+    rows = [
+        [esc(e.get("time", "-").replace("T", " ")), esc(e["event"]), esc(describe_event(e))]
+        for e in events
+    ]
     resumed = sum(e["event"] == "resume" for e in events)
     stopped = sum(e["event"] in ("interrupt", "failed") for e in events)
     lead = f"<p>{len(events)} events: {stopped} stop(s), {resumed} resume(s).</p>"
-    return _section("events", "What happened when", lead + table(["time (UTC)", "event", "what"], rows))
+    return _section(
+        "events", "What happened when", lead + table(["time (UTC)", "event", "what"], rows)
+    )
 
 
 def build_report(folder: str | Path) -> str:
@@ -262,20 +393,44 @@ def build_report(folder: str | Path) -> str:
     title = f"{cfg.get('model', '?')} on {cfg.get('data', '?')}"
     state = run["state"]
     sections = [
-        _summary_section(run), _config_section(run), _environment_section(run), _timings_section(run),
-        _image_section(run, "curves", "Curves", "curves.png", "curves.png is missing: the run did not finish"),
-        _image_section(run, "confusion", "Confusion matrix (kept weights, test set)", "confusion.png",
-                       "confusion.png is missing: the run did not finish"),
-        _per_class_section(run), _mistakes_section(run), _events_section(run),
+        _summary_section(run),
+        _config_section(run),
+        _environment_section(run),
+        _timings_section(run),
+        _image_section(
+            run, "curves", "Curves", "curves.png", "curves.png is missing: the run did not finish"
+        ),
+        _image_section(
+            run,
+            "confusion",
+            "Confusion matrix (kept weights, test set)",
+            "confusion.png",
+            "confusion.png is missing: the run did not finish",
+        ),
+        _per_class_section(run),
+        _mistakes_section(run),
+        _events_section(run),
     ]
-    return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{esc(run['path'].name)}: {esc(title)}</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
-        f"<h1>{esc(title)} <span class=\"state {esc(state)}\">{esc(state)}</span></h1>",
-        f'<p class="sub">run folder <code>{esc(run["path"])}</code>, preset <code>{esc(cfg.get("preset", "?"))}</code></p>',
-        *sections, "</body>", "</html>", ""])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{esc(run['path'].name)}: {esc(title)}</title>",
+            f"<style>{STYLE}</style>",
+            "</head>",
+            "<body>",
+            f'<h1>{esc(title)} <span class="state {esc(state)}">{esc(state)}</span></h1>',
+            f'<p class="sub">run folder <code>{esc(run["path"])}</code>, preset <code>{esc(cfg.get("preset", "?"))}</code></p>',
+            *sections,
+            "</body>",
+            "</html>",
+            "",
+        ]
+    )
 
 
 def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
@@ -307,21 +462,35 @@ def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int
 
     kept = folder / summary.get("kept_weights", "model.safetensors")
     if not kept.exists():
-        raise UsageError(f"{folder} holds no {kept.name}; its weights are gone, so its mistakes cannot be found")
+        raise UsageError(
+            f"{folder} holds no {kept.name}; its weights are gone, so its mistakes cannot be found"
+        )
     record = read_json(folder / "config.json")
     cfg = TrainConfig.from_dict(record["config"])
     dev = resolve_device(device)
-    same_kind = str(record.get("device", "")).split(":")[0] == dev.type  # then compute as the run did
+    same_kind = (
+        str(record.get("device", "")).split(":")[0] == dev.type
+    )  # then compute as the run did
     amp = bool(record.get("amp")) and same_kind
     channels_last = bool(record.get("channels_last")) and same_kind
     model, meta = load_model(kept, dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     _, _, test_set = load_splits(cfg)
-    loader = make_loaders(test=test_set, batch_size=max(cfg.batch_size, batch_size), device=dev,
-                          channels_last=channels_last, **input_transform(meta)).test
+    loader = make_loaders(
+        test=test_set,
+        batch_size=max(cfg.batch_size, batch_size),
+        device=dev,
+        channels_last=channels_last,
+        **input_transform(meta),
+    ).test
     model = with_tta(model, cfg.tta)  # the views the run's own final test figure used
     m = find_mistakes(model, loader, dev, amp=amp, classes=list(test_set.classes))
-    write_analysis(folder, m, test_set.images, title=f"{kept.name}: {m.wrong} of {m.count} test images wrong; "
-                                                      f"the {len(m.items)} most confident")
+    write_analysis(
+        folder,
+        m,
+        test_set.images,
+        title=f"{kept.name}: {m.wrong} of {m.count} test images wrong; "
+        f"the {len(m.items)} most confident",
+    )
     return True

@@ -46,7 +46,9 @@ class Mistakes:
         return (self.count - self.wrong) / max(self.count, 1)
 
 
-def mistakes_from_evaluation(result: dict, labels: torch.Tensor, classes: list[str], k: int = MISTAKES_K) -> Mistakes:
+def mistakes_from_evaluation(
+    result: dict, labels: torch.Tensor, classes: list[str], k: int = MISTAKES_K
+) -> Mistakes:
     """The top-`k` confident mistakes in an evaluation's per-example results (engine.evaluate with
     `per_example=True`: "top_prob", "pred", in the order of `labels`), with its figures: no pass
     of its own, so a run's kept weights are not evaluated again for them."""
@@ -59,21 +61,38 @@ def mistakes_from_evaluation(result: dict, labels: torch.Tensor, classes: list[s
     score = torch.where(wrong, prob, torch.full_like(prob, -1.0))  # right answers sort last
     wrong_count = int(wrong.sum())
     top = score.topk(min(max(k, 0), wrong_count))
-    items = [{"index": i, "true": classes[a], "predicted": classes[b], "probability": float(v)}
-             for i, v, a, b in zip(top.indices.tolist(), top.values.tolist(), label[top.indices].tolist(),
-                                   pred[top.indices].tolist())]
-    return Mistakes(items, len(label), wrong_count, result["loss"], result["confusion"], list(classes))
+    items = [
+        {"index": i, "true": classes[a], "predicted": classes[b], "probability": float(v)}
+        for i, v, a, b in zip(
+            top.indices.tolist(),
+            top.values.tolist(),
+            label[top.indices].tolist(),
+            pred[top.indices].tolist(),
+        )
+    ]
+    return Mistakes(
+        items, len(label), wrong_count, result["loss"], result["confusion"], list(classes)
+    )
 
 
-def find_mistakes(model: torch.nn.Module, loader, device: torch.device | str, *, amp: bool = False,
-                  classes: list[str], k: int = MISTAKES_K) -> Mistakes:
+def find_mistakes(
+    model: torch.nn.Module,
+    loader,
+    device: torch.device | str,
+    *,
+    amp: bool = False,
+    classes: list[str],
+    k: int = MISTAKES_K,
+) -> Mistakes:
     """The top-`k` confident mistakes of `model` on `loader` (unshuffled, one process: an item's
     `index` is its position in the loader's dataset), from one evaluation pass."""
     import torch
 
     from resnetlab.train.engine import evaluate
 
-    result = evaluate(model, loader, torch.device(device), amp=amp, num_classes=len(classes), per_example=True)
+    result = evaluate(
+        model, loader, torch.device(device), amp=amp, num_classes=len(classes), per_example=True
+    )
     return mistakes_from_evaluation(result, loader.dataset.labels, classes, k)
 
 
@@ -88,10 +107,15 @@ def write_mistakes_csv(mistakes: Mistakes, path: str | Path) -> None:
 
 def read_mistakes_csv(path: str | Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
-        return [dict(r, index=int(r["index"]), probability=float(r["probability"])) for r in csv.DictReader(f)]
+        return [
+            dict(r, index=int(r["index"]), probability=float(r["probability"]))
+            for r in csv.DictReader(f)
+        ]
 
 
-def plot_mistakes(items: list[dict], images: torch.Tensor, path: str | Path, title: str = "") -> None:
+def plot_mistakes(
+    items: list[dict], images: torch.Tensor, path: str | Path, title: str = ""
+) -> None:
     """A grid of the mistaken images (uint8 [N, C, H, W], indexed by each item's `index`), each
     labelled above with its true class, predicted class and probability, 1.65 inches a cell.
 
@@ -111,20 +135,35 @@ def plot_mistakes(items: list[dict], images: torch.Tensor, path: str | Path, tit
     for n, item in enumerate(items):
         img = images[item["index"]].expand(3, h, w) if c == 1 else images[item["index"]][:3]
         top, left = (n // cols) * cell_h + band, (n % cols) * cell_w
-        mosaic[top:top + h, left:left + w] = img.permute(1, 2, 0)
+        mosaic[top : top + h, left : left + w] = img.permute(1, 2, 0)
     width = CELL_INCHES * cols
     height = width * mosaic.shape[0] / mosaic.shape[1]
     title_inches = 0.4 if title else 0.0
     fig = new_figure(figsize=(width, height + title_inches))
     ax = fig.add_axes((0, 0, 1, height / (height + title_inches)))
-    ax.imshow(mosaic.numpy(), interpolation="nearest", aspect="auto")  # the axes has the mosaic's aspect
+    ax.imshow(
+        mosaic.numpy(), interpolation="nearest", aspect="auto"
+    )  # the axes has the mosaic's aspect
     ax.axis("off")
     for n, item in enumerate(items):
         x, y = (n % cols) * cell_w + w / 2, (n // cols) * cell_h + band - 1
-        ax.text(x, y, f"#{item['index']} true: {item['true']}\npred: {item['predicted']} ({item['probability']:.2f})",
-                ha="center", va="bottom", fontsize=8)
+        ax.text(
+            x,
+            y,
+            f"#{item['index']} true: {item['true']}\npred: {item['predicted']} ({item['probability']:.2f})",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     if not items:
-        ax.text(mosaic.shape[1] / 2, mosaic.shape[0] / 2, "no mistakes", ha="center", va="center", fontsize=12)
+        ax.text(
+            mosaic.shape[1] / 2,
+            mosaic.shape[0] / 2,
+            "no mistakes",
+            ha="center",
+            va="center",
+            fontsize=12,
+        )
     if title:
         fig.suptitle(title, fontsize=11)
     save_png(fig, Path(path))
@@ -147,7 +186,9 @@ def read_confusion_csv(path: str | Path) -> tuple[list[str], list[list[int]]]:
     return rows[0][1:], [[int(v) for v in row[1:]] for row in rows[1:]]
 
 
-def write_analysis(folder: str | Path, mistakes: Mistakes, images: torch.Tensor, *, title: str = "") -> list[Path]:
+def write_analysis(
+    folder: str | Path, mistakes: Mistakes, images: torch.Tensor, *, title: str = ""
+) -> list[Path]:
     """mistakes.csv, confusion.csv and (with matplotlib) mistakes.png in `folder`; the paths written."""
     folder = Path(folder)
     written = [folder / "mistakes.csv", folder / "confusion.csv"]
@@ -159,20 +200,31 @@ def write_analysis(folder: str | Path, mistakes: Mistakes, images: torch.Tensor,
     return written
 
 
-def eval_mistakes(model, loader, device, test_set, source: str | Path, *, out: str | Path | None,
-                  k: int) -> tuple[dict, dict]:
+def eval_mistakes(
+    model, loader, device, test_set, source: str | Path, *, out: str | Path | None, k: int
+) -> tuple[dict, dict]:
     """`resnetlab eval`'s pass: (what engine.evaluate returns: loss, acc, count, confusion; the
     mistakes' summary) from one pass, with mistakes.png/.csv and confusion.csv written into `out`,
     by default eval/ beside the weights (RUN/eval/ for a run folder), so the training run's own
     files (made on its test set, perhaps a subset) are left as they are."""
     source = Path(source)
-    folder = Path(out) if out is not None else (source if source.is_dir() else source.parent) / "eval"
+    folder = (
+        Path(out) if out is not None else (source if source.is_dir() else source.parent) / "eval"
+    )
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {folder} is a file; give a folder")
     m = find_mistakes(model, loader, device, classes=list(test_set.classes), k=k)
-    files = write_analysis(folder, m, test_set.images,
-                           title=f"{source.name}: {m.wrong} of {m.count} {test_set.name} test images wrong; "
-                                 f"the {len(m.items)} most confident")
+    files = write_analysis(
+        folder,
+        m,
+        test_set.images,
+        title=f"{source.name}: {m.wrong} of {m.count} {test_set.name} test images wrong; "
+        f"the {len(m.items)} most confident",
+    )
     result = {"loss": m.loss, "acc": m.acc, "count": m.count, "confusion": m.confusion}
-    return result, {"wrong": m.wrong, "mistakes_shown": len(m.items), "mistakes_dir": str(folder),
-                    "mistakes_files": [str(f) for f in files]}
+    return result, {
+        "wrong": m.wrong,
+        "mistakes_shown": len(m.items),
+        "mistakes_dir": str(folder),
+        "mistakes_files": [str(f) for f in files],
+    }

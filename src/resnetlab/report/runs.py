@@ -62,14 +62,25 @@ def describe_run(folder: str | Path) -> dict:
     events = read_events(folder)
     started = events[0]["time"] if events else None
     if started is None:  # runs made before events.jsonl: the config file's time
-        started = datetime.fromtimestamp((folder / "config.json").stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+        started = datetime.fromtimestamp(
+            (folder / "config.json").stat().st_mtime, timezone.utc
+        ).isoformat(timespec="seconds")
     return {
-        "run": str(folder), "name": folder.name, "state": run_state(folder, events),
-        "model": cfg.get("model"), "data": cfg.get("data"), "preset": cfg.get("preset"),
-        "epochs": summary.get("epochs", epochs_done(folder)), "epochs_planned": cfg.get("epochs"),
-        "kept_test_acc": summary.get("kept_test_acc"), "kept_weights": summary.get("kept_weights"),
-        "seconds": summary.get("total_seconds"), "started": started,
-        "last_modified": max((p.stat().st_mtime for p in folder.iterdir() if p.is_file()), default=0.0),
+        "run": str(folder),
+        "name": folder.name,
+        "state": run_state(folder, events),
+        "model": cfg.get("model"),
+        "data": cfg.get("data"),
+        "preset": cfg.get("preset"),
+        "epochs": summary.get("epochs", epochs_done(folder)),
+        "epochs_planned": cfg.get("epochs"),
+        "kept_test_acc": summary.get("kept_test_acc"),
+        "kept_weights": summary.get("kept_weights"),
+        "seconds": summary.get("total_seconds"),
+        "started": started,
+        "last_modified": max(
+            (p.stat().st_mtime for p in folder.iterdir() if p.is_file()), default=0.0
+        ),
     }
 
 
@@ -77,7 +88,9 @@ def list_runs(root: str | Path = "runs") -> list[dict]:
     """Every run folder in `root` and one level below (an experiment's nets), newest first."""
     root = Path(root)
     if not root.is_dir():
-        raise UsageError(f"{root} is not a folder; give the folder that holds your run folders (default: runs)")
+        raise UsageError(
+            f"{root} is not a folder; give the folder that holds your run folders (default: runs)"
+        )
     folders = [root] if is_run(root) else []
     for child in sorted(root.iterdir()):
         if child.is_dir():
@@ -108,11 +121,28 @@ def format_runs(rows: list[dict], root: str | Path = "runs") -> str:
     def secs(r):
         return f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"
 
-    table = [("run", "model", "data", "preset", "epochs", "test acc", "seconds", "state", "started")]
+    table = [
+        ("run", "model", "data", "preset", "epochs", "test acc", "seconds", "state", "started")
+    ]
     for r in rows:
-        table.append((name(r), str(r["model"]), str(r["data"]), str(r["preset"]),
-                      f"{r['epochs']}/{r['epochs_planned']}", acc(r), secs(r), r["state"], (r["started"] or "-")[:19]))
+        table.append(
+            (
+                name(r),
+                str(r["model"]),
+                str(r["data"]),
+                str(r["preset"]),
+                f"{r['epochs']}/{r['epochs_planned']}",
+                acc(r),
+                secs(r),
+                r["state"],
+                (r["started"] or "-")[:19],
+            )
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     right = {4, 5, 6}
-    return "\n".join("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-                     for row in table)
+    return "\n".join(
+        "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))
+        ).rstrip()
+        for row in table
+    )

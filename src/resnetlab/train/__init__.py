@@ -8,8 +8,12 @@ to make its flags) loads without torch.
 
 import importlib
 
-_WHERE = {"TrainConfig": "resnetlab.train.config", "PRESETS": "resnetlab.train.presets",
-          "make_config": "resnetlab.train.presets", "train": "resnetlab.train.trainer"}
+_WHERE = {
+    "TrainConfig": "resnetlab.train.config",
+    "PRESETS": "resnetlab.train.presets",
+    "make_config": "resnetlab.train.presets",
+    "train": "resnetlab.train.trainer",
+}
 __all__ = list(_WHERE)
 
 

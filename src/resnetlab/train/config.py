@@ -31,32 +31,59 @@ MAX_RESIZE = 4096  # pixels a side: a 256-image batch of 4096 x 4096 RGB floats 
 
 @dataclass
 class TrainConfig:
-    preset: str = setting("quick", "the recipe the other settings start from: d2l (the textbook's), "
-                          "quick (~10 min on a CPU), best (for a GPU)")
+    preset: str = setting(
+        "quick",
+        "the recipe the other settings start from: d2l (the textbook's), "
+        "quick (~10 min on a CPU), best (for a GPU)",
+    )
     # model
     model: str = setting("resnet20", "model name (see `resnetlab models`)")
-    model_kwargs: dict = setting({}, "options of the model's builder as JSON, e.g. '{\"width\": 32}'")
-    init: str = setting("default", "weight init: default (PyTorch's), xavier (the textbook's train_ch6) or whiten "
-                        "(PyTorch's, with the first convolution set to the training images' patch-whitening filters and "
-                        "frozen, as airbench's; train/whiten.py)", choices=("default", "xavier", "whiten"))
-    init_from: str | None = setting(None, "start from these weights: a torchvision/timm checkpoint (.pth, .pt, "
-                                    ".safetensors) or a run's model.safetensors, loaded after --init; another "
-                                    "class count re-initialises the classifier (models/pretrained.py)")
+    model_kwargs: dict = setting(
+        {}, "options of the model's builder as JSON, e.g. '{\"width\": 32}'"
+    )
+    init: str = setting(
+        "default",
+        "weight init: default (PyTorch's), xavier (the textbook's train_ch6) or whiten "
+        "(PyTorch's, with the first convolution set to the training images' patch-whitening filters and "
+        "frozen, as airbench's; train/whiten.py)",
+        choices=("default", "xavier", "whiten"),
+    )
+    init_from: str | None = setting(
+        None,
+        "start from these weights: a torchvision/timm checkpoint (.pth, .pt, "
+        ".safetensors) or a run's model.safetensors, loaded after --init; another "
+        "class count re-initialises the classifier (models/pretrained.py)",
+    )
     # data
-    data: str = setting("fashion-mnist", "dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH")
-    data_dir: str | None = setting(None, "folder holding the dataset files (used alone, no fall-back)")
+    data: str = setting(
+        "fashion-mnist", "dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH"
+    )
+    data_dir: str | None = setting(
+        None, "folder holding the dataset files (used alone, no fall-back)"
+    )
     resize: int | None = setting(None, "resize images to PX x PX (default: the dataset's size)")
     normalize: bool = setting(True, "subtract the dataset mean, divide by its std")
-    crop_padding: int = setting(0, "random crop after padding each side by this many pixels (0: off)")
+    crop_padding: int = setting(
+        0, "random crop after padding each side by this many pixels (0: off)"
+    )
     flip: bool = setting(False, "random horizontal flip")
-    alternate_flip: bool = setting(False, "with --flip: mirror each image in every other epoch, from a random start "
-                                   "(airbench), instead of with probability 1/2 each epoch")
+    alternate_flip: bool = setting(
+        False,
+        "with --flip: mirror each image in every other epoch, from a random start "
+        "(airbench), instead of with probability 1/2 each epoch",
+    )
     erasing: float = setting(0.0, "random-erasing probability (0: off)")
-    progressive_resize: int = setting(0, "progressive resizing: train the first epoch at PX x PX, growing linearly "
-                                      "to the full size (--resize, or the dataset's) by --progressive-until; evaluation "
-                                      "stays at the full size (0: off)")
-    progressive_until: float = setting(0.5, "with --progressive-resize: where in the run training reaches the full "
-                                       "size, as a fraction of the epochs (0: from the second epoch, 1: in the last)")
+    progressive_resize: int = setting(
+        0,
+        "progressive resizing: train the first epoch at PX x PX, growing linearly "
+        "to the full size (--resize, or the dataset's) by --progressive-until; evaluation "
+        "stays at the full size (0: off)",
+    )
+    progressive_until: float = setting(
+        0.5,
+        "with --progressive-resize: where in the run training reaches the full "
+        "size, as a fraction of the epochs (0: from the second epoch, 1: in the last)",
+    )
     val_split: int = setting(0, "hold out N training examples to pick best.safetensors (0: none)")
     subset: int | None = setting(None, "use a seeded random subset of N examples of each split")
     # optimisation
@@ -66,65 +93,106 @@ class TrainConfig:
     optimizer: str = setting("sgd", "optimizer", choices=("sgd", "adamw"))
     momentum: float = setting(0.0, "SGD momentum")
     nesterov: bool = setting(False, "Nesterov momentum (SGD)")
-    weight_decay: float = setting(0.0, "weight decay of conv and linear weights (not of BN and biases)")
-    schedule: str = setting("constant", "learning-rate schedule: constant, onecycle (linear warm-up, linear "
-                            "decay to 0) or cosine", choices=("constant", "onecycle", "cosine"))
+    weight_decay: float = setting(
+        0.0, "weight decay of conv and linear weights (not of BN and biases)"
+    )
+    schedule: str = setting(
+        "constant",
+        "learning-rate schedule: constant, onecycle (linear warm-up, linear decay to 0) or cosine",
+        choices=("constant", "onecycle", "cosine"),
+    )
     warmup: float = setting(0.0, "fraction of all steps spent warming up (onecycle, cosine)")
     label_smoothing: float = setting(0.0, "label smoothing of the training loss")
     # the weights kept, and how they are measured
-    ema: float = setting(0.0, "keep an exponential moving average of the weights, batch-norm statistics included, "
-                         "with this decay per step (e.g. 0.99; 0: off): the average is what is evaluated and saved")
-    tta: str = setting("none", "test-time augmentation of the kept weights' final test figure: flip, or flip and "
-                       "one-pixel shifts (flip-shift; train/tta.py); per-epoch evaluations stay plain", choices=TTA_MODES)
-    epoch_test: bool = setting(True, "evaluate the test set after every epoch (--no-epoch-test: only the kept weights, "
-                               "at the end; validation picks them, and the curves show it)")
+    ema: float = setting(
+        0.0,
+        "keep an exponential moving average of the weights, batch-norm statistics included, "
+        "with this decay per step (e.g. 0.99; 0: off): the average is what is evaluated and saved",
+    )
+    tta: str = setting(
+        "none",
+        "test-time augmentation of the kept weights' final test figure: flip, or flip and "
+        "one-pixel shifts (flip-shift; train/tta.py); per-epoch evaluations stay plain",
+        choices=TTA_MODES,
+    )
+    epoch_test: bool = setting(
+        True,
+        "evaluate the test set after every epoch (--no-epoch-test: only the kept weights, "
+        "at the end; validation picks them, and the curves show it)",
+    )
     # execution
     device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     amp: bool | None = setting(None, "bf16 autocast (default: where it pays: CUDA, CPUs with bf16)")
-    channels_last: bool | None = setting(None, "channels_last memory format (default: on for CPU and CUDA)")
-    capture: bool | None = setting(None, "replay each training step and evaluation batch from a CUDA graph "
-                                   "(default: on CUDA with one process, SGD and no --compile)")
-    compile: bool = setting(False, "torch.compile the model for training (each epoch then drops its last, "
-                            "smaller batch: one shape, one compilation)")
+    channels_last: bool | None = setting(
+        None, "channels_last memory format (default: on for CPU and CUDA)"
+    )
+    capture: bool | None = setting(
+        None,
+        "replay each training step and evaluation batch from a CUDA graph "
+        "(default: on CUDA with one process, SGD and no --compile)",
+    )
+    compile: bool = setting(
+        False,
+        "torch.compile the model for training (each epoch then drops its last, "
+        "smaller batch: one shape, one compilation)",
+    )
     sync_bn: bool = setting(False, "batch norm over the global batch across processes")
     seed: int = setting(0, "seed of the initial weights, data order and augmentation")
     # reporting
-    tensorboard: bool = setting(False, "TensorBoard event files in the run folder (the tensorboard extra)")
+    tensorboard: bool = setting(
+        False, "TensorBoard event files in the run folder (the tensorboard extra)"
+    )
 
     def __post_init__(self) -> None:
         self._check_types()  # also: every float finite (NaN compares false: `lr <= 0` let --lr nan train)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise UsageError(
+                    f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
+                )
         if self.lr <= 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
         for name in ("momentum", "weight_decay", "crop_padding", "val_split"):
             if getattr(self, name) < 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
+                raise UsageError(
+                    f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}"
+                )
         for name in ("warmup", "erasing", "progressive_until"):
             if not 0 <= getattr(self, name) <= 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
+                raise UsageError(
+                    f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}"
+                )
         if not 0 <= self.ema < 1:
             raise UsageError(f"--ema must be at least 0 (off) and below 1, got {self.ema}")
         if not 0 <= self.label_smoothing < 1:
-            raise UsageError(f"--label-smoothing must be at least 0 and below 1, got {self.label_smoothing}")
+            raise UsageError(
+                f"--label-smoothing must be at least 0 and below 1, got {self.label_smoothing}"
+            )
         if self.resize is not None and self.resize <= 0:
             raise UsageError(f"--resize must be positive, got {self.resize}")
-        if self.resize is not None and self.resize > MAX_RESIZE:  # beyond, a batch takes terabytes (or overflows)
+        if (
+            self.resize is not None and self.resize > MAX_RESIZE
+        ):  # beyond, a batch takes terabytes (or overflows)
             raise UsageError(f"--resize must be at most {MAX_RESIZE} pixels, got {self.resize}")
         if self.init == "whiten" and self.init_from:
-            raise UsageError("--init whiten sets the first layer from the data and --init-from would overwrite it; drop one")
+            raise UsageError(
+                "--init whiten sets the first layer from the data and --init-from would overwrite it; drop one"
+            )
         if not 0 <= self.progressive_resize <= MAX_RESIZE:
-            raise UsageError(f"--progressive-resize must be between 1 and {MAX_RESIZE} pixels (0: off), "
-                             f"got {self.progressive_resize}")
-        if not -2**63 <= self.seed < 2**63:  # torch seeds are 64-bit
+            raise UsageError(
+                f"--progressive-resize must be between 1 and {MAX_RESIZE} pixels (0: off), "
+                f"got {self.progressive_resize}"
+            )
+        if not -(2**63) <= self.seed < 2**63:  # torch seeds are 64-bit
             raise UsageError(f"--seed must fit in 64 bits, got {self.seed}")
         if self.subset is not None and self.subset <= 0:
             raise UsageError(f"--subset must be positive, got {self.subset}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise UsageError(f"unknown {f.name} {getattr(self, f.name)!r}; use {', '.join(choices)}")
+                raise UsageError(
+                    f"unknown {f.name} {getattr(self, f.name)!r}; use {', '.join(choices)}"
+                )
 
     def _check_types(self) -> None:
         """Each value of the field's type (a whole number where an int is wanted, a finite number
@@ -137,7 +205,9 @@ class TrainConfig:
                 if not math.isfinite(value):
                     raise UsageError(f"--{flag_name(name)} must be a finite number, got {value}")
                 setattr(self, name, float(value))
-            elif not any(isinstance(value, k) and not (k is int and isinstance(value, bool)) for k in kinds):
+            elif not any(
+                isinstance(value, k) and not (k is int and isinstance(value, bool)) for k in kinds
+            ):
                 wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
                 raise UsageError(f"--{flag_name(name)} takes {wanted}, got {value!r}")
 
@@ -155,12 +225,14 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise UsageError(f"unknown configuration keys {unknown}; this configuration was made by another "
-                             "resnetlab version or by hand: remove them")
+            raise UsageError(
+                f"unknown configuration keys {unknown}; this configuration was made by another "
+                "resnetlab version or by hand: remove them"
+            )
         return cls(**d)
 
 

@@ -24,16 +24,20 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+            raise UsageError(
+                "--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto"
+            )
         if device.index is None:
             device = torch.device("cuda", local_rank)
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps was asked for but MPS is not available; use --device cpu or auto")
+        raise UsageError(
+            "--device mps was asked for but MPS is not available; use --device cpu or auto"
+        )
     return device
 
 
 def device_type(name: str | None) -> str:
-    """"cuda", "cpu" or "mps" for a --device value; "auto" (or None) as `resolve_device` resolves it."""
+    """ "cuda", "cpu" or "mps" for a --device value; "auto" (or None) as `resolve_device` resolves it."""
     if name in (None, "auto"):
         return resolve_device("auto").type
     try:
@@ -47,7 +51,9 @@ def bf16_pays(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
     return False
 
 
@@ -56,13 +62,21 @@ def channels_last_pays(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-def capture_pays(device: torch.device, world_size: int, optimizer: str, compile: bool, one_shape: bool = True) -> bool:
+def capture_pays(
+    device: torch.device, world_size: int, optimizer: str, compile: bool, one_shape: bool = True
+) -> bool:
     """CUDA graphs pay where the host's kernel launches bound the step: on CUDA (measured on an H200:
     a captured resnet18_d2l step at batch 256 ran 45k ex/s in bf16 against 22k eager). Not with
     DDP (its communication hooks are not captured here), AdamW (no captured update written yet),
     torch.compile (which has its own) or batches whose shape changes between epochs
     (`one_shape=False`: progressive resizing; a graph replays one shape)."""
-    return device.type == "cuda" and world_size == 1 and optimizer == "sgd" and not compile and one_shape
+    return (
+        device.type == "cuda"
+        and world_size == 1
+        and optimizer == "sgd"
+        and not compile
+        and one_shape
+    )
 
 
 def prepare_device(device: torch.device) -> None:

@@ -25,9 +25,9 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -38,8 +38,12 @@ from resnetlab.errors import Interrupted, ResnetlabError, TrainingError, UsageEr
 from resnetlab.train.device import device_type
 
 TIMEOUT_ENV = "RESNETLAB_DIST_TIMEOUT"
-DEFAULT_TIMEOUT_S = 300  # longer than any step or evaluation we expect, short enough not to feel like a hang
-SHUTDOWN_TIMEOUT_S = 120  # `--nproc`: how long torchrun lets the processes finish after Ctrl-C (its default: 30 s)
+DEFAULT_TIMEOUT_S = (
+    300  # longer than any step or evaluation we expect, short enough not to feel like a hang
+)
+SHUTDOWN_TIMEOUT_S = (
+    120  # `--nproc`: how long torchrun lets the processes finish after Ctrl-C (its default: 30 s)
+)
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,9 @@ def collective_timeout() -> timedelta:
     except ValueError:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
-        raise UsageError(f"{TIMEOUT_ENV}={raw!r} is not a positive number of seconds; unset it for {DEFAULT_TIMEOUT_S}")
+        raise UsageError(
+            f"{TIMEOUT_ENV}={raw!r} is not a positive number of seconds; unset it for {DEFAULT_TIMEOUT_S}"
+        )
     return timedelta(seconds=seconds)
 
 
@@ -79,12 +85,16 @@ def _env_int(name: str, default: int | None = None) -> int:
     if raw is None and default is not None:
         return default
     if raw is None:
-        raise UsageError(f"WORLD_SIZE is set but {name} is not; start the processes with torchrun "
-                         f"(or `resnetlab train --nproc N`), which sets RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT")
+        raise UsageError(
+            f"WORLD_SIZE is set but {name} is not; start the processes with torchrun "
+            f"(or `resnetlab train --nproc N`), which sets RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT"
+        )
     try:
         return int(raw)
     except ValueError:
-        raise UsageError(f"{name}={raw!r} is not a whole number; it should come from torchrun") from None
+        raise UsageError(
+            f"{name}={raw!r} is not a whole number; it should come from torchrun"
+        ) from None
 
 
 def init_from_env(device: str) -> DistInfo:
@@ -98,19 +108,27 @@ def init_from_env(device: str) -> DistInfo:
         return DistInfo()
     info = DistInfo(_env_int("RANK"), world, _env_int("LOCAL_RANK", 0))
     if device.type == "cuda" and info.local_rank >= torch.cuda.device_count():
-        raise UsageError(f"process {info.rank} (LOCAL_RANK {info.local_rank}) has no GPU: this machine shows "
-                         f"{torch.cuda.device_count()}; start at most that many processes per machine")
+        raise UsageError(
+            f"process {info.rank} (LOCAL_RANK {info.local_rank}) has no GPU: this machine shows "
+            f"{torch.cuda.device_count()}; start at most that many processes per machine"
+        )
     if not dist.is_initialized():
         timeout = collective_timeout()
         try:
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+            dist.init_process_group(
+                backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout
+            )
         except ValueError as e:  # env:// without MASTER_ADDR / MASTER_PORT
-            raise UsageError(f"cannot join the other processes: {e}; start them with torchrun") from None
+            raise UsageError(
+                f"cannot join the other processes: {e}; start them with torchrun"
+            ) from None
         except (RuntimeError, dist.DistError) as e:
-            raise TrainingError(f"process {info.rank} could not reach the others at "
-                                f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} within "
-                                f"{timeout.total_seconds():g} s ({_first_line(e)}); check that every process "
-                                f"started and that the address is reachable") from None
+            raise TrainingError(
+                f"process {info.rank} could not reach the others at "
+                f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} within "
+                f"{timeout.total_seconds():g} s ({_first_line(e)}); check that every process "
+                f"started and that the address is reachable"
+            ) from None
     return info
 
 
@@ -140,7 +158,9 @@ def session(info: DistInfo) -> Iterator[None]:
             f"(now {collective_timeout().total_seconds():g} s)"
         ) from None
     finally:
-        if info.enabled and dist.is_initialized() and not failed_peer:  # after a failed collective, leaving could block
+        if (
+            info.enabled and dist.is_initialized() and not failed_peer
+        ):  # after a failed collective, leaving could block
             if together:
                 # Leave together: a Gloo process that exits while another still holds its
                 # connections sometimes aborts in teardown (measured: 3 exits in 20 without this).
@@ -149,7 +169,9 @@ def session(info: DistInfo) -> Iterator[None]:
             shutdown(info)
 
 
-_PEER_FAILURE = re.compile(r"gloo|nccl|connection (reset|closed|refused)|timed out|broken pipe", re.I)
+_PEER_FAILURE = re.compile(
+    r"gloo|nccl|connection (reset|closed|refused)|timed out|broken pipe", re.I
+)
 
 
 def is_peer_failure(error: BaseException) -> bool:
@@ -158,7 +180,9 @@ def is_peer_failure(error: BaseException) -> bool:
 
 
 def _first_line(error: BaseException) -> str:
-    return re.sub(r"^\[[^\]]*\]\s*", "", first_line(error))  # drop gloo's "[/path/to/pair.cc:537] " prefix
+    return re.sub(
+        r"^\[[^\]]*\]\s*", "", first_line(error)
+    )  # drop gloo's "[/path/to/pair.cc:537] " prefix
 
 
 # --- errors every process raises alike -----------------------------------------------------
@@ -209,7 +233,7 @@ def gather_concat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     dist.all_gather(sizes, n)
     sizes = [int(s) for s in sizes]
     padded = t.new_zeros(max(sizes))
-    padded[:len(t)] = t
+    padded[: len(t)] = t
     parts = [torch.empty_like(padded) for _ in range(info.world_size)]
     dist.all_gather(parts, padded)
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
@@ -252,15 +276,25 @@ def wrap_ddp(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Modul
     them once per epoch, and evaluation (where ranks may run different numbers of batches)
     then has no collective inside the forward pass."""
     if device.type not in ("cpu", "cuda"):
-        raise shared(UsageError(f"multi-process training runs on CPUs (Gloo) or CUDA GPUs (NCCL), not on "
-                                f"{device.type}; pass --device cpu"))
+        raise shared(
+            UsageError(
+                f"multi-process training runs on CPUs (Gloo) or CUDA GPUs (NCCL), not on "
+                f"{device.type}; pass --device cpu"
+            )
+        )
     if device.type == "cuda" and device.index != info.local_rank:
-        raise shared(UsageError(f"--device {device} would put every process on one GPU; pass --device cuda "
-                                f"(each process takes the GPU numbered by its LOCAL_RANK)"))
+        raise shared(
+            UsageError(
+                f"--device {device} would put every process on one GPU; pass --device cuda "
+                f"(each process takes the GPU numbered by its LOCAL_RANK)"
+            )
+        )
     kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
     params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
     # torch 2.13 renamed broadcast_buffers; the new flag still syncs at construction, which we want
-    kwargs["forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"] = False
+    kwargs["forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"] = (
+        False
+    )
     return nn.parallel.DistributedDataParallel(model, **kwargs)
 
 
@@ -293,22 +327,32 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         dims, shape = (0, 2, 3), (1, -1, 1, 1)
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in fp32 under autocast
+        xf = (
+            x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        )  # statistics in fp32 under autocast
         local_count = xf.new_tensor([x.numel() / x.shape[1]])
         sums = _SumOverProcesses.apply(torch.cat([xf.sum(dims), local_count]))
         n = sums[-1]
         mean = sums[:-1] / n
         centered = xf - mean.view(shape)
-        var = _SumOverProcesses.apply(centered.square().sum(dims)) / n  # two passes: no E[x^2]-E[x]^2 cancellation
+        var = (
+            _SumOverProcesses.apply(centered.square().sum(dims)) / n
+        )  # two passes: no E[x^2]-E[x]^2 cancellation
         y = centered * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                factor = (
+                    self.momentum
+                    if self.momentum is not None
+                    else 1.0 / float(self.num_batches_tracked)
+                )
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-                self.running_var.lerp_((var * n / (n - 1).clamp(min=1)).to(self.running_var.dtype), factor)
+                self.running_var.lerp_(
+                    (var * n / (n - 1).clamp(min=1)).to(self.running_var.dtype), factor
+                )
         return y.to(x.dtype)
 
 
@@ -318,7 +362,9 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if type(model) is nn.BatchNorm2d:
-        new = GlobalBatchNorm2d(model.num_features, model.eps, model.momentum, model.affine, model.track_running_stats)
+        new = GlobalBatchNorm2d(
+            model.num_features, model.eps, model.momentum, model.affine, model.track_running_stats
+        )
         if model.affine:
             new.weight, new.bias = model.weight, model.bias
         new.running_mean, new.running_var = model.running_mean, model.running_var
@@ -358,7 +404,9 @@ def fingerprint(dataset) -> str | None:
     h.update(repr((len(dataset), tuple(dataset.images.shape), list(dataset.classes))).encode())
     h.update(dataset.labels.contiguous().numpy().tobytes())
     flat = dataset.images.reshape(-1)
-    step = max(1, flat.numel() // (1 << 22))  # ~4 MB of pixels: enough to tell two versions apart, fast on ImageNet
+    step = max(
+        1, flat.numel() // (1 << 22)
+    )  # ~4 MB of pixels: enough to tell two versions apart, fast on ImageNet
     h.update(flat[::step].contiguous().numpy().tobytes())
     return h.hexdigest()
 
@@ -399,8 +447,10 @@ def describe_mismatch(setups: list[dict]) -> str | None:
     if not diffs:
         return None
     more = f" (and {len(diffs) - 3} more differences)" if len(diffs) > 3 else ""
-    return (f"the {len(setups)} processes were not started alike: {'; '.join(diffs[:3])}{more}; "
-            f"start every process with the same flags, data and resnetlab/torch versions")
+    return (
+        f"the {len(setups)} processes were not started alike: {'; '.join(diffs[:3])}{more}; "
+        f"start every process with the same flags, data and resnetlab/torch versions"
+    )
 
 
 def check_same_setup(info: DistInfo, setup: dict) -> None:
@@ -419,10 +469,17 @@ def check_resume_world_size(saved: int, info: DistInfo, run) -> None:
     statistics depend on the count)."""
     if saved == info.world_size:
         return
-    how = f"resnetlab train --resume {run}" if saved == 1 else \
-        f"resnetlab train --nproc {saved} --resume {run} (or torchrun with {saved} processes in all)"
-    raise shared(UsageError(f"{run} was trained with {saved} process(es), this launch has {info.world_size}; "
-                            f"resume it with the same count: {how}"))
+    how = (
+        f"resnetlab train --resume {run}"
+        if saved == 1
+        else f"resnetlab train --nproc {saved} --resume {run} (or torchrun with {saved} processes in all)"
+    )
+    raise shared(
+        UsageError(
+            f"{run} was trained with {saved} process(es), this launch has {info.world_size}; "
+            f"resume it with the same count: {how}"
+        )
+    )
 
 
 # --- `resnetlab train --nproc N` ------------------------------------------------------------
@@ -430,20 +487,35 @@ def check_resume_world_size(saved: int, info: DistInfo, run) -> None:
 
 def torchrun_command(nproc: int, train_argv: list[str]) -> list[str]:
     """The torchrun command line that runs `resnetlab train <train_argv>` in `nproc` processes here."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "resnetlab", "train", *train_argv]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "resnetlab",
+        "train",
+        *train_argv,
+    ]
 
 
 def launch_local(nproc: int, train_argv: list[str]) -> int:
     """Run `resnetlab train <train_argv>` in `nproc` processes on this machine; their exit status."""
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {nproc}")
-    most = max(8, 2 * (os.cpu_count() or 1), torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    most = max(
+        8, 2 * (os.cpu_count() or 1), torch.cuda.device_count() if torch.cuda.is_available() else 0
+    )
     if nproc > most:  # --nproc 1e20 once started torchrun, which then hung spawning processes
-        raise UsageError(f"--nproc {nproc} is more processes than this machine can run together (at most {most}: "
-                         "twice its CPUs, or its GPUs)")
+        raise UsageError(
+            f"--nproc {nproc} is more processes than this machine can run together (at most {most}: "
+            "twice its CPUs, or its GPUs)"
+        )
     if _env_int("WORLD_SIZE", 1) > 1:
-        raise UsageError("--nproc starts torchrun itself; under torchrun (WORLD_SIZE is set) drop --nproc")
+        raise UsageError(
+            "--nproc starts torchrun itself; under torchrun (WORLD_SIZE is set) drop --nproc"
+        )
     env = dict(os.environ)
     # torchrun would set 1 thread per process (with a warning); share this machine's cores instead
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))

@@ -13,8 +13,8 @@ import copy
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,15 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from resnetlab.errors import Interrupted, TrainingError
 from resnetlab.train.config import TrainConfig
-from resnetlab.train.distributed import (DistInfo, all_reduce_sum, any_rank, average_buffers, gather_concat, shared,
-                                        sum_and_any)
+from resnetlab.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    any_rank,
+    average_buffers,
+    gather_concat,
+    shared,
+    sum_and_any,
+)
 
 SYNC_EVERY = 25  # steps between host reads of the running sums (progress, NaN check)
 
@@ -42,20 +49,27 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, *, foreach: bool = True) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, *, foreach: bool = True
+) -> torch.optim.Optimizer:
     """The config's optimizer. `foreach=True`: one multi-tensor update instead of a Python loop
     over ~60 tensors (False only to measure what that saves)."""
     # Weight decay on conv/linear weights only: decaying BN scales and biases only hurts.
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, foreach=foreach)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=foreach)
+    return torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=foreach
+    )
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:
-    """"xavier": the textbook's train_ch6 init (Xavier-uniform conv and linear weights)."""
+    """ "xavier": the textbook's train_ch6 init (Xavier-uniform conv and linear weights)."""
     if scheme == "xavier":
         for m in model.modules():
             if type(m) in (nn.Linear, nn.Conv2d):
@@ -65,11 +79,22 @@ def init_weights(model: nn.Module, scheme: str) -> None:
 def autocast(device: torch.device, enabled: bool, cache: bool = True):
     """bf16 autocast. `cache=False` inside a CUDA graph: cached casts of the weights would be
     captured stale (PyTorch's advice for graphs)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=cache)
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=cache
+    )
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sums: torch.Tensor, *,
-               optimizer_step: Callable[[], None], label_smoothing: float, amp: bool, cache_casts: bool = True) -> None:
+def train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sums: torch.Tensor,
+    *,
+    optimizer_step: Callable[[], None],
+    label_smoothing: float,
+    amp: bool,
+    cache_casts: bool = True,
+) -> None:
     """One training step on gradients set to None: forward under autocast, loss, backward, the
     optimizer's update, and the batch's (loss sum, correct, count) added to `sums` on the device,
     with no host read. The eager loop runs it op by op; on CUDA the same function is captured
@@ -100,8 +125,16 @@ class WeightAverage:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
         self._lerp = get_ema_multi_avg_fn(decay)
-        pairs = list(zip([*self.model.parameters(), *self.model.buffers()], [*model.parameters(), *model.buffers()]))
-        self._floats = ([a for a, _ in pairs if a.is_floating_point()], [m for a, m in pairs if a.is_floating_point()])
+        pairs = list(
+            zip(
+                [*self.model.parameters(), *self.model.buffers()],
+                [*model.parameters(), *model.buffers()],
+            )
+        )
+        self._floats = (
+            [a for a, _ in pairs if a.is_floating_point()],
+            [m for a, m in pairs if a.is_floating_point()],
+        )
         self._others = [(a, m) for a, m in pairs if not a.is_floating_point()]
 
     @torch.no_grad()
@@ -116,9 +149,22 @@ class EagerStep:
     wherever no graph is captured. `sums` holds the epoch's running (loss sum, correct, count);
     `average`, when given, is updated after every optimizer step."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                 device: torch.device, amp: bool, average: WeightAverage | None = None) -> None:
-        self.model, self.optimizer, self.device, self.amp, self.average = model, optimizer, device, amp, average
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        cfg: TrainConfig,
+        device: torch.device,
+        amp: bool,
+        average: WeightAverage | None = None,
+    ) -> None:
+        self.model, self.optimizer, self.device, self.amp, self.average = (
+            model,
+            optimizer,
+            device,
+            amp,
+            average,
+        )
         self.label_smoothing = cfg.label_smoothing
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
 
@@ -134,19 +180,29 @@ class EagerStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        train_step(self.model, x, y, self.sums, optimizer_step=self._update,
-                   label_smoothing=self.label_smoothing, amp=self.amp)
+        train_step(
+            self.model,
+            x,
+            y,
+            self.sums,
+            optimizer_step=self._update,
+            label_smoothing=self.label_smoothing,
+            amp=self.amp,
+        )
 
 
-def batch_sums(out: torch.Tensor, y: torch.Tensor, sums: torch.Tensor,
-               confusion: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_sums(
+    out: torch.Tensor, y: torch.Tensor, sums: torch.Tensor, confusion: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Add a batch's (loss sum, correct, count) to `sums` and its (true, predicted) pairs to
     `confusion`, on the device: no host read (index_add_, unlike bincount, needs no size from the
     host). Returns each example's top probability and predicted class."""
     logits = out.float()
     top_prob, pred = logits.softmax(1).max(1)
     loss = F.cross_entropy(logits, y, reduction="sum")
-    count = torch.full((), float(len(y)), dtype=torch.float64, device=out.device)  # a fill, not a host copy
+    count = torch.full(
+        (), float(len(y)), dtype=torch.float64, device=out.device
+    )  # a fill, not a host copy
     sums += torch.stack([loss.double(), (pred == y).sum().double(), count])
     if confusion is not None:
         n = confusion.shape[0]
@@ -154,8 +210,12 @@ def batch_sums(out: torch.Tensor, y: torch.Tensor, sums: torch.Tensor,
     return top_prob, pred
 
 
-def evaluation_result(sums: torch.Tensor, confusion: torch.Tensor | None, dist: DistInfo,
-                      per_example: tuple[list, list] | None = None) -> dict:
+def evaluation_result(
+    sums: torch.Tensor,
+    confusion: torch.Tensor | None,
+    dist: DistInfo,
+    per_example: tuple[list, list] | None = None,
+) -> dict:
     """The figures of an evaluation, summed (and per-example results gathered) over the processes:
     loss, acc, count; "confusion" when counted; "top_prob" and "pred" (each example's top
     probability and predicted class, in dataset order, on the CPU) when `per_example` was collected."""
@@ -166,22 +226,38 @@ def evaluation_result(sums: torch.Tensor, confusion: torch.Tensor | None, dist: 
     result = {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "count": int(count)}
     if confusion is not None:
         result["confusion"] = confusion.cpu()
-    if per_example is not None:  # a process may have no example (a split smaller than the processes)
-        for (name, dtype), parts in zip((("top_prob", torch.float32), ("pred", torch.int64)), per_example):
+    if (
+        per_example is not None
+    ):  # a process may have no example (a split smaller than the processes)
+        for (name, dtype), parts in zip(
+            (("top_prob", torch.float32), ("pred", torch.int64)), per_example
+        ):
             local = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=sums.device)
             result[name] = gather_concat(local.to(dtype), dist).cpu()
     return result
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, device: torch.device, *, amp: bool = False,
-             num_classes: int | None = None, dist: DistInfo = DistInfo(), per_example: bool = False) -> dict:
+def evaluate(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    num_classes: int | None = None,
+    dist: DistInfo = DistInfo(),
+    per_example: bool = False,
+) -> dict:
     """Loss, accuracy and count over the loader (summed over all processes); a confusion
     matrix (rows: true class, columns: predicted) when `num_classes` is given; each example's top
     probability and predicted class with `per_example` (see `evaluation_result`)."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device) if num_classes else None
+    confusion = (
+        torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        if num_classes
+        else None
+    )
     collected = ([], []) if per_example else None
     for x, y in loader:
         with autocast(device, amp):
@@ -197,14 +273,35 @@ class Evaluator:
     """`evaluate` bound to a model: what `fit` calls after each epoch (train/graphs.py has the
     CUDA-graph kind, with the same call)."""
 
-    def __init__(self, model: nn.Module, device: torch.device, *, amp: bool = False,
-                 num_classes: int | None = None, dist: DistInfo = DistInfo(), per_example: bool = False) -> None:
-        self.model, self.device, self.amp, self.num_classes, self.dist = model, device, amp, num_classes, dist
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        *,
+        amp: bool = False,
+        num_classes: int | None = None,
+        dist: DistInfo = DistInfo(),
+        per_example: bool = False,
+    ) -> None:
+        self.model, self.device, self.amp, self.num_classes, self.dist = (
+            model,
+            device,
+            amp,
+            num_classes,
+            dist,
+        )
         self.per_example = per_example
 
     def __call__(self, loader) -> dict:
-        return evaluate(self.model, loader, self.device, amp=self.amp, num_classes=self.num_classes, dist=self.dist,
-                        per_example=self.per_example)
+        return evaluate(
+            self.model,
+            loader,
+            self.device,
+            amp=self.amp,
+            num_classes=self.num_classes,
+            dist=self.dist,
+            per_example=self.per_example,
+        )
 
 
 class StopFlag:
@@ -238,7 +335,9 @@ class TrainState:
     epoch: int = 0  # completed epochs
     step_in_epoch: int = 0  # completed steps of the current epoch (non-zero only after Ctrl-C)
     global_step: int = 0
-    partial: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct, count so far
+    partial: list = field(
+        default_factory=lambda: [0.0, 0.0, 0.0]
+    )  # loss sum, correct, count so far
     train_seconds: float = 0.0
     history: list = field(default_factory=list)  # one metrics row per completed epoch
     best_val_acc: float = -1.0
@@ -252,13 +351,28 @@ class Hooks:
     on_progress: Callable[[int, int, dict], None] = lambda step, total, stats: None
     on_epoch_end: Callable[[TrainState, dict, bool], None] = lambda state, row, is_best: None
     on_interrupt: Callable[[TrainState], None] = lambda state: None
-    on_evaluate: Callable[[int, str, dict], None] = lambda epoch, split, result: None  # with its confusion matrix
+    on_evaluate: Callable[[int, str, dict], None] = lambda epoch, split, result: (
+        None
+    )  # with its confusion matrix
 
 
-def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, *,
-        optimizer: torch.optim.Optimizer, state: TrainState, val_loader=None, test_loader=None,
-        amp: bool = False, dist: DistInfo = DistInfo(), hooks: Hooks = Hooks(),
-        eval_model: nn.Module | None = None, step=None, evaluator=None) -> TrainState:
+def fit(
+    model: nn.Module,
+    train_loader,
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    val_loader=None,
+    test_loader=None,
+    amp: bool = False,
+    dist: DistInfo = DistInfo(),
+    hooks: Hooks = Hooks(),
+    eval_model: nn.Module | None = None,
+    step=None,
+    evaluator=None,
+) -> TrainState:
     """Train from `state` to cfg.epochs. `model` may be wrapped (DDP, compiled); `eval_model`
     (default: `model`) is what the evaluations run, so a compiled `model` need not be compiled
     again for evaluation's mode (with --ema it is the step's average). `step` (default: an
@@ -287,27 +401,44 @@ def fit(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.device, 
                 requested = stop.requested  # read once per step
                 # One process stops at the step Ctrl-C lands on. Several processes see it at different
                 # steps, so they stop at the next sync point, having all-reduced the flag with the sums.
-                if (requested and not dist.enabled) or (i + 1) % SYNC_EVERY == 0 or i + 1 == steps_per_epoch:
+                if (
+                    (requested and not dist.enabled)
+                    or (i + 1) % SYNC_EVERY == 0
+                    or i + 1 == steps_per_epoch
+                ):
                     (loss_sum, correct, count), stopping = sum_and_any(step.sums, requested, dist)
                     if not math.isfinite(loss_sum):
-                        raise shared(TrainingError(
-                            f"the training loss became {loss_sum / count} at epoch {epoch + 1}, step {i + 1}; "
-                            f"the last good checkpoint (epoch {state.epoch}) is kept; lower --lr or check the data"
-                        ))
-                    hooks.on_progress(i + 1, steps_per_epoch, {"loss": loss_sum / count, "acc": correct / count, "lr": lr})
+                        raise shared(
+                            TrainingError(
+                                f"the training loss became {loss_sum / count} at epoch {epoch + 1}, step {i + 1}; "
+                                f"the last good checkpoint (epoch {state.epoch}) is kept; lower --lr or check the data"
+                            )
+                        )
+                    hooks.on_progress(
+                        i + 1,
+                        steps_per_epoch,
+                        {"loss": loss_sum / count, "acc": correct / count, "lr": lr},
+                    )
                     if stopping and i + 1 < steps_per_epoch:
                         state.partial = [loss_sum, correct, count]
                         state.train_seconds += time.perf_counter() - started
                         hooks.on_interrupt(state)
                         raise shared(Interrupted(f"interrupted at epoch {epoch + 1}, step {i + 1}"))
-            average_buffers(model, dist)  # evaluation and the saved weights see one set of BN statistics
+            average_buffers(
+                model, dist
+            )  # evaluation and the saved weights see one set of BN statistics
             if getattr(step, "average", None) is not None:
                 average_buffers(step.average.model, dist)
             sums = all_reduce_sum(step.sums.clone(), dist)
             epoch_seconds = time.perf_counter() - started
             state.train_seconds += epoch_seconds
             loss_sum, correct, count = sums.tolist()
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count, "examples": count}
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / count,
+                "train_acc": correct / count,
+                "examples": count,
+            }
             is_best = False
             for name, loader in (("val", val_loader), ("test", test_loader)):
                 if loader is not None:

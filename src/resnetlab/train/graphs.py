@@ -28,9 +28,17 @@ from torch import nn
 from resnetlab.errors import UsageError
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.distributed import DistInfo
-from resnetlab.train.engine import WeightAverage, autocast, batch_sums, evaluation_result, train_step
+from resnetlab.train.engine import (
+    WeightAverage,
+    autocast,
+    batch_sums,
+    evaluation_result,
+    train_step,
+)
 
-WARMUP_STEPS = 3  # eager steps before capture: cuDNN autotuning, lazy allocations (PyTorch's example uses 3)
+WARMUP_STEPS = (
+    3  # eager steps before capture: cuDNN autotuning, lazy allocations (PyTorch's example uses 3)
+)
 
 
 class Graphs:
@@ -42,7 +50,7 @@ class Graphs:
         return _SideStream(device)
 
     @staticmethod
-    def capture(fn) -> "torch.cuda.CUDAGraph":
+    def capture(fn) -> torch.cuda.CUDAGraph:
         """A graph of what `fn` launches on the device; capturing records it without running it."""
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -80,7 +88,9 @@ class SGDUpdate:
 
     def __init__(self, optimizer: torch.optim.Optimizer, neg_lr: torch.Tensor) -> None:
         if not isinstance(optimizer, torch.optim.SGD):
-            raise UsageError(f"a captured step updates with SGD; {type(optimizer).__name__} runs eagerly (--no-capture)")
+            raise UsageError(
+                f"a captured step updates with SGD; {type(optimizer).__name__} runs eagerly (--no-capture)"
+            )
         for group in optimizer.param_groups:
             if group.get("dampening", 0) or group.get("maximize", False):
                 raise UsageError("a captured SGD step supports no dampening and no maximize")
@@ -100,12 +110,18 @@ class SGDUpdate:
                 bufs = []
                 for p in params:
                     state = self.optimizer.state[p]
-                    if state.get("momentum_buffer") is None:  # only before capture (the warm-up makes them)
-                        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if (
+                        state.get("momentum_buffer") is None
+                    ):  # only before capture (the warm-up makes them)
+                        state["momentum_buffer"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format
+                        )
                     bufs.append(state["momentum_buffer"])
                 torch._foreach_mul_(bufs, momentum)
                 torch._foreach_add_(bufs, grads)
-                grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
+                grads = (
+                    torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
+                )
             torch._foreach_add_(params, torch._foreach_mul(grads, self.neg_lr))
 
 
@@ -113,26 +129,59 @@ class CapturedStep:
     """`engine.train_step` replayed from one CUDA graph (see the module docstring); the same
     interface as engine.EagerStep."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device,
-                 amp: bool, average: WeightAverage | None = None, *, graphs=Graphs,
-                 warmup_steps: int = WARMUP_STEPS) -> None:
-        self.model, self.optimizer, self.device, self.amp, self.average = model, optimizer, device, amp, average
-        self.label_smoothing, self.graphs, self.warmup_steps = cfg.label_smoothing, graphs, warmup_steps
-        self.neg_lr = torch.zeros((), dtype=torch.float64, device=device)  # a 0-d tensor: the params keep their dtype
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        cfg: TrainConfig,
+        device: torch.device,
+        amp: bool,
+        average: WeightAverage | None = None,
+        *,
+        graphs=Graphs,
+        warmup_steps: int = WARMUP_STEPS,
+    ) -> None:
+        self.model, self.optimizer, self.device, self.amp, self.average = (
+            model,
+            optimizer,
+            device,
+            amp,
+            average,
+        )
+        self.label_smoothing, self.graphs, self.warmup_steps = (
+            cfg.label_smoothing,
+            graphs,
+            warmup_steps,
+        )
+        self.neg_lr = torch.zeros(
+            (), dtype=torch.float64, device=device
+        )  # a 0-d tensor: the params keep their dtype
         self.update = SGDUpdate(optimizer, self.neg_lr)
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # the graph adds into this tensor
+        self.sums = torch.zeros(
+            3, dtype=torch.float64, device=device
+        )  # the graph adds into this tensor
         self.graph = self.x = self.y = None
         self.warmed = 0
 
     def start_epoch(self, partial: list[float]) -> None:
-        self.sums.copy_(torch.tensor(partial, dtype=torch.float64))  # in place: the graph holds its address
+        self.sums.copy_(
+            torch.tensor(partial, dtype=torch.float64)
+        )  # in place: the graph holds its address
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         # Gradients start as None: backward then writes them afresh (in a graph, into buffers of its
         # pool that every replay overwrites) instead of adding to the last step's.
         self.optimizer.zero_grad(set_to_none=True)
-        train_step(self.model, x, y, self.sums, optimizer_step=self._update, label_smoothing=self.label_smoothing,
-                   amp=self.amp, cache_casts=False)
+        train_step(
+            self.model,
+            x,
+            y,
+            self.sums,
+            optimizer_step=self._update,
+            label_smoothing=self.label_smoothing,
+            amp=self.amp,
+            cache_casts=False,
+        )
 
     def _update(self) -> None:
         self.update()
@@ -143,8 +192,10 @@ class CapturedStep:
         self.neg_lr.fill_(-lr)  # a fill from a host number: no copy the host would wait for
         if self.graph is not None:
             if x.shape != self.x.shape:
-                raise UsageError(f"a captured step takes batches of {list(self.x.shape)}, got {list(x.shape)}; "
-                                 "drop the last partial batch (the trainer does) or run with --no-capture")
+                raise UsageError(
+                    f"a captured step takes batches of {list(self.x.shape)}, got {list(x.shape)}; "
+                    "drop the last partial batch (the trainer does) or run with --no-capture"
+                )
             self.x.copy_(x)
             self.y.copy_(y)
             self.graph.replay()
@@ -162,14 +213,33 @@ class CapturedStep:
 class CapturedEvaluator:
     """engine.evaluate with each full batch replayed from one graph (the same call as engine.Evaluator)."""
 
-    def __init__(self, model: nn.Module, device: torch.device, *, amp: bool = False, num_classes: int | None = None,
-                 dist: DistInfo = DistInfo(), per_example: bool = False, graphs=Graphs) -> None:
-        self.model, self.device, self.amp, self.num_classes, self.dist, self.graphs = \
-            model, device, amp, num_classes, dist, graphs
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        *,
+        amp: bool = False,
+        num_classes: int | None = None,
+        dist: DistInfo = DistInfo(),
+        per_example: bool = False,
+        graphs=Graphs,
+    ) -> None:
+        self.model, self.device, self.amp, self.num_classes, self.dist, self.graphs = (
+            model,
+            device,
+            amp,
+            num_classes,
+            dist,
+            graphs,
+        )
         self.per_example = per_example
         self.graph = self.x = self.y = self.outputs = None
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device) if num_classes else None
+        self.confusion = (
+            torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+            if num_classes
+            else None
+        )
 
     def _batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.amp, cache=False):
@@ -177,7 +247,9 @@ class CapturedEvaluator:
         return batch_sums(out, y, self.sums, self.confusion)
 
     def _captured_batch(self) -> None:
-        self.outputs = self._batch(self.x, self.y)  # in a graph: its static outputs, rewritten by each replay
+        self.outputs = self._batch(
+            self.x, self.y
+        )  # in a graph: its static outputs, rewritten by each replay
 
     @torch.no_grad()  # not inference_mode: the graph's static tensors are reused across calls
     def __call__(self, loader) -> dict:
@@ -187,7 +259,9 @@ class CapturedEvaluator:
             self.confusion.zero_()
         collected = ([], []) if self.per_example else None
         for x, y in loader:
-            if self.graph is None and self.x is None:  # the first full batch: warm up on it, capture on the next
+            if (
+                self.graph is None and self.x is None
+            ):  # the first full batch: warm up on it, capture on the next
                 self.x, self.y = x.clone(memory_format=torch.preserve_format), y.clone()
                 with self.graphs.side_stream(self.device):
                     outputs = self._batch(x, y)
@@ -203,5 +277,9 @@ class CapturedEvaluator:
             if collected is not None:
                 collected[0].append(outputs[0])
                 collected[1].append(outputs[1])
-        return evaluation_result(self.sums.clone(), None if self.confusion is None else self.confusion.clone(),
-                                 self.dist, collected)
+        return evaluation_result(
+            self.sums.clone(),
+            None if self.confusion is None else self.confusion.clone(),
+            self.dist,
+            collected,
+        )

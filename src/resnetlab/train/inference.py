@@ -28,11 +28,23 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
 def input_transform(meta: dict) -> dict:
     """The loader settings that show a model its input as training did (from the weights' metadata)."""
     norm = meta.get("normalize")
-    return {"resize": meta.get("resize"), "normalize": (norm["mean"], norm["std"]) if norm else None}
+    return {
+        "resize": meta.get("resize"),
+        "normalize": (norm["mean"], norm["std"]) if norm else None,
+    }
 
 
-def evaluate_run(source: str | Path, *, data: str | None = None, data_dir: str | None = None, tta: str = "none",
-                 device: str = "auto", batch_size: int = 256, mistakes: int = 0, out: str | Path | None = None) -> dict:
+def evaluate_run(
+    source: str | Path,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    tta: str = "none",
+    device: str = "auto",
+    batch_size: int = 256,
+    mistakes: int = 0,
+    out: str | Path | None = None,
+) -> dict:
     dev = resolve_device(device)
     model, meta = load_model(source, dev)
     test_set = load_dataset(data or meta["data"], train=False, root=data_dir)
@@ -41,18 +53,29 @@ def evaluate_run(source: str | Path, *, data: str | None = None, data_dir: str |
             f"{data or meta['data']} has {test_set.images.shape[1]} channels and {len(test_set.classes)} classes, "
             f"but the model takes {meta['in_chans']} channels and predicts {meta['num_classes']} classes; pick a matching --data"
         )
-    loader = make_loaders(test=test_set, batch_size=batch_size, device=dev, **input_transform(meta)).test
+    loader = make_loaders(
+        test=test_set, batch_size=batch_size, device=dev, **input_transform(meta)
+    ).test
     model = inference_model(model)
     net = with_tta(model, tta)  # the trainer's final test figure uses the same views
     found = {}
-    if mistakes > 0:  # one pass gives these figures and the mistakes, written to `out` (default RUN/eval/)
+    if (
+        mistakes > 0
+    ):  # one pass gives these figures and the mistakes, written to `out` (default RUN/eval/)
         result, found = eval_mistakes(net, loader, dev, test_set, source, out=out, k=mistakes)
     else:
         result = evaluate(net, loader, dev, num_classes=meta["num_classes"])
     return {
-        "weights": str(source), "data": data or meta["data"], "tta": tta, "loss": result["loss"], "acc": result["acc"],
-        "count": result["count"], "per_class": per_class_table(result["confusion"], test_set.classes),
-        "confusion": result["confusion"].tolist(), "classes": test_set.classes, **found,
+        "weights": str(source),
+        "data": data or meta["data"],
+        "tta": tta,
+        "loss": result["loss"],
+        "acc": result["acc"],
+        "count": result["count"],
+        "per_class": per_class_table(result["confusion"], test_set.classes),
+        "confusion": result["confusion"].tolist(),
+        "classes": test_set.classes,
+        **found,
     }
 
 
@@ -71,27 +94,39 @@ def load_image(path: str | Path, channels: int) -> torch.Tensor:
         raise UsageError("reading images needs Pillow: pip install 'resnetlab[images]'") from None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, in one line
+            warnings.simplefilter(
+                "ignore", Image.DecompressionBombWarning
+            )  # refused below, in one line
             with Image.open(path) as img:
                 width, height = img.size
                 if width * height > MAX_IMAGE_PIXELS:
-                    raise UsageError(f"image {path} is {width} x {height} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel "
-                                     "limit (a decompression bomb, or a picture to shrink first)")
+                    raise UsageError(
+                        f"image {path} is {width} x {height} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel "
+                        "limit (a decompression bomb, or a picture to shrink first)"
+                    )
                 img = img.convert("L" if channels == 1 else "RGB")
-                t = torch.from_numpy(np.array(img, dtype=np.uint8)).view(img.height, img.width, channels)
+                t = torch.from_numpy(np.array(img, dtype=np.uint8)).view(
+                    img.height, img.width, channels
+                )
     except UsageError:
         raise
     except FileNotFoundError:
         raise UsageError(f"image {path} does not exist") from None
     except Image.DecompressionBombError as e:
-        raise UsageError(f"image {path} is too large to decode safely ({e})".replace("\n", " ")) from None
-    except Exception as e:  # Pillow fails on damaged files in many ways (OSError, ValueError, SyntaxError, ...)
+        raise UsageError(
+            f"image {path} is too large to decode safely ({e})".replace("\n", " ")
+        ) from None
+    except (
+        Exception
+    ) as e:  # Pillow fails on damaged files in many ways (OSError, ValueError, SyntaxError, ...)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UsageError(f"cannot read image {path}: {first}") from None
     return t.permute(2, 0, 1).contiguous()
 
 
-def preprocess(images: list[torch.Tensor], meta: dict, device: torch.device | str = "cpu") -> torch.Tensor:
+def preprocess(
+    images: list[torch.Tensor], meta: dict, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """uint8 [C, H, W] images of any size -> the model's float batch, through the loader's own
     transform: resized (bilinear, antialiased) to the model's input size and normalised as in training."""
     _, height, width = meta["input_size"]
@@ -99,12 +134,18 @@ def preprocess(images: list[torch.Tensor], meta: dict, device: torch.device | st
     batches = []
     for img in images:
         one = Dataset("images", img.unsqueeze(0), torch.zeros(1, dtype=torch.int64))
-        batches.append(next(iter(make_loaders(test=one, batch_size=1, device=device, **settings).test))[0])
+        batches.append(
+            next(iter(make_loaders(test=one, batch_size=1, device=device, **settings).test))[0]
+        )
     return torch.cat(batches)
 
 
-def predict(source: str | Path, images: list[str | Path], *, top_k: int = 3, device: str = "auto") -> list[dict]:
-    if Path(source).suffix == ".onnx":  # an exported model: onnxruntime on the CPU (resnetlab.export)
+def predict(
+    source: str | Path, images: list[str | Path], *, top_k: int = 3, device: str = "auto"
+) -> list[dict]:
+    if (
+        Path(source).suffix == ".onnx"
+    ):  # an exported model: onnxruntime on the CPU (resnetlab.export)
         from resnetlab.export import predict_onnx  # deferred: export imports this module
 
         return predict_onnx(source, images, top_k=top_k)
@@ -117,6 +158,9 @@ def predict(source: str | Path, images: list[str | Path], *, top_k: int = 3, dev
     top = probs.topk(k, dim=1)
     classes = meta["classes"]
     return [
-        {"image": str(path), "top": [{"class": classes[i], "prob": p} for p, i in zip(ps.tolist(), idx.tolist())]}
+        {
+            "image": str(path),
+            "top": [{"class": classes[i], "prob": p} for p, i in zip(ps.tolist(), idx.tolist())],
+        }
         for path, ps, idx in zip(images, top.values, top.indices)
     ]

@@ -10,9 +10,18 @@ PRESETS: dict[str, dict] = {
     # The textbook's recipe exactly (d2l ResNet chapter): resnet18_d2l, 96 px, batch 256,
     # plain SGD at 0.05, 10 epochs, Xavier-uniform init, no normalisation, no augmentation, fp32.
     "d2l": dict(
-        model="resnet18_d2l", init="xavier", resize=96, normalize=False,
-        epochs=10, batch_size=256, lr=0.05, optimizer="sgd", momentum=0.0, weight_decay=0.0,
-        schedule="constant", amp=False,
+        model="resnet18_d2l",
+        init="xavier",
+        resize=96,
+        normalize=False,
+        epochs=10,
+        batch_size=256,
+        lr=0.05,
+        optimizer="sgd",
+        momentum=0.0,
+        weight_decay=0.0,
+        schedule="constant",
+        amp=False,
     ),
     # The best accuracy in about 10 minutes on a 2-core CPU (BENCHMARKS.md, "Training presets", has
     # the runs and the ablations): a CIFAR-style ResNet-20 with a frozen, whitened first layer,
@@ -24,19 +33,50 @@ PRESETS: dict[str, dict] = {
     # the test set is evaluated once, at the end, through flip test-time augmentation (the plain
     # figure is reported beside it).
     "quick": dict(
-        model="resnet20", init="whiten", resize=None, normalize=True, crop_padding=1, flip=True, val_split=5000,
-        progressive_resize=16, progressive_until=0.5,
-        epochs=12, batch_size=128, lr=0.2, optimizer="sgd", momentum=0.9, nesterov=True,
-        weight_decay=5e-4, schedule="onecycle", warmup=0.2, label_smoothing=0.1,
-        tta="flip", epoch_test=False,
+        model="resnet20",
+        init="whiten",
+        resize=None,
+        normalize=True,
+        crop_padding=1,
+        flip=True,
+        val_split=5000,
+        progressive_resize=16,
+        progressive_until=0.5,
+        epochs=12,
+        batch_size=128,
+        lr=0.2,
+        optimizer="sgd",
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        schedule="onecycle",
+        warmup=0.2,
+        label_smoothing=0.1,
+        tta="flip",
+        epoch_test=False,
     ),
     # The highest accuracy we aim for, meant for a GPU: a wide CIFAR-style ResNet with random
     # erasing, best weights picked on a validation split (never on the test set).
     "best": dict(
-        model="resnet20", model_kwargs={"width": 64}, resize=None, normalize=True,
-        crop_padding=2, flip=True, erasing=0.5, val_split=5000,
-        epochs=60, batch_size=256, lr=0.2, optimizer="sgd", momentum=0.9, nesterov=True,
-        weight_decay=5e-4, schedule="onecycle", warmup=0.15, label_smoothing=0.1, tta="flip",
+        model="resnet20",
+        model_kwargs={"width": 64},
+        resize=None,
+        normalize=True,
+        crop_padding=2,
+        flip=True,
+        erasing=0.5,
+        val_split=5000,
+        epochs=60,
+        batch_size=256,
+        lr=0.2,
+        optimizer="sgd",
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        schedule="onecycle",
+        warmup=0.15,
+        label_smoothing=0.1,
+        tta="flip",
     ),
 }
 
@@ -50,8 +90,17 @@ DEVICE_SETTINGS: dict[str, dict[str, dict]] = {
     # on a GPU is not measured yet. The CPU's time savers stay off: progressive resizing would
     # change the captured step's shape every epoch, and the whitened layer was measured at width 16 only.
     # Its crop stays the 2 pixels it was measured with.
-    "quick": {"cuda": dict(model_kwargs={"width": 32}, init="default", progressive_resize=0,
-                           epochs=10, batch_size=256, lr=0.4, crop_padding=2)},
+    "quick": {
+        "cuda": dict(
+            model_kwargs={"width": 32},
+            init="default",
+            progressive_resize=0,
+            epochs=10,
+            batch_size=256,
+            lr=0.4,
+            crop_padding=2,
+        )
+    },
 }
 
 
@@ -72,9 +121,14 @@ def make_config(preset: str | None = None, *, base: dict | None = None, **overri
             raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
         settings = dict(PRESETS[preset], preset=preset)
         settings.update(DEVICE_SETTINGS.get(preset, {}).get(device_type(given.get("device")), {}))
-    if given.get("model", settings.get("model")) != settings.get("model") and "model_kwargs" not in given:
+    if (
+        given.get("model", settings.get("model")) != settings.get("model")
+        and "model_kwargs" not in given
+    ):
         settings["model_kwargs"] = {}
     if given.get("init_from") and "init" not in given and settings.get("init") == "whiten":
-        settings["init"] = "default"  # a preset's whitened first layer gives way to pretrained weights
+        settings["init"] = (
+            "default"  # a preset's whitened first layer gives way to pretrained weights
+        )
     settings.update(given)
     return TrainConfig(**settings)

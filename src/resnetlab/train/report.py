@@ -20,7 +20,9 @@ def preload_matplotlib() -> None:
     """Import what the plots need in a background thread, so that the end of a run does not wait
     for it: the import (about 0.6 s here) runs while training's kernels have released the GIL."""
     if have_matplotlib():
-        threading.Thread(target=lambda: [importlib.import_module(m) for m in PLOT_MODULES], daemon=True).start()
+        threading.Thread(
+            target=lambda: [importlib.import_module(m) for m in PLOT_MODULES], daemon=True
+        ).start()
 
 
 PLOT_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
@@ -78,8 +80,15 @@ def plot_confusion(confusion, classes: list[str], path: str | Path, title: str =
         vmax = m.max() if m.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if m[i, j] > vmax / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(m[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if m[i, j] > vmax / 2 else "black",
+                )
     if title:
         ax.set_title(title)
     save_png(fig, Path(path))
@@ -89,5 +98,11 @@ def per_class_table(confusion, classes: list[str]) -> list[dict]:
     rows = []
     for i, name in enumerate(classes):
         total = int(confusion[i].sum())
-        rows.append({"class": name, "count": total, "acc": (int(confusion[i, i]) / total) if total else float("nan")})
+        rows.append(
+            {
+                "class": name,
+                "count": total,
+                "acc": (int(confusion[i, i]) / total) if total else float("nan"),
+            }
+        )
     return rows

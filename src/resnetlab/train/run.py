@@ -8,10 +8,8 @@ moment leaves the previous complete file. Checkpoints hold tensors and plain Pyt
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import io
-import json
 import os
 from datetime import datetime
 from pathlib import Path
@@ -19,17 +17,27 @@ from pathlib import Path
 import torch
 
 from resnetlab.errors import CheckpointError, UsageError, WriteError, first_line
-from resnetlab.fileio import write_bytes, write_csv, write_json, write_text
+from resnetlab.fileio import write_bytes, write_csv, write_json
 from resnetlab.models import create_model
 from resnetlab.train.engine import TrainState
 from resnetlab.weights import load_weights, save_weights
 
 CHECKPOINT_VERSION = 1
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                  "lr", "examples_per_sec", "epoch_seconds"]
+METRIC_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "examples_per_sec",
+    "epoch_seconds",
+]
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "checkpoint.pt")
 LOCK_FILE = ".lock"  # held (fcntl.flock) by the process training in the folder; the kernel drops it when that process ends
-_LOCK_SCOPES: list[list["RunDir"]] = []  # see RunDir.locks_released_at_exit
+_LOCK_SCOPES: list[list[RunDir]] = []  # see RunDir.locks_released_at_exit
 
 
 def default_run_path(preset: str, root: str | Path = "runs") -> Path:
@@ -45,7 +53,7 @@ class RunDir:
         self._lock = None
 
     @classmethod
-    def create(cls, path: str | Path, *, overwrite: bool = False, enabled: bool = True) -> "RunDir":
+    def create(cls, path: str | Path, *, overwrite: bool = False, enabled: bool = True) -> RunDir:
         run = cls(path, enabled)
         if enabled:
             if run.path.exists() and not run.path.is_dir():
@@ -66,7 +74,7 @@ class RunDir:
         return run
 
     @classmethod
-    def open(cls, path: str | Path, *, enabled: bool = True) -> "RunDir":
+    def open(cls, path: str | Path, *, enabled: bool = True) -> RunDir:
         """The folder of a run to continue (--resume), locked for this process."""
         run = cls(path, enabled)
         if enabled:
@@ -93,13 +101,17 @@ class RunDir:
             f.close()
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise WriteError.of(e, self.path / LOCK_FILE) from None
-            raise UsageError(f"{self.path} is in use by another training process{f' (pid {holder})' if holder else ''}; "
-                             "wait for it to end (or stop it), or give another --out") from None
+            raise UsageError(
+                f"{self.path} is in use by another training process{f' (pid {holder})' if holder else ''}; "
+                "wait for it to end (or stop it), or give another --out"
+            ) from None
         with contextlib.suppress(OSError):
             f.truncate(0)
             f.write(f"{os.getpid()}\n")
             f.flush()
-            for stale in self.path.glob(".*.tmp"):  # half-written by a process that was killed: ours now
+            for stale in self.path.glob(
+                ".*.tmp"
+            ):  # half-written by a process that was killed: ours now
                 stale.unlink()
         self._lock = f
         if _LOCK_SCOPES:
@@ -125,7 +137,9 @@ class RunDir:
     def file(self, name: str) -> Path:
         if self.enabled and self._lock is not None and not self.path.is_dir():
             # atomic writes would quietly make a new, empty folder: stop instead
-            raise WriteError(f"run folder {self.path} was removed during the run; nothing more can be saved there")
+            raise WriteError(
+                f"run folder {self.path} was removed during the run; nothing more can be saved there"
+            )
         return self.path / name
 
     # --- plain files ---------------------------------------------------------------------
@@ -159,16 +173,28 @@ def load_checkpoint(path: str | Path) -> dict:
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}; --resume takes the folder of a run that saved at least one epoch")
+        raise CheckpointError(
+            f"no checkpoint at {path}; --resume takes the folder of a run that saved at least one epoch"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle: torch raises many types
-        raise CheckpointError(f"{path} is not a readable resnetlab checkpoint ({first_line(e)}); it may be truncated or foreign") from None
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION or "config" not in ckpt:
-        raise CheckpointError(f"{path} is not a resnetlab checkpoint (version {CHECKPOINT_VERSION}); it was written by another program")
+        raise CheckpointError(
+            f"{path} is not a readable resnetlab checkpoint ({first_line(e)}); it may be truncated or foreign"
+        ) from None
+    if (
+        not isinstance(ckpt, dict)
+        or ckpt.get("version") != CHECKPOINT_VERSION
+        or "config" not in ckpt
+    ):
+        raise CheckpointError(
+            f"{path} is not a resnetlab checkpoint (version {CHECKPOINT_VERSION}); it was written by another program"
+        )
     problem = _checkpoint_problem(ckpt)
     if problem:
-        raise CheckpointError(f"{path} is a damaged resnetlab checkpoint ({problem}); resume from another copy or start again")
+        raise CheckpointError(
+            f"{path} is a damaged resnetlab checkpoint ({problem}); resume from another copy or start again"
+        )
     return ckpt
 
 
@@ -181,10 +207,15 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
     if not ckpt["model"] or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
         return "its model holds no tensors, or other things"
     average = ckpt.get("average")
-    if average is not None and not (isinstance(average, dict) and average
-                                    and all(isinstance(v, torch.Tensor) for v in average.values())):
+    if average is not None and not (
+        isinstance(average, dict)
+        and average
+        and all(isinstance(v, torch.Tensor) for v in average.values())
+    ):
         return "its weight average holds no tensors, or other things"
-    if not isinstance(ckpt["optimizer"].get("state"), dict) or not isinstance(ckpt["optimizer"].get("param_groups"), list):
+    if not isinstance(ckpt["optimizer"].get("state"), dict) or not isinstance(
+        ckpt["optimizer"].get("param_groups"), list
+    ):
         return "its optimizer state is incomplete"
     rng = ckpt["rng"].get("torch")
     if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
@@ -193,8 +224,16 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
     state = ckpt["state"]
     if set(state) - set(fields):
         return f"its state has unknown entries {sorted(set(state) - set(fields))}"
-    for name, kind in (("epoch", int), ("step_in_epoch", int), ("global_step", int), ("best_epoch", int),
-                       ("train_seconds", (int, float)), ("best_val_acc", (int, float)), ("history", list), ("partial", list)):
+    for name, kind in (
+        ("epoch", int),
+        ("step_in_epoch", int),
+        ("global_step", int),
+        ("best_epoch", int),
+        ("train_seconds", (int, float)),
+        ("best_val_acc", (int, float)),
+        ("history", list),
+        ("partial", list),
+    ):
         value = state.get(name, 0 if kind is int else [] if kind is list else 0.0)
         if isinstance(value, bool) or not isinstance(value, kind):
             return f"its state's {name} is {value!r}"
@@ -215,8 +254,10 @@ def restore_checkpoint(checkpoint: dict, model, optimizer, where, *, average=Non
     its configuration, and into `average` (the --ema copy) when given; the TrainState to continue
     from. The torch RNG continues where it was."""
     if average is not None and "average" not in checkpoint:
-        raise CheckpointError(f"{where}: the checkpoint holds no moving average of the weights, but its configuration "
-                              "asks for one (--ema); it is damaged or was edited")
+        raise CheckpointError(
+            f"{where}: the checkpoint holds no moving average of the weights, but its configuration "
+            "asks for one (--ema); it is damaged or was edited"
+        )
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -224,7 +265,9 @@ def restore_checkpoint(checkpoint: dict, model, optimizer, where, *, average=Non
             average.load_state_dict(checkpoint["average"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         first = " ".join(str(e).split())[:300]
-        raise CheckpointError(f"{where}: the checkpoint's weights do not fit the model its configuration builds ({first})") from None
+        raise CheckpointError(
+            f"{where}: the checkpoint's weights do not fit the model its configuration builds ({first})"
+        ) from None
     state = TrainState(**checkpoint["state"])
     torch.set_rng_state(checkpoint["rng"]["torch"])
     return state
@@ -237,7 +280,9 @@ def resolve_weights(source: str | Path) -> Path:
         for name in ("best.safetensors", "model.safetensors"):
             if (source / name).exists():
                 return source / name
-        raise CheckpointError(f"{source} holds no model.safetensors; train it to the end or pass a weights file")
+        raise CheckpointError(
+            f"{source} holds no model.safetensors; train it to the end or pass a weights file"
+        )
     if not source.exists():
         raise CheckpointError(f"{source} does not exist; pass a run folder or a .safetensors file")
     return source
@@ -248,10 +293,19 @@ def load_model(source: str | Path, device: torch.device | str = "cpu"):
     path = resolve_weights(source)
     state_dict, meta = load_weights(path)
     if "model" not in meta:
-        raise CheckpointError(f"{path} has no resnetlab metadata (model name, classes); it was not saved by resnetlab")
-    model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"], **meta.get("model_kwargs", {}))
+        raise CheckpointError(
+            f"{path} has no resnetlab metadata (model name, classes); it was not saved by resnetlab"
+        )
+    model = create_model(
+        meta["model"],
+        num_classes=meta["num_classes"],
+        in_chans=meta["in_chans"],
+        **meta.get("model_kwargs", {}),
+    )
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit model {meta['model']}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{path} does not fit model {meta['model']}: {str(e).splitlines()[0]}"
+        ) from None
     return model.to(device).eval(), meta

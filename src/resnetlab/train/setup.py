@@ -11,22 +11,51 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from resnetlab import __version__
-from resnetlab.data import Augment, Dataset, Loader, Loaders, get_dataset_info, load_dataset, make_loaders, split_dataset
+from resnetlab.data import (
+    Augment,
+    Dataset,
+    Loader,
+    Loaders,
+    get_dataset_info,
+    load_dataset,
+    make_loaders,
+    split_dataset,
+)
 from resnetlab.errors import UsageError
 from resnetlab.models import create_model
 from resnetlab.models.pretrained import load_pretrained
 from resnetlab.train.config import TrainConfig
-from resnetlab.train.device import bf16_pays, capture_pays, channels_last_pays, prepare_device, resolve_device
-from resnetlab.train.distributed import (DistInfo, check_same_setup, convert_sync_batchnorm, describe_setup,
-                                        local_main_first, wrap_ddp)
-from resnetlab.train.engine import EagerStep, Evaluator, TrainState, WeightAverage, init_weights, make_optimizer
+from resnetlab.train.device import (
+    bf16_pays,
+    capture_pays,
+    channels_last_pays,
+    prepare_device,
+    resolve_device,
+)
+from resnetlab.train.distributed import (
+    DistInfo,
+    check_same_setup,
+    convert_sync_batchnorm,
+    describe_setup,
+    local_main_first,
+    wrap_ddp,
+)
+from resnetlab.train.engine import (
+    EagerStep,
+    Evaluator,
+    TrainState,
+    WeightAverage,
+    init_weights,
+    make_optimizer,
+)
 from resnetlab.train.graphs import CapturedEvaluator, CapturedStep
 from resnetlab.train.run import restore_checkpoint
 from resnetlab.train.tta import with_tta
@@ -53,13 +82,19 @@ class Parts:
     loaders: Loaders
     raw_model: nn.Module  # what is saved: never the DDP or compiled wrapper
     model: nn.Module  # what trains: raw_model, wrapped in DDP and/or compiled as the config asks
-    eval_model: nn.Module  # what evaluates: the uncompiled model (compiling eval mode would cost a second compilation),
+    eval_model: (
+        nn.Module
+    )  # what evaluates: the uncompiled model (compiling eval mode would cost a second compilation),
     #                        or with --ema the average
     average: WeightAverage | None  # --ema: the moving average of the weights, updated by the step
     optimizer: torch.optim.Optimizer
     step: EagerStep | CapturedStep  # takes one training step (engine.fit calls it)
-    evaluator: Evaluator | CapturedEvaluator  # evaluates eval_model on a loader, with a confusion matrix
-    final_evaluator: Evaluator | CapturedEvaluator  # the kept weights' test figure: evaluator, with --tta's views
+    evaluator: (
+        Evaluator | CapturedEvaluator
+    )  # evaluates eval_model on a loader, with a confusion matrix
+    final_evaluator: (
+        Evaluator | CapturedEvaluator
+    )  # the kept weights' test figure: evaluator, with --tta's views
     state: TrainState  # where training stands: fresh, or the checkpoint's
     meta: dict  # saved with the weights: what rebuilds the model and prepares its input
 
@@ -75,18 +110,31 @@ class Parts:
     def describe(self) -> dict:
         """The run's config.json: the configuration, what `auto` resolved to, versions, machine."""
         return {
-            "config": self.cfg.to_dict(), "device": str(self.device), "amp": self.amp,
-            "channels_last": self.channels_last, "capture": self.capture, "world_size": self.dist.world_size,
+            "config": self.cfg.to_dict(),
+            "device": str(self.device),
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+            "capture": self.capture,
+            "world_size": self.dist.world_size,
             "params": sum(p.numel() for p in self.raw_model.parameters()),
-            "versions": {"resnetlab": __version__, "torch": torch.__version__, "python": platform.python_version()},
-            "threads": torch.get_num_threads(), "host": platform.node(),
+            "versions": {
+                "resnetlab": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+            "threads": torch.get_num_threads(),
+            "host": platform.node(),
         }
 
     def checkpoint(self, state: TrainState) -> dict:
         """What checkpoint.pt holds after `state`: tensors and plain types only."""
         checkpoint = {
-            "config": self.cfg.to_dict(), "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "state": vars(state).copy(), "rng": {"torch": torch.get_rng_state()}, "world_size": self.dist.world_size,
+            "config": self.cfg.to_dict(),
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "state": vars(state).copy(),
+            "rng": {"torch": torch.get_rng_state()},
+            "world_size": self.dist.world_size,
         }
         if self.average is not None:
             checkpoint["average"] = self.average.model.state_dict()
@@ -103,13 +151,17 @@ def load_splits(cfg: TrainConfig) -> Splits:
     val_set = None
     if cfg.val_split:
         if cfg.val_split >= len(train_set):
-            raise UsageError(f"--val-split {cfg.val_split} leaves no training data ({len(train_set)} examples); "
-                             "pass a smaller --val-split, or 0")
+            raise UsageError(
+                f"--val-split {cfg.val_split} leaves no training data ({len(train_set)} examples); "
+                "pass a smaller --val-split, or 0"
+            )
         train_set, val_set = split_dataset(train_set, cfg.val_split, seed=cfg.seed)
     return Splits(train_set, val_set, test_set)
 
 
-def build_model(cfg: TrainConfig, in_chans: int, num_classes: int, say: Callable[[str], None] | None = None) -> nn.Module:
+def build_model(
+    cfg: TrainConfig, in_chans: int, num_classes: int, say: Callable[[str], None] | None = None
+) -> nn.Module:
     """The config's model, initialised (the same weights on every rank and every run), then
     loaded from --init-from when given; `say` hears what loading adapted."""
     torch.manual_seed(cfg.seed)
@@ -128,15 +180,23 @@ def normalization(cfg: TrainConfig) -> tuple[list[float], list[float]] | None:
     return list(info.mean), list(info.std)
 
 
-def weights_metadata(cfg: TrainConfig, splits: Splits, norm: tuple[list[float], list[float]] | None) -> dict:
+def weights_metadata(
+    cfg: TrainConfig, splits: Splits, norm: tuple[list[float], list[float]] | None
+) -> dict:
     """What a weights file needs besides its tensors: the model, its classes and its input."""
     images = splits.train.images
     in_chans, classes = images.shape[1], splits.train.classes
     input_hw = (cfg.resize, cfg.resize) if cfg.resize else tuple(images.shape[2:])
     return {
-        "model": cfg.model, "model_kwargs": cfg.model_kwargs, "in_chans": in_chans, "num_classes": len(classes),
-        "classes": classes, "input_size": [in_chans, *input_hw], "resize": cfg.resize,
-        "normalize": {"mean": norm[0], "std": norm[1]} if norm else None, "data": cfg.data,
+        "model": cfg.model,
+        "model_kwargs": cfg.model_kwargs,
+        "in_chans": in_chans,
+        "num_classes": len(classes),
+        "classes": classes,
+        "input_size": [in_chans, *input_hw],
+        "resize": cfg.resize,
+        "normalize": {"mean": norm[0], "std": norm[1]} if norm else None,
+        "data": cfg.data,
     }
 
 
@@ -144,19 +204,33 @@ def whitening_images(cfg: TrainConfig, train: Dataset) -> Iterator[torch.Tensor]
     """The first WHITEN_IMAGES training images as the model sees them (resized, normalized; not
     augmented), in batches, on the CPU: what --init whiten measures its filters on."""
     first = train.subset(range(min(WHITEN_IMAGES, len(train))))
-    return (x for x, _ in Loader(first, 500, shuffle=False, resize=cfg.resize, normalize=normalization(cfg)))
+    return (
+        x
+        for x, _ in Loader(
+            first, 500, shuffle=False, resize=cfg.resize, normalize=normalization(cfg)
+        )
+    )
 
 
 def epoch_sizes(cfg: TrainConfig, train: Dataset) -> list[int] | None:
     """Each epoch's training image side under --progressive-resize, growing to the size evaluated."""
     full = (cfg.resize, cfg.resize) if cfg.resize else tuple(train.images.shape[2:])
     if cfg.progressive_resize and full[0] != full[1]:
-        raise UsageError(f"--progressive-resize grows square images; these are {full[0]} x {full[1]}: add --resize")
+        raise UsageError(
+            f"--progressive-resize grows square images; these are {full[0]} x {full[1]}: add --resize"
+        )
     return cfg.epoch_sizes(full[0])
 
 
-def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | None = None,
-          checkpoint: dict | None = None, foreach: bool = True, say: Callable[[str], None] | None = None) -> Parts:
+def build(
+    cfg: TrainConfig,
+    dist: DistInfo = DistInfo(),
+    *,
+    splits: Splits | None = None,
+    checkpoint: dict | None = None,
+    foreach: bool = True,
+    say: Callable[[str], None] | None = None,
+) -> Parts:
     """Device policy, data (`splits`, or loaded as `cfg` says), model, optimizer and loaders for
     `cfg` on this process; restored from `checkpoint` when given. `foreach=False` takes the
     optimizer's per-tensor step (a bench ablation); `say` hears notes worth printing."""
@@ -164,26 +238,58 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     prepare_device(device)
     amp = bf16_pays(device) if cfg.amp is None else cfg.amp
     channels_last = channels_last_pays(device) if cfg.channels_last is None else cfg.channels_last
-    capture = (capture_pays(device, dist.world_size, cfg.optimizer, cfg.compile, one_shape=not cfg.progressive_resize)
-               if cfg.capture is None else cfg.capture)
+    capture = (
+        capture_pays(
+            device,
+            dist.world_size,
+            cfg.optimizer,
+            cfg.compile,
+            one_shape=not cfg.progressive_resize,
+        )
+        if cfg.capture is None
+        else cfg.capture
+    )
     if capture and cfg.progressive_resize:
-        raise UsageError("--capture replays one batch shape and --progressive-resize changes it each epoch; "
-                         "add --progressive-resize 0 or drop --capture")
-    if capture and not (device.type == "cuda" and not dist.enabled and cfg.optimizer == "sgd" and not cfg.compile):
-        raise UsageError("--capture needs one process on a CUDA device, SGD and no --compile; drop --capture")
+        raise UsageError(
+            "--capture replays one batch shape and --progressive-resize changes it each epoch; "
+            "add --progressive-resize 0 or drop --capture"
+        )
+    if capture and not (
+        device.type == "cuda" and not dist.enabled and cfg.optimizer == "sgd" and not cfg.compile
+    ):
+        raise UsageError(
+            "--capture needs one process on a CUDA device, SGD and no --compile; drop --capture"
+        )
     if splits is None:
-        with local_main_first(dist):  # one download per machine, then the other processes read the cache
+        with local_main_first(
+            dist
+        ):  # one download per machine, then the other processes read the cache
             splits = load_splits(cfg)
-    check_same_setup(dist, describe_setup(cfg.to_dict(), splits._asdict(), device=device.type, amp=amp,
-                                          channels_last=channels_last))
+    check_same_setup(
+        dist,
+        describe_setup(
+            cfg.to_dict(),
+            splits._asdict(),
+            device=device.type,
+            amp=amp,
+            channels_last=channels_last,
+        ),
+    )
     if cfg.batch_size % dist.world_size:
-        raise UsageError(f"--batch-size {cfg.batch_size} (the global batch) must divide by the {dist.world_size} processes")
+        raise UsageError(
+            f"--batch-size {cfg.batch_size} (the global batch) must divide by the {dist.world_size} processes"
+        )
 
     # Resuming: the checkpoint holds the weights, so --init-from's file is not read again (it may be gone).
-    raw_model = build_model(cfg if checkpoint is None else dataclasses.replace(cfg, init_from=None),
-                            splits.train.images.shape[1], len(splits.train.classes),
-                            say=say and (lambda note: say(f"--init-from: {note}")))
-    if cfg.init == "whiten":  # on resume too: the checkpoint then overwrites the same values, the layer stays frozen
+    raw_model = build_model(
+        cfg if checkpoint is None else dataclasses.replace(cfg, init_from=None),
+        splits.train.images.shape[1],
+        len(splits.train.classes),
+        say=say and (lambda note: say(f"--init-from: {note}")),
+    )
+    if (
+        cfg.init == "whiten"
+    ):  # on resume too: the checkpoint then overwrites the same values, the layer stays frozen
         whiten_first_conv(raw_model, whitening_images(cfg, splits.train))
     if cfg.sync_bn and dist.enabled:
         raw_model = convert_sync_batchnorm(raw_model, device)
@@ -194,8 +300,13 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     average = WeightAverage(raw_model, cfg.ema) if cfg.ema else None
     state = TrainState()
     if checkpoint is not None:
-        state = restore_checkpoint(checkpoint, raw_model, optimizer, "--resume",
-                                   average=average.model if average is not None else None)
+        state = restore_checkpoint(
+            checkpoint,
+            raw_model,
+            optimizer,
+            "--resume",
+            average=average.model if average is not None else None,
+        )
     model = wrap_ddp(raw_model, device, dist) if dist.enabled else raw_model
     if cfg.compile:
         model = torch.compile(model)
@@ -206,24 +317,61 @@ def build(cfg: TrainConfig, dist: DistInfo = DistInfo(), *, splits: Splits | Non
     # Measured on the CPU, empty inductor cache: two epochs of resnet18_d2l took 71 s with three
     # compilations, 37 s with one.
     norm = normalization(cfg)
-    loaders = make_loaders(*splits, batch_size=cfg.batch_size, seed=cfg.seed,
-                           drop_last=dist.enabled or cfg.compile or capture, epoch_sizes=epoch_sizes(cfg, splits.train),
-                           augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip, erasing=cfg.erasing,
-                                           alternate_flip=cfg.alternate_flip),
-                           resize=cfg.resize, normalize=norm, device=device,
-                           channels_last=channels_last, rank=dist.rank, world_size=dist.world_size)
+    loaders = make_loaders(
+        *splits,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        drop_last=dist.enabled or cfg.compile or capture,
+        epoch_sizes=epoch_sizes(cfg, splits.train),
+        augment=Augment(
+            crop_padding=cfg.crop_padding,
+            flip=cfg.flip,
+            erasing=cfg.erasing,
+            alternate_flip=cfg.alternate_flip,
+        ),
+        resize=cfg.resize,
+        normalize=norm,
+        device=device,
+        channels_last=channels_last,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
     if len(loaders.train) == 0:
-        raise UsageError(f"{len(splits.train)} training examples make no full batch of {cfg.batch_size}; lower --batch-size")
+        raise UsageError(
+            f"{len(splits.train)} training examples make no full batch of {cfg.batch_size}; lower --batch-size"
+        )
     eval_model = average.model if average is not None else raw_model if cfg.compile else model
-    step_kind, evaluator_kind = (CapturedStep, CapturedEvaluator) if capture else (EagerStep, Evaluator)
+    step_kind, evaluator_kind = (
+        (CapturedStep, CapturedEvaluator) if capture else (EagerStep, Evaluator)
+    )
     step = step_kind(model, optimizer, cfg, device, amp, average)
 
     def evaluator_of(net: nn.Module):
-        return evaluator_kind(net, device, amp=amp, num_classes=len(splits.train.classes), dist=dist, per_example=True)
+        return evaluator_kind(
+            net, device, amp=amp, num_classes=len(splits.train.classes), dist=dist, per_example=True
+        )
 
     evaluator = evaluator_of(eval_model)
-    final_evaluator = evaluator if cfg.tta == "none" else evaluator_of(with_tta(eval_model, cfg.tta))
-    return Parts(cfg=cfg, dist=dist, device=device, amp=amp, channels_last=channels_last, capture=capture,
-                 splits=splits, loaders=loaders, raw_model=raw_model, model=model, eval_model=eval_model,
-                 average=average, optimizer=optimizer, step=step, evaluator=evaluator, final_evaluator=final_evaluator,
-                 state=state, meta=weights_metadata(cfg, splits, norm))
+    final_evaluator = (
+        evaluator if cfg.tta == "none" else evaluator_of(with_tta(eval_model, cfg.tta))
+    )
+    return Parts(
+        cfg=cfg,
+        dist=dist,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        capture=capture,
+        splits=splits,
+        loaders=loaders,
+        raw_model=raw_model,
+        model=model,
+        eval_model=eval_model,
+        average=average,
+        optimizer=optimizer,
+        step=step,
+        evaluator=evaluator,
+        final_evaluator=final_evaluator,
+        state=state,
+        meta=weights_metadata(cfg, splits, norm),
+    )

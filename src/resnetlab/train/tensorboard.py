@@ -17,8 +17,17 @@ from pathlib import Path
 
 from resnetlab.errors import UsageError
 
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
-                 "examples_per_sec", "epoch_seconds")
+EPOCH_METRICS = (
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "examples_per_sec",
+    "epoch_seconds",
+)
 
 
 def require_tensorboard() -> None:
@@ -26,7 +35,9 @@ def require_tensorboard() -> None:
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:
-        raise UsageError("--tensorboard needs the tensorboard package: pip install 'resnetlab[tensorboard]'") from None
+        raise UsageError(
+            "--tensorboard needs the tensorboard package: pip install 'resnetlab[tensorboard]'"
+        ) from None
 
 
 def _hparam_value(value):

@@ -30,7 +30,9 @@ class TTAModel(nn.Module):
     def __init__(self, model: nn.Module, mode: str = "flip") -> None:
         super().__init__()
         if mode not in TTA_MODES[1:]:
-            raise ValueError(f"unknown test-time augmentation {mode!r}; use {', '.join(TTA_MODES[1:])}")
+            raise ValueError(
+                f"unknown test-time augmentation {mode!r}; use {', '.join(TTA_MODES[1:])}"
+            )
         self.model, self.mode = model, mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,8 +41,13 @@ class TTAModel(nn.Module):
             return logits
         h, w = x.shape[2:]
         padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        shifted = [padded[:, :, :h, :w], padded[:, :, 2:, 2:]]  # the image moved down-right, then up-left
-        if x.is_contiguous(memory_format=torch.channels_last):  # keep the layout the model is fastest in
+        shifted = [
+            padded[:, :, :h, :w],
+            padded[:, :, 2:, 2:],
+        ]  # the image moved down-right, then up-left
+        if x.is_contiguous(
+            memory_format=torch.channels_last
+        ):  # keep the layout the model is fastest in
             shifted = [v.contiguous(memory_format=torch.channels_last) for v in shifted]
         return logits / 2 + sum(_mirror_averaged(self.model, v) for v in shifted) / 4
 

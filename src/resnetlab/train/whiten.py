@@ -26,13 +26,19 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     """The model's first 2-d convolution (its stem)."""
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
-        raise UsageError(f"--init whiten sets a model's first convolution; {type(model).__name__} has none")
+        raise UsageError(
+            f"--init whiten sets a model's first convolution; {type(model).__name__} has none"
+        )
     if conv.groups != 1 or conv.dilation != (1, 1):
-        raise UsageError("--init whiten needs an ordinary first convolution (no groups, no dilation)")
+        raise UsageError(
+            "--init whiten needs an ordinary first convolution (no groups, no dilation)"
+        )
     return conv
 
 
-def whitening_filters(images, kernel_size: tuple[int, int], eps: float = WHITEN_EPS) -> torch.Tensor:
+def whitening_filters(
+    images, kernel_size: tuple[int, int], eps: float = WHITEN_EPS
+) -> torch.Tensor:
     """[2*D, C, kh, kw]: the whitening filters of `images` (float [N, C, H, W] batches, as the model
     sees them), each eigenvector then its negation, the largest eigenvalue first. The second moments
     are summed batch by batch in float64: all patches at once would take hundreds of MB."""
@@ -44,7 +50,9 @@ def whitening_filters(images, kernel_size: tuple[int, int], eps: float = WHITEN_
         moments = x.T @ x if moments is None else moments + x.T @ x
         count += len(x)
     eigenvalues, eigenvectors = torch.linalg.eigh(moments / count)  # ascending
-    scaled = (eigenvectors / (eigenvalues.clamp(min=0) + eps).sqrt()).T.flip(0)  # rows, largest first
+    scaled = (eigenvectors / (eigenvalues.clamp(min=0) + eps).sqrt()).T.flip(
+        0
+    )  # rows, largest first
     return torch.stack([scaled, -scaled], dim=1).reshape(-1, c, *kernel_size).float()
 
 
@@ -53,8 +61,8 @@ def whiten_first_conv(model: nn.Module, images) -> None:
     """Set the first convolution's filters to the whitening filters of `images` (an iterable of
     float [N, C, H, W] batches), as many as there are, and freeze the layer's weight."""
     conv = first_conv(model)
-    filters = whitening_filters(images, conv.kernel_size)[:conv.out_channels]
-    conv.weight[:len(filters)] = filters.to(conv.weight)
+    filters = whitening_filters(images, conv.kernel_size)[: conv.out_channels]
+    conv.weight[: len(filters)] = filters.to(conv.weight)
     if conv.bias is not None:
-        conv.bias[:len(filters)] = 0
+        conv.bias[: len(filters)] = 0
     conv.weight.requires_grad_(False)
