@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnetlab import export
+from resnetlab.inference import onnx as export
 from resnetlab.models import create_model, get_model_info, list_models
 
 

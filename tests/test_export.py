@@ -15,9 +15,10 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from resnetlab import cli, export  # noqa: E402
+from resnetlab import cli  # noqa: E402
 from resnetlab.data import Loader, get_dataset_info, load_dataset  # noqa: E402
 from resnetlab.errors import ExportError, UsageError  # noqa: E402
+from resnetlab.inference import onnx as export  # noqa: E402
 from resnetlab.models import Residual, create_model  # noqa: E402
 from resnetlab.weights import save_weights  # noqa: E402
 

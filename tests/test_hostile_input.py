@@ -565,7 +565,7 @@ def valid_checkpoint() -> bytes:
     )
 )
 def test_checkpoint_loader(blob, tmp_path_factory):
-    from resnetlab.train.run import load_checkpoint
+    from resnetlab.train.checkpoint import load_checkpoint
 
     count("checkpoints")
     path = tmp_path_factory.getbasetemp() / "fuzz.pt"
@@ -580,7 +580,7 @@ def test_checkpoint_loader(blob, tmp_path_factory):
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
-    from resnetlab.train.run import load_checkpoint
+    from resnetlab.train.checkpoint import load_checkpoint
 
     marker = tmp_path / "ran"
     torch.save({"version": 1, "config": RunsCode(str(marker))}, tmp_path / "zip.pt")
@@ -620,7 +620,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     channels=1,
 )
 def test_predict_image_reader(blob, channels, tmp_path_factory):
-    from resnetlab.train.inference import load_image
+    from resnetlab.inference.images import load_image
 
     count("predict's images")
     path = tmp_path_factory.getbasetemp() / "fuzz.img"

@@ -1,16 +1,22 @@
 """resnetlab: residual networks on PyTorch."""
 
-__version__ = "0.1.0"
+import importlib
+
+from resnetlab.version import __version__
+
+__all__ = ["__version__", "create_model", "list_models", "d2l"]
+
+# Imported on first use, so that `import resnetlab` stays cheap (no torch).
+_WHERE = {
+    "create_model": "resnetlab.models",
+    "list_models": "resnetlab.models",
+    "d2l": None,  # the module itself
+}
 
 
 def __getattr__(name):
-    # Keep `import resnetlab` cheap (no torch import) until a model function is used.
-    if name in ("create_model", "list_models"):
-        from resnetlab import models
-
-        return getattr(models, name)
-    if name == "d2l":
-        import importlib
-
-        return importlib.import_module("resnetlab.d2l")
-    raise AttributeError(f"module 'resnetlab' has no attribute {name!r}")
+    if name not in _WHERE:
+        raise AttributeError(f"module 'resnetlab' has no attribute {name!r}")
+    if _WHERE[name] is None:
+        return importlib.import_module(f"resnetlab.{name}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -13,6 +13,7 @@ import os
 import sys
 
 from resnetlab.errors import ResnetlabError, UsageError
+from resnetlab.version import __version__
 
 
 def _print_json(obj) -> None:
@@ -91,7 +92,6 @@ def _add_models(sub) -> None:
 def _cmd_models(args) -> int:
     import dataclasses
 
-    from resnetlab.errors import UsageError
     from resnetlab.models import describe_models, render_model_table
 
     listings = describe_models(args.pattern)
@@ -139,7 +139,7 @@ def _add_train(sub) -> None:
         metavar="N",
         help="train in N processes on this machine (starts torchrun; README: Distributed training)",
     )
-    p.set_defaults(func=_cmd_train, train_parser=p)
+    p.set_defaults(func=_cmd_train)
 
 
 def _json_object(text: str) -> dict:
@@ -182,41 +182,37 @@ def _add_config_flags(parser) -> None:
         )
 
 
-def _flags_again(parser, args, skip: tuple[str, ...]) -> list[str]:
-    """The flags `args` was parsed from, less `skip`: the command line `--nproc` hands to torchrun."""
-    argv = []
-    for action in parser._actions:  # argparse keeps no public list of a parser's flags
-        value = getattr(args, action.dest, None)
-        if (
-            not action.option_strings
-            or action.dest in skip
-            or value is None
-            or value == action.default
-        ):
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The train flags as the user typed them, less `--nproc N` (or `--nproc=N`, or an
+    abbreviation argparse accepted): the command line `--nproc` hands to torchrun."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
             continue
-        flag = action.option_strings[0]
-        if isinstance(action, argparse.BooleanOptionalAction):
-            argv.append(flag if value else f"--no-{flag[2:]}")
-        elif action.nargs == 0:  # store_true
-            argv.append(flag)
-        else:
-            argv += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
-    return argv
+        name = token.split("=", 1)[0]
+        if len(name) >= 4 and "--nproc".startswith(name):  # "--np" is already unique
+            skip = "=" not in token
+            continue
+        out.append(token)
+    return out
 
 
 def _cmd_train(args) -> int:
     import dataclasses
 
+    from resnetlab.distributed.group import error_to_report, process_rank
+    from resnetlab.launch import launch_local
     from resnetlab.train import TrainConfig, make_config, train
     from resnetlab.train.config import read_config_file
-    from resnetlab.train.distributed import error_to_report, launch_local, process_rank
+    from resnetlab.train.trainer import refuse_with_resume
 
     if args.nproc is not None and args.nproc != 1:
-        return launch_local(args.nproc, _flags_again(args.train_parser, args, skip=("nproc",)))
+        return launch_local(args.nproc, _without_nproc(args.argv[1:]))
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     if overrides.get("tensorboard"):  # the missing extra is one line before anything starts
-        from resnetlab.train.tensorboard import require_tensorboard
+        from resnetlab.report.tensorboard import require_tensorboard
 
         require_tensorboard()
     try:
@@ -224,11 +220,7 @@ def _cmd_train(args) -> int:
             given = [
                 k for k in (*overrides, "preset", "config", "out") if getattr(args, k) is not None
             ]
-            if given:
-                raise UsageError(
-                    f"--resume continues a run with its saved settings; drop "
-                    f"{', '.join('--' + k.replace('_', '-') for k in given)}"
-                )
+            refuse_with_resume(["--" + k.replace("_", "-") for k in given])
             summary = train(resume=args.resume, json_output=args.json)
         else:
             base = read_config_file(args.config) if args.config else None
@@ -250,7 +242,7 @@ COMMANDS.append(_add_train)
 
 
 def _add_eval(sub) -> None:
-    from resnetlab.train.config import TTA_MODES
+    from resnetlab.inference import TTA_MODES
 
     p = sub.add_parser("eval", help="evaluate trained weights on a test set")
     p.add_argument("weights", help="a run folder or a .safetensors file")
@@ -283,12 +275,8 @@ def _add_eval(sub) -> None:
 
 
 def _cmd_eval(args) -> int:
-    from resnetlab.train.inference import evaluate_run
+    from resnetlab.inference.eval_run import evaluate_run, format_evaluation
 
-    if args.mistakes < 0:
-        raise UsageError(f"--mistakes must be zero or positive, got {args.mistakes}")
-    if args.batch_size <= 0:
-        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
     r = evaluate_run(
         args.weights,
         data=args.data,
@@ -301,22 +289,8 @@ def _cmd_eval(args) -> int:
     )
     if args.json:
         _print_json(r)
-        return 0
-    views = f" ({r['tta']} TTA)" if r["tta"] != "none" else ""
-    print(
-        f"{r['data']} test set, {r['count']} examples{views}: loss {r['loss']:.4f}, acc {r['acc']:.4f}"
-    )
-    width = max(len(c) for c in r["classes"])
-    print(f"{'class':<{width}}  {'count':>6}  {'acc':>6}")
-    for row in r["per_class"]:
-        print(f"{row['class']:<{width}}  {row['count']:>6}  {row['acc']:>6.4f}")
-    print("confusion matrix (rows: true, columns: predicted):")
-    for cls, counts in zip(r["classes"], r["confusion"]):
-        print(f"{cls:<{width}}  " + " ".join(f"{c:>5}" for c in counts))
-    if r.get("mistakes_files"):
-        print(
-            f"{r['wrong']} mistakes; the {r['mistakes_shown']} most confident in {', '.join(r['mistakes_files'])}"
-        )
+    else:
+        print(format_evaluation(r))
     return 0
 
 
@@ -337,16 +311,13 @@ def _add_predict(sub) -> None:
 
 
 def _cmd_predict(args) -> int:
-    from resnetlab.train.inference import predict
+    from resnetlab.inference.predict import format_predictions, predict
 
-    if args.top_k <= 0:
-        raise UsageError(f"--top-k must be positive, got {args.top_k}")
     results = predict(args.weights, args.images, top_k=args.top_k, device=args.device)
     if args.json:
         _print_json(results)
-        return 0
-    for r in results:
-        print(r["image"] + ": " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+    else:
+        print(format_predictions(results))
     return 0
 
 
@@ -414,10 +385,8 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(args) -> int:
-    from resnetlab.export import export_run, format_export
+    from resnetlab.inference.onnx import export_run, format_export
 
-    if args.tolerance <= 0:
-        raise UsageError(f"--tolerance must be positive, got {args.tolerance}")
     result = export_run(
         args.weights,
         out=args.out,
@@ -458,7 +427,8 @@ def _add_report(sub) -> None:
 
 
 def _cmd_report(args) -> int:
-    from resnetlab.report.html import ensure_analysis, load_run, write_report
+    from resnetlab.inference.eval_run import ensure_analysis
+    from resnetlab.report.html import load_run, write_report
 
     load_run(args.run)  # not a run folder: one line, exit 2
     if ensure_analysis(args.run, device=args.device):
@@ -484,21 +454,13 @@ def _add_compare(sub) -> None:
 
 
 def _cmd_compare(args) -> int:
-    from resnetlab.report.compare import compare_runs
+    from resnetlab.report.compare import compare_runs, format_comparison
 
     result = compare_runs(args.runs, args.out)
     if args.json:
         _print_json(result)
-        return 0
-    for r in result["runs"]:
-        acc = r["kept_test_acc"] if r["kept_test_acc"] is not None else r["test_acc"]
-        print(
-            f"{r['label']}: {r['model']} on {r['data']}, {r['epochs']} epochs, {r['state']}, test acc "
-            + (f"{acc:.4f}" if acc is not None else "-")
-        )
-    for k, values in result["differing_settings"].items():
-        print(f"  {k}: " + " | ".join(json.dumps(v) for v in values))
-    print(f"written: {', '.join(result['files'].values())}")
+    else:
+        print(format_comparison(result))
     return 0
 
 
@@ -598,15 +560,13 @@ def _cmd_experiment_degradation(args) -> int:
     from resnetlab.experiments.degradation import format_table, run_degradation
     from resnetlab.train.run import default_run_path
 
-    if args.subset < 0:
-        raise UsageError(f"--subset must be positive (or 0 for the whole set), got {args.subset}")
     result = run_degradation(
         args.out or default_run_path("degradation"),
         data=args.data,
         depths=args.depths,
         epochs=args.epochs,
         width=args.width,
-        subset=args.subset or None,
+        subset=None if args.subset == 0 else args.subset,
         seed=args.seed,
         lr=args.lr,
         device=args.device,
@@ -745,8 +705,6 @@ COMMANDS.append(_add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from resnetlab import __version__
-
     parser = argparse.ArgumentParser(
         prog="resnetlab",
         description="Residual networks on PyTorch: models, data, training, benchmarks.",
@@ -761,7 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # as typed: `train --nproc` hands these on to torchrun
     try:
         return int(args.func(args) or 0)
     except ResnetlabError as e:

@@ -31,8 +31,8 @@ from torch import Tensor, nn
 
 from resnetlab.data import Loader, load_dataset
 from resnetlab.errors import UsageError
-from resnetlab.train.engine import init_weights
-from resnetlab.train.report import save_png
+from resnetlab.report.plots import save_png
+from resnetlab.train.steps import init_weights
 
 # The d2l names provided (those the chapter's PyTorch cells use, and what they need).
 TEXTBOOK_NAMES = (

@@ -11,8 +11,8 @@ import torch
 from resnetlab import cli
 from resnetlab.data import Loader
 from resnetlab.data.datasets import Dataset
+from resnetlab.inference.eval_run import find_mistakes
 from resnetlab.report.mistakes import (
-    find_mistakes,
     plot_mistakes,
     read_confusion_csv,
     read_mistakes_csv,
@@ -64,7 +64,7 @@ def test_find_mistakes_ranks_the_wrong_answers_by_confidence(known):
     assert [r["true"] for r in m.items] == ["c", "b", "a"]
     assert [r["probability"] for r in m.items] == pytest.approx([0.95, 0.7, 0.6])
     assert (m.count, m.wrong, m.acc) == (10, 4, 0.6)
-    from resnetlab.train.engine import evaluate
+    from resnetlab.inference.evaluation import evaluate
 
     assert m.loss == pytest.approx(evaluate(model, loader, torch.device("cpu"))["loss"], rel=1e-12)
     expected = torch.zeros(3, 3, dtype=torch.int64)
@@ -138,7 +138,7 @@ def test_eval_writes_mistakes_beside_the_weights_or_into_out(
     # the training run's own files (its 512-image test subset) are left alone
     assert (run_copy / "mistakes.csv").read_bytes() == (finished_run / "mistakes.csv").read_bytes()
     # one pass gives the mistakes and the figures: the same as evaluation without mistakes
-    from resnetlab.train.inference import evaluate_run
+    from resnetlab.inference.eval_run import evaluate_run
 
     plain = evaluate_run(run_copy, mistakes=0)
     assert "mistakes_dir" not in plain

@@ -16,7 +16,7 @@ from resnetlab.report.events import read_events
 from resnetlab.report.html import SECTIONS, build_report, write_report
 from resnetlab.report.mistakes import read_mistakes_csv
 from resnetlab.report.runs import run_state
-from resnetlab.train.run import load_checkpoint
+from resnetlab.train.checkpoint import load_checkpoint
 
 CHROMIUM = (
     shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -48,17 +48,17 @@ def _fault_hook(spec: str):
 
 
 def _patched_fit(fit):
-    def run(model, *args, optimizer, **kwargs):
+    def run(step, *args, **kwargs):
         if os.environ.get("RESNETLAB_TEST_FAULT"):
-            optimizer.register_step_post_hook(_fault_hook(os.environ["RESNETLAB_TEST_FAULT"]))
-        state = fit(model, *args, optimizer=optimizer, **kwargs)
+            step.optimizer.register_step_post_hook(_fault_hook(os.environ["RESNETLAB_TEST_FAULT"]))
+        state = fit(step, *args, **kwargs)
         if os.environ.get("RESNETLAB_TEST_DUMP_DIR"):
-            raw = getattr(model, "module", model)
+            raw = getattr(step.model, "module", step.model)
             torch.save(
                 raw.state_dict(),
                 os.path.join(os.environ["RESNETLAB_TEST_DUMP_DIR"], f"rank{RANK}.pt"),
             )
-            average = getattr(kwargs.get("step"), "average", None)  # --ema's moving average
+            average = step.average  # --ema's moving average
             if average is not None:
                 torch.save(
                     average.model.state_dict(),

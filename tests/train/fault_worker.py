@@ -18,9 +18,20 @@ import signal
 import sys
 
 import resnetlab.fileio as fileio
+import resnetlab.inference.evaluation as evaluation
+import resnetlab.report.plots as plots
 import resnetlab.train.engine as engine
-import resnetlab.train.trainer as trainer
+import resnetlab.train.trainer  # noqa: F401  (loaded first, so that its names can be patched)
 from resnetlab.cli import main
+
+# where each patched function is defined
+HOMES = {
+    "atomic_open": fileio,
+    "evaluate": evaluation,
+    "fit": engine,
+    "plot_curves": plots,
+    "plot_confusion": plots,
+}
 
 SHOW = os.environ.get("RESNETLAB_TEST_PHASES", "")
 KILL = os.environ.get("RESNETLAB_TEST_KILL", "")
@@ -88,12 +99,12 @@ def _watched(name, fn):
 
 
 def _watched_fit(fit):
-    def run(model, *args, optimizer, **kwargs):
+    def run(step, *args, **kwargs):
         def before_step(opt, args, kwargs):  # a pre-hook must return None
             enter("step")
 
-        optimizer.register_step_pre_hook(before_step)
-        return fit(model, *args, optimizer=optimizer, **kwargs)
+        step.optimizer.register_step_pre_hook(before_step)
+        return fit(step, *args, **kwargs)
 
     return run
 
@@ -101,10 +112,7 @@ def _watched_fit(fit):
 def _patch_everywhere(name: str, wrap) -> None:
     """Replace `name` in every loaded resnetlab module that bound it (`from x import name`), so the
     hooks survive the trainer's code moving between modules."""
-    original = getattr(
-        fileio if name == "atomic_open" else engine if name in ("evaluate", "fit") else trainer,
-        name,
-    )
+    original = getattr(HOMES[name], name)
     wrapped = wrap(original)
     for module in list(sys.modules.values()):
         if (

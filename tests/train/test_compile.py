@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from resnetlab.report.observer import Observer
 from resnetlab.train import make_config
-from resnetlab.train.engine import Hooks, fit
+from resnetlab.train.engine import Schedule, fit
 from resnetlab.train.setup import build
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_fashion_mnist]
@@ -42,24 +43,20 @@ def test_no_recompilation_after_the_first_epoch(device):
     )  # one size: one graph
     parts = build(cfg)
     graphs_after = []
+
+    class CountGraphs(Observer):
+        def on_epoch_end(self, state, row, is_best):
+            graphs_after.append(counters["stats"]["unique_graphs"])
+
+    schedule = Schedule(cfg.schedule, cfg.lr, cfg.warmup)
     fit(
-        parts.model,
-        parts.loaders.train,
-        cfg,
-        parts.device,
-        optimizer=parts.optimizer,
-        state=parts.state,
-        val_loader=parts.loaders.val,
-        test_loader=parts.loaders.test,
-        amp=parts.amp,
-        eval_model=parts.eval_model,
-        step=parts.step,
-        evaluator=parts.evaluator,
-        hooks=Hooks(
-            on_epoch_end=lambda state, row, best: graphs_after.append(
-                counters["stats"]["unique_graphs"]
-            )
-        ),
+        parts.step,
+        parts.evaluator,
+        parts.loaders,
+        parts.state,
+        schedule,
+        cfg.epochs,
+        observers=[CountGraphs()],
     )
     assert graphs_after[0] >= 1, "the first epoch compiled the training step"
     assert graphs_after == [graphs_after[0]] * 3, (

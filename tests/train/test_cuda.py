@@ -16,9 +16,9 @@ pytestmark = [
 ]
 
 from resnetlab.train import make_config, train  # noqa: E402
-from resnetlab.train.engine import EagerStep, make_optimizer  # noqa: E402
 from resnetlab.train.graphs import CapturedStep  # noqa: E402
 from resnetlab.train.setup import build  # noqa: E402
+from resnetlab.train.steps import EagerStep, make_optimizer  # noqa: E402
 
 SMALL = dict(model="resnet20", subset=2048, batch_size=256, epochs=2, val_split=0, device="cuda")
 
@@ -39,8 +39,13 @@ def test_graph_step_agrees_with_the_eager_step_for_20_steps():
     parts = build(cfg)
     batches = [(x.clone(), y.clone()) for x, y in parts.loaders.train][:20]
     eager_net, graph_net = parts.raw_model, build(cfg).raw_model
-    eager = EagerStep(eager_net, make_optimizer(eager_net, cfg), cfg, parts.device, amp=True)
-    captured = CapturedStep(graph_net, make_optimizer(graph_net, cfg), cfg, parts.device, amp=True)
+    smoothing = cfg.label_smoothing
+    eager = EagerStep(
+        eager_net, make_optimizer(eager_net, cfg), parts.device, amp=True, label_smoothing=smoothing
+    )
+    captured = CapturedStep(
+        graph_net, make_optimizer(graph_net, cfg), parts.device, amp=True, label_smoothing=smoothing
+    )
     for runner in (eager, captured):
         runner.start_epoch([0.0, 0.0, 0.0])
     for i, (x, y) in enumerate(batches):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetlab.train.distributed import TIMEOUT_ENV
-from resnetlab.train.run import load_checkpoint
+from resnetlab.distributed.group import TIMEOUT_ENV
+from resnetlab.train.checkpoint import load_checkpoint
 
 WORKER = str(Path(__file__).with_name("dist_worker.py"))
 

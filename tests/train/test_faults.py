@@ -23,7 +23,8 @@ import torch
 
 from resnetlab import cli, fileio
 from resnetlab.errors import WriteError
-from resnetlab.train.run import LOCK_FILE, load_checkpoint
+from resnetlab.train.checkpoint import load_checkpoint
+from resnetlab.train.run import LOCK_FILE
 from resnetlab.weights import load_weights
 
 WORKER = str(Path(__file__).with_name("fault_worker.py"))

@@ -13,9 +13,10 @@ from torch import nn
 
 from resnetlab.data import Dataset, Loader
 from resnetlab.errors import UsageError
-from resnetlab.train import engine, graphs, make_config
-from resnetlab.train.engine import EagerStep, Evaluator, WeightAverage, make_optimizer
+from resnetlab.inference.evaluation import Evaluator
+from resnetlab.train import graphs, make_config, steps
 from resnetlab.train.graphs import CapturedEvaluator, CapturedStep, SGDUpdate
+from resnetlab.train.steps import EagerStep, WeightAverage, make_optimizer
 
 
 class FakeGraph:
@@ -65,7 +66,7 @@ def batches(n=20, b=8):
 
 
 def test_the_graph_captures_the_eager_loops_step_function():
-    assert graphs.train_step is engine.train_step
+    assert graphs.train_step is steps.train_step
 
 
 @pytest.mark.parametrize(
@@ -87,19 +88,19 @@ def test_captured_step_trains_as_the_eager_step_for_20_steps(momentum, nesterov,
     eager = EagerStep(
         eager_net,
         make_optimizer(eager_net, cfg),
-        cfg,
         torch.device("cpu"),
-        False,
-        average(eager_net),
+        amp=False,
+        label_smoothing=cfg.label_smoothing,
+        average=average(eager_net),
     )
     FakeGraphs.captured = []
     captured = CapturedStep(
         graph_net,
         make_optimizer(graph_net, cfg),
-        cfg,
         torch.device("cpu"),
-        False,
-        average(graph_net),
+        amp=False,
+        label_smoothing=cfg.label_smoothing,
+        average=average(graph_net),
         graphs=FakeGraphs,
     )
     for runner in (eager, captured):
@@ -132,7 +133,6 @@ def test_captured_step_refuses_another_batch_shape():
     step = CapturedStep(
         net,
         make_optimizer(net, cfg),
-        cfg,
         torch.device("cpu"),
         amp=False,
         graphs=FakeGraphs,

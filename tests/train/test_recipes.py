@@ -14,11 +14,12 @@ from torch import nn
 
 from resnetlab import cli
 from resnetlab.errors import CheckpointError, Interrupted, UsageError
+from resnetlab.inference.evaluation import evaluate
+from resnetlab.inference.tta import TTAModel, with_tta
 from resnetlab.train import make_config, train
-from resnetlab.train.engine import WeightAverage, evaluate
-from resnetlab.train.run import load_checkpoint
+from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.train.setup import build
-from resnetlab.train.tta import TTAModel, with_tta
+from resnetlab.train.steps import WeightAverage
 from resnetlab.train.whiten import whiten_first_conv, whitening_filters
 from resnetlab.weights import load_weights
 

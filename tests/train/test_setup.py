@@ -12,8 +12,8 @@ import torch
 from resnetlab.bench.runners import ResnetlabRunner
 from resnetlab.bench.variants import parse_variant
 from resnetlab.data import Dataset, Loader, eval_batch_size, make_loaders
+from resnetlab.inference.images import preprocess
 from resnetlab.train import make_config
-from resnetlab.train.inference import preprocess
 from resnetlab.train.setup import build, load_splits
 
 TINY = dict(
@@ -130,11 +130,12 @@ def test_bench_measures_the_trainers_parts():
 def test_kept_weights_are_evaluated_once(tmp_path, monkeypatch, val_split):
     """No work done twice: the kept weights' test figures (and mistakes) come from their epoch's
     evaluation; without a validation split the run ends with no evaluation of its own."""
-    from resnetlab.train import engine, train
+    from resnetlab.inference import evaluation
+    from resnetlab.train import train
 
     calls = []
-    real = engine.evaluate
-    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
     cfg = make_config(
         "quick", **dict(TINY, epochs=2, val_split=val_split, epoch_test=True, tta="none")
     )
@@ -155,12 +156,13 @@ def test_kept_weights_are_evaluated_once(tmp_path, monkeypatch, val_split):
 def test_the_quick_presets_test_set_is_evaluated_at_the_end_only(tmp_path, monkeypatch):
     """The preset's own way (--no-epoch-test, --tta flip): validation each epoch; at the end the last
     weights plain, the kept ones plain when they differ, and the kept ones through the views."""
-    from resnetlab.train import engine, train
+    from resnetlab.inference import evaluation
+    from resnetlab.train import train
 
     calls = []
-    real = engine.evaluate
+    real = evaluation.evaluate
     monkeypatch.setattr(
-        engine, "evaluate", lambda *a, **k: calls.append(len(a[1].dataset)) or real(*a, **k)
+        evaluation, "evaluate", lambda *a, **k: calls.append(len(a[1].dataset)) or real(*a, **k)
     )
     summary = train(
         make_config("quick", **dict(TINY, epochs=2, val_split=44)),

@@ -16,7 +16,7 @@ import torch
 from resnetlab import cli
 from resnetlab.errors import CheckpointError, Interrupted, TrainingError, UsageError
 from resnetlab.train import make_config, train
-from resnetlab.train.run import load_checkpoint
+from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.weights import load_weights
 
 pytestmark = (
@@ -304,10 +304,10 @@ def test_eval_reports_accuracy_per_class_and_confusion(finished_run, capsys):
 
 def test_eval_folds_batch_norm_without_changing_the_result(finished_run):
     from resnetlab.data import Loader, load_dataset
+    from resnetlab.inference.eval_run import evaluate_run
+    from resnetlab.inference.evaluation import evaluate
+    from resnetlab.inference.loading import inference_model, load_model
     from resnetlab.models.fuse import find_conv_bn_pairs
-    from resnetlab.train.engine import evaluate
-    from resnetlab.train.inference import evaluate_run, inference_model
-    from resnetlab.train.run import load_model
 
     model, meta = load_model(finished_run)
     folded = inference_model(model)
@@ -365,7 +365,7 @@ def test_predict_takes_any_image_size_and_colour(finished_run, tmp_path, capsys)
 def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path):
     """--compile (which benchmarks/gpu.sh uses on a GPU) trains the same model as eager mode, to
     float rounding, and saves weights an uncompiled model loads (no `_orig_mod.` prefixes)."""
-    from resnetlab.train.run import load_model
+    from resnetlab.inference.loading import load_model
 
     flags = [
         "--model",

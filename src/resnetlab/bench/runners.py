@@ -10,9 +10,11 @@ import torch
 
 from resnetlab import textbook_baseline as tb
 from resnetlab.bench.variants import Variant
+from resnetlab.data import Loaders
+from resnetlab.inference.evaluation import Evaluator
 from resnetlab.models import create_model
 from resnetlab.models.fuse import fuse_bn
-from resnetlab.train.engine import Evaluator, TrainState, fit
+from resnetlab.train.engine import Schedule, TrainState, fit
 from resnetlab.train.graphs import CapturedEvaluator
 from resnetlab.train.presets import make_config
 from resnetlab.train.setup import Splits, build
@@ -149,16 +151,10 @@ class ResnetlabRunner:
         self.eval_batches = list(itertools.islice(self.test_loader, steps))
 
     def train(self, batches) -> None:
-        fit(
-            self.train_model,
-            Batches(batches, len(batches)),
-            self.cfg,
-            self.device,
-            optimizer=self.optimizer,
-            state=TrainState(),
-            amp=self.variant.amp,
-            step=self.step,
-        )
+        # no evaluation: fit trains only, on these batches, at the configuration's schedule
+        loaders = Loaders(train=Batches(batches, len(batches)), val=None, test=None)
+        schedule = Schedule(self.cfg.schedule, self.cfg.lr, self.cfg.warmup)
+        fit(self.step, None, loaders, TrainState(), schedule, epochs=1)
 
     def prepare_eval(self) -> None:
         """What an evaluation costs once, before its first batch: folding (and compiling, or

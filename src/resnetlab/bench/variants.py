@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from resnetlab.device import bf16_pays
 from resnetlab.errors import UsageError
-from resnetlab.train.device import bf16_pays
 from resnetlab.train.presets import PRESETS
 
 DEFAULT_VARIANTS = ("textbook", "fp32", "bf16")

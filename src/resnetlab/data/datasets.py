@@ -126,14 +126,24 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 
 def load_dataset(
-    name: str = "fashion-mnist", train: bool = True, root: str | os.PathLike | None = None
+    name: str = "fashion-mnist",
+    train: bool = True,
+    root: str | os.PathLike | None = None,
+    *,
+    subset: int | None = None,
+    seed: int = 0,
 ) -> Dataset:
     """One split of a dataset, found, verified and parsed (see `resnetlab.data.sources` for where
-    files are looked for; `root` is used alone when given)."""
+    files are looked for; `root` is used alone when given). `subset`: a seeded random subset of at
+    most that many examples (what a run's --subset takes of each split)."""
     if name.startswith(IMAGEFOLDER):
-        return _load_image_folder(name, train)
-    spec = resolve_spec(name)
-    return _parse(spec, sources.open_split(spec, train, root))
+        dataset = _load_image_folder(name, train)
+    else:
+        spec = resolve_spec(name)
+        dataset = _parse(spec, sources.open_split(spec, train, root))
+    if subset is not None:
+        dataset = dataset.take(min(subset, len(dataset)), seed=seed)
+    return dataset
 
 
 def _parse(spec: DatasetSpec, split: sources.SplitFiles) -> Dataset:

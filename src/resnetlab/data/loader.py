@@ -119,6 +119,65 @@ def _all_shifts(weights: torch.Tensor, pad: int) -> torch.Tensor:
     return padded.unfold(0, n_out, 1).transpose(1, 2).contiguous()
 
 
+def _check_batching(batch_size: int, shuffle: bool, rank: int, world_size: int) -> None:
+    """Raise UsageError for a bad batch size, rank or world size, or a batch the ranks cannot share."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch size must be a whole number >= 1, not {batch_size!r}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise UsageError(f"rank {rank} of {world_size} processes: need 0 <= rank < world_size")
+    if shuffle and batch_size % world_size:
+        raise UsageError(f"the global batch {batch_size} must divide by the {world_size} processes")
+
+
+def _check_resize(resize: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """`resize` as a (height, width) pair (None: none); a UsageError unless whole pixels >= 1."""
+    sizes = (resize, resize) if isinstance(resize, int) else resize
+    if sizes is not None and (
+        len(sizes) != 2
+        or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes)
+    ):
+        raise UsageError(
+            f"resize must be a whole number of pixels >= 1 (or a pair of them), not {resize!r}"
+        )
+    return sizes
+
+
+def _check_augment(augment: Augment | None, shuffle: bool) -> Augment:
+    """`augment` (none: an inactive Augment); a UsageError for augmentation without shuffling."""
+    augment = augment or Augment()
+    if augment.active and not shuffle:
+        raise UsageError(
+            "augmentation is for training loaders (shuffle=True); evaluation sees the images as they are"
+        )
+    return augment
+
+
+def _check_normalize(
+    normalize: tuple[Sequence[float], Sequence[float]] | None, channels: int, name: str
+) -> tuple[Sequence[float], Sequence[float]]:
+    """(mean, std) per channel (none: 0 and 1); a UsageError for a wrong count or a std <= 0."""
+    mean, std = normalize if normalize is not None else ([0.0] * channels, [1.0] * channels)
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise UsageError(
+            f"normalize needs {channels} means and {channels} positive stds for {name}, "
+            f"got {list(mean)} and {list(std)}"
+        )
+    return mean, std
+
+
+def _check_epoch_sizes(epoch_sizes: Sequence[int] | None, shuffle: bool) -> None:
+    """Raise UsageError unless sizes by epoch are absent, or whole pixels >= 1 for training."""
+    if epoch_sizes is not None and (
+        not shuffle
+        or not epoch_sizes
+        or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in epoch_sizes)
+    ):
+        raise UsageError(
+            f"sizes by epoch are for training loaders and must be whole numbers of pixels >= 1, "
+            f"not {epoch_sizes!r}"
+        )
+
+
 class Loader:
     """Batches (x float32 [b, C, H', W'] on `device`, y int64 [b]) of a dataset.
 
@@ -148,44 +207,12 @@ class Loader:
         world_size: int = 1,
         epoch_sizes: Sequence[int] | None = None,
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(f"batch size must be a whole number >= 1, not {batch_size!r}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise UsageError(f"rank {rank} of {world_size} processes: need 0 <= rank < world_size")
-        if shuffle and batch_size % world_size:
-            raise UsageError(
-                f"the global batch {batch_size} must divide by the {world_size} processes"
-            )
-        sizes = (resize, resize) if isinstance(resize, int) else resize
-        if sizes is not None and (
-            len(sizes) != 2
-            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes)
-        ):
-            raise UsageError(
-                f"resize must be a whole number of pixels >= 1 (or a pair of them), not {resize!r}"
-            )
-        augment = augment or Augment()
-        if augment.active and not shuffle:
-            raise UsageError(
-                "augmentation is for training loaders (shuffle=True); evaluation sees the images as they are"
-            )
+        _check_batching(batch_size, shuffle, rank, world_size)
+        sizes = _check_resize(resize)
+        augment = _check_augment(augment, shuffle)
         channels, height, width = dataset.images.shape[1:]
-        mean, std = normalize if normalize is not None else ([0.0] * channels, [1.0] * channels)
-        if len(mean) != channels or len(std) != channels or min(std) <= 0:
-            raise UsageError(
-                f"normalize needs {channels} means and {channels} positive stds for {dataset.name}, "
-                f"got {list(mean)} and {list(std)}"
-            )
-
-        if epoch_sizes is not None and (
-            not shuffle
-            or not epoch_sizes
-            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in epoch_sizes)
-        ):
-            raise UsageError(
-                f"sizes by epoch are for training loaders and must be whole numbers of pixels >= 1, "
-                f"not {epoch_sizes!r}"
-            )
+        mean, std = _check_normalize(normalize, channels, dataset.name)
+        _check_epoch_sizes(epoch_sizes, shuffle)
 
         self.dataset, self.batch_size, self.shuffle, self.augment = (
             dataset,
@@ -198,20 +225,26 @@ class Loader:
         self.channels_last = channels_last
         self.epoch = 0
         self.epoch_sizes = list(epoch_sizes) if epoch_sizes is not None else None
+        self._set_normalization(mean, std, normalize is not None)
+        self._geometries: dict[tuple[int, int], tuple] = {}
+        self._use_size(tuple(sizes) if resize else (height, width))
+        self._images, self._labels = self._place(dataset)
+        self._plan = self._make_plan(len(dataset))
+
+    def _set_normalization(
+        self, mean: Sequence[float], std: Sequence[float], normalized: bool
+    ) -> None:
+        """Keep the per-channel divisor and shift that turn uint8 pixels into normalized floats."""
         self._divisor = torch.tensor([255 * s for s in std], device=self.device).view(-1, 1, 1)
         self._shift = (
             torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(-1, 1, 1)
-            if normalize is not None
+            if normalized
             else None
         )
         self._folded = (
             len(set(std)) == 1
         )  # one divisor serves all channels: resampling folds it into its weights
         self._row_divisor = 255 * std[0] if self._folded else 1.0
-        self._geometries: dict[tuple[int, int], tuple] = {}
-        self._use_size(tuple(sizes) if resize else (height, width))
-        self._images, self._labels = self._place(dataset)
-        self._plan = self._make_plan(len(dataset))
 
     def _use_size(self, out_size: tuple[int, int]) -> None:
         """Make batches of `out_size` (height, width): the resampling weights of that size, made

@@ -33,8 +33,8 @@ from resnetlab.errors import UsageError
 from resnetlab.experiments.defaults import DEGRADATION_DEFAULTS, DEGRADATION_RECIPE
 from resnetlab.fileio import write_csv, write_json
 from resnetlab.models import get_model_info, list_models
+from resnetlab.report.plots import have_matplotlib, new_figure, save_png
 from resnetlab.train import make_config, train
-from resnetlab.train.report import have_matplotlib, new_figure, save_png
 from resnetlab.train.setup import build
 
 BASE_PRESET = "quick"  # the recipe above overrides every setting this preset fills
@@ -176,6 +176,137 @@ def _train_net(
     return "trained"
 
 
+def _announce(nets: list[Net], out: Path, plots: bool, say, settings: dict) -> None:
+    """Say which nets train on what, and that the figures are skipped without matplotlib."""
+    say(
+        f"degradation experiment: {', '.join(n.name for n in nets)} (width {settings['width']}) "
+        f"on {settings['data']}, {settings['subset'] or 'all'} training examples, "
+        f"{settings['epochs']} epochs, lr {settings['lr']}, seed {settings['seed']}; folder {out}"
+    )
+    if not plots:
+        say(
+            "matplotlib is not installed: degradation.png and gradients.png are skipped (pip install 'resnetlab[plot]')"
+        )
+
+
+def _error_rows(net: Net, history: list[dict]) -> list[dict]:
+    """One degradation.csv row per epoch of `net`: its training and test error."""
+    return [
+        {
+            "net": net.name,
+            "depth": net.depth,
+            "residual": net.residual,
+            "epoch": r["epoch"],
+            "train_err": 1.0 - r["train_acc"],
+            "test_err": 1.0 - r["test_acc"],
+        }
+        for r in history
+    ]
+
+
+def _final_row(net: Net, history: list[dict], run_dir: Path, action: str) -> dict:
+    """The final errors, total seconds, run folder and action of one trained net."""
+    return {
+        "net": net.name,
+        "depth": net.depth,
+        "residual": net.residual,
+        "train_err": 1.0 - history[-1]["train_acc"],
+        "test_err": 1.0 - history[-1]["test_acc"],
+        "seconds": sum(r["epoch_seconds"] for r in history),
+        "run_dir": str(run_dir),
+        "action": action,
+    }
+
+
+def _train_nets(
+    nets: list[Net],
+    configs: dict,
+    out: Path,
+    *,
+    overwrite: bool,
+    verbose: bool,
+    json_output: bool,
+    say,
+) -> tuple[list[dict], list[dict]]:
+    """Train (or reuse) each net in turn; return the per-epoch error rows and the final rows."""
+    rows, finals = [], []
+    for net in nets:
+        run_dir = out / net.name
+        action = _train_net(
+            configs[net],
+            run_dir,
+            overwrite=overwrite,
+            verbose=verbose,
+            json_output=json_output,
+            say=say,
+        )
+        history = _read_metrics(run_dir)
+        rows.extend(_error_rows(net, history))
+        finals.append(_final_row(net, history, run_dir, action))
+    return rows, finals
+
+
+def _write_gradients(nets: list[Net], configs: dict, deep: int, out: Path, say) -> dict:
+    """Measure the deep nets' per-layer gradient norms at initialisation; write gradients.csv."""
+    say("gradient norms at initialisation (one batch) of the deep nets")
+    gradients = {
+        net.name: gradient_norms_at_init(configs[net]) for net in nets if net.depth == deep
+    }
+    write_csv(
+        out / "gradients.csv",
+        [
+            {"net": name, "layer": i + 1, "name": layer, "grad_norm": norm}
+            for name, norms in gradients.items()
+            for i, (layer, norm) in enumerate(norms)
+        ],
+        ["net", "layer", "name", "grad_norm"],
+    )
+    return gradients
+
+
+def _result(out: Path, depths: list[int], settings: dict, finals: list[dict]) -> dict:
+    """The experiment's settings, each net's final row and the verdict, for degradation.json."""
+    shallow, deep = depths
+    return {
+        "out": str(out),
+        "data": settings["data"],
+        "depths": depths,
+        "epochs": settings["epochs"],
+        "width": settings["width"],
+        "subset": settings["subset"],
+        "seed": settings["seed"],
+        "lr": settings["lr"],
+        "recipe": DEGRADATION_RECIPE,
+        "nets": finals,
+        # the paper's two claims, on the final epoch's training error
+        **_verdict(finals, shallow, deep),
+    }
+
+
+def _verdict(finals: list[dict], shallow: int, deep: int) -> dict:
+    """Whether the paper's two claims held, on the final epoch's training error."""
+    by_name = {f["net"]: f for f in finals}
+    return {
+        "plain_degrades": by_name[f"plain{deep}"]["train_err"]
+        > by_name[f"plain{shallow}"]["train_err"],
+        "residual_no_worse": by_name[f"resnet{deep}"]["train_err"]
+        <= by_name[f"resnet{shallow}"]["train_err"],
+    }
+
+
+def _write_figures(
+    rows: list[dict], gradients: dict, out: Path, *, data: str, width: int, subset, seed: int
+) -> None:
+    """Draw degradation.png and gradients.png."""
+    title = f"{data}, width {width}, {subset or 'all'} examples, seed {seed}"
+    plot_degradation(rows, out / "degradation.png", title=title)
+    plot_gradients(
+        gradients,
+        out / "gradients.png",
+        title=f"at initialisation, one batch of {DEGRADATION_RECIPE['batch_size']}",
+    )
+
+
 def run_degradation(
     out: str | Path,
     *,
@@ -208,113 +339,31 @@ def run_degradation(
         if verbose:
             print(text, file=stream, flush=True)
 
+    if subset is not None and subset <= 0:
+        raise UsageError(f"--subset must be positive (or 0 for the whole set), got {subset}")
     shallow, deep = check_depths(depths)
     nets = [Net(depth, residual) for depth in (shallow, deep) for residual in (False, True)]
+    settings = dict(data=data, epochs=epochs, width=width, subset=subset, seed=seed, lr=lr)
     configs = {
-        net: degradation_config(
-            net,
-            data=data,
-            epochs=epochs,
-            width=width,
-            subset=subset,
-            seed=seed,
-            lr=lr,
-            device=device,
-            data_dir=data_dir,
-        )
-        for net in nets
+        net: degradation_config(net, **settings, device=device, data_dir=data_dir) for net in nets
     }
     plots = have_matplotlib()
-    say(
-        f"degradation experiment: {', '.join(n.name for n in nets)} (width {width}) on {data}, "
-        f"{subset or 'all'} training examples, {epochs} epochs, lr {lr}, seed {seed}; folder {out}"
-    )
-    if not plots:
-        say(
-            "matplotlib is not installed: degradation.png and gradients.png are skipped (pip install 'resnetlab[plot]')"
-        )
+    _announce(nets, out, plots, say, settings)
 
-    rows, finals = [], []
-    for net in nets:
-        run_dir = out / net.name
-        action = _train_net(
-            configs[net],
-            run_dir,
-            overwrite=overwrite,
-            verbose=verbose,
-            json_output=json_output,
-            say=say,
-        )
-        history = _read_metrics(run_dir)
-        for r in history:
-            rows.append(
-                {
-                    "net": net.name,
-                    "depth": net.depth,
-                    "residual": net.residual,
-                    "epoch": r["epoch"],
-                    "train_err": 1.0 - r["train_acc"],
-                    "test_err": 1.0 - r["test_acc"],
-                }
-            )
-        finals.append(
-            {
-                "net": net.name,
-                "depth": net.depth,
-                "residual": net.residual,
-                "train_err": 1.0 - history[-1]["train_acc"],
-                "test_err": 1.0 - history[-1]["test_acc"],
-                "seconds": sum(r["epoch_seconds"] for r in history),
-                "run_dir": str(run_dir),
-                "action": action,
-            }
-        )
+    rows, finals = _train_nets(
+        nets, configs, out, overwrite=overwrite, verbose=verbose, json_output=json_output, say=say
+    )
     write_csv(
         out / "degradation.csv",
         rows,
         ["net", "depth", "residual", "epoch", "train_err", "test_err"],
     )
 
-    say("gradient norms at initialisation (one batch) of the deep nets")
-    gradients = {
-        net.name: gradient_norms_at_init(configs[net]) for net in nets if net.depth == deep
-    }
-    write_csv(
-        out / "gradients.csv",
-        [
-            {"net": name, "layer": i + 1, "name": layer, "grad_norm": norm}
-            for name, norms in gradients.items()
-            for i, (layer, norm) in enumerate(norms)
-        ],
-        ["net", "layer", "name", "grad_norm"],
-    )
+    gradients = _write_gradients(nets, configs, deep, out, say)
 
-    by_name = {f["net"]: f for f in finals}
-    result = {
-        "out": str(out),
-        "data": data,
-        "depths": [shallow, deep],
-        "epochs": epochs,
-        "width": width,
-        "subset": subset,
-        "seed": seed,
-        "lr": lr,
-        "recipe": DEGRADATION_RECIPE,
-        "nets": finals,
-        # the paper's two claims, on the final epoch's training error
-        "plain_degrades": by_name[f"plain{deep}"]["train_err"]
-        > by_name[f"plain{shallow}"]["train_err"],
-        "residual_no_worse": by_name[f"resnet{deep}"]["train_err"]
-        <= by_name[f"resnet{shallow}"]["train_err"],
-    }
+    result = _result(out, [shallow, deep], settings, finals)
     if plots:
-        title = f"{data}, width {width}, {subset or 'all'} examples, seed {seed}"
-        plot_degradation(rows, out / "degradation.png", title=title)
-        plot_gradients(
-            gradients,
-            out / "gradients.png",
-            title=f"at initialisation, one batch of {DEGRADATION_RECIPE['batch_size']}",
-        )
+        _write_figures(rows, gradients, out, data=data, width=width, subset=subset, seed=seed)
     result["total_seconds"] = time.perf_counter() - started
     write_json(out / "degradation.json", result)
     return result

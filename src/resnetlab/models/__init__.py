@@ -16,14 +16,9 @@ from resnetlab.models.blocks import (
     conv3x3,
 )
 from resnetlab.models.cifar import CifarResNet, ZeroPadShortcut
+from resnetlab.models.create import create_model
 from resnetlab.models.d2l import resnet18_d2l, resnet_block
-from resnetlab.models.registry import (
-    ModelInfo,
-    create_model,
-    get_model_info,
-    list_models,
-    register_model,
-)
+from resnetlab.models.registry import ModelInfo, get_model_info, list_models, register_model
 from resnetlab.models.resnet import ResNet
 from resnetlab.models.summary import (
     LayerRow,

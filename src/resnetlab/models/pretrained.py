@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from resnetlab.errors import CheckpointError, UsageError
+from resnetlab.errors import CheckpointError, UsageError, first_line
+from resnetlab.models.registry import build, list_models
 from resnetlab.weights import load_weights
 
 __all__ = ["PretrainedNote", "read_state_dict", "load_pretrained", "adapt_input_conv"]
@@ -45,11 +46,6 @@ _SHOWN = 3  # keys named in an error before "and N more"
 
 class PretrainedNote(UserWarning):
     """An adaptation made while loading weights (a re-initialised classifier, an adapted stem)."""
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def _unwrap(obj, path: Path) -> dict[str, Tensor]:
@@ -101,11 +97,11 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
                 "to unpickle; load it where it was made and save its state_dict alone with torch.save"
             ) from None
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({_first_line(e)}); it may be truncated"
+            f"{path} is not a readable checkpoint ({first_line(e)}); it may be truncated"
         ) from None
     except Exception as e:  # truncated zip, not a torch file at all: torch raises many types
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({_first_line(e)}); it may be truncated "
+            f"{path} is not a readable checkpoint ({first_line(e)}); it may be truncated "
             "or not saved by torch.save"
         ) from None
     return _strip_wrappers(_unwrap(obj, path))
@@ -149,16 +145,11 @@ def _shape(t: Tensor) -> str:
 
 def _guess_model(sd: dict[str, Tensor]) -> str | None:
     """The registered model whose keys and shapes (stem and classifier aside) the checkpoint has."""
-    from resnetlab.models.registry import (  # deferred: the registry imports this module
-        create_model,
-        list_models,
-    )
-
     wanted = {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
     for name in list_models():
         try:
             with torch.device("meta"):
-                candidate = create_model(name)
+                candidate = build(name)
         except Exception:  # a builder that needs options; not a candidate
             continue
         stem, head = _layer_names(candidate)
@@ -179,26 +170,8 @@ def _mismatch(path: Path, what: str, model_name: str, sd: dict[str, Tensor]) -> 
     return CheckpointError(f"{path} does not fit {model_name}: {what}{hint}")
 
 
-def load_pretrained(
-    model: nn.Module,
-    path: str | Path,
-    *,
-    say: Callable[[str], None] | None = None,
-    model_name: str | None = None,
-) -> list[str]:
-    """Load the checkpoint at `path` into `model` (strict, with the two adaptations above).
-
-    Returns the notes on what was adapted; each is also passed to `say`, or, without it,
-    given as a `PretrainedNote` warning. Raises CheckpointError when the weights do not fit.
-    """
-    path = Path(path)
-    model_name = model_name or type(model).__name__
-    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
-        raise UsageError(
-            "the model has lazy layers that have not run yet; call it once on an input, then load weights"
-        )
-    sd = read_state_dict(path)
-    own = model.state_dict()
+def _check_keys(path: Path, own: dict, sd: dict[str, Tensor], model_name: str) -> None:
+    """Raise CheckpointError naming the keys the checkpoint lacks or has beyond the model's."""
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
@@ -207,6 +180,11 @@ def load_pretrained(
         )
         raise _mismatch(path, "; ".join(parts), model_name, sd)
 
+
+def _adapt_shapes(
+    model: nn.Module, own: dict, sd: dict[str, Tensor]
+) -> tuple[dict[str, Tensor], list[str], list[str]]:
+    """(adapted copy of `sd`, notes, shape clashes): the stem and classifier adapted to the model."""
     stem, head = _layer_names(model)
     notes, clashes = [], []
     sd = dict(sd)
@@ -245,6 +223,32 @@ def load_pretrained(
             clashes.append(
                 f"{key} is {_shape(theirs)} in the checkpoint, {_shape(mine)} in the model"
             )
+    return sd, notes, clashes
+
+
+def load_pretrained(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    say: Callable[[str], None] | None = None,
+    model_name: str | None = None,
+) -> list[str]:
+    """Load the checkpoint at `path` into `model` (strict, with the two adaptations above).
+
+    Returns the notes on what was adapted; each is also passed to `say`, or, without it,
+    given as a `PretrainedNote` warning. Raises CheckpointError when the weights do not fit.
+    """
+    path = Path(path)
+    model_name = model_name or type(model).__name__
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        raise UsageError(
+            "the model has lazy layers that have not run yet; call it once on an input, then load weights"
+        )
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    _check_keys(path, own, sd, model_name)
+
+    sd, notes, clashes = _adapt_shapes(model, own, sd)
     if clashes:
         more = f" (and {len(clashes) - _SHOWN} more)" if len(clashes) > _SHOWN else ""
         raise _mismatch(
@@ -256,7 +260,7 @@ def load_pretrained(
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit {model_name}: {_first_line(e)}") from None
+        raise CheckpointError(f"{path} does not fit {model_name}: {first_line(e)}") from None
     for note in notes:
         if say is not None:
             say(note)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,30 +98,13 @@ def _check_options(info: ModelInfo, options: dict[str, Any]) -> None:
         )
 
 
-def create_model(
-    name: str,
-    num_classes: int | None = None,
-    in_chans: int | None = None,
-    weights: str | os.PathLike | None = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """Build a registered model; `None` means the model's default classes / input channels.
-
-    Extra keyword arguments go to the builder (`width=32` for the CIFAR nets, `layers=[5, 5, 5]`,
-    `zero_init_residual=True` for the ImageNet nets, ...). `weights`: a checkpoint file to load,
-    e.g. torchvision's or timm's resnet50 (.pth, .pt or .safetensors); a classifier of another
-    size is re-initialised and the first convolution adapted to `in_chans`, each with a
-    `PretrainedNote` warning (models/pretrained.py).
-    """
+def build(name: str, num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any):
+    """A registered model, freshly initialised; `None` means the model's default classes / input
+    channels. Extra keyword arguments go to the builder. (`create_model` adds loading weights.)"""
     info = get_model_info(name)
     num_classes = info.default_num_classes if num_classes is None else num_classes
     in_chans = info.default_in_chans if in_chans is None else in_chans
     _check_count("num_classes", num_classes)
     _check_count("in_chans", in_chans)
     _check_options(info, kwargs)
-    model = info.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
-    if weights is not None:
-        from resnetlab.models.pretrained import load_pretrained
-
-        load_pretrained(model, weights, model_name=name)
-    return model
+    return info.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -18,7 +18,8 @@ from torch.nn.parameter import UninitializedParameter
 from torch.utils.flop_counter import FlopCounterMode
 
 from resnetlab.errors import UsageError, first_line
-from resnetlab.models.registry import create_model, get_model_info, list_models
+from resnetlab.models.create import create_model
+from resnetlab.models.registry import get_model_info, list_models
 
 _STRIDED = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
 _LARGEST_PROBE = 1 << 14  # search limit, in pixels, for the smallest input a net accepts
@@ -245,17 +246,13 @@ def _smallest_square_input(model: nn.Module, channels: int, start: int) -> int |
     return high
 
 
-def summarize(
+def _resolve_model(
     model_or_name: nn.Module | str,
-    input_size: Sequence[int] | None = None,
-    batch_size: int = 1,
-    depth: int = 2,
-) -> ModelSummary:
-    """Summarize a registered model (by name, built for `input_size`'s channels) or a module.
-
-    input_size: (C, H, W); None means the registered default (required for a module).
-    depth: how many levels of sub-modules get a row (0: totals only; 1: top-level children).
-    """
+    input_size: Sequence[int] | None,
+    batch_size: int,
+    depth: int,
+) -> tuple[nn.Module, str, tuple[int, int, int]]:
+    """(model, label, checked input size): a registered name built on meta, or the given module."""
     if isinstance(model_or_name, str):
         info = get_model_info(model_or_name)
         size = _check_input_size(
@@ -274,6 +271,11 @@ def summarize(
                 f"{label} has lazy layers that are not initialized yet; "
                 "run one batch through it first"
             )
+    return model, label, size
+
+
+def _check_channels(model: nn.Module, label: str, size: tuple[int, int, int]) -> None:
+    """Raise UsageError when the model's first convolution takes other than C input channels."""
     c, h, w = size
     conv = _first_conv(model)
     if (
@@ -285,6 +287,12 @@ def summarize(
             f"{label} takes {conv.in_channels} input channels, got {c} (input size {c}x{h}x{w})"
         )
 
+
+def _trace_input(
+    model: nn.Module, label: str, size: tuple[int, int, int], batch_size: int
+) -> _Trace:
+    """Trace one batch of `size`; a UsageError (with the smallest size that fits) when it fails."""
+    c, h, w = size
     x = torch.empty(batch_size, c, h, w, device="meta")
     try:
         trace = _trace(model, x)
@@ -298,7 +306,11 @@ def summarize(
             f"input {c}x{h}x{w} is too small for {label}: {layer} ({kind}) "
             f"gets a {'x'.join(map(str, spatial))} map and cannot downsample it{hint}"
         )
+    return trace
 
+
+def _layer_rows(model: nn.Module, trace: _Trace, depth: int) -> list[LayerRow]:
+    """One row per sub-module down to `depth` levels: type, output shape, params and MACs."""
     root = type(model).__name__
     rows = []
     for name, m in model.named_modules():
@@ -315,6 +327,24 @@ def summarize(
                 flops // 2,
             )
         )
+    return rows
+
+
+def summarize(
+    model_or_name: nn.Module | str,
+    input_size: Sequence[int] | None = None,
+    batch_size: int = 1,
+    depth: int = 2,
+) -> ModelSummary:
+    """Summarize a registered model (by name, built for `input_size`'s channels) or a module.
+
+    input_size: (C, H, W); None means the registered default (required for a module).
+    depth: how many levels of sub-modules get a row (0: totals only; 1: top-level children).
+    """
+    model, label, size = _resolve_model(model_or_name, input_size, batch_size, depth)
+    _check_channels(model, label, size)
+    trace = _trace_input(model, label, size, batch_size)
+    rows = _layer_rows(model, trace, depth)
     params = list(model.parameters())
     return ModelSummary(
         model=label,

@@ -1,12 +1,17 @@
-"""Looking at runs after (or while) they train: the mistakes a net makes, one self-contained HTML
-report per run, side-by-side comparison of runs, the list of runs, and the run's event log.
+"""What people read: the console during a run, TensorBoard, events.jsonl, plots, the mistakes a net
+makes, report.html, side-by-side comparison of runs and the list of runs. Nothing here computes with
+a model: it reads run folders and results and draws them (inference/ and train/ hand it figures).
 
-    mistakes.py  the test images the kept weights get most confidently wrong (png + csv)
-    events.py    events.jsonl: start, resume, interrupt, failed, finish (what happened when)
-    html.py      report.html: everything about one run in one file, images inline
-    compare.py   several runs on shared axes, their figures and the settings that differ
-    runs.py      the run folders under a folder, newest first, with their state
-    hooks.py     what the trainer calls (RunRecorder): events, TensorBoard, the after-run files
+    observer.py    what a training run tells its observers (the trainer's list, each one here or in train/)
+    console.py     progress bars or one line per epoch, the closing lines
+    tensorboard.py --tensorboard: scalars, the configuration, the final images
+    run_report.py  events.jsonl, and after the run its plots, mistakes and report.html
+    events.py      events.jsonl: start, resume, interrupt, failed, finish (what happened when)
+    plots.py       curves and confusion matrix (matplotlib, an optional extra)
+    mistakes.py    the test images the kept weights get most confidently wrong (png + csv), per class
+    html.py        report.html: everything about one run in one file, images inline
+    compare.py     several runs on shared axes, their figures and the settings that differ
+    runs.py        the run folders under a folder, newest first, with their state
 
 Every file is written through resnetlab.fileio (atomically), by rank 0 alone.
 """

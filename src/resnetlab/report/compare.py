@@ -16,7 +16,7 @@ from pathlib import Path
 from resnetlab.errors import UsageError
 from resnetlab.fileio import write_json, write_text
 from resnetlab.report.html import CSP, STYLE, esc, fmt, img_tag, load_run, table
-from resnetlab.train.report import have_matplotlib, new_figure, save_png
+from resnetlab.report.plots import have_matplotlib, new_figure, save_png
 
 FIGURES = (
     "epochs",
@@ -240,3 +240,18 @@ def compare_runs(folders: list[str | Path], out: str | Path | None = None) -> di
         "runs": [{k: v for k, v in r.items() if k != "metrics"} for r in data["runs"]],
         "differing_settings": data["differing_settings"],
     }
+
+
+def format_comparison(result: dict) -> str:
+    """`resnetlab compare`'s text: a line per run, the settings that differ, the files written."""
+    lines = []
+    for r in result["runs"]:
+        acc = r["kept_test_acc"] if r["kept_test_acc"] is not None else r["test_acc"]
+        lines.append(
+            f"{r['label']}: {r['model']} on {r['data']}, {r['epochs']} epochs, {r['state']}, test acc "
+            + (f"{acc:.4f}" if acc is not None else "-")
+        )
+    for k, values in result["differing_settings"].items():
+        lines.append(f"  {k}: " + " | ".join(json.dumps(v) for v in values))
+    lines.append(f"written: {', '.join(result['files'].values())}")
+    return "\n".join(lines)

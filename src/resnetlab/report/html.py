@@ -17,12 +17,7 @@ from pathlib import Path
 from resnetlab.errors import UsageError
 from resnetlab.fileio import write_text
 from resnetlab.report.events import read_events
-from resnetlab.report.mistakes import (
-    find_mistakes,
-    read_confusion_csv,
-    read_mistakes_csv,
-    write_analysis,
-)
+from resnetlab.report.mistakes import read_confusion_csv, read_mistakes_csv
 from resnetlab.report.runs import is_run, run_state
 
 SECTIONS = (
@@ -439,58 +434,3 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
     path = Path(out) if out is not None else Path(folder) / "report.html"
     write_text(path, page)
     return path
-
-
-def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int = 256) -> bool:
-    """For a finished run without mistakes.csv/confusion.csv (made before they existed): compute
-    them with the kept weights on the run's own test set (its --subset too), with the run's bf16 and
-    channels_last settings on the same kind of device. False when not needed."""
-    folder = Path(folder)
-    summary = read_json(folder / "summary.json")
-    if not summary or ((folder / "mistakes.csv").exists() and (folder / "confusion.csv").exists()):
-        return False
-    # Deferred: only a run without its analysis needs torch; reading and writing reports does not.
-    import torch
-
-    from resnetlab.data import make_loaders
-    from resnetlab.train.config import TrainConfig
-    from resnetlab.train.device import resolve_device
-    from resnetlab.train.inference import input_transform
-    from resnetlab.train.run import load_model
-    from resnetlab.train.setup import load_splits
-    from resnetlab.train.tta import with_tta
-
-    kept = folder / summary.get("kept_weights", "model.safetensors")
-    if not kept.exists():
-        raise UsageError(
-            f"{folder} holds no {kept.name}; its weights are gone, so its mistakes cannot be found"
-        )
-    record = read_json(folder / "config.json")
-    cfg = TrainConfig.from_dict(record["config"])
-    dev = resolve_device(device)
-    same_kind = (
-        str(record.get("device", "")).split(":")[0] == dev.type
-    )  # then compute as the run did
-    amp = bool(record.get("amp")) and same_kind
-    channels_last = bool(record.get("channels_last")) and same_kind
-    model, meta = load_model(kept, dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    _, _, test_set = load_splits(cfg)
-    loader = make_loaders(
-        test=test_set,
-        batch_size=max(cfg.batch_size, batch_size),
-        device=dev,
-        channels_last=channels_last,
-        **input_transform(meta),
-    ).test
-    model = with_tta(model, cfg.tta)  # the views the run's own final test figure used
-    m = find_mistakes(model, loader, dev, amp=amp, classes=list(test_set.classes))
-    write_analysis(
-        folder,
-        m,
-        test_set.images,
-        title=f"{kept.name}: {m.wrong} of {m.count} test images wrong; "
-        f"the {len(m.items)} most confident",
-    )
-    return True

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from resnetlab.errors import UsageError
 from resnetlab.fileio import write_text
-from resnetlab.train.report import have_matplotlib, new_figure, save_png
+from resnetlab.report.plots import have_matplotlib, new_figure, save_png
 
 if TYPE_CHECKING:  # torch is imported where it is used: reading the CSVs (the report) needs none
     import torch
@@ -73,27 +72,6 @@ def mistakes_from_evaluation(
     return Mistakes(
         items, len(label), wrong_count, result["loss"], result["confusion"], list(classes)
     )
-
-
-def find_mistakes(
-    model: torch.nn.Module,
-    loader,
-    device: torch.device | str,
-    *,
-    amp: bool = False,
-    classes: list[str],
-    k: int = MISTAKES_K,
-) -> Mistakes:
-    """The top-`k` confident mistakes of `model` on `loader` (unshuffled, one process: an item's
-    `index` is its position in the loader's dataset), from one evaluation pass."""
-    import torch
-
-    from resnetlab.train.engine import evaluate
-
-    result = evaluate(
-        model, loader, torch.device(device), amp=amp, num_classes=len(classes), per_example=True
-    )
-    return mistakes_from_evaluation(result, loader.dataset.labels, classes, k)
 
 
 def write_mistakes_csv(mistakes: Mistakes, path: str | Path) -> None:
@@ -200,31 +178,15 @@ def write_analysis(
     return written
 
 
-def eval_mistakes(
-    model, loader, device, test_set, source: str | Path, *, out: str | Path | None, k: int
-) -> tuple[dict, dict]:
-    """`resnetlab eval`'s pass: (what engine.evaluate returns: loss, acc, count, confusion; the
-    mistakes' summary) from one pass, with mistakes.png/.csv and confusion.csv written into `out`,
-    by default eval/ beside the weights (RUN/eval/ for a run folder), so the training run's own
-    files (made on its test set, perhaps a subset) are left as they are."""
-    source = Path(source)
-    folder = (
-        Path(out) if out is not None else (source if source.is_dir() else source.parent) / "eval"
-    )
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"--out {folder} is a file; give a folder")
-    m = find_mistakes(model, loader, device, classes=list(test_set.classes), k=k)
-    files = write_analysis(
-        folder,
-        m,
-        test_set.images,
-        title=f"{source.name}: {m.wrong} of {m.count} {test_set.name} test images wrong; "
-        f"the {len(m.items)} most confident",
-    )
-    result = {"loss": m.loss, "acc": m.acc, "count": m.count, "confusion": m.confusion}
-    return result, {
-        "wrong": m.wrong,
-        "mistakes_shown": len(m.items),
-        "mistakes_dir": str(folder),
-        "mistakes_files": [str(f) for f in files],
-    }
+def per_class_table(confusion, classes: list[str]) -> list[dict]:
+    rows = []
+    for i, name in enumerate(classes):
+        total = int(confusion[i].sum())
+        rows.append(
+            {
+                "class": name,
+                "count": total,
+                "acc": (int(confusion[i, i]) / total) if total else float("nan"),
+            }
+        )
+    return rows

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnetlab.errors import UsageError
+from resnetlab.inference import TTA_MODES  # torch-free: the CLI's flags read it at start-up
 
 
 def setting(default, help: str, choices: tuple[str, ...] | None = None):
@@ -25,7 +26,6 @@ def setting(default, help: str, choices: tuple[str, ...] | None = None):
     return field(default=default, metadata=metadata)
 
 
-TTA_MODES = ("none", "flip", "flip-shift")  # test-time augmentations (train/tta.py)
 MAX_RESIZE = 4096  # pixels a side: a 256-image batch of 4096 x 4096 RGB floats is already 48 GiB
 
 

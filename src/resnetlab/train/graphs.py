@@ -4,7 +4,7 @@ At the textbook's batch of 256 a GPU spends most of a step waiting for Python to
 (BENCHMARKS.md, "On a GPU"). PyTorch's CUDA graphs record a step's kernels once and replay them
 with one call (torch.cuda.graphs, "whole network capture"):
 
-- `CapturedStep` runs `engine.train_step`, the function the eager loop runs, for a few warm-up
+- `CapturedStep` runs `steps.train_step`, the function the eager loop runs, for a few warm-up
   steps on a side stream (real steps: they train), then captures it with static input buffers
   and replays it for every later step. The learning rate lives in a device tensor that the
   schedule refills before each replay; the update is `SGDUpdate`, torch.optim.SGD's arithmetic
@@ -25,16 +25,10 @@ import contextlib
 import torch
 from torch import nn
 
+from resnetlab.distributed.group import DistInfo
 from resnetlab.errors import UsageError
-from resnetlab.train.config import TrainConfig
-from resnetlab.train.distributed import DistInfo
-from resnetlab.train.engine import (
-    WeightAverage,
-    autocast,
-    batch_sums,
-    evaluation_result,
-    train_step,
-)
+from resnetlab.inference.evaluation import autocast, batch_sums, evaluation_result
+from resnetlab.train.steps import WeightAverage, train_step
 
 WARMUP_STEPS = (
     3  # eager steps before capture: cuDNN autotuning, lazy allocations (PyTorch's example uses 3)
@@ -126,33 +120,24 @@ class SGDUpdate:
 
 
 class CapturedStep:
-    """`engine.train_step` replayed from one CUDA graph (see the module docstring); the same
-    interface as engine.EagerStep."""
+    """`steps.train_step` replayed from one CUDA graph (see the module docstring); the same
+    interface as steps.EagerStep."""
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        cfg: TrainConfig,
         device: torch.device,
-        amp: bool,
-        average: WeightAverage | None = None,
         *,
+        amp: bool,
+        label_smoothing: float = 0.0,
+        average: WeightAverage | None = None,
         graphs=Graphs,
         warmup_steps: int = WARMUP_STEPS,
     ) -> None:
-        self.model, self.optimizer, self.device, self.amp, self.average = (
-            model,
-            optimizer,
-            device,
-            amp,
-            average,
-        )
-        self.label_smoothing, self.graphs, self.warmup_steps = (
-            cfg.label_smoothing,
-            graphs,
-            warmup_steps,
-        )
+        self.model, self.optimizer, self.device = model, optimizer, device
+        self.amp, self.label_smoothing, self.average = amp, label_smoothing, average
+        self.graphs, self.warmup_steps = graphs, warmup_steps
         self.neg_lr = torch.zeros(
             (), dtype=torch.float64, device=device
         )  # a 0-d tensor: the params keep their dtype
@@ -211,7 +196,7 @@ class CapturedStep:
 
 
 class CapturedEvaluator:
-    """engine.evaluate with each full batch replayed from one graph (the same call as engine.Evaluator)."""
+    """inference.evaluation.evaluate with each full batch replayed from one graph (the same call as evaluation.Evaluator)."""
 
     def __init__(
         self,

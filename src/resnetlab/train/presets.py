@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from resnetlab.device import device_type
 from resnetlab.errors import UsageError
 from resnetlab.train.config import TrainConfig
-from resnetlab.train.device import device_type
 
 PRESETS: dict[str, dict] = {
     # The textbook's recipe exactly (d2l ResNet chapter): resnet18_d2l, 96 px, batch 256,

@@ -1,4 +1,5 @@
-"""The run folder: config.json, metrics.csv, summary.json, checkpoint.pt, weights, plots.
+"""The run folder: config.json, metrics.csv, summary.json, checkpoint.pt, weights, plots, and the
+lock that keeps one training process in it (what a checkpoint holds: train/checkpoint.py).
 
 Every file is written through resnetlab.fileio (temporary name, then rename), so a crash at any
 moment leaves the previous complete file. Checkpoints hold tensors and plain Python types only:
@@ -9,20 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 from datetime import datetime
 from pathlib import Path
 
-import torch
+from resnetlab.errors import UsageError, WriteError
+from resnetlab.fileio import write_csv, write_json
+from resnetlab.train.checkpoint import write_checkpoint
+from resnetlab.weights import save_weights
 
-from resnetlab.errors import CheckpointError, UsageError, WriteError, first_line
-from resnetlab.fileio import write_bytes, write_csv, write_json
-from resnetlab.models import create_model
-from resnetlab.train.engine import TrainState
-from resnetlab.weights import load_weights, save_weights
-
-CHECKPOINT_VERSION = 1
 METRIC_COLUMNS = [
     "epoch",
     "train_loss",
@@ -158,154 +154,9 @@ class RunDir:
     # --- checkpoint ----------------------------------------------------------------------
     def save_checkpoint(self, checkpoint: dict) -> None:
         if self.enabled:
-            buf = io.BytesIO()
-            torch.save(dict(checkpoint, version=CHECKPOINT_VERSION), buf)
-            write_bytes(self.file("checkpoint.pt"), buf.getvalue())
+            write_checkpoint(self.file("checkpoint.pt"), checkpoint)
 
     # --- weights -------------------------------------------------------------------------
     def save_weights(self, name: str, state_dict: dict, metadata: dict) -> None:
         if self.enabled:
             save_weights(self.file(name), state_dict, metadata)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.exists():
-        raise CheckpointError(
-            f"no checkpoint at {path}; --resume takes the folder of a run that saved at least one epoch"
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle: torch raises many types
-        raise CheckpointError(
-            f"{path} is not a readable resnetlab checkpoint ({first_line(e)}); it may be truncated or foreign"
-        ) from None
-    if (
-        not isinstance(ckpt, dict)
-        or ckpt.get("version") != CHECKPOINT_VERSION
-        or "config" not in ckpt
-    ):
-        raise CheckpointError(
-            f"{path} is not a resnetlab checkpoint (version {CHECKPOINT_VERSION}); it was written by another program"
-        )
-    problem = _checkpoint_problem(ckpt)
-    if problem:
-        raise CheckpointError(
-            f"{path} is a damaged resnetlab checkpoint ({problem}); resume from another copy or start again"
-        )
-    return ckpt
-
-
-def _checkpoint_problem(ckpt: dict) -> str | None:
-    """What is wrong with the contents of a checkpoint that unpickled (found by feeding `--resume`
-    checkpoints with one part changed: each was a traceback deep in the trainer)."""
-    for key in ("config", "model", "optimizer", "state", "rng"):
-        if not isinstance(ckpt.get(key), dict):
-            return f"its {key!r} is {type(ckpt.get(key)).__name__}, not a dict"
-    if not ckpt["model"] or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
-        return "its model holds no tensors, or other things"
-    average = ckpt.get("average")
-    if average is not None and not (
-        isinstance(average, dict)
-        and average
-        and all(isinstance(v, torch.Tensor) for v in average.values())
-    ):
-        return "its weight average holds no tensors, or other things"
-    if not isinstance(ckpt["optimizer"].get("state"), dict) or not isinstance(
-        ckpt["optimizer"].get("param_groups"), list
-    ):
-        return "its optimizer state is incomplete"
-    rng = ckpt["rng"].get("torch")
-    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
-        return "its random-number state is not a byte tensor"
-    fields = {f.name: f.type for f in TrainState.__dataclass_fields__.values()}
-    state = ckpt["state"]
-    if set(state) - set(fields):
-        return f"its state has unknown entries {sorted(set(state) - set(fields))}"
-    for name, kind in (
-        ("epoch", int),
-        ("step_in_epoch", int),
-        ("global_step", int),
-        ("best_epoch", int),
-        ("train_seconds", (int, float)),
-        ("best_val_acc", (int, float)),
-        ("history", list),
-        ("partial", list),
-    ):
-        value = state.get(name, 0 if kind is int else [] if kind is list else 0.0)
-        if isinstance(value, bool) or not isinstance(value, kind):
-            return f"its state's {name} is {value!r}"
-    if min(state.get("epoch", 0), state.get("step_in_epoch", 0), state.get("global_step", 0)) < 0:
-        return "its state counts negative steps"
-    epochs = ckpt["config"].get("epochs")
-    if isinstance(epochs, int) and state.get("epoch", 0) > epochs:
-        return f"its state is past the run's end (epoch {state.get('epoch')} of {epochs})"
-    if not all(isinstance(row, dict) for row in state.get("history", [])):
-        return "its metrics history is not a list of rows"
-    if len(state.get("history", [])) != state.get("epoch", 0):
-        return f"its metrics history has {len(state.get('history', []))} rows for {state.get('epoch', 0)} epochs"
-    return None
-
-
-def restore_checkpoint(checkpoint: dict, model, optimizer, where, *, average=None) -> TrainState:
-    """Load a checkpoint (from load_checkpoint) into the model and optimizer the trainer built from
-    its configuration, and into `average` (the --ema copy) when given; the TrainState to continue
-    from. The torch RNG continues where it was."""
-    if average is not None and "average" not in checkpoint:
-        raise CheckpointError(
-            f"{where}: the checkpoint holds no moving average of the weights, but its configuration "
-            "asks for one (--ema); it is damaged or was edited"
-        )
-    try:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if average is not None:
-            average.load_state_dict(checkpoint["average"])
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-        first = " ".join(str(e).split())[:300]
-        raise CheckpointError(
-            f"{where}: the checkpoint's weights do not fit the model its configuration builds ({first})"
-        ) from None
-    state = TrainState(**checkpoint["state"])
-    torch.set_rng_state(checkpoint["rng"]["torch"])
-    return state
-
-
-def resolve_weights(source: str | Path) -> Path:
-    """A run folder (its best.safetensors if any, else model.safetensors) or a .safetensors path."""
-    source = Path(source)
-    if source.is_dir():
-        for name in ("best.safetensors", "model.safetensors"):
-            if (source / name).exists():
-                return source / name
-        raise CheckpointError(
-            f"{source} holds no model.safetensors; train it to the end or pass a weights file"
-        )
-    if not source.exists():
-        raise CheckpointError(f"{source} does not exist; pass a run folder or a .safetensors file")
-    return source
-
-
-def load_model(source: str | Path, device: torch.device | str = "cpu"):
-    """Rebuild a trained model from a run folder or weights file: (model in eval mode, metadata)."""
-    path = resolve_weights(source)
-    state_dict, meta = load_weights(path)
-    if "model" not in meta:
-        raise CheckpointError(
-            f"{path} has no resnetlab metadata (model name, classes); it was not saved by resnetlab"
-        )
-    model = create_model(
-        meta["model"],
-        num_classes=meta["num_classes"],
-        in_chans=meta["in_chans"],
-        **meta.get("model_kwargs", {}),
-    )
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{path} does not fit model {meta['model']}: {str(e).splitlines()[0]}"
-        ) from None
-    return model.to(device).eval(), meta

@@ -1,10 +1,10 @@
 """The seam between a configuration and a running experiment: `build(cfg, dist) -> Parts`.
 
-The trainer, `resnetlab bench`, the degradation experiment and inference get their device,
-data, model, optimizer and loaders here and nowhere else, so they cannot drift apart:
+The trainer, `resnetlab bench` and the degradation experiment get their device, data, model,
+optimizer, step, evaluator and loaders here and nowhere else, so they cannot drift apart:
 
     parts = build(make_config("quick", subset=2000))
-    fit(parts.model, parts.loaders.train, parts.cfg, parts.device, optimizer=parts.optimizer, ...)
+    fit(parts.step, parts.evaluator, parts.loaders, parts.state, schedule, epochs)
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from resnetlab import __version__
 from resnetlab.data import (
     Augment,
     Dataset,
@@ -29,37 +28,29 @@ from resnetlab.data import (
     make_loaders,
     split_dataset,
 )
-from resnetlab.errors import UsageError
-from resnetlab.models import create_model
-from resnetlab.models.pretrained import load_pretrained
-from resnetlab.train.config import TrainConfig
-from resnetlab.train.device import (
+from resnetlab.device import (
     bf16_pays,
-    capture_pays,
     channels_last_pays,
     prepare_device,
+    resolve_capture,
     resolve_device,
 )
-from resnetlab.train.distributed import (
-    DistInfo,
-    check_same_setup,
-    convert_sync_batchnorm,
-    describe_setup,
-    local_main_first,
-    wrap_ddp,
-)
-from resnetlab.train.engine import (
-    EagerStep,
-    Evaluator,
-    TrainState,
-    WeightAverage,
-    init_weights,
-    make_optimizer,
-)
+from resnetlab.distributed.ddp import wrap_ddp
+from resnetlab.distributed.group import DistInfo, local_main_first
+from resnetlab.distributed.setup_check import check_same_setup, describe_setup
+from resnetlab.distributed.syncbn import convert_sync_batchnorm
+from resnetlab.errors import UsageError
+from resnetlab.inference.evaluation import Evaluator
+from resnetlab.inference.tta import with_tta
+from resnetlab.models import create_model
+from resnetlab.models.pretrained import load_pretrained
+from resnetlab.train.checkpoint import restore_checkpoint
+from resnetlab.train.config import TrainConfig
+from resnetlab.train.engine import TrainState
 from resnetlab.train.graphs import CapturedEvaluator, CapturedStep
-from resnetlab.train.run import restore_checkpoint
-from resnetlab.train.tta import with_tta
+from resnetlab.train.steps import EagerStep, WeightAverage, init_weights, make_optimizer
 from resnetlab.train.whiten import WHITEN_IMAGES, whiten_first_conv
+from resnetlab.version import __version__
 
 
 class Splits(NamedTuple):
@@ -126,28 +117,12 @@ class Parts:
             "host": platform.node(),
         }
 
-    def checkpoint(self, state: TrainState) -> dict:
-        """What checkpoint.pt holds after `state`: tensors and plain types only."""
-        checkpoint = {
-            "config": self.cfg.to_dict(),
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "state": vars(state).copy(),
-            "rng": {"torch": torch.get_rng_state()},
-            "world_size": self.dist.world_size,
-        }
-        if self.average is not None:
-            checkpoint["average"] = self.average.model.state_dict()
-        return checkpoint
-
 
 def load_splits(cfg: TrainConfig) -> Splits:
     """(train, val or None, test) datasets as the config asks: subset, then validation split."""
-    train_set = load_dataset(cfg.data, train=True, root=cfg.data_dir)
-    test_set = load_dataset(cfg.data, train=False, root=cfg.data_dir)
-    if cfg.subset is not None:  # a seeded random subset of each split (smoke tests, quick looks)
-        train_set = train_set.take(min(cfg.subset, len(train_set)), seed=cfg.seed)
-        test_set = test_set.take(min(cfg.subset, len(test_set)), seed=cfg.seed)
+    # --subset: a seeded random subset of each split (smoke tests, quick looks)
+    train_set = load_dataset(cfg.data, True, cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
+    test_set = load_dataset(cfg.data, False, cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
     val_set = None
     if cfg.val_split:
         if cfg.val_split >= len(train_set):
@@ -234,36 +209,9 @@ def build(
     """Device policy, data (`splits`, or loaded as `cfg` says), model, optimizer and loaders for
     `cfg` on this process; restored from `checkpoint` when given. `foreach=False` takes the
     optimizer's per-tensor step (a bench ablation); `say` hears notes worth printing."""
-    device = resolve_device(cfg.device, dist.local_rank)
-    prepare_device(device)
-    amp = bf16_pays(device) if cfg.amp is None else cfg.amp
-    channels_last = channels_last_pays(device) if cfg.channels_last is None else cfg.channels_last
-    capture = (
-        capture_pays(
-            device,
-            dist.world_size,
-            cfg.optimizer,
-            cfg.compile,
-            one_shape=not cfg.progressive_resize,
-        )
-        if cfg.capture is None
-        else cfg.capture
-    )
-    if capture and cfg.progressive_resize:
-        raise UsageError(
-            "--capture replays one batch shape and --progressive-resize changes it each epoch; "
-            "add --progressive-resize 0 or drop --capture"
-        )
-    if capture and not (
-        device.type == "cuda" and not dist.enabled and cfg.optimizer == "sgd" and not cfg.compile
-    ):
-        raise UsageError(
-            "--capture needs one process on a CUDA device, SGD and no --compile; drop --capture"
-        )
+    device, amp, channels_last, capture = _device_policy(cfg, dist)
     if splits is None:
-        with local_main_first(
-            dist
-        ):  # one download per machine, then the other processes read the cache
+        with local_main_first(dist):  # one download per machine, then the others read the cache
             splits = load_splits(cfg)
     check_same_setup(
         dist,
@@ -279,72 +227,21 @@ def build(
         raise UsageError(
             f"--batch-size {cfg.batch_size} (the global batch) must divide by the {dist.world_size} processes"
         )
-
-    # Resuming: the checkpoint holds the weights, so --init-from's file is not read again (it may be gone).
-    raw_model = build_model(
-        cfg if checkpoint is None else dataclasses.replace(cfg, init_from=None),
-        splits.train.images.shape[1],
-        len(splits.train.classes),
-        say=say and (lambda note: say(f"--init-from: {note}")),
+    raw_model, optimizer, average, state = _model_and_optimizer(
+        cfg, dist, splits, device, channels_last, checkpoint, foreach, say
     )
-    if (
-        cfg.init == "whiten"
-    ):  # on resume too: the checkpoint then overwrites the same values, the layer stays frozen
-        whiten_first_conv(raw_model, whitening_images(cfg, splits.train))
-    if cfg.sync_bn and dist.enabled:
-        raw_model = convert_sync_batchnorm(raw_model, device)
-    raw_model = raw_model.to(device)
-    if channels_last:
-        raw_model = raw_model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(raw_model, cfg, foreach=foreach)
-    average = WeightAverage(raw_model, cfg.ema) if cfg.ema else None
-    state = TrainState()
-    if checkpoint is not None:
-        state = restore_checkpoint(
-            checkpoint,
-            raw_model,
-            optimizer,
-            "--resume",
-            average=average.model if average is not None else None,
-        )
     model = wrap_ddp(raw_model, device, dist) if dist.enabled else raw_model
     if cfg.compile:
         model = torch.compile(model)
-
-    # A compiled model drops the last, smaller batch of each epoch (a different few examples each
-    # time): a second batch shape would cost a second compilation (and a captured step a second
-    # graph). Evaluation runs the uncompiled model: compiling it for eval mode would be a third.
-    # Measured on the CPU, empty inductor cache: two epochs of resnet18_d2l took 71 s with three
-    # compilations, 37 s with one.
     norm = normalization(cfg)
-    loaders = make_loaders(
-        *splits,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        drop_last=dist.enabled or cfg.compile or capture,
-        epoch_sizes=epoch_sizes(cfg, splits.train),
-        augment=Augment(
-            crop_padding=cfg.crop_padding,
-            flip=cfg.flip,
-            erasing=cfg.erasing,
-            alternate_flip=cfg.alternate_flip,
-        ),
-        resize=cfg.resize,
-        normalize=norm,
-        device=device,
-        channels_last=channels_last,
-        rank=dist.rank,
-        world_size=dist.world_size,
-    )
-    if len(loaders.train) == 0:
-        raise UsageError(
-            f"{len(splits.train)} training examples make no full batch of {cfg.batch_size}; lower --batch-size"
-        )
+    loaders = _loaders(cfg, dist, splits, device, channels_last, capture, norm)
     eval_model = average.model if average is not None else raw_model if cfg.compile else model
     step_kind, evaluator_kind = (
         (CapturedStep, CapturedEvaluator) if capture else (EagerStep, Evaluator)
     )
-    step = step_kind(model, optimizer, cfg, device, amp, average)
+    step = step_kind(
+        model, optimizer, device, amp=amp, label_smoothing=cfg.label_smoothing, average=average
+    )
 
     def evaluator_of(net: nn.Module):
         return evaluator_kind(
@@ -375,3 +272,86 @@ def build(
         state=state,
         meta=weights_metadata(cfg, splits, norm),
     )
+
+
+def _device_policy(cfg: TrainConfig, dist: DistInfo) -> tuple[torch.device, bool, bool, bool]:
+    """This process's device (prepared), and whether bf16 autocast, channels_last and captured
+    steps are on: as the config says, or where they pay when it says `auto` (resnetlab/device.py)."""
+    device = resolve_device(cfg.device, dist.local_rank)
+    prepare_device(device)
+    amp = bf16_pays(device) if cfg.amp is None else cfg.amp
+    channels_last = channels_last_pays(device) if cfg.channels_last is None else cfg.channels_last
+    capture = resolve_capture(
+        cfg.capture,
+        device,
+        dist.world_size,
+        cfg.optimizer,
+        cfg.compile,
+        one_shape=not cfg.progressive_resize,
+    )
+    return device, amp, channels_last, capture
+
+
+def _model_and_optimizer(cfg, dist, splits, device, channels_last, checkpoint, foreach, say):
+    """The model to save (initialised, --init-from and --init whiten applied, on the device), its
+    optimizer, the --ema average and the state to start from: fresh, or restored from `checkpoint`."""
+    # Resuming: the checkpoint holds the weights, so --init-from's file is not read again (it may be gone).
+    raw_model = build_model(
+        cfg if checkpoint is None else dataclasses.replace(cfg, init_from=None),
+        splits.train.images.shape[1],
+        len(splits.train.classes),
+        say=say and (lambda note: say(f"--init-from: {note}")),
+    )
+    # on resume too: the checkpoint then overwrites the same values, the layer stays frozen
+    if cfg.init == "whiten":
+        whiten_first_conv(raw_model, whitening_images(cfg, splits.train))
+    if cfg.sync_bn and dist.enabled:
+        raw_model = convert_sync_batchnorm(raw_model, device)
+    raw_model = raw_model.to(device)
+    if channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(raw_model, cfg, foreach=foreach)
+    average = WeightAverage(raw_model, cfg.ema) if cfg.ema else None
+    state = TrainState()
+    if checkpoint is not None:
+        state = restore_checkpoint(
+            checkpoint,
+            raw_model,
+            optimizer,
+            "--resume",
+            average=average.model if average is not None else None,
+        )
+    return raw_model, optimizer, average, state
+
+
+def _loaders(cfg, dist, splits, device, channels_last, capture, norm) -> Loaders:
+    """The train, val and test loaders: this process's share of each batch, on the device."""
+    # A compiled model drops the last, smaller batch of each epoch (a different few examples each
+    # time): a second batch shape would cost a second compilation (and a captured step a second
+    # graph). Evaluation runs the uncompiled model: compiling it for eval mode would be a third.
+    # Measured on the CPU, empty inductor cache: two epochs of resnet18_d2l took 71 s with three
+    # compilations, 37 s with one.
+    loaders = make_loaders(
+        *splits,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        drop_last=dist.enabled or cfg.compile or capture,
+        epoch_sizes=epoch_sizes(cfg, splits.train),
+        augment=Augment(
+            crop_padding=cfg.crop_padding,
+            flip=cfg.flip,
+            erasing=cfg.erasing,
+            alternate_flip=cfg.alternate_flip,
+        ),
+        resize=cfg.resize,
+        normalize=norm,
+        device=device,
+        channels_last=channels_last,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+    if len(loaders.train) == 0:
+        raise UsageError(
+            f"{len(splits.train)} training examples make no full batch of {cfg.batch_size}; lower --batch-size"
+        )
+    return loaders

@@ -39,15 +39,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnetlab import __version__
-from resnetlab.data import load_dataset, make_loaders
+from resnetlab.data import load_dataset
 from resnetlab.data.datasets import IMAGEFOLDER, resolve_spec
 from resnetlab.data.sources import open_split
 from resnetlab.errors import DataError, ExportError, ResnetlabError, UsageError, first_line
 from resnetlab.fileio import write_bytes
+from resnetlab.inference.images import load_image, preprocess
+from resnetlab.inference.loading import load_model, loader_for, resolve_weights
 from resnetlab.models.fuse import fuse_bn
-from resnetlab.train.inference import input_transform, load_image, preprocess
-from resnetlab.train.run import load_model, resolve_weights
+from resnetlab.version import __version__
 
 # onnx and onnxruntime are an optional extra (`require_onnx`): imported where they are used.
 
@@ -258,6 +258,93 @@ def _rounding_hint(check: dict, model: nn.Module, inputs: torch.Tensor) -> str:
     )
 
 
+def _check_export_args(exporter: str, opset: int | None) -> None:
+    """Raise UsageError for an unknown exporter or an opset below 7."""
+    if exporter not in ("auto", *EXPORTERS):
+        raise UsageError(f"unknown exporter {exporter!r}; use auto, dynamo or torchscript")
+    if opset is not None and opset < 7:
+        raise UsageError(f"--opset must be 7 or more, got {opset}")
+
+
+def _check_batch(
+    check_inputs: torch.Tensor | None,
+    check_source: str | None,
+    input_size: tuple[int, ...],
+    batch: int | None,
+) -> tuple[torch.Tensor, str | None]:
+    """The check inputs (random normal ones when none are given), at least `batch` of them, and
+    where they come from; a UsageError when they are not of `input_size`."""
+    if check_inputs is None:
+        check_inputs = torch.randn(
+            max(batch or 0, 16), *input_size, generator=torch.Generator().manual_seed(0)
+        )
+        check_source = check_source or "random normal inputs"
+    check_inputs = check_inputs.cpu().float().contiguous()
+    if batch is not None and len(check_inputs) < batch:
+        check_inputs = check_inputs.repeat(
+            (batch + len(check_inputs) - 1) // len(check_inputs), 1, 1, 1
+        )[:batch]
+    if tuple(check_inputs.shape[1:]) != input_size:
+        raise UsageError(
+            f"check inputs are {list(check_inputs.shape[1:])}, the model takes {list(input_size)}"
+        )
+    return check_inputs, check_source
+
+
+def _trace_sample(folded: nn.Module, check_inputs: torch.Tensor, batch: int | None) -> torch.Tensor:
+    """The batch to export with (`batch` images, else 2), after checking the model runs on it."""
+    sample = check_inputs[: batch or 2].clone()
+    if len(sample) < (batch or 2):
+        sample = sample.repeat(2, 1, 1, 1)[: batch or 2]
+    try:
+        with torch.inference_mode():
+            folded(sample)
+    except ResnetlabError:
+        raise
+    except Exception as e:
+        raise UsageError(
+            f"the model does not run on a {list(sample.shape)} input ({first_line(e)})"
+        ) from None
+    return sample
+
+
+def _stamp_and_check(proto, meta: dict, out: str | Path) -> bytes:
+    """Write `meta` into the model's metadata_props, serialize it and run onnx's checker on it."""
+    import onnx
+
+    onnx.helper.set_model_props(proto, _props(meta))
+    data = proto.SerializeToString()
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        raise ExportError(
+            f"the exported ONNX model is invalid ({first_line(e)}); {Path(out)} not written"
+        ) from None
+    return data
+
+
+def _verify_export(
+    data: bytes,
+    model: nn.Module,
+    check_inputs: torch.Tensor,
+    check_source: str | None,
+    *,
+    batch: int | None,
+    tolerance: float,
+    out: str | Path,
+) -> dict:
+    """Run `check_onnx` on the ONNX bytes; an ExportError when onnxruntime's logits do not match."""
+    check = check_onnx(data, model, check_inputs, batch=batch, tolerance=tolerance)
+    check["inputs"] = check_source or "the given inputs"
+    if not check["passed"]:
+        raise ExportError(
+            f"onnxruntime's logits differ from PyTorch's by up to {check['max_abs_diff']:.3g} (tolerance "
+            f"{tolerance:g}) and agree on top-1 for {check['top1_agree']} of {check['count']} on "
+            f"{check['inputs']}{_rounding_hint(check, model, check_inputs)}; {Path(out)} not written"
+        )
+    return check
+
+
 def export_onnx(
     model: nn.Module,
     out: str | Path,
@@ -280,12 +367,7 @@ def export_onnx(
     is written only if onnxruntime's logits match. Returns what was done and the check's figures.
     """
     require_onnx()
-    import onnx
-
-    if exporter not in ("auto", *EXPORTERS):
-        raise UsageError(f"unknown exporter {exporter!r}; use auto, dynamo or torchscript")
-    if opset is not None and opset < 7:
-        raise UsageError(f"--opset must be 7 or more, got {opset}")
+    _check_export_args(exporter, opset)
     input_size = tuple(int(v) for v in input_size)
     folded = (
         fuse_bn(model).cpu().float()
@@ -293,32 +375,8 @@ def export_onnx(
     model = (
         copy.deepcopy(model).cpu().float().eval()
     )  # the caller's model stays where and as it was
-    if check_inputs is None:
-        check_inputs = torch.randn(
-            max(batch or 0, 16), *input_size, generator=torch.Generator().manual_seed(0)
-        )
-        check_source = check_source or "random normal inputs"
-    check_inputs = check_inputs.cpu().float().contiguous()
-    if batch is not None and len(check_inputs) < batch:
-        check_inputs = check_inputs.repeat(
-            (batch + len(check_inputs) - 1) // len(check_inputs), 1, 1, 1
-        )[:batch]
-    if tuple(check_inputs.shape[1:]) != input_size:
-        raise UsageError(
-            f"check inputs are {list(check_inputs.shape[1:])}, the model takes {list(input_size)}"
-        )
-    sample = check_inputs[: batch or 2].clone()
-    if len(sample) < (batch or 2):
-        sample = sample.repeat(2, 1, 1, 1)[: batch or 2]
-    try:
-        with torch.inference_mode():
-            folded(sample)
-    except ResnetlabError:
-        raise
-    except Exception as e:
-        raise UsageError(
-            f"the model does not run on a {list(sample.shape)} input ({first_line(e)})"
-        ) from None
+    check_inputs, check_source = _check_batch(check_inputs, check_source, input_size, batch)
+    sample = _trace_sample(folded, check_inputs, batch)
 
     started = time.perf_counter()
     proto, used, failures = _to_onnx(folded, sample, opset, batch is None, exporter)
@@ -326,22 +384,10 @@ def export_onnx(
     meta = dict(
         meta or {}, input_size=list(input_size), classes=classes, resize=resize, normalize=normalize
     )
-    onnx.helper.set_model_props(proto, _props(meta))
-    data = proto.SerializeToString()
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as e:
-        raise ExportError(
-            f"the exported ONNX model is invalid ({first_line(e)}); {Path(out)} not written"
-        ) from None
-    check = check_onnx(data, model, check_inputs, batch=batch, tolerance=tolerance)
-    check["inputs"] = check_source or "the given inputs"
-    if not check["passed"]:
-        raise ExportError(
-            f"onnxruntime's logits differ from PyTorch's by up to {check['max_abs_diff']:.3g} (tolerance "
-            f"{tolerance:g}) and agree on top-1 for {check['top1_agree']} of {check['count']} on "
-            f"{check['inputs']}{_rounding_hint(check, model, check_inputs)}; {Path(out)} not written"
-        )
+    data = _stamp_and_check(proto, meta, out)
+    check = _verify_export(
+        data, model, check_inputs, check_source, batch=batch, tolerance=tolerance, out=out
+    )
     write_bytes(out, data)
     opset_used = _opset_of(proto)
     return {
@@ -378,7 +424,7 @@ def _test_batch(meta: dict, count: int, data_dir: str | None) -> tuple[torch.Ten
             f"random normal inputs ({name} has {test.images.shape[1]} channels, the model {meta['in_chans']})",
         )
     test = test.take(min(count, len(test)), seed=0)
-    x, _ = next(iter(make_loaders(test=test, batch_size=len(test), **input_transform(meta)).test))
+    x, _ = next(iter(loader_for(meta, test, batch_size=len(test))))
     return x.float().contiguous(), f"{len(test)} {name} test images"
 
 
@@ -403,6 +449,8 @@ def export_run(
     fixed = parse_batch(batch)
     if check_images < 1:
         raise UsageError(f"--check-images must be positive, got {check_images}")
+    if not tolerance > 0:
+        raise UsageError(f"--tolerance must be positive, got {tolerance}")
     weights = resolve_weights(source)
     if weights.suffix == ".onnx":
         raise UsageError(

@@ -62,21 +62,38 @@ def channels_last_pays(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-def capture_pays(
+def capture_problem(
     device: torch.device, world_size: int, optimizer: str, compile: bool, one_shape: bool = True
+) -> str | None:
+    """Why training steps cannot be replayed from CUDA graphs here, or None when they can (and then
+    they pay: on an H200 a captured resnet18_d2l step at batch 256 ran 45k ex/s in bf16 against
+    22k eager). They need one process on CUDA (DDP's communication hooks are not captured here),
+    SGD (no captured update for AdamW yet), no torch.compile (which has its own) and batches of one
+    shape (`one_shape=False`: progressive resizing changes it each epoch)."""
+    if not one_shape:
+        return (
+            "--capture replays one batch shape and --progressive-resize changes it each epoch; "
+            "add --progressive-resize 0 or drop --capture"
+        )
+    if not (device.type == "cuda" and world_size == 1 and optimizer == "sgd" and not compile):
+        return "--capture needs one process on a CUDA device, SGD and no --compile; drop --capture"
+    return None
+
+
+def resolve_capture(
+    asked: bool | None,
+    device: torch.device,
+    world_size: int,
+    optimizer: str,
+    compile: bool,
+    one_shape: bool = True,
 ) -> bool:
-    """CUDA graphs pay where the host's kernel launches bound the step: on CUDA (measured on an H200:
-    a captured resnet18_d2l step at batch 256 ran 45k ex/s in bf16 against 22k eager). Not with
-    DDP (its communication hooks are not captured here), AdamW (no captured update written yet),
-    torch.compile (which has its own) or batches whose shape changes between epochs
-    (`one_shape=False`: progressive resizing; a graph replays one shape)."""
-    return (
-        device.type == "cuda"
-        and world_size == 1
-        and optimizer == "sgd"
-        and not compile
-        and one_shape
-    )
+    """--capture as given, or where it applies when not given (`asked` None); given where it
+    cannot apply, a UsageError says why."""
+    problem = capture_problem(device, world_size, optimizer, compile, one_shape)
+    if asked and problem:
+        raise UsageError(problem)
+    return problem is None if asked is None else asked
 
 
 def prepare_device(device: torch.device) -> None:

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from resnetlab.errors import UsageError
+from resnetlab.report.observer import Observer
 
 EPOCH_METRICS = (
     "train_loss",
@@ -46,15 +47,21 @@ def _hparam_value(value):
     return json.dumps(value)  # None, lists and dicts: as their JSON text
 
 
-class TensorBoardLogger:
-    """One SummaryWriter on the run folder. A resumed run appends a new event file; TensorBoard
-    merges a folder's files, and steps continue where the checkpoint left off."""
+class TensorBoard(Observer):
+    """--tensorboard: one SummaryWriter on the run folder, on rank 0 (`enabled`); the package is
+    required on every rank, so all processes fail alike before any training. A resumed run appends
+    a new event file; TensorBoard merges a folder's files, and steps continue where the checkpoint
+    left off."""
 
-    def __init__(self, folder: str | Path, config: dict, *, resumed: bool = False) -> None:
+    def __init__(self, folder: str | Path, config: dict, *, resumed: bool, enabled: bool) -> None:
         require_tensorboard()
+        self.writer = None
+        if not enabled:
+            return
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(folder))
+        self.folder = Path(folder)
         if not resumed:  # the HParams tab: the configuration, and the scalars it shows beside it
             from torch.utils.tensorboard.summary import hparams
 
@@ -62,30 +69,43 @@ class TensorBoardLogger:
             for summary in hparams({k: _hparam_value(v) for k, v in config.items()}, metrics):
                 self.writer.file_writer.add_summary(summary)
 
-    def on_progress(self, global_step: int, stats: dict) -> None:
-        self.writer.add_scalar("train/running_loss", stats["loss"], global_step)
-        self.writer.add_scalar("train/running_acc", stats["acc"], global_step)
-        self.writer.add_scalar("train/lr", stats["lr"], global_step)
+    def on_progress(self, state, step: int, total: int, stats: dict) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("train/running_loss", stats["loss"], state.global_step)
+            self.writer.add_scalar("train/running_acc", stats["acc"], state.global_step)
+            self.writer.add_scalar("train/lr", stats["lr"], state.global_step)
 
-    def on_epoch_end(self, row: dict) -> None:
-        for key in EPOCH_METRICS:
-            if key in row:
-                self.writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
-        self.writer.flush()
+    def on_epoch_end(self, state, row: dict, is_best: bool) -> None:
+        if self.writer is not None:
+            for key in EPOCH_METRICS:
+                if key in row:
+                    self.writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
+            self.writer.flush()
 
-    def on_finish(self, summary: dict, images: dict[str, Path]) -> None:
-        """The kept weights' figures and the run's PNGs (name -> path; missing files are skipped)."""
+    def on_interrupt(self, state) -> None:
+        self.close()
+
+    def on_failure(self, error: BaseException) -> None:
+        self.close()
+
+    def on_finish(self, summary: dict, final: dict, test_set) -> None:
+        """The kept weights' figures and the run's PNGs (written before: missing ones are skipped)."""
+        if self.writer is None:
+            return
         step = summary.get("epochs", 0)
         for key in ("test_acc", "test_loss"):
             if f"kept_{key}" in summary:
                 self.writer.add_scalar(f"kept/{key}", summary[f"kept_{key}"], step)
-        for name, path in images.items():
-            if Path(path).exists():
+        for name in ("confusion", "mistakes"):
+            path = self.folder / f"{name}.png"
+            if path.exists():
                 self.writer.add_image(f"images/{name}", _read_png(path), step, dataformats="HWC")
-        self.writer.flush()
+        self.close()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def _read_png(path: str | Path):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.train.config import TTA_MODES
+from resnetlab.inference import TTA_MODES
 
 
 def _mirror_averaged(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

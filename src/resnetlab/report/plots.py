@@ -1,4 +1,4 @@
-"""Plots of a run (matplotlib, an optional extra) and the per-class table of an evaluation."""
+"""Plots of a run (matplotlib, an optional extra): its curves and its confusion matrix."""
 
 from __future__ import annotations
 
@@ -92,17 +92,3 @@ def plot_confusion(confusion, classes: list[str], path: str | Path, title: str =
     if title:
         ax.set_title(title)
     save_png(fig, Path(path))
-
-
-def per_class_table(confusion, classes: list[str]) -> list[dict]:
-    rows = []
-    for i, name in enumerate(classes):
-        total = int(confusion[i].sum())
-        rows.append(
-            {
-                "class": name,
-                "count": total,
-                "acc": (int(confusion[i, i]) / total) if total else float("nan"),
-            }
-        )
-    return rows

@@ -1,0 +1,190 @@
+"""`resnetlab eval` and the analysis a run's report shows: a trained model on a test set (loss,
+accuracy, per-class table, confusion matrix) through the same views as the run's final figure, and
+the test images it gets most confidently wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from resnetlab.data import load_dataset
+from resnetlab.device import resolve_device
+from resnetlab.errors import UsageError
+from resnetlab.inference.evaluation import evaluate
+from resnetlab.inference.loading import inference_model, load_model, loader_for
+from resnetlab.inference.tta import with_tta
+from resnetlab.report.html import read_json
+from resnetlab.report.mistakes import (
+    MISTAKES_K,
+    Mistakes,
+    mistakes_from_evaluation,
+    per_class_table,
+    write_analysis,
+)
+
+
+def evaluate_run(
+    source: str | Path,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    tta: str = "none",
+    device: str = "auto",
+    batch_size: int = 256,
+    mistakes: int = 0,
+    out: str | Path | None = None,
+) -> dict:
+    """Loss, accuracy, per-class table and confusion matrix of a run's (or weights file's) model on
+    a test set (`data`, default the one it was trained on), through `tta`'s views; with `mistakes`
+    the most confident mistakes are written too (see eval_mistakes)."""
+    if mistakes < 0:
+        raise UsageError(f"--mistakes must be zero or positive, got {mistakes}")
+    if batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    dev = resolve_device(device)
+    model, meta = load_model(source, dev)
+    test_set = load_dataset(data or meta["data"], train=False, root=data_dir)
+    if test_set.images.shape[1] != meta["in_chans"] or len(test_set.classes) != meta["num_classes"]:
+        raise UsageError(
+            f"{data or meta['data']} has {test_set.images.shape[1]} channels and {len(test_set.classes)} classes, "
+            f"but the model takes {meta['in_chans']} channels and predicts {meta['num_classes']} classes; pick a matching --data"
+        )
+    loader = loader_for(meta, test_set, batch_size=batch_size, device=dev)
+    model = inference_model(model)
+    net = with_tta(model, tta)  # the trainer's final test figure uses the same views
+    found = {}
+    if (
+        mistakes > 0
+    ):  # one pass gives these figures and the mistakes, written to `out` (default RUN/eval/)
+        result, found = eval_mistakes(net, loader, dev, test_set, source, out=out, k=mistakes)
+    else:
+        result = evaluate(net, loader, dev, num_classes=meta["num_classes"])
+    return {
+        "weights": str(source),
+        "data": data or meta["data"],
+        "tta": tta,
+        "loss": result["loss"],
+        "acc": result["acc"],
+        "count": result["count"],
+        "per_class": per_class_table(result["confusion"], test_set.classes),
+        "confusion": result["confusion"].tolist(),
+        "classes": test_set.classes,
+        **found,
+    }
+
+
+def eval_mistakes(
+    model, loader, device, test_set, source: str | Path, *, out: str | Path | None, k: int
+) -> tuple[dict, dict]:
+    """`resnetlab eval`'s pass: (what engine.evaluate returns: loss, acc, count, confusion; the
+    mistakes' summary) from one pass, with mistakes.png/.csv and confusion.csv written into `out`,
+    by default eval/ beside the weights (RUN/eval/ for a run folder), so the training run's own
+    files (made on its test set, perhaps a subset) are left as they are."""
+    source = Path(source)
+    folder = (
+        Path(out) if out is not None else (source if source.is_dir() else source.parent) / "eval"
+    )
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file; give a folder")
+    m = find_mistakes(model, loader, device, classes=list(test_set.classes), k=k)
+    files = write_analysis(
+        folder,
+        m,
+        test_set.images,
+        title=f"{source.name}: {m.wrong} of {m.count} {test_set.name} test images wrong; "
+        f"the {len(m.items)} most confident",
+    )
+    result = {"loss": m.loss, "acc": m.acc, "count": m.count, "confusion": m.confusion}
+    return result, {
+        "wrong": m.wrong,
+        "mistakes_shown": len(m.items),
+        "mistakes_dir": str(folder),
+        "mistakes_files": [str(f) for f in files],
+    }
+
+
+def find_mistakes(
+    model: torch.nn.Module,
+    loader,
+    device: torch.device | str,
+    *,
+    amp: bool = False,
+    classes: list[str],
+    k: int = MISTAKES_K,
+) -> Mistakes:
+    """The top-`k` confident mistakes of `model` on `loader` (unshuffled, one process: an item's
+    `index` is its position in the loader's dataset), from one evaluation pass."""
+    result = evaluate(
+        model, loader, torch.device(device), amp=amp, num_classes=len(classes), per_example=True
+    )
+    return mistakes_from_evaluation(result, loader.dataset.labels, classes, k)
+
+
+def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int = 256) -> bool:
+    """For a finished run without mistakes.csv/confusion.csv (made before they existed): compute
+    them with the kept weights on the run's own test set (its --subset too), with the run's bf16 and
+    channels_last settings on the same kind of device. False when not needed."""
+    folder = Path(folder)
+    summary = read_json(folder / "summary.json")
+    if not summary or ((folder / "mistakes.csv").exists() and (folder / "confusion.csv").exists()):
+        return False
+    kept = folder / summary.get("kept_weights", "model.safetensors")
+    if not kept.exists():
+        raise UsageError(
+            f"{folder} holds no {kept.name}; its weights are gone, so its mistakes cannot be found"
+        )
+    record = read_json(folder / "config.json")
+    cfg = record["config"]
+    dev = resolve_device(device)
+    same_kind = (
+        str(record.get("device", "")).split(":")[0] == dev.type
+    )  # then compute as the run did
+    amp = bool(record.get("amp")) and same_kind
+    channels_last = bool(record.get("channels_last")) and same_kind
+    model, meta = load_model(kept, dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    test_set = load_dataset(
+        cfg["data"], False, cfg.get("data_dir"), subset=cfg.get("subset"), seed=cfg["seed"]
+    )
+    loader = loader_for(
+        meta,
+        test_set,
+        batch_size=max(cfg["batch_size"], batch_size),
+        device=dev,
+        channels_last=channels_last,
+    )
+    model = with_tta(
+        model, cfg.get("tta", "none")
+    )  # the views the run's own final test figure used
+    m = find_mistakes(model, loader, dev, amp=amp, classes=list(test_set.classes))
+    write_analysis(
+        folder,
+        m,
+        test_set.images,
+        title=f"{kept.name}: {m.wrong} of {m.count} test images wrong; "
+        f"the {len(m.items)} most confident",
+    )
+    return True
+
+
+def format_evaluation(r: dict) -> str:
+    """`resnetlab eval`'s text: the figures, the per-class table, the confusion matrix."""
+    views = f" ({r['tta']} TTA)" if r["tta"] != "none" else ""
+    lines = [
+        f"{r['data']} test set, {r['count']} examples{views}: loss {r['loss']:.4f}, acc {r['acc']:.4f}"
+    ]
+    width = max(len(c) for c in r["classes"])
+    lines.append(f"{'class':<{width}}  {'count':>6}  {'acc':>6}")
+    for row in r["per_class"]:
+        lines.append(f"{row['class']:<{width}}  {row['count']:>6}  {row['acc']:>6.4f}")
+    lines.append("confusion matrix (rows: true, columns: predicted):")
+    for cls, counts in zip(r["classes"], r["confusion"]):
+        lines.append(f"{cls:<{width}}  " + " ".join(f"{c:>5}" for c in counts))
+    if r.get("mistakes_files"):
+        lines.append(
+            f"{r['wrong']} mistakes; the {r['mistakes_shown']} most confident in "
+            f"{', '.join(r['mistakes_files'])}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""Image files as a trained model sees them: decoded (Pillow), converted to its channels, resized and
+normalised exactly as its training data was (the loader's own transform)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resnetlab.data import Dataset
+from resnetlab.errors import UsageError, first_line
+from resnetlab.inference.loading import loader_for
+
+# The largest image `predict` decodes: Pillow's own decompression-bomb threshold (~89.5 million
+# pixels). Above it a small file could claim gigabytes; the header is checked before decoding.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def load_image(path: str | Path, channels: int) -> torch.Tensor:
+    """An image file as uint8 [C, H, W], converted to the model's channels (grey or RGB)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UsageError("reading images needs Pillow: pip install 'resnetlab[images]'") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore", Image.DecompressionBombWarning
+            )  # refused below, in one line
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise UsageError(
+                        f"image {path} is {width} x {height} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel "
+                        "limit (a decompression bomb, or a picture to shrink first)"
+                    )
+                img = img.convert("L" if channels == 1 else "RGB")
+                t = torch.from_numpy(np.array(img, dtype=np.uint8)).view(
+                    img.height, img.width, channels
+                )
+    except UsageError:
+        raise
+    except FileNotFoundError:
+        raise UsageError(f"image {path} does not exist") from None
+    except Image.DecompressionBombError as e:
+        raise UsageError(
+            f"image {path} is too large to decode safely ({e})".replace("\n", " ")
+        ) from None
+    except (
+        Exception
+    ) as e:  # Pillow fails on damaged files in many ways (OSError, ValueError, SyntaxError, ...)
+        raise UsageError(f"cannot read image {path}: {first_line(e)}") from None
+    return t.permute(2, 0, 1).contiguous()
+
+
+def preprocess(
+    images: list[torch.Tensor], meta: dict, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """uint8 [C, H, W] images of any size -> the model's float batch, through the loader's own
+    transform: resized (bilinear, antialiased) to the model's input size and normalised as in training."""
+    _, height, width = meta["input_size"]
+    batches = []
+    for img in images:
+        one = Dataset("images", img.unsqueeze(0), torch.zeros(1, dtype=torch.int64))
+        loader = loader_for(meta, one, batch_size=1, device=device, resize=(height, width))
+        batches.append(next(iter(loader))[0])
+    return torch.cat(batches)

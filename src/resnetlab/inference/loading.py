@@ -1,0 +1,91 @@
+"""A trained model from its weights file: rebuilt from the metadata saved beside the tensors (model,
+classes, input size, normalisation), and the loader that shows it data as training did. Evaluation,
+prediction, export and the report all load through here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from resnetlab.data import Dataset, Loader, make_loaders
+from resnetlab.errors import CheckpointError
+from resnetlab.models import create_model
+from resnetlab.models.fuse import fuse_bn
+from resnetlab.weights import load_weights
+
+
+def inference_model(model: torch.nn.Module) -> torch.nn.Module:
+    """An eval-only copy for inference: batch norms folded into the convolutions (one pass over each
+    activation instead of two) and channels_last memory, as `resnetlab bench` measures evaluation."""
+    return fuse_bn(model).to(memory_format=torch.channels_last)
+
+
+def input_transform(meta: dict) -> dict:
+    """The loader settings that show a model its input as training did (from the weights' metadata)."""
+    norm = meta.get("normalize")
+    return {
+        "resize": meta.get("resize"),
+        "normalize": (norm["mean"], norm["std"]) if norm else None,
+    }
+
+
+def resolve_weights(source: str | Path) -> Path:
+    """A run folder (its best.safetensors if any, else model.safetensors) or a .safetensors path."""
+    source = Path(source)
+    if source.is_dir():
+        for name in ("best.safetensors", "model.safetensors"):
+            if (source / name).exists():
+                return source / name
+        raise CheckpointError(
+            f"{source} holds no model.safetensors; train it to the end or pass a weights file"
+        )
+    if not source.exists():
+        raise CheckpointError(f"{source} does not exist; pass a run folder or a .safetensors file")
+    return source
+
+
+def load_model(source: str | Path, device: torch.device | str = "cpu"):
+    """Rebuild a trained model from a run folder or weights file: (model in eval mode, metadata)."""
+    path = resolve_weights(source)
+    state_dict, meta = load_weights(path)
+    if "model" not in meta:
+        raise CheckpointError(
+            f"{path} has no resnetlab metadata (model name, classes); it was not saved by resnetlab"
+        )
+    model = create_model(
+        meta["model"],
+        num_classes=meta["num_classes"],
+        in_chans=meta["in_chans"],
+        **meta.get("model_kwargs", {}),
+    )
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{path} does not fit model {meta['model']}: {str(e).splitlines()[0]}"
+        ) from None
+    return model.to(device).eval(), meta
+
+
+def loader_for(
+    meta: dict,
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+    resize=None,
+) -> Loader:
+    """`dataset` in order, in batches, as the model of `meta` was shown its data in training
+    (resized, normalised; `resize` overrides the size)."""
+    transform = input_transform(meta)
+    if resize is not None:
+        transform["resize"] = resize
+    return make_loaders(
+        test=dataset,
+        batch_size=batch_size,
+        device=device,
+        channels_last=channels_last,
+        **transform,
+    ).test

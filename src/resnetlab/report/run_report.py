@@ -1,0 +1,110 @@
+"""What a run leaves for people to read, on rank 0 (`run.enabled`): events.jsonl (start, resume,
+interrupt, failed, finish), and after the last epoch the curves, the confusion matrix, the kept
+weights' mistakes and report.html. A failure while writing these leaves the finished run as it
+is: it is reported on stderr and in events.jsonl."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import time
+
+from resnetlab.errors import first_line
+from resnetlab.report.events import record_event
+from resnetlab.report.html import write_report
+from resnetlab.report.mistakes import MISTAKES_K, mistakes_from_evaluation, write_analysis
+from resnetlab.report.observer import Observer
+from resnetlab.report.plots import have_matplotlib, plot_confusion, plot_curves
+
+
+class RunReport(Observer):
+    """`run` is the run folder (its `path`, `file(name)` and `enabled`); `state` where the run
+    starts (a 'resume' event when past its beginning); `title` heads the curves."""
+
+    def __init__(self, run, state, *, title: str, mistakes: int = MISTAKES_K) -> None:
+        self.run, self.state, self.title, self.mistakes = run, state, title, mistakes
+        self.enabled = run.enabled
+        if self.enabled:
+            resumed = state.epoch > 0 or state.step_in_epoch > 0
+            record_event(
+                run.path,
+                "resume" if resumed else "start",
+                epoch=state.epoch,
+                step_in_epoch=state.step_in_epoch,
+                global_step=state.global_step,
+                host=platform.node(),
+                pid=os.getpid(),
+                argv=sys.argv[1:],
+            )
+
+    def on_interrupt(self, state) -> None:
+        if self.enabled:
+            record_event(
+                self.run.path,
+                "interrupt",
+                epoch=state.epoch,
+                step_in_epoch=state.step_in_epoch,
+                global_step=state.global_step,
+            )
+
+    def on_failure(self, error: BaseException) -> None:
+        # A removed folder is not made again for this record. The failure may be the disk's (full,
+        # read-only): then this record cannot be written either, and the run's own error is the
+        # one to report.
+        if self.enabled and self.run.path.is_dir():
+            with contextlib.suppress(OSError):
+                record_event(
+                    self.run.path,
+                    "failed",
+                    error=type(error).__name__,
+                    message=first_line(error, 300),
+                )
+
+    def on_finish(self, summary: dict, final: dict, test_set) -> None:
+        """The plots, the mistakes of the kept weights taken from their test evaluation `final`
+        (with per-example results: no second pass), the 'finish' event, then report.html."""
+        if not self.enabled:
+            return
+        seconds = {}
+        kept = summary.get("kept_weights", "model.safetensors")
+        try:
+            if have_matplotlib():
+                plot_curves(self.state.history, self.run.file("curves.png"), title=self.title)
+                plot_confusion(
+                    final["confusion"],
+                    list(test_set.classes),
+                    self.run.file("confusion.png"),
+                    title=f"{kept}: test acc {final['acc']:.4f}",
+                )
+            started = time.perf_counter()
+            mistakes = mistakes_from_evaluation(
+                final, test_set.labels, list(test_set.classes), self.mistakes
+            )
+            write_analysis(
+                self.run.path,
+                mistakes,
+                test_set.images,
+                title=f"{kept}: {mistakes.wrong} of {mistakes.count} test images wrong; "
+                f"the {len(mistakes.items)} most confident",
+            )
+            seconds["mistakes_seconds"] = time.perf_counter() - started
+        except Exception as e:  # noqa: BLE001 - the run itself is finished and saved
+            _warn("mistakes not written", e)
+            seconds["error"] = f"{type(e).__name__}: {e}"
+        record_event(
+            self.run.path,
+            "finish",
+            epoch=summary.get("epochs"),
+            kept_test_acc=summary.get("kept_test_acc"),
+            **seconds,
+        )
+        try:  # last, so that it shows the 'finish' event
+            write_report(self.run.path)
+        except Exception as e:  # noqa: BLE001
+            _warn("report.html not written", e)
+
+
+def _warn(what: str, error: BaseException) -> None:
+    print(f"resnetlab: warning: {what}: {type(error).__name__}: {error}", file=sys.stderr)

@@ -1,0 +1,144 @@
+"""One training step and what it updates: the optimizer (with its weight-decay groups), the textbook's
+initialisation, the moving average of the weights (--ema), and `EagerStep`, the step run op by op."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+from resnetlab.inference.evaluation import autocast
+from resnetlab.train.config import TrainConfig
+
+
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, *, foreach: bool = True
+) -> torch.optim.Optimizer:
+    """The config's optimizer. `foreach=True`: one multi-tensor update instead of a Python loop
+    over ~60 tensors (False only to measure what that saves)."""
+    # Weight decay on conv/linear weights only: decaying BN scales and biases only hurts.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, foreach=foreach)
+    return torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=foreach
+    )
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """ "xavier": the textbook's train_ch6 init (Xavier-uniform conv and linear weights)."""
+    if scheme == "xavier":
+        for m in model.modules():
+            if type(m) in (nn.Linear, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+
+
+def train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sums: torch.Tensor,
+    *,
+    optimizer_step: Callable[[], None],
+    label_smoothing: float,
+    amp: bool,
+    cache_casts: bool = True,
+) -> None:
+    """One training step on gradients set to None: forward under autocast, loss, backward, the
+    optimizer's update, and the batch's (loss sum, correct, count) added to `sums` on the device,
+    with no host read. The eager loop runs it op by op; on CUDA the same function is captured
+    whole in a graph (train/graphs.py) and replayed."""
+    with autocast(x.device, amp, cache_casts):
+        out = model(x)
+        loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+    loss.backward()
+    optimizer_step()
+    with torch.no_grad():
+        # torch.full fills on the device; torch.tensor(..., device=cuda) would copy from the host
+        # and make it wait for the device at every step.
+        n = torch.full((), float(len(y)), dtype=torch.float64, device=x.device)
+        sums += torch.stack([loss.detach().double() * n, (out.argmax(1) == y).sum().double(), n])
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights and buffers, batch-norm running
+    statistics included (as timm's ModelEmaV2): after each optimizer step, avg += (1 - decay) *
+    (w - avg). `model` is the averaged copy, in eval mode: what the run evaluates and saves.
+
+    The float tensors are updated by torch's own EMA function (swa_utils.get_ema_multi_avg_fn, one
+    foreach lerp); integer buffers (batch norm's step counters) are copied. Not swa_utils.AveragedModel
+    itself: its update reads a counter back to the host every step, which a GPU would wait for and
+    a CUDA graph cannot capture."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self._lerp = get_ema_multi_avg_fn(decay)
+        pairs = list(
+            zip(
+                [*self.model.parameters(), *self.model.buffers()],
+                [*model.parameters(), *model.buffers()],
+            )
+        )
+        self._floats = (
+            [a for a, _ in pairs if a.is_floating_point()],
+            [m for a, m in pairs if a.is_floating_point()],
+        )
+        self._others = [(a, m) for a, m in pairs if not a.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self._lerp(*self._floats, None)
+        for averaged, current in self._others:
+            averaged.copy_(current)
+
+
+class EagerStep:
+    """`train_step` run op by op with the optimizer's own update: the CPU's path, DDP's, and
+    wherever no graph is captured. `sums` holds the epoch's running (loss sum, correct, count);
+    `average`, when given, is updated after every optimizer step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        *,
+        amp: bool,
+        label_smoothing: float = 0.0,
+        average: WeightAverage | None = None,
+    ) -> None:
+        self.model, self.optimizer, self.device = model, optimizer, device
+        self.amp, self.label_smoothing, self.average = amp, label_smoothing, average
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+
+    def start_epoch(self, partial: list[float]) -> None:
+        self.sums = torch.tensor(partial, dtype=torch.float64, device=self.device)
+
+    def _update(self) -> None:
+        self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        train_step(
+            self.model,
+            x,
+            y,
+            self.sums,
+            optimizer_step=self._update,
+            label_smoothing=self.label_smoothing,
+            amp=self.amp,
+        )
