@@ -119,6 +119,18 @@ class RunReporter:
             )
             seconds["error"] = f"{type(e).__name__}: {e}"
         self._close_tb()
+        try:  # the report's Grad-CAM row (needs Captum: the [explain] extra; else the report says so)
+            started = time.perf_counter()
+            from resnetlab.explain_run import write_mistakes_cam
+
+            kept = self.run.path / summary.get("kept_weights", "model.safetensors")
+            if write_mistakes_cam(self.run.path, kept, mistakes.items, test_set.images):
+                seconds["gradcam_seconds"] = time.perf_counter() - started
+        except Exception as e:  # noqa: BLE001 - the run itself is finished and saved
+            print(
+                f"resnetlab: warning: Grad-CAM row not drawn: {type(e).__name__}: {e}",
+                file=sys.stderr,
+            )
         record_event(
             self.run.path,
             "finish",
