@@ -131,3 +131,17 @@ def test_grad_cam_runs_on_the_trained_weights_in_python(tiny_run):
     x = preprocess(list(load_dataset("fashion-mnist", train=False).images[:4]), meta)
     cam = grad_cam(model, x)
     assert cam.shape == (4, 28, 28) and torch.all((cam >= 0) & (cam <= 1))
+
+
+def test_explain_hostile_input_is_one_line(tiny_run, images, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not an image")
+    for args, code, message in [
+        ([str(tmp_path / "nothing"), images[0]], 1, "does not exist"),
+        ([str(tiny_run), str(tmp_path / "missing.png")], 2, "does not exist"),
+        ([str(tiny_run), str(tmp_path / "notes.txt")], 2, "cannot read image"),
+        ([str(tiny_run), images[0], "--device", "tpu"], 2, "unknown device 'tpu'"),
+        ([str(tiny_run), images[0], "--out", str(tmp_path)], 1, "cannot write"),
+    ]:
+        assert cli.main(["explain", *args]) == code, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (args, err)
