@@ -433,6 +433,13 @@ def _cmd_report(args) -> int:
     load_run(args.run)  # not a run folder: one line, exit 2
     if ensure_analysis(args.run, device=args.device):
         print(f"computed mistakes.csv and confusion.csv for {args.run}", file=sys.stderr)
+    if not os.path.exists(os.path.join(args.run, "mistakes_gradcam.png")):  # else: no torch import
+        from resnetlab.inference.explain import (
+            ensure_mistakes_cam,  # the Grad-CAM row, where Captum is
+        )
+
+        if ensure_mistakes_cam(args.run):
+            print(f"drew the mistakes' Grad-CAM row for {args.run}", file=sys.stderr)
     print(write_report(args.run, args.out))
     return 0
 
@@ -702,6 +709,55 @@ def _cmd_bench(args) -> int:
 
 
 COMMANDS.append(_add_bench)
+
+
+# --- explain (Grad-CAM, resnetlab.explain) -------------------------------------------------
+
+
+def _add_explain(sub) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="Grad-CAM: where in each image the net found its class, as one PNG grid",
+        description="Grad-CAM overlays (Captum's LayerGradCam) of the predicted class, or of "
+        "--class, for each image, at the last residual stage or --layer, drawn as one PNG grid "
+        "(default RUN/explain.png). Needs: pip install 'resnetlab[explain]'.",
+    )
+    p.add_argument("weights", metavar="RUN", help="a run folder or a .safetensors file")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any size or colour)")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class instead")
+    p.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="a module name such as layer3 or layer4.1.conv2 (default: the last residual stage)",
+    )
+    p.add_argument("--out", metavar="PNG", help="the PNG to write (default RUN/explain.png)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--json", action="store_true", help="print the predictions and the path as JSON")
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args) -> int:
+    from resnetlab.device import resolve_device
+    from resnetlab.inference.explain import explain_images
+
+    result = explain_images(
+        args.weights,
+        args.images,
+        class_name=args.class_name,
+        layer=args.layer,
+        out=args.out,
+        device=resolve_device(args.device),
+    )
+    if args.json:
+        _print_json(result)
+        return 0
+    for r in result["images"]:
+        print(f"{r['image']}: {r['predicted']} {r['prob']:.3f} (map of {r['explained']})")
+    print(f"Grad-CAM at {result['layer']}: {result['out']}")
+    return 0
+
+
+COMMANDS.append(_add_explain)
 
 
 def build_parser() -> argparse.ArgumentParser:

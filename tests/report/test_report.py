@@ -3,6 +3,7 @@ Chromium) without console errors, and the events of interrupted, resumed and fai
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -17,6 +18,9 @@ from resnetlab.report.html import SECTIONS, build_report, write_report
 from resnetlab.report.mistakes import read_mistakes_csv
 from resnetlab.report.runs import run_state
 from resnetlab.train.checkpoint import load_checkpoint
+
+# curves, confusion, mistakes, and the mistakes' Grad-CAM row where Captum is installed
+REPORT_IMAGES = 4 if importlib.util.find_spec("captum") else 3
 
 CHROMIUM = (
     shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -85,9 +89,7 @@ def test_report_holds_every_section_and_is_self_contained(finished_run):
     assert config["versions"]["torch"] in page and f"{summary['kept_test_acc']:.4f}" in page
     assert "Ankle boot" in page and "best.safetensors" in page
     # nothing to fetch: every image is a data URI, no scripts, no links, no remote URL anywhere
-    assert (
-        re.findall(r'src="([^"]{0,22})', page) == ["data:image/png;base64,"] * 3
-    )  # curves, confusion, mistakes
+    assert re.findall(r'src="([^"]{0,22})', page) == ["data:image/png;base64,"] * REPORT_IMAGES
     assert (
         "<script" not in page
         and "<link" not in page
@@ -125,7 +127,7 @@ def test_report_renders_in_headless_chromium(finished_run, tmp_path):
         "--virtual-time-budget=5000",
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert decoded_images(r.stdout) == (3, 3)
+    assert decoded_images(r.stdout) == (REPORT_IMAGES, REPORT_IMAGES)
     for sid in SECTIONS:
         assert re.search(rf'<section id="{sid}">\s*<h2>', r.stdout), (
             f"section {sid} is not in the rendered page"
@@ -148,7 +150,7 @@ def test_the_browser_check_catches_a_broken_page(finished_run, tmp_path):
         "--dump-dom",
         "--virtual-time-budget=5000",
     )
-    assert decoded_images(r.stdout) == (2, 4)
+    assert decoded_images(r.stdout) == (REPORT_IMAGES - 1, REPORT_IMAGES + 1)
     assert any("example.com" in line for line in console_messages(r.stderr))
 
 

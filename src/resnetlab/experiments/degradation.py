@@ -385,7 +385,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-# --- figures (matplotlib is an optional extra; callers check have_matplotlib first; train.report
+# --- figures (matplotlib is an optional extra; callers check have_matplotlib first; report.plots
 # draws on bare Figures and writes PNGs atomically) ---------------------------------------------
 
 

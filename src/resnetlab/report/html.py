@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import importlib.util
 import json
 from pathlib import Path
 
@@ -325,6 +326,7 @@ def _mistakes_section(run: dict) -> str:
         if (folder / "mistakes.png").exists()
         else _missing("mistakes.png is missing (matplotlib is not installed)")
     ]
+    parts.append(_gradcam_row(folder))
     rows = [
         [str(r["index"]), esc(r["true"]), esc(r["predicted"]), f"{r['probability']:.3f}"]
         for r in items
@@ -336,6 +338,24 @@ def _mistakes_section(run: dict) -> str:
     )
     return _section(
         "mistakes", "Most confident mistakes (kept weights, test set)", "\n".join(parts)
+    )
+
+
+def _gradcam_row(folder: Path) -> str:
+    """mistakes_gradcam.png (resnetlab.inference.explain) or a sentence saying why it is not there."""
+    path = folder / "mistakes_gradcam.png"
+    if path.exists():
+        return (
+            "<p>Grad-CAM of the predicted (wrong) class: where in each image the net found it "
+            "(red: most evidence).</p>" + img_tag(path, "Grad-CAM of the most confident mistakes")
+        )
+    if importlib.util.find_spec("captum") is None:
+        return _missing(
+            "No Grad-CAM row: Captum is not installed (pip install 'resnetlab[explain]', "
+            "then `resnetlab report RUN` draws it)"
+        )
+    return _missing(
+        "mistakes_gradcam.png is missing: the run predates it; `resnetlab report RUN` draws it"
     )
 
 

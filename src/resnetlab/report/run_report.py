@@ -23,8 +23,13 @@ class RunReport(Observer):
     """`run` is the run folder (its `path`, `file(name)` and `enabled`); `state` where the run
     starts (a 'resume' event when past its beginning); `title` heads the curves."""
 
-    def __init__(self, run, state, *, title: str, mistakes: int = MISTAKES_K) -> None:
+    def __init__(
+        self, run, state, *, title: str, mistakes: int = MISTAKES_K, mistakes_figure=None
+    ) -> None:
         self.run, self.state, self.title, self.mistakes = run, state, title, mistakes
+        # mistakes_figure(folder, kept_weights, items, images): one more figure of the mistakes,
+        # drawn with the model (the Grad-CAM row, inference/explain.py); the trainer hands it in
+        self.mistakes_figure = mistakes_figure
         self.enabled = run.enabled
         if self.enabled:
             resumed = state.epoch > 0 or state.step_in_epoch > 0
@@ -93,6 +98,15 @@ class RunReport(Observer):
         except Exception as e:  # noqa: BLE001 - the run itself is finished and saved
             _warn("mistakes not written", e)
             seconds["error"] = f"{type(e).__name__}: {e}"
+            mistakes = None
+        if mistakes is not None and self.mistakes_figure is not None:
+            try:  # needs Captum (the [explain] extra); without it the report says so
+                started = time.perf_counter()
+                kept_path = self.run.file(kept)
+                if self.mistakes_figure(self.run.path, kept_path, mistakes.items, test_set.images):
+                    seconds["gradcam_seconds"] = time.perf_counter() - started
+            except Exception as e:  # noqa: BLE001
+                _warn("Grad-CAM row not drawn", e)
         record_event(
             self.run.path,
             "finish",

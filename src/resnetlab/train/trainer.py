@@ -17,6 +17,7 @@ import torch
 
 from resnetlab.distributed.group import init_from_env, session, shared
 from resnetlab.errors import Interrupted, TrainingError, UsageError, WriteError
+from resnetlab.inference.explain import write_mistakes_cam
 from resnetlab.report.console import Console
 from resnetlab.report.observer import Observer
 from resnetlab.report.plots import preload_matplotlib
@@ -111,7 +112,9 @@ def _train(parts: Parts, run: RunDir, console: Console, *, started: float) -> di
         if cfg.tensorboard
         else []
     )
-    report = RunReport(run, parts.state, title=f"{cfg.model} on {cfg.data}")
+    report = RunReport(
+        run, parts.state, title=f"{cfg.model} on {cfg.data}", mistakes_figure=write_mistakes_cam
+    )
     # the report writes the PNGs that TensorBoard then shows: it comes first
     observers = [console, saver, report, *tensorboard]
     _start(parts, run, console)
