@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -92,8 +93,11 @@ def train(
     overwrite: bool = False,
     json_output: bool = False,
     verbose: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Train as `cfg` says (or continue the run in `resume`); returns the summary dict."""
+    """Train as `cfg` says (or continue the run in `resume`); returns the summary dict.
+    `on_epoch`, if given, gets each epoch's metrics row once it is saved; what it raises stops the
+    run there (a sweep prunes a trial this way)."""
     started = time.perf_counter()
     cfg, checkpoint = _configuration(cfg, resume)
     dist = init_from_env(cfg.device)
@@ -111,7 +115,7 @@ def train(
             )
         )
         try:
-            return _train(parts, run, display, started=started)
+            return _train(parts, run, display, started=started, on_epoch=on_epoch)
         except (
             WriteError
         ) as e:  # no space, a read-only or removed folder: the files already there are intact
@@ -144,11 +148,12 @@ def _configuration(cfg: TrainConfig | None, resume) -> tuple[TrainConfig, dict |
     return saved, checkpoint
 
 
-def _train(parts: Parts, run: RunDir, display: Display, *, started: float) -> dict:
+def _train(parts: Parts, run: RunDir, display: Display, *, started: float, on_epoch=None) -> dict:
     """The parts, the loop and the run folder, wired."""
     recorder = RunRecorder(
         parts, run, display
     )  # before any file: a missing tensorboard extra stops it here
+    recorder.on_epoch = on_epoch
     _start(parts, run, display)
     try:
         fit(
@@ -211,6 +216,7 @@ class RunRecorder:
 
     def __init__(self, parts: Parts, run: RunDir, display: Display) -> None:
         self.parts, self.run, self.display = parts, run, display
+        self.on_epoch: Callable[[dict], None] | None = None  # train()'s on_epoch
         self.epoch_started = time.perf_counter()
         self.test_results: dict[
             int, dict
@@ -261,6 +267,8 @@ class RunRecorder:
                 dict(self.parts.meta, epoch=row["epoch"]),
             )
         self.run.save_checkpoint(self.parts.checkpoint(state))
+        if self.on_epoch is not None:
+            self.on_epoch(dict(row))
         self.epoch_started = time.perf_counter()
 
     def on_interrupt(self, state: TrainState) -> None:
