@@ -9,8 +9,8 @@ def __getattr__(name):
         from resnetlab import models
 
         return getattr(models, name)
-    if name == "d2l":
+    if name in ("d2l", "sweep"):  # resnetlab.sweep(...) calls the package (see its docstring)
         import importlib
 
-        return importlib.import_module("resnetlab.d2l")
+        return importlib.import_module(f"resnetlab.{name}")
     raise AttributeError(f"module 'resnetlab' has no attribute {name!r}")
