@@ -10,10 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-from resnetlab.errors import UsageError
+from resnetlab.errors import UsageError, WriteError
 from resnetlab.fileio import write_json
 from resnetlab.sweep.space import parse_space
-from resnetlab.sweep.storage import STORAGE_ENV, default_storage_url, parse_storage
+from resnetlab.sweep.storage import (
+    STORAGE_ENV,
+    default_storage_url,
+    parse_storage,
+    require_optuna,
+)
 from resnetlab.sweep.study import (
     OBJECTIVES,
     PRUNERS,
@@ -63,19 +68,25 @@ def run_sweep(
     """The sweep end to end; returns (the Optuna study, what `resnetlab sweep` prints)."""
     from resnetlab.sweep.outputs import write_outputs
 
-    plan, shown = make_plan(
+    plan, shown, claim = make_plan(
         space, trials, out=out, preset=preset, config=config, sampler=sampler, pruner=pruner,
         objective=objective, storage=storage, study=study, jobs=jobs, budget=budget,
         heartbeat=heartbeat, verbose=verbose, fixed=fixed,
     )  # fmt: skip
     _scrub_argv(plan)  # trial folders record sys.argv (events.jsonl): never the password
+    try:
+        Path(plan.out).mkdir(parents=True, exist_ok=True)  # the default SQLite file goes there
+    except OSError as e:
+        raise WriteError.of(e, plan.out) from None
     the_study = open_study(plan)  # the study made (or checked) once, before any worker
+    if claim is not None:
+        write_json(Path(plan.out) / SWEEP_FILE, claim)
     done = count_trials(the_study)[0]
     if jobs == 1 and plan.storage_url == default_storage_url(plan.out):
         plan.seed = int(plan.base["seed"]) + done  # a fresh sweep here samples reproducibly
     if verbose:
         print(
-            f"sweep {plan.study!r}: {plan.trials} trials ({done} done) of "
+            f"sweep {plan.study!r}: {plan.trials} trials ({done} already in the study) of "
             f"{', '.join(plan.specs)}; {plan.sampler} sampler, {plan.pruner} pruner, "
             f"{jobs} at a time; folder {plan.out}; storage {shown}",
             flush=True,
@@ -89,6 +100,7 @@ def run_sweep(
 
 def make_plan(space, trials, *, out, preset, config, fixed, storage, study, **opts):
     """The checked plan and the storage as shown; every mistake is one UsageError line."""
+    require_optuna()
     specs = parse_space(space)
     _check_options(opts, trials)
     both = sorted(set(specs) & {k for k, v in fixed.items() if v is not None})
@@ -117,8 +129,7 @@ def make_plan(space, trials, *, out, preset, config, fixed, storage, study, **op
         heartbeat=opts["heartbeat"],
         verbose=opts["verbose"],
     )
-    claim_folder(out, plan, shown)
-    return plan, shown
+    return plan, shown, claim_folder(out, plan, shown)
 
 
 def _check_options(opts: dict, trials) -> None:
@@ -152,8 +163,9 @@ def _base_config(preset, config, fixed: dict):
     return cfg
 
 
-def claim_folder(out: Path, plan: Plan, shown: str) -> None:
-    """SWEEP/sweep.json names the study the folder belongs to; another study is refused."""
+def claim_folder(out: Path, plan: Plan, shown: str) -> dict | None:
+    """SWEEP/sweep.json names the study the folder belongs to; another study is refused. Returns
+    the record to write once the study is open (None: the folder has it already)."""
     if (out / "config.json").is_file():
         raise UsageError(f"--out {out} holds a training run, not a sweep; give another --out")
     record = {"study": plan.study, "storage": shown, "objective": plan.objective}
@@ -164,8 +176,7 @@ def claim_folder(out: Path, plan: Plan, shown: str) -> None:
             f"{old.get('storage')}; continue it with --study {old.get('study')} and that "
             "--storage, or give another --out"
         )
-    if old is None:
-        write_json(out / SWEEP_FILE, dict(record, space=plan.specs))
+    return None if old is not None else dict(record, space=plan.specs)
 
 
 def _read(path: Path) -> dict | None:

@@ -160,7 +160,7 @@ def _range(spec: str, name: str, kind: str, kinds: tuple, args: str) -> Param:
             if float in kinds
             else "choice:A,B"
         )
-        raise UsageError(f"--space {spec!r}: {name} is a {have} setting; write {name}={hint}")
+        raise UsageError(f"--space {spec!r}: {name} takes {have} values; write {name}={hint}")
     if len(parts) not in ((2, 3) if kind == "int" else (2,)):
         raise UsageError(f"--space {spec!r} is malformed; write {name}={FORMS}")
     try:

@@ -65,6 +65,8 @@ def parse_storage(url: str) -> Storage:
         raise UsageError(
             f"--storage: {backend} databases are not supported; write {URL_FORMS}"
         ) from None
+    if u.drivername == "postgresql":  # SQLAlchemy 2.1's default driver is psycopg 3: use ours
+        url = u.set(drivername=f"postgresql+{_postgres_driver()}").render_as_string(False)
     secrets = []
     for pw in [u.password, u.query.get("password")]:
         if isinstance(pw, str) and pw:
@@ -73,6 +75,25 @@ def parse_storage(url: str) -> Storage:
     for secret in secrets:  # a password in the query string too
         shown = shown.replace(secret, "***")
     return Storage(url, shown, backend, u.host, u.port, u.database, u.username, tuple(secrets))
+
+
+def _postgres_driver() -> str:
+    from importlib.util import find_spec
+
+    for driver in ("psycopg2", "psycopg"):
+        if find_spec(driver) is not None:
+            return driver
+    raise UsageError(
+        "--storage postgresql:// needs a PostgreSQL driver here: pip install 'resnetlab[sweep]' "
+        "(psycopg2-binary)"
+    )
+
+
+def require_optuna() -> None:
+    from importlib.util import find_spec
+
+    if find_spec("optuna") is None or find_spec("sqlalchemy") is None:
+        raise UsageError("resnetlab sweep needs Optuna: pip install 'resnetlab[sweep]'")
 
 
 def _retry_callback():
