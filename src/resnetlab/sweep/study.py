@@ -59,7 +59,7 @@ class Plan:
     def setup(self) -> dict:
         """What every worker of one study must agree on (kept in the study's user attributes)."""
         base = {k: v for k, v in self.base.items() if k not in LOCAL_SETTINGS}
-        return json.loads(json.dumps({"space": self.specs, "base": base, "trials": self.trials}))
+        return json.loads(json.dumps({"space": self.specs, "base": base}))
 
 
 def trial_folder(out: str | Path, number: int) -> Path:
@@ -219,7 +219,7 @@ def open_study(plan: Plan, *, check: bool = True):
 
 
 def _differs(name: str, where: str, have: dict, want: dict) -> str:
-    keys = [k for k in ("space", "trials") if have.get(k) != want.get(k)]
+    keys = ["space"] if have.get("space") != want.get("space") else []
     old, new = have.get("base", {}), want.get("base", {})
     keys += sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     shown = ", ".join(
@@ -228,7 +228,7 @@ def _differs(name: str, where: str, have: dict, want: dict) -> str:
     )
     return (
         f"study {name!r} in {where} was started with other settings: {shown}; give the same "
-        "--space, --trials and train settings to continue or join it, or another --study"
+        "--space and train settings to continue or join it, or another --study"
     )
 
 
