@@ -16,7 +16,7 @@ from pathlib import Path
 from resnetlab.errors import first_line
 from resnetlab.fileio import write_bytes, write_csv, write_json, write_text
 from resnetlab.report.html import CSP, STYLE, esc, fmt, img_tag, table
-from resnetlab.sweep.study import PRUNED_FILE, Plan, trial_config, trial_folder
+from resnetlab.sweep.study import PRUNED_FILE, Plan, state_name, trial_config, trial_folder
 
 PLOTS = (
     ("history", "optimisation history", "plot_optimization_history"),
@@ -41,7 +41,7 @@ def trial_rows(study, plan: Plan) -> list[dict]:
         rows.append(
             {
                 "trial": t.number,
-                "state": t.state.name.lower(),
+                "state": state_name(t),
                 **{name: t.params.get(name) for name in plan.space()},
                 "epochs": epochs,
                 plan.objective: value,
@@ -49,16 +49,15 @@ def trial_rows(study, plan: Plan) -> list[dict]:
                 "retry_of": Retry.retried_trial_number(t),
                 "host": t.user_attrs.get("host"),
                 "run": t.user_attrs.get("run"),
+                "error": t.user_attrs.get("error"),
             }
         )
     return rows
 
 
 def columns(plan: Plan) -> list[str]:
-    return ["trial", "state", *plan.space(), "epochs", plan.objective, "seconds", "retry_of"] + [
-        "host",
-        "run",
-    ]
+    head = ["trial", "state", *plan.space(), "epochs", plan.objective, "seconds", "retry_of"]
+    return [*head, "host", "run", "error"]
 
 
 def best_trial(study):
@@ -206,7 +205,7 @@ def _best_section(best: dict | None) -> str:
 
 
 def _trials_section(rows: list[dict], plan: Plan) -> str:
-    header = columns(plan)[:-1]
+    header = [c for c in columns(plan) if c != "run"]
     out = Path(plan.out)
     body = []
     for r in rows:

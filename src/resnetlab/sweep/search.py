@@ -27,6 +27,7 @@ from resnetlab.sweep.study import (
     count_trials,
     open_study,
     run_workers,
+    storage_errors,
     work,
 )
 
@@ -66,8 +67,6 @@ def run_sweep(
     **fixed,
 ) -> tuple[object, dict]:
     """The sweep end to end; returns (the Optuna study, what `resnetlab sweep` prints)."""
-    from resnetlab.sweep.outputs import write_outputs
-
     plan, shown, claim = make_plan(
         space, trials, out=out, preset=preset, config=config, sampler=sampler, pruner=pruner,
         objective=objective, storage=storage, study=study, jobs=jobs, budget=budget,
@@ -78,13 +77,20 @@ def run_sweep(
         Path(plan.out).mkdir(parents=True, exist_ok=True)  # the default SQLite file goes there
     except OSError as e:
         raise WriteError.of(e, plan.out) from None
-    the_study = open_study(plan)  # the study made (or checked) once, before any worker
+    with storage_errors(plan):
+        the_study = open_study(plan)  # the study made (or checked) once, before any worker
+        return _run(the_study, plan, shown, claim, jobs)
+
+
+def _run(the_study, plan: Plan, shown: str, claim: dict | None, jobs: int):
+    from resnetlab.sweep.outputs import write_outputs
+
     if claim is not None:
         write_json(Path(plan.out) / SWEEP_FILE, claim)
     done = count_trials(the_study)[0]
     if jobs == 1 and plan.storage_url == default_storage_url(plan.out):
         plan.seed = int(plan.base["seed"]) + done  # a fresh sweep here samples reproducibly
-    if verbose:
+    if plan.verbose:
         print(
             f"sweep {plan.study!r}: {plan.trials} trials ({done} already in the study) of "
             f"{', '.join(plan.specs)}; {plan.sampler} sampler, {plan.pruner} pruner, "

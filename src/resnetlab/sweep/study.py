@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnetlab.errors import TrainingError, UsageError
+from resnetlab.errors import ResnetlabError, TrainingError, UsageError, first_line
 from resnetlab.fileio import write_json
 from resnetlab.sweep.space import Param, parse_space
 from resnetlab.sweep.storage import open_storage, parse_storage
@@ -83,7 +83,7 @@ def make_sampler(plan: Plan):
     if plan.sampler == "grid":
         grid = {name: p.grid() for name, p in plan.space().items()}
         return optuna.samplers.GridSampler(grid, seed=plan.seed)
-    return optuna.samplers.TPESampler(seed=plan.seed)
+    return optuna.samplers.TPESampler(seed=plan.seed, constant_liar=True)  # workers side by side
 
 
 def make_pruner(plan: Plan):
@@ -103,7 +103,7 @@ def quiet_optuna() -> None:
     """Optuna's own log lines and its 'experimental' warnings off: the sweep says what happens."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our line, not theirs
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
 
@@ -146,7 +146,11 @@ class Objective:
                 write_json(folder / PRUNED_FILE, record)
                 raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 
-        train(cfg, out=folder, overwrite=True, verbose=False, on_epoch=on_epoch)
+        try:
+            train(cfg, out=folder, overwrite=True, verbose=False, on_epoch=on_epoch)
+        except TrainingError as e:  # e.g. a learning rate so high that the loss is not finite
+            trial.set_user_attr("error", first_line(e))
+            raise
         return self.better(figures)
 
 
@@ -173,11 +177,19 @@ def describe_trial(trial, objective: str) -> str:
         if trial.datetime_complete and trial.datetime_start
         else float("nan")
     )
-    state = trial.state.name.lower()
+    state = state_name(trial)
+    if trial.user_attrs.get("error"):
+        return f"trial {trial.number} failed: {params}: {trial.user_attrs['error']}"
     value = trial.value if trial.value is not None else trial.intermediate_values.get(epochs)
     figure = f"{objective} {value:.4f}" if value is not None else "no figure"
     unit = "epoch" if epochs == 1 else "epochs"
     return f"trial {trial.number} {state}: {params}: {figure} ({epochs} {unit}, {seconds:.0f} s)"
+
+
+def state_name(trial) -> str:
+    """complete, pruned, failed, running or waiting."""
+    name = trial.state.name.lower()
+    return "failed" if name == "fail" else name
 
 
 def _short(value) -> str:
@@ -258,6 +270,27 @@ def work(plan: Plan, worker: int = 0, threads: int | None = None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+    with storage_errors(plan):
+        _work(plan, worker)
+
+
+@contextlib.contextmanager
+def storage_errors(plan: Plan):
+    """The database lost in the middle of a sweep: one line (no password), and how to go on."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except SQLAlchemyError as e:
+        storage = parse_storage(plan.storage_url)
+        cause = storage.scrub(first_line(getattr(e, "orig", None) or e, 160))
+        raise ResnetlabError(
+            f"lost {storage.where()}: {cause}; once it is back, run the same command again to "
+            "continue the sweep (the trial that was running is failed and retried)"
+        ) from None
+
+
+def _work(plan: Plan, worker: int) -> None:
     study = open_study(plan, check=False)
     objective = Objective(plan)
     say = _printer(plan, worker)
@@ -304,8 +337,6 @@ def worker_main(plan: Plan, worker: int, threads: int, errors) -> None:
     """A --jobs process: its cores' share of threads, then `work`; a failure goes back to the
     parent as (worker, exit status, one line)."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    from resnetlab.errors import ResnetlabError
-
     try:
         work(plan, worker, threads)
     except ResnetlabError as e:
@@ -318,8 +349,6 @@ def worker_main(plan: Plan, worker: int, threads: int, errors) -> None:
 def run_workers(plan: Plan, jobs: int) -> None:
     """`jobs` processes side by side on this machine, each with cores // jobs threads."""
     import multiprocessing as mp
-
-    from resnetlab.errors import ResnetlabError
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = max(1, (cores or 1) // jobs)
