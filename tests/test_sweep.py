@@ -185,3 +185,23 @@ def test_jobs_split_the_trials_on_sqlite(tmp_path, capfd):
             ran[trial] = worker
     assert sorted(ran) == [0, 1, 2, 3] and set(ran.values()) == {"1", "2"}, text
     assert trial_numbers(out) == {0, 1, 2, 3} and "4 complete trials" in text
+
+
+def test_folder_of_another_study_is_refused(tmp_path, capsys):
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"study": "a", "storage": "sqlite:///x.db"}))
+    code = main(["sweep", "--space", "lr=log:0.1:1", "--study", "b", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "belongs to the sweep of study 'a'" in err and "--study a" in err
+
+
+def test_budget_spent_starts_no_trial(tmp_path, capsys):
+    out = tmp_path / "sw"
+    args = ["sweep", "--space", "lr=log:0.1:1", "--budget", "1e-9", "--out", str(out), "--json"]
+    assert main([*args, *tiny_flags()]) == 0
+    outcome = json.loads(capsys.readouterr().out)
+    assert outcome["trials"] == {} and outcome["best"] is None
+    assert (out / "trials.csv").read_text().startswith("trial,state,lr,")
+    assert (out / "report.html").is_file() and not (out / "best.json").exists()
