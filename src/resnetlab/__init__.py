@@ -4,13 +4,14 @@ import importlib
 
 from resnetlab.version import __version__
 
-__all__ = ["__version__", "create_model", "list_models", "d2l"]
+__all__ = ["__version__", "create_model", "list_models", "d2l", "sweep"]
 
 # Imported on first use, so that `import resnetlab` stays cheap (no torch).
 _WHERE = {
     "create_model": "resnetlab.models",
     "list_models": "resnetlab.models",
     "d2l": None,  # the module itself
+    "sweep": None,  # a callable package: resnetlab.sweep(...) (see its docstring)
 }
 
 

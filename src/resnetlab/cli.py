@@ -711,6 +711,99 @@ def _cmd_bench(args) -> int:
 COMMANDS.append(_add_bench)
 
 
+# --- sweep (resnetlab.sweep) ------------------------------------------------------------------
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="search train settings on Optuna: trials, pruning, a shared study",
+        description="Search `train` settings (--space) over --trials trials on validation "
+        "figures, pruning poor trials after each epoch; the other flags are fixed for every "
+        "trial. The folder holds each trial's run folder, trials.csv, best.json (rerun it with "
+        "`resnetlab train --config best.json`) and report.html. The study lives in a SQLite file "
+        "there, or in --storage, which several machines share: each runs the same command with "
+        "the same --study. Running the command again continues the sweep. Needs: pip install "
+        "'resnetlab[sweep]'.",
+    )
+    p.add_argument(
+        "--space",
+        action="append",
+        required=True,
+        metavar="NAME=KIND:ARGS",
+        help="a searched setting: lr=log:0.02:1, warmup=float:0:0.3, epochs=int:2:8[:STEP], "
+        "model=choice:resnet20,resnet32 (repeat the flag for each)",
+    )
+    p.add_argument("--trials", type=int, help="trials in the study (default 20; grid: all)")
+    p.add_argument("--sampler", default="tpe", choices=("tpe", "random", "grid"))
+    p.add_argument("--pruner", default="median", choices=("median", "hyperband", "asha", "none"))
+    p.add_argument("--objective", default="val_acc", choices=("val_acc", "val_loss"))
+    p.add_argument("--budget", type=float, metavar="MIN", help="start no trial after MIN minutes")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="postgresql://USER:PASSWORD@HOST:PORT/DB to share the study between machines "
+        "(default: $RESNETLAB_SWEEP_STORAGE, else SWEEP/study.db, SQLite)",
+    )
+    p.add_argument("--study", default="sweep", help="the study's name (default: sweep)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="trials side by side here (cores / N threads each)"
+    )
+    p.add_argument("--out", help="sweep folder (default: runs/sweep, runs/sweep-STUDY)")
+    p.add_argument("--config", metavar="FILE", help="fixed settings from a run's config.json")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        metavar="S",
+        help="a trial silent for 2 x S seconds (its worker died) is failed and queued again",
+    )
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    _add_config_flags(p)
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args) -> int:
+    import dataclasses
+
+    from resnetlab.sweep.search import run_sweep
+    from resnetlab.train import TrainConfig
+
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
+    fixed = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    opts = ("trials", "sampler", "pruner", "objective", "budget", "storage", "study", "jobs")
+    _, outcome = run_sweep(
+        args.space,
+        out=args.out,
+        preset=args.preset,
+        config=args.config,
+        heartbeat=args.heartbeat,
+        verbose=not args.json,
+        **{k: getattr(args, k) for k in opts},
+        **fixed,
+    )
+    if args.json:
+        _print_json(outcome)
+        return 0
+    print(", ".join(f"{n} {s}" for s, n in sorted(outcome["trials"].items())) + " trials")
+    best = outcome["best"]
+    if best is None:
+        print("no trial completed: no best.json")
+    else:
+        s, test = best["sweep"], best["test"]
+        print(
+            f"best: trial {s['trial']}, {s['objective']} {s['value']:.4f}: "
+            + ", ".join(f"{k}={v}" for k, v in s["params"].items())
+        )
+        if test.get("kept_test_acc") is not None:
+            print(f"its kept weights, tested once at its end: test acc {test['kept_test_acc']:.4f}")
+    print(f"written: {', '.join(outcome['files'])}")
+    return 0
+
+
+COMMANDS.append(_add_sweep)
+
+
 # --- explain (Grad-CAM, resnetlab.explain) -------------------------------------------------
 
 

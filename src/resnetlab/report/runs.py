@@ -5,6 +5,9 @@ A run folder is a folder holding config.json. Its state:
     interrupted  no summary; the last event is an interrupt (Ctrl-C): `--resume` continues it
     failed       no summary; the last event is a failure (non-finite loss, out of memory, ...)
     unfinished   no summary and no such event: still running, or killed without a word
+    pruned       a sweep stopped it early on its validation figure (pruned.json, `resnetlab sweep`)
+
+A sweep's folder (`resnetlab sweep`) is listed through its trials, one level below.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from resnetlab.errors import UsageError
 from resnetlab.report.events import read_events
 
-STATES = ("finished", "interrupted", "failed", "unfinished")
+STATES = ("finished", "interrupted", "failed", "unfinished", "pruned")
 
 
 def is_run(folder: str | Path) -> bool:
@@ -36,6 +39,8 @@ def run_state(folder: str | Path, events: list[dict] | None = None) -> str:
     folder = Path(folder)
     if (folder / "summary.json").is_file():
         return "finished"
+    if (folder / "pruned.json").is_file():
+        return "pruned"
     events = read_events(folder) if events is None else events
     last = events[-1]["event"] if events else None
     if last == "interrupt":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -39,8 +40,11 @@ def train(
     overwrite: bool = False,
     json_output: bool = False,
     verbose: bool = True,
+    observers: Sequence[Observer] = (),
 ) -> dict:
-    """Train as `cfg` says (or continue the run in `resume`); returns the summary dict."""
+    """Train as `cfg` says (or continue the run in `resume`); returns the summary dict.
+    `observers` hear the loop too (report/observer.py), each after the epoch is saved; what one
+    raises stops the run there (a sweep prunes a trial this way)."""
     started = time.perf_counter()
     cfg, checkpoint = _configuration(cfg, resume)
     dist = init_from_env(cfg.device)
@@ -63,7 +67,7 @@ def train(
             )
         )
         try:
-            return _train(parts, run, console, started=started)
+            return _train(parts, run, console, list(observers), started=started)
         except (
             WriteError
         ) as e:  # no space, a read-only or removed folder: the files there are intact
@@ -102,7 +106,9 @@ def _configuration(cfg: TrainConfig | None, resume) -> tuple[TrainConfig, dict |
     return saved, checkpoint
 
 
-def _train(parts: Parts, run: RunDir, console: Console, *, started: float) -> dict:
+def _train(
+    parts: Parts, run: RunDir, console: Console, extra: list[Observer], *, started: float
+) -> dict:
     """The parts, the loop and the run folder, wired: one list of observers hears the loop."""
     cfg = parts.cfg
     saver = Saver(parts, run)
@@ -116,7 +122,7 @@ def _train(parts: Parts, run: RunDir, console: Console, *, started: float) -> di
         run, parts.state, title=f"{cfg.model} on {cfg.data}", mistakes_figure=write_mistakes_cam
     )
     # the report writes the PNGs that TensorBoard then shows: it comes first
-    observers = [console, saver, report, *tensorboard]
+    observers = [console, saver, *extra, report, *tensorboard]
     _start(parts, run, console)
     try:
         fit(

@@ -1,0 +1,251 @@
+"""What a sweep leaves in its folder besides the trials' run folders: trials.csv (one row a
+trial), best.json (a configuration `resnetlab train --config best.json` reruns) and report.html
+(self-contained: Optuna's matplotlib plots inline, the trials table, links to the runs' reports).
+
+Only validation figures choose and rank trials. The test figure shown is that of the best trial's
+kept weights alone, beside the search and never used by it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+from resnetlab.errors import first_line
+from resnetlab.fileio import write_bytes, write_csv, write_json, write_text
+from resnetlab.report.html import CSP, STYLE, esc, fmt, img_tag, table
+from resnetlab.sweep.study import PRUNED_FILE, Plan, state_name, trial_config, trial_folder
+
+PLOTS = (
+    ("history", "optimisation history", "plot_optimization_history"),
+    ("importances", "parameter importances (fANOVA)", "plot_param_importances"),
+    ("parallel", "parallel coordinates", "plot_parallel_coordinate"),
+)
+
+
+def trial_rows(study, plan: Plan) -> list[dict]:
+    """One row a trial: number, state, its settings, epochs run, validation figure, seconds."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        epochs = t.user_attrs.get("epochs", 0)
+        value = t.value if t.value is not None else t.intermediate_values.get(epochs)
+        seconds = (
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start
+            else None
+        )
+        rows.append(
+            {
+                "trial": t.number,
+                "state": state_name(t),
+                **{name: t.params.get(name) for name in plan.space()},
+                "epochs": epochs,
+                plan.objective: value,
+                "seconds": seconds,
+                "retry_of": Retry.retried_trial_number(t),
+                "host": t.user_attrs.get("host"),
+                "run": t.user_attrs.get("run"),
+                "error": t.user_attrs.get("error"),
+            }
+        )
+    return rows
+
+
+def columns(plan: Plan) -> list[str]:
+    head = ["trial", "state", *plan.space(), "epochs", plan.objective, "seconds", "retry_of"]
+    return [*head, "host", "run", "error"]
+
+
+def best_trial(study):
+    """The best completed trial, or None while there is none."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def best_record(study, plan: Plan) -> dict | None:
+    """best.json: the best trial's whole configuration and what the sweep knows of it."""
+    best = best_trial(study)
+    if best is None:
+        return None
+    folder = trial_folder(plan.out, best.number)
+    summary = _read_json(folder / "summary.json")
+    return {
+        "config": trial_config(plan.base, best.params).to_dict(),
+        "sweep": {
+            "study": plan.study,
+            "trial": best.number,
+            "objective": plan.objective,
+            "value": best.value,
+            "params": best.params,
+            "epochs": best.user_attrs.get("epochs"),
+            "run": str(folder) if folder.is_dir() else None,
+            "host": best.user_attrs.get("host"),
+        },
+        # the test set, evaluated once for the kept weights of this trial: reported apart
+        "test": {
+            k: summary.get(k)
+            for k in ("kept_weights", "kept_test_acc", "kept_test_loss", "tta")
+            if k in summary
+        },
+    }
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_plots(study, out: Path) -> dict[str, str]:
+    """Optuna's matplotlib plots as history.png, importances.png, parallel.png; returns {name:
+    why it is missing} for those that could not be drawn (too few trials)."""
+    import warnings
+
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as views
+
+    missing = {}
+    for name, _, function in PLOTS:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = getattr(views, function)(study)
+            fig = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            fig.set_size_inches(8, 4.5)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            write_bytes(out / f"{name}.png", buf.getvalue())
+        except Exception as e:  # noqa: BLE001 - e.g. importances need two completed trials
+            missing[name] = first_line(e)
+            (out / f"{name}.png").unlink(missing_ok=True)
+    return missing
+
+
+def write_report(study, plan: Plan, shown_storage: str, rows: list[dict], best: dict | None):
+    """report.html in the sweep folder."""
+    out = Path(plan.out)
+    missing = write_plots(study, out)
+    states = {}
+    for r in rows:
+        states[r["state"]] = states.get(r["state"], 0) + 1
+    cards = [
+        ("study", plan.study),
+        ("trials", ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"),
+        ("objective", f"{plan.objective} ({'max' if 'acc' in plan.objective else 'min'})"),
+    ]
+    body = [f"<h1>sweep {esc(plan.study)}</h1>"]
+    body.append(
+        f'<p class="sub">storage {esc(shown_storage)}; sampler {esc(plan.sampler)}, pruner '
+        f"{esc(plan.pruner)}; searched: {esc(', '.join(plan.specs))}</p>"
+    )
+    body.append(
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
+            for k, v in cards
+        )
+        + "</div>"
+    )
+    body.append(_best_section(best))
+    for name, title, _ in PLOTS:
+        png = out / f"{name}.png"
+        shown = (
+            img_tag(png, title) if png.is_file() else f'<p class="note">{esc(missing[name])}</p>'
+        )
+        body.append(f'<section id="{name}"><h2>{esc(title)}</h2>{shown}</section>')
+    body.append(_trials_section(rows, plan))
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f"<title>sweep {esc(plan.study)}</title><style>{STYLE}</style></head><body>"
+        + "".join(body)
+        + "</body></html>\n"
+    )
+    write_text(out / "report.html", page)
+    return out / "report.html"
+
+
+def _best_section(best: dict | None) -> str:
+    if best is None:
+        return '<section id="best"><h2>best trial</h2><p class="note">no completed trial yet</p></section>'
+    s, test = best["sweep"], best["test"]
+    link = (
+        f' (<a href="{esc(Path(s["run"]).name)}/report.html">its report</a>)'
+        if s["run"] and Path(s["run"], "report.html").is_file()
+        else ""
+    )
+    settings = table(["setting", "value"], [[esc(k), esc(fmt(v))] for k, v in s["params"].items()])
+    test_line = (
+        f"test acc of its kept weights ({esc(test.get('kept_weights'))}"
+        f"{', ' + esc(test['tta']) + ' TTA' if test.get('tta') else ''}): "
+        f"<b>{fmt(test.get('kept_test_acc'))}</b>, measured once, at its end; no trial was "
+        "chosen or pruned on it"
+        if test.get("kept_test_acc") is not None
+        else "its test figure is not in this folder (it ran on another machine)"
+    )
+    return (
+        f'<section id="best"><h2>best trial: {s["trial"]}{link}</h2>'
+        f"<p>{esc(s['objective'])} {fmt(s['value'])} after {s['epochs']} epochs; rerun it with "
+        f"<code>resnetlab train --config best.json</code></p>{settings}"
+        f"<p>{test_line}</p></section>"
+    )
+
+
+def _trials_section(rows: list[dict], plan: Plan) -> str:
+    header = [c for c in columns(plan) if c != "run"]
+    out = Path(plan.out)
+    body = []
+    for r in rows:
+        cells = [esc(_cell(r[c], c, plan.objective)) for c in header]
+        if r["run"] and (out / r["run"] / "report.html").is_file():
+            cells[0] = f'<a href="{esc(r["run"])}/report.html">{cells[0]}</a>'
+        body.append(cells)
+    numeric = {i for i, c in enumerate(header) if c in ("trial", "epochs", "seconds")}
+    return f'<section id="trials"><h2>trials</h2><div class="wide">{table(header, body, numeric)}</div></section>'
+
+
+def _cell(value, column: str, objective: str) -> str:
+    if isinstance(value, float) and column == "seconds":
+        return f"{value:.1f}"
+    if isinstance(value, float) and column != objective:
+        return f"{value:.4g}"
+    return fmt(value)
+
+
+def write_outputs(study, plan: Plan, shown_storage: str) -> dict:
+    """trials.csv, best.json and report.html; returns what the command prints."""
+    out = Path(plan.out)
+    rows = trial_rows(study, plan)
+    write_csv(out / "trials.csv", rows, columns(plan))
+    best = best_record(study, plan)
+    files = [str(out / "trials.csv")]
+    if best is not None:
+        write_json(out / "best.json", best)
+        files.append(str(out / "best.json"))
+    files.append(str(write_report(study, plan, shown_storage, rows, best)))
+    states: dict[str, int] = {}
+    for r in rows:
+        states[r["state"]] = states.get(r["state"], 0) + 1
+    pruned_here = sum(1 for r in rows if r["run"] and (out / r["run"] / PRUNED_FILE).is_file())
+    return {
+        "study": plan.study,
+        "storage": shown_storage,
+        "out": str(out),
+        "trials": states,
+        "pruned_here": pruned_here,
+        "best": best,
+        "files": files,
+    }

@@ -1,0 +1,207 @@
+"""`resnetlab sweep` (resnetlab.sweep): the space's parser, one-line errors, a real sweep on
+Fashion-MNIST (pruning, trials.csv, best.json, report.html, continuing it), and --jobs on SQLite.
+The shared-storage tests (PostgreSQL, SIGKILL) are in tests/test_sweep_postgres.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from conftest import needs_fashion_mnist
+from sweep_tools import TINY, tiny_flags, trial_numbers
+
+from resnetlab.cli import main
+from resnetlab.errors import UsageError
+from resnetlab.sweep.space import parse_space
+from resnetlab.sweep.storage import parse_storage
+
+pytest.importorskip("optuna", reason="needs the sweep extra: pip install 'resnetlab[sweep]'")
+
+
+def test_space_forms():
+    space = parse_space(
+        [
+            "lr=log:0.02:1",
+            "weight-decay=float:0:1e-3",
+            "epochs=int:2:8:2",
+            "model=choice:resnet20,resnet32",
+            "subset=choice:none,1000",
+            "flip=choice:true,false",
+        ]
+    )
+    assert list(space) == ["lr", "weight_decay", "epochs", "model", "subset", "flip"]
+    assert (space["lr"].kind, space["lr"].low, space["lr"].high) == ("log", 0.02, 1.0)
+    assert space["epochs"].grid() == [2, 4, 6, 8]
+    assert space["subset"].choices == (None, 1000)
+    assert space["flip"].choices == (True, False)
+    assert parse_space({"lr": "log:0.02:1"})["lr"].spec() == "lr=log:0.02:1.0"
+
+
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("foo=log:1:2", "foo is not a train setting"),
+        ("lr=log:0:1", "log: needs LOW > 0"),
+        ("lr=log:1", "is malformed"),
+        ("lr=float:2:1", "LOW < HIGH"),
+        ("lr=log:a:b", "takes numbers"),
+        ("lr=int:1:3", "lr takes float values"),
+        ("epochs=float:1:3", "epochs takes int values"),
+        ("lr", "is not name=kind:args"),
+        ("lr=uniform:0:1", "is not name=kind:args"),
+        ("model=choice:resnet20", "two or more values"),
+        ("optimizer=choice:sgd,adam", "optimizer 'adam' is unknown"),
+        ("epochs=choice:2,x", "--epochs takes int, not 'x'"),
+        ("val_split=int:1:3", "not searched"),
+        ("model_kwargs=choice:a,b", "cannot be searched"),
+    ],
+)
+def test_bad_space_is_one_line(spec, says, tmp_path, capsys):
+    assert main(["sweep", "--space", spec, "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("resnetlab: error: --space") and says in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_storage_password_is_hidden():
+    s = parse_storage("postgresql://bob:s3cr%40t@db.example:5433/optuna?sslmode=require")
+    assert s.shown == "postgresql://bob:***@db.example:5433/optuna?sslmode=require"
+    assert "s3cr" not in s.scrub("failed for s3cr@t and s3cr%40t") and "psycopg" in s.url
+    with pytest.raises(UsageError, match="not a database URL") as e:
+        parse_storage("postgresql://bob:hunter2@db:notaport/x")
+    assert "hunter2" not in str(e.value)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_database_is_one_line_without_password(tmp_path, capsys):
+    port = _closed_port()
+    url = f"postgresql://bob:pw-s3cret@127.0.0.1:{port}/sweeps"
+    code = main(["sweep", "--space", "lr=log:0.1:1", "--storage", url, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"'sweeps' on 127.0.0.1:{port} as user 'bob'" in err and "check that" in err
+    assert "pw-s3cret" not in err
+    assert not (tmp_path / "sweep.json").exists()  # the folder is not claimed for that study
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--val-split", "0"], "holds out none; give --val-split N"),
+        (["--epoch-test"], "never looks at the test set"),
+        (["--lr", "0.1"], "lr is both searched (--space) and fixed"),
+        (["--sampler", "grid"], "the grid sampler needs every value listed"),
+        (["--trials", "0"], "--trials must be positive"),
+    ],
+)
+def test_bad_options_are_one_line(flags, says, tmp_path, capsys):
+    code = main(["sweep", "--space", "lr=log:0.1:1", "--out", str(tmp_path / "s"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and says in err, err
+
+
+@needs_fashion_mnist
+def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys):
+    """Four trials from a grid of learning rates (three useful, four far too small), two epochs
+    each: the median pruner stops a poor one (the grid's order is seeded); then the folder's
+    files; then the same call with one trial more continues the study."""
+    import resnetlab
+
+    out = tmp_path / "sw"
+    rates = "0.3,0.2,0.15,1e-06,2e-06,3e-06,4e-06"
+    kwargs = dict(TINY, epochs=2, out=out, sampler="grid", verbose=False)
+    study = resnetlab.sweep({"lr": f"choice:{rates}"}, trials=4, **kwargs)
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 4 and "PRUNED" in states and "COMPLETE" in states, states
+    for t in study.trials:
+        folder = out / f"trial-{t.number:04d}"
+        assert (folder / "pruned.json").is_file() == (t.state.name == "PRUNED")
+        assert (folder / "summary.json").is_file() == (t.state.name == "COMPLETE")
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["state"] for r in rows] == [s.lower() for s in states]
+    assert {"lr", "epochs", "val_acc", "seconds"} <= set(rows[0])
+    for r in rows:
+        if r["state"] == "pruned":
+            record = json.loads((out / r["run"] / "pruned.json").read_text())
+            assert record["pruned_after_epoch"] == int(r["epochs"]) <= 2
+        else:
+            assert r["epochs"] == "2"
+    best = json.loads((out / "best.json").read_text())
+    assert (
+        best["sweep"]["value"] == study.best_value
+        and best["config"]["lr"] == study.best_params["lr"]
+    )
+    assert "kept_test_acc" in best["test"] and "test" not in json.dumps(rows)
+    from resnetlab.train import make_config
+    from resnetlab.train.config import read_config_file
+
+    assert make_config(base=read_config_file(out / "best.json")).to_dict() == best["config"]
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3 and "Content-Security-Policy" in page
+    assert f'href="trial-{study.best_trial.number:04d}/report.html"' in page
+    # `resnetlab runs` lists the trials (pruned ones as such); `compare` takes any of them
+    assert main(["runs", str(tmp_path), "--json"]) == 0
+    listed = {Path(r["run"]).name: r["state"] for r in json.loads(capsys.readouterr().out)}
+    assert sorted(listed.values()) == sorted(
+        s.lower().replace("complete", "finished") for s in states
+    )
+    pair = [str(out / "trial-0000"), str(out / "trial-0003"), "--out", str(tmp_path / "cmp")]
+    assert main(["compare", *pair, "--json"]) == 0
+    capsys.readouterr()
+    # the same sweep again, with one trial more: the study goes on from where it was
+    study = resnetlab.sweep({"lr": f"choice:{rates}"}, trials=5, **kwargs)
+    assert len(study.trials) == 5 and trial_numbers(out) == set(range(5))
+
+
+def test_jobs_split_the_trials_on_sqlite(tmp_path, capfd):
+    """--jobs 2: two processes on the folder's SQLite file share the trials, none run twice."""
+    out = tmp_path / "sw"
+    args = [
+        "sweep",
+        "--space",
+        "lr=log:0.05:0.5",
+        "--trials",
+        "4",
+        "--jobs",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, *tiny_flags(), "--pruner", "none"]) == 0
+    text = capfd.readouterr().out
+    ran = {}
+    for line in text.splitlines():
+        if line.startswith("[worker ") and " complete:" in line:
+            worker, trial = line.split("]")[0][8:], int(line.split()[3])
+            assert trial not in ran, f"trial {trial} ran twice"
+            ran[trial] = worker
+    assert sorted(ran) == [0, 1, 2, 3] and set(ran.values()) == {"1", "2"}, text
+    assert trial_numbers(out) == {0, 1, 2, 3} and "4 complete trials" in text
+
+
+def test_folder_of_another_study_is_refused(tmp_path, capsys):
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"study": "a", "storage": "sqlite:///x.db"}))
+    code = main(["sweep", "--space", "lr=log:0.1:1", "--study", "b", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "belongs to the sweep of study 'a'" in err and "--study a" in err
+
+
+def test_budget_spent_starts_no_trial(tmp_path, capsys):
+    out = tmp_path / "sw"
+    args = ["sweep", "--space", "lr=log:0.1:1", "--budget", "1e-9", "--out", str(out), "--json"]
+    assert main([*args, *tiny_flags()]) == 0
+    outcome = json.loads(capsys.readouterr().out)
+    assert outcome["trials"] == {} and outcome["best"] is None
+    assert (out / "trials.csv").read_text().startswith("trial,state,lr,")
+    assert (out / "report.html").is_file() and not (out / "best.json").exists()
