@@ -10,13 +10,14 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import needs_fashion_mnist
 from sweep_tools import TINY, tiny_flags, trial_numbers
 
 from resnetlab.cli import main
 from resnetlab.errors import UsageError
 from resnetlab.sweep.space import parse_space
 from resnetlab.sweep.storage import parse_storage
+
+needs_fashion_mnist = pytest.mark.needs_fashion_mnist
 
 pytest.importorskip("optuna", reason="needs the sweep extra: pip install 'resnetlab[sweep]'")
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import needs_fashion_mnist
 from sweep_tools import POSTGRES_ENV, load_study, start_worker, tiny_flags, trial_numbers
+
+needs_fashion_mnist = pytest.mark.needs_fashion_mnist
 
 pytest.importorskip("optuna", reason="needs the sweep extra: pip install 'resnetlab[sweep]'")
 pytestmark = [

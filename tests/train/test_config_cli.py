@@ -172,21 +172,21 @@ def test_resume_takes_no_other_settings(capsys, captured):
 
 def test_nproc_hands_every_given_flag_to_torchrun():
     parser = cli.build_parser()
-    args = parser.parse_args(
-        [
-            "train",
-            "--nproc",
-            "2",
-            "--model-kwargs",
-            '{"width": 8}',
-            "--no-amp",
-            "--weight-decay",
-            "0.001",
-            "--preset",
-            "best",
-        ]
-    )
-    argv = cli._flags_again(args.train_parser, args, skip=("nproc",))
+    given = [
+        "--nproc=2",
+        "--model-kwargs",
+        '{"width": 8}',
+        "--no-amp",
+        "--weight-decay",
+        "0.001",
+        "--np",  # an abbreviation argparse accepts
+        "2",
+        "--preset",
+        "best",
+    ]
+    parser.parse_args(["train", *given])
+    argv = cli._without_nproc(given)
+    assert not any(a.startswith("--np") for a in argv) and "2" not in argv
     again = parser.parse_args(["train", *argv])
     assert (again.model_kwargs, again.amp, again.weight_decay, again.preset) == (
         {"width": 8},
