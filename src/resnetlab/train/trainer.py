@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.distributed.group import init_from_env, session, shared
-from resnetlab.errors import Interrupted, TrainingError, UsageError, WriteError
+from resnetlab.errors import Interrupted, TrainingError, UsageError, WriteError, plural
 from resnetlab.report.console import Console
 from resnetlab.report.observer import Observer
 from resnetlab.report.plots import preload_matplotlib
@@ -166,7 +166,8 @@ def _start(parts: Parts, run: RunDir, console: Console) -> None:
         console.say(
             f"training {cfg.model} on {cfg.data} ({len(parts.splits.train)} examples, "
             f"{len(parts.splits.test)} test) on {parts.device}{' with bf16' if parts.amp else ''}, "
-            f"{parts.dist.world_size} process(es); run folder {run.path}"
+            f"{parts.dist.world_size} {plural(parts.dist.world_size, 'process', 'processes')}; "
+            f"run folder {run.path}"
         )
 
 
