@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from resnetlab.errors import ResnetlabError, UsageError
+from resnetlab.errors import Interrupted, ResnetlabError, UsageError
 from resnetlab.version import __version__
 
 
@@ -717,6 +717,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say_line(text: str) -> None:
+    """One line on stderr, written whole: processes sharing the stream (--nproc) do not run
+    their lines together."""
+    sys.stderr.write(" ".join(text.splitlines()) + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -724,10 +731,11 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # as typed: `train --nproc` hands these on to torchrun
     try:
         return int(args.func(args) or 0)
+    except Interrupted as e:  # a stop the user asked for, not an error
+        _say_line(f"resnetlab: {e}")
+        return e.exit_code
     except ResnetlabError as e:
-        print(
-            f"resnetlab: error: {' '.join(str(e).splitlines())}", file=sys.stderr
-        )  # one line, always
+        _say_line(f"resnetlab: error: {e}")
         return e.exit_code
     except KeyboardInterrupt:
         print("resnetlab: interrupted", file=sys.stderr)

@@ -24,7 +24,7 @@ from resnetlab.report.run_report import RunReport
 from resnetlab.report.tensorboard import TensorBoard
 from resnetlab.train.checkpoint import check_resume_world_size, load_checkpoint, make_checkpoint
 from resnetlab.train.config import TrainConfig
-from resnetlab.train.engine import Schedule, TrainState, fit
+from resnetlab.train.engine import Schedule, TrainState, fit, position
 from resnetlab.train.run import RunDir, default_run_path
 from resnetlab.train.setup import Parts, build
 from resnetlab.weights import load_weights
@@ -128,9 +128,9 @@ def _train(parts: Parts, run: RunDir, console: Console, *, started: float) -> di
         )
         summary = finish(parts, run, saver, started=started)
     except Interrupted as e:
+        # said once, by the CLI (not as an error): where it stopped, that it is saved, how to go on
         resume = resume_command(parts, run)
-        console.say(f"checkpoint saved; resume with: {resume}")
-        raise shared(Interrupted(f"{e}; checkpoint saved; resume with: {resume}")) from None
+        raise shared(Interrupted(f"{e}: checkpoint saved; resume with: {resume}")) from None
     except torch.cuda.OutOfMemoryError:
         error = TrainingError(
             f"CUDA ran out of memory at batch {cfg.batch_size}; try a smaller --batch-size"
@@ -161,7 +161,7 @@ def _start(parts: Parts, run: RunDir, console: Console) -> None:
     if parts.dist.is_main:
         preload_matplotlib()
     if _resumed(state):
-        console.say(f"resuming {run.path} after epoch {state.epoch}, step {state.step_in_epoch}")
+        console.say(f"resuming {run.path}, stopped {position(state)}")
     else:
         console.say(
             f"training {cfg.model} on {cfg.data} ({len(parts.splits.train)} examples, "
