@@ -207,10 +207,15 @@ def _cmd_train(args) -> int:
     from resnetlab.train.config import read_config_file
     from resnetlab.train.trainer import refuse_with_resume
 
-    if args.nproc is not None and args.nproc != 1:
-        return launch_local(args.nproc, _without_nproc(args.argv[1:]))
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    if args.nproc is not None and args.nproc != 1:
+        # what can be refused before torchrun starts: the resolved settings' batch size
+        batch = None
+        if not args.resume:
+            base = read_config_file(args.config) if args.config else None
+            batch = make_config(args.preset, base=base, **overrides).batch_size
+        return launch_local(args.nproc, _without_nproc(args.argv[1:]), batch_size=batch)
     if overrides.get("tensorboard"):  # the missing extra is one line before anything starts
         from resnetlab.report.tensorboard import require_tensorboard
 
