@@ -114,7 +114,8 @@ def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model (default: the quick preset on Fashion-MNIST)",
-        description="Train a model. A preset (or --config) fills every setting; flags override it.",
+        description="Train a model. A preset (or --config) fills every setting; flags override it. "
+        "--show-config prints the resolved settings without training.",
     )
     _add_config_flags(p)
     p.add_argument(
@@ -132,6 +133,12 @@ def _add_train(sub) -> None:
         "--json",
         action="store_true",
         help="print the summary as JSON on stdout (progress goes to stderr)",
+    )
+    p.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the resolved configuration (the preset or --config, with the flags given) "
+        "as JSON and exit without training, e.g. `resnetlab train --preset quick --show-config`",
     )
     p.add_argument(
         "--nproc",
@@ -209,6 +216,14 @@ def _cmd_train(args) -> int:
 
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    if args.show_config:
+        if args.resume:
+            raise UsageError(
+                "--show-config shows a new run's settings; a run's own are in RUN/config.json"
+            )
+        base = read_config_file(args.config) if args.config else None
+        _print_json(make_config(args.preset, base=base, **overrides).to_dict())
+        return 0
     if args.nproc is not None and args.nproc != 1:
         # what can be refused before torchrun starts: the resolved settings' batch size
         batch = None
@@ -249,10 +264,18 @@ COMMANDS.append(_add_train)
 def _add_eval(sub) -> None:
     from resnetlab.inference import TTA_MODES
 
-    p = sub.add_parser("eval", help="evaluate trained weights on a test set")
-    p.add_argument("weights", help="a run folder or a .safetensors file")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate trained weights on a test set",
+        description="Evaluate a run's kept weights (best.safetensors where there is one), a "
+        ".safetensors file or an exported .onnx model on a test set: loss, accuracy, per-class "
+        "accuracy and the confusion matrix; the most confident mistakes are written to eval/.",
+    )
+    p.add_argument("weights", help="a run folder, a .safetensors file or an exported .onnx model")
     p.add_argument("--data", help="dataset (default: the one the model was trained on)")
-    p.add_argument("--data-dir")
+    p.add_argument(
+        "--data-dir", help="folder holding the dataset's files (default: found as training does)"
+    )
     p.add_argument(
         "--tta",
         default="none",
@@ -260,9 +283,9 @@ def _add_eval(sub) -> None:
         help="test-time augmentation: average the logits over the image and its mirror image (flip), "
         "and over one-pixel shifts of both (flip-shift); default none",
     )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
         "--out",
         metavar="DIR",
@@ -303,15 +326,21 @@ COMMANDS.append(_add_eval)
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="classify image files with trained weights")
+    p = sub.add_parser(
+        "predict",
+        help="classify image files with trained weights",
+        description="Print the top-k classes of each image file, prepared as the model's training "
+        "data was (grey or RGB, resized, normalised; transparency composited on black). An "
+        "unreadable file is reported on stderr and the others are still predicted (exit status 1).",
+    )
     p.add_argument(
         "weights",
         help="a run folder, a .safetensors file or an exported .onnx model (run by onnxruntime)",
     )
     p.add_argument("images", nargs="+", help="image files (any size or colour)")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--top-k", type=int, default=3, help="classes to print per image (default 3)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -548,7 +577,7 @@ def _add_experiment(sub) -> None:
         help=f"peak learning rate: warm-up, then linear decay to 0 (default {D['lr']})",
     )
     q.add_argument("--seed", type=int, default=D["seed"], help=f"(default {D['seed']})")
-    q.add_argument("--device", default="auto")
+    q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
     q.add_argument("--out", help="experiment folder (default: runs/<date-time>-degradation/)")
     q.add_argument(
         "--overwrite", action="store_true", help="replace runs of other settings already in --out"
@@ -598,12 +627,20 @@ def _add_data(sub) -> None:
     actions = p.add_subparsers(dest="data_command", metavar="ACTION")
     actions.required = True
     q = actions.add_parser(
-        "list", help="each dataset: where it was found and whether it verified (downloads nothing)"
+        "list",
+        help="each dataset: where it was found and whether it verified (downloads nothing)",
+        description="For each dataset and split: the folder it was found in and whether its files "
+        "verified. Reads only: nothing is downloaded, decompressed or written.",
     )
     q.add_argument("--data-dir", help="look only in this folder (as training's --data-dir does)")
     q.add_argument("--json", action="store_true", help="print JSON on stdout")
     q.set_defaults(func=_cmd_data_list)
-    q = actions.add_parser("fetch", help="download a dataset (when missing) and verify it")
+    q = actions.add_parser(
+        "fetch",
+        help="download a dataset (when missing) and verify it",
+        description="Download a dataset into the user cache (or --data-dir) unless it is found "
+        "already, and verify its files by checksum.",
+    )
     q.add_argument("name", metavar="NAME", help="fashion-mnist, mnist, cifar10 or cifar100")
     q.add_argument("--data-dir", help="download into DIR/NAME instead of the user cache")
     q.add_argument("--json", action="store_true", help="print JSON on stdout")
@@ -654,7 +691,7 @@ def _add_bench(sub) -> None:
         default="resnet18_d2l",
         help="model name (default: resnet18_d2l, the notebook's net)",
     )
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     p.add_argument(
         "--resize", type=int, help="resize images to PX x PX (default: the dataset's 28 px)"
     )
@@ -662,9 +699,11 @@ def _add_bench(sub) -> None:
         "--steps",
         type=int,
         default=3,
-        help="batches per timed round (training, evaluation, loading)",
+        help="batches per timed round (training, evaluation, loading; default 3)",
     )
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds; the median counts")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed rounds; the median counts (default 3)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument(
         "--variants",
