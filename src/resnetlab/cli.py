@@ -267,11 +267,11 @@ def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="evaluate trained weights on a test set",
-        description="Evaluate a run's kept weights (best.safetensors where there is one), a "
-        ".safetensors file or an exported .onnx model on a test set: loss, accuracy, per-class "
+        description="Evaluate a run's kept weights (best.safetensors where there is one) or a "
+        ".safetensors file on a test set: loss, accuracy, per-class "
         "accuracy and the confusion matrix; the most confident mistakes are written to eval/.",
     )
-    p.add_argument("weights", help="a run folder, a .safetensors file or an exported .onnx model")
+    p.add_argument("weights", help="a run folder or a .safetensors file")
     p.add_argument("--data", help="dataset (default: the one the model was trained on)")
     p.add_argument(
         "--data-dir", help="folder holding the dataset's files (default: found as training does)"
@@ -352,7 +352,10 @@ def _cmd_predict(args) -> int:
         _print_json(results)
     else:
         print(format_predictions(results))
-    return 0
+    failed = [r for r in results if "error" in r]
+    for r in failed:  # the others were predicted; these are said on stderr, one line each
+        _say_line(f"resnetlab: error: {r['error']}")
+    return 1 if failed else 0
 
 
 COMMANDS.append(_add_predict)
