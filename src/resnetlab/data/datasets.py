@@ -39,6 +39,13 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __repr__(self) -> str:  # not the tensors: a dataset's repr is one short line
+        _, c, h, w = self.images.shape
+        return (
+            f"Dataset({self.name!r}, {len(self):,} images of {c}x{h}x{w}, "
+            f"{len(self.classes)} classes)"
+        )
+
     def subset(self, indices) -> Dataset:
         index = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
         if index.numel() and (int(index.min()) < -len(self) or int(index.max()) >= len(self)):

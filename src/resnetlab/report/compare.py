@@ -221,7 +221,8 @@ def compare_runs(folders: list[str | Path], out: str | Path | None = None) -> di
     """Write compare.png (with matplotlib), compare.json and compare.html into `out`; return the
     data (without the per-epoch rows) and the paths written."""
     data = compare_data(folders)
-    out = Path(out) if out is not None else default_compare_path()
+    given = out is not None
+    out = Path(out) if given else default_compare_path()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -261,6 +262,7 @@ def compare_runs(folders: list[str | Path], out: str | Path | None = None) -> di
     write_text(files["html"], page)
     return {
         "out": str(out),
+        "out_given": given,
         "files": {k: str(v) for k, v in files.items()},
         "runs": [{k: v for k, v in r.items() if k != "metrics"} for r in data["runs"]],
         "differing_settings": data["differing_settings"],
@@ -278,5 +280,8 @@ def format_comparison(result: dict) -> str:
         )
     for k, values in result["differing_settings"].items():
         lines.append(f"  {k}: " + " | ".join(json.dumps(v) for v in values))
-    lines.append(f"written: {', '.join(result['files'].values())}")
+    where = result["out"] + (
+        "" if result.get("out_given", True) else " (the default folder; --out DIR for another)"
+    )
+    lines.append(f"written into {where}: {', '.join(result['files'].values())}")
     return "\n".join(lines)
