@@ -633,7 +633,8 @@ def _add_data(sub) -> None:
         "list",
         help="each dataset: where it was found and whether it verified (downloads nothing)",
         description="For each dataset and split: the folder it was found in and whether its files "
-        "verified. Reads only: nothing is downloaded, decompressed or written.",
+        "verified. Nothing is downloaded, and no decompressed copy or verification record is "
+        "written (only a CIFAR archive not yet unpacked is unpacked into the cache).",
     )
     q.add_argument("--data-dir", help="look only in this folder (as training's --data-dir does)")
     q.add_argument("--json", action="store_true", help="print JSON on stdout")

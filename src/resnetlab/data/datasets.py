@@ -231,7 +231,7 @@ def dataset_status(name: str, root: str | os.PathLike | None = None) -> dict:
     splits = {}
     for split, train in (("train", True), ("test", False)):
         try:
-            files = sources.open_split(spec, train, root, download=False)
+            files = sources.open_split(spec, train, root, download=False, write=False)
             ds = _parse(spec, files)
             splits[split] = {
                 "status": "ok",
