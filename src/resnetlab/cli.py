@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from resnetlab.errors import ResnetlabError, UsageError
+from resnetlab.errors import Interrupted, ResnetlabError, UsageError
 from resnetlab.version import __version__
 
 
@@ -114,7 +114,8 @@ def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model (default: the quick preset on Fashion-MNIST)",
-        description="Train a model. A preset (or --config) fills every setting; flags override it.",
+        description="Train a model. A preset (or --config) fills every setting; flags override it. "
+        "--show-config prints the resolved settings without training.",
     )
     _add_config_flags(p)
     p.add_argument(
@@ -132,6 +133,12 @@ def _add_train(sub) -> None:
         "--json",
         action="store_true",
         help="print the summary as JSON on stdout (progress goes to stderr)",
+    )
+    p.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the resolved configuration (the preset or --config, with the flags given) "
+        "as JSON and exit without training, e.g. `resnetlab train --preset quick --show-config`",
     )
     p.add_argument(
         "--nproc",
@@ -207,10 +214,23 @@ def _cmd_train(args) -> int:
     from resnetlab.train.config import read_config_file
     from resnetlab.train.trainer import refuse_with_resume
 
-    if args.nproc is not None and args.nproc != 1:
-        return launch_local(args.nproc, _without_nproc(args.argv[1:]))
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    if args.show_config:
+        if args.resume:
+            raise UsageError(
+                "--show-config shows a new run's settings; a run's own are in RUN/config.json"
+            )
+        base = read_config_file(args.config) if args.config else None
+        _print_json(make_config(args.preset, base=base, **overrides).to_dict())
+        return 0
+    if args.nproc is not None and args.nproc != 1:
+        # what can be refused before torchrun starts: the resolved settings' batch size
+        batch = None
+        if not args.resume:
+            base = read_config_file(args.config) if args.config else None
+            batch = make_config(args.preset, base=base, **overrides).batch_size
+        return launch_local(args.nproc, _without_nproc(args.argv[1:]), batch_size=batch)
     if overrides.get("tensorboard"):  # the missing extra is one line before anything starts
         from resnetlab.report.tensorboard import require_tensorboard
 
@@ -244,10 +264,18 @@ COMMANDS.append(_add_train)
 def _add_eval(sub) -> None:
     from resnetlab.inference import TTA_MODES
 
-    p = sub.add_parser("eval", help="evaluate trained weights on a test set")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate trained weights on a test set",
+        description="Evaluate a run's kept weights (best.safetensors where there is one) or a "
+        ".safetensors file on a test set: loss, accuracy, per-class "
+        "accuracy and the confusion matrix; the most confident mistakes are written to eval/.",
+    )
     p.add_argument("weights", help="a run folder or a .safetensors file")
     p.add_argument("--data", help="dataset (default: the one the model was trained on)")
-    p.add_argument("--data-dir")
+    p.add_argument(
+        "--data-dir", help="folder holding the dataset's files (default: found as training does)"
+    )
     p.add_argument(
         "--tta",
         default="none",
@@ -255,9 +283,9 @@ def _add_eval(sub) -> None:
         help="test-time augmentation: average the logits over the image and its mirror image (flip), "
         "and over one-pixel shifts of both (flip-shift); default none",
     )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
         "--out",
         metavar="DIR",
@@ -298,15 +326,21 @@ COMMANDS.append(_add_eval)
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="classify image files with trained weights")
+    p = sub.add_parser(
+        "predict",
+        help="classify image files with trained weights",
+        description="Print the top-k classes of each image file, prepared as the model's training "
+        "data was (grey or RGB, resized, normalised; transparency composited on black). An "
+        "unreadable file is reported on stderr and the others are still predicted (exit status 1).",
+    )
     p.add_argument(
         "weights",
         help="a run folder, a .safetensors file or an exported .onnx model (run by onnxruntime)",
     )
     p.add_argument("images", nargs="+", help="image files (any size or colour)")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--top-k", type=int, default=3, help="classes to print per image (default 3)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -318,7 +352,10 @@ def _cmd_predict(args) -> int:
         _print_json(results)
     else:
         print(format_predictions(results))
-    return 0
+    failed = [r for r in results if "error" in r]
+    for r in failed:  # the others were predicted; these are said on stderr, one line each
+        _say_line(f"resnetlab: error: {r['error']}")
+    return 1 if failed else 0
 
 
 COMMANDS.append(_add_predict)
@@ -550,7 +587,7 @@ def _add_experiment(sub) -> None:
         help=f"peak learning rate: warm-up, then linear decay to 0 (default {D['lr']})",
     )
     q.add_argument("--seed", type=int, default=D["seed"], help=f"(default {D['seed']})")
-    q.add_argument("--device", default="auto")
+    q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
     q.add_argument("--out", help="experiment folder (default: runs/<date-time>-degradation/)")
     q.add_argument(
         "--overwrite", action="store_true", help="replace runs of other settings already in --out"
@@ -600,12 +637,21 @@ def _add_data(sub) -> None:
     actions = p.add_subparsers(dest="data_command", metavar="ACTION")
     actions.required = True
     q = actions.add_parser(
-        "list", help="each dataset: where it was found and whether it verified (downloads nothing)"
+        "list",
+        help="each dataset: where it was found and whether it verified (downloads nothing)",
+        description="For each dataset and split: the folder it was found in and whether its files "
+        "verified. Nothing is downloaded, and no decompressed copy or verification record is "
+        "written (only a CIFAR archive not yet unpacked is unpacked into the cache).",
     )
     q.add_argument("--data-dir", help="look only in this folder (as training's --data-dir does)")
     q.add_argument("--json", action="store_true", help="print JSON on stdout")
     q.set_defaults(func=_cmd_data_list)
-    q = actions.add_parser("fetch", help="download a dataset (when missing) and verify it")
+    q = actions.add_parser(
+        "fetch",
+        help="download a dataset (when missing) and verify it",
+        description="Download a dataset into the user cache (or --data-dir) unless it is found "
+        "already, and verify its files by checksum.",
+    )
     q.add_argument("name", metavar="NAME", help="fashion-mnist, mnist, cifar10 or cifar100")
     q.add_argument("--data-dir", help="download into DIR/NAME instead of the user cache")
     q.add_argument("--json", action="store_true", help="print JSON on stdout")
@@ -656,7 +702,7 @@ def _add_bench(sub) -> None:
         default="resnet18_d2l",
         help="model name (default: resnet18_d2l, the notebook's net)",
     )
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     p.add_argument(
         "--resize", type=int, help="resize images to PX x PX (default: the dataset's 28 px)"
     )
@@ -664,9 +710,11 @@ def _add_bench(sub) -> None:
         "--steps",
         type=int,
         default=3,
-        help="batches per timed round (training, evaluation, loading)",
+        help="batches per timed round (training, evaluation, loading; default 3)",
     )
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds; the median counts")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed rounds; the median counts (default 3)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument(
         "--variants",
@@ -735,9 +783,25 @@ def _add_sweep(sub) -> None:
         "model=choice:resnet20,resnet32 (repeat the flag for each)",
     )
     p.add_argument("--trials", type=int, help="trials in the study (default 20; grid: all)")
-    p.add_argument("--sampler", default="tpe", choices=("tpe", "random", "grid"))
-    p.add_argument("--pruner", default="median", choices=("median", "hyperband", "asha", "none"))
-    p.add_argument("--objective", default="val_acc", choices=("val_acc", "val_loss"))
+    p.add_argument(
+        "--sampler",
+        default="tpe",
+        choices=("tpe", "random", "grid"),
+        help="how trials pick settings: tpe (default), random, or grid (every combination)",
+    )
+    p.add_argument(
+        "--pruner",
+        default="median",
+        choices=("median", "hyperband", "asha", "none"),
+        help="which trials stop early on their epochs' validation figures (default median)",
+    )
+    p.add_argument(
+        "--objective",
+        default="val_acc",
+        choices=("val_acc", "val_loss"),
+        help="the validation figure the search maximises (accuracy) or minimises (loss); "
+        "default val_acc; the test set never chooses",
+    )
     p.add_argument("--budget", type=float, metavar="MIN", help="start no trial after MIN minutes")
     p.add_argument(
         "--storage",
@@ -866,6 +930,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say_line(text: str) -> None:
+    """One line on stderr, written whole: processes sharing the stream (--nproc) do not run
+    their lines together."""
+    sys.stderr.write(" ".join(text.splitlines()) + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -873,10 +944,11 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # as typed: `train --nproc` hands these on to torchrun
     try:
         return int(args.func(args) or 0)
+    except Interrupted as e:  # a stop the user asked for, not an error
+        _say_line(f"resnetlab: {e}")
+        return e.exit_code
     except ResnetlabError as e:
-        print(
-            f"resnetlab: error: {' '.join(str(e).splitlines())}", file=sys.stderr
-        )  # one line, always
+        _say_line(f"resnetlab: error: {e}")
         return e.exit_code
     except KeyboardInterrupt:
         print("resnetlab: interrupted", file=sys.stderr)

@@ -62,3 +62,9 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (its type's name when it has none), for one-line errors."""
     text = str(error).strip()
     return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """`word` as it goes after the number `count`: plural(1, "epoch") is "epoch", plural(2,
+    "process", "processes") "processes"."""
+    return word if count == 1 else (many or word + "s")

@@ -37,6 +37,32 @@ def save_weights(
     write_bytes(path, data)
 
 
+def identify_file(path: str | Path, head: bytes) -> str | None:
+    """What a file that is not safetensors is, from its first bytes (and its name), said with what
+    to pass instead; None when it may be safetensors (its parser then judges)."""
+    path = Path(path)
+    if len(head) >= 9 and head[8:9] == b"{":
+        return None  # safetensors: an 8-byte header length, then the JSON header
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80\x02"):
+        what = (
+            "a training checkpoint (written by torch.save; it holds the optimizer and the "
+            "training state)"
+            if path.name == "checkpoint.pt"
+            else "a PyTorch file written by torch.save, not a safetensors weights file"
+        )
+        return (
+            f"{path} is {what}; pass the run folder ({path.parent}) or its .safetensors weights "
+            "(best.safetensors or model.safetensors)"
+        )
+    if path.suffix == ".onnx" or (head[:1] == b"\x08" and b"onnx" in head.lower()):
+        return (
+            f"{path} is an ONNX model (made by `resnetlab export`): `resnetlab predict` runs it "
+            "with onnxruntime; `eval` and the other commands take the run folder "
+            f"({path.parent}) or its .safetensors weights"
+        )
+    return None
+
+
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a .safetensors file: (state_dict, resnetlab metadata or {})."""
     path = Path(path)
@@ -48,6 +74,9 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         ) from None
     except OSError as e:  # a folder, an unreadable file
         raise CheckpointError(f"cannot read weights file {path}: {e.strerror or e}") from None
+    other = identify_file(path, raw[:256])
+    if other is not None:  # another kind of file: say which, and what to pass
+        raise CheckpointError(other)
     try:
         tensors = _load_bytes(raw)  # checks the header length, offsets and sizes before allocating
         (n,) = struct.unpack("<Q", raw[:8])

@@ -102,7 +102,10 @@ def test_search_order(tiny, tmp_path, isolated_cache, monkeypatch):
     system = tiny.write(tmp_path / "system", compressed=True)
     monkeypatch.setitem(catalog.DATASETS, "tiny", replace(tiny.spec, system_dirs=(str(system),)))
     assert dataset_status("tiny")["splits"]["train"]["source"] == "system folder"
-    # the system folder's .gz were decompressed into the cache: from now on the cache is found first
+    # the listing only reads (issue 31): it says the same the second time
+    assert dataset_status("tiny")["splits"]["train"]["source"] == "system folder"
+    load_dataset("tiny", train=True)
+    # a load decompressed the system folder's .gz into the cache: from now on it is found first
     assert dataset_status("tiny")["splits"]["train"]["source"] == "user cache"
     monkeypatch.setenv("RESNETLAB_DATA", str(tmp_path / "env"))
     tiny.write(tmp_path / "env" / "tiny")

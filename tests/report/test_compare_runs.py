@@ -42,7 +42,8 @@ def test_compare_writes_figure_table_and_differing_settings(two_runs, tmp_path, 
     )
     printed = capsys.readouterr().out
     assert (
-        "slow: resnet20 on fashion-mnist, 1 epochs, finished" in printed and "written:" in printed
+        "slow: resnet20 on fashion-mnist, 1 epoch, finished" in printed
+        and "written into" in printed
     )
     data = json.loads((out / "compare.json").read_text())
     assert data["differing_settings"] == {"epochs": [1, 2], "lr": [0.4, 0.2]}

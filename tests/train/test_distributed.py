@@ -387,7 +387,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_the_resumed_run_matches(
 
     assert cli.main(["train", "--resume", str(out)]) == 2  # this process alone
     err = capsys.readouterr().err
-    assert err.strip().count("\n") == 0 and "trained with 2 process(es), this launch has 1" in err
+    assert err.strip().count("\n") == 0 and "trained with 2 processes, this launch has 1" in err
 
     resumed = _torchrun(["train", "--resume", str(out)], _env(RESNETLAB_TEST_FLOAT64="1"))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

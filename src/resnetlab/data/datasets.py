@@ -39,6 +39,13 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __repr__(self) -> str:  # not the tensors: a dataset's repr is one short line
+        _, c, h, w = self.images.shape
+        return (
+            f"Dataset({self.name!r}, {len(self):,} images of {c}x{h}x{w}, "
+            f"{len(self.classes)} classes)"
+        )
+
     def subset(self, indices) -> Dataset:
         index = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
         if index.numel() and (int(index.min()) < -len(self) or int(index.max()) >= len(self)):
@@ -224,7 +231,7 @@ def dataset_status(name: str, root: str | os.PathLike | None = None) -> dict:
     splits = {}
     for split, train in (("train", True), ("test", False)):
         try:
-            files = sources.open_split(spec, train, root, download=False)
+            files = sources.open_split(spec, train, root, download=False, write=False)
             ds = _parse(spec, files)
             splits[split] = {
                 "status": "ok",

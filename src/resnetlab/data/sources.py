@@ -91,8 +91,8 @@ class SplitFiles:
 
 
 class _Stamps:
-    def __init__(self) -> None:
-        self.path = cache_dir() / "verified.json"
+    def __init__(self, *, write: bool = True) -> None:
+        self.path, self.write = cache_dir() / "verified.json", write
 
     def _read(self) -> dict:
         try:
@@ -111,6 +111,8 @@ class _Stamps:
         return entry.get("check")
 
     def record(self, path: Path, md5: str, check: str) -> None:
+        if not self.write:  # a read-only look (`resnetlab data list`): verified again next time
+            return
         st = path.stat()
         stamps = self._read()  # re-read: another process may have added entries meanwhile
         stamps[str(path.resolve())] = {
@@ -181,6 +183,8 @@ def _read_verified(
         data = _gunzip(path)
         md5, how = _check_bytes(data, path, fspec)
         stamps.record(path, md5, how)
+        if not stamps.write:  # a read-only look writes no decompressed copy either
+            return np.frombuffer(bytearray(data), dtype=np.uint8), how
         try:
             write_bytes(copy, data)
             stamps.record(copy, md5, how)
@@ -283,9 +287,12 @@ def open_split(
     *,
     download: bool = True,
     mirrors: tuple[str, ...] | None = None,
+    write: bool = True,
 ) -> SplitFiles:
     """Find, verify and read one split's files, downloading them into the cache when missing
-    (never when `root` is given). Raises DataError naming what was tried and what to do."""
+    (never when `root` is given). Raises DataError naming what was tried and what to do.
+    `write=False` (with download=False) only reads: no decompressed copy, no verification stamp
+    is written (a CIFAR archive not yet unpacked is still unpacked into the cache)."""
     located = _locate(spec, train, root)
     download_errors: list[str] = []
     if isinstance(located, list) and download and root is None:
@@ -298,7 +305,7 @@ def open_split(
             _missing_message(spec, train, root, located, download_errors, download)
         )
     folder, source, found = located
-    stamps = _Stamps()
+    stamps = _Stamps(write=write)
     if isinstance(found, Download):  # an archive: unpack into the cache, then read from there
         _extract(spec, found, folder / found.filename, stamps)
         folder, (layout, paths) = (

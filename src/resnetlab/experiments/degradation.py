@@ -19,6 +19,7 @@ ordinary run folder) and writes, under the experiment folder:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import json
 import sys
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.errors import UsageError
+from resnetlab.errors import UsageError, plural
 from resnetlab.experiments.defaults import DEGRADATION_DEFAULTS, DEGRADATION_RECIPE
 from resnetlab.fileio import write_csv, write_json
 from resnetlab.models import get_model_info, list_models
@@ -38,6 +39,13 @@ from resnetlab.train import make_config, train
 from resnetlab.train.setup import build
 
 BASE_PRESET = "quick"  # the recipe above overrides every setting this preset fills
+PRESET_NAME = "degradation"  # what the nets' config.json (and `resnetlab runs`) call their recipe
+# Fewer epochs or examples than these train too little for the verdict to mean much (the defaults
+# were chosen at 8 epochs on 8,000 examples; docs/degradation.md)
+CONCLUSIVE_EPOCHS, CONCLUSIVE_SUBSET = (
+    DEGRADATION_DEFAULTS["epochs"],
+    DEGRADATION_DEFAULTS["subset"],
+)
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ def degradation_config(
         width > 4096
     ):  # 4096 channels make a CIFAR net of billions of weights; beyond, torch overflows
         raise UsageError(f"--width must be at most 4096, got {width}")
-    return make_config(
+    cfg = make_config(
         BASE_PRESET,
         **DEGRADATION_RECIPE,
         model=net.name,
@@ -116,6 +124,8 @@ def degradation_config(
         lr=lr,
         device=device,
     )
+    # named by its recipe (the base preset's settings are all overridden): `resnetlab runs`
+    return dataclasses.replace(cfg, preset=PRESET_NAME)
 
 
 def gradient_norms_at_init(cfg) -> list[tuple[str, float]]:
@@ -149,6 +159,12 @@ def _read_metrics(run_dir: Path) -> list[dict]:
         ]
 
 
+def _without_preset(settings: dict | None) -> dict | None:
+    """A run's settings less its preset's name (nets made before they were named "degradation"
+    were named "quick", with the same settings)."""
+    return None if settings is None else {k: v for k, v in settings.items() if k != "preset"}
+
+
 def _train_net(
     cfg, run_dir: Path, *, overwrite: bool, verbose: bool, json_output: bool, say
 ) -> str:
@@ -161,7 +177,7 @@ def _train_net(
             saved is not None
         ):  # settings added since the run was made take their defaults (as --resume does)
             saved = {**type(cfg)().to_dict(), **saved}
-        if saved != cfg.to_dict():
+        if _without_preset(saved) != _without_preset(cfg.to_dict()):
             raise UsageError(
                 f"{run_dir} holds a {cfg.model} run with other settings; "
                 f"pass --overwrite to replace it or choose another --out"
@@ -181,7 +197,7 @@ def _announce(nets: list[Net], out: Path, plots: bool, say, settings: dict) -> N
     say(
         f"degradation experiment: {', '.join(n.name for n in nets)} (width {settings['width']}) "
         f"on {settings['data']}, {settings['subset'] or 'all'} training examples, "
-        f"{settings['epochs']} epochs, lr {settings['lr']}, seed {settings['seed']}; folder {out}"
+        f"{settings['epochs']} {plural(settings['epochs'], 'epoch')}, lr {settings['lr']}, seed {settings['seed']}; folder {out}"
     )
     if not plots:
         say(
@@ -248,7 +264,9 @@ def _train_nets(
 
 def _write_gradients(nets: list[Net], configs: dict, deep: int, out: Path, say) -> dict:
     """Measure the deep nets' per-layer gradient norms at initialisation; write gradients.csv."""
-    say("gradient norms at initialisation (one batch) of the deep nets")
+    say(
+        f"measuring the deep nets' gradient norms at initialisation (one batch): {out / 'gradients.csv'}"
+    )
     gradients = {
         net.name: gradient_norms_at_init(configs[net]) for net in nets if net.depth == deep
     }
@@ -371,7 +389,10 @@ def run_degradation(
 
 def format_table(result: dict) -> str:
     """The final errors of each net and the verdict, as printed by the CLI."""
-    lines = [f"{'net':<10} {'depth':>5}  {'train err':>9}  {'test err':>8}  {'seconds':>7}"]
+    lines = [
+        "final errors (training: over the last epoch's batches; test: after it)",
+        f"{'net':<10} {'depth':>5}  {'train err':>9}  {'test err':>8}  {'seconds':>7}",
+    ]
     for f in result["nets"]:
         lines.append(
             f"{f['net']:<10} {f['depth']:>5}  {f['train_err']:>9.4f}  {f['test_err']:>8.4f}  {f['seconds']:>7.0f}"
@@ -382,7 +403,23 @@ def format_table(result: dict) -> str:
         f" (degradation {'shown' if result['plain_degrades'] else 'NOT shown'}); "
         f"residual: {deep} layers train {'no worse' if result['residual_no_worse'] else 'WORSE'} than {shallow}"
     )
+    caveat = too_short(result)
+    if caveat:
+        lines.append(caveat)
     return "\n".join(lines)
+
+
+def too_short(result: dict) -> str | None:
+    """A caveat line when the experiment trained too little to conclude, else None."""
+    subset, epochs = result.get("subset"), result["epochs"]
+    if epochs >= CONCLUSIVE_EPOCHS and (subset is None or subset >= CONCLUSIVE_SUBSET):
+        return None
+    examples = "all" if subset is None else f"{subset:,}"
+    return (
+        f"caveat: {epochs} {plural(epochs, 'epoch')} on {examples} examples is too short to "
+        f"conclude; run the defaults ({CONCLUSIVE_EPOCHS} epochs on {CONCLUSIVE_SUBSET:,} "
+        "examples, or more)"
+    )
 
 
 # --- figures (matplotlib is an optional extra; callers check have_matplotlib first; report.plots
@@ -391,11 +428,18 @@ def format_table(result: dict) -> str:
 
 def _style(net: str, depths: list[int], depth: int, residual: bool) -> dict:
     # As in the paper's figures: one colour per depth; here plain dashed, residual solid.
+    # Markers tell the nets apart where lines cannot (one epoch: a point each): residual filled
+    # circles, plain open squares, a little apart so that equal errors do not hide each other.
     colour = "tab:red" if depth == max(depths) else "tab:blue"
-    return dict(color=colour, linestyle="-" if residual else "--", label=net)
+    marker = (
+        dict(marker="o", markersize=6)
+        if residual
+        else dict(marker="s", markersize=8, markerfacecolor="none", markeredgewidth=1.5)
+    )
+    return dict(color=colour, linestyle="-" if residual else "--", label=net, **marker)
 
 
-def plot_degradation(rows: list[dict], path: str | Path, title: str = "") -> None:
+def plot_degradation(rows: list[dict], path: str | Path, title: str = ""):
     """Training error (left) and test error (right) in percent against epoch, one line per net."""
     depths = sorted({r["depth"] for r in rows})
     fig = new_figure(figsize=(10, 3.8))
@@ -404,15 +448,22 @@ def plot_degradation(rows: list[dict], path: str | Path, title: str = "") -> Non
         mine = [r for r in rows if r["net"] == net]
         style = _style(net, depths, mine[0]["depth"], mine[0]["residual"])
         for ax, key in zip(axes, ("train_err", "test_err")):
-            ax.plot([r["epoch"] for r in mine], [100 * r[key] for r in mine], marker=".", **style)
+            ax.plot([r["epoch"] for r in mine], [100 * r[key] for r in mine], **style)
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in rows]
     for ax, name in zip(axes, ("training error (%)", "test error (%)")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if epochs:
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"plain (dashed) vs residual (solid): {title}")
+    fig.suptitle(f"plain (dashed, open squares) vs residual (solid, dots): {title}")
     fig.tight_layout()
     save_png(fig, Path(path))
+    return fig
 
 
 def plot_gradients(

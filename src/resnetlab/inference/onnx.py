@@ -44,7 +44,7 @@ from resnetlab.data.datasets import IMAGEFOLDER, resolve_spec
 from resnetlab.data.sources import open_split
 from resnetlab.errors import DataError, ExportError, ResnetlabError, UsageError, first_line
 from resnetlab.fileio import write_bytes
-from resnetlab.inference.images import load_image, preprocess
+from resnetlab.inference.images import in_order, preprocess, read_images
 from resnetlab.inference.loading import load_model, loader_for, resolve_weights
 from resnetlab.models.fuse import fuse_bn
 from resnetlab.version import __version__
@@ -523,7 +523,8 @@ def read_onnx_meta(path: str | Path) -> dict:
 def predict_onnx(path: str | Path, images: list[str | Path], *, top_k: int = 3) -> list[dict]:
     """`resnetlab predict model.onnx IMAGES`: the same top-k as for the run, run by onnxruntime."""
     meta = read_onnx_meta(path)
-    x = preprocess([load_image(p, meta["in_chans"]) for p in images], meta, torch.device("cpu"))
+    pictures, read, failed = read_images(images, meta["in_chans"])
+    x = preprocess(pictures, meta, torch.device("cpu"))
     session = _ort_session(Path(path).read_bytes())
     shape = session.get_inputs()[0].shape
     fixed = shape[0] if isinstance(shape[0], int) else None
@@ -539,10 +540,11 @@ def predict_onnx(path: str | Path, images: list[str | Path], *, top_k: int = 3) 
     probs = torch.cat(logits).float().softmax(1)
     classes = meta["classes"] or [str(i) for i in range(probs.shape[1])]
     top = probs.topk(min(top_k, probs.shape[1]), dim=1)
-    return [
+    results = [
         {
-            "image": str(p),
+            "image": p,
             "top": [{"class": classes[i], "prob": v} for v, i in zip(ps.tolist(), idx.tolist())],
         }
-        for p, ps, idx in zip(images, top.values, top.indices)
+        for p, ps, idx in zip(read, top.values, top.indices)
     ]
+    return in_order(images, results, failed)

@@ -89,7 +89,9 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     """
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         raise UsageError(
-            "the model has lazy layers that have not run yet; call it once on an input, then fuse_bn"
+            "the model has lazy layers that have not run yet, so their shapes are unknown: run one "
+            "forward pass first, e.g. `model(torch.zeros(1, C, H, W))` with its input's channels "
+            "and size, then export (or fuse) it"
         )
     fused = copy.deepcopy(model).eval()
     for conv_name, bn_name in find_conv_bn_pairs(fused):

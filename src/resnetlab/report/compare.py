@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from resnetlab.errors import UsageError
+from resnetlab.errors import UsageError, plural
 from resnetlab.fileio import write_json, write_text
 from resnetlab.report.html import CSP, STYLE, esc, fmt, img_tag, load_run, table
 from resnetlab.report.plots import have_matplotlib, new_figure, save_png
@@ -62,7 +62,8 @@ def _final_figures(run: dict) -> dict:
     figures = {
         "epochs": s.get("epochs", last.get("epoch", 0)),
         "train_acc": last.get("train_acc"),
-        "test_acc": last.get("test_acc"),
+        # --no-epoch-test: the last weights' test figure is measured once, at the end (summary)
+        "test_acc": last.get("test_acc", s.get("test_acc")),
         "val_acc": last.get("val_acc"),
     }
     for key in (
@@ -116,11 +117,12 @@ def compare_data(folders: list[str | Path]) -> dict:
     }
 
 
-def plot_comparison(data: dict, path: str | Path) -> None:
+def plot_comparison(data: dict, path: str | Path):
     """Loss (left) and accuracy (right) per epoch; one colour per run; train dashed, val/test solid."""
     fig = new_figure(figsize=(11, 4.2))
     ax_loss, ax_acc = fig.subplots(1, 2, sharex=True)
     colours = [f"C{i % 10}" for i in range(len(data["runs"]))]
+    drawn, losses = set(), []
     for run, colour in zip(data["runs"], colours):
         rows = run["metrics"]
         if not rows:
@@ -134,6 +136,8 @@ def plot_comparison(data: dict, path: str | Path) -> None:
             if f"{split}_acc" not in rows[0]:
                 continue
             label = f"{run['label']} {split}"
+            drawn.add(split)
+            losses += [r[f"{split}_loss"] for r in rows]
             ax_loss.plot(
                 epochs, [r[f"{split}_loss"] for r in rows], color=colour, label=label, **style
             )
@@ -146,7 +150,11 @@ def plot_comparison(data: dict, path: str | Path) -> None:
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    log = bool(losses) and all(v > 0 for v in losses)
+    if log:  # one diverged run (a loss of 1e6) would flatten every other run on a linear axis
+        ax_loss.set_yscale("log")
+        ax_loss.set_ylabel("loss (log scale)")
     handles, labels = ax_acc.get_legend_handles_labels()
     if handles:  # beside the axes, not over the curves (save_png's tight box keeps it)
         fig.legend(
@@ -157,9 +165,26 @@ def plot_comparison(data: dict, path: str | Path) -> None:
             bbox_to_anchor=(1.0, 0.5),
             ncol=1 + len(handles) // 24,
         )
-    fig.suptitle("training dashed, validation (x) and test (.) solid; one colour per run")
+    fig.suptitle(comparison_subtitle(drawn, log))
     fig.tight_layout()
     save_png(fig, Path(path))
+    return fig
+
+
+def comparison_subtitle(drawn: set[str], log: bool) -> str:
+    """What compare.png shows, naming only the curves it drew."""
+    parts = ["training dashed"] if "train" in drawn else []
+    solid = [
+        name for split, name in (("val", "validation (x)"), ("test", "test (.)")) if split in drawn
+    ]
+    if solid:
+        parts.append(f"{' and '.join(solid)} solid")
+    parts.append("one colour per run")
+    if log:
+        parts.append("loss on a log scale")
+    if "test" not in drawn:
+        parts.append("no per-epoch test figures (see the table)")
+    return "; ".join(parts)
 
 
 def _figures_table(data: dict) -> str:
@@ -196,7 +221,8 @@ def compare_runs(folders: list[str | Path], out: str | Path | None = None) -> di
     """Write compare.png (with matplotlib), compare.json and compare.html into `out`; return the
     data (without the per-epoch rows) and the paths written."""
     data = compare_data(folders)
-    out = Path(out) if out is not None else default_compare_path()
+    given = out is not None
+    out = Path(out) if given else default_compare_path()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -236,6 +262,7 @@ def compare_runs(folders: list[str | Path], out: str | Path | None = None) -> di
     write_text(files["html"], page)
     return {
         "out": str(out),
+        "out_given": given,
         "files": {k: str(v) for k, v in files.items()},
         "runs": [{k: v for k, v in r.items() if k != "metrics"} for r in data["runs"]],
         "differing_settings": data["differing_settings"],
@@ -248,10 +275,13 @@ def format_comparison(result: dict) -> str:
     for r in result["runs"]:
         acc = r["kept_test_acc"] if r["kept_test_acc"] is not None else r["test_acc"]
         lines.append(
-            f"{r['label']}: {r['model']} on {r['data']}, {r['epochs']} epochs, {r['state']}, test acc "
+            f"{r['label']}: {r['model']} on {r['data']}, {r['epochs']} {plural(r['epochs'], 'epoch')}, {r['state']}, test acc "
             + (f"{acc:.4f}" if acc is not None else "-")
         )
     for k, values in result["differing_settings"].items():
         lines.append(f"  {k}: " + " | ".join(json.dumps(v) for v in values))
-    lines.append(f"written: {', '.join(result['files'].values())}")
+    where = result["out"] + (
+        "" if result.get("out_given", True) else " (the default folder; --out DIR for another)"
+    )
+    lines.append(f"written into {where}: {', '.join(result['files'].values())}")
     return "\n".join(lines)

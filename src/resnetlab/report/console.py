@@ -70,10 +70,11 @@ class Console(Observer):
         self.epoch_started = time.perf_counter()
 
     def on_finish(self, summary: dict, final: dict, test_set) -> None:
-        """The textbook's two closing lines, with the run's figures, then the kept weights'."""
+        """The textbook's two closing lines, with the run's figures, then the kept weights'.
+        Accuracies have 4 decimals everywhere, so that figures side by side compare."""
         self.say(
-            f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.3f}, "
-            f"test acc {summary['test_acc']:.3f}"
+            f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.4f}, "
+            f"test acc {summary['test_acc']:.4f}"
         )
         self.say(f"{summary['examples_per_sec']:.1f} examples/sec on {summary['device']}")
         kept, tta = summary["kept_weights"], summary.get("tta")

@@ -19,6 +19,7 @@ from resnetlab.errors import UsageError
 from resnetlab.fileio import write_text
 from resnetlab.report.events import read_events
 from resnetlab.report.mistakes import read_confusion_csv, read_mistakes_csv
+from resnetlab.report.plots import curve_marks, curves_png, have_matplotlib
 from resnetlab.report.runs import is_run, run_state
 
 SECTIONS = (
@@ -180,11 +181,22 @@ def _summary_section(run: dict) -> str:
         card("training time", f"{s.get('train_seconds', 0):.1f} s")
     elif metrics:
         last = metrics[-1]
-        card("last test acc", fmt(last.get("test_acc")))
+        if "test_acc" in last:
+            card("last test acc", fmt(last.get("test_acc")))
+        best = best_val(metrics)
+        if best is not None:
+            card(f"best val acc (epoch {best['epoch']})", fmt(best["val_acc"]))
         card("epochs done", f"{last['epoch']} of {cfg.get('epochs', '?')}")
     else:
         cards.append(_missing("no epoch completed yet"))
     return _section("summary", "Summary", f'<div class="cards">{"".join(cards)}</div>')
+
+
+def best_val(metrics: list[dict]) -> dict | None:
+    """The metrics row of the best validation accuracy (the first of equals, as training keeps
+    it), or None without a validation split."""
+    rows = [r for r in metrics if "val_acc" in r]
+    return max(rows, key=lambda r: r["val_acc"]) if rows else None
 
 
 def _config_section(run: dict) -> str:
@@ -234,6 +246,21 @@ def _timings_section(run: dict) -> str:
                 ["mistakes pass and files (after training)", f"{finish['mistakes_seconds']:.2f} s"]
             )
         parts.append(table(["", ""], [[esc(a), esc(b)] for a, b in rows], numeric={1}))
+    elif metrics:  # not finished: the completed epochs' figures, from metrics.csv
+        seconds = sum(r.get("epoch_seconds", 0.0) for r in metrics)
+        speeds = [r["examples_per_sec"] for r in metrics if "examples_per_sec" in r]
+        n = len(metrics)
+        rows = [
+            [
+                f"{n} completed epoch{'' if n == 1 else 's'} (training and evaluation)",
+                f"{seconds:.1f} s",
+            ],
+            [
+                "throughput (training examples / s, mean of the epochs)",
+                f"{sum(speeds) / len(speeds):,.1f}" if speeds else "-",
+            ],
+        ]
+        parts.append(table(["", ""], [[esc(a), esc(b)] for a, b in rows], numeric={1}))
     if metrics:
         keys = [
             k
@@ -263,6 +290,31 @@ def _timings_section(run: dict) -> str:
         )
     return _section(
         "timings", "Timings and throughput", "\n".join(parts) or _missing("no epoch completed yet")
+    )
+
+
+def _curves_section(run: dict) -> str:
+    """curves.png, or for a run that has not finished the curves drawn now from metrics.csv."""
+    if (run["path"] / "curves.png").exists() or not run["metrics"]:
+        return _image_section(
+            run, "curves", "Curves", "curves.png", "no epoch completed yet: no curves"
+        )
+    if not have_matplotlib():
+        return _section(
+            "curves",
+            "Curves",
+            _missing("matplotlib is not installed: no curves (pip install 'resnetlab[plot]')"),
+        )
+    cfg = run["config"].get("config", {})
+    png = curves_png(
+        run["metrics"],
+        f"{cfg.get('model', '?')} on {cfg.get('data', '?')} (epochs done so far)",
+        **curve_marks(run["summary"]),
+    )
+    data = base64.b64encode(png).decode("ascii")
+    note = '<p class="note">drawn from metrics.csv: the run has not finished</p>'
+    return _section(
+        "curves", "Curves", f'{note}<img alt="Curves" src="data:image/png;base64,{data}">'
     )
 
 
@@ -412,9 +464,7 @@ def build_report(folder: str | Path) -> str:
         _config_section(run),
         _environment_section(run),
         _timings_section(run),
-        _image_section(
-            run, "curves", "Curves", "curves.png", "curves.png is missing: the run did not finish"
-        ),
+        _curves_section(run),
         _image_section(
             run,
             "confusion",

@@ -41,28 +41,79 @@ def save_png(fig, path: Path) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> None:
-    """Loss and accuracy per epoch, train and test (and val), like the textbook's animated plot."""
+def plot_curves(
+    rows: list[dict],
+    path: str | Path | None,
+    title: str = "",
+    *,
+    kept_epoch: int | None = None,
+    final_test: tuple[str, float] | None = None,
+):
+    """Loss and accuracy per epoch, train and test (and val), like the textbook's animated plot.
+
+    Every epoch is a marker (a one-epoch run shows points), the epoch axis has whole-number
+    ticks, `kept_epoch` (the epoch whose weights were kept) is a grey vertical line, and
+    `final_test` (label, accuracy: the kept weights' final test figure, e.g. with TTA) a star at
+    the kept epoch. Written to `path` as PNG (None: not written); the figure is returned."""
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [r["epoch"] for r in rows]
     fig = new_figure(figsize=(9, 3.4))
     ax_loss, ax_acc = fig.subplots(1, 2)
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train loss")
-    ax_acc.plot(epochs, [r["train_acc"] for r in rows], label="train acc")
-    for split, style in (("val", "--"), ("test", ":")):
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "-o", ms=4, label="train loss")
+    ax_acc.plot(epochs, [r["train_acc"] for r in rows], "-o", ms=4, label="train acc")
+    for split, style in (("val", "--s"), ("test", ":^")):
         if rows and f"{split}_acc" in rows[0]:
-            ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, label=f"{split} loss")
-            ax_acc.plot(epochs, [r[f"{split}_acc"] for r in rows], style, label=f"{split} acc")
+            ax_loss.plot(
+                epochs, [r[f"{split}_loss"] for r in rows], style, ms=4, label=f"{split} loss"
+            )
+            ax_acc.plot(
+                epochs, [r[f"{split}_acc"] for r in rows], style, ms=4, label=f"{split} acc"
+            )
+    if kept_epoch is not None and kept_epoch in epochs:
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(kept_epoch, color="grey", lw=1, alpha=0.6, label=f"kept: epoch {kept_epoch}")
+    if final_test is not None and kept_epoch is not None:
+        label, acc = final_test
+        ax_acc.plot([kept_epoch], [acc], "*", ms=12, color="C3", label=f"{label} {acc:.4f}")
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if epochs:  # a margin around one epoch too, so that its ticks are whole numbers
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fig.tight_layout()
-    save_png(fig, Path(path))
+    if path is not None:
+        save_png(fig, Path(path))
+    return fig
+
+
+def curve_marks(summary: dict) -> dict:
+    """plot_curves' marks from a run's summary.json: the kept epoch and the final test figure."""
+    if not summary:
+        return {}
+    if summary.get("kept_weights") == "best.safetensors":
+        kept_epoch = summary.get("best_epoch")
+    else:
+        kept_epoch = summary.get("epochs")
+    acc = summary.get("kept_test_acc")
+    tta = summary.get("tta")
+    label = f"final test ({tta} TTA)" if tta else "final test"
+    return {"kept_epoch": kept_epoch, "final_test": (label, acc) if acc is not None else None}
+
+
+def curves_png(rows: list[dict], title: str = "", **marks) -> bytes:
+    """plot_curves' figure as PNG bytes, written nowhere (report.html of an unfinished run)."""
+    fig = plot_curves(rows, None, title, **marks)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
 
 
 def plot_confusion(confusion, classes: list[str], path: str | Path, title: str = "") -> None:

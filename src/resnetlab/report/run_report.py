@@ -16,7 +16,7 @@ from resnetlab.report.events import record_event
 from resnetlab.report.html import write_report
 from resnetlab.report.mistakes import MISTAKES_K, mistakes_from_evaluation, write_analysis
 from resnetlab.report.observer import Observer
-from resnetlab.report.plots import have_matplotlib, plot_confusion, plot_curves
+from resnetlab.report.plots import curve_marks, have_matplotlib, plot_confusion, plot_curves
 
 
 class RunReport(Observer):
@@ -76,7 +76,12 @@ class RunReport(Observer):
         kept = summary.get("kept_weights", "model.safetensors")
         try:
             if have_matplotlib():
-                plot_curves(self.state.history, self.run.file("curves.png"), title=self.title)
+                plot_curves(
+                    self.state.history,
+                    self.run.file("curves.png"),
+                    title=self.title,
+                    **curve_marks(summary),
+                )
                 plot_confusion(
                     final["confusion"],
                     list(test_set.classes),

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.distributed.group import DistInfo, shared
-from resnetlab.errors import CheckpointError, UsageError, first_line
+from resnetlab.errors import CheckpointError, UsageError, first_line, plural
 from resnetlab.fileio import write_bytes
 from resnetlab.train.engine import TrainState
 
@@ -135,7 +135,8 @@ def check_resume_world_size(saved: int, info: DistInfo, run) -> None:
     )
     raise shared(
         UsageError(
-            f"{run} was trained with {saved} process(es), this launch has {info.world_size}; "
+            f"{run} was trained with {saved} {plural(saved, 'process', 'processes')}, "
+            f"this launch has {info.world_size}; "
             f"resume it with the same count: {how}"
         )
     )

@@ -122,8 +122,16 @@ def fit(
             if any_rank(stop.requested, dist, step.sums.device) and epoch + 1 < epochs:
                 for observer in observers:
                     observer.on_interrupt(state)
-                raise shared(Interrupted(f"interrupted after epoch {epoch + 1}"))
+                raise shared(Interrupted(f"interrupted {position(state)}"))
     return state
+
+
+def position(state: TrainState) -> str:
+    """Where a run stopped, as the interrupt and the resume both say it: "at epoch 16, step 5"
+    (epoch 16 under way, its first 5 steps done) or "after epoch 15" (at an epoch's end)."""
+    if state.step_in_epoch:
+        return f"at epoch {state.epoch + 1}, step {state.step_in_epoch}"
+    return f"after epoch {state.epoch}"
 
 
 def _train_epoch(step, loader, state, schedule, total_steps, epoch, stop, dist, observers) -> None:
@@ -166,7 +174,7 @@ def _train_epoch(step, loader, state, schedule, total_steps, epoch, stop, dist, 
             state.train_seconds += time.perf_counter() - started
             for observer in observers:
                 observer.on_interrupt(state)
-            raise shared(Interrupted(f"interrupted at epoch {epoch + 1}, step {i + 1}"))
+            raise shared(Interrupted(f"interrupted {position(state)}"))
 
 
 def _end_epoch(step, evaluator, loaders, state, schedule, total_steps, dist, observers, started):

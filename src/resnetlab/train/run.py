@@ -115,6 +115,11 @@ class RunDir:
 
     def release(self) -> None:
         if self._lock is not None:
+            # the pid goes first (while the lock is still ours): a finished run's .lock is empty.
+            # The file itself stays: removing it could let a second process lock a new file while
+            # a third still holds the old one (README: The run folder)
+            with contextlib.suppress(OSError):
+                self._lock.truncate(0)
             self._lock.close()  # closing the file drops the flock
             self._lock = None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.distributed.group import init_from_env, session, shared
-from resnetlab.errors import Interrupted, TrainingError, UsageError, WriteError
+from resnetlab.errors import Interrupted, TrainingError, UsageError, WriteError, plural
 from resnetlab.inference.explain import write_mistakes_cam
 from resnetlab.report.console import Console
 from resnetlab.report.observer import Observer
@@ -26,7 +26,7 @@ from resnetlab.report.run_report import RunReport
 from resnetlab.report.tensorboard import TensorBoard
 from resnetlab.train.checkpoint import check_resume_world_size, load_checkpoint, make_checkpoint
 from resnetlab.train.config import TrainConfig
-from resnetlab.train.engine import Schedule, TrainState, fit
+from resnetlab.train.engine import Schedule, TrainState, fit, position
 from resnetlab.train.run import RunDir, default_run_path
 from resnetlab.train.setup import Parts, build
 from resnetlab.weights import load_weights
@@ -137,9 +137,9 @@ def _train(
         )
         summary = finish(parts, run, saver, started=started)
     except Interrupted as e:
+        # said once, by the CLI (not as an error): where it stopped, that it is saved, how to go on
         resume = resume_command(parts, run)
-        console.say(f"checkpoint saved; resume with: {resume}")
-        raise shared(Interrupted(f"{e}; checkpoint saved; resume with: {resume}")) from None
+        raise shared(Interrupted(f"{e}: checkpoint saved; resume with: {resume}")) from None
     except torch.cuda.OutOfMemoryError:
         error = TrainingError(
             f"CUDA ran out of memory at batch {cfg.batch_size}; try a smaller --batch-size"
@@ -170,12 +170,13 @@ def _start(parts: Parts, run: RunDir, console: Console) -> None:
     if parts.dist.is_main:
         preload_matplotlib()
     if _resumed(state):
-        console.say(f"resuming {run.path} after epoch {state.epoch}, step {state.step_in_epoch}")
+        console.say(f"resuming {run.path}, stopped {position(state)}")
     else:
         console.say(
             f"training {cfg.model} on {cfg.data} ({len(parts.splits.train)} examples, "
             f"{len(parts.splits.test)} test) on {parts.device}{' with bf16' if parts.amp else ''}, "
-            f"{parts.dist.world_size} process(es); run folder {run.path}"
+            f"{parts.dist.world_size} {plural(parts.dist.world_size, 'process', 'processes')}; "
+            f"run folder {run.path}"
         )
 
 
