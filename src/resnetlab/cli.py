@@ -283,8 +283,25 @@ def _add_eval(sub) -> None:
         help="test-time augmentation: average the logits over the image and its mirror image (flip), "
         "and over one-pixel shifts of both (flip-shift); default none",
     )
+    p.add_argument(
+        "--precision",
+        default="run",
+        choices=["run", "fp32", "bf16"],
+        help="run (default): bf16 autocast and channels_last as the run had them (on the same kind "
+        "of device), so that its own test figure is reproduced exactly; fp32 or bf16: that one",
+    )
+    p.add_argument(
+        "--full-test",
+        action="store_true",
+        help="evaluate on all test examples (default: the run's own, its --subset when it had one)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per batch (default: the run's evaluation batch, else 256)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
         "--out",
@@ -314,6 +331,8 @@ def _cmd_eval(args) -> int:
         batch_size=args.batch_size,
         mistakes=args.mistakes,
         out=args.out,
+        precision=args.precision,
+        full_test=args.full_test,
     )
     if args.json:
         _print_json(r)

@@ -501,3 +501,54 @@ def test_processes_started_with_different_settings_refuse_to_train(tmp_path):
     assert "not started alike: lr is 0.05 on rank 0 but 0.1 on rank 1" in err0
     assert "error" not in err1  # rank 0 reports it
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@processes
+def test_two_processes_keep_the_last_partial_batch(tmp_path):
+    """Every training example counts under --nproc: 1,500 images at a global batch of 128 make 12
+    steps an epoch (the last of 92 split 46/46), and train_acc's denominator is 1,500."""
+    flags = [
+        *("--model", "resnet20", "--model-kwargs", '{"width": 4}', "--resize", "16"),
+        *("--subset", "1500", "--val-split", "0", "--batch-size", "128", "--epochs", "1"),
+        *("--no-amp", "--no-epoch-test", "--tta", "none"),
+    ]
+    done = _torchrun(["train", *flags, "--out", str(tmp_path / "run")], _env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state"]
+    assert state["global_step"] == 12
+    assert state["history"][0]["examples"] == 1500
+
+
+@pytest.mark.slow
+@processes
+def test_an_uneven_last_batch_trains_like_one_process(tmp_path):
+    """299 training images at 64: the last global batch of 43 is split 21/22, each rank's loss
+    weighted by its share (Loader.loss_weight), so with --sync-bn 2 processes still compute what
+    1 does (float64)."""
+    flags = [*RUN_FLAGS, "--subset", "300", "--epochs", "1"]  # 300 - 1 held out: 299
+    runs = {}
+    for n in (1, 2):
+        (tmp_path / f"dumps{n}").mkdir()
+        env = _env(RESNETLAB_TEST_FLOAT64="1", RESNETLAB_TEST_DUMP_DIR=str(tmp_path / f"dumps{n}"))
+        args = ["train", *flags, "--out", str(tmp_path / f"run{n}")]
+        done = (
+            _torchrun(args, env)
+            if n == 2
+            else subprocess.run(
+                [sys.executable, WORKER, *args],
+                capture_output=True,
+                text=True,
+                timeout=SUBPROCESS_LIMIT_S,
+                env=env,
+            )
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        runs[n] = torch.load(tmp_path / f"dumps{n}" / "rank0.pt")
+        state = torch.load(tmp_path / f"run{n}" / "checkpoint.pt", weights_only=True)["state"]
+        assert (state["global_step"], state["history"][0]["examples"]) == (5, 299)
+    start = build_model(make_config("quick", model="resnet20"), 1, 10).double().state_dict()
+    one, two = runs[1], runs[2]
+    moved = sum((one[k] - start[k]).square().sum() for k in one if one[k].is_floating_point())
+    apart = sum((two[k] - one[k]).square().sum() for k in one if one[k].is_floating_point())
+    assert moved > 1.0 and (apart / moved).sqrt() < 1e-9

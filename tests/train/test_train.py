@@ -156,7 +156,8 @@ def test_json_prints_only_the_summary_on_stdout(tmp_path, capsys):
 def test_occupied_out_is_refused_unless_overwrite(finished_run, capsys):
     code, _, err = run_cli(["train", *TINY_FLAGS, "--out", str(finished_run)], capsys)
     assert code == 2
-    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    # a finished run: replace it or go elsewhere (--resume is for unfinished runs: test_user_path.py)
+    assert "already holds a finished run" in err and "--overwrite" in err and "--resume" not in err
     assert len(err.strip().splitlines()) == 1
 
 
@@ -292,9 +293,11 @@ def test_eval_reports_accuracy_per_class_and_confusion(finished_run, capsys):
     assert code == 0
     r = json.loads(out)
     summary = json.loads((finished_run / "summary.json").read_text())
-    assert r["count"] == 10000  # eval takes the whole test set, not the training subset
-    assert len(r["per_class"]) == 10 and sum(map(sum, r["confusion"])) == 10000
-    assert abs(sum(row[i] for i, row in enumerate(r["confusion"])) / 10000 - r["acc"]) < 1e-9
+    assert r["count"] == 512  # by default the run's own test examples (its --subset)
+    assert len(r["per_class"]) == 10 and sum(map(sum, r["confusion"])) == 512
+    assert abs(sum(row[i] for i, row in enumerate(r["confusion"])) / 512 - r["acc"]) < 1e-9
+    code, out, _ = run_cli(["eval", str(finished_run), "--json", "--full-test"], capsys)
+    assert code == 0 and json.loads(out)["count"] == 10000  # all of them
     assert summary["kept_weights"] == "best.safetensors"
     code, out, _ = run_cli(
         ["eval", str(finished_run / "model.safetensors"), "--tta", "flip"], capsys
@@ -302,7 +305,7 @@ def test_eval_reports_accuracy_per_class_and_confusion(finished_run, capsys):
     assert code == 0 and "confusion matrix" in out and "Ankle boot" in out
 
 
-def test_eval_folds_batch_norm_without_changing_the_result(finished_run):
+def test_predict_folds_batch_norm_without_changing_the_result(finished_run):
     from resnetlab.data import Loader, load_dataset
     from resnetlab.inference.eval_run import evaluate_run
     from resnetlab.inference.evaluation import evaluate
@@ -323,12 +326,15 @@ def test_eval_folds_batch_norm_without_changing_the_result(finished_run):
         normalize=(norm["mean"], norm["std"]) if norm else None,
     )
     plain = evaluate(model, loader, torch.device("cpu"), num_classes=10)
-    r = evaluate_run(finished_run, device="cpu")
-    assert r["count"] == plain["count"] == 10000
-    assert r["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+    fused = evaluate(folded, loader, torch.device("cpu"), num_classes=10)  # as predict runs it
+    assert fused["count"] == plain["count"] == 10000
+    assert fused["loss"] == pytest.approx(plain["loss"], rel=1e-4)
     assert (
-        abs(r["acc"] - plain["acc"]) <= 2 / 10000
+        abs(fused["acc"] - plain["acc"]) <= 2 / 10000
     )  # a rounding-level tie may flip an argmax or two
+    # eval runs the net unfolded, as the run evaluated it (exactly: tests/train/test_user_path.py)
+    r = evaluate_run(finished_run, device="cpu", full_test=True, precision="fp32")
+    assert r["count"] == 10000 and r["loss"] == pytest.approx(plain["loss"], rel=1e-6)
 
 
 def test_predict_takes_any_image_size_and_colour(finished_run, tmp_path, capsys):

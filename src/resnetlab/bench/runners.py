@@ -35,6 +35,10 @@ class Batches:
     def __len__(self) -> int:
         return self.steps
 
+    def loss_weight(self, i: int) -> float:
+        """One process, every share whole (see Loader.loss_weight)."""
+        return 1.0
+
     def __iter__(self):
         return itertools.islice(iter(self.source), self.steps)
 

@@ -311,6 +311,14 @@ class Loader:
     def __len__(self) -> int:
         return len(self._plan)
 
+    def loss_weight(self, i: int) -> float:
+        """What batch `i`'s mean loss on this rank is multiplied by so that DDP's gradient average
+        over the ranks is the global batch's mean: (this rank's share) * world_size / (global batch
+        size); 1.0 for a batch split evenly (every full batch), other values for an epoch's last,
+        partial batch, whose share may differ by one example between ranks."""
+        _, m, s0, s1 = self._plan[i]
+        return (s1 - s0) * self.world_size / m
+
     @property
     def num_examples(self) -> int:
         return sum(s1 - s0 for _, _, s0, s1 in self._plan)

@@ -12,7 +12,7 @@ from resnetlab.data import load_dataset
 from resnetlab.device import resolve_device
 from resnetlab.errors import UsageError
 from resnetlab.inference.evaluation import evaluate
-from resnetlab.inference.loading import inference_model, load_model, loader_for
+from resnetlab.inference.loading import load_model, loader_for
 from resnetlab.inference.tta import with_tta
 from resnetlab.report.html import read_json
 from resnetlab.report.mistakes import (
@@ -23,6 +23,8 @@ from resnetlab.report.mistakes import (
     write_analysis,
 )
 
+PRECISIONS = ("run", "fp32", "bf16")
+
 
 def evaluate_run(
     source: str | Path,
@@ -31,39 +33,64 @@ def evaluate_run(
     data_dir: str | None = None,
     tta: str = "none",
     device: str = "auto",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     mistakes: int = 0,
     out: str | Path | None = None,
+    precision: str = "run",
+    full_test: bool = False,
 ) -> dict:
     """Loss, accuracy, per-class table and confusion matrix of a run's (or weights file's) model on
     a test set (`data`, default the one it was trained on), through `tta`'s views; with `mistakes`
-    the most confident mistakes are written too (see eval_mistakes)."""
+    the most confident mistakes are written too (see eval_mistakes).
+
+    By default a run's own test figure is reproduced exactly: the run's test examples (its
+    --subset; `full_test` takes them all), its precision (`precision="run"`: bf16 autocast and
+    channels_last as the run had them, on the same kind of device; "fp32" or "bf16" force one),
+    its evaluation batch, and its unfolded batch norms (`predict` folds them; folding changes the
+    float rounding)."""
     if mistakes < 0:
         raise UsageError(f"--mistakes must be zero or positive, got {mistakes}")
-    if batch_size <= 0:
+    if batch_size is not None and batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision is one of {', '.join(PRECISIONS)}, got {precision!r}")
     dev = resolve_device(device)
     model, meta = load_model(source, dev)
-    test_set = load_dataset(data or meta["data"], train=False, root=data_dir)
+    how = _as_the_run(source, dev, data or meta["data"], precision, full_test)
+    test_set = load_dataset(
+        data or meta["data"], train=False, root=data_dir, subset=how["subset"], seed=how["seed"]
+    )
     if test_set.images.shape[1] != meta["in_chans"] or len(test_set.classes) != meta["num_classes"]:
         raise UsageError(
             f"{data or meta['data']} has {test_set.images.shape[1]} channels and {len(test_set.classes)} classes, "
             f"but the model takes {meta['in_chans']} channels and predicts {meta['num_classes']} classes; pick a matching --data"
         )
-    loader = loader_for(meta, test_set, batch_size=batch_size, device=dev)
-    model = inference_model(model)
+    if how["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    loader = loader_for(
+        meta,
+        test_set,
+        batch_size=batch_size or how["batch_size"],
+        device=dev,
+        channels_last=how["channels_last"],
+    )
     net = with_tta(model, tta)  # the trainer's final test figure uses the same views
     found = {}
     if (
         mistakes > 0
-    ):  # one pass gives these figures and the mistakes, written to `out` (default RUN/eval/)
-        result, found = eval_mistakes(net, loader, dev, test_set, source, out=out, k=mistakes)
+    ):  # one pass: these figures and the mistakes, written to `out` (default RUN/eval/)
+        result, found = eval_mistakes(
+            net, loader, dev, test_set, source, out=out, k=mistakes, amp=how["amp"]
+        )
     else:
-        result = evaluate(net, loader, dev, num_classes=meta["num_classes"])
+        result = evaluate(net, loader, dev, amp=how["amp"], num_classes=meta["num_classes"])
     return {
         "weights": str(source),
         "data": data or meta["data"],
         "tta": tta,
+        "precision": "bf16" if how["amp"] else "fp32",
+        "precision_source": how["precision_source"],
+        "test_examples": how["test_examples"],
         "loss": result["loss"],
         "acc": result["acc"],
         "count": result["count"],
@@ -74,8 +101,49 @@ def evaluate_run(
     }
 
 
+def _as_the_run(source, dev: torch.device, data: str, precision: str, full_test: bool) -> dict:
+    """How `eval` evaluates: the run's way where its config.json is beside the weights (same data):
+    its test subset and seed, its bf16 and channels_last on the same kind of device, its
+    per-process evaluation batch; otherwise fp32, the whole test set, batches of 256."""
+    source = Path(source)
+    record = read_json((source if source.is_dir() else source.parent) / "config.json")
+    record = record if isinstance(record, dict) else {}
+    cfg = record.get("config") if isinstance(record.get("config"), dict) else {}
+    if cfg.get("data") != data:
+        cfg = {}  # another dataset (or no run): nothing of the run applies
+    same_kind = bool(cfg) and str(record.get("device", "")).split(":")[0] == dev.type
+    subset = None if full_test else cfg.get("subset")
+    amp = {"run": bool(record.get("amp")) and same_kind, "fp32": False, "bf16": True}[precision]
+    if precision != "run":
+        source_of = f"--precision {precision}"
+    elif not cfg:
+        source_of = "no run settings found"
+    else:
+        source_of = "as the run" if same_kind else f"the run trained on {record.get('device')}"
+    world = max(int(record.get("world_size", 1) or 1), 1)
+    return {
+        "subset": subset,
+        "seed": cfg.get("seed", 0),
+        "amp": amp,
+        "channels_last": bool(record.get("channels_last")) and same_kind,
+        "batch_size": -(-cfg["batch_size"] // world) if cfg.get("batch_size") else 256,
+        "precision_source": source_of,
+        "test_examples": f"the run's --subset {subset} (seed {cfg.get('seed', 0)})"
+        if subset
+        else "all",
+    }
+
+
 def eval_mistakes(
-    model, loader, device, test_set, source: str | Path, *, out: str | Path | None, k: int
+    model,
+    loader,
+    device,
+    test_set,
+    source: str | Path,
+    *,
+    out: str | Path | None,
+    k: int,
+    amp: bool = False,
 ) -> tuple[dict, dict]:
     """`resnetlab eval`'s pass: (what engine.evaluate returns: loss, acc, count, confusion; the
     mistakes' summary) from one pass, with mistakes.png/.csv and confusion.csv written into `out`,
@@ -87,7 +155,7 @@ def eval_mistakes(
     )
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {folder} is a file; give a folder")
-    m = find_mistakes(model, loader, device, classes=list(test_set.classes), k=k)
+    m = find_mistakes(model, loader, device, amp=amp, classes=list(test_set.classes), k=k)
     files = write_analysis(
         folder,
         m,
@@ -173,7 +241,8 @@ def format_evaluation(r: dict) -> str:
     """`resnetlab eval`'s text: the figures, the per-class table, the confusion matrix."""
     views = f" ({r['tta']} TTA)" if r["tta"] != "none" else ""
     lines = [
-        f"{r['data']} test set, {r['count']} examples{views}: loss {r['loss']:.4f}, acc {r['acc']:.4f}"
+        f"{r['data']} test set, {r['count']} examples{views}: loss {r['loss']:.4f}, acc {r['acc']:.4f}",
+        f"test examples: {r['test_examples']}; precision: {r['precision']} ({r['precision_source']})",
     ]
     width = max(len(c) for c in r["classes"])
     lines.append(f"{'class':<{width}}  {'count':>6}  {'acc':>6}")

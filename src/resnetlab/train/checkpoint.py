@@ -80,6 +80,7 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
         ("global_step", int),
         ("best_epoch", int),
         ("train_seconds", (int, float)),
+        ("wall_seconds", (int, float)),
         ("best_val_acc", (int, float)),
         ("history", list),
         ("partial", list),

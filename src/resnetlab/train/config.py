@@ -154,8 +154,8 @@ class TrainConfig:
             raise UsageError(f"--lr must be positive, got {self.lr}")
         for name in ("momentum", "weight_decay", "crop_padding", "val_split"):
             if getattr(self, name) < 0:
-                raise UsageError(
-                    f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}"
+                raise UsageError(  # named as a Python caller and as the command line know it
+                    f"{name} (--{flag_name(name)}) must be zero or positive, got {getattr(self, name)}"
                 )
         for name in ("warmup", "erasing", "progressive_until"):
             if not 0 <= getattr(self, name) <= 1:

@@ -88,6 +88,7 @@ class TrainState:
         default_factory=lambda: [0.0, 0.0, 0.0]
     )  # loss sum, correct, count so far
     train_seconds: float = 0.0
+    wall_seconds: float = 0.0  # the run's wall time up to the last checkpoint, over its processes
     history: list = field(default_factory=list)  # one metrics row per completed epoch
     best_val_acc: float = -1.0
     best_epoch: int = -1
@@ -146,7 +147,7 @@ def _train_epoch(step, loader, state, schedule, total_steps, epoch, stop, dist, 
         if i < skip:
             continue
         lr = schedule(state.global_step, total_steps)
-        step(x, y, lr)
+        step(x, y, lr, loader.loss_weight(i))
         state.global_step += 1
         state.step_in_epoch = i + 1
         requested = stop.requested  # read once per step

@@ -173,7 +173,10 @@ class CapturedStep:
         if self.average is not None:  # in the graph too: a foreach lerp on tensors that stay put
             self.average.update()
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, lr: float, loss_weight: float = 1.0
+    ) -> None:
+        # one process (no uneven shares): every batch's loss_weight is 1.0
         self.neg_lr.fill_(-lr)  # a fill from a host number: no copy the host would wait for
         if self.graph is not None:
             if x.shape != self.x.shape:

@@ -32,12 +32,43 @@ METRIC_COLUMNS = [
     "epoch_seconds",
 ]
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "checkpoint.pt")
+# Everything resnetlab writes into a run folder (training, `eval`, `export`, `report`,
+# --tensorboard): what --overwrite removes before the new run starts. Nothing else is touched.
+OWN_FILES = (
+    *RUN_FILES,
+    "events.jsonl",
+    "model.safetensors",
+    "best.safetensors",
+    "model.onnx",
+    "best.onnx",
+    "curves.png",
+    "confusion.png",
+    "confusion.csv",
+    "mistakes.png",
+    "mistakes.csv",
+    "report.html",
+)
+OWN_PATTERNS = ("events.out.tfevents.*",)  # --tensorboard's event files
+EVAL_DIR, EVAL_FILES = "eval", ("mistakes.png", "mistakes.csv", "confusion.csv")  # `resnetlab eval`
 LOCK_FILE = ".lock"  # held (fcntl.flock) by the process training in the folder; the kernel drops it when that process ends
 _LOCK_SCOPES: list[list[RunDir]] = []  # see RunDir.locks_released_at_exit
 
 
 def default_run_path(preset: str, root: str | Path = "runs") -> Path:
     return Path(root) / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{preset}"
+
+
+def _occupied(path: Path, held: list[str]) -> str:
+    """Why --out is refused, and what to do: --resume only for a run that can continue."""
+    if (path / "summary.json").exists():
+        return (
+            f"--out {path} already holds a finished run ({', '.join(held)}); "
+            "pass --overwrite to replace it, or give another --out"
+        )
+    return (
+        f"--out {path} already holds an unfinished run ({', '.join(held)}); "
+        f"continue it with --resume {path}, or pass --overwrite to replace it"
+    )
 
 
 class RunDir:
@@ -58,16 +89,34 @@ class RunDir:
             if held and not overwrite:
                 run.lock()  # a live run is named as such, not as a finished one
                 run.release()
-                raise UsageError(
-                    f"--out {run.path} already holds a run ({', '.join(held)}); "
-                    f"continue it with --resume {run.path}, or pass --overwrite to replace it"
-                )
+                raise UsageError(_occupied(run.path, held))
             try:
                 run.path.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise WriteError.of(e, run.path) from None
             run.lock()
+            if overwrite:  # the replaced run's history and files go; a user's own files stay
+                run.remove_own_files()
         return run
+
+    def remove_own_files(self) -> None:
+        """Remove what resnetlab wrote here (OWN_FILES, OWN_PATTERNS, eval/'s files and eval/ when
+        that leaves it empty), so that nothing of a replaced run is mistaken for the new one's."""
+        own = [self.path / name for name in OWN_FILES]
+        own += [f for pattern in OWN_PATTERNS for f in self.path.glob(pattern)]
+        own += [self.path / EVAL_DIR / name for name in EVAL_FILES]
+        try:
+            for f in own:
+                if f.is_file() or f.is_symlink():
+                    f.unlink()
+            evals = self.path / EVAL_DIR
+            if evals.is_dir() and not any(evals.iterdir()):
+                evals.rmdir()
+        except OSError as e:
+            where = e.filename or self.path
+            raise WriteError(
+                f"--overwrite cannot remove {where}: {e.strerror or e}", e.errno, str(where)
+            ) from None
 
     @classmethod
     def open(cls, path: str | Path, *, enabled: bool = True) -> RunDir:

@@ -106,6 +106,8 @@ class Parts:
             "amp": self.amp,
             "channels_last": self.channels_last,
             "capture": self.capture,
+            # the split used: under --subset, config's val_split may have shrunk to fit
+            "val_split": len(self.splits.val) if self.splits.val is not None else 0,
             "world_size": self.dist.world_size,
             "params": sum(p.numel() for p in self.raw_model.parameters()),
             "versions": {
@@ -118,20 +120,38 @@ class Parts:
         }
 
 
-def load_splits(cfg: TrainConfig) -> Splits:
-    """(train, val or None, test) datasets as the config asks: subset, then validation split."""
+def load_splits(cfg: TrainConfig, say: Callable[[str], None] | None = None) -> Splits:
+    """(train, val or None, test) datasets as the config asks: subset, then validation split (see
+    `val_examples`: under --subset it shrinks to fit, and `say` hears so)."""
     # --subset: a seeded random subset of each split (smoke tests, quick looks)
     train_set = load_dataset(cfg.data, True, cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
     test_set = load_dataset(cfg.data, False, cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
     val_set = None
-    if cfg.val_split:
-        if cfg.val_split >= len(train_set):
-            raise UsageError(
-                f"--val-split {cfg.val_split} leaves no training data ({len(train_set)} examples); "
-                "pass a smaller --val-split, or 0"
-            )
-        train_set, val_set = split_dataset(train_set, cfg.val_split, seed=cfg.seed)
+    held = val_examples(cfg, len(train_set))
+    if held != cfg.val_split and say is not None:
+        say(
+            f"--val-split {cfg.val_split} is more than a subset of {len(train_set)} leaves: "
+            f"{held} held out instead"
+        )
+    if held:
+        train_set, val_set = split_dataset(train_set, held, seed=cfg.seed)
     return Splits(train_set, val_set, test_set)
+
+
+def val_examples(cfg: TrainConfig, train_examples: int) -> int:
+    """How many of `train_examples` training examples are held out for validation: --val-split,
+    except under --subset, where a split of more than half the subset's training examples (a
+    preset's 5,000 on a small subset) shrinks to a tenth of them (at least 1); a split that fits
+    is kept as given. Without --subset a split that leaves no training data is refused."""
+    held = cfg.val_split
+    if held and cfg.subset is not None and held > train_examples // 2:
+        held = max(1, train_examples // 10)
+    if held and held >= train_examples:
+        raise UsageError(
+            f"val_split (--val-split) {held} leaves no training data ({train_examples} examples); "
+            "pass a smaller one, or 0"
+        )
+    return held
 
 
 def build_model(
@@ -212,7 +232,7 @@ def build(
     device, amp, channels_last, capture = _device_policy(cfg, dist)
     if splits is None:
         with local_main_first(dist):  # one download per machine, then the others read the cache
-            splits = load_splits(cfg)
+            splits = load_splits(cfg, say)
     check_same_setup(
         dist,
         describe_setup(
@@ -335,7 +355,9 @@ def _loaders(cfg, dist, splits, device, channels_last, capture, norm) -> Loaders
         *splits,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
-        drop_last=dist.enabled or cfg.compile or capture,
+        # several processes keep the last batch too: Loader's plan splits it unevenly (each rank at
+        # least one example; a last batch of fewer examples than processes is dropped)
+        drop_last=cfg.compile or capture,
         epoch_sizes=epoch_sizes(cfg, splits.train),
         augment=Augment(
             crop_padding=cfg.crop_padding,

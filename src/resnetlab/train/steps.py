@@ -52,6 +52,7 @@ def train_step(
     label_smoothing: float,
     amp: bool,
     cache_casts: bool = True,
+    loss_weight: float = 1.0,
 ) -> None:
     """One training step on gradients set to None: forward under autocast, loss, backward, the
     optimizer's update, and the batch's (loss sum, correct, count) added to `sums` on the device,
@@ -60,7 +61,8 @@ def train_step(
     with autocast(x.device, amp, cache_casts):
         out = model(x)
         loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
-    loss.backward()
+    # an uneven share of a global batch (several processes): see Loader.loss_weight
+    (loss if loss_weight == 1.0 else loss * loss_weight).backward()
     optimizer_step()
     with torch.no_grad():
         # torch.full fills on the device; torch.tensor(..., device=cuda) would copy from the host
@@ -129,7 +131,9 @@ class EagerStep:
         if self.average is not None:
             self.average.update()
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, lr: float, loss_weight: float = 1.0
+    ) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -141,4 +145,5 @@ class EagerStep:
             optimizer_step=self._update,
             label_smoothing=self.label_smoothing,
             amp=self.amp,
+            loss_weight=loss_weight,
         )

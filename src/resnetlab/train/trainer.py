@@ -103,7 +103,23 @@ def _configuration(cfg: TrainConfig | None, resume) -> tuple[TrainConfig, dict |
     checkpoint = load_checkpoint(resume)
     saved = TrainConfig.from_dict(checkpoint["config"])
     refuse_with_resume(["cfg"] if cfg is not None and cfg.to_dict() != saved.to_dict() else [])
+    _refuse_finished(Path(resume), saved, checkpoint["state"].get("epoch", 0))
     return saved, checkpoint
+
+
+def _refuse_finished(resume: Path, cfg: TrainConfig, epoch: int) -> None:
+    """A finished run (summary.json written, every epoch done) has nothing to continue: resuming it
+    would redo its finishing work. Refused before anything is written."""
+    folder = resume if resume.is_dir() else resume.parent
+    if epoch < cfg.epochs or not (folder / "summary.json").exists():
+        return
+    kept = "best.safetensors" if (folder / "best.safetensors").exists() else "model.safetensors"
+    init = " --init default" if cfg.init == "whiten" else ""
+    raise UsageError(
+        f"{folder} finished at epoch {epoch}; train more with a new run from its weights "
+        f"(resnetlab train --config {folder / 'config.json'} --init-from {folder / kept}{init} "
+        f"--epochs N --out NEW_RUN), or start a new run with --out"
+    )
 
 
 def _train(
@@ -111,7 +127,7 @@ def _train(
 ) -> dict:
     """The parts, the loop and the run folder, wired: one list of observers hears the loop."""
     cfg = parts.cfg
-    saver = Saver(parts, run)
+    saver = Saver(parts, run, started=started)
     # before any file: a missing tensorboard extra stops every process here
     tensorboard = (
         [TensorBoard(run.path, cfg.to_dict(), resumed=_resumed(parts.state), enabled=run.enabled)]
@@ -135,7 +151,7 @@ def _train(
             parts.dist,
             observers,
         )
-        summary = finish(parts, run, saver, started=started)
+        summary = finish(parts, run, saver)
     except Interrupted as e:
         # said once, by the CLI (not as an error): where it stopped, that it is saved, how to go on
         resume = resume_command(parts, run)
@@ -190,13 +206,20 @@ class Saver(Observer):
     at every epoch end, a checkpoint when interrupted (writes happen on rank 0: the folder's
     `enabled`). It keeps the test evaluations of the epochs whose weights may be kept."""
 
-    def __init__(self, parts: Parts, run: RunDir) -> None:
+    def __init__(self, parts: Parts, run: RunDir, *, started: float) -> None:
         self.parts, self.run = parts, run
+        # the run's wall time: the earlier processes' (from the checkpoint), then this one's
+        self.earlier_seconds, self.started = parts.state.wall_seconds, started
         self.test_results: dict[int, dict] = {}  # epoch -> its test evaluation, run here
         self.final: dict = {}  # the kept weights' final test evaluation (set by `finish`)
 
+    def wall_seconds(self) -> float:
+        """Wall time of the whole run so far: every process's, each from its start."""
+        return self.earlier_seconds + time.perf_counter() - self.started
+
     def checkpoint(self, state: TrainState) -> dict:
         p = self.parts
+        state.wall_seconds = self.wall_seconds()  # a resumed process counts on from here
         average = p.average.model if p.average is not None else None
         return make_checkpoint(
             p.cfg, p.raw_model, p.optimizer, state, p.dist.world_size, average=average
@@ -237,7 +260,7 @@ def _load_best(parts: Parts, run: RunDir) -> None:
     parts.weights.load_state_dict(best_state)
 
 
-def finish(parts: Parts, run: RunDir, saver: Saver, *, started: float) -> dict:
+def finish(parts: Parts, run: RunDir, saver: Saver) -> dict:
     """After the last epoch: the final weights, then the kept weights (best on validation when
     there is a split) on the test set (with --tta's views, and without), and summary.json. A plain
     test figure is that of its epoch's evaluation when this process ran it: the same weights on
@@ -283,7 +306,7 @@ def finish(parts: Parts, run: RunDir, saver: Saver, *, started: float) -> dict:
         summary.update(
             tta=cfg.tta, kept_test_acc_no_tta=plain["acc"], kept_test_loss_no_tta=plain["loss"]
         )
-    summary["total_seconds"] = time.perf_counter() - started
+    summary["total_seconds"] = saver.wall_seconds()  # every process of the run, resumes included
     run.write_summary(summary)
     saver.final = final
     return summary
