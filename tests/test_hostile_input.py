@@ -119,8 +119,8 @@ def bounded(seconds: float = 10.0, mib: int = 64):
             "5"
         )  # resets VmHWM, the peak, to the current size (Linux)
         start = _status("VmRSS")
-    except OSError:
-        start = None
+    except OSError:  # visibly: the memory bound is half of what this test checks
+        pytest.skip("needs Linux /proc/self/clear_refs to measure peak memory")
 
     def alarm(signum, frame):
         raise TimeoutError(f"over {seconds} s on one input: a hang")
@@ -132,11 +132,10 @@ def bounded(seconds: float = 10.0, mib: int = 64):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    if start is not None:
-        grew = _status("VmHWM") - start
-        parser = getattr(count, "last", "?")
-        PEAK[parser] = max(PEAK.get(parser, 0), grew)
-        assert grew < mib * MiB, f"peak memory rose by {grew / MiB:.0f} MiB on one input"
+    grew = _status("VmHWM") - start
+    parser = getattr(count, "last", "?")
+    PEAK[parser] = max(PEAK.get(parser, 0), grew)
+    assert grew < mib * MiB, f"peak memory rose by {grew / MiB:.0f} MiB on one input"
 
 
 # --- mutations of valid files ---------------------------------------------------------------

@@ -31,10 +31,6 @@ from resnetlab.train import make_config
 from resnetlab.train.setup import build_model
 from resnetlab.weights import load_weights
 
-pytestmark = (
-    pytest.mark.needs_fashion_mnist
-)  # trains on subsets of the real data (tests/conftest.py)
-
 WORKER = str(Path(__file__).with_name("dist_worker.py"))
 # 257 examples: 256 to train on (4 global batches of 64 per epoch) and 1 to validate on, which gives
 # rank 0 no validation example at all; the 257 test examples give rank 0 one evaluation batch and
@@ -276,6 +272,7 @@ def runs(tmp_path_factory):
 
 @pytest.mark.slow
 @processes
+@pytest.mark.needs_fashion_mnist
 def test_two_processes_write_one_run_folder_and_evaluate_every_example_once(runs):
     root, two = runs
     assert sorted(p.name for p in root.iterdir()) == ["dumps1", "dumps2", "one", "two"]
@@ -302,6 +299,7 @@ def test_two_processes_write_one_run_folder_and_evaluate_every_example_once(runs
 
 @pytest.mark.slow
 @processes
+@pytest.mark.needs_fashion_mnist
 def test_every_rank_ends_with_the_same_weights(runs):
     root, _ = runs
     rank0, rank1 = (
@@ -316,6 +314,7 @@ def test_every_rank_ends_with_the_same_weights(runs):
 
 @pytest.mark.slow
 @processes
+@pytest.mark.needs_fashion_mnist
 def test_without_sync_bn_the_ranks_still_end_with_the_same_weights(tmp_path):
     """Per-process batch-norm statistics differ between ranks while training; the end of each
     epoch averages them, so evaluation and the saved weights are the same on every rank. The
@@ -341,6 +340,7 @@ def test_without_sync_bn_the_ranks_still_end_with_the_same_weights(tmp_path):
 
 @pytest.mark.slow
 @processes
+@pytest.mark.needs_fashion_mnist
 def test_two_processes_train_like_one_with_the_same_global_batch(runs):
     """With --sync-bn, 2 processes x 32 examples compute what 1 process x 64 does (8 steps, with
     crop+flip augmentation drawn per global batch, BN statistics, evaluation)."""
@@ -360,6 +360,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(runs):
 
 @pytest.mark.slow
 @processes
+@pytest.mark.needs_fashion_mnist
 def test_ctrl_c_stops_every_rank_at_one_step_and_the_resumed_run_matches(
     runs, tmp_path, capsys, monkeypatch
 ):
@@ -401,6 +402,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_the_resumed_run_matches(
 
 @pytest.mark.slow
 @processes
+@pytest.mark.needs_fashion_mnist
 def test_nproc_runs_torchrun_and_prints_one_summary(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run(
@@ -443,6 +445,7 @@ def test_nproc_runs_torchrun_and_prints_one_summary(tmp_path):
 
 @pytest.mark.slow
 @processes
+@pytest.mark.needs_fashion_mnist
 def test_a_process_that_dies_stops_the_others(tmp_path):
     """Rank 1 exits with status 3 after its second step: torchrun names it, and rank 0 stops
     soon (its peer's closed connection, or torchrun's SIGTERM), not after the collective timeout
@@ -483,6 +486,7 @@ def _faults(text: str) -> list[tuple[int, str, float]]:
 
 @pytest.mark.slow
 @processes
+@pytest.mark.needs_fashion_mnist
 def test_a_stalled_process_makes_the_others_stop_with_a_clear_error(tmp_path):
     """Rank 1 stops taking part after its first step; rank 0 leaves its collective when the
     configured timeout (5 s) runs out, with one line, and not much later: the bound is the timeout
@@ -517,6 +521,7 @@ def test_a_stalled_process_makes_the_others_stop_with_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 @processes
+@pytest.mark.needs_fashion_mnist
 def test_processes_started_with_different_settings_refuse_to_train(tmp_path):
     args = [
         "train",
