@@ -113,7 +113,7 @@ EVALUATE_MANY = r"""
 import sys, torch
 from torch import nn
 from resnetlab import d2l
-from resnetlab.train.engine import evaluate
+from resnetlab.inference.evaluation import evaluate
 
 def rss():
     with open("/proc/self/statm") as f:
