@@ -1,9 +1,11 @@
-"""What the whole suite shares: the `needs_fashion_mnist` mark.
+"""What the whole suite shares: the `needs_fashion_mnist` mark and the skip policy.
 
 Tests so marked train or evaluate on the real Fashion-MNIST. Where it is not on this machine (in
 Debian's dataset-fashion-mnist package or the user cache; the tests never download), they skip
-and say how to get it. CI sets RESNETLAB_TEST_REQUIRE_DATA=1, which turns such a skip into an
-error, so that every one of them runs there.
+and say how to get it. CI sets RESNETLAB_TEST_STRICT=1, which turns such a skip, and every other
+skip but the CUDA tests' (a missing extra, browser, measurement), into an error, so that every one
+of them runs there (tests/skip_policy.py). RESNETLAB_TEST_REQUIRE_DATA=1, the older switch, still
+makes missing data an error.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from skip_policy import (  # noqa: F401  (pytest's hooks, taken in by name)
+    STRICT_ENV,
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+)
 
 needs_fashion_mnist = pytest.mark.needs_fashion_mnist
 REQUIRE_ENV = "RESNETLAB_TEST_REQUIRE_DATA"
@@ -32,10 +39,11 @@ def pytest_collection_modifyitems(config, items):
     missing = _fashion_mnist_missing()
     if missing is None:
         return
-    if os.environ.get(REQUIRE_ENV) == "1":
-        raise pytest.UsageError(
-            f"{REQUIRE_ENV}=1 but {missing}: install Debian's dataset-fashion-mnist"
-        )
+    for switch in (STRICT_ENV, REQUIRE_ENV):
+        if os.environ.get(switch) == "1":
+            raise pytest.UsageError(
+                f"{switch}=1 but {missing}: install Debian's dataset-fashion-mnist"
+            )
     skip = pytest.mark.skip(
         reason=f"needs the real Fashion-MNIST ({missing}): apt-get install dataset-fashion-mnist, "
         "or `resnetlab data fetch fashion-mnist` where the network allows"

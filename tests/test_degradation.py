@@ -17,10 +17,6 @@ from resnetlab.cli import main
 from resnetlab.errors import UsageError
 from resnetlab.experiments import degradation as deg
 
-pytestmark = (
-    pytest.mark.needs_fashion_mnist
-)  # trains on subsets of the real data (tests/conftest.py)
-
 TINY = dict(depths=(20, 32), width=4, subset=256, epochs=2, seed=0)
 TINY_FLAGS = [
     "--depths",
@@ -50,6 +46,7 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.needs_fashion_mnist
 def test_writes_run_folders_combined_csv_and_figures(tiny):
     out, result = tiny
     for net in NETS:
@@ -70,6 +67,7 @@ def test_writes_run_folders_combined_csv_and_figures(tiny):
     assert json.loads((out / "degradation.json").read_text())["nets"] == result["nets"]
 
 
+@pytest.mark.needs_fashion_mnist
 def test_every_net_gets_the_same_recipe(tiny):
     out, _ = tiny
     configs = {net: json.loads((out / net / "config.json").read_text())["config"] for net in NETS}
@@ -91,6 +89,7 @@ def test_recipe_owns_every_setting_of_its_base_preset():
     assert set(PRESETS[deg.BASE_PRESET]) - per_run <= set(deg.DEGRADATION_RECIPE)
 
 
+@pytest.mark.needs_fashion_mnist
 def test_final_errors_and_verdict_come_from_the_last_epoch(tiny):
     out, result = tiny
     rows = _read_csv(out / "degradation.csv")
@@ -110,6 +109,7 @@ def test_final_errors_and_verdict_come_from_the_last_epoch(tiny):
     assert ("degradation shown" in table) == result["plain_degrades"]
 
 
+@pytest.mark.needs_fashion_mnist
 def test_gradient_norms_cover_every_weighted_layer_of_the_deep_nets(tiny):
     out, _ = tiny
     rows = _read_csv(out / "gradients.csv")
@@ -122,6 +122,7 @@ def test_gradient_norms_cover_every_weighted_layer_of_the_deep_nets(tiny):
         assert all(math.isfinite(float(r["grad_norm"])) and float(r["grad_norm"]) > 0 for r in mine)
 
 
+@pytest.mark.needs_fashion_mnist
 def test_gradient_norms_are_reproducible():
     # the seed fixes both the initial weights and the batch, so a second call agrees exactly
     cfg = deg.degradation_config(
@@ -137,6 +138,7 @@ def test_gradient_norms_are_reproducible():
     assert first == second and len(first) == 20
 
 
+@pytest.mark.needs_fashion_mnist
 def test_cli_json_reuses_finished_runs(tiny, capsys):
     out, result = tiny
     stamp = (out / "plain20" / "model.safetensors").stat().st_mtime_ns
@@ -151,6 +153,7 @@ def test_cli_json_reuses_finished_runs(tiny, capsys):
     assert "reusing the finished run" in captured.err
 
 
+@pytest.mark.needs_fashion_mnist
 def test_interrupted_run_is_resumed_and_plots_skipped_without_matplotlib(
     tiny, tmp_path, monkeypatch, capsys
 ):
@@ -169,6 +172,7 @@ def test_interrupted_run_is_resumed_and_plots_skipped_without_matplotlib(
     assert capsys.readouterr().out.count("degradation.png and gradients.png are skipped") == 1
 
 
+@pytest.mark.needs_fashion_mnist
 def test_other_settings_in_the_folder_are_refused(tiny):
     out, _ = tiny
     with pytest.raises(UsageError, match="--overwrite"):

@@ -18,6 +18,7 @@ import struct
 import sys
 import tempfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +45,27 @@ def fuzz(n: int):
     )
 
 
-TRIED: dict[
-    str, list[int]
-] = {}  # per parser: [inputs tried, refused with a one-line error] (docs/robustness.md)
+@dataclass
+class Tally:
+    """One parser's inputs: how many were tried and refused, and how many the strategies built
+    well-formed (each must parse, to a reference parse's values) or broken (each must be refused)."""
+
+    tried: int = 0
+    refused: int = 0
+    valid: int = 0
+    invalid: int = 0
 
 
-def count(parser: str) -> None:
-    TRIED.setdefault(parser, [0, 0])[0] += 1
-    count.last = parser
+TRIED: dict[str, Tally] = {}  # per parser (docs/robustness.md)
+
+
+def count(parser: str, kind: str = "any") -> None:
+    """One input for `parser`: "valid" (must parse), "invalid" (must be refused) or "any"."""
+    tally = TRIED.setdefault(parser, Tally())
+    tally.tried += 1
+    tally.valid += kind == "valid"
+    tally.invalid += kind == "invalid"
+    count.last, count.kind = parser, kind
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,8 +75,9 @@ def report_counts():
         print(
             "\ninputs tried: "
             + "; ".join(
-                f"{k} {n:,} ({bad:,} refused, peak memory +{PEAK.get(k, 0) / MiB:.1f} MiB at most)"
-                for k, (n, bad) in sorted(TRIED.items())
+                f"{k} {t.tried:,} ({t.refused:,} refused; {t.valid:,} well-formed, all parsed; "
+                f"{t.invalid:,} broken, all refused; peak memory +{PEAK.get(k, 0) / MiB:.1f} MiB at most)"
+                for k, t in sorted(TRIED.items())
             ),
             file=sys.stderr,
         )
@@ -75,9 +90,28 @@ def one_line(error: ResnetlabError, kind=ResnetlabError) -> None:
 
 
 def refused(error: ResnetlabError) -> None:
-    """A fuzzed input refused: the error must be one of ours, on one line; it is tallied."""
+    """A fuzzed input refused: the error must be one of ours, on one line; it is tallied. A
+    well-formed input must not be refused."""
     one_line(error)
-    TRIED[count.last][1] += 1
+    TRIED[count.last].refused += 1
+    assert count.kind != "valid", f"a well-formed input was refused: {error}"
+
+
+def accepted() -> None:
+    """A fuzzed input parsed: a broken one must not have."""
+    assert count.kind != "invalid", "a broken input was accepted"
+
+
+def run_counted(parser: str, fuzz_fn, *, valid: int, invalid: int, **kwargs) -> Tally:
+    """Run the hypothesis test `fuzz_fn` afresh for `parser`, then check that its strategies built
+    at least `valid` well-formed and `invalid` broken inputs, and that the tallies agree: refused
+    at least the broken ones, accepted at least the well-formed ones."""
+    TRIED.pop(parser, None)
+    fuzz_fn(**kwargs)
+    t = TRIED[parser]
+    assert t.valid >= valid and t.invalid >= invalid, t
+    assert t.refused >= t.invalid and t.tried - t.refused >= t.valid, t
+    return t
 
 
 # --- peak memory ---------------------------------------------------------------------------
@@ -119,8 +153,8 @@ def bounded(seconds: float = 10.0, mib: int = 64):
             "5"
         )  # resets VmHWM, the peak, to the current size (Linux)
         start = _status("VmRSS")
-    except OSError:
-        start = None
+    except OSError:  # visibly: the memory bound is half of what this test checks
+        pytest.skip("needs Linux /proc/self/clear_refs to measure peak memory")
 
     def alarm(signum, frame):
         raise TimeoutError(f"over {seconds} s on one input: a hang")
@@ -132,11 +166,10 @@ def bounded(seconds: float = 10.0, mib: int = 64):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    if start is not None:
-        grew = _status("VmHWM") - start
-        parser = getattr(count, "last", "?")
-        PEAK[parser] = max(PEAK.get(parser, 0), grew)
-        assert grew < mib * MiB, f"peak memory rose by {grew / MiB:.0f} MiB on one input"
+    grew = _status("VmHWM") - start
+    parser = getattr(count, "last", "?")
+    PEAK[parser] = max(PEAK.get(parser, 0), grew)
+    assert grew < mib * MiB, f"peak memory rose by {grew / MiB:.0f} MiB on one input"
 
 
 # --- mutations of valid files ---------------------------------------------------------------
@@ -190,23 +223,60 @@ def idx_header(dims: list[int]) -> bytes:
     return bytes([0, 0, 0x08, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
 
 
+@st.composite
+def idx_case(draw):
+    """(kind, images file, labels file, reference): a pair written from random arrays of another
+    count and size, left well-formed ("valid", with the arrays as the reference) or given one flaw
+    that must be refused ("invalid"): a file cut short or run long, the label count or a label
+    wrong, another magic number."""
+    n, h, w = draw(st.integers(0, 6)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.integers(0, 256, (n, h, w), dtype=np.uint8)
+    y = rng.integers(0, 10, n, dtype=np.uint8)
+    flaw = draw(st.sampled_from([None, None, "short", "long", "count", "label", "magic"]))
+    if flaw == "label" and n:
+        y[draw(st.integers(0, n - 1))] = draw(st.integers(10, 255))
+    files = [idx_bytes(x), idx_bytes(y if flaw != "count" else np.append(y, 0))]
+    which = draw(st.integers(0, 1))
+    if flaw == "short":
+        files[which] = files[which][: -draw(st.integers(1, len(files[which])))]
+    elif flaw in ("long", "label") and not (flaw == "label" and n):
+        files[which] += draw(st.binary(min_size=1, max_size=16))
+    elif flaw == "magic":
+        at = draw(st.sampled_from([0, 1, 2, 3]))
+        wrong = bytearray(files[which])
+        wrong[at] = draw(st.integers(0, 255).filter(lambda b, old=wrong[at]: b != old))
+        files[which] = bytes(wrong)
+    if flaw is None:
+        return "valid", files[0], files[1], (x[:, None], y.astype(np.int64))
+    return "invalid", files[0], files[1], None
+
+
 @fuzz(2000)
 @given(
-    images=st.one_of(
-        mutated(VALID_IMAGES),
-        st.binary(max_size=96),
-        st.just(VALID_IMAGES),
-        st.lists(st.integers(0, 2**32 - 1), min_size=3, max_size=3).map(idx_header),
-    ),
-    labels=st.one_of(mutated(VALID_LABELS), st.binary(max_size=32), st.just(VALID_LABELS)),
+    case=st.one_of(
+        idx_case(),
+        st.tuples(
+            st.just("any"),
+            st.one_of(
+                mutated(VALID_IMAGES),
+                st.binary(max_size=96),
+                st.just(VALID_IMAGES),
+                st.lists(st.integers(0, 2**32 - 1), min_size=3, max_size=3).map(idx_header),
+            ),
+            st.one_of(mutated(VALID_LABELS), st.binary(max_size=32), st.just(VALID_LABELS)),
+            st.none(),
+        ),
+    )
 )
 @example(
-    images=idx_header([2**22, 2**21, 2**21]), labels=VALID_LABELS
+    case=("any", idx_header([2**22, 2**21, 2**21]), VALID_LABELS, None)
 )  # 2**64 bytes declared: wrapped to 0 in int64
-def test_idx_files(images, labels):
+def fuzz_idx_files(case):
     from resnetlab.data.formats import read_idx_pair
 
-    count("IDX (image and label file pairs)")
+    kind, images, labels, reference = case
+    count("IDX (image and label file pairs)", kind)
     with bounded():
         try:
             x, y = read_idx_pair(
@@ -219,8 +289,15 @@ def test_idx_files(images, labels):
         except DataError as e:
             refused(e)
             return
+    accepted()
     assert x.dtype == np.uint8 and x.ndim == 4 and x.shape[1] == 1 and len(x) == len(y)
     assert y.dtype == np.int64 and (y.size == 0 or (0 <= y.min() and y.max() < 10))
+    if reference is not None:
+        assert np.array_equal(x, reference[0]) and np.array_equal(y, reference[1])
+
+
+def test_idx_files():
+    run_counted("IDX (image and label file pairs)", fuzz_idx_files, valid=200, invalid=500)
 
 
 # --- CIFAR binary ---------------------------------------------------------------------------
@@ -235,25 +312,27 @@ def test_idx_files(images, labels):
     labels_in_range=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_cifar_binary_batches(records, extra, label_bytes, num_classes, labels_in_range, seed):
+def fuzz_cifar_binary_batches(records, extra, label_bytes, num_classes, labels_in_range, seed):
     from resnetlab.data.formats import read_cifar_binary
 
-    count("CIFAR binary batches")
     record = 3072 + label_bytes
-    buf = np.random.default_rng(seed).integers(
-        0, 256, max(0, records * record + extra), dtype=np.uint8
-    )
+    size = max(0, records * record + extra)
+    buf = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
     if labels_in_range:  # whole records whose class byte is a class: these must parse
         buf[label_bytes - 1 :: record] %= num_classes
+    # well-formed: whole records, classes in range; broken: no record, or one cut short
+    whole = size > 0 and size % record == 0
+    count(
+        "CIFAR binary batches",
+        "valid" if whole and labels_in_range else "any" if whole else "invalid",
+    )
     with bounded():
         try:
             x, y = read_cifar_binary(buf, "data_batch_1.bin", label_bytes, num_classes)
         except DataError as e:
             refused(e)
-            assert not (labels_in_range and extra == 0 and records > 0), (
-                "a well-formed batch was refused"
-            )
             return
+    accepted()
     assert (
         x.shape == (records, 3, 32, 32)
         and len(y) == len(x)
@@ -261,6 +340,11 @@ def test_cifar_binary_batches(records, extra, label_bytes, num_classes, labels_i
         and y.max() < num_classes
     )
     assert np.array_equal(x.reshape(records, -1), buf.reshape(records, record)[:, label_bytes:])
+    assert np.array_equal(y, buf[label_bytes - 1 :: record].astype(np.int64))
+
+
+def test_cifar_binary_batches():
+    run_counted("CIFAR binary batches", fuzz_cifar_binary_batches, valid=50, invalid=400)
 
 
 # --- CIFAR Python (pickle) ------------------------------------------------------------------
@@ -298,46 +382,94 @@ plain = st.recursive(
 )
 
 
+@st.composite
+def cifar_python_case(draw):
+    """(kind, pickle, reference): a batch of 1-3 random images pickled at protocol 0-4 (5 is
+    refused by design: numpy 2 pickles arrays there with another reconstructor), with bytes or str
+    keys and labels as a list or an array; well-formed, or with one flaw that must be refused."""
+    n = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    labels = [int(v) for v in rng.integers(0, 10, n)]
+    flaw = draw(st.sampled_from([None, None, "label", "negative", "columns", "no labels", "list"]))
+    if flaw in ("label", "negative"):
+        labels[draw(st.integers(0, n - 1))] = draw(st.integers(10, 2**40)) * (
+            -1 if flaw == "negative" else 1
+        )
+    key = draw(st.sampled_from([lambda k: k, lambda k: k.decode()]))
+    entry = {
+        key(b"data"): data[:, :3071] if flaw == "columns" else data,
+        key(b"labels"): np.array(labels) if draw(st.booleans()) else labels,
+    }
+    if flaw == "no labels":
+        del entry[key(b"labels")]
+    blob = pickle.dumps(
+        list(entry.values()) if flaw == "list" else entry, protocol=draw(st.integers(0, 4))
+    )
+    if flaw is None:
+        return "valid", blob, (data.reshape(n, 3, 32, 32), np.array(labels, np.int64))
+    return "invalid", blob, None
+
+
 @fuzz(2000)
 @given(
-    blob=st.one_of(
-        mutated(cifar_pickle()),
-        st.binary(max_size=200),
-        st.tuples(plain, st.integers(0, 5)).map(lambda t: pickle.dumps(t[0], protocol=t[1])),
-        st.dictionaries(
-            st.sampled_from([b"data", "data", b"labels", "labels", b"fine_labels"]),
-            plain
-            | st.builds(
-                lambda n, d: np.zeros((n, d), np.uint8),
-                st.integers(0, 3),
-                st.sampled_from([3072, 3071, 1]),
+    case=cifar_python_case()
+    | st.tuples(
+        st.just("any"),
+        st.one_of(
+            mutated(cifar_pickle()),
+            st.binary(max_size=200),
+            st.tuples(plain, st.integers(0, 5)).map(lambda t: pickle.dumps(t[0], protocol=t[1])),
+            st.dictionaries(
+                st.sampled_from([b"data", "data", b"labels", "labels", b"fine_labels"]),
+                plain
+                | st.builds(
+                    lambda n, d: np.zeros((n, d), np.uint8),
+                    st.integers(0, 3),
+                    st.sampled_from([3072, 3071, 1]),
+                ),
+                max_size=3,
+            ).map(lambda d: pickle.dumps(d, protocol=2)),
+            st.lists(st.integers(-(2**70), 2**70), max_size=3).map(
+                lambda labels: cifar_pickle(len(labels), labels)
             ),
-            max_size=3,
-        ).map(lambda d: pickle.dumps(d, protocol=2)),
-        st.lists(st.integers(-(2**70), 2**70), max_size=3).map(
-            lambda labels: cifar_pickle(len(labels), labels)
         ),
+        st.none(),
     )
 )
-@example(blob=cifar_pickle(2, [0, -1]))  # a negative label passed the range check
 @example(
-    blob=cifar_pickle(protocol=5)
+    case=("invalid", cifar_pickle(2, [0, -1]), None)
+)  # a negative label passed the range check
+@example(
+    case=("invalid", cifar_pickle(protocol=5), None)
 )  # numpy 2's protocol-5 array pickle: another reconstructor, refused
 @example(
-    blob=pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [None, []]}, protocol=2)
+    case=(
+        "invalid",
+        pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [None, []]}, protocol=2),
+        None,
+    )
 )  # ragged: numpy raised
-def test_cifar_python_batches(blob):
+def fuzz_cifar_python_batches(case):
     from resnetlab.data.formats import read_cifar_python
 
-    count("CIFAR Python batches")
+    kind, blob, reference = case
+    count("CIFAR Python batches", kind)
     with bounded():
         try:
             x, y = read_cifar_python(np.frombuffer(blob, np.uint8), "data_batch_1", "labels", 10)
         except DataError as e:
             refused(e)
             return
+    accepted()
     assert x.dtype == np.uint8 and x.shape[1:] == (3, 32, 32) and len(y) == len(x)
     assert y.dtype == np.int64 and (y.size == 0 or (0 <= y.min() and y.max() < 10))
+    if reference is not None:
+        assert np.array_equal(x, reference[0]) and np.array_equal(y, reference[1])
+
+
+def test_cifar_python_batches():
+    run_counted("CIFAR Python batches", fuzz_cifar_python_batches, valid=120, invalid=400)
 
 
 def test_a_cifar_pickle_that_would_run_code_is_refused(tmp_path):
@@ -418,11 +550,45 @@ folder_tree = st.dictionaries(  # {class folder: {file name: bytes}}
 )
 
 
+@st.composite
+def folder_case(draw):
+    """(kind, train tree, test tree, stray, reference): class folders of PNG images of one size,
+    all grey or all colour, under train/ and test/ ("valid": the reference is Pillow's decoding,
+    by split, in the order of classes and names); or the same with one file emptied (refused)."""
+    mode = draw(st.sampled_from(["L", "RGB"]))
+    size = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    classes = sorted(draw(st.sets(st.sampled_from(["cat", "dog", "bird"]), min_size=1)))
+    trees = []
+    for _split in ("train", "test"):
+        tree = {}
+        for cls in classes:
+            names = sorted(draw(st.sets(st.sampled_from(["a.png", "b.PNG", "c.jpg"]), min_size=1)))
+            tree[cls] = {
+                name: encode(mode, size, "PNG", draw(st.integers(0, 1000))) for name in names
+            }
+        trees.append(tree)
+    if draw(st.integers(0, 2)) == 0:  # one file of either split emptied
+        tree = trees[draw(st.integers(0, 1))]
+        files = tree[draw(st.sampled_from(classes))]
+        files[draw(st.sampled_from(sorted(files)))] = b""
+        return "invalid", trees[0], trees[1], False, None
+    reference = {}
+    for want_train, tree in zip((True, False), trees):
+        pixels = [pillow_reads(tree[c][n], mode) for c in classes for n in sorted(tree[c])]
+        labels = [i for i, c in enumerate(classes) for _ in tree[c]]
+        reference[want_train] = (np.stack(pixels), np.array(labels))
+    return "valid", trees[0], trees[1], False, reference
+
+
 @fuzz(500)
-@given(train=folder_tree, test=st.none() | folder_tree, stray=st.booleans())
-def test_image_folders(train, test, stray):
+@given(
+    case=folder_case()
+    | st.tuples(st.just("any"), folder_tree, st.none() | folder_tree, st.booleans(), st.none())
+)
+def fuzz_image_folders(case):
     from resnetlab.data import load_dataset
 
+    kind, train, test, stray, reference = case
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         for split, tree in (("train", train), ("test", test)):
@@ -436,13 +602,14 @@ def test_image_folders(train, test, stray):
                 b"not a class folder"
             )  # a file beside the class folders
         for want_train in (True, False):
-            count("image folders (train and test split loads)")
+            count("image folders (train and test split loads)", kind)
             with bounded():
                 try:
                     ds = load_dataset(f"imagefolder:{root}", train=want_train)
                 except DataError as e:
                     refused(e)
                     continue
+            accepted()
             assert (
                 ds.images.dtype == torch.uint8
                 and ds.images.ndim == 4
@@ -451,6 +618,16 @@ def test_image_folders(train, test, stray):
             assert len(ds.labels) == len(ds.images) and (
                 len(ds.labels) == 0 or ds.labels.max() < len(ds.classes)
             )
+            if reference is not None:
+                images, labels = reference[want_train]
+                assert np.array_equal(ds.images.numpy(), images)
+                assert np.array_equal(ds.labels.numpy(), labels)
+
+
+def test_image_folders():
+    run_counted(
+        "image folders (train and test split loads)", fuzz_image_folders, valid=120, invalid=100
+    )
 
 
 # --- weights (safetensors) ------------------------------------------------------------------
@@ -498,33 +675,74 @@ tensor_entry = st.fixed_dictionaries(
 )
 
 
+WEIGHT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool]
+
+
+@st.composite
+def weights_case(draw):
+    """(kind, file, reference): a weights file save_weights wrote of 1-3 random tensors (dtypes,
+    shapes, empty ones) and metadata, whole ("valid", with what was saved as the reference), or
+    cut short or run long by some bytes (must be refused)."""
+    from resnetlab.weights import save_weights
+
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    tensors = {}
+    for i in range(draw(st.integers(1, 3))):
+        shape = draw(st.lists(st.integers(0, 4), max_size=3))
+        dtype = draw(st.sampled_from(WEIGHT_DTYPES))
+        tensors[f"layer{i}.weight"] = (torch.rand(shape, generator=g) * 100).to(dtype)
+    meta = {"model": draw(st.text(max_size=8)), "num_classes": draw(st.integers(1, 1000))}
+    with tempfile.TemporaryDirectory() as d:
+        save_weights(Path(d, "w.safetensors"), tensors, meta)
+        blob = Path(d, "w.safetensors").read_bytes()
+    flaw = draw(st.sampled_from([None, None, "short", "long"]))
+    if flaw is None:
+        return "valid", blob, (tensors, meta)
+    if flaw == "short":
+        return "invalid", blob[: -draw(st.integers(1, len(blob)))], None
+    return "invalid", blob + draw(st.binary(min_size=1, max_size=16)), None
+
+
 @fuzz(2000)
 @given(
-    blob=st.one_of(
-        mutated(valid_weights()),
-        st.binary(max_size=128),
-        st.dictionaries(
-            st.text(max_size=6) | st.just("__metadata__"), tensor_entry | json_values, max_size=3
-        ).map(_header_file),
-        json_values.map(_header_file),
-        st.builds(
-            lambda meta: _header_file({"__metadata__": {"resnetlab": meta}}),
-            json_values | st.text(),
+    case=weights_case()
+    | st.tuples(
+        st.just("any"),
+        st.one_of(
+            mutated(valid_weights()),
+            st.binary(max_size=128),
+            st.dictionaries(
+                st.text(max_size=6) | st.just("__metadata__"),
+                tensor_entry | json_values,
+                max_size=3,
+            ).map(_header_file),
+            json_values.map(_header_file),
+            st.builds(
+                lambda meta: _header_file({"__metadata__": {"resnetlab": meta}}),
+                json_values | st.text(),
+            ),
         ),
+        st.none(),
     )
 )
 @example(
-    blob=struct.pack("<Q", 2**63) + b"{}"
+    case=("invalid", struct.pack("<Q", 2**63) + b"{}", None)
 )  # a header longer than the file read as an empty file
-@example(blob=_header_file({"__metadata__": {"resnetlab": "5"}}))  # metadata that is not an object
 @example(
-    blob=_header_file({"t": {"dtype": "U8", "shape": [4], "data_offsets": [-4, 0]}})
+    case=("invalid", _header_file({"__metadata__": {"resnetlab": "5"}}), None)
+)  # metadata that is not an object
+@example(
+    case=(
+        "invalid",
+        _header_file({"t": {"dtype": "U8", "shape": [4], "data_offsets": [-4, 0]}}),
+        None,
+    )
 )  # offsets before the data
-def test_weights_reader(blob, tmp_path_factory):
+def fuzz_weights_reader(case, path):
     from resnetlab.weights import load_weights
 
-    count("weights files")
-    path = tmp_path_factory.getbasetemp() / "fuzz.safetensors"
+    kind, blob, reference = case
+    count("weights files", kind)
     path.write_bytes(blob)
     with bounded():
         try:
@@ -532,7 +750,24 @@ def test_weights_reader(blob, tmp_path_factory):
         except CheckpointError as e:
             refused(e)
             return
+    accepted()
     assert isinstance(meta, dict) and all(isinstance(t, torch.Tensor) for t in tensors.values())
+    if reference is not None:
+        want, want_meta = reference
+        assert meta == want_meta and set(tensors) == set(want)
+        assert all(
+            tensors[k].dtype == v.dtype and torch.equal(tensors[k], v) for k, v in want.items()
+        )
+
+
+def test_weights_reader(tmp_path):
+    run_counted(
+        "weights files",
+        fuzz_weights_reader,
+        valid=200,
+        invalid=400,
+        path=tmp_path / "fuzz.safetensors",
+    )
 
 
 # --- checkpoints ----------------------------------------------------------------------------
@@ -556,19 +791,73 @@ def valid_checkpoint() -> bytes:
     return buf.getvalue()
 
 
+@st.composite
+def checkpoint_case(draw):
+    """(kind, file, reference): a checkpoint as the trainer saves one (random weights, epoch,
+    history, optimizer state), whole ("valid", with what was saved as the reference), cut short,
+    or without its version or a part (must be refused)."""
+    from resnetlab.train import make_config
+
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    epoch = draw(st.integers(1, 99))
+    ckpt = {
+        "config": make_config("quick", epochs=max(epoch, draw(st.integers(1, 99)))).to_dict(),
+        "model": {f"w{i}": torch.randn(draw(st.integers(1, 5)), generator=g) for i in range(2)},
+        "optimizer": {
+            "state": {0: {"momentum_buffer": torch.randn(3, generator=g)}},
+            "param_groups": [{"lr": draw(st.floats(0.001, 1.0)), "params": [0]}],
+        },
+        "state": {
+            "epoch": epoch,
+            "history": [{"epoch": e, "train_loss": 2.0 / e} for e in range(1, epoch + 1)],
+        },
+        "rng": {"torch": torch.get_rng_state()},
+        "version": 1,
+    }
+    flaw = draw(st.sampled_from([None, None, "short", "version", "part"]))
+    if flaw == "version":
+        del ckpt["version"]
+    elif flaw == "part":
+        ckpt[draw(st.sampled_from(["model", "optimizer", "state", "rng"]))] = [1, 2]
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    blob = buf.getvalue()
+    if flaw is None:
+        return "valid", blob, ckpt
+    if flaw == "short":
+        blob = blob[: -draw(st.integers(1, len(blob)))]
+    return "invalid", blob, None
+
+
+def same(a, b) -> bool:
+    """Nested dicts, lists and tensors hold the same values."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    return a == b
+
+
 @fuzz(1000)
 @given(
-    blob=st.one_of(
-        mutated(valid_checkpoint()),
-        st.binary(max_size=256),
-        st.tuples(plain, st.integers(0, 5)).map(lambda t: pickle.dumps(t[0], protocol=t[1])),
+    case=checkpoint_case()
+    | st.tuples(
+        st.just("any"),
+        st.one_of(
+            mutated(valid_checkpoint()),
+            st.binary(max_size=256),
+            st.tuples(plain, st.integers(0, 5)).map(lambda t: pickle.dumps(t[0], protocol=t[1])),
+        ),
+        st.none(),
     )
 )
-def test_checkpoint_loader(blob, tmp_path_factory):
+def fuzz_checkpoint_loader(case, path):
     from resnetlab.train.checkpoint import load_checkpoint
 
-    count("checkpoints")
-    path = tmp_path_factory.getbasetemp() / "fuzz.pt"
+    kind, blob, reference = case
+    count("checkpoints", kind)
     path.write_bytes(blob)
     with bounded():
         try:
@@ -576,7 +865,16 @@ def test_checkpoint_loader(blob, tmp_path_factory):
         except CheckpointError as e:
             refused(e)
             return
+    accepted()
     assert isinstance(ckpt, dict) and ckpt["version"] == 1
+    if reference is not None:
+        assert same(ckpt, reference)
+
+
+def test_checkpoint_loader(tmp_path):
+    run_counted(
+        "checkpoints", fuzz_checkpoint_loader, valid=100, invalid=200, path=tmp_path / "fuzz.pt"
+    )
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
@@ -597,33 +895,73 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
 # --- predict's images -----------------------------------------------------------------------
 
 
+def pillow_reads(blob: bytes, mode: str) -> np.ndarray | None:
+    """The reference parse: Pillow's own decoding of `blob`, converted to `mode` ("L" or "RGB"),
+    as uint8 [C, H, W]; None where Pillow cannot read it."""
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            pixels = np.array(img.convert(mode), dtype=np.uint8)
+    except Exception:
+        return None
+    return pixels.reshape(pixels.shape[0], pixels.shape[1], -1).transpose(2, 0, 1)
+
+
+@st.composite
+def image_case(draw, channels: int):
+    """(kind, file, reference): an image Pillow wrote in one of its modes and formats ("valid"
+    where Pillow reads it back, with its decoding as the reference), an empty file, or a PNG cut
+    inside its header (must be refused)."""
+    flaw = draw(st.sampled_from([None, None, None, "empty", "header"]))
+    blob = None
+    while blob is None:
+        blob = encode(
+            draw(st.sampled_from(MODES)),
+            (draw(st.integers(1, 9)), draw(st.integers(1, 9))),
+            draw(st.sampled_from(FORMATS if flaw is None else ["PNG"])),
+            draw(st.integers(0, 100)),
+        )
+    if flaw == "empty":
+        return "invalid", b"", None
+    if flaw == "header":  # the 8-byte signature and part of the 25-byte IHDR chunk
+        return "invalid", blob[: draw(st.integers(1, 32))], None
+    reference = pillow_reads(blob, "L" if channels == 1 else "RGB")
+    return ("any", blob, None) if reference is None else ("valid", blob, reference)
+
+
 @fuzz(1500)
 @given(
-    blob=st.one_of(
-        st.binary(max_size=128),
-        st.builds(
-            encode,
-            st.sampled_from(MODES),
-            st.tuples(st.integers(1, 9), st.integers(1, 9)),
-            st.sampled_from(FORMATS),
-            st.integers(0, 100),
-        )
-        .filter(lambda b: b is not None)
-        .flatmap(lambda b: st.just(b) | mutated(b)),
-    ),
+    data=st.data(),
     channels=st.sampled_from([1, 3]),
 )
 # 48 bytes of WebP declaring 1792 x 9472 pixels: decoding them takes 65 MiB (within the allowance below)
 @example(
-    blob=b"RIFF$\x00\x00\x00WEBPVP8 \x18\x00\x00\x000\x01\x00\x9d\x01*\x00\x07\x00%\x01\x00\x01\x00\x01@&%"
-    b"\xa4\x00\x03p\x00\xfe\xfd6h\x00",
+    data=None,
     channels=1,
 )
-def test_predict_image_reader(blob, channels, tmp_path_factory):
+def fuzz_predict_image_reader(data, channels, path):
     from resnetlab.inference.images import load_image
 
-    count("predict's images")
-    path = tmp_path_factory.getbasetemp() / "fuzz.img"
+    if data is None:  # the example above
+        kind, blob, reference = "any", WEBP_48_BYTES, None
+    else:
+        kind, blob, reference = data.draw(
+            image_case(channels)
+            | st.tuples(
+                st.just("any"),
+                st.binary(max_size=128)
+                | st.builds(
+                    encode,
+                    st.sampled_from(MODES),
+                    st.tuples(st.integers(1, 9), st.integers(1, 9)),
+                    st.sampled_from(FORMATS),
+                    st.integers(0, 100),
+                )
+                .filter(lambda b: b is not None)
+                .flatmap(mutated),
+                st.none(),
+            )
+        )
+    count("predict's images", kind)
     path.write_bytes(blob)
     # A compressed image may declare up to MAX_IMAGE_PIXELS (refused beyond, in one line: the bomb
     # tests below), and decoding what it declares takes memory in proportion: Pillow's buffer (up
@@ -639,12 +977,31 @@ def test_predict_image_reader(blob, channels, tmp_path_factory):
         except UsageError as e:
             refused(e)
             return
+    accepted()
     assert (
         t.dtype == torch.uint8
         and t.ndim == 3
         and t.shape[0] == channels
         and t.shape[1] >= 1
         and t.shape[2] >= 1
+    )
+    if reference is not None:
+        assert np.array_equal(t.numpy(), reference)
+
+
+WEBP_48_BYTES = (
+    b"RIFF$\x00\x00\x00WEBPVP8 \x18\x00\x00\x000\x01\x00\x9d\x01*\x00\x07\x00%\x01\x00\x01\x00\x01@&%"
+    b"\xa4\x00\x03p\x00\xfe\xfd6h\x00"
+)
+
+
+def test_predict_image_reader(tmp_path):
+    run_counted(
+        "predict's images",
+        fuzz_predict_image_reader,
+        valid=300,
+        invalid=200,
+        path=tmp_path / "fuzz.img",
     )
 
 

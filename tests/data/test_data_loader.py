@@ -255,11 +255,32 @@ def test_resize_formula_equals_interpolates_own_weights(n_in, n_out):
     assert torch.equal(_antialias_weights(n_in, n_out).float(), resize_weights(n_in, n_out))
 
 
+def _peak_growth(fn) -> tuple[object, int]:
+    """(fn(), bytes the peak resident memory rose by while it ran): Linux's VmHWM, reset first."""
+    from pathlib import Path
+
+    def status(field: str) -> int:
+        line = next(
+            x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field)
+        )
+        return int(line.split()[1]) * 1024
+
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM, the peak, back to the current size
+    except OSError:
+        pytest.skip("needs Linux /proc/self/clear_refs to measure peak memory")
+    start = status("VmRSS")
+    result = fn()
+    return result, status("VmHWM") - start
+
+
 def test_a_very_long_axis_resizes_in_little_memory():
     from resnetlab.data.loader import resize_weights
 
-    w = resize_weights(50000, 16)  # an identity would be 20 GB
+    # the weights are 16 x 50,000 floats (3.2 MB); resizing an identity would take 50,000^2 (10 GB)
+    w, grew = _peak_growth(lambda: resize_weights(50000, 16))
     assert w.shape == (16, 50000) and torch.allclose(w.sum(1), torch.ones(16))
+    assert grew < 32 * 2**20, f"peak memory rose by {grew / 2**20:.0f} MiB"
 
 
 def test_alternating_flips_mirror_each_image_in_every_other_epoch():

@@ -4,7 +4,9 @@ logits; another class count or input channel count is adapted and said; the rest
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -248,3 +250,39 @@ def test_our_safetensors_load_into_a_torchvision_layout_model(tmp_path, one_thre
         safetensors.torch.load_file(str(tmp_path / "model.safetensors"))
     )  # the README snippet
     assert torch.equal(logits(tv), logits(ours))
+
+
+# --- torchvision's and timm's layout, from their own code ---------------------------------------
+
+LAYOUTS = Path(__file__).resolve().parents[1] / "fixtures" / "torchvision_resnet_keys.json"
+IMAGENET_FAMILY = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+]
+
+
+def test_the_layout_file_records_who_made_it_and_holds_the_nine_models():
+    document = json.loads(LAYOUTS.read_text())
+    assert {"torchvision", "timm", "torch"} <= set(document["made_by"])
+    assert list(document["models"]) == IMAGENET_FAMILY
+
+
+@pytest.mark.parametrize("name", IMAGENET_FAMILY)
+def test_create_model_has_torchvisions_and_timms_state_dict_key_for_key(name):
+    """tests/fixtures/torchvision_resnet_keys.json: the keys and shapes of torchvision 0.26's and
+    timm 1.0.31's models (the same, checked as the file was made), written by their own resnet.py
+    (tests/fixtures/make_torchvision_resnet_keys.py). Built on the meta device: no memory."""
+    want = json.loads(LAYOUTS.read_text())["models"][name]
+    with torch.device("meta"):
+        model = create_model(name)
+    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert sorted(set(want) - set(got)) == [] and sorted(set(got) - set(want)) == []
+    assert {k: s for k, s in got.items() if want[k] != s} == {}, "shapes differ (ours)"
+    assert list(got) == list(want)  # the same order too: a positional loader would work

@@ -9,7 +9,9 @@ RESNETLAB_TEST_FLOAT64    train in float64, so that runs that differ only in how
                           is split agree to ~1e-12 instead of float32 rounding amplified by training
 RESNETLAB_TEST_FAULT      RANK:STEP:WHAT: after optimizer step STEP, process RANK does WHAT:
                           exit (dies with status 3), hang (stops taking part), sigint (sends
-                          Ctrl-C to its launcher, as a terminal would)
+                          Ctrl-C to its launcher, as a terminal would); it first prints
+                          "fault: rank R WHAT after step STEP at T" on stderr, T its
+                          time.monotonic() (one clock for every process of the machine)
 """
 
 import os
@@ -35,6 +37,11 @@ def _fault_hook(spec: str):
         steps[0] += 1
         if int(rank) != RANK or steps[0] != int(step):
             return
+        print(
+            f"fault: rank {RANK} {what} after step {step} at {time.monotonic():.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
         if what == "exit":
             os._exit(3)
         elif what == "hang":

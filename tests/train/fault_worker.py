@@ -6,13 +6,17 @@ Every hook is set by an environment variable; without them this is `resnetlab` u
 
 RESNETLAB_TEST_PHASES  print "phase: WHAT" on stderr as the run enters each phase (step,
                        eval, write=NAME, plot), so the test knows what a kill interrupted;
-                       "rss" adds the resident memory: "phase: WHAT rss=BYTES"
+                       "rss" adds the resident memory and the bytes malloc has handed out:
+                       "phase: WHAT rss=BYTES heap=BYTES"
 RESNETLAB_TEST_KILL    PHASE:N: SIGKILL this process on the N-th entry (1-based) into PHASE, where
                        PHASE is step, eval, plot, or write=NAME (a file name: the kill comes after
                        half of the file's bytes reached its temporary file, before the rename)
+RESNETLAB_TEST_LEAK    "batch": keep a copy of one training batch every epoch, a deliberate leak
+                       (test_soak.py's control: its bound must catch it)
 """
 
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -36,6 +40,7 @@ HOMES = {
 SHOW = os.environ.get("RESNETLAB_TEST_PHASES", "")
 KILL = os.environ.get("RESNETLAB_TEST_KILL", "")
 KILL_PHASE, _, KILL_AT = KILL.rpartition(":")
+LEAK = os.environ.get("RESNETLAB_TEST_LEAK", "")
 counts: dict[str, int] = {}
 
 
@@ -43,6 +48,28 @@ def _rss() -> int:
     """Resident memory now, in bytes (Linux)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+        )
+    ]
+
+
+def _heap() -> int:
+    """Bytes malloc has handed out and not had back, all arenas and mmapped blocks (glibc's
+    mallinfo2): what a leak of tensors grows byte for byte, while resident memory hides it in the
+    pages that freed blocks leave; -1 where glibc has no mallinfo2."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        return -1
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd
 
 
 def _die() -> None:
@@ -55,7 +82,7 @@ def enter(phase: str, kill_now: bool = True) -> bool:
     counts[phase] = counts.get(phase, 0) + 1
     if SHOW:
         print(
-            f"phase: {phase}{f' rss={_rss()}' if SHOW == 'rss' else ''}",
+            f"phase: {phase}{f' rss={_rss()} heap={_heap()}' if SHOW == 'rss' else ''}",
             file=sys.stderr,
             flush=True,
         )
@@ -98,13 +125,33 @@ def _watched(name, fn):
     return run
 
 
+class _LeakyStep:
+    """The step, keeping a copy of the last batch it took at each epoch's start: a leak of one
+    batch an epoch."""
+
+    def __init__(self, step) -> None:
+        self.step, self.last, self.kept = step, None, []
+
+    def __call__(self, x, y, lr):
+        self.last = x
+        return self.step(x, y, lr)
+
+    def start_epoch(self, partial):
+        if self.last is not None:
+            self.kept.append(self.last.clone())
+        return self.step.start_epoch(partial)
+
+    def __getattr__(self, name):
+        return getattr(self.step, name)
+
+
 def _watched_fit(fit):
     def run(step, *args, **kwargs):
         def before_step(opt, args, kwargs):  # a pre-hook must return None
             enter("step")
 
         step.optimizer.register_step_pre_hook(before_step)
-        return fit(step, *args, **kwargs)
+        return fit(_LeakyStep(step) if LEAK == "batch" else step, *args, **kwargs)
 
     return run
 

@@ -19,10 +19,6 @@ from resnetlab.train import make_config, train
 from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.weights import load_weights
 
-pytestmark = (
-    pytest.mark.needs_fashion_mnist
-)  # trains on subsets of the real data (tests/conftest.py)
-
 # Small and fast: 512 training and 512 test examples at 28 px on a narrow ResNet-20.
 # (no validation split unless a test asks for one: the quick preset's 5,000 exceed the subset)
 # The test set after every epoch and no test-time augmentation, as these tests read the figures
@@ -72,6 +68,7 @@ def finished_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.needs_fashion_mnist
 def test_run_folder_holds_every_file(finished_run):
     names = {p.name for p in finished_run.iterdir()}
     assert {
@@ -124,6 +121,7 @@ def test_run_folder_holds_every_file(finished_run):
     assert "fc.weight" in tensors
 
 
+@pytest.mark.needs_fashion_mnist
 def test_safetensors_file_reads_with_the_reference_library(finished_run):
     safetensors = pytest.importorskip("safetensors.torch")
     ours, _ = load_weights(finished_run / "model.safetensors")
@@ -132,6 +130,7 @@ def test_safetensors_file_reads_with_the_reference_library(finished_run):
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+@pytest.mark.needs_fashion_mnist
 def test_non_terminal_output_is_one_line_per_epoch_and_the_textbook_closing_lines(tmp_path, capsys):
     code, out, _ = run_cli(
         ["train", *TINY_FLAGS, "--epochs", "2", "--out", str(tmp_path / "r")], capsys
@@ -146,6 +145,7 @@ def test_non_terminal_output_is_one_line_per_epoch_and_the_textbook_closing_line
     assert any(line.endswith(" examples/sec on cpu") for line in lines)
 
 
+@pytest.mark.needs_fashion_mnist
 def test_json_prints_only_the_summary_on_stdout(tmp_path, capsys):
     code, out, err = run_cli(["train", *TINY_FLAGS, "--out", str(tmp_path / "r"), "--json"], capsys)
     assert code == 0
@@ -153,6 +153,7 @@ def test_json_prints_only_the_summary_on_stdout(tmp_path, capsys):
     assert summary["epochs"] == 1 and "epoch 1/1" in err
 
 
+@pytest.mark.needs_fashion_mnist
 def test_occupied_out_is_refused_unless_overwrite(finished_run, capsys):
     code, _, err = run_cli(["train", *TINY_FLAGS, "--out", str(finished_run)], capsys)
     assert code == 2
@@ -161,6 +162,7 @@ def test_occupied_out_is_refused_unless_overwrite(finished_run, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.needs_fashion_mnist
 def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, ctrl_c_at):
     """A run stopped mid-epoch (as Ctrl-C does) and resumed ends with the weights of an unbroken run."""
     cfg = make_config("quick", **TINY)
@@ -189,6 +191,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch, ctrl_
     assert strip(rows_a) == strip(rows_b)
 
 
+@pytest.mark.needs_fashion_mnist
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
     cfg = make_config("quick", **dict(TINY, epochs=3, lr=1e30, label_smoothing=0.0))
     with pytest.raises(TrainingError, match="loss became (nan|inf)"):
@@ -196,6 +199,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp
     assert not (tmp_path / "r" / "model.safetensors").exists()
 
 
+@pytest.mark.needs_fashion_mnist
 def test_sigint_writes_a_checkpoint_and_exits_130(tmp_path):
     out = tmp_path / "r"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -255,6 +259,7 @@ def test_corrupt_and_missing_checkpoints_get_one_line(tmp_path, capsys):
         load_checkpoint(tmp_path / "bad")
 
 
+@pytest.mark.needs_fashion_mnist
 def test_resume_refuses_other_flags(finished_run, capsys):
     code, _, err = run_cli(["train", "--resume", str(finished_run), "--lr", "0.3"], capsys)
     assert code == 2 and "--lr" in err
@@ -288,6 +293,7 @@ def test_presets_take_device_settings_and_keep_model_options_with_their_model():
     }
 
 
+@pytest.mark.needs_fashion_mnist
 def test_eval_reports_accuracy_per_class_and_confusion(finished_run, capsys):
     code, out, _ = run_cli(["eval", str(finished_run), "--json"], capsys)
     assert code == 0
@@ -305,6 +311,7 @@ def test_eval_reports_accuracy_per_class_and_confusion(finished_run, capsys):
     assert code == 0 and "confusion matrix" in out and "Ankle boot" in out
 
 
+@pytest.mark.needs_fashion_mnist
 def test_predict_folds_batch_norm_without_changing_the_result(finished_run):
     from resnetlab.data import Loader, load_dataset
     from resnetlab.inference.eval_run import evaluate_run
@@ -337,6 +344,7 @@ def test_predict_folds_batch_norm_without_changing_the_result(finished_run):
     assert r["count"] == 10000 and r["loss"] == pytest.approx(plain["loss"], rel=1e-6)
 
 
+@pytest.mark.needs_fashion_mnist
 def test_predict_takes_any_image_size_and_colour(finished_run, tmp_path, capsys):
     from PIL import Image
 
@@ -368,6 +376,7 @@ def test_predict_takes_any_image_size_and_colour(finished_run, tmp_path, capsys)
 
 
 @pytest.mark.slow
+@pytest.mark.needs_fashion_mnist
 def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path):
     """--compile (which benchmarks/gpu.sh uses on a GPU) trains the same model as eager mode, to
     float rounding, and saves weights an uncompiled model loads (no `_orig_mod.` prefixes)."""
