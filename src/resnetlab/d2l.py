@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from resnetlab.data import Loader, load_dataset
 from resnetlab.errors import UsageError
+from resnetlab.models import Residual  # noqa: F401  (d2l.Residual: the chapter's block, re-exported)
 from resnetlab.report.plots import save_png
 from resnetlab.train.steps import init_weights
 
