@@ -52,6 +52,11 @@ SMALL = {
     "resnetlab bench": [
         *("--batch-size", "8", "--resize", "32", "--steps", "1", "--repeats", "1"),
     ],
+    # two trials of one epoch on 300 images, narrow, instead of 16 of 4 epochs on 20,000
+    "resnetlab sweep --space lr=log:0.02:1 --space weight_decay=log:1e-5:1e-2 --trials 16 --preset quick --subset 20000 --epochs 4": [
+        *("--trials", "2", "--subset", "300", "--epochs", "1", "--batch-size", "64"),
+        *NARROW,
+    ],
     # the four default nets, one epoch on 200 images, narrow; into exp/, which the README's
     # `resnetlab compare exp/plain20 ...` line reads
     "resnetlab experiment degradation": [
@@ -106,7 +111,7 @@ def readme_commands() -> list[str]:
 
 def _fixtures(work: Path) -> None:
     """What the README's examples take as given, made here: a picture of a shoe (a test image
-    of an ankle boot as a JPEG), torchvision's resnet50 file and timm's (our resnet50's weights
+    of an ankle boot as a JPEG) and of a bag (a PNG), torchvision's resnet50 file and timm's (our resnet50's weights
     under their names: the same keys), and a finished resnet18 run's model.safetensors."""
     import torch
     from PIL import Image
@@ -118,6 +123,8 @@ def _fixtures(work: Path) -> None:
     test = load_dataset("fashion-mnist", train=False)
     boot = int((test.labels == 9).nonzero()[0])
     Image.fromarray(test.images[boot, 0].numpy()).convert("RGB").save(work / "shoe.jpg")
+    bag = int((test.labels == 8).nonzero()[0])  # the README's second picture, a bag
+    Image.fromarray(test.images[bag, 0].numpy()).save(work / "bag.png")
     torch.save(create_model("resnet50").state_dict(), work / "resnet50-0676ba61.pth")
     save_file(create_model("resnet50").state_dict(), str(work / "model.safetensors"))
     (work / "runs" / "r18").mkdir(parents=True)
