@@ -177,3 +177,56 @@ def test_capture_needs_cuda():
 
     with pytest.raises(UsageError, match="--capture needs one process on a CUDA device"):
         build(make_config("quick", capture=True, device="cpu", progressive_resize=0))
+
+
+class CheckingGraphs(FakeGraphs):
+    """FakeGraphs that records, at each capture, whether every trainable parameter already had its
+    momentum buffer: one created inside a real capture would be zeroed again by every replay."""
+
+    optimizer = None
+    buffers_at_capture: list = []
+
+    @classmethod
+    def capture(cls, fn):
+        state = cls.optimizer.state
+        cls.buffers_at_capture.append(
+            all(
+                state[p].get("momentum_buffer") is not None
+                for group in cls.optimizer.param_groups
+                for p in group["params"]
+            )
+        )
+        return super().capture(fn)
+
+
+@pytest.mark.parametrize("warmup_steps", [0, graphs.WARMUP_STEPS])
+def test_captured_update_is_torch_sgds_in_float32_for_20_steps(warmup_steps):
+    """float32 parameters: the rate tensor is float32 (the lists' dtype: foreach's one-kernel
+    path), and the weights after 20 captured steps are torch.optim.SGD's; with warmup_steps=0 the
+    momentum buffers exist before the capture."""
+    cfg = make_config("quick", momentum=0.9, nesterov=True, weight_decay=5e-4, label_smoothing=0.0)
+    theirs_net, ours_net = tiny_net().float(), tiny_net().float()
+    theirs = make_optimizer(theirs_net, cfg)
+    ours = make_optimizer(ours_net, cfg)
+    CheckingGraphs.optimizer, CheckingGraphs.buffers_at_capture = ours, []
+    step = CapturedStep(
+        ours_net,
+        ours,
+        torch.device("cpu"),
+        amp=False,
+        graphs=CheckingGraphs,
+        warmup_steps=warmup_steps,
+    )
+    assert step.neg_lr.dtype == torch.float32
+    step.start_epoch([0.0, 0.0, 0.0])
+    for i, (x, y) in enumerate(batches()):
+        x, lr = x.float(), 0.1 * (1 - i / 20)
+        step(x, y, lr)
+        for group in theirs.param_groups:
+            group["lr"] = lr
+        theirs.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(theirs_net(x), y).backward()
+        theirs.step()
+    assert CheckingGraphs.buffers_at_capture == [True]
+    for (name, a), b in zip(theirs_net.state_dict().items(), ours_net.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)

@@ -91,6 +91,20 @@ class SGDUpdate:
         self.optimizer, self.neg_lr = optimizer, neg_lr
 
     @torch.no_grad()
+    def make_buffers(self) -> None:
+        """Create the momentum buffers of every trainable parameter, zeroed, where missing: called
+        before a capture, since a buffer created inside one would be zeroed again by every replay."""
+        for group in self.optimizer.param_groups:
+            if not group["momentum"]:
+                continue
+            for p in group["params"]:
+                state = self.optimizer.state[p]
+                if p.requires_grad and state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+
+    @torch.no_grad()
     def __call__(self) -> None:
         for group in self.optimizer.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
@@ -104,9 +118,7 @@ class SGDUpdate:
                 bufs = []
                 for p in params:
                     state = self.optimizer.state[p]
-                    if (
-                        state.get("momentum_buffer") is None
-                    ):  # only before capture (the warm-up makes them)
+                    if state.get("momentum_buffer") is None:  # never in a capture (make_buffers)
                         state["momentum_buffer"] = torch.zeros_like(
                             p, memory_format=torch.preserve_format
                         )
@@ -138,9 +150,11 @@ class CapturedStep:
         self.model, self.optimizer, self.device = model, optimizer, device
         self.amp, self.label_smoothing, self.average = amp, label_smoothing, average
         self.graphs, self.warmup_steps = graphs, warmup_steps
-        self.neg_lr = torch.zeros(
-            (), dtype=torch.float64, device=device
-        )  # a 0-d tensor: the params keep their dtype
+        # A 0-d tensor of the parameters' dtype (float32): torch._foreach_mul takes its one-kernel
+        # multi-tensor path only for a scalar tensor of the lists' dtype (a float64 rate costs one
+        # kernel per parameter at every replay), and torch's SGD rounds -lr to float32 anyway.
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        self.neg_lr = torch.zeros((), dtype=dtype, device=device)
         self.update = SGDUpdate(optimizer, self.neg_lr)
         self.sums = torch.zeros(
             3, dtype=torch.float64, device=device
@@ -191,6 +205,7 @@ class CapturedStep:
             self.warmed += 1
             return
         self.x, self.y = x.clone(memory_format=torch.preserve_format), y.clone()
+        self.update.make_buffers()  # outside the graph: warmup_steps=0 has made none yet
         self.graph = self.graphs.capture(lambda: self._step(self.x, self.y))
         self.graph.replay()  # capturing recorded the step without running it
 
