@@ -272,3 +272,71 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert "textbook" in bench["results"] and bench["config"]["device"] == "cpu"
     assert "torch" in (tmp_path / "env.txt").read_text()
+
+
+def test_timed_rounds_capture_no_evaluation_graph(monkeypatch):
+    """A captured variant captures its evaluation graph once, in the untimed warm-up round: every
+    capture synchronises and empties the allocator's cache, which would bias the variant timed
+    next. Checked on the CPU with the capture taken out (tests/train/test_graphs.py's stand-in)."""
+    import contextlib
+    import functools
+
+    from resnetlab.bench import measure, runners
+    from resnetlab.data import Dataset
+    from resnetlab.models.fuse import fuse_bn
+    from resnetlab.train.graphs import CapturedEvaluator
+    from resnetlab.train.setup import Splits
+
+    class FakeGraph:
+        def __init__(self, fn):
+            self.fn, self.replays = fn, 0
+
+        def replay(self):
+            self.replays += 1
+            self.fn()
+
+    class fake:  # capture keeps the function, replay calls it
+        captured = []
+        side_stream = staticmethod(lambda device: contextlib.nullcontext())
+
+        @classmethod
+        def capture(cls, fn):
+            cls.captured.append(FakeGraph(fn))
+            return cls.captured[-1]
+
+    monkeypatch.setattr(
+        runners, "CapturedEvaluator", functools.partial(CapturedEvaluator, graphs=fake)
+    )
+    g = torch.Generator().manual_seed(0)
+    ds = Dataset(
+        "t",
+        torch.randint(0, 256, (32, 1, 8, 8), generator=g, dtype=torch.uint8),
+        torch.arange(32) % 10,
+        [str(i) for i in range(10)],
+    )
+    cpu = torch.device("cpu")
+    runner = runners.ResnetlabRunner(
+        parse_variant("fp32"), "resnet20", Splits(ds, None, ds), 8, None, 2, cpu, 0
+    )
+    runner.capture = True  # as on CUDA, for the evaluation
+    measure.timed_round(runner, cpu)  # the warm-up round: the one capture
+    assert len(fake.captured) == 1
+    graph = fake.captured[0]
+    for _ in range(2):  # timed rounds replay it, with the current weights folded in
+        measure.timed_round(runner, cpu)
+    assert len(fake.captured) == 1 and graph.replays > 2
+    folded = runner.evaluator.model.state_dict()
+    expected = fuse_bn(runner.model).state_dict()
+    assert all(torch.equal(folded[k], expected[k]) for k in expected)
+
+
+def test_noforeach_with_captured_steps_is_refused_in_one_line():
+    """On CUDA resnetlab's variants capture their steps, whose update is always foreach."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    with pytest.raises(UsageError, match="add -nograph") as caught:
+        parse_variant("bf16-noforeach", cuda)
+    assert "\n" not in str(caught.value)
+    assert not parse_variant("bf16-noforeach-nograph", cuda).foreach
+    assert not parse_variant("fp32-noforeach", cpu).foreach  # nothing is captured on a CPU
+    assert not parse_variant("fp32-noforeach-compile", cuda).foreach  # compiled: not captured
+    assert parse_variant("textbook", cuda).textbook

@@ -91,7 +91,7 @@ def _parse_variants(variants: tuple[str, ...] | None, dev: torch.device) -> list
     """Parse the variant names (default: textbook, fp32, and bf16 where it pays), each once."""
     if variants is None:
         variants = tuple(v for v in DEFAULT_VARIANTS if v != "bf16" or bf16_pays(dev))
-    parsed = [parse_variant(v) for v in variants]
+    parsed = [parse_variant(v, dev) for v in variants]
     if len({v.name for v in parsed}) != len(parsed):
         raise UsageError(f"each variant once, please: {', '.join(variants)}")
     return parsed

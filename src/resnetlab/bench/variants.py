@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from resnetlab.device import bf16_pays
+from resnetlab.device import bf16_pays, capture_problem
 from resnetlab.errors import UsageError
 from resnetlab.train.presets import PRESETS
 
@@ -36,8 +36,9 @@ class Variant:
     )
 
 
-def parse_variant(name: str) -> Variant:
-    """ "textbook", or "fp32"/"bf16" followed by any of -nchw -nofuse -noforeach -compile -nograph."""
+def parse_variant(name: str, device: torch.device | None = None) -> Variant:
+    """ "textbook", or "fp32"/"bf16" followed by any of -nchw -nofuse -noforeach -compile -nograph;
+    with `device`, a combination that means nothing there is refused."""
     if name == "textbook":
         return Variant(name, textbook=True, channels_last=False, fuse=False, foreach=False)
     head, *mods = name.split("-")
@@ -54,6 +55,18 @@ def parse_variant(name: str) -> Variant:
                 f"known: {', '.join('-' + m for m in MODIFIERS)}"
             )
         variant = replace(variant, **MODIFIERS[mod])
+    # A captured step's update is always foreach (train/graphs.py SGDUpdate): refuse a label
+    # that would report foreach: False for it.
+    if (
+        device is not None
+        and not variant.foreach
+        and variant.capture is not False
+        and capture_problem(device, 1, "sgd", variant.compile) is None
+    ):
+        raise UsageError(
+            f"bench variant {name!r}: -noforeach means nothing with captured steps (their update "
+            f"is always foreach); add -nograph ({name}-nograph)"
+        )
     return variant
 
 
