@@ -340,3 +340,61 @@ def test_noforeach_with_captured_steps_is_refused_in_one_line():
     assert not parse_variant("fp32-noforeach", cpu).foreach  # nothing is captured on a CPU
     assert not parse_variant("fp32-noforeach-compile", cuda).foreach  # compiled: not captured
     assert parse_variant("textbook", cuda).textbook
+
+
+def _gpu_script_with_fake_python(tmp_path, cuda: bool, *args):
+    """benchmarks/gpu.sh with $PYTHON a stand-in that logs each call's arguments and
+    RESNETLAB_TEST_REQUIRE_DATA, and answers the CUDA check as told: the script's own logic, in
+    milliseconds."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("needs bash and coreutils' timeout")
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'echo "REQUIRE=${RESNETLAB_TEST_REQUIRE_DATA:-} $*" >> "$FAKE_LOG"\n'
+        'case "$*" in *cuda.is_available*) exit "$FAKE_CUDA" ;; esac\n'
+        "exit 0\n"
+    )
+    fake.chmod(0o755)
+    out, log = tmp_path / "out", tmp_path / "calls.log"
+    log.unlink(missing_ok=True)  # this call's log only
+    env = dict(
+        os.environ,
+        OUT=str(out),
+        PYTHON=str(fake),
+        FAKE_LOG=str(log),
+        FAKE_CUDA=str(0 if cuda else 3),
+    )
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+    proc = subprocess.run(
+        ["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    return proc, log.read_text() if log.exists() else ""
+
+
+def test_gpu_script_refuses_without_cuda_in_one_line(tmp_path):
+    proc, calls = _gpu_script_with_fake_python(tmp_path, False, "--only", "tests")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "torch.cuda.is_available() is False" in lines[0]
+    assert "pytest" not in calls  # nothing ran
+    # --dry-run --device cpu checks the script's plumbing on a CPU: no CUDA check there
+    proc, calls = _gpu_script_with_fake_python(
+        tmp_path, False, "--dry-run", "--device", "cpu", "--only", "tests"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "cuda.is_available" not in calls and "pytest" in calls
+
+
+def test_gpu_script_requires_the_data_for_its_cuda_tests(tmp_path):
+    """Without Fashion-MNIST every CUDA test would skip and the step pass: the step sets
+    RESNETLAB_TEST_REQUIRE_DATA=1, which turns that skip into an error (tests/conftest.py)."""
+    proc, calls = _gpu_script_with_fake_python(tmp_path, True, "--only", "tests")
+    assert proc.returncode == 0, proc.stderr
+    pytest_calls = [line for line in calls.splitlines() if "-m pytest" in line]
+    assert len(pytest_calls) == 1 and pytest_calls[0].startswith("REQUIRE=1 ")
