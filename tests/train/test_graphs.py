@@ -230,3 +230,32 @@ def test_captured_update_is_torch_sgds_in_float32_for_20_steps(warmup_steps):
     assert CheckingGraphs.buffers_at_capture == [True]
     for (name, a), b in zip(theirs_net.state_dict().items(), ours_net.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_captured_evaluator_takes_its_shape_from_a_full_batch():
+    """A split smaller than one batch (a small validation split, evaluated first) runs eagerly;
+    the graph is captured at the full batch of the next split, and both figures are evaluate's."""
+    g = torch.Generator().manual_seed(3)
+
+    def loader(n):
+        ds = Dataset(
+            "t",
+            torch.randint(0, 256, (n, 1, 6, 6), generator=g, dtype=torch.uint8),
+            torch.arange(n) % 3,
+        )
+        return Loader(ds, 8, shuffle=False)
+
+    small, big = loader(5), loader(37)
+    net = tiny_net().float()
+    FakeGraphs.captured = []
+    captured = CapturedEvaluator(net, torch.device("cpu"), num_classes=3, graphs=FakeGraphs)
+    for _ in range(2):  # as after each epoch: validation, then test
+        for split in (small, big):
+            result, expected = (
+                captured(split),
+                Evaluator(net, torch.device("cpu"), num_classes=3)(split),
+            )
+            assert torch.equal(result["confusion"], expected["confusion"])
+            assert result["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert len(FakeGraphs.captured) == 1 and list(captured.x.shape) == [8, 1, 6, 6]
+    assert FakeGraphs.captured[0].replays == 3 + 4  # the big split's 4 full batches, less the warm-up

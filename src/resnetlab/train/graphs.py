@@ -21,6 +21,7 @@ Nothing here runs without CUDA; `Graphs` is the seam the CPU tests replace to ch
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
@@ -258,15 +259,16 @@ class CapturedEvaluator:
         if self.confusion is not None:
             self.confusion.zero_()
         collected = ([], []) if self.per_example else None
+        full = _full_batch(loader)
         for x, y in loader:
-            if (
-                self.graph is None and self.x is None
-            ):  # the first full batch: warm up on it, capture on the next
+            if (full is not None and len(x) != full) or (
+                self.x is not None and x.shape != self.x.shape
+            ):
+                outputs = self._batch(x, y)  # a smaller batch (a split's last, or a small split)
+            elif self.x is None:  # the first full batch: warm up on it, capture on the next
                 self.x, self.y = x.clone(memory_format=torch.preserve_format), y.clone()
                 with self.graphs.side_stream(self.device):
                     outputs = self._batch(x, y)
-            elif x.shape != self.x.shape:
-                outputs = self._batch(x, y)  # the last, smaller batch
             else:
                 self.x.copy_(x)
                 self.y.copy_(y)
@@ -283,3 +285,12 @@ class CapturedEvaluator:
             self.dist,
             collected,
         )
+
+
+def _full_batch(loader) -> int | None:
+    """The size of the loader's full batches (this process's share of its batch), or None for a
+    plain list of batches, whose first batch then sets the captured shape."""
+    batch_size = getattr(loader, "batch_size", None)
+    if batch_size is None:
+        return None
+    return math.ceil(batch_size / getattr(loader, "world_size", 1))
