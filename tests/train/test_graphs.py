@@ -258,4 +258,6 @@ def test_captured_evaluator_takes_its_shape_from_a_full_batch():
             assert torch.equal(result["confusion"], expected["confusion"])
             assert result["loss"] == pytest.approx(expected["loss"], rel=1e-6)
     assert len(FakeGraphs.captured) == 1 and list(captured.x.shape) == [8, 1, 6, 6]
-    assert FakeGraphs.captured[0].replays == 3 + 4  # the big split's 4 full batches, less the warm-up
+    assert (
+        FakeGraphs.captured[0].replays == 3 + 4
+    )  # the big split's 4 full batches, less the warm-up
