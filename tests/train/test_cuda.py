@@ -114,3 +114,28 @@ def test_a_captured_epoch_makes_no_host_sync(monkeypatch):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert parts.step.sums.tolist()[2] == 40 * 256 + 3 * 256
+
+
+def test_the_rate_is_float32_and_a_failed_default_capture_runs_on_op_by_op():
+    """The captured update's rate tensor has the parameters' dtype (foreach's one-kernel path), and
+    a capture chosen by default that raises leaves the run training op by op."""
+    from resnetlab.train.graphs import Graphs
+
+    class Raising(Graphs):
+        @staticmethod
+        def capture(fn):
+            raise RuntimeError("a capture that fails, as a driver or an op may")
+
+    parts = build(make_config("quick", **dict(SMALL, subset=8 * 256, epochs=1)))
+    assert parts.step.neg_lr.dtype == torch.float32
+    assert parts.capture_fallback is not None  # capture chosen by default
+    parts.step.graphs = Raising
+    parts.step.start_epoch([0.0, 0.0, 0.0])
+    before = [p.detach().clone() for p in parts.raw_model.parameters()]
+    for x, y in parts.loaders.train:
+        parts.step(x, y, 0.1)
+    assert parts.step.eager and len(parts.capture_fallback.reasons) == 1
+    assert parts.step.sums.tolist()[2] == 8 * 256  # every batch trained, the failed one too
+    after = list(parts.raw_model.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(after, before) if a.requires_grad)
+    assert parts.describe()["capture"] is False and "capture_fallback" in parts.describe()

@@ -47,7 +47,7 @@ from resnetlab.models.pretrained import load_pretrained
 from resnetlab.train.checkpoint import restore_checkpoint
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.engine import TrainState
-from resnetlab.train.graphs import CapturedEvaluator, CapturedStep
+from resnetlab.train.graphs import CapturedEvaluator, CapturedStep, CaptureFallback
 from resnetlab.train.steps import EagerStep, WeightAverage, init_weights, make_optimizer
 from resnetlab.train.whiten import WHITEN_IMAGES, whiten_first_conv
 from resnetlab.version import __version__
@@ -69,6 +69,8 @@ class Parts:
     amp: bool  # bf16 autocast, as resolved for the device
     channels_last: bool
     capture: bool  # training steps and evaluation batches replayed from CUDA graphs
+    # capture chosen by default: where capturing failed and the run went on op by op (else None)
+    capture_fallback: CaptureFallback | None
     splits: Splits
     loaders: Loaders
     raw_model: nn.Module  # what is saved: never the DDP or compiled wrapper
@@ -98,6 +100,11 @@ class Parts:
         """The module whose weights are evaluated and saved: the average with --ema, else raw_model."""
         return self.average.model if self.average is not None else self.raw_model
 
+    @property
+    def fell_back(self) -> bool:
+        """Whether a capture chosen by default failed and the run continues op by op."""
+        return self.capture_fallback is not None and bool(self.capture_fallback.reasons)
+
     def describe(self) -> dict:
         """The run's config.json: the configuration, what `auto` resolved to, versions, machine."""
         return {
@@ -105,7 +112,8 @@ class Parts:
             "device": str(self.device),
             "amp": self.amp,
             "channels_last": self.channels_last,
-            "capture": self.capture,
+            "capture": self.capture and not self.fell_back,
+            **({"capture_fallback": self.capture_fallback.reason} if self.fell_back else {}),
             "world_size": self.dist.world_size,
             "params": sum(p.numel() for p in self.raw_model.parameters()),
             "versions": {
@@ -236,21 +244,8 @@ def build(
     norm = normalization(cfg)
     loaders = _loaders(cfg, dist, splits, device, channels_last, capture, norm)
     eval_model = average.model if average is not None else raw_model if cfg.compile else model
-    step_kind, evaluator_kind = (
-        (CapturedStep, CapturedEvaluator) if capture else (EagerStep, Evaluator)
-    )
-    step = step_kind(
-        model, optimizer, device, amp=amp, label_smoothing=cfg.label_smoothing, average=average
-    )
-
-    def evaluator_of(net: nn.Module):
-        return evaluator_kind(
-            net, device, amp=amp, num_classes=len(splits.train.classes), dist=dist, per_example=True
-        )
-
-    evaluator = evaluator_of(eval_model)
-    final_evaluator = (
-        evaluator if cfg.tta == "none" else evaluator_of(with_tta(eval_model, cfg.tta))
+    step, evaluator, final_evaluator, fallback = _step_and_evaluators(
+        cfg, dist, splits, device, amp, capture, model, eval_model, optimizer, average
     )
     return Parts(
         cfg=cfg,
@@ -259,6 +254,7 @@ def build(
         amp=amp,
         channels_last=channels_last,
         capture=capture,
+        capture_fallback=fallback,
         splits=splits,
         loaders=loaders,
         raw_model=raw_model,
@@ -272,6 +268,45 @@ def build(
         state=state,
         meta=weights_metadata(cfg, splits, norm),
     )
+
+
+def _step_and_evaluators(
+    cfg, dist, splits, device, amp, capture, model, eval_model, optimizer, average
+):
+    """The training step, the evaluator and the final (--tta) evaluator: captured or eager, and
+    the CaptureFallback they share when capture was chosen by default (else None)."""
+    # Capture chosen by default falls back to op by op where capturing fails; --capture does not.
+    fallback = CaptureFallback() if capture and cfg.capture is None else None
+    step_kind, evaluator_kind = (
+        (CapturedStep, CapturedEvaluator) if capture else (EagerStep, Evaluator)
+    )
+    fallback_arg = {"fallback": fallback} if capture else {}
+    step = step_kind(
+        model,
+        optimizer,
+        device,
+        amp=amp,
+        label_smoothing=cfg.label_smoothing,
+        average=average,
+        **fallback_arg,
+    )
+
+    def evaluator_of(net: nn.Module):
+        return evaluator_kind(
+            net,
+            device,
+            amp=amp,
+            num_classes=len(splits.train.classes),
+            dist=dist,
+            per_example=True,
+            **fallback_arg,
+        )
+
+    evaluator = evaluator_of(eval_model)
+    final_evaluator = (
+        evaluator if cfg.tta == "none" else evaluator_of(with_tta(eval_model, cfg.tta))
+    )
+    return step, evaluator, final_evaluator, fallback
 
 
 def _device_policy(cfg: TrainConfig, dist: DistInfo) -> tuple[torch.device, bool, bool, bool]:

@@ -124,6 +124,10 @@ def _train(
     # the report writes the PNGs that TensorBoard then shows: it comes first
     observers = [console, saver, *extra, report, *tensorboard]
     _start(parts, run, console)
+    if parts.capture_fallback is not None:
+        parts.capture_fallback.listeners.append(
+            lambda reason: _fell_back(parts, run, console, observers, reason)
+        )
     try:
         fit(
             parts.step,
@@ -153,6 +157,14 @@ def _train(
         observer.on_finish(summary, saver.final, parts.splits.test)
     console.say(f"run folder: {run.path}")
     return summary
+
+
+def _fell_back(parts: Parts, run: RunDir, console: Console, observers, reason: str) -> None:
+    """Capture chosen by default failed: one line, config.json rewritten, the observers told."""
+    console.say(f"note: {reason}; running op by op from here (--no-capture skips capturing)")
+    run.write_config(parts.describe())
+    for observer in observers:
+        observer.on_fallback(reason)
 
 
 def _failed(observers: list[Observer], error: BaseException) -> None:
