@@ -88,7 +88,10 @@ def test_smoke_json_is_sane(smoke):
         "capture": False,
         "eval_batch_size": 256,
     }  # capture: as resolved here (a CPU: none)
-    assert result["defaults"]["d2l"] == "fp32"  # the textbook recipe stays fp32
+    # the textbook recipe stays fp32; its layout is what the probe measured fastest
+    assert result["defaults"]["d2l"] in ("fp32", "fp32-nchw")
+    probe = result["defaults_probe"]  # the same policy as a run's, at the bench's shape
+    assert probe["probe_seconds"] <= 3.5 and probe["line"].startswith("precision and layout: ")
     assert result["machine"]["cpu"] and result["machine"]["process_peak_rss_mib"] > 0
 
 
@@ -158,6 +161,22 @@ def test_preset_defaults_follow_presets_and_bf16_pays():
     defaults = preset_defaults(cpu)
     assert defaults["d2l"] == "fp32"
     assert defaults["quick"] == ("bf16" if bf16_pays(cpu) else "fp32")
+
+
+def test_preset_defaults_are_the_probes_pick_among_what_each_preset_allows():
+    cpu = torch.device("cpu")
+    figures = {
+        "bf16 channels_last": 0.2,
+        "bf16 NCHW": 0.3,
+        "fp32 channels_last": 0.5,
+        "fp32 NCHW": 0.4,
+    }
+    defaults = preset_defaults(cpu, figures)
+    assert defaults["d2l"] == "fp32-nchw"  # fp32 by the preset, NCHW by measurement
+    assert defaults["quick"] == "bf16"
+    assert (
+        preset_defaults(cpu, {"fp32 channels_last": 0.5, "fp32 NCHW": 0.4})["quick"] == "fp32-nchw"
+    )
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import platform
@@ -25,6 +26,8 @@ from resnetlab.data import load_dataset
 from resnetlab.device import bf16_pays, resolve_device
 from resnetlab.errors import UsageError
 from resnetlab.models import get_model_info
+from resnetlab.train.presets import make_config
+from resnetlab.train.probing import resolve_policy
 from resnetlab.train.setup import Splits
 
 
@@ -207,6 +210,23 @@ def _measure_ceiling(
     return train_flops, peaks_gflops
 
 
+def _default_policy(model, datasets: Splits, batch_size, resize, dev, say):
+    """The timed probe (train/probing.py) for the bench's model, batch and input shape, as a
+    training run would take it (bounded by its 3 s, cached): what each preset's default is here."""
+    images = datasets.train.images
+    px = resize or images.shape[-1]
+    cfg = make_config("quick", model=model, model_kwargs={}, batch_size=batch_size)
+    say("probing precision and layout as a run would")
+    shape = (batch_size, images.shape[1], px, px)
+    return resolve_policy(
+        dataclasses.replace(cfg, amp=None, channels_last=None),
+        dev,
+        shape,
+        len(datasets.train.classes),
+        expected_steps=None,
+    ).probe
+
+
 def _compute(train_flops: float, peaks_gflops: dict, results: dict) -> dict:
     """The report's compute section: FLOPs per example, matmul peaks and the training ceiling."""
     compute = {"train_gflop_per_example": train_flops / 1e9, "matmul_peak_gflop_s": peaks_gflops}
@@ -297,6 +317,7 @@ def bench(
         train_flops, peaks_gflops = _measure_ceiling(
             model, datasets, resize, parsed, dev, results, say
         )
+        policy = _default_policy(model, datasets, batch_size, resize, dev, say)
         machine["loadavg_1min"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
         machine["process_peak_rss_mib"] = round(peak_rss_mib(), 1)
 
@@ -321,7 +342,8 @@ def bench(
         "machine": machine,
         "results": results,
         "ratios": ratios,
-        "defaults": preset_defaults(dev),
+        "defaults": preset_defaults(dev, policy.figures if policy is not None else None),
+        **({"defaults_probe": policy.describe()} if policy is not None else {}),
         "compute": compute,
         "notes": _notes(busy, steps, datasets),
     }

@@ -70,13 +70,30 @@ def parse_variant(name: str, device: torch.device | None = None) -> Variant:
     return variant
 
 
-def preset_defaults(device: torch.device) -> dict[str, str]:
-    """The variant each training preset runs by default on `device` (from PRESETS and bf16_pays)."""
+def preset_defaults(
+    device: torch.device, figures: dict[str, float] | None = None
+) -> dict[str, str]:
+    """The variant each training preset runs by default on `device`: the fastest setting the
+    timed probe measured (`figures`: seconds per step by "bf16 channels_last", "fp32 NCHW", ...,
+    as train/probing.py measures them) among those the preset allows (d2l: fp32), or where none
+    was measured the instruction-set policy (bf16 where bf16_pays, channels_last)."""
     pays = bf16_pays(device)
     out = {}
     for name, preset in PRESETS.items():
         amp = preset.get("amp")
-        out[name] = ("bf16" if (pays if amp is None else amp) else "fp32") + (
-            "-compile" if preset.get("compile") else ""
+        allowed = {
+            setting: seconds
+            for setting, seconds in (figures or {}).items()
+            if amp is None or setting.startswith("bf16") == amp
+        }
+        if allowed:
+            best = min(allowed, key=allowed.get)
+            use_amp, channels_last = best.startswith("bf16"), best.endswith("channels_last")
+        else:
+            use_amp, channels_last = (pays if amp is None else amp), True
+        out[name] = (
+            ("bf16" if use_amp else "fp32")
+            + ("" if channels_last else "-nchw")
+            + ("-compile" if preset.get("compile") else "")
         )
     return out

@@ -213,6 +213,8 @@ def _environment_section(run: dict) -> str:
         if key in c:
             value = f"{c[key]:,}" if key == "params" else fmt(c[key])
             rows.append([esc(label), esc(value)])
+    if isinstance(c.get("probe"), dict):  # the timed probe that chose precision and layout
+        rows.append([esc("precision and layout, measured"), esc(c["probe"].get("line", ""))])
     return _section(
         "environment",
         "Environment",

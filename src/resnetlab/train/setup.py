@@ -48,6 +48,7 @@ from resnetlab.train.checkpoint import restore_checkpoint
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.engine import TrainState
 from resnetlab.train.graphs import CapturedEvaluator, CapturedStep, CaptureFallback
+from resnetlab.train.probing import Policy, resolve_policy
 from resnetlab.train.steps import EagerStep, WeightAverage, init_weights, make_optimizer
 from resnetlab.train.whiten import WHITEN_IMAGES, whiten_first_conv
 from resnetlab.version import __version__
@@ -68,6 +69,7 @@ class Parts:
     device: torch.device
     amp: bool  # bf16 autocast, as resolved for the device
     channels_last: bool
+    probe: dict | None  # the probe that chose amp and channels_last (resnetlab/probe.py), if any
     capture: bool  # training steps and evaluation batches replayed from CUDA graphs
     # capture chosen by default: where capturing failed and the run went on op by op (else None)
     capture_fallback: CaptureFallback | None
@@ -112,6 +114,7 @@ class Parts:
             "device": str(self.device),
             "amp": self.amp,
             "channels_last": self.channels_last,
+            **({"probe": self.probe} if self.probe else {}),
             "capture": self.capture and not self.fell_back,
             **({"capture_fallback": self.capture_fallback.reason} if self.fell_back else {}),
             "world_size": self.dist.world_size,
@@ -217,10 +220,12 @@ def build(
     """Device policy, data (`splits`, or loaded as `cfg` says), model, optimizer and loaders for
     `cfg` on this process; restored from `checkpoint` when given. `foreach=False` takes the
     optimizer's per-tensor step (a bench ablation); `say` hears notes worth printing."""
-    device, amp, channels_last, capture = _device_policy(cfg, dist)
+    device, capture = _device_policy(cfg, dist)
     if splits is None:
         with local_main_first(dist):  # one download per machine, then the others read the cache
             splits = load_splits(cfg)
+    policy = _precision_and_layout(cfg, dist, device, splits, checkpoint, say)
+    amp, channels_last = policy.amp, policy.channels_last
     check_same_setup(
         dist,
         describe_setup(
@@ -253,6 +258,7 @@ def build(
         device=device,
         amp=amp,
         channels_last=channels_last,
+        probe=policy.probe.describe() if policy.probe is not None else None,
         capture=capture,
         capture_fallback=fallback,
         splits=splits,
@@ -309,13 +315,11 @@ def _step_and_evaluators(
     return step, evaluator, final_evaluator, fallback
 
 
-def _device_policy(cfg: TrainConfig, dist: DistInfo) -> tuple[torch.device, bool, bool, bool]:
-    """This process's device (prepared), and whether bf16 autocast, channels_last and captured
-    steps are on: as the config says, or where they pay when it says `auto` (resnetlab/device.py)."""
+def _device_policy(cfg: TrainConfig, dist: DistInfo) -> tuple[torch.device, bool]:
+    """This process's device (prepared), and whether training steps are captured: as the config
+    says, or where they apply when it says `auto` (resnetlab/device.py)."""
     device = resolve_device(cfg.device, dist.local_rank)
     prepare_device(device)
-    amp = bf16_pays(device) if cfg.amp is None else cfg.amp
-    channels_last = channels_last_pays(device) if cfg.channels_last is None else cfg.channels_last
     capture = resolve_capture(
         cfg.capture,
         device,
@@ -324,7 +328,31 @@ def _device_policy(cfg: TrainConfig, dist: DistInfo) -> tuple[torch.device, bool
         cfg.compile,
         one_shape=not cfg.progressive_resize,
     )
-    return device, amp, channels_last, capture
+    return device, capture
+
+
+def _precision_and_layout(cfg, dist, device, splits, checkpoint, say) -> Policy:
+    """bf16 autocast and channels_last for this run (train/probing.py): explicit settings, a
+    resumed run's own, or the timed probe's pick for the run's model, batch and input shape."""
+    images = splits.train.images
+    hw = (cfg.resize, cfg.resize) if cfg.resize else tuple(images.shape[2:])
+    shape = (max(1, cfg.batch_size // dist.world_size), images.shape[1], *hw)
+    resumed = None
+    if checkpoint is not None:  # a checkpoint from before the probe: the policy of its time
+        resumed = checkpoint.get("policy") or {
+            "amp": bf16_pays(device),
+            "channels_last": channels_last_pays(device),
+        }
+    return resolve_policy(
+        cfg,
+        device,
+        shape,
+        len(splits.train.classes),
+        expected_steps=max(1, len(splits.train) // cfg.batch_size) * cfg.epochs,
+        world_size=dist.world_size,
+        resumed=resumed,
+        say=say,
+    )
 
 
 def _model_and_optimizer(cfg, dist, splits, device, channels_last, checkpoint, foreach, say):

@@ -210,7 +210,13 @@ class Saver(Observer):
         p = self.parts
         average = p.average.model if p.average is not None else None
         return make_checkpoint(
-            p.cfg, p.raw_model, p.optimizer, state, p.dist.world_size, average=average
+            p.cfg,
+            p.raw_model,
+            p.optimizer,
+            state,
+            p.dist.world_size,
+            average=average,
+            policy={"amp": p.amp, "channels_last": p.channels_last},
         )
 
     def on_evaluate(self, epoch: int, split: str, result: dict) -> None:
