@@ -417,3 +417,12 @@ def test_gpu_script_requires_the_data_for_its_cuda_tests(tmp_path):
     assert proc.returncode == 0, proc.stderr
     pytest_calls = [line for line in calls.splitlines() if "-m pytest" in line]
     assert len(pytest_calls) == 1 and pytest_calls[0].startswith("REQUIRE=1 ")
+
+
+def test_the_default_path_is_among_the_variants_measured():
+    """Without --variants, bench also measures each preset's default as the probe picks it."""
+    from resnetlab.bench.core import _missing_defaults
+
+    parsed = [parse_variant(v) for v in ("textbook", "fp32", "bf16")]
+    defaults = {"d2l": "fp32-nchw", "quick": "bf16", "best": "bf16-compile"}
+    assert _missing_defaults(defaults, parsed) == ["fp32-nchw"]

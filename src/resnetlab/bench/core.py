@@ -210,6 +210,12 @@ def _measure_ceiling(
     return train_flops, peaks_gflops
 
 
+def _missing_defaults(defaults: dict, parsed: list) -> list[str]:
+    """The presets' default variants not measured yet (compiled ones aside: minutes to warm up)."""
+    names = {v.name for v in parsed}
+    return sorted({v for v in defaults.values() if v not in names and not v.endswith("-compile")})
+
+
 def _default_policy(model, datasets: Splits, batch_size, resize, dev, say):
     """The timed probe (train/probing.py) for the bench's model, batch and input shape, as a
     training run would take it (bounded by its 3 s, cached): what each preset's default is here."""
@@ -224,6 +230,7 @@ def _default_policy(model, datasets: Splits, batch_size, resize, dev, say):
         shape,
         len(datasets.train.classes),
         expected_steps=None,
+        say=say,
     ).probe
 
 
@@ -297,8 +304,10 @@ def bench(
     seed: int = 0,
     progress=None,
 ) -> dict:
-    """Measure `variants` (default: textbook, fp32, and bf16 where it pays) and return one dict:
-    config, machine, per-variant figures, ratios to the textbook, and each preset's default variant."""
+    """Measure `variants` (default: textbook, fp32, bf16 where it pays, and each preset's default
+    as the timed probe picks it for this shape, e.g. fp32-nchw) and return one dict: config,
+    machine, per-variant figures, ratios to the textbook, each preset's default variant and the
+    probe behind them."""
     _check_sizes(batch_size, steps, repeats, resize, threads)
     get_model_info(model)  # an unknown name fails here, with the registry's message
     dev = resolve_device(device)
@@ -309,6 +318,10 @@ def bench(
         datasets = _load_splits(data, data_dir, steps, batch_size)
         load_start, busy = _busy_warning(dev, say)
         machine = _machine(dev)
+        policy = _default_policy(model, datasets, batch_size, resize, dev, say)
+        defaults = preset_defaults(dev, policy.figures if policy is not None else None)
+        if variants is None:  # the default path measured too: what the policy picks here
+            parsed += [parse_variant(v, dev) for v in _missing_defaults(defaults, parsed)]
         runners, peaks, first_round = _warm_up(
             parsed, model, datasets, batch_size, resize, steps, dev, seed, say
         )
@@ -317,7 +330,6 @@ def bench(
         train_flops, peaks_gflops = _measure_ceiling(
             model, datasets, resize, parsed, dev, results, say
         )
-        policy = _default_policy(model, datasets, batch_size, resize, dev, say)
         machine["loadavg_1min"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
         machine["process_peak_rss_mib"] = round(peak_rss_mib(), 1)
 
@@ -342,7 +354,7 @@ def bench(
         "machine": machine,
         "results": results,
         "ratios": ratios,
-        "defaults": preset_defaults(dev, policy.figures if policy is not None else None),
+        "defaults": defaults,
         **({"defaults_probe": policy.describe()} if policy is not None else {}),
         "compute": compute,
         "notes": _notes(busy, steps, datasets),
