@@ -52,6 +52,20 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def probe_cache(tmp_path_factory):
+    """The precision-and-layout probe's cache (resnetlab/probe.py) in a folder of the test
+    session's: runs here neither read the user's decisions nor leave theirs behind."""
+    path = tmp_path_factory.mktemp("probe") / "probe.json"
+    previous = os.environ.get("RESNETLAB_PROBE_CACHE")
+    os.environ["RESNETLAB_PROBE_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("RESNETLAB_PROBE_CACHE", None)
+    else:
+        os.environ["RESNETLAB_PROBE_CACHE"] = previous
+
+
 @pytest.fixture
 def ctrl_c_at(monkeypatch):
     """`ctrl_c_at(n)`: Ctrl-C arrives as the training loop reads its stop flag for the n-th time

@@ -88,7 +88,10 @@ def test_smoke_json_is_sane(smoke):
         "capture": False,
         "eval_batch_size": 256,
     }  # capture: as resolved here (a CPU: none)
-    assert result["defaults"]["d2l"] == "fp32"  # the textbook recipe stays fp32
+    # the textbook recipe stays fp32; its layout is what the probe measured fastest
+    assert result["defaults"]["d2l"] in ("fp32", "fp32-nchw")
+    probe = result["defaults_probe"]  # the same policy as a run's, at the bench's shape
+    assert probe["probe_seconds"] <= 3.5 and probe["line"].startswith("precision and layout: ")
     assert result["machine"]["cpu"] and result["machine"]["process_peak_rss_mib"] > 0
 
 
@@ -158,6 +161,22 @@ def test_preset_defaults_follow_presets_and_bf16_pays():
     defaults = preset_defaults(cpu)
     assert defaults["d2l"] == "fp32"
     assert defaults["quick"] == ("bf16" if bf16_pays(cpu) else "fp32")
+
+
+def test_preset_defaults_are_the_probes_pick_among_what_each_preset_allows():
+    cpu = torch.device("cpu")
+    figures = {
+        "bf16 channels_last": 0.2,
+        "bf16 NCHW": 0.3,
+        "fp32 channels_last": 0.5,
+        "fp32 NCHW": 0.4,
+    }
+    defaults = preset_defaults(cpu, figures)
+    assert defaults["d2l"] == "fp32-nchw"  # fp32 by the preset, NCHW by measurement
+    assert defaults["quick"] == "bf16"
+    assert (
+        preset_defaults(cpu, {"fp32 channels_last": 0.5, "fp32 NCHW": 0.4})["quick"] == "fp32-nchw"
+    )
 
 
 @pytest.mark.parametrize(
@@ -272,3 +291,138 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert "textbook" in bench["results"] and bench["config"]["device"] == "cpu"
     assert "torch" in (tmp_path / "env.txt").read_text()
+
+
+def test_timed_rounds_capture_no_evaluation_graph(monkeypatch):
+    """A captured variant captures its evaluation graph once, in the untimed warm-up round: every
+    capture synchronises and empties the allocator's cache, which would bias the variant timed
+    next. Checked on the CPU with the capture taken out (tests/train/test_graphs.py's stand-in)."""
+    import contextlib
+    import functools
+
+    from resnetlab.bench import measure, runners
+    from resnetlab.data import Dataset
+    from resnetlab.models.fuse import fuse_bn
+    from resnetlab.train.graphs import CapturedEvaluator
+    from resnetlab.train.setup import Splits
+
+    class FakeGraph:
+        def __init__(self, fn):
+            self.fn, self.replays = fn, 0
+
+        def replay(self):
+            self.replays += 1
+            self.fn()
+
+    class fake:  # capture keeps the function, replay calls it
+        captured = []
+        side_stream = staticmethod(lambda device: contextlib.nullcontext())
+
+        @classmethod
+        def capture(cls, fn):
+            cls.captured.append(FakeGraph(fn))
+            return cls.captured[-1]
+
+    monkeypatch.setattr(
+        runners, "CapturedEvaluator", functools.partial(CapturedEvaluator, graphs=fake)
+    )
+    g = torch.Generator().manual_seed(0)
+    ds = Dataset(
+        "t",
+        torch.randint(0, 256, (32, 1, 8, 8), generator=g, dtype=torch.uint8),
+        torch.arange(32) % 10,
+        [str(i) for i in range(10)],
+    )
+    cpu = torch.device("cpu")
+    runner = runners.ResnetlabRunner(
+        parse_variant("fp32"), "resnet20", Splits(ds, None, ds), 8, None, 2, cpu, 0
+    )
+    runner.capture = True  # as on CUDA, for the evaluation
+    measure.timed_round(runner, cpu)  # the warm-up round: the one capture
+    assert len(fake.captured) == 1
+    graph = fake.captured[0]
+    for _ in range(2):  # timed rounds replay it, with the current weights folded in
+        measure.timed_round(runner, cpu)
+    assert len(fake.captured) == 1 and graph.replays > 2
+    folded = runner.evaluator.model.state_dict()
+    expected = fuse_bn(runner.model).state_dict()
+    assert all(torch.equal(folded[k], expected[k]) for k in expected)
+
+
+def test_noforeach_with_captured_steps_is_refused_in_one_line():
+    """On CUDA resnetlab's variants capture their steps, whose update is always foreach."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    with pytest.raises(UsageError, match="add -nograph") as caught:
+        parse_variant("bf16-noforeach", cuda)
+    assert "\n" not in str(caught.value)
+    assert not parse_variant("bf16-noforeach-nograph", cuda).foreach
+    assert not parse_variant("fp32-noforeach", cpu).foreach  # nothing is captured on a CPU
+    assert not parse_variant("fp32-noforeach-compile", cuda).foreach  # compiled: not captured
+    assert parse_variant("textbook", cuda).textbook
+
+
+def _gpu_script_with_fake_python(tmp_path, cuda: bool, *args):
+    """benchmarks/gpu.sh with $PYTHON a stand-in that logs each call's arguments and
+    RESNETLAB_TEST_REQUIRE_DATA, and answers the CUDA check as told: the script's own logic, in
+    milliseconds."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("needs bash and coreutils' timeout")
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'echo "REQUIRE=${RESNETLAB_TEST_REQUIRE_DATA:-} $*" >> "$FAKE_LOG"\n'
+        'case "$*" in *cuda.is_available*) exit "$FAKE_CUDA" ;; esac\n'
+        "exit 0\n"
+    )
+    fake.chmod(0o755)
+    out, log = tmp_path / "out", tmp_path / "calls.log"
+    log.unlink(missing_ok=True)  # this call's log only
+    env = dict(
+        os.environ,
+        OUT=str(out),
+        PYTHON=str(fake),
+        FAKE_LOG=str(log),
+        FAKE_CUDA=str(0 if cuda else 3),
+    )
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+    proc = subprocess.run(
+        ["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    return proc, log.read_text() if log.exists() else ""
+
+
+def test_gpu_script_refuses_without_cuda_in_one_line(tmp_path):
+    proc, calls = _gpu_script_with_fake_python(tmp_path, False, "--only", "tests")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "torch.cuda.is_available() is False" in lines[0]
+    assert "pytest" not in calls  # nothing ran
+    # --dry-run --device cpu checks the script's plumbing on a CPU: no CUDA check there
+    proc, calls = _gpu_script_with_fake_python(
+        tmp_path, False, "--dry-run", "--device", "cpu", "--only", "tests"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "cuda.is_available" not in calls and "pytest" in calls
+
+
+def test_gpu_script_requires_the_data_for_its_cuda_tests(tmp_path):
+    """Without Fashion-MNIST every CUDA test would skip and the step pass: the step sets
+    RESNETLAB_TEST_REQUIRE_DATA=1, which turns that skip into an error (tests/conftest.py)."""
+    proc, calls = _gpu_script_with_fake_python(tmp_path, True, "--only", "tests")
+    assert proc.returncode == 0, proc.stderr
+    pytest_calls = [line for line in calls.splitlines() if "-m pytest" in line]
+    assert len(pytest_calls) == 1 and pytest_calls[0].startswith("REQUIRE=1 ")
+
+
+def test_the_default_path_is_among_the_variants_measured():
+    """Without --variants, bench also measures each preset's default as the probe picks it."""
+    from resnetlab.bench.core import _missing_defaults
+
+    parsed = [parse_variant(v) for v in ("textbook", "fp32", "bf16")]
+    defaults = {"d2l": "fp32-nchw", "quick": "bf16", "best": "bf16-compile"}
+    assert _missing_defaults(defaults, parsed) == ["fp32-nchw"]

@@ -1,5 +1,9 @@
 """Device policy: which device a run uses, and what pays on it (bf16 autocast, channels_last).
 
+`bf16_pays` and `channels_last_pays` are the instruction-set policy: where bf16 is native (so worth
+measuring) and what a run keeps when its timed probe measured nothing (resnetlab/probe.py and
+train/probing.py choose by measurement: at 28 px on a Xeon with AMX fp32 NCHW was fastest).
+
 One small module so the trainer, presets, bench and inference decide alike.
 """
 

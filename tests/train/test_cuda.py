@@ -5,6 +5,7 @@ Run by `benchmarks/gpu.sh` on the GPU machine (its `tests` step) as well as by p
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -15,10 +16,13 @@ pytestmark = [
     pytest.mark.needs_fashion_mnist,
 ]
 
+from resnetlab.errors import Interrupted  # noqa: E402
 from resnetlab.train import make_config, train  # noqa: E402
+from resnetlab.train.checkpoint import load_checkpoint  # noqa: E402
 from resnetlab.train.graphs import CapturedStep  # noqa: E402
 from resnetlab.train.setup import build  # noqa: E402
 from resnetlab.train.steps import EagerStep, make_optimizer  # noqa: E402
+from resnetlab.weights import load_weights  # noqa: E402
 
 SMALL = dict(model="resnet20", subset=2048, batch_size=256, epochs=2, val_split=0, device="cuda")
 
@@ -61,20 +65,35 @@ def test_graph_step_agrees_with_the_eager_step_for_20_steps():
     torch.testing.assert_close(eager.sums, captured.sums, rtol=1e-2, atol=1.0)
 
 
-def test_captured_run_resumes_after_an_interruption(tmp_path):
-    whole = train(make_config("quick", **SMALL), out=tmp_path / "whole", verbose=False)
+def test_captured_run_resumes_after_an_interruption(tmp_path, monkeypatch, ctrl_c_at):
+    """A real 2-epoch run stopped after epoch 1 (as Ctrl-C does, tests/train/test_train.py) and
+    resumed ends where the unbroken run ends: the same schedule, the same first epoch, and a second
+    epoch that differs only by what a GPU's kernels may (atomics, autotuned algorithms)."""
+    cfg = make_config("quick", **SMALL, epoch_test=True, tta="none")  # test figures every epoch
+    whole = train(cfg, out=tmp_path / "whole", verbose=False)
     assert json.loads((tmp_path / "whole" / "config.json").read_text())["capture"] is True
-    first = train(
-        make_config("quick", **dict(SMALL, epochs=1)), out=tmp_path / "split", verbose=False
-    )
-    ckpt = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
-    ckpt["config"]["epochs"] = 2  # as if the run had been stopped after its first epoch
-    torch.save(ckpt, tmp_path / "split" / "checkpoint.pt")
+    steps_per_epoch = 2048 // 256  # the captured step drops no full batch: 2048 is 8 of them
+    ctrl_c_at(steps_per_epoch)  # during the epoch's last step: the run stops after epoch 1
+    with pytest.raises(Interrupted, match="after epoch 1"):
+        train(cfg, out=tmp_path / "split", verbose=False)
+    assert load_checkpoint(tmp_path / "split")["state"]["epoch"] == 1
+    monkeypatch.undo()
     resumed = train(resume=tmp_path / "split", verbose=False)
-    assert first["epochs"] == 1 and resumed["epochs"] == whole["epochs"] == 2
-    state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["state"]
-    assert state["epoch"] == 2 and state["global_step"] == 2 * (2048 // 256)
-    assert resumed["test_acc"] == pytest.approx(whole["test_acc"], abs=0.05)
+    state = load_checkpoint(tmp_path / "split")["state"]
+    assert state["epoch"] == 2 and state["global_step"] == 2 * steps_per_epoch
+    rows = [
+        list(csv.DictReader((tmp_path / run / "metrics.csv").open())) for run in ("whole", "split")
+    ]
+    for a, b in zip(*rows):
+        assert float(a["lr"]) == float(b["lr"])  # one schedule: 2 epochs in both
+        for key in ("train_loss", "test_loss"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-2), key
+    assert resumed["test_acc"] == pytest.approx(whole["test_acc"], abs=0.01)
+    a, _ = load_weights(tmp_path / "whole" / "model.safetensors")
+    b, _ = load_weights(tmp_path / "split" / "model.safetensors")
+    for name in a:
+        if a[name].is_floating_point():
+            torch.testing.assert_close(b[name], a[name], rtol=2e-2, atol=2e-2, msg=name)
 
 
 def test_a_captured_epoch_makes_no_host_sync(monkeypatch):
@@ -95,3 +114,28 @@ def test_a_captured_epoch_makes_no_host_sync(monkeypatch):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert parts.step.sums.tolist()[2] == 40 * 256 + 3 * 256
+
+
+def test_the_rate_is_float32_and_a_failed_default_capture_runs_on_op_by_op():
+    """The captured update's rate tensor has the parameters' dtype (foreach's one-kernel path), and
+    a capture chosen by default that raises leaves the run training op by op."""
+    from resnetlab.train.graphs import Graphs
+
+    class Raising(Graphs):
+        @staticmethod
+        def capture(fn):
+            raise RuntimeError("a capture that fails, as a driver or an op may")
+
+    parts = build(make_config("quick", **dict(SMALL, subset=8 * 256, epochs=1)))
+    assert parts.step.neg_lr.dtype == torch.float32
+    assert parts.capture_fallback is not None  # capture chosen by default
+    parts.step.graphs = Raising
+    parts.step.start_epoch([0.0, 0.0, 0.0])
+    before = [p.detach().clone() for p in parts.raw_model.parameters()]
+    for x, y in parts.loaders.train:
+        parts.step(x, y, 0.1)
+    assert parts.step.eager and len(parts.capture_fallback.reasons) == 1
+    assert parts.step.sums.tolist()[2] == 8 * 256  # every batch trained, the failed one too
+    after = list(parts.raw_model.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(after, before) if a.requires_grad)
+    assert parts.describe()["capture"] is False and "capture_fallback" in parts.describe()

@@ -16,6 +16,10 @@ Each *variant* is one way of running the same model at the same batch and resolu
   Suffixes turn one trick off or on for ablations: `-nchw`, `-nofuse`, `-noforeach`, `-compile`,
   `-nograph`.
 
+Without `variants`, the list also holds each preset's default as a run would pick it here: the
+timed probe of precision and layout (train/probing.py) at the bench's model, batch and shape
+(`defaults`, and the probe's figures in `defaults_probe`).
+
 For each variant, after one warm-up round (whose peak memory is recorded), `repeats` rounds
 time, in turn for every variant (so a busy machine slows all of them alike): `steps` training
 steps on ready batches, `steps` evaluation batches, `steps` loader batches, and an end-to-end

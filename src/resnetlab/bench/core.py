@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import platform
@@ -25,6 +26,8 @@ from resnetlab.data import load_dataset
 from resnetlab.device import bf16_pays, resolve_device
 from resnetlab.errors import UsageError
 from resnetlab.models import get_model_info
+from resnetlab.train.presets import make_config
+from resnetlab.train.probing import resolve_policy
 from resnetlab.train.setup import Splits
 
 
@@ -91,7 +94,7 @@ def _parse_variants(variants: tuple[str, ...] | None, dev: torch.device) -> list
     """Parse the variant names (default: textbook, fp32, and bf16 where it pays), each once."""
     if variants is None:
         variants = tuple(v for v in DEFAULT_VARIANTS if v != "bf16" or bf16_pays(dev))
-    parsed = [parse_variant(v) for v in variants]
+    parsed = [parse_variant(v, dev) for v in variants]
     if len({v.name for v in parsed}) != len(parsed):
         raise UsageError(f"each variant once, please: {', '.join(variants)}")
     return parsed
@@ -207,6 +210,30 @@ def _measure_ceiling(
     return train_flops, peaks_gflops
 
 
+def _missing_defaults(defaults: dict, parsed: list) -> list[str]:
+    """The presets' default variants not measured yet (compiled ones aside: minutes to warm up)."""
+    names = {v.name for v in parsed}
+    return sorted({v for v in defaults.values() if v not in names and not v.endswith("-compile")})
+
+
+def _default_policy(model, datasets: Splits, batch_size, resize, dev, say):
+    """The timed probe (train/probing.py) for the bench's model, batch and input shape, as a
+    training run would take it (bounded by its 3 s, cached): what each preset's default is here."""
+    images = datasets.train.images
+    px = resize or images.shape[-1]
+    cfg = make_config("quick", model=model, model_kwargs={}, batch_size=batch_size)
+    say("probing precision and layout as a run would")
+    shape = (batch_size, images.shape[1], px, px)
+    return resolve_policy(
+        dataclasses.replace(cfg, amp=None, channels_last=None),
+        dev,
+        shape,
+        len(datasets.train.classes),
+        expected_steps=None,
+        say=say,
+    ).probe
+
+
 def _compute(train_flops: float, peaks_gflops: dict, results: dict) -> dict:
     """The report's compute section: FLOPs per example, matmul peaks and the training ceiling."""
     compute = {"train_gflop_per_example": train_flops / 1e9, "matmul_peak_gflop_s": peaks_gflops}
@@ -277,8 +304,10 @@ def bench(
     seed: int = 0,
     progress=None,
 ) -> dict:
-    """Measure `variants` (default: textbook, fp32, and bf16 where it pays) and return one dict:
-    config, machine, per-variant figures, ratios to the textbook, and each preset's default variant."""
+    """Measure `variants` (default: textbook, fp32, bf16 where it pays, and each preset's default
+    as the timed probe picks it for this shape, e.g. fp32-nchw) and return one dict: config,
+    machine, per-variant figures, ratios to the textbook, each preset's default variant and the
+    probe behind them."""
     _check_sizes(batch_size, steps, repeats, resize, threads)
     get_model_info(model)  # an unknown name fails here, with the registry's message
     dev = resolve_device(device)
@@ -289,6 +318,10 @@ def bench(
         datasets = _load_splits(data, data_dir, steps, batch_size)
         load_start, busy = _busy_warning(dev, say)
         machine = _machine(dev)
+        policy = _default_policy(model, datasets, batch_size, resize, dev, say)
+        defaults = preset_defaults(dev, policy.figures if policy is not None else None)
+        if variants is None:  # the default path measured too: what the policy picks here
+            parsed += [parse_variant(v, dev) for v in _missing_defaults(defaults, parsed)]
         runners, peaks, first_round = _warm_up(
             parsed, model, datasets, batch_size, resize, steps, dev, seed, say
         )
@@ -321,7 +354,8 @@ def bench(
         "machine": machine,
         "results": results,
         "ratios": ratios,
-        "defaults": preset_defaults(dev),
+        "defaults": defaults,
+        **({"defaults_probe": policy.describe()} if policy is not None else {}),
         "compute": compute,
         "notes": _notes(busy, steps, datasets),
     }

@@ -164,7 +164,13 @@ class ResnetlabRunner:
         """What an evaluation costs once, before its first batch: folding (and compiling, or
         capturing its graph on two batches)."""
         model = fuse_bn(self.model) if self.variant.fuse else self.model
-        if self.capture:
+        if self.capture and self.evaluator is not None:
+            # One graph for the whole bench, captured in the untimed warm-up round: each capture
+            # synchronises and empties the allocator's cache, which the variant timed next would
+            # pay for. Later rounds fold the current weights into the captured model's tensors.
+            if model is not self.evaluator.model:
+                self.evaluator.model.load_state_dict(model.state_dict())
+        elif self.capture:
             self.evaluator = CapturedEvaluator(model, self.device, amp=self.variant.amp)
             self.evaluator(self.eval_batches[:2])
         else:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from resnetlab.device import bf16_pays
+from resnetlab.device import bf16_pays, capture_problem
 from resnetlab.errors import UsageError
 from resnetlab.train.presets import PRESETS
 
@@ -36,8 +36,9 @@ class Variant:
     )
 
 
-def parse_variant(name: str) -> Variant:
-    """ "textbook", or "fp32"/"bf16" followed by any of -nchw -nofuse -noforeach -compile -nograph."""
+def parse_variant(name: str, device: torch.device | None = None) -> Variant:
+    """ "textbook", or "fp32"/"bf16" followed by any of -nchw -nofuse -noforeach -compile -nograph;
+    with `device`, a combination that means nothing there is refused."""
     if name == "textbook":
         return Variant(name, textbook=True, channels_last=False, fuse=False, foreach=False)
     head, *mods = name.split("-")
@@ -54,16 +55,45 @@ def parse_variant(name: str) -> Variant:
                 f"known: {', '.join('-' + m for m in MODIFIERS)}"
             )
         variant = replace(variant, **MODIFIERS[mod])
+    # A captured step's update is always foreach (train/graphs.py SGDUpdate): refuse a label
+    # that would report foreach: False for it.
+    if (
+        device is not None
+        and not variant.foreach
+        and variant.capture is not False
+        and capture_problem(device, 1, "sgd", variant.compile) is None
+    ):
+        raise UsageError(
+            f"bench variant {name!r}: -noforeach means nothing with captured steps (their update "
+            f"is always foreach); add -nograph ({name}-nograph)"
+        )
     return variant
 
 
-def preset_defaults(device: torch.device) -> dict[str, str]:
-    """The variant each training preset runs by default on `device` (from PRESETS and bf16_pays)."""
+def preset_defaults(
+    device: torch.device, figures: dict[str, float] | None = None
+) -> dict[str, str]:
+    """The variant each training preset runs by default on `device`: the fastest setting the
+    timed probe measured (`figures`: seconds per step by "bf16 channels_last", "fp32 NCHW", ...,
+    as train/probing.py measures them) among those the preset allows (d2l: fp32), or where none
+    was measured the instruction-set policy (bf16 where bf16_pays, channels_last)."""
     pays = bf16_pays(device)
     out = {}
     for name, preset in PRESETS.items():
         amp = preset.get("amp")
-        out[name] = ("bf16" if (pays if amp is None else amp) else "fp32") + (
-            "-compile" if preset.get("compile") else ""
+        allowed = {
+            setting: seconds
+            for setting, seconds in (figures or {}).items()
+            if amp is None or setting.startswith("bf16") == amp
+        }
+        if allowed:
+            best = min(allowed, key=allowed.get)
+            use_amp, channels_last = best.startswith("bf16"), best.endswith("channels_last")
+        else:
+            use_amp, channels_last = (pays if amp is None else amp), True
+        out[name] = (
+            ("bf16" if use_amp else "fp32")
+            + ("" if channels_last else "-nchw")
+            + ("-compile" if preset.get("compile") else "")
         )
     return out

@@ -215,6 +215,8 @@ def _environment_section(run: dict) -> str:
         ("device", "device"),
         ("amp", "bf16 autocast"),
         ("channels_last", "channels_last"),
+        ("capture", "CUDA graphs"),
+        ("capture_fallback", "CUDA graphs fell back (op by op)"),
         ("world_size", "processes"),
         ("threads", "torch CPU threads"),
         ("host", "host"),
@@ -223,6 +225,8 @@ def _environment_section(run: dict) -> str:
         if key in c:
             value = f"{c[key]:,}" if key == "params" else fmt(c[key])
             rows.append([esc(label), esc(value)])
+    if isinstance(c.get("probe"), dict):  # the timed probe that chose precision and layout
+        rows.append([esc("precision and layout, measured"), esc(c["probe"].get("line", ""))])
     return _section(
         "environment",
         "Environment",
@@ -429,6 +433,8 @@ def describe_event(e: dict) -> str:
             if step
             else f"interrupted after epoch {e.get('epoch')}"
         )
+    if kind == "capture_fallback":
+        return f"{e.get('reason', 'capturing failed')}: running op by op from then on"
     if kind == "failed":
         return f"failed: {e.get('error', '')}: {e.get('message', '')}"
     if kind == "finish":

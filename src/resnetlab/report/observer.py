@@ -19,6 +19,9 @@ class Observer:
     def on_epoch_end(self, state, row: dict, is_best: bool) -> None:
         """After epoch `row["epoch"]`: its metrics row; `is_best` on validation so far."""
 
+    def on_fallback(self, reason: str) -> None:
+        """Capture chosen by default failed (`reason`): the run goes on op by op (train/graphs.py)."""
+
     def on_interrupt(self, state) -> None:
         """The run stops early (Ctrl-C): `state` is what resumes it."""
 

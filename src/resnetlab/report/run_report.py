@@ -1,5 +1,5 @@
 """What a run leaves for people to read, on rank 0 (`run.enabled`): events.jsonl (start, resume,
-interrupt, failed, finish), and after the last epoch the curves, the confusion matrix, the kept
+capture_fallback, interrupt, failed, finish), and after the last epoch the curves, the confusion matrix, the kept
 weights' mistakes and report.html. A failure while writing these leaves the finished run as it
 is: it is reported on stderr and in events.jsonl."""
 
@@ -43,6 +43,10 @@ class RunReport(Observer):
                 pid=os.getpid(),
                 argv=sys.argv[1:],
             )
+
+    def on_fallback(self, reason: str) -> None:
+        if self.enabled:
+            record_event(self.run.path, "capture_fallback", reason=reason)
 
     def on_interrupt(self, state) -> None:
         if self.enabled:

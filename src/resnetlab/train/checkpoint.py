@@ -144,10 +144,12 @@ def check_resume_world_size(saved: int, info: DistInfo, run) -> None:
 
 
 def make_checkpoint(
-    cfg, model, optimizer, state: TrainState, world_size: int, average=None
+    cfg, model, optimizer, state: TrainState, world_size: int, average=None, policy=None
 ) -> dict:
     """What checkpoint.pt holds after `state`: the configuration (a dict), the weights, the
-    optimizer, the state, the random-number state, the process count, and with --ema the average."""
+    optimizer, the state, the random-number state, the process count, with --ema the average, and
+    `policy` ({"amp", "channels_last"} as resolved: a resumed run keeps them, whatever a probe
+    would pick now)."""
     checkpoint = {
         "config": cfg.to_dict(),
         "model": model.state_dict(),
@@ -158,6 +160,8 @@ def make_checkpoint(
     }
     if average is not None:
         checkpoint["average"] = average.state_dict()
+    if policy is not None:
+        checkpoint["policy"] = policy
     return checkpoint
 
 

@@ -122,9 +122,11 @@ class TrainConfig:
     )
     # execution
     device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    amp: bool | None = setting(None, "bf16 autocast (default: where it pays: CUDA, CPUs with bf16)")
+    amp: bool | None = setting(
+        None, "bf16 autocast (default: a timed probe decides where bf16 is native; else off)"
+    )
     channels_last: bool | None = setting(
-        None, "channels_last memory format (default: on for CPU and CUDA)"
+        None, "channels_last memory format (default: a timed probe decides on CPU and CUDA)"
     )
     capture: bool | None = setting(
         None,

@@ -14,6 +14,10 @@ with one call (torch.cuda.graphs, "whole network capture"):
 - `CapturedEvaluator` replays one graph of the eval-mode forward and its sums per full batch; a
   last, smaller batch runs eagerly.
 
+A capture chosen by default (not asked for with --capture) that raises does not stop the run:
+given `fallback` (a `CaptureFallback`), the step or evaluator says why and runs op by op from
+then on, as steps.EagerStep and evaluation.Evaluator do, with the same optimizer and sums.
+
 Nothing here runs without CUDA; `Graphs` is the seam the CPU tests replace to check the plumbing
 (static buffers, the rate, warm-up, sums) with the capture itself taken out.
 """
@@ -21,12 +25,13 @@ Nothing here runs without CUDA; `Graphs` is the seam the CPU tests replace to ch
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
 
 from resnetlab.distributed.group import DistInfo
-from resnetlab.errors import UsageError
+from resnetlab.errors import UsageError, first_line
 from resnetlab.inference.evaluation import autocast, batch_sums, evaluation_result
 from resnetlab.train.steps import WeightAverage, train_step
 
@@ -50,6 +55,25 @@ class Graphs:
         with torch.cuda.graph(graph):
             fn()
         return graph
+
+
+class CaptureFallback:
+    """Where a capture chosen by default failed and the run went on op by op: `reasons` (one per
+    step or evaluator that fell back), told to each of `listeners` as it happens."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self.listeners: list = []
+
+    def __call__(self, what: str, error: BaseException) -> None:
+        reason = f"capturing the {what} failed ({type(error).__name__}: {first_line(error, 200)})"
+        self.reasons.append(reason)
+        for listen in self.listeners:
+            listen(reason)
+
+    @property
+    def reason(self) -> str | None:
+        return "; ".join(self.reasons) or None
 
 
 class _SideStream(contextlib.AbstractContextManager):
@@ -91,6 +115,20 @@ class SGDUpdate:
         self.optimizer, self.neg_lr = optimizer, neg_lr
 
     @torch.no_grad()
+    def make_buffers(self) -> None:
+        """Create the momentum buffers of every trainable parameter, zeroed, where missing: called
+        before a capture, since a buffer created inside one would be zeroed again by every replay."""
+        for group in self.optimizer.param_groups:
+            if not group["momentum"]:
+                continue
+            for p in group["params"]:
+                state = self.optimizer.state[p]
+                if p.requires_grad and state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+
+    @torch.no_grad()
     def __call__(self) -> None:
         for group in self.optimizer.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
@@ -104,9 +142,7 @@ class SGDUpdate:
                 bufs = []
                 for p in params:
                     state = self.optimizer.state[p]
-                    if (
-                        state.get("momentum_buffer") is None
-                    ):  # only before capture (the warm-up makes them)
+                    if state.get("momentum_buffer") is None:  # never in a capture (make_buffers)
                         state["momentum_buffer"] = torch.zeros_like(
                             p, memory_format=torch.preserve_format
                         )
@@ -134,13 +170,17 @@ class CapturedStep:
         average: WeightAverage | None = None,
         graphs=Graphs,
         warmup_steps: int = WARMUP_STEPS,
+        fallback: CaptureFallback | None = None,
     ) -> None:
         self.model, self.optimizer, self.device = model, optimizer, device
         self.amp, self.label_smoothing, self.average = amp, label_smoothing, average
-        self.graphs, self.warmup_steps = graphs, warmup_steps
-        self.neg_lr = torch.zeros(
-            (), dtype=torch.float64, device=device
-        )  # a 0-d tensor: the params keep their dtype
+        self.graphs, self.warmup_steps, self.fallback = graphs, warmup_steps, fallback
+        self.eager = False  # True once a capture failed under `fallback`: op by op from then on
+        # A 0-d tensor of the parameters' dtype (float32): torch._foreach_mul takes its one-kernel
+        # multi-tensor path only for a scalar tensor of the lists' dtype (a float64 rate costs one
+        # kernel per parameter at every replay), and torch's SGD rounds -lr to float32 anyway.
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        self.neg_lr = torch.zeros((), dtype=dtype, device=device)
         self.update = SGDUpdate(optimizer, self.neg_lr)
         self.sums = torch.zeros(
             3, dtype=torch.float64, device=device
@@ -173,10 +213,46 @@ class CapturedStep:
         if self.average is not None:  # in the graph too: a foreach lerp on tensors that stay put
             self.average.update()
 
+    def _eager_update(self) -> None:
+        self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
+
+    def _eager_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        """steps.EagerStep's step, on this step's optimizer (its momentum buffers) and sums."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        train_step(
+            self.model,
+            x,
+            y,
+            self.sums,
+            optimizer_step=self._eager_update,
+            label_smoothing=self.label_smoothing,
+            amp=self.amp,
+        )
+
+    def _capture(self) -> bool:
+        """Capture the step on the static buffers; False when it failed and `fallback` took over."""
+        self.update.make_buffers()  # outside the graph: warmup_steps=0 has made none yet
+        try:
+            self.graph = self.graphs.capture(lambda: self._step(self.x, self.y))
+        except Exception as e:
+            if self.fallback is None:  # --capture was asked for: its failure is the run's
+                raise
+            self.graph = self.x = self.y = None
+            self.eager = True
+            self.fallback("training step", e)
+            return False
+        return True
+
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, lr: float, loss_weight: float = 1.0
     ) -> None:
         # one process (no uneven shares): every batch's loss_weight is 1.0
+        if self.eager:
+            return self._eager_step(x, y, lr)
         self.neg_lr.fill_(-lr)  # a fill from a host number: no copy the host would wait for
         if self.graph is not None:
             if x.shape != self.x.shape:
@@ -194,7 +270,8 @@ class CapturedStep:
             self.warmed += 1
             return
         self.x, self.y = x.clone(memory_format=torch.preserve_format), y.clone()
-        self.graph = self.graphs.capture(lambda: self._step(self.x, self.y))
+        if not self._capture():
+            return self._eager_step(x, y, lr)  # this batch too: no step is lost
         self.graph.replay()  # capturing recorded the step without running it
 
 
@@ -211,6 +288,7 @@ class CapturedEvaluator:
         dist: DistInfo = DistInfo(),
         per_example: bool = False,
         graphs=Graphs,
+        fallback: CaptureFallback | None = None,
     ) -> None:
         self.model, self.device, self.amp, self.num_classes, self.dist, self.graphs = (
             model,
@@ -220,7 +298,8 @@ class CapturedEvaluator:
             dist,
             graphs,
         )
-        self.per_example = per_example
+        self.per_example, self.fallback = per_example, fallback
+        self.eager = False  # True once a capture failed under `fallback`: op by op from then on
         self.graph = self.x = self.y = self.outputs = None
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
         self.confusion = (
@@ -239,6 +318,19 @@ class CapturedEvaluator:
             self.x, self.y
         )  # in a graph: its static outputs, rewritten by each replay
 
+    def _capture(self) -> bool:
+        """Capture a batch on the static buffers; False when it failed and `fallback` took over."""
+        try:
+            self.graph = self.graphs.capture(self._captured_batch)
+        except Exception as e:
+            if self.fallback is None:  # --capture was asked for: its failure is the run's
+                raise
+            self.graph = self.x = self.y = self.outputs = None
+            self.eager = True
+            self.fallback("evaluation", e)
+            return False
+        return True
+
     @torch.no_grad()  # not inference_mode: the graph's static tensors are reused across calls
     def __call__(self, loader) -> dict:
         self.model.eval()
@@ -246,22 +338,26 @@ class CapturedEvaluator:
         if self.confusion is not None:
             self.confusion.zero_()
         collected = ([], []) if self.per_example else None
+        full = _full_batch(loader)
         for x, y in loader:
             if (
-                self.graph is None and self.x is None
-            ):  # the first full batch: warm up on it, capture on the next
+                self.eager
+                or (full is not None and len(x) != full)
+                or (self.x is not None and x.shape != self.x.shape)
+            ):
+                outputs = self._batch(x, y)  # a smaller batch (a split's last, or a small split)
+            elif self.x is None:  # the first full batch: warm up on it, capture on the next
                 self.x, self.y = x.clone(memory_format=torch.preserve_format), y.clone()
                 with self.graphs.side_stream(self.device):
                     outputs = self._batch(x, y)
-            elif x.shape != self.x.shape:
-                outputs = self._batch(x, y)  # the last, smaller batch
             else:
                 self.x.copy_(x)
                 self.y.copy_(y)
-                if self.graph is None:
-                    self.graph = self.graphs.capture(self._captured_batch)
-                self.graph.replay()
-                outputs = tuple(t.clone() for t in self.outputs)
+                if self.graph is None and not self._capture():
+                    outputs = self._batch(x, y)
+                else:
+                    self.graph.replay()
+                    outputs = tuple(t.clone() for t in self.outputs)
             if collected is not None:
                 collected[0].append(outputs[0])
                 collected[1].append(outputs[1])
@@ -271,3 +367,12 @@ class CapturedEvaluator:
             self.dist,
             collected,
         )
+
+
+def _full_batch(loader) -> int | None:
+    """The size of the loader's full batches (this process's share of its batch), or None for a
+    plain list of batches, whose first batch then sets the captured shape."""
+    batch_size = getattr(loader, "batch_size", None)
+    if batch_size is None:
+        return None
+    return math.ceil(batch_size / getattr(loader, "world_size", 1))

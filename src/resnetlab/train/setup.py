@@ -47,7 +47,8 @@ from resnetlab.models.pretrained import load_pretrained
 from resnetlab.train.checkpoint import restore_checkpoint
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.engine import TrainState
-from resnetlab.train.graphs import CapturedEvaluator, CapturedStep
+from resnetlab.train.graphs import CapturedEvaluator, CapturedStep, CaptureFallback
+from resnetlab.train.probing import Policy, resolve_policy
 from resnetlab.train.steps import EagerStep, WeightAverage, init_weights, make_optimizer
 from resnetlab.train.whiten import WHITEN_IMAGES, whiten_first_conv
 from resnetlab.version import __version__
@@ -68,7 +69,10 @@ class Parts:
     device: torch.device
     amp: bool  # bf16 autocast, as resolved for the device
     channels_last: bool
+    probe: dict | None  # the probe that chose amp and channels_last (resnetlab/probe.py), if any
     capture: bool  # training steps and evaluation batches replayed from CUDA graphs
+    # capture chosen by default: where capturing failed and the run went on op by op (else None)
+    capture_fallback: CaptureFallback | None
     splits: Splits
     loaders: Loaders
     raw_model: nn.Module  # what is saved: never the DDP or compiled wrapper
@@ -98,6 +102,11 @@ class Parts:
         """The module whose weights are evaluated and saved: the average with --ema, else raw_model."""
         return self.average.model if self.average is not None else self.raw_model
 
+    @property
+    def fell_back(self) -> bool:
+        """Whether a capture chosen by default failed and the run continues op by op."""
+        return self.capture_fallback is not None and bool(self.capture_fallback.reasons)
+
     def describe(self) -> dict:
         """The run's config.json: the configuration, what `auto` resolved to, versions, machine."""
         return {
@@ -105,7 +114,9 @@ class Parts:
             "device": str(self.device),
             "amp": self.amp,
             "channels_last": self.channels_last,
-            "capture": self.capture,
+            **({"probe": self.probe} if self.probe else {}),
+            "capture": self.capture and not self.fell_back,
+            **({"capture_fallback": self.capture_fallback.reason} if self.fell_back else {}),
             # the split used: under --subset, config's val_split may have shrunk to fit
             "val_split": len(self.splits.val) if self.splits.val is not None else 0,
             "world_size": self.dist.world_size,
@@ -229,10 +240,12 @@ def build(
     """Device policy, data (`splits`, or loaded as `cfg` says), model, optimizer and loaders for
     `cfg` on this process; restored from `checkpoint` when given. `foreach=False` takes the
     optimizer's per-tensor step (a bench ablation); `say` hears notes worth printing."""
-    device, amp, channels_last, capture = _device_policy(cfg, dist)
+    device, capture = _device_policy(cfg, dist)
     if splits is None:
         with local_main_first(dist):  # one download per machine, then the others read the cache
             splits = load_splits(cfg, say)
+    policy = _precision_and_layout(cfg, dist, device, splits, checkpoint, say)
+    amp, channels_last = policy.amp, policy.channels_last
     check_same_setup(
         dist,
         describe_setup(
@@ -256,21 +269,8 @@ def build(
     norm = normalization(cfg)
     loaders = _loaders(cfg, dist, splits, device, channels_last, capture, norm)
     eval_model = average.model if average is not None else raw_model if cfg.compile else model
-    step_kind, evaluator_kind = (
-        (CapturedStep, CapturedEvaluator) if capture else (EagerStep, Evaluator)
-    )
-    step = step_kind(
-        model, optimizer, device, amp=amp, label_smoothing=cfg.label_smoothing, average=average
-    )
-
-    def evaluator_of(net: nn.Module):
-        return evaluator_kind(
-            net, device, amp=amp, num_classes=len(splits.train.classes), dist=dist, per_example=True
-        )
-
-    evaluator = evaluator_of(eval_model)
-    final_evaluator = (
-        evaluator if cfg.tta == "none" else evaluator_of(with_tta(eval_model, cfg.tta))
+    step, evaluator, final_evaluator, fallback = _step_and_evaluators(
+        cfg, dist, splits, device, amp, capture, model, eval_model, optimizer, average
     )
     return Parts(
         cfg=cfg,
@@ -278,7 +278,9 @@ def build(
         device=device,
         amp=amp,
         channels_last=channels_last,
+        probe=policy.probe.describe() if policy.probe is not None else None,
         capture=capture,
+        capture_fallback=fallback,
         splits=splits,
         loaders=loaders,
         raw_model=raw_model,
@@ -294,13 +296,50 @@ def build(
     )
 
 
-def _device_policy(cfg: TrainConfig, dist: DistInfo) -> tuple[torch.device, bool, bool, bool]:
-    """This process's device (prepared), and whether bf16 autocast, channels_last and captured
-    steps are on: as the config says, or where they pay when it says `auto` (resnetlab/device.py)."""
+def _step_and_evaluators(
+    cfg, dist, splits, device, amp, capture, model, eval_model, optimizer, average
+):
+    """The training step, the evaluator and the final (--tta) evaluator: captured or eager, and
+    the CaptureFallback they share when capture was chosen by default (else None)."""
+    # Capture chosen by default falls back to op by op where capturing fails; --capture does not.
+    fallback = CaptureFallback() if capture and cfg.capture is None else None
+    step_kind, evaluator_kind = (
+        (CapturedStep, CapturedEvaluator) if capture else (EagerStep, Evaluator)
+    )
+    fallback_arg = {"fallback": fallback} if capture else {}
+    step = step_kind(
+        model,
+        optimizer,
+        device,
+        amp=amp,
+        label_smoothing=cfg.label_smoothing,
+        average=average,
+        **fallback_arg,
+    )
+
+    def evaluator_of(net: nn.Module):
+        return evaluator_kind(
+            net,
+            device,
+            amp=amp,
+            num_classes=len(splits.train.classes),
+            dist=dist,
+            per_example=True,
+            **fallback_arg,
+        )
+
+    evaluator = evaluator_of(eval_model)
+    final_evaluator = (
+        evaluator if cfg.tta == "none" else evaluator_of(with_tta(eval_model, cfg.tta))
+    )
+    return step, evaluator, final_evaluator, fallback
+
+
+def _device_policy(cfg: TrainConfig, dist: DistInfo) -> tuple[torch.device, bool]:
+    """This process's device (prepared), and whether training steps are captured: as the config
+    says, or where they apply when it says `auto` (resnetlab/device.py)."""
     device = resolve_device(cfg.device, dist.local_rank)
     prepare_device(device)
-    amp = bf16_pays(device) if cfg.amp is None else cfg.amp
-    channels_last = channels_last_pays(device) if cfg.channels_last is None else cfg.channels_last
     capture = resolve_capture(
         cfg.capture,
         device,
@@ -309,7 +348,31 @@ def _device_policy(cfg: TrainConfig, dist: DistInfo) -> tuple[torch.device, bool
         cfg.compile,
         one_shape=not cfg.progressive_resize,
     )
-    return device, amp, channels_last, capture
+    return device, capture
+
+
+def _precision_and_layout(cfg, dist, device, splits, checkpoint, say) -> Policy:
+    """bf16 autocast and channels_last for this run (train/probing.py): explicit settings, a
+    resumed run's own, or the timed probe's pick for the run's model, batch and input shape."""
+    images = splits.train.images
+    hw = (cfg.resize, cfg.resize) if cfg.resize else tuple(images.shape[2:])
+    shape = (max(1, cfg.batch_size // dist.world_size), images.shape[1], *hw)
+    resumed = None
+    if checkpoint is not None:  # a checkpoint from before the probe: the policy of its time
+        resumed = checkpoint.get("policy") or {
+            "amp": bf16_pays(device),
+            "channels_last": channels_last_pays(device),
+        }
+    return resolve_policy(
+        cfg,
+        device,
+        shape,
+        len(splits.train.classes),
+        expected_steps=max(1, len(splits.train) // cfg.batch_size) * cfg.epochs,
+        world_size=dist.world_size,
+        resumed=resumed,
+        say=say,
+    )
 
 
 def _model_and_optimizer(cfg, dist, splits, device, channels_last, checkpoint, foreach, say):

@@ -140,6 +140,10 @@ def _train(
     # the report writes the PNGs that TensorBoard then shows: it comes first
     observers = [console, saver, *extra, report, *tensorboard]
     _start(parts, run, console)
+    if parts.capture_fallback is not None:
+        parts.capture_fallback.listeners.append(
+            lambda reason: _fell_back(parts, run, console, observers, reason)
+        )
     try:
         fit(
             parts.step,
@@ -169,6 +173,14 @@ def _train(
         observer.on_finish(summary, saver.final, parts.splits.test)
     console.say(f"run folder: {run.path}")
     return summary
+
+
+def _fell_back(parts: Parts, run: RunDir, console: Console, observers, reason: str) -> None:
+    """Capture chosen by default failed: one line, config.json rewritten, the observers told."""
+    console.say(f"note: {reason}; running op by op from here (--no-capture skips capturing)")
+    run.write_config(parts.describe())
+    for observer in observers:
+        observer.on_fallback(reason)
 
 
 def _failed(observers: list[Observer], error: BaseException) -> None:
@@ -222,7 +234,13 @@ class Saver(Observer):
         state.wall_seconds = self.wall_seconds()  # a resumed process counts on from here
         average = p.average.model if p.average is not None else None
         return make_checkpoint(
-            p.cfg, p.raw_model, p.optimizer, state, p.dist.world_size, average=average
+            p.cfg,
+            p.raw_model,
+            p.optimizer,
+            state,
+            p.dist.world_size,
+            average=average,
+            policy={"amp": p.amp, "channels_last": p.channels_last},
         )
 
     def on_evaluate(self, epoch: int, split: str, result: dict) -> None:
