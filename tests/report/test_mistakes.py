@@ -126,8 +126,10 @@ def test_eval_writes_mistakes_beside_the_weights_or_into_out(
 ):
     assert cli.main(["eval", str(run_copy), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    eval_dir = run_copy / "eval"
-    assert r["mistakes_dir"] == str(eval_dir) and r["mistakes_shown"] == 32
+    # a plain eval of a run whose own figure had views goes to eval/no-tta/ (issue 31, item 16)
+    run_tta = json.loads((run_copy / "config.json").read_text())["config"]["tta"]
+    eval_dir = run_copy / "eval" / ("no-tta" if run_tta != "none" else "")
+    assert r["mistakes_dir"] == str(eval_dir).rstrip("/") and r["mistakes_shown"] == 32
     classes, confusion = read_confusion_csv(eval_dir / "confusion.csv")
     # the run's own test set (its --subset of 512): the indices mean what the run's do
     assert confusion == r["confusion"] and sum(map(sum, confusion)) == 512

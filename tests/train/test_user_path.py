@@ -189,3 +189,23 @@ def test_occupied_out_of_an_interrupted_run_suggests_resume(tmp_path, capsys, ct
     assert cli.main(["train", *TINY_FLAGS, "--out", str(run)]) == 2
     err = capsys.readouterr().err
     assert "already holds an unfinished run" in err and f"--resume {run}" in err
+
+
+@pytest.mark.needs_fashion_mnist
+def test_an_eval_with_other_settings_writes_its_own_folder(amp_tta_run, capsys):
+    """Issue 31, item 16: an eval unlike the run's own figure (other views, all test examples, a
+    forced precision) writes into eval/<what differs>/ and says so in its figure's title, so it
+    never replaces another eval's files; the run's own settings keep eval/."""
+    from resnetlab.inference.eval_run import eval_setting
+
+    assert eval_setting(None, None, False, "run") == ""
+    assert eval_setting("mnist", "flip", True, "fp32") == "mnist-tta-flip-full-test-fp32"
+    assert cli.main(["eval", str(amp_tta_run), "--tta", "flip-shift", "--json"]) == 0
+    shifted = json.loads(capsys.readouterr().out)
+    assert shifted["mistakes_dir"] == str(amp_tta_run / "eval" / "tta-flip-shift")
+    # the run's own figure was through flip TTA: a plain eval differs in its views too
+    assert cli.main(["eval", str(amp_tta_run), "--precision", "fp32", "--json"]) == 0
+    fp32 = json.loads(capsys.readouterr().out)
+    assert fp32["mistakes_dir"] == str(amp_tta_run / "eval" / "no-tta-fp32")
+    for folder in ("tta-flip-shift", "no-tta-fp32"):
+        assert (amp_tta_run / "eval" / folder / "mistakes.csv").exists()

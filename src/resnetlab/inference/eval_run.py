@@ -79,8 +79,12 @@ def evaluate_run(
     if (
         mistakes > 0
     ):  # one pass: these figures and the mistakes, written to `out` (default RUN/eval/)
+        changed_data = data if data not in (None, meta["data"]) else None
+        setting = eval_setting(
+            changed_data, tta if tta != how["tta"] else None, full_test, precision
+        )
         result, found = eval_mistakes(
-            net, loader, dev, test_set, source, out=out, k=mistakes, amp=how["amp"]
+            net, loader, dev, test_set, source, out=out, k=mistakes, amp=how["amp"], setting=setting
         )
     else:
         result = evaluate(net, loader, dev, amp=how["amp"], num_classes=meta["num_classes"])
@@ -128,6 +132,7 @@ def _as_the_run(source, dev: torch.device, data: str, precision: str, full_test:
         "channels_last": bool(record.get("channels_last")) and same_kind,
         "batch_size": -(-cfg["batch_size"] // world) if cfg.get("batch_size") else 256,
         "precision_source": source_of,
+        "tta": cfg.get("tta", "none"),  # the views of the run's own final figure
         "test_examples": f"the run's --subset {subset} (seed {cfg.get('seed', 0)})"
         if subset
         else "all",
@@ -144,15 +149,17 @@ def eval_mistakes(
     out: str | Path | None,
     k: int,
     amp: bool = False,
+    setting: str = "",
 ) -> tuple[dict, dict]:
     """`resnetlab eval`'s pass: (what engine.evaluate returns: loss, acc, count, confusion; the
     mistakes' summary) from one pass, with mistakes.png/.csv and confusion.csv written into `out`,
     by default eval/ beside the weights (RUN/eval/ for a run folder), so the training run's own
-    files (made on its test set, perhaps a subset) are left as they are."""
+    files (made on its test set, perhaps a subset) are left as they are; an eval with other
+    settings than the run's (`setting`, from eval_setting) writes into eval/<setting>/ and names
+    it in the figure's title, so one eval's files never replace another's."""
     source = Path(source)
-    folder = (
-        Path(out) if out is not None else (source if source.is_dir() else source.parent) / "eval"
-    )
+    default = (source if source.is_dir() else source.parent) / "eval"
+    folder = Path(out) if out is not None else default / setting if setting else default
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {folder} is a file; give a folder")
     m = find_mistakes(model, loader, device, amp=amp, classes=list(test_set.classes), k=k)
@@ -160,8 +167,8 @@ def eval_mistakes(
         folder,
         m,
         test_set.images,
-        title=f"{source.name}: {m.wrong} of {m.count} {test_set.name} test images wrong; "
-        f"the {len(m.items)} most confident",
+        title=f"{source.name}{f' ({setting})' if setting else ''}: {m.wrong} of {m.count} "
+        f"{test_set.name} test images wrong; the {len(m.items)} most confident",
     )
     result = {"loss": m.loss, "acc": m.acc, "count": m.count, "confusion": m.confusion}
     return result, {
@@ -170,6 +177,19 @@ def eval_mistakes(
         "mistakes_dir": str(folder),
         "mistakes_files": [str(f) for f in files],
     }
+
+
+def eval_setting(data: str | None, tta: str | None, full_test: bool, precision: str) -> str:
+    """What sets an eval apart from the run's own figure (other data, other views than the run's
+    final figure, all test examples, a forced precision), as a folder name ("" when nothing
+    does): e.g. "tta-flip", "no-tta" (the run's figure had views), "mnist-full-test", "fp32"."""
+    parts = [
+        data.replace(":", "-").replace("/", "-") if data else "",
+        ("no-tta" if tta == "none" else f"tta-{tta}") if tta else "",
+        "full-test" if full_test else "",
+        precision if precision != "run" else "",
+    ]
+    return "-".join(p for p in parts if p)
 
 
 def find_mistakes(
