@@ -374,3 +374,21 @@ def test_an_opset_below_the_dynamo_exporters_falls_back(tmp_path, capsys):
         export.export_onnx(
             net, tmp_path / "d13.onnx", input_size=(3, 32, 32), opset=13, exporter="dynamo"
         )
+
+
+@pytest.mark.needs_fashion_mnist
+def test_eval_runs_an_onnx_model_as_it_runs_the_weights(run_dir, exported, tmp_path, capsys):
+    """Issue 31, item 11: `eval` takes the exported .onnx as `predict` does, on the same test
+    examples, and gives the weights' figures (ONNX runs float32: fp32 on both sides)."""
+    from resnetlab.inference.eval_run import evaluate_run
+
+    ours = evaluate_run(run_dir, device="cpu", precision="fp32", mistakes=0)
+    theirs = evaluate_run(exported, device="cpu", mistakes=0)
+    assert theirs["count"] == ours["count"] == 10000 and theirs["precision"] == "fp32"
+    assert "onnxruntime" in theirs["precision_source"]
+    assert abs(theirs["acc"] - ours["acc"]) <= 2 / 10000  # a rounding-level tie may flip
+    assert theirs["loss"] == pytest.approx(ours["loss"], rel=1e-4)
+    # a fixed-batch export: the last, smaller batch padded and the padding dropped
+    export.export_run(run_dir, out=tmp_path / "b7.onnx", batch=7, exporter="torchscript")
+    fixed = evaluate_run(tmp_path / "b7.onnx", device="cpu", mistakes=0, batch_size=100)
+    assert fixed["count"] == 10000 and abs(fixed["acc"] - ours["acc"]) <= 2 / 10000

@@ -897,9 +897,19 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
 
 def pillow_reads(blob: bytes, mode: str) -> np.ndarray | None:
     """The reference parse: Pillow's own decoding of `blob`, converted to `mode` ("L" or "RGB"),
-    as uint8 [C, H, W]; None where Pillow cannot read it."""
+    as uint8 [C, H, W], by predict's documented rules (README): integer grey images scaled to 8
+    bits (16-bit ranges by 255/65535, not clipped), transparent pixels composited on black; None
+    where Pillow cannot read it."""
     try:
         with Image.open(io.BytesIO(blob)) as img:
+            img.load()
+            if img.mode.startswith("I"):
+                a = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+                img = Image.fromarray(np.clip(np.rint(a * 255.0 / top), 0, 255).astype(np.uint8))
+            if "A" in img.getbands() or "transparency" in img.info:
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
             pixels = np.array(img.convert(mode), dtype=np.uint8)
     except Exception:
         return None

@@ -56,8 +56,8 @@ def identify_file(path: str | Path, head: bytes) -> str | None:
         )
     if path.suffix == ".onnx" or (head[:1] == b"\x08" and b"onnx" in head.lower()):
         return (
-            f"{path} is an ONNX model (made by `resnetlab export`): `resnetlab predict` runs it "
-            "with onnxruntime; `eval` and the other commands take the run folder "
+            f"{path} is an ONNX model (made by `resnetlab export`): `resnetlab predict` and "
+            "`resnetlab eval` run it with onnxruntime; the other commands take the run folder "
             f"({path.parent}) or its .safetensors weights"
         )
     return None

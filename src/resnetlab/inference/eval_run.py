@@ -13,6 +13,7 @@ from resnetlab.device import resolve_device
 from resnetlab.errors import UsageError
 from resnetlab.inference.evaluation import evaluate
 from resnetlab.inference.loading import load_model, loader_for
+from resnetlab.inference.onnx import load_onnx_model
 from resnetlab.inference.tta import with_tta
 from resnetlab.report.html import read_json
 from resnetlab.report.mistakes import (
@@ -55,8 +56,12 @@ def evaluate_run(
     if precision not in PRECISIONS:
         raise UsageError(f"--precision is one of {', '.join(PRECISIONS)}, got {precision!r}")
     dev = resolve_device(device)
-    model, meta = load_model(source, dev)
+    onnx = Path(source).suffix == ".onnx"  # an exported model: onnxruntime, float32, on the CPU
+    model, meta = load_onnx_model(source) if onnx else load_model(source, dev)
     how = _as_the_run(source, dev, data or meta["data"], precision, full_test)
+    if onnx:
+        dev = torch.device("cpu")
+        how.update(amp=False, channels_last=False, precision_source="onnxruntime runs float32")
     test_set = load_dataset(
         data or meta["data"], train=False, root=data_dir, subset=how["subset"], seed=how["seed"]
     )

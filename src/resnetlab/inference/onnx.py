@@ -520,23 +520,41 @@ def read_onnx_meta(path: str | Path) -> dict:
     return meta
 
 
+class OnnxModel(nn.Module):
+    """An exported model as a module: onnxruntime on the CPU, float32 logits out (a model exported
+    for a fixed batch gets its last, smaller slice padded, and the padding dropped)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.session = _ort_session(Path(path).read_bytes())
+        shape = self.session.get_inputs()[0].shape
+        self.fixed = shape[0] if isinstance(shape[0], int) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().contiguous()
+        step, logits = self.fixed or len(x), []
+        for start in range(0, len(x), step):
+            part = x[start : start + step]
+            if self.fixed and len(part) < self.fixed:
+                part = torch.cat([part, part[:1].expand(self.fixed - len(part), *part.shape[1:])])
+            out = self.session.run([OUTPUT_NAME], {INPUT_NAME: part.cpu().numpy()})[0]
+            logits.append(torch.from_numpy(out)[: len(x) - start])
+        return torch.cat(logits).to(x.device)
+
+
+def load_onnx_model(path: str | Path) -> tuple[OnnxModel, dict]:
+    """(the exported model as a module, its metadata as load_model gives a run's)."""
+    meta = read_onnx_meta(path)
+    meta["num_classes"] = len(meta["classes"])
+    return OnnxModel(path), meta
+
+
 def predict_onnx(path: str | Path, images: list[str | Path], *, top_k: int = 3) -> list[dict]:
     """`resnetlab predict model.onnx IMAGES`: the same top-k as for the run, run by onnxruntime."""
-    meta = read_onnx_meta(path)
+    model, meta = load_onnx_model(path)
     pictures, read, failed = read_images(images, meta["in_chans"])
     x = preprocess(pictures, meta, torch.device("cpu"))
-    session = _ort_session(Path(path).read_bytes())
-    shape = session.get_inputs()[0].shape
-    fixed = shape[0] if isinstance(shape[0], int) else None
-    logits = []
-    for start in range(0, len(x), fixed or len(x)):
-        part = x[start : start + (fixed or len(x))]
-        if (
-            fixed and len(part) < fixed
-        ):  # a fixed-batch model: pad the last slice, then drop the padding
-            part = torch.cat([part, part[:1].expand(fixed - len(part), *part.shape[1:])])
-        out = session.run([OUTPUT_NAME], {INPUT_NAME: part.contiguous().numpy()})[0]
-        logits.append(torch.from_numpy(out)[: len(x) - start])
+    logits = [model(x)]
     probs = torch.cat(logits).float().softmax(1)
     classes = meta["classes"] or [str(i) for i in range(probs.shape[1])]
     top = probs.topk(min(top_k, probs.shape[1]), dim=1)
