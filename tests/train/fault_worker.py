@@ -132,9 +132,9 @@ class _LeakyStep:
     def __init__(self, step) -> None:
         self.step, self.last, self.kept = step, None, []
 
-    def __call__(self, x, y, lr):
+    def __call__(self, x, y, lr, *rest):  # rest: the share's loss weight (several processes)
         self.last = x
-        return self.step(x, y, lr)
+        return self.step(x, y, lr, *rest)
 
     def start_epoch(self, partial):
         if self.last is not None:

@@ -374,9 +374,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_the_resumed_run_matches(
     stopped = _torchrun(["train", *RUN_FLAGS, "--out", str(out)], env)
     text = stopped.stdout + stopped.stderr
     assert stopped.returncode != 0
-    reports = re.findall(
-        r"resnetlab: error: interrupted (at epoch 1, step (\d)|after epoch 1)", text
-    )
+    reports = re.findall(r"resnetlab: interrupted (at epoch 1, step (\d)|after epoch 1)", text)
     assert len(reports) == 1, (
         text
     )  # rank 0 reports; rank 1 stopped at the same point and says nothing

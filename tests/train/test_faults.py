@@ -559,6 +559,7 @@ def test_a_checkpoint_with_damaged_contents_is_one_line(damage, straight, tmp_pa
     change, status, words = DAMAGE[damage]
     run = tmp_path / "run"
     shutil.copytree(straight, run)
+    (run / "summary.json").unlink()  # as if stopped before its end: a finished run is not resumed
     ckpt = copy.deepcopy(torch.load(run / "checkpoint.pt", weights_only=True))
     change(ckpt)
     torch.save(ckpt, run / "checkpoint.pt")

@@ -16,17 +16,14 @@ from resnetlab.report.events import record_event
 from resnetlab.report.html import write_report
 from resnetlab.report.mistakes import MISTAKES_K, mistakes_from_evaluation, write_analysis
 from resnetlab.report.observer import Observer
-from resnetlab.report.plots import curve_marks, have_matplotlib, plot_confusion, plot_curves
 
 
 class RunReport(Observer):
     """`run` is the run folder (its `path`, `file(name)` and `enabled`); `state` where the run
-    starts (a 'resume' event when past its beginning); `title` heads the curves."""
+    starts (a 'resume' event when past its beginning)."""
 
-    def __init__(
-        self, run, state, *, title: str, mistakes: int = MISTAKES_K, mistakes_figure=None
-    ) -> None:
-        self.run, self.state, self.title, self.mistakes = run, state, title, mistakes
+    def __init__(self, run, state, *, mistakes: int = MISTAKES_K, mistakes_figure=None) -> None:
+        self.run, self.state, self.mistakes = run, state, mistakes
         # mistakes_figure(folder, kept_weights, items, images): one more figure of the mistakes,
         # drawn with the model (the Grad-CAM row, inference/explain.py); the trainer hands it in
         self.mistakes_figure = mistakes_figure
@@ -72,26 +69,15 @@ class RunReport(Observer):
                 )
 
     def on_finish(self, summary: dict, final: dict, test_set) -> None:
-        """The plots, the mistakes of the kept weights taken from their test evaluation `final`
-        (with per-example results: no second pass), the 'finish' event, then report.html."""
+        """The mistakes of the kept weights taken from their test evaluation `final` (with
+        per-example results: no second pass), the 'finish' event, then report.html. (The curves
+        and the confusion matrix are drawn by the trainer before summary.json: a failure to write
+        them fails the run, which then resumes to draw them.)"""
         if not self.enabled:
             return
         seconds = {}
         kept = summary.get("kept_weights", "model.safetensors")
         try:
-            if have_matplotlib():
-                plot_curves(
-                    self.state.history,
-                    self.run.file("curves.png"),
-                    title=self.title,
-                    **curve_marks(summary),
-                )
-                plot_confusion(
-                    final["confusion"],
-                    list(test_set.classes),
-                    self.run.file("confusion.png"),
-                    title=f"{kept}: test acc {final['acc']:.4f}",
-                )
             started = time.perf_counter()
             mistakes = mistakes_from_evaluation(
                 final, test_set.labels, list(test_set.classes), self.mistakes

@@ -17,11 +17,25 @@ from pathlib import Path
 import torch
 
 from resnetlab.distributed.group import init_from_env, session, shared
-from resnetlab.errors import Interrupted, TrainingError, UsageError, WriteError, plural
+from resnetlab.errors import (
+    CheckpointError,
+    Interrupted,
+    TrainingError,
+    UsageError,
+    WriteError,
+    plural,
+)
 from resnetlab.inference.explain import write_mistakes_cam
 from resnetlab.report.console import Console
+from resnetlab.report.events import read_events
 from resnetlab.report.observer import Observer
-from resnetlab.report.plots import preload_matplotlib
+from resnetlab.report.plots import (
+    curve_marks,
+    have_matplotlib,
+    plot_confusion,
+    plot_curves,
+    preload_matplotlib,
+)
 from resnetlab.report.run_report import RunReport
 from resnetlab.report.tensorboard import TensorBoard
 from resnetlab.train.checkpoint import check_resume_world_size, load_checkpoint, make_checkpoint
@@ -100,18 +114,35 @@ def _configuration(cfg: TrainConfig | None, resume) -> tuple[TrainConfig, dict |
         if cfg is None:
             raise UsageError("train() needs a configuration or a run folder to resume")
         return cfg, None
-    checkpoint = load_checkpoint(resume)
+    try:
+        checkpoint = load_checkpoint(resume)
+    except CheckpointError:  # a folder a live run holds is named as such, not by what it lacks yet
+        held = RunDir(resume)
+        held.lock()
+        held.release()
+        raise
     saved = TrainConfig.from_dict(checkpoint["config"])
     refuse_with_resume(["cfg"] if cfg is not None and cfg.to_dict() != saved.to_dict() else [])
     _refuse_finished(Path(resume), saved, checkpoint["state"].get("epoch", 0))
     return saved, checkpoint
 
 
+def _finished(folder: Path) -> bool:
+    """Whether a run did all its finishing work: summary.json, its 'finish' event after its last
+    start or resume, and report.html (the last file it writes). A run stopped in between (killed
+    while writing its report) resumes to finish it."""
+    if not (folder / "summary.json").exists() or not (folder / "report.html").exists():
+        return False
+    events = [e["event"] for e in read_events(folder)]
+    since = [e for e in events[::-1] if e in ("start", "resume", "finish")][:1]
+    return since == ["finish"]
+
+
 def _refuse_finished(resume: Path, cfg: TrainConfig, epoch: int) -> None:
-    """A finished run (summary.json written, every epoch done) has nothing to continue: resuming it
+    """A finished run (every epoch done, its finishing work too) has nothing to continue: resuming it
     would redo its finishing work. Refused before anything is written."""
     folder = resume if resume.is_dir() else resume.parent
-    if epoch < cfg.epochs or not (folder / "summary.json").exists():
+    if epoch < cfg.epochs or not _finished(folder):
         return
     kept = "best.safetensors" if (folder / "best.safetensors").exists() else "model.safetensors"
     init = " --init default" if cfg.init == "whiten" else ""
@@ -134,9 +165,7 @@ def _train(
         if cfg.tensorboard
         else []
     )
-    report = RunReport(
-        run, parts.state, title=f"{cfg.model} on {cfg.data}", mistakes_figure=write_mistakes_cam
-    )
+    report = RunReport(run, parts.state, mistakes_figure=write_mistakes_cam)
     # the report writes the PNGs that TensorBoard then shows: it comes first
     observers = [console, saver, *extra, report, *tensorboard]
     _start(parts, run, console)
@@ -155,7 +184,7 @@ def _train(
             parts.dist,
             observers,
         )
-        summary = finish(parts, run, saver)
+        summary = finish(parts, run, saver, console.say)
     except Interrupted as e:
         # said once, by the CLI (not as an error): where it stopped, that it is saved, how to go on
         resume = resume_command(parts, run)
@@ -278,7 +307,28 @@ def _load_best(parts: Parts, run: RunDir) -> None:
     parts.weights.load_state_dict(best_state)
 
 
-def finish(parts: Parts, run: RunDir, saver: Saver) -> dict:
+def _plot(parts: Parts, run: RunDir, summary: dict, final: dict, say) -> None:
+    """curves.png and confusion.png, before summary.json: a failed write fails the run, and its
+    resume (the run is not finished yet) draws them again."""
+    if not have_matplotlib():
+        say("matplotlib is not installed: plots skipped (pip install 'resnetlab[plot]')")
+        return
+    cfg, kept = parts.cfg, summary["kept_weights"]
+    plot_curves(
+        parts.state.history,
+        run.file("curves.png"),
+        title=f"{cfg.model} on {cfg.data}",
+        **curve_marks(summary),
+    )
+    plot_confusion(
+        final["confusion"],
+        parts.classes,
+        run.file("confusion.png"),
+        title=f"{kept}: test acc {final['acc']:.4f}",
+    )
+
+
+def finish(parts: Parts, run: RunDir, saver: Saver, say) -> dict:
     """After the last epoch: the final weights, then the kept weights (best on validation when
     there is a split) on the test set (with --tta's views, and without), and summary.json. A plain
     test figure is that of its epoch's evaluation when this process ran it: the same weights on
@@ -324,6 +374,8 @@ def finish(parts: Parts, run: RunDir, saver: Saver) -> dict:
         summary.update(
             tta=cfg.tta, kept_test_acc_no_tta=plain["acc"], kept_test_loss_no_tta=plain["loss"]
         )
+    if parts.dist.is_main:
+        _plot(parts, run, summary, final, say)
     summary["total_seconds"] = saver.wall_seconds()  # every process of the run, resumes included
     run.write_summary(summary)
     saver.final = final
