@@ -49,12 +49,7 @@ def evaluate_run(
     channels_last as the run had them, on the same kind of device; "fp32" or "bf16" force one),
     its evaluation batch, and its unfolded batch norms (`predict` folds them; folding changes the
     float rounding)."""
-    if mistakes < 0:
-        raise UsageError(f"--mistakes must be zero or positive, got {mistakes}")
-    if batch_size is not None and batch_size <= 0:
-        raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision is one of {', '.join(PRECISIONS)}, got {precision!r}")
+    _check_arguments(mistakes, batch_size, precision)
     dev = resolve_device(device)
     onnx = Path(source).suffix == ".onnx"  # an exported model: onnxruntime, float32, on the CPU
     model, meta = load_onnx_model(source) if onnx else load_model(source, dev)
@@ -142,6 +137,16 @@ def _as_the_run(source, dev: torch.device, data: str, precision: str, full_test:
         if subset
         else "all",
     }
+
+
+def _check_arguments(mistakes: int, batch_size: int | None, precision: str) -> None:
+    """evaluate_run's arguments, refused in one line each (the CLI's flags and Python alike)."""
+    if mistakes < 0:
+        raise UsageError(f"--mistakes must be zero or positive, got {mistakes}")
+    if batch_size is not None and batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision is one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def eval_mistakes(
