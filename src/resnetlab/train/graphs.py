@@ -33,7 +33,7 @@ from torch import nn
 from resnetlab.distributed.group import DistInfo
 from resnetlab.errors import UsageError, first_line
 from resnetlab.inference.evaluation import autocast, batch_sums, evaluation_result
-from resnetlab.train.steps import WeightAverage, train_step
+from resnetlab.train.steps import EagerStep, WeightAverage, train_step
 
 WARMUP_STEPS = (
     3  # eager steps before capture: cuDNN autotuning, lazy allocations (PyTorch's example uses 3)
@@ -176,6 +176,7 @@ class CapturedStep:
         self.amp, self.label_smoothing, self.average = amp, label_smoothing, average
         self.graphs, self.warmup_steps, self.fallback = graphs, warmup_steps, fallback
         self.eager = False  # True once a capture failed under `fallback`: op by op from then on
+        self._eager_step_ = None  # the EagerStep that takes over then
         # A 0-d tensor of the parameters' dtype (float32): torch._foreach_mul takes its one-kernel
         # multi-tensor path only for a scalar tensor of the lists' dtype (a float64 rate costs one
         # kernel per parameter at every replay), and torch's SGD rounds -lr to float32 anyway.
@@ -213,25 +214,19 @@ class CapturedStep:
         if self.average is not None:  # in the graph too: a foreach lerp on tensors that stay put
             self.average.update()
 
-    def _eager_update(self) -> None:
-        self.optimizer.step()
-        if self.average is not None:
-            self.average.update()
-
     def _eager_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
         """steps.EagerStep's step, on this step's optimizer (its momentum buffers) and sums."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        train_step(
-            self.model,
-            x,
-            y,
-            self.sums,
-            optimizer_step=self._eager_update,
-            label_smoothing=self.label_smoothing,
-            amp=self.amp,
-        )
+        if self._eager_step_ is None:
+            self._eager_step_ = EagerStep(
+                self.model,
+                self.optimizer,
+                self.device,
+                amp=self.amp,
+                label_smoothing=self.label_smoothing,
+                average=self.average,
+            )
+            self._eager_step_.sums = self.sums  # the same tensor: start_epoch refills it in place
+        self._eager_step_(x, y, lr)
 
     def _capture(self) -> bool:
         """Capture the step on the static buffers; False when it failed and `fallback` took over."""
