@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab.data.datasets import Dataset
+from resnetlab.data.trivial_augment import OPS, apply_op, draw_op
 from resnetlab.errors import UsageError
 
 _ERASE_ATTEMPTS = 10  # Zhong et al.: draw a box up to 10 times until it fits inside the image
@@ -46,12 +47,15 @@ class Augment:
         of its own (airbench's alternating flip: no image goes several epochs without both views).
     erasing: probability of random erasing (Zhong et al. 2017): a box of 2-40 % of the area,
         aspect ratio 0.3-3.3, set to 0 after normalization (the mean), as torchvision's RandomErasing.
+    trivial: TrivialAugmentWide (data/trivial_augment.py) on each uint8 image as the dataset holds
+        it, before the resize, crop and flip; its draws come from a stream of their own.
     """
 
     crop_padding: int = 0
     flip: bool = False
     erasing: float = 0.0
     alternate_flip: bool = False
+    trivial: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
@@ -65,7 +69,7 @@ class Augment:
 
     @property
     def active(self) -> bool:
-        return self.crop_padding > 0 or self.flip or self.erasing > 0
+        return self.crop_padding > 0 or self.flip or self.erasing > 0 or self.trivial
 
 
 def _stream_seed(seed: int, epoch: int, stream: str) -> int:
@@ -165,6 +169,25 @@ def _check_normalize(
     return mean, std
 
 
+def _check_crop(crop: int | None, size: tuple[int, int]) -> None:
+    """Raise UsageError unless the centre crop is absent, or whole pixels within `size`."""
+    if crop is not None and (
+        isinstance(crop, bool) or not isinstance(crop, int) or not 1 <= crop <= min(size)
+    ):
+        raise UsageError(
+            f"a centre crop of {crop!r} pixels does not fit images of {size[0]} x {size[1]}; "
+            f"pass at most {min(size)} (or resize them larger)"
+        )
+
+
+def shorter_side(size: int, height: int, width: int) -> tuple[int, int]:
+    """(height, width) with the shorter side resized to `size`, the aspect ratio kept as
+    torchvision's Resize(size) keeps it (the longer side truncated)."""
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
 def _check_epoch_sizes(epoch_sizes: Sequence[int] | None, shuffle: bool) -> None:
     """Raise UsageError unless sizes by epoch are absent, or whole pixels >= 1 for training."""
     if epoch_sizes is not None and (
@@ -206,9 +229,11 @@ class Loader:
         rank: int = 0,
         world_size: int = 1,
         epoch_sizes: Sequence[int] | None = None,
+        crop: int | None = None,
     ) -> None:
         _check_batching(batch_size, shuffle, rank, world_size)
         sizes = _check_resize(resize)
+        _check_crop(crop, sizes or tuple(dataset.images.shape[2:]))
         augment = _check_augment(augment, shuffle)
         channels, height, width = dataset.images.shape[1:]
         mean, std = _check_normalize(normalize, channels, dataset.name)
@@ -222,7 +247,7 @@ class Loader:
         )
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
         self.device = torch.device(device)
-        self.channels_last = channels_last
+        self.channels_last, self.crop = channels_last, crop
         self.epoch = 0
         self.epoch_sizes = list(epoch_sizes) if epoch_sizes is not None else None
         self._set_normalization(mean, std, normalize is not None)
@@ -258,6 +283,11 @@ class Loader:
             cols = (torch.eye(width) if same else resize_weights(width, out_size[1])).to(
                 self.device
             )
+            if self.crop:  # the centre crop: the middle rows of each matrix (torchvision's offsets)
+                top = int(round((out_size[0] - self.crop) / 2.0))
+                left = int(round((out_size[1] - self.crop) / 2.0))
+                rows, cols = rows[top : top + self.crop], cols[left : left + self.crop]
+                same = False
             # Every crop offset (and its mirror image) of the weights, made once: a batch picks its
             # samples' matrices with one index_select instead of building them.
             pad = self.augment.crop_padding
@@ -269,7 +299,7 @@ class Loader:
                 _all_shifts(rows, pad),  # [2p+1, H', H]
                 torch.cat([col_shifts, col_shifts.flip(1)]) if self.augment.flip else col_shifts,
             )
-        self.out_size = out_size
+        self.out_size = (self.crop, self.crop) if self.crop else out_size
         self._rows, self._cols, self._geometry, self._row_table, self._col_table = self._geometries[
             out_size
         ]
@@ -361,10 +391,16 @@ class Loader:
             )
             for draw, (begin, _, s0, s1) in zip(draws, self._plan):
                 draw["flip"] = flips[begin + s0 : begin + s1]
+        if self.augment.trivial:  # each image's operation and magnitude, from a stream of their own
+            trivial = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch, "trivial"))
+            for draw, (_, m, s0, s1) in zip(draws, self._plan):
+                ops = torch.tensor([draw_op(trivial) for _ in range(m)], dtype=torch.float64)
+                draw["trivial"] = ops.reshape(m, 2).T[:, s0:s1]
         sizes = [s1 - s0 for _, _, s0, s1 in self._plan]
         batches: list[dict] = [{} for _ in draws]
         for key in draws[0]:
-            whole = torch.cat([d[key] for d in draws], dim=-1).to(self.device)
+            whole = torch.cat([d[key] for d in draws], dim=-1)
+            whole = whole if key == "trivial" else whole.to(self.device)  # read on the host
             for batch, part in zip(batches, whole.split(sizes, dim=-1)):
                 batch[key] = part
         return batches
@@ -397,6 +433,13 @@ class Loader:
 
     def _transform(self, raw: torch.Tensor, params: dict | None) -> torch.Tensor:
         params = params or {}
+        if "trivial" in params:
+            raw = torch.stack(
+                [
+                    apply_op(image, OPS[int(op)], magnitude)
+                    for image, (op, magnitude) in zip(raw, params["trivial"].T.tolist())
+                ]
+            )
         if self._geometry or "crop" in params or "flip" in params:
             x = self._resample(raw.float(), params)
             if not self._folded:
@@ -471,13 +514,21 @@ def make_loaders(
     seed: int = 0,
     drop_last: bool = False,
     epoch_sizes: Sequence[int] | None = None,
+    eval_resize: int | None = None,
+    eval_crop: int | None = None,
     **common,
 ) -> Loaders:
     """The loaders of a run: `train` shuffled and augmented (dropping its last, smaller batch when
     `drop_last`; at `epoch_sizes` when given: progressive resizing), `val` and `test` in order at
     `eval_batch_size(batch_size)`. `common` (resize, normalize, device, channels_last, rank,
-    world_size) is what they all share."""
+    world_size) is what they all share. `val` and `test` are resized to `eval_resize` on their
+    shorter side (default: `resize`), then centre-cropped to `eval_crop` when given."""
     eval_batch = eval_batch_size(batch_size)
+    evaluation = dict(common)
+    if eval_resize is not None:
+        height, width = next(d for d in (train, val, test) if d is not None).images.shape[2:]
+        evaluation["resize"] = shorter_side(eval_resize, height, width)
+    evaluation["crop"] = eval_crop
     return Loaders(
         Loader(
             train,
@@ -491,6 +542,6 @@ def make_loaders(
         )
         if train is not None
         else None,
-        Loader(val, eval_batch, shuffle=False, **common) if val is not None else None,
-        Loader(test, eval_batch, shuffle=False, **common) if test is not None else None,
+        Loader(val, eval_batch, shuffle=False, **evaluation) if val is not None else None,
+        Loader(test, eval_batch, shuffle=False, **evaluation) if test is not None else None,
     )

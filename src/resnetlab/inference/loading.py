@@ -24,9 +24,11 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
 def input_transform(meta: dict) -> dict:
     """The loader settings that show a model its input as training did (from the weights' metadata)."""
     norm = meta.get("normalize")
+    evaluation = {k: meta[k] for k in ("eval_resize", "eval_crop") if meta.get(k) is not None}
     return {
         "resize": meta.get("resize"),
         "normalize": (norm["mean"], norm["std"]) if norm else None,
+        **evaluation,  # --eval-resize, --eval-crop: the run evaluated at these sizes
     }
 
 
@@ -80,8 +82,8 @@ def loader_for(
     """`dataset` in order, in batches, as the model of `meta` was shown its data in training
     (resized, normalised; `resize` overrides the size)."""
     transform = input_transform(meta)
-    if resize is not None:
-        transform["resize"] = resize
+    if resize is not None:  # the caller's size replaces the run's evaluation sizes too
+        transform = {"resize": resize, "normalize": transform["normalize"]}
     return make_loaders(
         test=dataset,
         batch_size=batch_size,

@@ -73,6 +73,30 @@ class TrainConfig:
         "(airbench), instead of with probability 1/2 each epoch",
     )
     erasing: float = setting(0.0, "random-erasing probability (0: off)")
+    trivial_augment: bool = setting(
+        False,
+        "TrivialAugmentWide on each training image (torchvision's: one of 14 operations at one "
+        "of 31 magnitudes; data/trivial_augment.py), on the uint8 images before resizing",
+    )
+    mixup: float = setting(
+        0.0,
+        "mixup: blend each batch with itself rolled by one, weight ~ Beta(A, A), and the "
+        "targets alike (A: this alpha; 0: off; with --cutmix one of the two per batch)",
+    )
+    cutmix: float = setting(
+        0.0,
+        "CutMix: paste a box of the batch rolled by one, area fraction ~ 1 - Beta(A, A), "
+        "targets mixed by the area (A: this alpha; 0: off; with --mixup one of the two per batch)",
+    )
+    eval_resize: int | None = setting(
+        None,
+        "evaluate images resized to PX on their shorter side (default: as --resize trains; "
+        "train and test sizes may differ, FixRes)",
+    )
+    eval_crop: int | None = setting(
+        None,
+        "evaluate the centre PX x PX of the images, after --eval-resize (default: no crop)",
+    )
     progressive_resize: int = setting(
         0,
         "progressive resizing: train the first epoch at PX x PX, growing linearly "
@@ -154,7 +178,7 @@ class TrainConfig:
                 )
         if self.lr <= 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
-        for name in ("momentum", "weight_decay", "crop_padding", "val_split"):
+        for name in ("momentum", "weight_decay", "crop_padding", "val_split", "mixup", "cutmix"):
             if getattr(self, name) < 0:
                 raise UsageError(  # named as a Python caller and as the command line know it
                     f"{name} (--{flag_name(name)}) must be zero or positive, got {getattr(self, name)}"
@@ -176,6 +200,7 @@ class TrainConfig:
             self.resize is not None and self.resize > MAX_RESIZE
         ):  # beyond, a batch takes terabytes (or overflows)
             raise UsageError(f"--resize must be at most {MAX_RESIZE} pixels, got {self.resize}")
+        self._check_eval_sizes()
         if self.init == "whiten" and self.init_from:
             raise UsageError(
                 "--init whiten sets the first layer from the data and --init-from would overwrite it; drop one"
@@ -195,6 +220,19 @@ class TrainConfig:
                 raise UsageError(
                     f"unknown {f.name} {getattr(self, f.name)!r}; use {', '.join(choices)}"
                 )
+
+    def _check_eval_sizes(self) -> None:
+        for name in ("eval_resize", "eval_crop"):
+            size = getattr(self, name)
+            if size is not None and not 0 < size <= MAX_RESIZE:
+                raise UsageError(
+                    f"--{flag_name(name)} must be between 1 and {MAX_RESIZE} pixels, got {size}"
+                )
+        if self.eval_crop and self.eval_resize and self.eval_crop > self.eval_resize:
+            raise UsageError(
+                f"--eval-crop {self.eval_crop} is larger than the --eval-resize {self.eval_resize} "
+                "image it crops; pass a crop at most that size"
+            )
 
     def _check_types(self) -> None:
         """Each value of the field's type (a whole number where an int is wanted, a finite number
