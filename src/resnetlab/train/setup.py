@@ -28,6 +28,7 @@ from resnetlab.data import (
     make_loaders,
     split_dataset,
 )
+from resnetlab.data.mixing import MixedLoader
 from resnetlab.device import (
     bf16_pays,
     channels_last_pays,
@@ -439,6 +440,16 @@ def _loaders(cfg, dist, splits, device, channels_last, capture, norm) -> Loaders
         rank=dist.rank,
         world_size=dist.world_size,
     )
+    if cfg.mixup or cfg.cutmix:  # outside the step (and its graph): a captured step replays as is
+        loaders = loaders._replace(
+            train=MixedLoader(
+                loaders.train,
+                mixup=cfg.mixup,
+                cutmix=cfg.cutmix,
+                num_classes=len(splits.train.classes),
+                seed=cfg.seed,
+            )
+        )
     if len(loaders.train) == 0:
         raise UsageError(
             f"{len(splits.train)} training examples make no full batch of {cfg.batch_size}; lower --batch-size"

@@ -56,7 +56,8 @@ def train_step(
 ) -> None:
     """One training step on gradients set to None: forward under autocast, loss, backward, the
     optimizer's update, and the batch's (loss sum, correct, count) added to `sums` on the device,
-    with no host read. The eager loop runs it op by op; on CUDA the same function is captured
+    with no host read. `y` holds class indices [b], or probabilities [b, classes] (a batch mixed
+    by --mixup or --cutmix: data/mixing.py), whose largest counts as the label for the accuracy. The eager loop runs it op by op; on CUDA the same function is captured
     whole in a graph (train/graphs.py) and replayed."""
     with autocast(x.device, amp, cache_casts):
         out = model(x)
@@ -68,7 +69,10 @@ def train_step(
         # torch.full fills on the device; torch.tensor(..., device=cuda) would copy from the host
         # and make it wait for the device at every step.
         n = torch.full((), float(len(y)), dtype=torch.float64, device=x.device)
-        sums += torch.stack([loss.detach().double() * n, (out.argmax(1) == y).sum().double(), n])
+        labels = y if y.ndim == 1 else y.argmax(1)  # mixed: the dominant label
+        sums += torch.stack(
+            [loss.detach().double() * n, (out.argmax(1) == labels).sum().double(), n]
+        )
 
 
 class WeightAverage:
