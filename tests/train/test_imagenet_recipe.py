@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from test_graphs import FakeGraphs, batches, tiny_net
 
 from resnetlab import cli
@@ -172,4 +171,4 @@ def test_the_imagenet_preset_trains_on_the_default_data(tmp_path, capsys):
     config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
     assert config["lr"] == 0.0625 and config["eval_crop"] == 32 and config["mixup"] == 0.2
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 2 and F is not None
+    assert len(rows) == 2  # the header and one epoch
