@@ -879,7 +879,10 @@ def _cmd_sweep(args) -> int:
             + ", ".join(f"{k}={v}" for k, v in s["params"].items())
         )
         if test.get("kept_test_acc") is not None:
-            print(f"its kept weights, tested once at its end: test acc {test['kept_test_acc']:.4f}")
+            print(
+                "test accuracy of its kept weights, evaluated once, after the search: "
+                f"{test['kept_test_acc']:.4f}"
+            )
     print(f"written: {', '.join(outcome['files'])}")
     return 0
 

@@ -21,6 +21,16 @@ from resnetlab.errors import UsageError
 from resnetlab.report.events import read_events
 
 STATES = ("finished", "interrupted", "failed", "unfinished", "pruned")
+# a finished run's summary.json says "test_evaluated": false when it ran with --no-final-test
+NO_TEST = (
+    "the test set was not evaluated (--no-final-test, as in a sweep's trials: the sweep tests "
+    "its best trial's kept weights once, at its end)"
+)
+
+
+def has_test_figures(summary: dict) -> bool:
+    """Whether a run's summary holds test figures (False: it ran with --no-final-test)."""
+    return summary.get("test_evaluated", True) is not False
 
 
 def is_run(folder: str | Path) -> bool:
