@@ -173,10 +173,18 @@ def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys, monkeypat
     assert "test accuracy of the best trial's kept weights, evaluated once" in page
     # `resnetlab runs` lists the trials (pruned ones as such); `compare` takes any of them
     assert main(["runs", str(tmp_path), "--json"]) == 0
-    listed = {Path(r["run"]).name: r["state"] for r in json.loads(capsys.readouterr().out)}
+    runs = json.loads(capsys.readouterr().out)
+    listed = {Path(r["run"]).name: r["state"] for r in runs}
     assert sorted(listed.values()) == sorted(
         s.lower().replace("complete", "finished") for s in states
     )
+    assert all(r["sweep"] == str(out) and r["kept_test_acc"] is None for r in runs)
+    assert {r["test_evaluated"] for r in runs if r["state"] == "finished"} == {False}
+    assert main(["runs", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "not tested" in text and f"sweep {out} (study 'sweep'): " in text
+    acc = best["test"]["kept_test_acc"]
+    assert f"best trial {study.best_trial.number}, val_acc " in text and f"{acc:.4f}" in text
     pair = [str(out / "trial-0000"), str(out / "trial-0003"), "--out", str(tmp_path / "cmp")]
     assert main(["compare", *pair, "--json"]) == 0
     capsys.readouterr()
