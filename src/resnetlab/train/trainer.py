@@ -336,7 +336,8 @@ def finish(parts: Parts, run: RunDir, saver: Saver, say) -> dict:
     """After the last epoch: the final weights, then the kept weights (best on validation when
     there is a split) on the test set (with --tta's views, and without), and summary.json. A plain
     test figure is that of its epoch's evaluation when this process ran it: the same weights on
-    the same data, not evaluated twice. The observers' on_finish follows (plots, report)."""
+    the same data, not evaluated twice. With --no-final-test no test figure is measured: the
+    summary says "test_evaluated": false. The observers' on_finish follows (plots, report)."""
     cfg, state, weights = parts.cfg, parts.state, parts.weights
     run.save_weights("model.safetensors", weights.state_dict(), dict(parts.meta, epoch=state.epoch))
     last = state.history[-1]
