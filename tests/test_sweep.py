@@ -58,6 +58,7 @@ def test_space_forms():
         ("epochs=choice:2,x", "--epochs takes int, not 'x'"),
         ("val_split=int:1:3", "not searched"),
         ("model_kwargs=choice:a,b", "cannot be searched"),
+        ("final_test=choice:true,false", "never look at the test set"),
     ],
 )
 def test_bad_space_is_one_line(spec, says, tmp_path, capsys):
@@ -98,6 +99,7 @@ def test_unreachable_database_is_one_line_without_password(tmp_path, capsys):
     [
         (["--val-split", "0"], "holds out none; give --val-split N"),
         (["--epoch-test"], "never looks at the test set"),
+        (["--final-test"], "drop --final-test"),
         (["--lr", "0.1"], "lr is both searched (--space) and fixed"),
         (["--sampler", "grid"], "the grid sampler needs every value listed"),
         (["--trials", "0"], "--trials must be positive"),
@@ -110,12 +112,22 @@ def test_bad_options_are_one_line(flags, says, tmp_path, capsys):
 
 
 @needs_fashion_mnist
-def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys):
+def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys, monkeypatch):
     """Four trials from a grid of learning rates (three useful, four far too small), two epochs
     each: the median pruner stops a poor one (the grid's order is seeded); then the folder's
-    files; then the same call with one trial more continues the study."""
+    files; then the same call with one trial more continues the study. No trial measures a test
+    figure; the best one's kept weights are tested once, after the search."""
     import resnetlab
+    from resnetlab.inference import eval_run
 
+    tested = []
+    evaluate_run = eval_run.evaluate_run
+
+    def counted(source, **kwargs):
+        tested.append(int(Path(source).parent.name.split("-")[1]))
+        return evaluate_run(source, **kwargs)
+
+    monkeypatch.setattr(eval_run, "evaluate_run", counted)
     out = tmp_path / "sw"
     rates = "0.3,0.2,0.15,1e-06,2e-06,3e-06,4e-06"
     kwargs = dict(TINY, epochs=2, out=out, sampler="grid", verbose=False)
@@ -140,7 +152,17 @@ def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys):
         best["sweep"]["value"] == study.best_value
         and best["config"]["lr"] == study.best_params["lr"]
     )
-    assert "kept_test_acc" in best["test"] and "test" not in json.dumps(rows)
+    assert "test" not in json.dumps(rows)  # trials.csv holds no test figure
+    # no trial's run folder holds a test figure; the best one's kept weights, tested once
+    for folder in out.glob("trial-*"):
+        for name in ("summary.json", "events.jsonl", "pruned.json"):
+            path = folder / name
+            assert not path.exists() or "test_acc" not in path.read_text(), path
+        assert not (folder / "confusion.csv").exists() and not (folder / "mistakes.csv").exists()
+    assert tested == [study.best_trial.number]
+    assert best["test"]["trial"] == study.best_trial.number
+    assert 0 <= best["test"]["kept_test_acc"] <= 1 and best["test"]["test_count"] == 400
+    assert best["config"]["final_test"] is True and best["config"]["epoch_test"] is False
     from resnetlab.train import make_config
     from resnetlab.train.config import read_config_file
 
@@ -148,18 +170,30 @@ def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "Content-Security-Policy" in page
     assert f'href="trial-{study.best_trial.number:04d}/report.html"' in page
+    assert "test accuracy of the best trial's kept weights, evaluated once" in page
     # `resnetlab runs` lists the trials (pruned ones as such); `compare` takes any of them
     assert main(["runs", str(tmp_path), "--json"]) == 0
-    listed = {Path(r["run"]).name: r["state"] for r in json.loads(capsys.readouterr().out)}
+    runs = json.loads(capsys.readouterr().out)
+    listed = {Path(r["run"]).name: r["state"] for r in runs}
     assert sorted(listed.values()) == sorted(
         s.lower().replace("complete", "finished") for s in states
     )
+    assert all(r["sweep"] == str(out) and r["kept_test_acc"] is None for r in runs)
+    assert {r["test_evaluated"] for r in runs if r["state"] == "finished"} == {False}
+    assert main(["runs", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "not tested" in text and f"sweep {out} (study 'sweep'): " in text
+    acc = best["test"]["kept_test_acc"]
+    assert f"best trial {study.best_trial.number}, val_acc " in text and f"{acc:.4f}" in text
     pair = [str(out / "trial-0000"), str(out / "trial-0003"), "--out", str(tmp_path / "cmp")]
     assert main(["compare", *pair, "--json"]) == 0
     capsys.readouterr()
     # the same sweep again, with one trial more: the study goes on from where it was
+    first_best = study.best_trial.number
     study = resnetlab.sweep({"lr": f"choice:{rates}"}, trials=5, **kwargs)
     assert len(study.trials) == 5 and trial_numbers(out) == set(range(5))
+    # the same best trial is not tested again; a new one is, once
+    assert tested == [first_best] + ([] if study.best_trial.number == first_best else [4])
 
 
 def test_jobs_split_the_trials_on_sqlite(tmp_path, capfd):

@@ -532,8 +532,9 @@ def _add_runs(sub) -> None:
         "runs",
         help="list run folders, newest first, with their state",
         description="List the run folders in DIR (and one level below, as an experiment's "
-        "nets): model, data, preset, epochs done, kept test accuracy, time and "
-        "state (finished, interrupted, failed, unfinished), newest first.",
+        "nets, or a sweep's trials): model, data, preset, epochs done, kept test accuracy, "
+        "time and state (finished, interrupted, failed, unfinished, pruned), newest first; "
+        "then a line per sweep: its trials, its best trial and that trial's test figure.",
     )
     p.add_argument(
         "dir",
@@ -547,13 +548,15 @@ def _add_runs(sub) -> None:
 
 
 def _cmd_runs(args) -> int:
-    from resnetlab.report.runs import format_runs, list_runs
+    from resnetlab.report.runs import format_runs, format_sweep, list_runs, list_sweeps
 
     rows = list_runs(args.dir)
     if args.json:
         _print_json(rows)
     else:
         print(format_runs(rows, args.dir))
+        for sweep in list_sweeps(args.dir):  # a sweep's trials are listed above, by name
+            print(format_sweep(sweep))
     return 0
 
 
@@ -879,7 +882,10 @@ def _cmd_sweep(args) -> int:
             + ", ".join(f"{k}={v}" for k, v in s["params"].items())
         )
         if test.get("kept_test_acc") is not None:
-            print(f"its kept weights, tested once at its end: test acc {test['kept_test_acc']:.4f}")
+            print(
+                "test accuracy of its kept weights, evaluated once, after the search: "
+                f"{test['kept_test_acc']:.4f}"
+            )
     print(f"written: {', '.join(outcome['files'])}")
     return 0
 

@@ -23,6 +23,7 @@ from resnetlab.report.mistakes import (
     per_class_table,
     write_analysis,
 )
+from resnetlab.report.runs import has_test_figures
 
 PRECISIONS = ("run", "fp32", "bf16")
 
@@ -226,6 +227,8 @@ def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int
     folder = Path(folder)
     summary = read_json(folder / "summary.json")
     if not summary or ((folder / "mistakes.csv").exists() and (folder / "confusion.csv").exists()):
+        return False
+    if not has_test_figures(summary):  # --no-final-test: its test set stays unseen
         return False
     kept = folder / summary.get("kept_weights", "model.safetensors")
     if not kept.exists():

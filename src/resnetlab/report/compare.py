@@ -274,9 +274,12 @@ def format_comparison(result: dict) -> str:
     lines = []
     for r in result["runs"]:
         acc = r["kept_test_acc"] if r["kept_test_acc"] is not None else r["test_acc"]
+        figure = f"test acc {acc:.4f}" if acc is not None else "test acc -"
+        if acc is None and r.get("best_val_acc") is not None:  # a sweep's trial: no test figure
+            figure = f"test not evaluated, best val acc {r['best_val_acc']:.4f}"
         lines.append(
-            f"{r['label']}: {r['model']} on {r['data']}, {r['epochs']} {plural(r['epochs'], 'epoch')}, {r['state']}, test acc "
-            + (f"{acc:.4f}" if acc is not None else "-")
+            f"{r['label']}: {r['model']} on {r['data']}, {r['epochs']} {plural(r['epochs'], 'epoch')}, {r['state']}, "
+            + figure
         )
     for k, values in result["differing_settings"].items():
         lines.append(f"  {k}: " + " | ".join(json.dumps(v) for v in values))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from resnetlab.report.observer import Observer
+from resnetlab.report.runs import NO_TEST, has_test_figures
 
 
 class Console(Observer):
@@ -72,11 +73,13 @@ class Console(Observer):
     def on_finish(self, summary: dict, final: dict, test_set) -> None:
         """The textbook's two closing lines, with the run's figures, then the kept weights'.
         Accuracies have 4 decimals everywhere, so that figures side by side compare."""
-        self.say(
-            f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.4f}, "
-            f"test acc {summary['test_acc']:.4f}"
-        )
+        tested = has_test_figures(summary)
+        test = f"test acc {summary['test_acc']:.4f}" if tested else "test not evaluated"
+        self.say(f"loss {summary['train_loss']:.3f}, train acc {summary['train_acc']:.4f}, {test}")
         self.say(f"{summary['examples_per_sec']:.1f} examples/sec on {summary['device']}")
+        if not tested:
+            self.say(NO_TEST)
+            return
         kept, tta = summary["kept_weights"], summary.get("tta")
         tta_note = f" with {tta} TTA ({summary['kept_test_acc_no_tta']:.4f} without)" if tta else ""
         if kept != "model.safetensors":

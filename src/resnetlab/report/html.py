@@ -20,7 +20,7 @@ from resnetlab.fileio import write_text
 from resnetlab.report.events import read_events
 from resnetlab.report.mistakes import read_confusion_csv, read_mistakes_csv
 from resnetlab.report.plots import curve_marks, curves_png, have_matplotlib
-from resnetlab.report.runs import is_run, run_state
+from resnetlab.report.runs import NO_TEST, has_test_figures, is_run, run_state
 
 SECTIONS = (
     "summary",
@@ -165,7 +165,14 @@ def _summary_section(run: dict) -> str:
             f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
         )
 
-    if s:
+    if s and not has_test_figures(s):
+        card("test acc", "not evaluated")
+        if "best_val_acc" in s:
+            card(f"best val acc (epoch {s.get('best_epoch')})", fmt(s["best_val_acc"]))
+        card("final train acc", fmt(s.get("train_acc")))
+        card("epochs", f"{s.get('epochs')}")
+        cards.append(_missing(NO_TEST))
+    elif s:
         tta = f", {s['tta']} TTA" if s.get("tta") else ""
         card(
             f"test acc, kept weights ({s.get('kept_weights', '?')}{tta})",
@@ -324,11 +331,20 @@ def _curves_section(run: dict) -> str:
 
 def _image_section(run: dict, sid: str, title: str, name: str, why: str) -> str:
     path = run["path"] / name
+    if not path.exists() and _untested(run):
+        return _section(sid, title, _missing(NO_TEST))
     return _section(sid, title, img_tag(path, title) if path.exists() else _missing(why))
+
+
+def _untested(run: dict) -> bool:
+    """A finished run that measured no test figure (--no-final-test)."""
+    return bool(run["summary"]) and not has_test_figures(run["summary"])
 
 
 def _per_class_section(run: dict) -> str:
     path = run["path"] / "confusion.csv"
+    if not path.exists() and _untested(run):
+        return _section("per-class", "Per-class accuracy", _missing(NO_TEST))
     if not path.exists():
         return _section(
             "per-class",
@@ -370,6 +386,8 @@ def _per_class_section(run: dict) -> str:
 
 def _mistakes_section(run: dict) -> str:
     folder = run["path"]
+    if not (folder / "mistakes.csv").exists() and _untested(run):
+        return _section("mistakes", "Most confident mistakes", _missing(NO_TEST))
     if not (folder / "mistakes.csv").exists():
         return _section(
             "mistakes",
@@ -438,6 +456,8 @@ def describe_event(e: dict) -> str:
     if kind == "failed":
         return f"failed: {e.get('error', '')}: {e.get('message', '')}"
     if kind == "finish":
+        if e.get("test") == "not evaluated":  # --no-final-test
+            return f"finished after epoch {e.get('epoch')}, test not evaluated"
         return f"finished after epoch {e.get('epoch')}, kept test acc {fmt(e.get('kept_test_acc'))}"
     return kind
 

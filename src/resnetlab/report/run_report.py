@@ -75,8 +75,31 @@ class RunReport(Observer):
         them fails the run, which then resumes to draw them.)"""
         if not self.enabled:
             return
-        seconds = {}
+        seconds: dict = {}
         kept = summary.get("kept_weights", "model.safetensors")
+        if final:
+            mistakes = self._mistakes(kept, final, test_set, seconds)
+        else:  # --no-final-test: no test predictions, so no mistakes
+            mistakes, seconds["test"] = None, "not evaluated"
+        if mistakes is not None and self.mistakes_figure is not None:
+            try:  # needs Captum (the [explain] extra); without it the report says so
+                started = time.perf_counter()
+                kept_path = self.run.file(kept)
+                if self.mistakes_figure(self.run.path, kept_path, mistakes.items, test_set.images):
+                    seconds["gradcam_seconds"] = time.perf_counter() - started
+            except Exception as e:  # noqa: BLE001
+                _warn("Grad-CAM row not drawn", e)
+        if final:
+            seconds["kept_test_acc"] = summary.get("kept_test_acc")
+        record_event(self.run.path, "finish", epoch=summary.get("epochs"), **seconds)
+        try:  # last, so that it shows the 'finish' event
+            write_report(self.run.path)
+        except Exception as e:  # noqa: BLE001
+            _warn("report.html not written", e)
+
+    def _mistakes(self, kept: str, final: dict, test_set, seconds: dict):
+        """mistakes.csv, confusion.csv and mistakes.png from the kept weights' test evaluation;
+        None (and a warning) when they cannot be written."""
         try:
             started = time.perf_counter()
             mistakes = mistakes_from_evaluation(
@@ -90,29 +113,11 @@ class RunReport(Observer):
                 f"the {len(mistakes.items)} most confident",
             )
             seconds["mistakes_seconds"] = time.perf_counter() - started
+            return mistakes
         except Exception as e:  # noqa: BLE001 - the run itself is finished and saved
             _warn("mistakes not written", e)
             seconds["error"] = f"{type(e).__name__}: {e}"
-            mistakes = None
-        if mistakes is not None and self.mistakes_figure is not None:
-            try:  # needs Captum (the [explain] extra); without it the report says so
-                started = time.perf_counter()
-                kept_path = self.run.file(kept)
-                if self.mistakes_figure(self.run.path, kept_path, mistakes.items, test_set.images):
-                    seconds["gradcam_seconds"] = time.perf_counter() - started
-            except Exception as e:  # noqa: BLE001
-                _warn("Grad-CAM row not drawn", e)
-        record_event(
-            self.run.path,
-            "finish",
-            epoch=summary.get("epochs"),
-            kept_test_acc=summary.get("kept_test_acc"),
-            **seconds,
-        )
-        try:  # last, so that it shows the 'finish' event
-            write_report(self.run.path)
-        except Exception as e:  # noqa: BLE001
-            _warn("report.html not written", e)
+            return None
 
 
 def _warn(what: str, error: BaseException) -> None:

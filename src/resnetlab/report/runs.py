@@ -7,7 +7,10 @@ A run folder is a folder holding config.json. Its state:
     unfinished   no summary and no such event: still running, or killed without a word
     pruned       a sweep stopped it early on its validation figure (pruned.json, `resnetlab sweep`)
 
-A sweep's folder (`resnetlab sweep`) is listed through its trials, one level below.
+A sweep's folder (`resnetlab sweep`) is listed through its trials, one level below (each row
+names its sweep; a trial's test acc reads "not tested": trials measure none), and below the table
+in a line of its own: its trials' states, its best trial and the test figure of that trial's kept
+weights, evaluated once after the search.
 """
 
 from __future__ import annotations
@@ -21,6 +24,16 @@ from resnetlab.errors import UsageError
 from resnetlab.report.events import read_events
 
 STATES = ("finished", "interrupted", "failed", "unfinished", "pruned")
+# a finished run's summary.json says "test_evaluated": false when it ran with --no-final-test
+NO_TEST = (
+    "the test set was not evaluated (--no-final-test, as in a sweep's trials: the sweep tests "
+    "its best trial's kept weights once, at its end)"
+)
+
+
+def has_test_figures(summary: dict) -> bool:
+    """Whether a run's summary holds test figures (False: it ran with --no-final-test)."""
+    return summary.get("test_evaluated", True) is not False
 
 
 def is_run(folder: str | Path) -> bool:
@@ -80,13 +93,58 @@ def describe_run(folder: str | Path) -> dict:
         "epochs": summary.get("epochs", epochs_done(folder)),
         "epochs_planned": cfg.get("epochs"),
         "kept_test_acc": summary.get("kept_test_acc"),
+        "test_evaluated": has_test_figures(summary) if summary else None,
         "kept_weights": summary.get("kept_weights"),
+        "sweep": str(folder.parent) if is_sweep(folder.parent) else None,
         "seconds": summary.get("total_seconds"),
         "started": started,
         "last_modified": max(
             (p.stat().st_mtime for p in folder.iterdir() if p.is_file()), default=0.0
         ),
     }
+
+
+def is_sweep(folder: str | Path) -> bool:
+    """A `resnetlab sweep` folder: its sweep.json names the study its trials belong to."""
+    return Path(folder, "sweep.json").is_file()
+
+
+def describe_sweep(folder: Path) -> dict:
+    """A sweep folder in brief: its study, its trials' states, its best trial (best.json) and the
+    test figure of that trial's kept weights, evaluated once after the search."""
+    record, best = _read_json(folder / "sweep.json"), _read_json(folder / "best.json")
+    try:
+        with open(folder / "trials.csv", newline="", encoding="utf-8") as f:
+            states = [r.get("state") for r in csv.DictReader(f)]
+    except OSError:
+        states = []
+    return {
+        "sweep": str(folder),
+        "study": record.get("study"),
+        "trials": {s: states.count(s) for s in sorted(set(states))},
+        "best": best.get("sweep"),
+        "test": best.get("test"),
+    }
+
+
+def list_sweeps(root: str | Path = "runs") -> list[dict]:
+    """The sweep folders in `root` (and `root` itself), described."""
+    root = Path(root)
+    found = [root] if is_sweep(root) else []
+    found += [c for c in sorted(root.iterdir()) if c.is_dir() and is_sweep(c)]
+    return [describe_sweep(f) for f in found]
+
+
+def format_sweep(s: dict) -> str:
+    """One line: `sweep runs/sweep (study 'sweep'): 12 complete, 4 pruned; best trial 3, ...`."""
+    trials = ", ".join(f"{n} {state}" for state, n in s["trials"].items()) or "no trials.csv"
+    line = f"sweep {s['sweep']} (study {s['study']!r}): {trials}"
+    best, test = s["best"] or {}, s["test"] or {}
+    if best.get("value") is not None:
+        line += f"; best trial {best.get('trial')}, {best.get('objective')} {best['value']:.4f}"
+    if test.get("kept_test_acc") is not None:
+        line += f", test acc of its kept weights (evaluated once) {test['kept_test_acc']:.4f}"
+    return line
 
 
 def list_runs(root: str | Path = "runs") -> list[dict]:
@@ -121,6 +179,8 @@ def format_runs(rows: list[dict], root: str | Path = "runs") -> str:
             return str(p)
 
     def acc(r):
+        if r.get("test_evaluated") is False:  # --no-final-test: a sweep's trial
+            return "not tested"
         return f"{r['kept_test_acc']:.4f}" if r["kept_test_acc"] is not None else "-"
 
     def secs(r):

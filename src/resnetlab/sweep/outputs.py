@@ -16,7 +16,14 @@ from pathlib import Path
 from resnetlab.errors import first_line
 from resnetlab.fileio import write_bytes, write_csv, write_json, write_text
 from resnetlab.report.html import CSP, STYLE, esc, fmt, img_tag, table
-from resnetlab.sweep.study import PRUNED_FILE, Plan, state_name, trial_config, trial_folder
+from resnetlab.sweep.study import (
+    PRUNED_FILE,
+    Plan,
+    rerun_config,
+    state_name,
+    trial_config,
+    trial_folder,
+)
 
 PLOTS = (
     ("history", "optimisation history", "plot_optimization_history"),
@@ -69,14 +76,14 @@ def best_trial(study):
 
 
 def best_record(study, plan: Plan) -> dict | None:
-    """best.json: the best trial's whole configuration and what the sweep knows of it."""
+    """best.json: the best trial's whole configuration (its final test back on, for a rerun) and
+    what the sweep knows of it, with the test figure of its kept weights apart."""
     best = best_trial(study)
     if best is None:
         return None
     folder = trial_folder(plan.out, best.number)
-    summary = _read_json(folder / "summary.json")
     return {
-        "config": trial_config(plan.base, best.params).to_dict(),
+        "config": rerun_config(plan.base, best.params).to_dict(),
         "sweep": {
             "study": plan.study,
             "trial": best.number,
@@ -88,11 +95,35 @@ def best_record(study, plan: Plan) -> dict | None:
             "host": best.user_attrs.get("host"),
         },
         # the test set, evaluated once for the kept weights of this trial: reported apart
-        "test": {
-            k: summary.get(k)
-            for k in ("kept_weights", "kept_test_acc", "kept_test_loss", "tta")
-            if k in summary
-        },
+        "test": best_test(plan, best.number, best.params, folder),
+    }
+
+
+def best_test(plan: Plan, number: int, params: dict, folder: Path) -> dict:
+    """The test figure of the best trial's kept weights, measured once, after the search, through
+    `resnetlab eval`'s evaluate_run (the trial's test examples, precision and --tta views): the
+    trials themselves measured none. Taken from best.json when it holds this trial's already;
+    {} when the trial's folder is on another machine."""
+    old = _read_json(Path(plan.out) / "best.json")
+    done = old.get("test", {}).get("kept_test_acc") is not None
+    if old.get("sweep", {}).get("trial") == number and done:
+        return old["test"]  # the same weights: not evaluated again
+    kept = _read_json(folder / "summary.json").get("kept_weights")
+    if not kept or not (folder / kept).is_file():
+        return {}
+    from resnetlab.inference.eval_run import evaluate_run
+
+    cfg = trial_config(plan.base, params)
+    r = evaluate_run(folder / kept, data_dir=cfg.data_dir, tta=cfg.tta, device=cfg.device)
+    return {
+        "trial": number,
+        "kept_weights": kept,
+        "kept_test_acc": r["acc"],
+        "kept_test_loss": r["loss"],
+        "test_count": r["count"],
+        "tta": None if cfg.tta == "none" else cfg.tta,
+        "precision": r["precision"],
+        "evaluated": "once, after the search; no trial was chosen or pruned on it",
     }
 
 
@@ -189,12 +220,13 @@ def _best_section(best: dict | None) -> str:
     )
     settings = table(["setting", "value"], [[esc(k), esc(fmt(v))] for k, v in s["params"].items()])
     test_line = (
-        f"test acc of its kept weights ({esc(test.get('kept_weights'))}"
+        f"test accuracy of the best trial's kept weights, evaluated once "
+        f"({esc(test.get('kept_weights'))}"
         f"{', ' + esc(test['tta']) + ' TTA' if test.get('tta') else ''}): "
-        f"<b>{fmt(test.get('kept_test_acc'))}</b>, measured once, at its end; no trial was "
-        "chosen or pruned on it"
+        f"<b>{fmt(test.get('kept_test_acc'))}</b>, after the search; the trials measured no "
+        "test figure, and no trial was chosen or pruned on it"
         if test.get("kept_test_acc") is not None
-        else "its test figure is not in this folder (it ran on another machine)"
+        else "its kept weights are not in this folder (it ran on another machine): not tested"
     )
     return (
         f'<section id="best"><h2>best trial: {s["trial"]}{link}</h2>'

@@ -152,15 +152,17 @@ def _check_options(opts: dict, trials) -> None:
 def _base_config(preset, config, fixed: dict):
     """The settings every trial shares; trials are compared on validation data, never test."""
     from resnetlab.train import make_config
-    from resnetlab.train.config import read_config_file
+    from resnetlab.train.config import flag_name, read_config_file
 
-    if fixed.get("epoch_test"):
-        raise UsageError(
-            "a sweep never looks at the test set while it searches; drop --epoch-test "
-            "(the best trial's kept weights are tested once, at its end)"
-        )
+    for name in ("epoch_test", "final_test"):
+        if fixed.get(name):
+            raise UsageError(
+                f"a sweep never looks at the test set while it searches; drop --{flag_name(name)} "
+                "(the best trial's kept weights are tested once, at its end)"
+            )
     base = read_config_file(config) if isinstance(config, (str, Path)) else config
-    cfg = make_config(preset, base=base, **dict(fixed, epoch_test=False))
+    # the trials measure no test figure at all: the sweep tests the best one's weights at its end
+    cfg = make_config(preset, base=base, **dict(fixed, epoch_test=False, final_test=False))
     if not cfg.val_split:
         raise UsageError(
             "a sweep compares trials on validation data and this configuration holds out none; "

@@ -24,6 +24,8 @@ FORMS = "log:LOW:HIGH, float:LOW:HIGH, int:LOW:HIGH[:STEP] or choice:A,B,..."
 NOT_SEARCHED = {
     "preset": "give it as --preset",
     "val_split": "the trials are compared on the validation split: fix it with --val-split",
+    "epoch_test": "the trials never look at the test set",
+    "final_test": "the trials never look at the test set (the best one is tested at the end)",
 }
 
 

@@ -76,6 +76,12 @@ def trial_config(base: dict, params: dict):
     return dataclasses.replace(cfg, **nones) if nones else cfg
 
 
+def rerun_config(base: dict, params: dict):
+    """A trial's configuration as best.json keeps it: the trial's, with its final test back on,
+    so that `resnetlab train --config best.json` reports the test figure of its rerun."""
+    return dataclasses.replace(trial_config(base, params), final_test=True)
+
+
 def make_sampler(plan: Plan):
     import optuna
 

@@ -145,6 +145,11 @@ class TrainConfig:
         "evaluate the test set after every epoch (--no-epoch-test: only the kept weights, "
         "at the end; validation picks them, and the curves show it)",
     )
+    final_test: bool = setting(
+        True,
+        "evaluate the test set at the end, for the kept weights (--no-final-test, with "
+        "--no-epoch-test: the run measures no test figure at all, as a sweep's trials do)",
+    )
     # execution
     device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     amp: bool | None = setting(
@@ -213,6 +218,11 @@ class TrainConfig:
             )
         if not -(2**63) <= self.seed < 2**63:  # torch seeds are 64-bit
             raise UsageError(f"--seed must fit in 64 bits, got {self.seed}")
+        if not self.final_test and self.epoch_test:
+            raise UsageError(
+                "--no-final-test measures no test figure, but --epoch-test tests every epoch; "
+                "add --no-epoch-test"
+            )
         if self.subset is not None and self.subset <= 0:
             raise UsageError(f"--subset must be positive, got {self.subset}")
         for f in dataclasses.fields(self):

@@ -37,6 +37,7 @@ from resnetlab.report.plots import (
     preload_matplotlib,
 )
 from resnetlab.report.run_report import RunReport
+from resnetlab.report.runs import NO_TEST
 from resnetlab.report.tensorboard import TensorBoard
 from resnetlab.train.checkpoint import check_resume_world_size, load_checkpoint, make_checkpoint
 from resnetlab.train.config import TrainConfig
@@ -320,6 +321,9 @@ def _plot(parts: Parts, run: RunDir, summary: dict, final: dict, say) -> None:
         title=f"{cfg.model} on {cfg.data}",
         **curve_marks(summary),
     )
+    if not final:  # --no-final-test: no test predictions to draw
+        say(f"confusion matrix not drawn: {NO_TEST}")
+        return
     plot_confusion(
         final["confusion"],
         parts.classes,
@@ -332,11 +336,12 @@ def finish(parts: Parts, run: RunDir, saver: Saver, say) -> dict:
     """After the last epoch: the final weights, then the kept weights (best on validation when
     there is a split) on the test set (with --tta's views, and without), and summary.json. A plain
     test figure is that of its epoch's evaluation when this process ran it: the same weights on
-    the same data, not evaluated twice. The observers' on_finish follows (plots, report)."""
+    the same data, not evaluated twice. With --no-final-test no test figure is measured: the
+    summary says "test_evaluated": false. The observers' on_finish follows (plots, report)."""
     cfg, state, weights = parts.cfg, parts.state, parts.weights
     run.save_weights("model.safetensors", weights.state_dict(), dict(parts.meta, epoch=state.epoch))
     last = state.history[-1]
-    if "test_acc" not in last:  # --no-epoch-test: the last weights' test figures, measured now
+    if "test_acc" not in last and cfg.final_test:  # --no-epoch-test: the last weights', now
         at_end = saver.test_results[state.epoch] = parts.evaluator(parts.loaders.test)
         last = dict(last, test_loss=at_end["loss"], test_acc=at_end["acc"])
     summary = {
@@ -348,8 +353,8 @@ def finish(parts: Parts, run: RunDir, saver: Saver, say) -> dict:
         "epochs": state.epoch,
         "train_loss": last["train_loss"],
         "train_acc": last["train_acc"],
-        "test_loss": last["test_loss"],
-        "test_acc": last["test_acc"],
+        "test_loss": last.get("test_loss"),
+        "test_acc": last.get("test_acc"),
         "examples_per_sec": sum(r["examples"] for r in state.history)
         / max(state.train_seconds, 1e-9),
         "train_seconds": state.train_seconds,
@@ -362,21 +367,33 @@ def finish(parts: Parts, run: RunDir, saver: Saver, say) -> dict:
         summary.update(
             val_acc=last["val_acc"], best_epoch=state.best_epoch, best_val_acc=state.best_val_acc
         )
-    plain = saver.test_results.get(kept_epoch) or parts.evaluator(parts.loaders.test)
-    final = plain if cfg.tta == "none" else parts.final_evaluator(parts.loaders.test)
-    summary.update(
-        kept_weights=kept,
-        kept_test_acc=final["acc"],
-        kept_test_loss=final["loss"],
-        test_count=final["count"],
-    )
-    if cfg.tta != "none":  # both figures: what the views added is measured in every run
-        summary.update(
-            tta=cfg.tta, kept_test_acc_no_tta=plain["acc"], kept_test_loss_no_tta=plain["loss"]
-        )
+    summary["kept_weights"] = kept
+    if cfg.final_test:
+        final = _final_test(parts, saver, summary, kept_epoch)
+    else:  # --no-final-test: no test figure anywhere in the run (a sweep's trial)
+        for key in ("test_loss", "test_acc"):
+            del summary[key]
+        final = {}
+        summary["test_evaluated"] = False
     if parts.dist.is_main:
         _plot(parts, run, summary, final, say)
     summary["total_seconds"] = saver.wall_seconds()  # every process of the run, resumes included
     run.write_summary(summary)
     saver.final = final
     return summary
+
+
+def _final_test(parts: Parts, saver: Saver, summary: dict, kept_epoch: int) -> dict:
+    """The kept weights on the test set, plain and (with --tta) through its views, into the
+    summary; returns the evaluation of the reported figure (with per-example results)."""
+    cfg = parts.cfg
+    plain = saver.test_results.get(kept_epoch) or parts.evaluator(parts.loaders.test)
+    final = plain if cfg.tta == "none" else parts.final_evaluator(parts.loaders.test)
+    summary.update(
+        kept_test_acc=final["acc"], kept_test_loss=final["loss"], test_count=final["count"]
+    )
+    if cfg.tta != "none":  # both figures: what the views added is measured in every run
+        summary.update(
+            tta=cfg.tta, kept_test_acc_no_tta=plain["acc"], kept_test_loss_no_tta=plain["loss"]
+        )
+    return final
