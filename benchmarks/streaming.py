@@ -3,7 +3,8 @@
 Generates N JPEGs of 300-1000 px a side (seeded; smooth content plus noise, quality 90) in a
 temporary folder, then times, each with 2 DataLoader worker processes over the same files:
   (a) resnetlab's StreamLoader (imagefolder read as it is): decode at a reduced DCT scale
-      (simplejpeg), random-resized crop to 224, flip, normalised float32 batches of 64;
+      (simplejpeg), random-resized crop to 224, flip, uint8 batches of 64 (host_batches: what the
+      workers deliver; the float conversion happens on the training device);
   (b) the reference, as torchvision's classification references do it: PIL open + convert RGB,
       RandomResizedCrop's box resized with Image.resize(BILINEAR), flip, uint8 tensor, batches of 64;
   (c) the ceiling: full-size decode only, with simplejpeg (the chosen decoder) and with Pillow.
@@ -94,7 +95,7 @@ class DecodeOnly(Dataset):
 
 def rate(loader, n: int) -> float:
     started = time.perf_counter()
-    for _ in loader:
+    for _ in loader.host_batches() if isinstance(loader, StreamLoader) else loader:
         pass
     return n / (time.perf_counter() - started)
 

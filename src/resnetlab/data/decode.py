@@ -109,14 +109,19 @@ def decode_box(data: bytes, channels: int, box: Box, out: int) -> torch.Tensor:
         else:
             with Image.open(io.BytesIO(data)) as im:
                 h, w = im.height, im.width
-                array = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+                array = np.array(im.convert("L" if channels == 1 else "RGB"))  # writable
     except Exception as e:  # noqa: BLE001 - truncated or corrupt: the caller skips and counts it
         raise BadImage(str(e)) from None
     array = array.reshape(array.shape[0], array.shape[1], -1)
     sy, sx = array.shape[0] / h, array.shape[1] / w
-    y0, x0 = min(int(round(top * sy)), array.shape[0] - 1), min(int(round(left * sx)), array.shape[1] - 1)
+    y0, x0 = (
+        min(int(round(top * sy)), array.shape[0] - 1),
+        min(int(round(left * sx)), array.shape[1] - 1),
+    )
     y1, x1 = max(int(round(bottom * sy)), y0 + 1), max(int(round(right * sx)), x0 + 1)
-    x = torch.from_numpy(array[y0:y1, x0:x1]).permute(2, 0, 1)  # channels last in memory: the fast path
+    x = torch.from_numpy(array[y0:y1, x0:x1]).permute(
+        2, 0, 1
+    )  # channels last in memory: the fast path
     if x.shape[1:] != (out, out):
         x = F.interpolate(x[None], size=(out, out), mode="bilinear", antialias=True)[0]
     return x.contiguous()

@@ -416,7 +416,9 @@ def open_image_folder(name: str, train: bool) -> StreamSplit:
     mean, std = _statistics(_readable(train_files[::step][:STAT_IMAGES]))
     n = len(files)
     entries = np.stack([np.arange(n), np.zeros(n, np.int64), np.full(n, -1)], 1).astype(np.int64)
-    digest = hashlib.blake2b(repr([(str(p), p.stat().st_size) for p in files]).encode(), digest_size=12)
+    digest = hashlib.blake2b(
+        repr([(str(p), p.stat().st_size) for p in files]).encode(), digest_size=12
+    )
     return StreamSplit(
         name,
         classes,
@@ -483,6 +485,23 @@ def list_packed(folder) -> list[dict]:
             }
         )
     return rows
+
+
+def format_packed(rows: list[dict], where) -> str:
+    """`resnetlab data list`'s lines for packed sets."""
+    if not rows:
+        return f"no packed sets in {where}"
+    lines = [f"packed sets in {where}:"]
+    for p in rows:
+        if "error" in p:
+            lines.append(f"  {p['path']}: {p['error']}")
+            continue
+        counts = ", ".join(f"{n:,} {s}" for s, n in p["examples"].items())
+        lines.append(
+            f"  shards:{p['path']}  {p['name']}, {p['classes']} classes, {counts}, "
+            f"{p['shards']} shards, {p['bytes'] / 2**20:.1f} MiB, trains at {p['default_side']} px"
+        )
+    return "\n".join(lines)
 
 
 def shards_home() -> Path:

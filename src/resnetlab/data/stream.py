@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from resnetlab.data import decode
 from resnetlab.data.loader import _check_batching, _check_normalize, _stream_seed, batch_plan
@@ -80,9 +80,20 @@ def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, int, str | None]
     good = [(x, y) for x, y, _ in samples if x is not None]
     error = next((e for _, _, e in samples if e is not None), None)
     if not good:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), len(samples), error
+        return (
+            torch.empty(0, dtype=torch.uint8),
+            torch.empty(0, dtype=torch.int64),
+            len(samples),
+            error,
+        )
     xs, ys = zip(*good)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), len(samples) - len(good), error
+    # default_collate stacks straight into shared memory inside a worker: no copy on the way back
+    return (
+        default_collate(list(xs)),
+        torch.tensor(ys, dtype=torch.int64),
+        len(samples) - len(good),
+        error,
+    )
 
 
 class _Batches:
@@ -142,9 +153,9 @@ class StreamLoader:
         self.epoch_sizes = list(epoch_sizes) if epoch_sizes else None
         self.epoch, self.skipped = 0, 0
         self._divisor = torch.tensor([255 * s for s in std], device=self.device).view(-1, 1, 1)
-        self._shift = torch.tensor(
-            [m / s for m, s in zip(mean, std)], device=self.device
-        ).view(-1, 1, 1)
+        self._shift = torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(
+            -1, 1, 1
+        )
         self._plan = batch_plan(len(split), batch_size, shuffle, drop_last, rank, world_size)
         self._sampler = _Batches()
         self._loader = DataLoader(
@@ -159,7 +170,8 @@ class StreamLoader:
             num_workers=workers,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=workers > 0,
+            # training keeps its workers between epochs; evaluation's end with each pass
+            persistent_workers=workers > 0 and shuffle,
             prefetch_factor=prefetch if workers > 0 else None,
         )
 
@@ -194,6 +206,12 @@ class StreamLoader:
         ]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for raw, y in self.host_batches():
+            yield self._transform(raw), y.to(self.device, non_blocking=True)
+
+    def host_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches as the workers make them: uint8 [b, C, side, side] and labels,
+        on the host (pinned when the device is CUDA)."""
         self._sampler.batches = self.epoch_keys()
         self.skipped = 0
         batches = iter(self._loader)
@@ -214,7 +232,7 @@ class StreamLoader:
                 raise DataError(
                     f"every image of batch {i + 1} failed to decode; check the data ({self.dataset.name})"
                 )
-            yield self._transform(raw), y.to(self.device, non_blocking=True)
+            yield raw, y
 
     def _transform(self, raw: torch.Tensor) -> torch.Tensor:
         """uint8 on the host -> normalised float32 on the device (the division on the device)."""
@@ -265,17 +283,21 @@ def make_stream_loaders(
             split, eval_batch, shuffle=False, size=crop, eval_resize=resize, **common
         )
 
-    loader = StreamLoader(
-        train,
-        batch_size,
-        shuffle=True,
-        size=side,
-        seed=seed,
-        drop_last=drop_last,
-        epoch_sizes=epoch_sizes,
-        extra_transform=extra,
-        **common,
-    ) if train is not None else None
+    loader = (
+        StreamLoader(
+            train,
+            batch_size,
+            shuffle=True,
+            size=side,
+            seed=seed,
+            drop_last=drop_last,
+            epoch_sizes=epoch_sizes,
+            extra_transform=extra,
+            **common,
+        )
+        if train is not None
+        else None
+    )
     return Loaders(loader, evaluation(val), evaluation(test))
 
 

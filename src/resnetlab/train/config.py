@@ -56,7 +56,25 @@ class TrainConfig:
     )
     # data
     data: str = setting(
-        "fashion-mnist", "dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH"
+        "fashion-mnist",
+        "dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH, or shards:PATH "
+        "(a set packed by `resnetlab data pack`, streamed)",
+    )
+    stream: bool = setting(
+        False,
+        "stream the data from disk, decoded by --workers processes, instead of holding it in "
+        "memory (implied by shards:PATH; with imagefolder:PATH reads the folder as it is)",
+    )
+    workers: int = setting(
+        2, "with streamed data: DataLoader worker processes that decode (0: none)"
+    )
+    eval_resize: int | None = setting(
+        None,
+        "with streamed data: resize evaluation images' shorter side to PX before the centre crop "
+        "(default: round(eval crop / 0.875))",
+    )
+    eval_crop: int | None = setting(
+        None, "with streamed data: the evaluation centre crop, PX x PX (default: the training size)"
     )
     data_dir: str | None = setting(
         None, "folder holding the dataset files (used alone, no fall-back)"
@@ -170,6 +188,14 @@ class TrainConfig:
             raise UsageError(
                 f"--label-smoothing must be at least 0 and below 1, got {self.label_smoothing}"
             )
+        for name in ("eval_resize", "eval_crop"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= MAX_RESIZE:
+                raise UsageError(
+                    f"--{flag_name(name)} must be 1 to {MAX_RESIZE} pixels, got {value}"
+                )
+        if self.workers < 0:
+            raise UsageError(f"--workers must be zero or positive, got {self.workers}")
         if self.resize is not None and self.resize <= 0:
             raise UsageError(f"--resize must be positive, got {self.resize}")
         if (
@@ -212,6 +238,11 @@ class TrainConfig:
             ):
                 wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
                 raise UsageError(f"--{flag_name(name)} takes {wanted}, got {value!r}")
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the data is streamed from disk (data/stream.py) rather than held in memory."""
+        return self.stream or self.data.startswith("shards:")
 
     def epoch_sizes(self, full: int) -> list[int] | None:
         """The training image side of each epoch under --progressive-resize (None without it): from

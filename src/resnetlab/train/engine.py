@@ -197,6 +197,10 @@ def _end_epoch(step, evaluator, loaders, state, schedule, total_steps, dist, obs
         "train_acc": correct / count,
         "examples": count,
     }
+    skipped = getattr(loaders.train, "skipped", None)  # streamed data: images that did not decode
+    if skipped is not None:
+        total = all_reduce_sum(step.sums.new_tensor([float(skipped)]), dist)
+        row["skipped"] = int(total.item())  # once per epoch
     for name, loader in (("val", loaders.val), ("test", loaders.test)):
         if loader is not None:
             result = evaluator(loader)
