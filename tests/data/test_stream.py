@@ -90,10 +90,13 @@ def test_shards_are_plain_webdataset_tars(packed):
 
 
 def test_damaged_and_missing_shards_are_one_line_naming_them(packed):
+    open_shards(packed, True)  # verified once: remembered, and checked again once changed
     shard = sorted(packed.glob("train-*.tar"))[1]
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF
+    before = shard.stat().st_mtime_ns
     shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(before + 10**7, before + 10**7))  # a rewrite's new mtime, on any clock
     with pytest.raises(DataError, match=f"shard {shard} is damaged.*pack the data again"):
         open_shards(packed, True)
     shard.unlink()

@@ -15,8 +15,8 @@ random reads (fine on SSDs and page cache; on spinning disks pack bigger shards 
 
 The manifest (`manifest.json`) holds the classes, counts per class, image sizes, the mean and std
 used for normalisation, and per shard its bytes, sha256 and members. Every shard is checked
-against it (size and sha256) when a split is opened: a missing or damaged shard is one DataError
-naming it.
+against it (size and sha256) when a split is opened (a shard verified before and unchanged since,
+by size and mtime, is not hashed again): a missing or damaged shard is one DataError naming it.
 """
 
 from __future__ import annotations
@@ -345,14 +345,45 @@ def read_manifest(path) -> dict:
     return manifest
 
 
-def check_shard(folder: Path, shard: dict) -> None:
-    """Raise DataError unless the shard exists with the manifest's size and sha256."""
+def check_shard(folder: Path, shard: dict, verified: dict | None = None) -> None:
+    """Raise DataError unless the shard exists with the manifest's size and sha256. `verified`
+    (path -> [size, mtime_ns, sha256]) spares the hash of a shard unchanged since it was last
+    verified, and is given the newly verified ones."""
     path = folder / shard["file"]
     redo = f"restore it, or pack the data again (`resnetlab data pack SRC {folder}`)"
     if not path.is_file():
         raise DataError(f"shard {path} is missing; {redo}")
-    if path.stat().st_size != shard["bytes"] or _sha256(path) != shard["sha256"]:
+    st, key = path.stat(), str(path.resolve())
+    stamp = [st.st_size, st.st_mtime_ns, shard["sha256"]]
+    if verified is not None and verified.get(key) == stamp:
+        return
+    if st.st_size != shard["bytes"] or _sha256(path) != shard["sha256"]:
         raise DataError(f"shard {path} is damaged (its sha256 differs from {MANIFEST}); {redo}")
+    if verified is not None:
+        verified[key] = stamp
+
+
+def _stamps_path() -> Path:
+    from resnetlab.data.sources import cache_dir
+
+    return cache_dir() / "verified-shards.json"
+
+
+def _read_stamps() -> dict:
+    """Shards verified before (in the user cache): hashing 150 GB of ImageNet shards at every
+    start would cost minutes; a shard changed since (size or mtime) is hashed again."""
+    try:
+        stamps = json.loads(_stamps_path().read_text(encoding="utf-8"))
+        return stamps if isinstance(stamps, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_stamps(stamps: dict) -> None:
+    try:
+        write_json(_stamps_path(), {**_read_stamps(), **stamps})  # others' entries kept
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
 
 
 def default_side(manifest: dict) -> int:
@@ -375,13 +406,15 @@ def open_shards(path, train: bool, *, verify: bool = True) -> StreamSplit:
             "training images with --val-split, or pack a source with train/ and test/"
         )
     shards = manifest["splits"][split]["shards"]
-    entries, labels = [], []
+    entries, labels, stamps = [], [], _read_stamps()
     for f, shard in enumerate(shards):
         if verify:
-            check_shard(folder, shard)
+            check_shard(folder, shard, stamps)
         for offset, size, label in shard["members"]:
             entries.append((f, offset, size))
             labels.append(label)
+    if verify:
+        _write_stamps(stamps)
     digest = hashlib.blake2b("".join(s["sha256"] for s in shards).encode(), digest_size=12)
     return StreamSplit(
         f"{SHARDS}{folder}",
