@@ -101,13 +101,14 @@ class _Batches:
     so persistent workers serve every epoch."""
 
     def __init__(self) -> None:
-        self.batches: list[list[tuple[int, int, int]]] = []
+        self.batches: Iterator[list[tuple[int, int, int]]] = iter(())
+        self.count = 0
 
     def __iter__(self):
-        return iter(self.batches)
+        return self.batches
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return self.count
 
 
 class StreamLoader:
@@ -193,17 +194,18 @@ class StreamLoader:
     def num_examples(self) -> int:
         return sum(s1 - s0 for _, _, s0, s1 in self._plan)
 
-    def epoch_keys(self) -> list[list[tuple[int, int, int]]]:
-        """This process's batches of (epoch, sample index, side) for the current epoch."""
+    def epoch_keys(self) -> Iterator[list[tuple[int, int, int]]]:
+        """This process's batches of (epoch, sample index, side) for the current epoch, made as
+        the DataLoader asks for them: a list of the whole epoch's keys would cost ~150 MB on
+        ImageNet; the order is one int64 tensor."""
         n, e, side = len(self.dataset), self.epoch, self.side
         if self.shuffle:
             gen = torch.Generator().manual_seed(_stream_seed(self.seed, e, "order"))
-            order = torch.randperm(n, generator=gen).tolist()
+            order = torch.randperm(n, generator=gen)
         else:
-            order = range(n)
-        return [
-            [(e, order[start + k], side) for k in range(s0, s1)] for start, _, s0, s1 in self._plan
-        ]
+            order = torch.arange(n)
+        for start, _, s0, s1 in self._plan:
+            yield [(e, i, side) for i in order[start + s0 : start + s1].tolist()]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for raw, y in self.host_batches():
@@ -212,7 +214,7 @@ class StreamLoader:
     def host_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's batches as the workers make them: uint8 [b, C, side, side] and labels,
         on the host (pinned when the device is CUDA)."""
-        self._sampler.batches = self.epoch_keys()
+        self._sampler.batches, self._sampler.count = self.epoch_keys(), len(self._plan)
         self.skipped = 0
         batches = iter(self._loader)
         for i in range(len(self._plan)):
