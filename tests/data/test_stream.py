@@ -329,3 +329,11 @@ def test_cli_pack_folder(folder, tmp_path, capsys):
         assert any(m.name.endswith(".png") for m in tar) and any(
             m.name.endswith(".jpg") for m in tar
         )
+
+
+def test_in_memory_commands_name_a_packed_set_for_what_it_is(packed):
+    from resnetlab.data import load_dataset
+    from resnetlab.errors import UsageError
+
+    with pytest.raises(UsageError, match="packed set, which `resnetlab train` streams"):
+        load_dataset(f"shards:{packed}")
