@@ -337,3 +337,18 @@ def test_in_memory_commands_name_a_packed_set_for_what_it_is(packed):
 
     with pytest.raises(UsageError, match="packed set, which `resnetlab train` streams"):
         load_dataset(f"shards:{packed}")
+
+
+def test_batches_passed_over_on_resume_are_not_read_and_the_rest_are_unchanged(packed):
+    split = open_shards(packed, True)
+    loader = StreamLoader(split, 8, shuffle=True, size=16, workers=0)
+    whole = batches(loader, 1)
+    read = []
+    split.read = lambda i, read_bytes=split.read: read.append(i) or read_bytes(i)
+    loader.set_epoch(1)
+    loader.skip_next(2)
+    resumed = list(loader)
+    assert resumed[:2] == [(None, None), (None, None)]
+    assert torch.equal(resumed[2][0], whole[2][0]) and torch.equal(resumed[2][1], whole[2][1])
+    assert sorted(read) == sorted(int(i) for _, i, _ in list(loader.epoch_keys())[2])
+    assert len(batches(loader, 1)) == 3  # the next pass reads everything again

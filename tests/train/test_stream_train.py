@@ -77,10 +77,10 @@ def test_resume_at_an_epoch_boundary_is_bit_identical(shards, tmp_path, monkeypa
 def test_resume_inside_an_epoch_is_bit_identical(shards, tmp_path, monkeypatch, ctrl_c_at):
     cfg = make_config("quick", data=f"shards:{shards}", **dict(STREAM, workers=1))
     train(cfg, out=tmp_path / "straight", verbose=False)
-    ctrl_c_at(6)  # 4 steps and the end of epoch 1 read the flag: epoch 2, step 1
+    ctrl_c_at(7)  # 4 steps and the end of epoch 1 read the flag: epoch 2, step 2
     with pytest.raises(Interrupted):
         train(cfg, out=tmp_path / "broken", verbose=False)
-    assert load_checkpoint(tmp_path / "broken")["state"]["step_in_epoch"] == 1
+    assert load_checkpoint(tmp_path / "broken")["state"]["step_in_epoch"] == 2
     monkeypatch.undo()
     train(resume=tmp_path / "broken", verbose=False)
     a, _ = load_weights(tmp_path / "straight" / "model.safetensors")

@@ -6,7 +6,8 @@ everything above it do not know which one they have.
 Determinism: epoch e's order is the permutation of (seed, e) and each sample's crop, flip and
 `extra_transform` draw from a generator seeded by (seed, e, sample index), so a batch is the
 same whatever the number of workers and whichever worker makes it; resuming at an epoch boundary
-replays exactly. Batches are split across processes as the in-memory Loader splits them
+replays exactly, and so does resuming inside an epoch (after Ctrl-C): `skip_next` passes over
+the batches done without reading them. Batches are split across processes as the in-memory Loader splits them
 (`batch_plan`): each process reads a disjoint share of every epoch, evaluation sees every
 example once, without padding.
 
@@ -17,6 +18,7 @@ DataError line.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -152,7 +154,7 @@ class StreamLoader:
         self.side = size or split.side
         self.out_size = (self.side, self.side)
         self.epoch_sizes = list(epoch_sizes) if epoch_sizes else None
-        self.epoch, self.skipped = 0, 0
+        self.epoch, self.skipped, self._skip = 0, 0, 0
         self._divisor = torch.tensor([255 * s for s in std], device=self.device).view(-1, 1, 1)
         self._shift = torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(
             -1, 1, 1
@@ -207,17 +209,27 @@ class StreamLoader:
         for start, _, s0, s1 in self._plan:
             yield [(e, i, side) for i in order[start + s0 : start + s1].tolist()]
 
+    def skip_next(self, n: int) -> None:
+        """The next pass yields its first `n` batches as (None, None), unread: training resumed
+        inside an epoch passes over the batches it had done (train/engine.py), and every later
+        batch is the same without them (each sample's generator is its own)."""
+        self._skip = n
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for raw, y in self.host_batches():
+        skip, self._skip = min(self._skip, len(self._plan)), 0
+        for _ in range(skip):
+            yield None, None
+        for raw, y in self.host_batches(skip):
             yield self._transform(raw), y.to(self.device, non_blocking=True)
 
-    def host_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This epoch's batches as the workers make them: uint8 [b, C, side, side] and labels,
-        on the host (pinned when the device is CUDA)."""
-        self._sampler.batches, self._sampler.count = self.epoch_keys(), len(self._plan)
+    def host_batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches from batch `start` on, as the workers make them: uint8
+        [b, C, side, side] and labels, on the host (pinned when the device is CUDA)."""
+        self._sampler.batches = itertools.islice(self.epoch_keys(), start, None)
+        self._sampler.count = len(self._plan) - start
         self.skipped = 0
         batches = iter(self._loader)
-        for i in range(len(self._plan)):
+        for i in range(start, len(self._plan)):
             try:
                 raw, y, bad, error = next(batches)
             except StopIteration:
