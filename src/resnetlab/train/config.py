@@ -79,7 +79,11 @@ class TrainConfig:
     data_dir: str | None = setting(
         None, "folder holding the dataset files (used alone, no fall-back)"
     )
-    resize: int | None = setting(None, "resize images to PX x PX (default: the dataset's size)")
+    resize: int | None = setting(
+        None,
+        "resize images to PX x PX (default: the dataset's size; streamed data: 224, or the "
+        "images' own when all are one size up to 64 px)",
+    )
     normalize: bool = setting(True, "subtract the dataset mean, divide by its std")
     crop_padding: int = setting(
         0, "random crop after padding each side by this many pixels (0: off)"
