@@ -264,12 +264,16 @@ def pack_folder(
     if not classes:
         raise UsageError(f"{src} holds no class folders of .png/.jpg images")
     splits, sizes, skipped, kept = {}, [], 0, []
+    train_count = sum(len(v) for v in formats.image_files(train_dir).values())
+    step = max(1, train_count // STAT_IMAGES)  # mean and std from images spread over the classes
     for split, folder in (("train", train_dir), ("test", test_dir)):
         if folder is None:
             continue
         writer = _ShardWriter(out, split, shard_bytes)
+        seen = 0
         for label, cls in enumerate(classes):
             for path in formats.image_files(folder).get(cls, []):
+                seen += 1
                 try:
                     data = _shrunk(path.read_bytes(), max_side)
                     sizes.append(decode.image_size(data))
@@ -278,7 +282,7 @@ def pack_folder(
                     if say is not None:
                         say(f"skipped {path}: {e}")
                     continue
-                if split == "train" and len(kept) < STAT_IMAGES:
+                if split == "train" and seen % step == 0 and len(kept) < STAT_IMAGES:
                     kept.append(data)
                 writer.add(f"{len(writer.labels) + len(writer._batch):08d}", data, label)
         writer.flush()
@@ -444,9 +448,9 @@ def open_image_folder(name: str, train: bool) -> StreamSplit:
     by_class = formats.image_files(folder)
     files = [p for c in classes for p in by_class.get(c, [])]
     labels = [i for i, c in enumerate(classes) for _ in by_class.get(c, [])]
-    train_files = [p for c in classes for p in formats.image_files(train_dir).get(c, [])]
-    step = max(1, len(train_files) // STAT_IMAGES)
-    mean, std = _statistics(_readable(train_files[::step][:STAT_IMAGES]))
+    # the statistics normalisation uses: the training split's (a test split's are not used)
+    step = max(1, len(files) // STAT_IMAGES)
+    mean, std = _statistics(_readable(files[::step][:STAT_IMAGES]) if train else [])
     n = len(files)
     entries = np.stack([np.arange(n), np.zeros(n, np.int64), np.full(n, -1)], 1).astype(np.int64)
     digest = hashlib.blake2b(
