@@ -7,6 +7,8 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +155,31 @@ def test_a_dead_worker_ends_the_run_and_keeps_the_last_checkpoint(shards, tmp_pa
         train(cfg, out=tmp_path / "run", verbose=False)
     assert "\n" not in str(e.value)
     assert load_checkpoint(tmp_path / "run")["state"]["epoch"] == 1
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or sys.platform == "win32",
+    reason="needs torch.distributed with Gloo on a POSIX system",
+)
+def test_two_processes_share_the_stream_and_evaluate_every_example_once(tmp_path):
+    root = write_folder(tmp_path / "photos", train=32, test=9)  # 9: shares of 4 and 5
+    pack_folder(root, tmp_path / "packed")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    flags = ["--data", f"shards:{tmp_path / 'packed'}", "--nproc", "2", "--workers", "1"]
+    flags += ["--model", "resnet20", "--model-kwargs", '{"width": 4}', "--batch-size", "8"]
+    flags += ["--epochs", "1", "--val-split", "0", "--resize", "16", "--progressive-resize", "0"]
+    flags += ["--init", "default", "--tta", "none", "--no-amp", "--device", "cpu"]
+    done = subprocess.run(
+        [sys.executable, "-m", "resnetlab", "train", *flags, "--out", str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_count"] == 9 and summary["skipped_images"] == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        assert [r["skipped"] for r in csv.DictReader(f)] == ["0"]
