@@ -183,3 +183,21 @@ def test_two_processes_share_the_stream_and_evaluate_every_example_once(tmp_path
     assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
     with open(tmp_path / "run" / "metrics.csv") as f:
         assert [r["skipped"] for r in csv.DictReader(f)] == ["0"]
+
+
+def test_streaming_settings_are_checked(tmp_path):
+    from resnetlab.errors import UsageError
+    from resnetlab.train.setup import check_streamed
+
+    with pytest.raises(UsageError, match="--stream reads shards:PATH or imagefolder:PATH"):
+        cfg = make_config("quick", **dict(STREAM, data="fashion-mnist", stream=True))
+        train(cfg, out=tmp_path / "run", verbose=False)
+    with pytest.raises(UsageError, match="--eval-resize and --eval-crop are for streamed data"):
+        check_streamed(make_config("quick", eval_crop=24), None)
+    with pytest.raises(UsageError, match="--eval-crop must be 1 to"):
+        make_config("quick", eval_crop=0)
+    with pytest.raises(UsageError, match="--workers must be zero or positive"):
+        make_config("quick", workers=-1)
+    heard = []
+    check_streamed(make_config("quick", data="shards:x", erasing=0.5), heard.append)
+    assert "--crop-padding, --erasing" in heard[0] and "not applied" in heard[0]
