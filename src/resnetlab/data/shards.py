@@ -26,7 +26,7 @@ import io
 import json
 import os
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,6 @@ class StreamSplit:
     std: tuple[float, ...]
     side: int  # the default training (and evaluation crop) side
     digest: str = ""  # what tells two versions apart (the manifest's shard checksums)
-    _images: object = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
