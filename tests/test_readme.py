@@ -48,6 +48,9 @@ SMALL = {
         *NARROW,
     ],
     "resnetlab train --config runs/r56/config.json --seed 1": [*TRAIN],
+    # 300 images of each split instead of 70,000, then one epoch on them
+    "resnetlab data pack fashion-mnist shards/fmnist": ["--subset", "300"],
+    "resnetlab train --data shards:shards/fmnist --val-split 0": [*TRAIN, *NARROW],
     # one timed round of one batch of 8 at 32 px, for each default variant
     "resnetlab bench": [
         *("--batch-size", "8", "--resize", "32", "--steps", "1", "--repeats", "1"),

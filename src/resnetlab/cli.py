@@ -666,8 +666,41 @@ def _add_data(sub) -> None:
         "written (only a CIFAR archive not yet unpacked is unpacked into the cache).",
     )
     q.add_argument("--data-dir", help="look only in this folder (as training's --data-dir does)")
+    q.add_argument(
+        "--shards",
+        metavar="DIR",
+        help="list the packed sets in DIR (DIR itself or its sub-folders) instead of the datasets "
+        "(without it, those in $RESNETLAB_SHARDS, else the user cache's shards/ folder, where "
+        "`data pack SRC` writes without OUT, follow the datasets)",
+    )
     q.add_argument("--json", action="store_true", help="print JSON on stdout")
     q.set_defaults(func=_cmd_data_list)
+    q = actions.add_parser(
+        "pack",
+        help="pack a dataset into WebDataset tar shards, for `train --data shards:OUT`",
+        description="Write SRC as WebDataset tar shards and a manifest (classes, counts, sizes, "
+        "sha256 per shard) into OUT, for training with --data shards:OUT without holding the data "
+        "in memory. SRC is an image folder (one sub-folder per class, or train/ and test/ (or val/) "
+        "each holding them; JPEG and PNG kept byte for byte) or a built-in dataset (written as PNG).",
+    )
+    q.add_argument(
+        "src", metavar="SRC", help="an image folder, or fashion-mnist, mnist, cifar10, cifar100"
+    )
+    q.add_argument(
+        "out", metavar="OUT", nargs="?", help="the folder to write (default: the shards home, NAME)"
+    )
+    q.add_argument(
+        "--max-side", type=int, metavar="PX", help="re-encode images longer than PX a side"
+    )
+    q.add_argument(
+        "--shard-mb", type=int, default=256, metavar="MB", help="shard size (default 256)"
+    )
+    q.add_argument(
+        "--subset", type=int, metavar="N", help="a built-in dataset: a seeded subset of N per split"
+    )
+    q.add_argument("--data-dir", help="a built-in dataset: the folder holding its files")
+    q.add_argument("--json", action="store_true", help="print the manifest's summary as JSON")
+    q.set_defaults(func=_cmd_data_pack)
     q = actions.add_parser(
         "fetch",
         help="download a dataset (when missing) and verify it",
@@ -683,12 +716,63 @@ def _add_data(sub) -> None:
 def _cmd_data_list(args) -> int:
     from resnetlab.data import dataset_status, list_datasets
     from resnetlab.data.datasets import format_status
+    from resnetlab.data.shards import format_packed, list_packed, shards_home
 
+    if args.shards is not None:  # the packed sets there, alone
+        packed = list_packed(args.shards)
+        _print_json(packed) if args.json else print(format_packed(packed, args.shards))
+        return 0
     statuses = [dataset_status(name, root=args.data_dir) for name in list_datasets()]
     if args.json:
         _print_json(statuses)
     else:
         print(format_status(statuses))
+        print(format_packed(list_packed(shards_home()), shards_home()))
+    return 0
+
+
+def _cmd_data_pack(args) -> int:
+    from pathlib import Path
+
+    from resnetlab.data.shards import pack_builtin, pack_folder, shards_home
+
+    src = args.src.removeprefix("imagefolder:")
+    if args.shard_mb < 1 or (args.max_side is not None and args.max_side < 1):
+        raise UsageError("--shard-mb and --max-side must be positive")
+    is_folder = Path(src).expanduser().is_dir()
+    out = Path(
+        args.out or shards_home() / Path(src).expanduser().resolve().name
+        if is_folder
+        else args.out or shards_home() / src
+    )
+    say = None if args.json else (lambda line: print(line, file=sys.stderr))
+    if is_folder:
+        if args.subset is not None:
+            raise UsageError("--subset is for built-in datasets; pack a smaller folder instead")
+        m = pack_folder(
+            src, out, max_side=args.max_side, shard_bytes=args.shard_mb * 2**20, say=say
+        )
+    else:
+        if args.max_side is not None:
+            raise UsageError("--max-side is for image folders; built-in images are small already")
+        m = pack_builtin(
+            src, out, root=args.data_dir, shard_bytes=args.shard_mb * 2**20, subset=args.subset
+        )
+    summary = {
+        "out": str(out),
+        "name": m["name"],
+        "classes": len(m["classes"]),
+        "examples": {s: v["count"] for s, v in m["splits"].items()},
+        "shards": sum(len(v["shards"]) for v in m["splits"].values()),
+        "skipped": m["skipped"],
+    }
+    if args.json:
+        _print_json(summary)
+    else:
+        counts = ", ".join(f"{n:,} {s}" for s, n in summary["examples"].items())
+        skipped = f", {m['skipped']} unreadable files left out" if m["skipped"] else ""
+        print(f"packed {m['name']}: {counts} in {summary['shards']} shards{skipped}")
+        print(f"train on it with: resnetlab train --data shards:{out}")
     return 0
 
 

@@ -95,6 +95,11 @@ def _key(name: str) -> str:
 
 def resolve_spec(name: str) -> DatasetSpec:
     """The built-in dataset called `name` (case, '-' and '_' do not matter), or UsageError."""
+    if name.startswith("shards:"):  # data/shards.py: streamed by training alone
+        raise UsageError(
+            f"{name} is a packed set, which `resnetlab train` streams; this command reads a dataset "
+            "into memory: pass --data with the images' folder (imagefolder:PATH) or a built-in one"
+        )
     by_key = {_key(n): spec for n, spec in DATASETS.items()}
     if _key(name) in by_key:
         return by_key[_key(name)]

@@ -201,6 +201,31 @@ def _check_epoch_sizes(epoch_sizes: Sequence[int] | None, shuffle: bool) -> None
         )
 
 
+def batch_plan(
+    n: int, batch_size: int, shuffle: bool, drop_last: bool, rank: int, world_size: int
+) -> list[tuple[int, int, int, int]]:
+    """Per batch of rank `rank`: (start of its global batch in the order, global batch size,
+    start and end of this rank's share within it); see Loader for the rules. The streaming
+    loader (data/stream.py) shares them."""
+    b, w, r = batch_size, world_size, rank
+    plan = []
+    if shuffle:
+        for start in range(0, n, b):
+            m = min(b, n - start)
+            if m < w or (drop_last and m < b):
+                continue
+            plan.append((start, m, r * m // w, (r + 1) * m // w))
+    else:
+        lo, hi = r * n // w, (r + 1) * n // w
+        per_rank = math.ceil(b / w)
+        for start in range(lo, hi, per_rank):
+            m = min(per_rank, hi - start)
+            if drop_last and m < per_rank:
+                continue
+            plan.append((start, m, 0, m))
+    return plan
+
+
 class Loader:
     """Batches (x float32 [b, C, H', W'] on `device`, y int64 [b]) of a dataset.
 
@@ -312,25 +337,9 @@ class Loader:
             return dataset.images, dataset.labels
 
     def _make_plan(self, n: int) -> list[tuple[int, int, int, int]]:
-        """Per batch of this rank: (start of its global batch in the order, global batch size,
-        start and end of this rank's share within it)."""
-        b, w, r = self.batch_size, self.world_size, self.rank
-        plan = []
-        if self.shuffle:
-            for start in range(0, n, b):
-                m = min(b, n - start)
-                if m < w or (self.drop_last and m < b):
-                    continue
-                plan.append((start, m, r * m // w, (r + 1) * m // w))
-        else:
-            lo, hi = r * n // w, (r + 1) * n // w
-            per_rank = math.ceil(b / w)
-            for start in range(lo, hi, per_rank):
-                m = min(per_rank, hi - start)
-                if self.drop_last and m < per_rank:
-                    continue
-                plan.append((start, m, 0, m))
-        return plan
+        return batch_plan(
+            n, self.batch_size, self.shuffle, self.drop_last, self.rank, self.world_size
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -19,6 +19,9 @@ def fingerprint(dataset) -> str | None:
     h = hashlib.blake2b(digest_size=12)
     h.update(repr((len(dataset), tuple(dataset.images.shape), list(dataset.classes))).encode())
     h.update(dataset.labels.contiguous().numpy().tobytes())
+    if getattr(dataset, "digest", None):  # streamed data (data/shards.py): its files' checksums
+        h.update(dataset.digest.encode())
+        return h.hexdigest()
     flat = dataset.images.reshape(-1)
     step = max(
         1, flat.numel() // (1 << 22)

@@ -67,6 +67,8 @@ class Console(Observer):
             f"{row['examples_per_sec']:.1f} ex/s",
             f"{row['epoch_seconds']:.1f} s",
         ]
+        if row.get("skipped"):  # streamed data: images that did not decode, left out
+            parts.append(f"{row['skipped']} bad images skipped")
         self.say(", ".join(parts))
         self.epoch_started = time.perf_counter()
 

@@ -57,12 +57,26 @@ class TrainConfig:
     )
     # data
     data: str = setting(
-        "fashion-mnist", "dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH"
+        "fashion-mnist",
+        "dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH, or shards:PATH "
+        "(a set packed by `resnetlab data pack`, streamed)",
+    )
+    stream: bool = setting(
+        False,
+        "stream the data from disk, decoded by --workers processes, instead of holding it in "
+        "memory (implied by shards:PATH; with imagefolder:PATH reads the folder as it is)",
+    )
+    workers: int = setting(
+        2, "with streamed data: DataLoader worker processes that decode (0: none)"
     )
     data_dir: str | None = setting(
         None, "folder holding the dataset files (used alone, no fall-back)"
     )
-    resize: int | None = setting(None, "resize images to PX x PX (default: the dataset's size)")
+    resize: int | None = setting(
+        None,
+        "resize images to PX x PX (default: the dataset's size; streamed data: 224, or the "
+        "images' own when all are one size up to 64 px)",
+    )
     normalize: bool = setting(True, "subtract the dataset mean, divide by its std")
     crop_padding: int = setting(
         0, "random crop after padding each side by this many pixels (0: off)"
@@ -92,11 +106,12 @@ class TrainConfig:
     eval_resize: int | None = setting(
         None,
         "evaluate images resized to PX on their shorter side (default: as --resize trains; "
-        "train and test sizes may differ, FixRes)",
+        "streamed data: round(eval crop / 0.875)); train and test sizes may differ, FixRes",
     )
     eval_crop: int | None = setting(
         None,
-        "evaluate the centre PX x PX of the images, after --eval-resize (default: no crop)",
+        "evaluate the centre PX x PX of the images, after --eval-resize (default: no crop; "
+        "streamed data: the training size)",
     )
     progressive_resize: int = setting(
         0,
@@ -200,6 +215,8 @@ class TrainConfig:
             raise UsageError(
                 f"--label-smoothing must be at least 0 and below 1, got {self.label_smoothing}"
             )
+        if self.workers < 0:
+            raise UsageError(f"--workers must be zero or positive, got {self.workers}")
         if self.resize is not None and self.resize <= 0:
             raise UsageError(f"--resize must be positive, got {self.resize}")
         if (
@@ -261,6 +278,11 @@ class TrainConfig:
             ):
                 wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
                 raise UsageError(f"--{flag_name(name)} takes {wanted}, got {value!r}")
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the data is streamed from disk (data/stream.py) rather than held in memory."""
+        return self.stream or self.data.startswith("shards:")
 
     def epoch_sizes(self, full: int) -> list[int] | None:
         """The training image side of each epoch under --progressive-resize (None without it): from

@@ -141,6 +141,8 @@ def _train_epoch(step, loader, state, schedule, total_steps, epoch, stop, dist, 
     steps_per_epoch, skip, started = len(loader), state.step_in_epoch, time.perf_counter()
     step.model.train()
     loader.set_epoch(epoch)
+    if skip and hasattr(loader, "skip_next"):  # streamed data: the steps done are not read again
+        loader.skip_next(skip)
     # state.partial holds all processes' sums (see the stop below): rank 0 carries them on
     step.start_epoch(state.partial if dist.is_main else [0.0, 0.0, 0.0])
     for i, (x, y) in enumerate(loader):
@@ -197,6 +199,10 @@ def _end_epoch(step, evaluator, loaders, state, schedule, total_steps, dist, obs
         "train_acc": correct / count,
         "examples": count,
     }
+    skipped = getattr(loaders.train, "skipped", None)  # streamed data: images that did not decode
+    if skipped is not None:
+        total = all_reduce_sum(step.sums.new_tensor([float(skipped)]), dist)
+        row["skipped"] = int(total.item())  # once per epoch
     for name, loader in (("val", loaders.val), ("test", loaders.test)):
         if loader is not None:
             result = evaluator(loader)

@@ -203,7 +203,9 @@ class RunDir:
 
     def write_metrics(self, rows: list[dict]) -> None:
         if self.enabled:
-            write_csv(self.file("metrics.csv"), rows, METRIC_COLUMNS)
+            # streamed data adds the images that did not decode, per epoch
+            skipped = ["skipped"] if any("skipped" in r for r in rows) else []
+            write_csv(self.file("metrics.csv"), rows, METRIC_COLUMNS + skipped)
 
     # --- checkpoint ----------------------------------------------------------------------
     def save_checkpoint(self, checkpoint: dict) -> None:

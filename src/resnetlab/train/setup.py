@@ -23,12 +23,16 @@ from resnetlab.data import (
     Dataset,
     Loader,
     Loaders,
+    eval_batch_size,
     get_dataset_info,
     load_dataset,
     make_loaders,
     split_dataset,
 )
 from resnetlab.data.mixing import MixedLoader
+from resnetlab.data.shards import open_stream
+from resnetlab.data.stream import StreamLoader, eval_sizes, make_stream_loaders
+from resnetlab.data.trivial_augment import trivial_augment_wide
 from resnetlab.device import (
     bf16_pays,
     channels_last_pays,
@@ -56,7 +60,9 @@ from resnetlab.version import __version__
 
 
 class Splits(NamedTuple):
-    train: Dataset
+    train: (
+        Dataset  # or, with streamed data, StreamSplit (data/shards.py): the same questions answered
+    )
     val: Dataset | None
     test: Dataset
 
@@ -136,8 +142,14 @@ def load_splits(cfg: TrainConfig, say: Callable[[str], None] | None = None) -> S
     """(train, val or None, test) datasets as the config asks: subset, then validation split (see
     `val_examples`: under --subset it shrinks to fit, and `say` hears so)."""
     # --subset: a seeded random subset of each split (smoke tests, quick looks)
-    train_set = load_dataset(cfg.data, True, cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
-    test_set = load_dataset(cfg.data, False, cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
+    if cfg.streamed:  # listed and checked, not read: the workers read while training
+        train_set, test_set = open_stream(cfg.data, True), open_stream(cfg.data, False)
+        if cfg.subset is not None:
+            train_set = train_set.take(min(cfg.subset, len(train_set)), seed=cfg.seed)
+            test_set = test_set.take(min(cfg.subset, len(test_set)), seed=cfg.seed)
+    else:
+        train_set = load_dataset(cfg.data, True, cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
+        test_set = load_dataset(cfg.data, False, cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
     val_set = None
     held = val_examples(cfg, len(train_set))
     if held != cfg.val_split and say is not None:
@@ -179,10 +191,15 @@ def build_model(
     return model
 
 
-def normalization(cfg: TrainConfig) -> tuple[list[float], list[float]] | None:
-    """(mean, std) per channel of the dataset, or None when the config does not normalise."""
+def normalization(
+    cfg: TrainConfig, splits: Splits | None = None
+) -> tuple[list[float], list[float]] | None:
+    """(mean, std) per channel of the dataset, or None when the config does not normalise;
+    streamed data's are its manifest's (or measured on a sample of an image folder)."""
     if not cfg.normalize:
         return None
+    if cfg.streamed and splits is not None:
+        return list(splits.train.mean), list(splits.train.std)
     info = get_dataset_info(cfg.data)
     return list(info.mean), list(info.std)
 
@@ -205,13 +222,56 @@ def weights_metadata(
         **{k: getattr(cfg, k) for k in ("eval_resize", "eval_crop") if getattr(cfg, k) is not None},
         "normalize": {"mean": norm[0], "std": norm[1]} if norm else None,
         "data": cfg.data,
+        # streamed data is evaluated as Resize(shorter side) + CenterCrop (data/stream.py)
+        **({"eval_transform": _stream_eval(cfg, splits)} if cfg.streamed else {}),
     }
+
+
+def _stream_eval(cfg: TrainConfig, splits: Splits) -> dict:
+    resize, crop = eval_sizes(cfg.eval_crop, cfg.eval_resize, cfg.resize or splits.train.side)
+    return {"resize_shorter": resize, "center_crop": crop}
+
+
+def check_streamed(cfg: TrainConfig, say: Callable[[str], None] | None) -> None:
+    """Refuse what the streamed path cannot do; name the in-memory augmentations it replaces."""
+    if not cfg.streamed:
+        if cfg.eval_resize or cfg.eval_crop:
+            raise UsageError("--eval-resize and --eval-crop are for streamed data: add --stream")
+        return
+    ignored = [
+        flag
+        for flag, on in (
+            ("--crop-padding", cfg.crop_padding),
+            ("--erasing", cfg.erasing),
+            ("--alternate-flip", cfg.alternate_flip),
+        )
+        if on
+    ]
+    if ignored and say is not None:
+        say(
+            f"streamed data trains on random-resized crops with flips; {', '.join(ignored)} "
+            "(in-memory augmentations) not applied"
+        )
 
 
 def whitening_images(cfg: TrainConfig, train: Dataset) -> Iterator[torch.Tensor]:
     """The first WHITEN_IMAGES training images as the model sees them (resized, normalized; not
-    augmented), in batches, on the CPU: what --init whiten measures its filters on."""
+    augmented), in batches, on the CPU: what --init whiten measures its filters on (streamed
+    data: their evaluation views at the training size, decoded by the workers)."""
     first = train.subset(range(min(WHITEN_IMAGES, len(train))))
+    if cfg.streamed:
+        side = cfg.resize or train.side
+        norm = normalization(cfg, Splits(train, None, train))
+        loader = StreamLoader(
+            first,
+            500,
+            shuffle=False,
+            size=side,
+            eval_resize=side,
+            normalize=norm,
+            workers=cfg.workers,
+        )
+        return (x for x, _ in loader)
     return (
         x
         for x, _ in Loader(
@@ -242,6 +302,7 @@ def build(
     """Device policy, data (`splits`, or loaded as `cfg` says), model, optimizer and loaders for
     `cfg` on this process; restored from `checkpoint` when given. `foreach=False` takes the
     optimizer's per-tensor step (a bench ablation); `say` hears notes worth printing."""
+    check_streamed(cfg, say)
     device, capture = _device_policy(cfg, dist)
     if splits is None:
         with local_main_first(dist):  # one download per machine, then the others read the cache
@@ -268,7 +329,7 @@ def build(
     model = wrap_ddp(raw_model, device, dist) if dist.enabled else raw_model
     if cfg.compile:
         model = torch.compile(model)
-    norm = normalization(cfg)
+    norm = normalization(cfg, splits)
     loaders = _loaders(cfg, dist, splits, device, channels_last, capture, norm)
     eval_model = average.model if average is not None else raw_model if cfg.compile else model
     step, evaluator, final_evaluator, fallback = _step_and_evaluators(
@@ -416,6 +477,8 @@ def _loaders(cfg, dist, splits, device, channels_last, capture, norm) -> Loaders
     # graph). Evaluation runs the uncompiled model: compiling it for eval mode would be a third.
     # Measured on the CPU, empty inductor cache: two epochs of resnet18_d2l took 71 s with three
     # compilations, 37 s with one.
+    if cfg.streamed:
+        return _stream_loaders(cfg, dist, splits, device, channels_last, capture, norm)
     loaders = make_loaders(
         *splits,
         batch_size=cfg.batch_size,
@@ -440,16 +503,48 @@ def _loaders(cfg, dist, splits, device, channels_last, capture, norm) -> Loaders
         rank=dist.rank,
         world_size=dist.world_size,
     )
-    if cfg.mixup or cfg.cutmix:  # outside the step (and its graph): a captured step replays as is
-        loaders = loaders._replace(
-            train=MixedLoader(
-                loaders.train,
-                mixup=cfg.mixup,
-                cutmix=cfg.cutmix,
-                num_classes=len(splits.train.classes),
-                seed=cfg.seed,
-            )
+    return _mixed(_check_nonempty(loaders, cfg, splits), cfg, splits)
+
+
+def _mixed(loaders: Loaders, cfg: TrainConfig, splits: Splits) -> Loaders:
+    """Mixup/CutMix on the training batches, outside the step (a captured step replays as is)."""
+    if not (cfg.mixup or cfg.cutmix):
+        return loaders
+    return loaders._replace(
+        train=MixedLoader(
+            loaders.train,
+            mixup=cfg.mixup,
+            cutmix=cfg.cutmix,
+            num_classes=len(splits.train.classes),
+            seed=cfg.seed,
         )
+    )
+
+
+def _stream_loaders(cfg, dist, splits, device, channels_last, capture, norm) -> Loaders:
+    """The streamed loaders (data/stream.py): workers decode, the same batches per process."""
+    loaders = make_stream_loaders(
+        *splits,
+        batch_size=cfg.batch_size,
+        eval_batch=eval_batch_size(cfg.batch_size),
+        size=cfg.resize,
+        eval_resize=cfg.eval_resize,
+        eval_crop=cfg.eval_crop,
+        seed=cfg.seed,
+        drop_last=cfg.compile or capture,
+        epoch_sizes=epoch_sizes(cfg, splits.train),
+        normalize=norm,
+        device=device,
+        channels_last=channels_last,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        workers=cfg.workers,
+        extra_transform=trivial_augment_wide if cfg.trivial_augment else None,
+    )
+    return _mixed(_check_nonempty(loaders, cfg, splits), cfg, splits)
+
+
+def _check_nonempty(loaders: Loaders, cfg: TrainConfig, splits: Splits) -> Loaders:
     if len(loaders.train) == 0:
         raise UsageError(
             f"{len(splits.train)} training examples make no full batch of {cfg.batch_size}; lower --batch-size"

@@ -360,6 +360,8 @@ def finish(parts: Parts, run: RunDir, saver: Saver, say) -> dict:
         "train_seconds": state.train_seconds,
         "params": sum(p.numel() for p in weights.parameters()),
     }
+    if any("skipped" in r for r in state.history):  # streamed data: bad images left out, all epochs
+        summary["skipped_images"] = sum(r.get("skipped", 0) for r in state.history)
     kept, kept_epoch = "model.safetensors", state.epoch
     if parts.loaders.val is not None:
         _load_best(parts, run)

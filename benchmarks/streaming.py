@@ -1,0 +1,141 @@
+"""Streaming data (issue 27): resnetlab's streaming loader against torchvision's reference recipe.
+
+Generates N JPEGs of 300-1000 px a side (seeded; smooth content plus noise, quality 90) in a
+temporary folder, then times, each with 2 DataLoader worker processes over the same files:
+  (a) resnetlab's StreamLoader (imagefolder read as it is): decode at a reduced DCT scale
+      (simplejpeg), random-resized crop to 224, flip, uint8 batches of 64 (host_batches: what the
+      workers deliver; the float conversion happens on the training device);
+  (b) the reference, as torchvision's classification references do it: PIL open + convert RGB,
+      RandomResizedCrop's box resized with Image.resize(BILINEAR), flip, uint8 tensor, batches of 64;
+  (c) the ceiling: full-size decode only, with simplejpeg (the chosen decoder) and with Pillow.
+Also (d) the two decoders at a reduced DCT scale (1/2): Pillow's Image.draft and simplejpeg's
+min_height/min_width, which is how the decoder was chosen.
+Prints images/s and a/b. Usage: OMP_NUM_THREADS=1 nice -n 10 python benchmarks/streaming.py [N]
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from resnetlab.data import decode
+from resnetlab.data.shards import open_image_folder
+from resnetlab.data.stream import StreamLoader
+
+BATCH, WORKERS, SIDE = 64, 2, 224
+
+
+def make_images(folder: Path, n: int, seed: int = 0) -> int:
+    """n JPEGs in folder/c{0,1}/; returns their decoded size in bytes (sum of H*W*3)."""
+    rng = np.random.default_rng(seed)
+    total = 0
+    for i in range(n):
+        h, w = (int(v) for v in rng.integers(300, 1001, 2))
+        small = rng.random((h // 32 + 2, w // 32 + 2, 3)) * 255
+        image = Image.fromarray(small.astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
+        pixels = np.asarray(image).astype(np.int16) + rng.integers(-12, 13, (h, w, 3))
+        d = folder / f"c{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(d / f"{i}.jpg", quality=90)
+        total += h * w * 3
+    return total
+
+
+class Reference(Dataset):
+    """torchvision's reference recipe (RandomResizedCrop + RandomHorizontalFlip + PILToTensor)."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        gen = torch.Generator().manual_seed(i)
+        with Image.open(self.files[i]) as im:
+            image = im.convert("RGB")
+        u = torch.rand(decode.DRAWS, generator=gen, dtype=torch.float64)
+        box = decode.random_resized_box(image.height, image.width, u)
+        image = image.resize((SIDE, SIDE), Image.Resampling.BILINEAR, box=box)
+        if u[-1] < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1), i % 2
+
+
+class DecodeOnly(Dataset):
+    def __init__(self, files: list[Path], how: str) -> None:
+        self.files, self.how = files, how
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        data = self.files[i].read_bytes()
+        if self.how.startswith("simplejpeg"):
+            import simplejpeg
+
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+            half = {"min_height": h // 2, "min_width": w // 2} if self.how.endswith("half") else {}
+            array = simplejpeg.decode_jpeg(data, colorspace="RGB", **half)
+        elif self.how == "pillow":
+            with Image.open(io.BytesIO(data)) as im:
+                array = np.asarray(im.convert("RGB"))
+        else:  # pillow-draft: Pillow's reduced DCT scale, to the size a 224 crop of half the side needs
+            with Image.open(io.BytesIO(data)) as im:
+                im.draft("RGB", (im.width // 2, im.height // 2))
+                array = np.asarray(im.convert("RGB"))
+        return array.shape[0]
+
+
+def rate(loader, n: int) -> float:
+    started = time.perf_counter()
+    for _ in loader.host_batches() if isinstance(loader, StreamLoader) else loader:
+        pass
+    return n / (time.perf_counter() - started)
+
+
+def main(n: int = 300) -> None:
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        decoded = make_images(folder, n)
+        files = sorted(folder.glob("c*/*.jpg"))
+        encoded = sum(f.stat().st_size for f in files)
+        print(f"{n} JPEGs, {encoded / 2**20:.1f} MiB encoded, {decoded / 2**20:.0f} MiB decoded")
+        split = open_image_folder(f"imagefolder:{folder}", True)
+        ours = StreamLoader(split, BATCH, shuffle=True, size=SIDE, workers=WORKERS)
+        common = {"batch_size": BATCH, "num_workers": WORKERS, "persistent_workers": True}
+        ref = DataLoader(Reference(files), shuffle=True, **common)
+        ceilings = {
+            how: DataLoader(DecodeOnly(files, how), **common)
+            for how in ("simplejpeg", "pillow", "pillow-draft", "simplejpeg-half")
+        }
+        results = {}
+        for epoch in range(3):  # the first pass warms the page cache and starts the workers
+            ours.set_epoch(epoch)
+            results.setdefault("a", []).append(rate(ours, n))
+            results.setdefault("b", []).append(rate(ref, n))
+            for how, loader in ceilings.items():
+                results.setdefault(how, []).append(rate(loader, n))
+        best = {k: max(v[1:]) for k, v in results.items()}
+        print(f"(a) resnetlab StreamLoader, {SIDE} px:          {best['a']:8.1f} images/s")
+        print(f"(b) torchvision-style reference, {SIDE} px:     {best['b']:8.1f} images/s")
+        print(f"(c) decode only, simplejpeg (full size):   {best['simplejpeg']:8.1f} images/s")
+        print(f"    decode only, Pillow (full size):       {best['pillow']:8.1f} images/s")
+        print(f"(d) decode only, Pillow draft (1/2 scale): {best['pillow-draft']:8.1f} images/s")
+        print(f"    decode only, simplejpeg (1/2 scale):   {best['simplejpeg-half']:8.1f} images/s")
+        print(f"a/b = {best['a'] / best['b']:.2f} (best of passes 2-3, {WORKERS} workers each)")
+        assert math.isfinite(best["a"])
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 300)

@@ -1,0 +1,325 @@
+"""The streaming loader: batches decoded in DataLoader worker processes from a split that stays
+on disk (data/shards.py), with the interface of the in-memory Loader (iteration yielding float
+images and labels on the device, set_epoch, len, loss_weight, num_examples), so the engine and
+everything above it do not know which one they have.
+
+Determinism: epoch e's order is the permutation of (seed, e) and each sample's crop, flip and
+`extra_transform` draw from a generator seeded by (seed, e, sample index), so a batch is the
+same whatever the number of workers and whichever worker makes it; resuming at an epoch boundary
+replays exactly, and so does resuming inside an epoch (after Ctrl-C): `skip_next` passes over
+the batches done without reading them. Batches are split across processes as the in-memory Loader splits them
+(`batch_plan`): each process reads a disjoint share of every epoch, evaluation sees every
+example once, without padding.
+
+Faults: an image that does not decode is left out of its batch and counted (`skipped`, per
+epoch); a file that cannot be read, or a worker that dies, ends the iteration with one
+DataError line.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from resnetlab.data import decode
+from resnetlab.data.loader import _check_batching, _check_normalize, _stream_seed, batch_plan
+from resnetlab.data.shards import StreamSplit
+from resnetlab.errors import DataError, UsageError
+
+EVAL_RATIO = 0.875  # evaluation's crop / resize by default (the ImageNet convention, 224 / 256)
+Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of sample `index`'s augmentation in `epoch`: a pure function of the three."""
+    return torch.Generator().manual_seed(_stream_seed(seed, epoch, f"sample/{index}"))
+
+
+class StreamDataset(torch.utils.data.Dataset):
+    """What a worker does for one sample: read, decode, crop, flip (train) or resize and
+    centre-crop (eval), then `extra_transform(image uint8 [C, H, W], generator)` (train only).
+    Indexed by (epoch, sample index, side); returns (image or None, label, error or None)."""
+
+    def __init__(
+        self,
+        split: StreamSplit,
+        *,
+        train: bool,
+        seed: int = 0,
+        eval_resize: int | None = None,
+        extra_transform: Transform | None = None,
+    ) -> None:
+        self.split, self.train, self.seed = split, train, seed
+        self.eval_resize, self.extra_transform = eval_resize, extra_transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int, int]):
+        epoch, i, side = key
+        label = int(self.split.labels[i])
+        try:
+            data = self.split.read(i)
+        except DataError as e:  # a file gone: reported by the main process as one line
+            return None, label, str(e)
+        try:
+            if self.train:
+                gen = sample_generator(self.seed, epoch, i)
+                x = decode.train_view(data, self.split.channels, side, gen, self.extra_transform)
+            else:
+                resize = self.eval_resize or round(side / EVAL_RATIO)
+                x = decode.eval_view(data, self.split.channels, resize, side)
+        except decode.BadImage:
+            return None, label, None
+        return x, label, None
+
+
+def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, int, str | None]:
+    """(images uint8 [b, C, H, W], labels int64 [b], images left out, the first read error)."""
+    good = [(x, y) for x, y, _ in samples if x is not None]
+    error = next((e for _, _, e in samples if e is not None), None)
+    if not good:
+        return (
+            torch.empty(0, dtype=torch.uint8),
+            torch.empty(0, dtype=torch.int64),
+            len(samples),
+            error,
+        )
+    xs, ys = zip(*good)
+    # default_collate stacks straight into shared memory inside a worker: no copy on the way back
+    return (
+        default_collate(list(xs)),
+        torch.tensor(ys, dtype=torch.int64),
+        len(samples) - len(good),
+        error,
+    )
+
+
+class _Batches:
+    """The DataLoader's batch sampler: this epoch's batches of keys, swapped in by the loader,
+    so persistent workers serve every epoch."""
+
+    def __init__(self) -> None:
+        self.batches: Iterator[list[tuple[int, int, int]]] = iter(())
+        self.count = 0
+
+    def __iter__(self):
+        return self.batches
+
+    def __len__(self) -> int:
+        return self.count
+
+
+class StreamLoader:
+    """Batches (x float32 [b, C, side, side] on `device`, y int64 [b]) of a StreamSplit.
+
+    `batch_size` is the global batch, split across `world_size` processes as Loader splits it.
+    Training (`shuffle=True`) takes random-resized crops of `size` with flips; evaluation resizes
+    the shorter side to `eval_resize` (default round(size / 0.875)) and centre-crops `size`.
+    `workers` DataLoader processes decode (0: in this process); batches are pinned when the
+    device is CUDA and copied without blocking; normalisation happens on the device.
+    `skipped`: images of the last epoch iterated that did not decode (left out of their batch).
+    """
+
+    def __init__(
+        self,
+        split: StreamSplit,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        size: int | None = None,
+        eval_resize: int | None = None,
+        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        channels_last: bool = False,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 2,
+        epoch_sizes: Sequence[int] | None = None,
+        extra_transform: Transform | None = None,
+        prefetch: int = 4,
+    ) -> None:
+        _check_batching(batch_size, shuffle, rank, world_size)
+        if not isinstance(workers, int) or workers < 0:
+            raise UsageError(f"workers must be a whole number >= 0, not {workers!r}")
+        mean, std = _check_normalize(normalize, split.channels, split.name)
+        self.dataset, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.device, self.channels_last = torch.device(device), channels_last
+        self.side = size or split.side
+        self.out_size = (self.side, self.side)
+        self.epoch_sizes = list(epoch_sizes) if epoch_sizes else None
+        self.epoch, self.skipped, self._skip = 0, 0, 0
+        self._divisor = torch.tensor([255 * s for s in std], device=self.device).view(-1, 1, 1)
+        self._shift = torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(
+            -1, 1, 1
+        )
+        self._plan = batch_plan(len(split), batch_size, shuffle, drop_last, rank, world_size)
+        self._sampler = _Batches()
+        self._loader = DataLoader(
+            StreamDataset(
+                split,
+                train=shuffle,
+                seed=seed,
+                eval_resize=eval_resize,
+                extra_transform=extra_transform,
+            ),
+            batch_sampler=self._sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            # training keeps its workers between epochs; evaluation's end with each pass
+            persistent_workers=workers > 0 and shuffle,
+            prefetch_factor=prefetch if workers > 0 else None,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.epoch_sizes is not None:  # progressive resizing: past the list, its last size
+            self.side = self.epoch_sizes[min(epoch, len(self.epoch_sizes) - 1)]
+            self.out_size = (self.side, self.side)
+
+    def __len__(self) -> int:
+        return len(self._plan)
+
+    def loss_weight(self, i: int) -> float:
+        """As Loader.loss_weight: this rank's share * world_size / global batch size."""
+        _, m, s0, s1 = self._plan[i]
+        return (s1 - s0) * self.world_size / m
+
+    @property
+    def num_examples(self) -> int:
+        return sum(s1 - s0 for _, _, s0, s1 in self._plan)
+
+    def epoch_keys(self) -> Iterator[list[tuple[int, int, int]]]:
+        """This process's batches of (epoch, sample index, side) for the current epoch, made as
+        the DataLoader asks for them: a list of the whole epoch's keys would cost ~150 MB on
+        ImageNet; the order is one int64 tensor."""
+        n, e, side = len(self.dataset), self.epoch, self.side
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(_stream_seed(self.seed, e, "order"))
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        for start, _, s0, s1 in self._plan:
+            yield [(e, i, side) for i in order[start + s0 : start + s1].tolist()]
+
+    def skip_next(self, n: int) -> None:
+        """The next pass yields its first `n` batches as (None, None), unread: training resumed
+        inside an epoch passes over the batches it had done (train/engine.py), and every later
+        batch is the same without them (each sample's generator is its own)."""
+        self._skip = n
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        skip, self._skip = min(self._skip, len(self._plan)), 0
+        for _ in range(skip):
+            yield None, None
+        for raw, y in self.host_batches(skip):
+            yield self._transform(raw), y.to(self.device, non_blocking=True)
+
+    def host_batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches from batch `start` on, as the workers make them: uint8
+        [b, C, side, side] and labels, on the host (pinned when the device is CUDA)."""
+        self._sampler.batches = itertools.islice(self.epoch_keys(), start, None)
+        self._sampler.count = len(self._plan) - start
+        self.skipped = 0
+        batches = iter(self._loader)
+        for i in range(start, len(self._plan)):
+            try:
+                raw, y, bad, error = next(batches)
+            except StopIteration:
+                break
+            except RuntimeError as e:  # a worker killed (out of memory, a signal): one line
+                raise DataError(
+                    f"a data-loading worker failed ({_first_line(e)}); the last completed epoch's "
+                    "checkpoint is intact: resume with --resume (fewer --workers use less memory)"
+                ) from None
+            if error is not None:
+                raise DataError(error)
+            self.skipped += bad
+            if not len(y):
+                raise DataError(
+                    f"every image of batch {i + 1} failed to decode; check the data ({self.dataset.name})"
+                )
+            yield raw, y
+
+    def _transform(self, raw: torch.Tensor) -> torch.Tensor:
+        """uint8 on the host -> normalised float32 on the device (the division on the device)."""
+        x = raw.to(self.device, non_blocking=True).float().div_(self._divisor).sub_(self._shift)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def eval_sizes(crop: int | None, resize: int | None, side: int) -> tuple[int, int]:
+    """(resize, crop) of evaluation: crop defaults to the training side, resize to crop / 0.875."""
+    crop = crop or side
+    return (resize or round(crop / EVAL_RATIO)), crop
+
+
+def make_stream_loaders(
+    train: StreamSplit | None,
+    val: StreamSplit | None,
+    test: StreamSplit | None,
+    *,
+    batch_size: int,
+    eval_batch: int,
+    size: int | None = None,
+    eval_resize: int | None = None,
+    eval_crop: int | None = None,
+    **common,
+):
+    """The streamed train, val and test loaders of a run (a data.Loaders triple); `common`
+    (normalize, seed, device, channels_last, rank, world_size, workers) is what they share."""
+    from resnetlab.data.loader import Loaders
+
+    seed = common.pop("seed", 0)
+    drop_last = common.pop("drop_last", False)
+    epoch_sizes = common.pop("epoch_sizes", None)
+    extra = common.pop("extra_transform", None)
+    side = size or (train or test).side
+    resize, crop = eval_sizes(eval_crop, eval_resize, side)
+
+    def evaluation(split):
+        if split is None:
+            return None
+        return StreamLoader(
+            split, eval_batch, shuffle=False, size=crop, eval_resize=resize, **common
+        )
+
+    loader = (
+        StreamLoader(
+            train,
+            batch_size,
+            shuffle=True,
+            size=side,
+            seed=seed,
+            drop_last=drop_last,
+            epoch_sizes=epoch_sizes,
+            extra_transform=extra,
+            **common,
+        )
+        if train is not None
+        else None
+    )
+    return Loaders(loader, evaluation(val), evaluation(test))
+
+
+__all__ = [
+    "StreamDataset",
+    "StreamLoader",
+    "collate",
+    "eval_sizes",
+    "make_stream_loaders",
+    "sample_generator",
+]

@@ -1,0 +1,203 @@
+"""Training on streamed data (--data shards:PATH, imagefolder:PATH --stream) on the CPU: resume
+replays exactly, bad images are counted in every report, a dead worker leaves the checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnetlab import cli
+from resnetlab.data.shards import pack_folder
+from resnetlab.errors import DataError, Interrupted
+from resnetlab.train import make_config, train
+from resnetlab.train.checkpoint import load_checkpoint
+from resnetlab.weights import load_weights
+
+STREAM = dict(
+    model="resnet20",
+    model_kwargs={"width": 4},
+    batch_size=8,
+    epochs=2,
+    seed=3,
+    val_split=0,
+    epoch_test=True,
+    tta="none",
+    resize=16,
+    progressive_resize=0,
+    init="default",
+    amp=False,
+    channels_last=False,
+    device="cpu",
+    workers=2,
+)
+
+
+def write_folder(root: Path, train: int = 32, test: int = 8) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("test", test)):
+        for i in range(n):
+            folder = root / split / f"c{i % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            h, w = (int(v) for v in rng.integers(20, 41, 2))
+            pixels = (rng.integers(0, 60, (h, w, 3)) + 120 * (i % 2)).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:03d}.{'jpg' if i % 3 else 'png'}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("stream")
+    pack_folder(write_folder(root / "photos"), root / "packed")
+    return root / "packed"
+
+
+def test_resume_at_an_epoch_boundary_is_bit_identical(shards, tmp_path, monkeypatch, ctrl_c_at):
+    cfg = make_config("quick", data=f"shards:{shards}", **STREAM)
+    train(cfg, out=tmp_path / "straight", verbose=False)
+    ctrl_c_at(4)  # the last of epoch 1's 4 steps: the run stops after epoch 1
+    with pytest.raises(Interrupted):
+        train(cfg, out=tmp_path / "broken", verbose=False)
+    state = load_checkpoint(tmp_path / "broken")["state"]
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
+    monkeypatch.undo()
+    train(resume=tmp_path / "broken", verbose=False)
+    a, _ = load_weights(tmp_path / "straight" / "model.safetensors")
+    b, _ = load_weights(tmp_path / "broken" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+
+
+def test_resume_inside_an_epoch_is_bit_identical(shards, tmp_path, monkeypatch, ctrl_c_at):
+    cfg = make_config("quick", data=f"shards:{shards}", **dict(STREAM, workers=1))
+    train(cfg, out=tmp_path / "straight", verbose=False)
+    ctrl_c_at(7)  # 4 steps and the end of epoch 1 read the flag: epoch 2, step 2
+    with pytest.raises(Interrupted):
+        train(cfg, out=tmp_path / "broken", verbose=False)
+    assert load_checkpoint(tmp_path / "broken")["state"]["step_in_epoch"] == 2
+    monkeypatch.undo()
+    train(resume=tmp_path / "broken", verbose=False)
+    a, _ = load_weights(tmp_path / "straight" / "model.safetensors")
+    b, _ = load_weights(tmp_path / "broken" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+
+
+def test_bad_images_are_counted_in_the_epoch_line_metrics_and_summary(tmp_path, capsys):
+    root = write_folder(tmp_path / "photos")
+    good = next((root / "train" / "c0").glob("*.jpg")).read_bytes()
+    (root / "train" / "c0" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    args = ["train", "--data", f"imagefolder:{root}", "--stream", "--out", str(tmp_path / "run")]
+    flags = ["--model", "resnet20", "--model-kwargs", '{"width": 4}', "--batch-size", "8"]
+    flags += ["--epochs", "2", "--val-split", "0", "--resize", "16", "--progressive-resize", "0"]
+    flags += ["--init", "default", "--tta", "none", "--device", "cpu", "--no-amp"]
+    assert cli.main(args + flags) == 0
+    out = capsys.readouterr().out
+    assert out.count("1 bad images skipped") == 2
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        assert [r["skipped"] for r in csv.DictReader(f)] == ["1", "1"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped_images"] == 2
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["config"]["stream"] is True
+
+
+def test_a_damaged_shard_stops_the_run_before_it_starts(shards, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in shards.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    shard = next(copy.glob("test-*.tar"))
+    shard.write_bytes(shard.read_bytes()[:-512])
+    code = cli.main(["train", "--data", f"shards:{copy}", "--epochs", "1", "--val-split", "0"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"shard {shard} is damaged" in err and len(err.strip().splitlines()) == 1
+
+
+class _KillWhenFlagged:
+    """An extra_transform whose worker dies once `flag` exists (the main process creates it)."""
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+
+    def __call__(self, image, gen):
+        if self.flag.exists() and torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return image
+
+
+def test_a_dead_worker_ends_the_run_and_keeps_the_last_checkpoint(shards, tmp_path, monkeypatch):
+    from resnetlab.data import stream
+
+    flag, original = tmp_path / "kill", stream.StreamLoader.set_epoch
+
+    def set_epoch(self, epoch):  # the training workers die in the second epoch
+        if epoch == 1 and self.shuffle:
+            flag.touch()
+        original(self, epoch)
+
+    class WithExtra(stream.StreamDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.extra_transform = _KillWhenFlagged(flag) if self.train else None
+
+    monkeypatch.setattr(stream.StreamLoader, "set_epoch", set_epoch)
+    monkeypatch.setattr(stream, "StreamDataset", WithExtra)
+    cfg = make_config("quick", data=f"shards:{shards}", **dict(STREAM, workers=1))
+    with pytest.raises(DataError, match="worker failed.*resume with --resume") as e:
+        train(cfg, out=tmp_path / "run", verbose=False)
+    assert "\n" not in str(e.value)
+    assert load_checkpoint(tmp_path / "run")["state"]["epoch"] == 1
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or sys.platform == "win32",
+    reason="needs torch.distributed with Gloo on a POSIX system",
+)
+def test_two_processes_share_the_stream_and_evaluate_every_example_once(tmp_path):
+    root = write_folder(tmp_path / "photos", train=32, test=9)  # 9: shares of 4 and 5
+    pack_folder(root, tmp_path / "packed")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    flags = ["--data", f"shards:{tmp_path / 'packed'}", "--nproc", "2", "--workers", "1"]
+    flags += ["--model", "resnet20", "--model-kwargs", '{"width": 4}', "--batch-size", "8"]
+    flags += ["--epochs", "1", "--val-split", "0", "--resize", "16", "--progressive-resize", "0"]
+    flags += ["--init", "default", "--tta", "none", "--no-amp", "--device", "cpu"]
+    done = subprocess.run(
+        [sys.executable, "-m", "resnetlab", "train", *flags, "--out", str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_count"] == 9 and summary["skipped_images"] == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        assert [r["skipped"] for r in csv.DictReader(f)] == ["0"]
+
+
+def test_streaming_settings_are_checked(tmp_path):
+    from resnetlab.errors import UsageError
+    from resnetlab.train.setup import check_streamed
+
+    with pytest.raises(UsageError, match="--stream reads shards:PATH or imagefolder:PATH"):
+        cfg = make_config("quick", **dict(STREAM, data="fashion-mnist", stream=True))
+        train(cfg, out=tmp_path / "run", verbose=False)
+    with pytest.raises(UsageError, match="--eval-resize and --eval-crop are for streamed data"):
+        check_streamed(make_config("quick", eval_crop=24), None)
+    with pytest.raises(UsageError, match="--eval-crop must be 1 to"):
+        make_config("quick", eval_crop=0)
+    with pytest.raises(UsageError, match="--workers must be zero or positive"):
+        make_config("quick", workers=-1)
+    heard = []
+    check_streamed(make_config("quick", data="shards:x", erasing=0.5), heard.append)
+    assert "--crop-padding, --erasing" in heard[0] and "not applied" in heard[0]
