@@ -201,3 +201,32 @@ def test_streaming_settings_are_checked(tmp_path):
     heard = []
     check_streamed(make_config("quick", data="shards:x", erasing=0.5), heard.append)
     assert "--crop-padding, --erasing" in heard[0] and "not applied" in heard[0]
+
+
+def test_the_recipes_ingredients_apply_to_streamed_batches_and_resume(
+    shards, tmp_path, monkeypatch, ctrl_c_at
+):
+    """--trivial-augment runs in the workers and --mixup/--cutmix on the streamed batches: the
+    weights differ from a plain run's, and a run stopped after epoch 1 resumes to the same bits."""
+    recipe = dict(STREAM, trivial_augment=True, mixup=0.2, cutmix=1.0)
+    train(
+        make_config("quick", data=f"shards:{shards}", **STREAM),
+        out=tmp_path / "plain",
+        verbose=False,
+    )
+    cfg = make_config("quick", data=f"shards:{shards}", **recipe)
+    train(cfg, out=tmp_path / "straight", verbose=False)
+    ctrl_c_at(4)
+    with pytest.raises(Interrupted):
+        train(cfg, out=tmp_path / "broken", verbose=False)
+    monkeypatch.undo()
+    train(resume=tmp_path / "broken", verbose=False)
+    plain, _ = load_weights(tmp_path / "plain" / "model.safetensors")
+    a, _ = load_weights(tmp_path / "straight" / "model.safetensors")
+    b, _ = load_weights(tmp_path / "broken" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    assert not all(torch.equal(a[k], plain[k]) for k in a), "the ingredients changed nothing"
+    only_ta = make_config("quick", data=f"shards:{shards}", **dict(STREAM, trivial_augment=True))
+    train(only_ta, out=tmp_path / "ta", verbose=False)
+    ta, _ = load_weights(tmp_path / "ta" / "model.safetensors")
+    assert not all(torch.equal(ta[k], plain[k]) for k in ta), "--trivial-augment changed nothing"
