@@ -20,6 +20,7 @@ from PIL import Image
 
 from resnetlab import cli
 from resnetlab.data import decode
+from resnetlab.data.loader import Augment
 from resnetlab.data.shards import (
     MANIFEST,
     list_packed,
@@ -28,8 +29,8 @@ from resnetlab.data.shards import (
     pack_builtin,
     pack_folder,
 )
-from resnetlab.data.stream import StreamLoader, make_stream_loaders
-from resnetlab.errors import DataError
+from resnetlab.data.stream import StreamLoader, alternate_flip, make_stream_loaders
+from resnetlab.errors import DataError, UsageError
 
 CLASSES = ("ant", "bee", "cat")
 
@@ -208,6 +209,88 @@ def test_extra_transform_runs_after_the_crop_with_the_sample_generator(packed):
     assert all(torch.equal(d, p // 2) for d, p in zip(dark, plain))
 
 
+def shifted(view: torch.Tensor, dy: int, dx: int, pad: int) -> torch.Tensor:
+    """`view` padded by `pad` black pixels a side, the window at (dy, dx): computed by hand."""
+    c, h, w = view.shape
+    out = torch.zeros_like(view)
+    for y in range(h):
+        for x in range(w):
+            sy, sx = y + dy - pad, x + dx - pad
+            if 0 <= sy < h and 0 <= sx < w:
+                out[:, y, x] = view[:, sy, sx]
+    return out
+
+
+def test_small_image_augmentations_match_the_in_memory_recipe(packed):
+    """Without --random-resized-crop a streamed training image is its evaluation view at the
+    training side, shifted by a padded crop and maybe mirrored (as the in-memory loader does);
+    alternating flips mirror each image in every other epoch; erasing sets boxes to the mean."""
+    split, pad = open_shards(packed, True), 2
+    views = [decode.eval_view(split.read(i), 3, 16, 16) for i in range(len(split))]
+    loader = StreamLoader(
+        split, 8, shuffle=True, size=16, workers=0, augment=Augment(crop_padding=pad, flip=True)
+    )
+    loader.set_epoch(0)
+    keys = [i for batch in loader.epoch_keys() for _, i, _ in batch]
+    images = torch.cat([x for x, _ in loader.host_batches()])
+    offsets, flips = set(), 0
+    for i, image in zip(keys, images):
+        found = [
+            (dy, dx, f)
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+            for f in (False, True)
+            if torch.equal(
+                image,
+                shifted(views[i], dy, dx, pad).flip(-1) if f else shifted(views[i], dy, dx, pad),
+            )
+        ]
+        assert found, f"sample {i} is no padded crop of its view"
+        offsets.add(found[0][:2])
+        flips += found[0][2]
+    assert len(offsets) > 5 and 0 < flips < len(keys)  # random offsets and flips, not one
+
+    alternating = StreamLoader(
+        split, 8, shuffle=True, size=16, workers=0, augment=Augment(flip=True, alternate_flip=True)
+    )
+    seen = {}
+    for epoch in (0, 1, 2):
+        alternating.set_epoch(epoch)
+        keys = [i for batch in alternating.epoch_keys() for _, i, _ in batch]
+        for i, image in zip(keys, torch.cat([x for x, _ in alternating.host_batches()])):
+            mirrored = torch.equal(image, views[i].flip(-1))
+            assert mirrored or torch.equal(image, views[i])
+            assert mirrored == alternate_flip(0, epoch, i)
+            seen.setdefault(i, []).append(mirrored)
+    assert all(m[0] != m[1] and m[0] == m[2] for m in seen.values())
+    assert 0 < sum(m[0] for m in seen.values()) < len(seen)
+
+    mean, std = [0.5] * 3, [0.25] * 3
+    plain, erased = (
+        StreamLoader(
+            split,
+            8,
+            shuffle=True,
+            size=16,
+            workers=0,
+            normalize=(mean, std),
+            augment=Augment(erasing=p),
+        )
+        for p in (0.0, 1.0)
+    )
+    for loader in (plain, erased):
+        loader.set_epoch(0)
+    for (x, _), (e, _) in zip(plain, erased):
+        changed = x != e
+        assert torch.all(e[changed] == 0)  # the mean after normalisation
+        per_image = changed.flatten(1).float().mean(1)
+        assert torch.all(per_image > 0) and torch.all(per_image <= 0.4 + 1e-6)
+    with pytest.raises(UsageError, match="replaces the padded crop"):
+        Augment(crop_padding=1, resized_crop=True)
+    with pytest.raises(UsageError, match="for training loaders"):
+        StreamLoader(split, 8, shuffle=False, workers=0, augment=Augment(flip=True))
+
+
 def test_bad_images_are_skipped_and_counted(folder):
     good = next((folder / "train" / "ant").glob("*.jpg")).read_bytes()
     (folder / "train" / "ant" / "truncated.jpg").write_bytes(good[: len(good) // 2])
@@ -270,12 +353,16 @@ def test_memory_does_not_grow_epoch_to_epoch(tmp_path):
     split = open_image_folder(f"imagefolder:{tmp_path / 'big'}", True)
     loader = StreamLoader(split, 10, shuffle=True, size=224, workers=0)
     rss, kept = [], []
+    gc.collect()
+    before = {id(t) for t in _live_tensors()}  # what earlier tests in this process left alive
     for epoch in range(5):
         for _ in loader_epoch(loader, epoch):
             pass
         gc.collect()
         rss.append(_rss_mib())
-        kept.append(sum(t.nbytes for t in _live_tensors() if t.nbytes >= 100_000))
+        kept.append(
+            sum(t.nbytes for t in _live_tensors() if t.nbytes >= 100_000 and id(t) not in before)
+        )
     # nothing of the size of an image (150 KB at 224 px) outlives its batch, in any epoch
     assert kept == [0] * 5, kept
     # and the process does not grow: the whole set decoded would be 330 MiB more (the floor is

@@ -133,6 +133,7 @@ def test_recipe_settings_are_checked():
         (dict(eval_crop=0), "--eval-crop"),
         (dict(eval_resize=30, eval_crop=31), "--eval-crop 31 is larger"),
         (dict(trivial_augment="yes"), "--trivial-augment"),
+        (dict(random_resized_crop=True), "replaces the padded crop"),  # quick pads its crops
     ):
         with pytest.raises(UsageError, match=match):
             make_config("quick", **bad)
@@ -168,6 +169,7 @@ def test_the_imagenet_preset_trains_on_the_default_data(tmp_path, capsys):
     )
     out, err = capsys.readouterr()
     assert code == 0, err
+    assert "--random-resized-crop crops full-resolution images" in err  # said, not applied
     config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
     assert config["lr"] == 0.0625 and config["eval_crop"] == 32 and config["mixup"] == 0.2
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()

@@ -192,15 +192,17 @@ def test_streaming_settings_are_checked(tmp_path):
     with pytest.raises(UsageError, match="--stream reads shards:PATH or imagefolder:PATH"):
         cfg = make_config("quick", **dict(STREAM, data="fashion-mnist", stream=True))
         train(cfg, out=tmp_path / "run", verbose=False)
-    with pytest.raises(UsageError, match="--eval-resize and --eval-crop are for streamed data"):
-        check_streamed(make_config("quick", eval_crop=24), None)
-    with pytest.raises(UsageError, match="--eval-crop must be 1 to"):
+    with pytest.raises(UsageError, match="--eval-crop must be between 1 and"):
         make_config("quick", eval_crop=0)
     with pytest.raises(UsageError, match="--workers must be zero or positive"):
         make_config("quick", workers=-1)
     heard = []
     check_streamed(make_config("quick", data="shards:x", erasing=0.5), heard.append)
-    assert "--crop-padding, --erasing" in heard[0] and "not applied" in heard[0]
+    assert heard == []  # every augmentation applies to streamed data too
+    check_streamed(make_config("imagenet", data="fashion-mnist"), heard.append)
+    assert "--random-resized-crop" in heard[0] and "not applied" in heard[0]
+    with pytest.raises(UsageError, match="replaces the padded crop"):
+        make_config("quick", **dict(STREAM, data="shards:x", random_resized_crop=True))
 
 
 def test_the_recipes_ingredients_apply_to_streamed_batches_and_resume(

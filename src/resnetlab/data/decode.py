@@ -8,8 +8,10 @@ resampled to the output size by an antialiased bilinear filter on uint8 (torch's
 Pillow's, the filter torchvision's references use on the same box).
 
 Training views are torchvision's RandomResizedCrop (scale (0.08, 1), ratio (3/4, 4/3), 10
-attempts, then a centre crop of the ratio's nearest bound) and a horizontal flip; evaluation views
-are Resize(shorter side) + CenterCrop, computed as one box.
+attempts, then a centre crop of the ratio's nearest bound), or else the evaluation view at the
+output size, padded with black and cut at a random offset as the in-memory loader does (the small
+images' recipe); then a horizontal flip. Evaluation views are Resize(shorter side) +
+CenterCrop, computed as one box.
 """
 
 from __future__ import annotations
@@ -133,13 +135,26 @@ def train_view(
     out: int,
     gen: torch.Generator,
     extra_transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    *,
+    resized_crop: bool = True,
+    crop_padding: int = 0,
+    flip: bool | None = None,
 ) -> torch.Tensor:
-    """A random-resized crop of `out` x `out`, flipped with probability 1/2; then
-    `extra_transform(image, gen)` (e.g. TrivialAugmentWide) when given."""
+    """A training view of `out` x `out`: a random-resized crop (`resized_crop`), or else the
+    evaluation view (shorter side to `out`, centre crop: a whole square image) padded by
+    `crop_padding` black pixels a side and cut at a random offset, torchvision's
+    RandomCrop(padding=p); flipped with probability 1/2 (`flip` None), always (True) or never
+    (False); then `extra_transform(image, gen)` (e.g. TrivialAugmentWide) when given."""
     h, w = image_size(data)
     u = torch.rand(DRAWS, generator=gen, dtype=torch.float64)
-    x = decode_box(data, channels, random_resized_box(h, w, u), out)
-    if u[-1] < 0.5:
+    if resized_crop:
+        x = decode_box(data, channels, random_resized_box(h, w, u), out)
+    else:
+        x = decode_box(data, channels, center_box(h, w, out, out), out)
+        if crop_padding:
+            dy, dx = (int(v * (2 * crop_padding + 1)) for v in u[:2].tolist())
+            x = F.pad(x, (crop_padding,) * 4)[:, dy : dy + out, dx : dx + out].contiguous()
+    if (u[-1] < 0.5) if flip is None else flip:
         x = x.flip(-1)
     return extra_transform(x, gen) if extra_transform is not None else x
 

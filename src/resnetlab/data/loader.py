@@ -49,6 +49,8 @@ class Augment:
         aspect ratio 0.3-3.3, set to 0 after normalization (the mean), as torchvision's RandomErasing.
     trivial: TrivialAugmentWide (data/trivial_augment.py) on each uint8 image as the dataset holds
         it, before the resize, crop and flip; its draws come from a stream of their own.
+    resized_crop: torchvision's RandomResizedCrop instead of the padded crop; it cuts boxes from
+        full-resolution images, which only streamed data keeps (data/stream.py): Loader refuses it.
     """
 
     crop_padding: int = 0
@@ -56,6 +58,7 @@ class Augment:
     erasing: float = 0.0
     alternate_flip: bool = False
     trivial: bool = False
+    resized_crop: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
@@ -66,10 +69,21 @@ class Augment:
             raise UsageError(f"random-erasing probability must lie in [0, 1], not {self.erasing!r}")
         if self.alternate_flip and not self.flip:
             raise UsageError("alternating flips need flips: add --flip, or drop --alternate-flip")
+        if self.resized_crop and self.crop_padding:
+            raise UsageError(
+                "a random-resized crop replaces the padded crop: drop --crop-padding or "
+                "--random-resized-crop"
+            )
 
     @property
     def active(self) -> bool:
-        return self.crop_padding > 0 or self.flip or self.erasing > 0 or self.trivial
+        return (
+            self.crop_padding > 0
+            or self.flip
+            or self.erasing > 0
+            or self.trivial
+            or self.resized_crop
+        )
 
 
 def _stream_seed(seed: int, epoch: int, stream: str) -> int:
@@ -260,6 +274,11 @@ class Loader:
         sizes = _check_resize(resize)
         _check_crop(crop, sizes or tuple(dataset.images.shape[2:]))
         augment = _check_augment(augment, shuffle)
+        if augment.resized_crop:
+            raise UsageError(
+                "random-resized crops need the full-resolution images that streamed data keeps: "
+                "add --stream (or pack the set with `resnetlab data pack`)"
+            )
         channels, height, width = dataset.images.shape[1:]
         mean, std = _check_normalize(normalize, channels, dataset.name)
         _check_epoch_sizes(epoch_sizes, shuffle)
@@ -425,19 +444,7 @@ class Loader:
         if aug.flip and not aug.alternate_flip:  # alternating flips are set by _epoch_params
             p["flip"] = (torch.rand(m, generator=gen) < 0.5)[s0:s1]
         if aug.erasing:
-            apply = torch.rand(m, generator=gen) < aug.erasing
-            u = torch.rand(m, _ERASE_ATTEMPTS, 4, generator=gen, dtype=torch.float64)
-            area = (_ERASE_AREA[0] + u[..., 0] * (_ERASE_AREA[1] - _ERASE_AREA[0])) * h * w
-            aspect = torch.exp(math.log(_ERASE_ASPECT) * (1 - 2 * u[..., 1]))
-            bh, bw = (area * aspect).sqrt().round().long(), (area / aspect).sqrt().round().long()
-            fits = (bh < h) & (bw < w) & (bh > 0) & (bw > 0)
-            first = fits.float().argmax(dim=1, keepdim=True)  # the first attempt that fits
-            pick = lambda t: t.gather(1, first)[:, 0]  # noqa: E731
-            bh, bw = pick(bh), pick(bw)
-            top = (pick(u[..., 2]) * (h - bh + 1)).long()
-            left = (pick(u[..., 3]) * (w - bw + 1)).long()
-            apply &= fits.any(dim=1)
-            p["erase"] = torch.stack([apply.long(), top, left, bh, bw])[:, s0:s1]
+            p["erase"] = draw_erasing(gen, m, h, w, aug.erasing)[:, s0:s1]
         return p
 
     def _transform(self, raw: torch.Tensor, params: dict | None) -> torch.Tensor:
@@ -460,7 +467,7 @@ class Loader:
         if self._shift is not None:
             x.sub_(self._shift)
         if "erase" in params:
-            x = _erase(x, params["erase"])
+            x = erase(x, params["erase"])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -492,7 +499,28 @@ class Loader:
         return torch.matmul(rows, torch.matmul(x, cols_t))
 
 
-def _erase(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def draw_erasing(gen: torch.Generator, m: int, h: int, w: int, p: float) -> torch.Tensor:
+    """Random erasing's boxes for m images of h x w, as torchvision's RandomErasing draws them
+    (applied with probability p; 10 attempts at a box of 2-40 % of the area and aspect ratio
+    0.3-3.3, the first that fits): [5, m] int64 rows (applied, top, left, height, width)."""
+    apply = torch.rand(m, generator=gen) < p
+    u = torch.rand(m, _ERASE_ATTEMPTS, 4, generator=gen, dtype=torch.float64)
+    area = (_ERASE_AREA[0] + u[..., 0] * (_ERASE_AREA[1] - _ERASE_AREA[0])) * h * w
+    aspect = torch.exp(math.log(_ERASE_ASPECT) * (1 - 2 * u[..., 1]))
+    bh, bw = (area * aspect).sqrt().round().long(), (area / aspect).sqrt().round().long()
+    fits = (bh < h) & (bw < w) & (bh > 0) & (bw > 0)
+    first = fits.float().argmax(dim=1, keepdim=True)  # the first attempt that fits
+    pick = lambda t: t.gather(1, first)[:, 0]  # noqa: E731
+    bh, bw = pick(bh), pick(bw)
+    top = (pick(u[..., 2]) * (h - bh + 1)).long()
+    left = (pick(u[..., 3]) * (w - bw + 1)).long()
+    apply &= fits.any(dim=1)
+    return torch.stack([apply.long(), top, left, bh, bw])
+
+
+def erase(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """x (normalised, [b, C, H, W]) with each applied box of `boxes` (draw_erasing's rows) set
+    to 0, the mean, in place."""
     apply, top, left, bh, bw = boxes
     h, w = x.shape[-2:]
     ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)

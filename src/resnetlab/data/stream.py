@@ -25,12 +25,22 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from resnetlab.data import decode
-from resnetlab.data.loader import _check_batching, _check_normalize, _stream_seed, batch_plan
+from resnetlab.data.loader import (
+    Augment,
+    _check_batching,
+    _check_normalize,
+    _stream_seed,
+    batch_plan,
+    draw_erasing,
+    erase,
+)
 from resnetlab.data.shards import StreamSplit
+from resnetlab.data.trivial_augment import trivial_augment_wide
 from resnetlab.errors import DataError, UsageError
 
 EVAL_RATIO = 0.875  # evaluation's crop / resize by default (the ImageNet convention, 224 / 256)
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+IMAGENET_AUGMENT = Augment(flip=True, resized_crop=True)  # StreamLoader's training default
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -38,10 +48,17 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(_stream_seed(seed, epoch, f"sample/{index}"))
 
 
+def alternate_flip(seed: int, epoch: int, index: int) -> bool:
+    """Whether sample `index` is mirrored in `epoch` under alternating flips: a random start of
+    its own (from the seed), then every other epoch."""
+    return bool(_stream_seed(seed, 0, f"flip/{index}") & 1) ^ bool(epoch % 2)
+
+
 class StreamDataset(torch.utils.data.Dataset):
-    """What a worker does for one sample: read, decode, crop, flip (train) or resize and
-    centre-crop (eval), then `extra_transform(image uint8 [C, H, W], generator)` (train only).
-    Indexed by (epoch, sample index, side); returns (image or None, label, error or None)."""
+    """What a worker does for one sample: read, decode, crop and flip as `augment` says (train)
+    or resize and centre-crop (eval), then `extra_transform(image uint8 [C, H, W], generator)`
+    (train only). Indexed by (epoch, sample index, side); returns (image or None, label, error
+    or None)."""
 
     def __init__(
         self,
@@ -51,8 +68,9 @@ class StreamDataset(torch.utils.data.Dataset):
         seed: int = 0,
         eval_resize: int | None = None,
         extra_transform: Transform | None = None,
+        augment: Augment = IMAGENET_AUGMENT,
     ) -> None:
-        self.split, self.train, self.seed = split, train, seed
+        self.split, self.train, self.seed, self.augment = split, train, seed, augment
         self.eval_resize, self.extra_transform = eval_resize, extra_transform
 
     def __len__(self) -> int:
@@ -67,14 +85,30 @@ class StreamDataset(torch.utils.data.Dataset):
             return None, label, str(e)
         try:
             if self.train:
-                gen = sample_generator(self.seed, epoch, i)
-                x = decode.train_view(data, self.split.channels, side, gen, self.extra_transform)
+                x = self._train_view(data, epoch, i, side)
             else:
                 resize = self.eval_resize or round(side / EVAL_RATIO)
                 x = decode.eval_view(data, self.split.channels, resize, side)
         except decode.BadImage:
             return None, label, None
         return x, label, None
+
+    def _train_view(self, data: bytes, epoch: int, i: int, side: int) -> torch.Tensor:
+        aug = self.augment
+        if aug.alternate_flip:
+            flip = alternate_flip(self.seed, epoch, i)
+        else:
+            flip = None if aug.flip else False
+        return decode.train_view(
+            data,
+            self.split.channels,
+            side,
+            sample_generator(self.seed, epoch, i),
+            self.extra_transform,
+            resized_crop=aug.resized_crop,
+            crop_padding=aug.crop_padding,
+            flip=flip,
+        )
 
 
 def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, int, str | None]:
@@ -117,8 +151,10 @@ class StreamLoader:
     """Batches (x float32 [b, C, side, side] on `device`, y int64 [b]) of a StreamSplit.
 
     `batch_size` is the global batch, split across `world_size` processes as Loader splits it.
-    Training (`shuffle=True`) takes random-resized crops of `size` with flips; evaluation resizes
-    the shorter side to `eval_resize` (default round(size / 0.875)) and centre-crops `size`.
+    Training (`shuffle=True`) augments as `augment` says (default: random-resized crops of `size`
+    with flips; its `erasing` boxes are drawn per global batch from (seed, epoch, batch) and
+    applied on the device after normalisation, the rest in the workers); evaluation resizes the
+    shorter side to `eval_resize` (default round(size / 0.875)) and centre-crops `size`.
     `workers` DataLoader processes decode (0: in this process); batches are pinned when the
     device is CUDA and copied without blocking; normalisation happens on the device.
     `skipped`: images of the last epoch iterated that did not decode (left out of their batch).
@@ -143,8 +179,14 @@ class StreamLoader:
         epoch_sizes: Sequence[int] | None = None,
         extra_transform: Transform | None = None,
         prefetch: int = 4,
+        augment: Augment | None = None,
     ) -> None:
         _check_batching(batch_size, shuffle, rank, world_size)
+        if augment is not None and augment.active and not shuffle:
+            raise UsageError("augmentation is for training loaders (shuffle=True)")
+        self.augment = augment or IMAGENET_AUGMENT
+        if self.augment.trivial and extra_transform is None:  # in the workers, after the crop
+            extra_transform = trivial_augment_wide
         if not isinstance(workers, int) or workers < 0:
             raise UsageError(f"workers must be a whole number >= 0, not {workers!r}")
         mean, std = _check_normalize(normalize, split.channels, split.name)
@@ -168,6 +210,7 @@ class StreamLoader:
                 seed=seed,
                 eval_resize=eval_resize,
                 extra_transform=extra_transform,
+                augment=self.augment,
             ),
             batch_sampler=self._sampler,
             num_workers=workers,
@@ -219,8 +262,19 @@ class StreamLoader:
         skip, self._skip = min(self._skip, len(self._plan)), 0
         for _ in range(skip):
             yield None, None
-        for raw, y in self.host_batches(skip):
-            yield self._transform(raw), y.to(self.device, non_blocking=True)
+        for i, (raw, y) in enumerate(self.host_batches(skip), start=skip):
+            x = self._transform(raw)
+            if self.shuffle and self.augment.erasing:
+                x = erase(x, self._erasing(i, len(y)))
+            yield x, y.to(self.device, non_blocking=True)
+
+    def _erasing(self, i: int, n: int) -> torch.Tensor:
+        """Batch i's random-erasing boxes: drawn for the whole global batch from (seed, epoch,
+        i), this process's share taken (its first n when images were left out)."""
+        _, m, s0, s1 = self._plan[i]
+        gen = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch, f"erase/{i}"))
+        boxes = draw_erasing(gen, m, self.side, self.side, self.augment.erasing)
+        return boxes[:, s0:s1][:, :n].to(self.device)
 
     def host_batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's batches from batch `start` on, as the workers make them: uint8
@@ -261,10 +315,14 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def eval_sizes(crop: int | None, resize: int | None, side: int) -> tuple[int, int]:
-    """(resize, crop) of evaluation: crop defaults to the training side, resize to crop / 0.875."""
+def eval_sizes(
+    crop: int | None, resize: int | None, side: int, resized_crop: bool = True
+) -> tuple[int, int]:
+    """(resize, crop) of evaluation: crop defaults to the training side; resize to crop / 0.875
+    after training on random-resized crops (the ImageNet convention), else to the crop (the
+    view training padded and cropped)."""
     crop = crop or side
-    return (resize or round(crop / EVAL_RATIO)), crop
+    return (resize or (round(crop / EVAL_RATIO) if resized_crop else crop)), crop
 
 
 def make_stream_loaders(
@@ -287,8 +345,9 @@ def make_stream_loaders(
     drop_last = common.pop("drop_last", False)
     epoch_sizes = common.pop("epoch_sizes", None)
     extra = common.pop("extra_transform", None)
+    augment = common.pop("augment", None) or IMAGENET_AUGMENT
     side = size or (train or test).side
-    resize, crop = eval_sizes(eval_crop, eval_resize, side)
+    resize, crop = eval_sizes(eval_crop, eval_resize, side, augment.resized_crop)
 
     def evaluation(split):
         if split is None:
@@ -307,6 +366,7 @@ def make_stream_loaders(
             drop_last=drop_last,
             epoch_sizes=epoch_sizes,
             extra_transform=extra,
+            augment=augment,
             **common,
         )
         if train is not None
@@ -316,8 +376,10 @@ def make_stream_loaders(
 
 
 __all__ = [
+    "IMAGENET_AUGMENT",
     "StreamDataset",
     "StreamLoader",
+    "alternate_flip",
     "collate",
     "eval_sizes",
     "make_stream_loaders",

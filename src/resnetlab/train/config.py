@@ -81,6 +81,11 @@ class TrainConfig:
     crop_padding: int = setting(
         0, "random crop after padding each side by this many pixels (0: off)"
     )
+    random_resized_crop: bool = setting(
+        False,
+        "torchvision's RandomResizedCrop (area fraction 0.08-1, aspect 3/4-4/3) from the "
+        "full-resolution image, instead of the padded crop: streamed data only",
+    )
     flip: bool = setting(False, "random horizontal flip")
     alternate_flip: bool = setting(
         False,
@@ -106,7 +111,8 @@ class TrainConfig:
     eval_resize: int | None = setting(
         None,
         "evaluate images resized to PX on their shorter side (default: as --resize trains; "
-        "streamed data: round(eval crop / 0.875)); train and test sizes may differ, FixRes",
+        "after --random-resized-crop: round(eval crop / 0.875)); train and test sizes may "
+        "differ, FixRes",
     )
     eval_crop: int | None = setting(
         None,
@@ -242,6 +248,11 @@ class TrainConfig:
             )
         if self.subset is not None and self.subset <= 0:
             raise UsageError(f"--subset must be positive, got {self.subset}")
+        if self.random_resized_crop and self.crop_padding:
+            raise UsageError(
+                "a random-resized crop replaces the padded crop: drop --crop-padding (add "
+                "--crop-padding 0 after a preset that sets it) or --random-resized-crop"
+            )
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:

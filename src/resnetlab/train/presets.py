@@ -81,7 +81,7 @@ PRESETS: dict[str, dict] = {
     # torchvision's current ResNet-50 recipe ("How to train state-of-the-art models using
     # TorchVision's latest primitives", 2021; references/classification/README.md, resnet50 v2:
     # 80.86 % top-1), each ingredient its own flag:
-    #   --train-crop-size 176        resize=176 (the streamed data path's random-resized crop)
+    #   --train-crop-size 176        resize=176, random_resized_crop (streamed data keeps the photos)
     #   random horizontal flip       flip (ClassificationPresetTrain's hflip_prob 0.5)
     #   --auto-augment ta_wide       trivial_augment (data/trivial_augment.py)
     #   --random-erase 0.1           erasing=0.1
@@ -100,6 +100,7 @@ PRESETS: dict[str, dict] = {
     "imagenet": dict(
         model="resnet50",
         resize=176,
+        random_resized_crop=True,
         eval_resize=232,
         eval_crop=224,
         normalize=True,

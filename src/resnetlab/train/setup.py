@@ -32,7 +32,6 @@ from resnetlab.data import (
 from resnetlab.data.mixing import MixedLoader
 from resnetlab.data.shards import open_stream
 from resnetlab.data.stream import StreamLoader, eval_sizes, make_stream_loaders
-from resnetlab.data.trivial_augment import trivial_augment_wide
 from resnetlab.device import (
     bf16_pays,
     channels_last_pays,
@@ -228,30 +227,32 @@ def weights_metadata(
 
 
 def _stream_eval(cfg: TrainConfig, splits: Splits) -> dict:
-    resize, crop = eval_sizes(cfg.eval_crop, cfg.eval_resize, cfg.resize or splits.train.side)
+    resize, crop = eval_sizes(
+        cfg.eval_crop, cfg.eval_resize, cfg.resize or splits.train.side, cfg.random_resized_crop
+    )
     return {"resize_shorter": resize, "center_crop": crop}
 
 
 def check_streamed(cfg: TrainConfig, say: Callable[[str], None] | None) -> None:
-    """Refuse what the streamed path cannot do; name the in-memory augmentations it replaces."""
-    if not cfg.streamed:
-        if cfg.eval_resize or cfg.eval_crop:
-            raise UsageError("--eval-resize and --eval-crop are for streamed data: add --stream")
-        return
-    ignored = [
-        flag
-        for flag, on in (
-            ("--crop-padding", cfg.crop_padding),
-            ("--erasing", cfg.erasing),
-            ("--alternate-flip", cfg.alternate_flip),
-        )
-        if on
-    ]
-    if ignored and say is not None:
+    """Name what the in-memory path leaves out: random-resized crops need the full-resolution
+    images that only streamed data keeps (the imagenet preset on an in-memory set says so)."""
+    if not cfg.streamed and cfg.random_resized_crop and say is not None:
         say(
-            f"streamed data trains on random-resized crops with flips; {', '.join(ignored)} "
-            "(in-memory augmentations) not applied"
+            "--random-resized-crop crops full-resolution images, which in-memory data does not "
+            "keep: not applied (add --stream, or pack the set with `resnetlab data pack`)"
         )
+
+
+def augmentation(cfg: TrainConfig) -> Augment:
+    """The training augmentations the config asks for, as both data paths take them."""
+    return Augment(
+        crop_padding=cfg.crop_padding,
+        flip=cfg.flip,
+        erasing=cfg.erasing,
+        alternate_flip=cfg.alternate_flip,
+        trivial=cfg.trivial_augment,
+        resized_crop=cfg.random_resized_crop and cfg.streamed,
+    )
 
 
 def whitening_images(cfg: TrainConfig, train: Dataset) -> Iterator[torch.Tensor]:
@@ -487,13 +488,7 @@ def _loaders(cfg, dist, splits, device, channels_last, capture, norm) -> Loaders
         # least one example; a last batch of fewer examples than processes is dropped)
         drop_last=cfg.compile or capture,
         epoch_sizes=epoch_sizes(cfg, splits.train),
-        augment=Augment(
-            crop_padding=cfg.crop_padding,
-            flip=cfg.flip,
-            erasing=cfg.erasing,
-            alternate_flip=cfg.alternate_flip,
-            trivial=cfg.trivial_augment,
-        ),
+        augment=augmentation(cfg),
         resize=cfg.resize,
         eval_resize=cfg.eval_resize,
         eval_crop=cfg.eval_crop,
@@ -539,7 +534,7 @@ def _stream_loaders(cfg, dist, splits, device, channels_last, capture, norm) -> 
         rank=dist.rank,
         world_size=dist.world_size,
         workers=cfg.workers,
-        extra_transform=trivial_augment_wide if cfg.trivial_augment else None,
+        augment=augmentation(cfg),
     )
     return _mixed(_check_nonempty(loaders, cfg, splits), cfg, splits)
 
