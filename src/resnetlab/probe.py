@@ -143,7 +143,7 @@ def probe(
     make_step: Callable[[Candidate], Callable[[], None]],
     expected_steps: int | None,
     *,
-    max_seconds: float = MAX_SECONDS,
+    max_seconds: float | None = None,
     max_fraction: float = MAX_FRACTION,
     timed_steps: int = TIMED_STEPS,
     clock: Callable[[], float] = time.perf_counter,
@@ -151,7 +151,9 @@ def probe(
 ) -> ProbeResult:
     """The fastest of `candidates` (the first is the fallback) for the run `key` describes.
     `make_step(candidate)` returns a function that runs one training step (device drained);
-    `expected_steps`: the run's steps (None: only `max_seconds` bounds the probe)."""
+    `expected_steps`: the run's steps (None: only `max_seconds`, default MAX_SECONDS, bounds
+    the probe)."""
+    max_seconds = MAX_SECONDS if max_seconds is None else max_seconds
     path = cache_path() if path is None else path
     cache_key = json.dumps(key, sort_keys=True)
     known = _read_cache(path).get(cache_key, {})
