@@ -161,9 +161,22 @@ def _json_object(text: str) -> dict:
     return value
 
 
+UNSET = object()  # `--subset none` and the like: the setting set to None, not left as it was
+
+
+def _none_or(kind):
+    """argparse's type for a setting that may be None: the word none (or null) unsets it."""
+
+    def parse(text: str):
+        return UNSET if text.lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
 def _add_config_flags(parser) -> None:
     """One flag per TrainConfig field, from its type and help text; None (not given) leaves the
-    preset's value."""
+    preset's value; the word none sets an optional one to None (e.g. a saved --config's subset)."""
     import dataclasses
 
     from resnetlab.train.config import TrainConfig, field_types, flag_name
@@ -179,12 +192,13 @@ def _add_config_flags(parser) -> None:
             )
             continue
         kind = _json_object if dict in kinds else next(k for k in kinds if k is not type(None))
+        optional = type(None) in kinds and not meta["choices"]
         group.add_argument(
             flag,
-            type=kind,
+            type=_none_or(kind) if optional else kind,
             choices=meta["choices"],
             default=None,
-            help=meta["help"],
+            help=meta["help"] + (" (none: unset)" if optional else ""),
             metavar=None if meta["choices"] else f.name.upper(),
         )
 
@@ -216,20 +230,25 @@ def _cmd_train(args) -> int:
 
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    unset = dict.fromkeys(k for k, v in overrides.items() if v is UNSET)
+
+    def configuration() -> TrainConfig:
+        base = read_config_file(args.config) if args.config else None
+        given = {k: v for k, v in overrides.items() if k not in unset}
+        return dataclasses.replace(make_config(args.preset, base=base, **given), **unset)
+
     if args.show_config:
         if args.resume:
             raise UsageError(
                 "--show-config shows a new run's settings; a run's own are in RUN/config.json"
             )
-        base = read_config_file(args.config) if args.config else None
-        _print_json(make_config(args.preset, base=base, **overrides).to_dict())
+        _print_json(configuration().to_dict())
         return 0
     if args.nproc is not None and args.nproc != 1:
         # what can be refused before torchrun starts: the resolved settings' batch size
         batch = None
         if not args.resume:
-            base = read_config_file(args.config) if args.config else None
-            batch = make_config(args.preset, base=base, **overrides).batch_size
+            batch = configuration().batch_size
         return launch_local(args.nproc, _without_nproc(args.argv[1:]), batch_size=batch)
     if overrides.get("tensorboard"):  # the missing extra is one line before anything starts
         from resnetlab.report.tensorboard import require_tensorboard
@@ -243,9 +262,9 @@ def _cmd_train(args) -> int:
             refuse_with_resume(["--" + k.replace("_", "-") for k in given])
             summary = train(resume=args.resume, json_output=args.json)
         else:
-            base = read_config_file(args.config) if args.config else None
-            cfg = make_config(args.preset, base=base, **overrides)
-            summary = train(cfg, out=args.out, overwrite=args.overwrite, json_output=args.json)
+            summary = train(
+                configuration(), out=args.out, overwrite=args.overwrite, json_output=args.json
+            )
     except ResnetlabError as e:
         report = error_to_report(
             e

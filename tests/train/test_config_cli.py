@@ -38,7 +38,7 @@ def test_every_field_is_a_flag_with_its_help():
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         assert flag in flags, flag
-        assert flags[flag].help == f.metadata["help"]
+        assert flags[flag].help.removesuffix(" (none: unset)") == f.metadata["help"]
 
 
 def test_flags_reach_the_config(captured):
@@ -115,6 +115,19 @@ def test_config_file_is_the_start_and_flags_override_it(tmp_path, captured):
     )  # best's width was resnet20's
 
 
+def test_the_word_none_unsets_an_optional_setting(tmp_path, captured):
+    """A sweep's best.json holds its --subset: `--subset none` reruns it on the full data."""
+    saved = tmp_path / "best.json"
+    saved.write_text(json.dumps({"config": make_config("quick", subset=2000, resize=32).to_dict()}))
+    assert cli.main(["train", "--config", str(saved), "--subset", "none", "--epochs", "3"]) == 0
+    cfg = captured[0][0]
+    assert cfg.subset is None and cfg.resize == 32 and cfg.epochs == 3
+    assert cli.main(["train", "--config", str(saved), "--resize", "NONE"]) == 0
+    assert captured[1][0].subset == 2000 and captured[1][0].resize is None
+    assert cli.main(["train", "--config", str(saved)]) == 0  # not given: as saved
+    assert (captured[2][0].subset, captured[2][0].resize) == (2000, 32)
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -157,7 +170,14 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, capsys, captured, argv, mes
 
 
 @pytest.mark.parametrize(
-    "argv", [["--epochs", "ten"], ["--model-kwargs", "[1]"], ["--optimizer", "lion"]]
+    "argv",
+    [
+        ["--epochs", "ten"],
+        ["--model-kwargs", "[1]"],
+        ["--optimizer", "lion"],
+        ["--epochs", "none"],  # not optional: no word unsets it
+        ["--subset", "few"],
+    ],
 )
 def test_ill_typed_flags_exit_2(capsys, captured, argv):
     with pytest.raises(SystemExit) as exit_info:
