@@ -133,7 +133,7 @@ def main(n: int = 300) -> None:
         print(f"    decode only, Pillow (full size):       {best['pillow']:8.1f} images/s")
         print(f"(d) decode only, Pillow draft (1/2 scale): {best['pillow-draft']:8.1f} images/s")
         print(f"    decode only, simplejpeg (1/2 scale):   {best['simplejpeg-half']:8.1f} images/s")
-        print(f"a/b = {best['a'] / best['b']:.2f} (best of passes 2-3, {WORKERS} workers each)")
+        print(f"a/b = {best['a'] / best['b']:.3f} (best of passes 2-3, {WORKERS} workers each)")
         assert math.isfinite(best["a"])
 
 
