@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, default_collate
 from resnetlab.data import decode
 from resnetlab.data.loader import (
     Augment,
+    _check_augment,
     _check_batching,
     _check_normalize,
     _stream_seed,
@@ -182,9 +183,7 @@ class StreamLoader:
         augment: Augment | None = None,
     ) -> None:
         _check_batching(batch_size, shuffle, rank, world_size)
-        if augment is not None and augment.active and not shuffle:
-            raise UsageError("augmentation is for training loaders (shuffle=True)")
-        self.augment = augment or IMAGENET_AUGMENT
+        self.augment = IMAGENET_AUGMENT if augment is None else _check_augment(augment, shuffle)
         if self.augment.trivial and extra_transform is None:  # in the workers, after the crop
             extra_transform = trivial_augment_wide
         if not isinstance(workers, int) or workers < 0:
