@@ -163,3 +163,24 @@ def eval_view(data: bytes, channels: int, resize: int, crop: int) -> torch.Tenso
     """Resize(shorter side to `resize`) + CenterCrop(`crop`), as uint8 [C, crop, crop]."""
     h, w = image_size(data)
     return decode_box(data, channels, center_box(h, w, resize, crop), crop)
+
+
+def decode_image(data: bytes, channels: int, *, accurate: bool = False) -> torch.Tensor:
+    """The whole image at its own size, uint8 [C, H, W]; `accurate`: JPEG with libjpeg-turbo's
+    accurate IDCT and upsampling (the evaluation view's: the pixels Pillow and torchvision decode)
+    instead of the fast ones."""
+    try:
+        if is_jpeg(data) and simplejpeg is not None:
+            array = simplejpeg.decode_jpeg(
+                data,
+                colorspace="GRAY" if channels == 1 else "RGB",
+                fastdct=not accurate,
+                fastupsample=not accurate,
+            )
+        else:
+            with Image.open(io.BytesIO(data)) as im:
+                array = np.array(im.convert("L" if channels == 1 else "RGB"))
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt: the caller skips and counts it
+        raise BadImage(str(e)) from None
+    array = array.reshape(array.shape[0], array.shape[1], -1)
+    return torch.from_numpy(array).permute(2, 0, 1)
