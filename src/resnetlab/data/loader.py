@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab.data.datasets import Dataset
+from resnetlab.data.eval_view import crop_offsets, resized_size
 from resnetlab.data.trivial_augment import OPS, apply_op, draw_op
 from resnetlab.errors import UsageError
 
@@ -196,10 +197,8 @@ def _check_crop(crop: int | None, size: tuple[int, int]) -> None:
 
 def shorter_side(size: int, height: int, width: int) -> tuple[int, int]:
     """(height, width) with the shorter side resized to `size`, the aspect ratio kept as
-    torchvision's Resize(size) keeps it (the longer side truncated)."""
-    if height <= width:
-        return size, int(size * width / height)
-    return int(size * height / width), size
+    torchvision's Resize(size) keeps it (the evaluation view's arithmetic, data/eval_view.py)."""
+    return resized_size(height, width, size)
 
 
 def _check_epoch_sizes(epoch_sizes: Sequence[int] | None, shuffle: bool) -> None:
@@ -328,8 +327,7 @@ class Loader:
                 self.device
             )
             if self.crop:  # the centre crop: the middle rows of each matrix (torchvision's offsets)
-                top = int(round((out_size[0] - self.crop) / 2.0))
-                left = int(round((out_size[1] - self.crop) / 2.0))
+                top, left = crop_offsets(*out_size, self.crop)
                 rows, cols = rows[top : top + self.crop], cols[left : left + self.crop]
                 same = False
             # Every crop offset (and its mirror image) of the weights, made once: a batch picks its

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from resnetlab.data import decode
+from resnetlab.data.eval_view import EvalView, default_view
 from resnetlab.data.loader import (
     Augment,
     _check_augment,
@@ -39,7 +40,6 @@ from resnetlab.data.shards import StreamSplit
 from resnetlab.data.trivial_augment import trivial_augment_wide
 from resnetlab.errors import DataError, UsageError
 
-EVAL_RATIO = 0.875  # evaluation's crop / resize by default (the ImageNet convention, 224 / 256)
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 IMAGENET_AUGMENT = Augment(flip=True, resized_crop=True)  # StreamLoader's training default
 
@@ -57,7 +57,7 @@ def alternate_flip(seed: int, epoch: int, index: int) -> bool:
 
 class StreamDataset(torch.utils.data.Dataset):
     """What a worker does for one sample: read, decode, crop and flip as `augment` says (train)
-    or resize and centre-crop (eval), then `extra_transform(image uint8 [C, H, W], generator)`
+    or show its evaluation `view` (eval), then `extra_transform(image uint8 [C, H, W], generator)`
     (train only). Indexed by (epoch, sample index, side); returns (image or None, label, error
     or None)."""
 
@@ -67,12 +67,12 @@ class StreamDataset(torch.utils.data.Dataset):
         *,
         train: bool,
         seed: int = 0,
-        eval_resize: int | None = None,
+        view: EvalView | None = None,
         extra_transform: Transform | None = None,
         augment: Augment = IMAGENET_AUGMENT,
     ) -> None:
         self.split, self.train, self.seed, self.augment = split, train, seed, augment
-        self.eval_resize, self.extra_transform = eval_resize, extra_transform
+        self.view, self.extra_transform = view, extra_transform
 
     def __len__(self) -> int:
         return len(self.split)
@@ -88,8 +88,7 @@ class StreamDataset(torch.utils.data.Dataset):
             if self.train:
                 x = self._train_view(data, epoch, i, side)
             else:
-                resize = self.eval_resize or round(side / EVAL_RATIO)
-                x = decode.eval_view(data, self.split.channels, resize, side)
+                x = (self.view or default_view(side)).read(data, self.split.channels)
         except decode.BadImage:
             return None, label, None
         return x, label, None
@@ -154,8 +153,9 @@ class StreamLoader:
     `batch_size` is the global batch, split across `world_size` processes as Loader splits it.
     Training (`shuffle=True`) augments as `augment` says (default: random-resized crops of `size`
     with flips; its `erasing` boxes are drawn per global batch from (seed, epoch, batch) and
-    applied on the device after normalisation, the rest in the workers); evaluation resizes the
-    shorter side to `eval_resize` (default round(size / 0.875)) and centre-crops `size`.
+    applied on the device after normalisation, the rest in the workers); evaluation shows each
+    image through `view` (data/eval_view.py; default: default_view(size), Resize(round(size /
+    0.875)) + CenterCrop(size)), its batches of side `view.crop`.
     `workers` DataLoader processes decode (0: in this process); batches are pinned when the
     device is CUDA and copied without blocking; normalisation happens on the device.
     `skipped`: images of the last epoch iterated that did not decode (left out of their batch).
@@ -168,7 +168,7 @@ class StreamLoader:
         *,
         shuffle: bool,
         size: int | None = None,
-        eval_resize: int | None = None,
+        view: EvalView | None = None,
         normalize: tuple[Sequence[float], Sequence[float]] | None = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
@@ -193,6 +193,9 @@ class StreamLoader:
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.device, self.channels_last = torch.device(device), channels_last
         self.side = size or split.side
+        self.view = None if shuffle else view or default_view(self.side)
+        if self.view is not None:  # evaluation's batches are the view's crops
+            self.side = self.view.crop
         self.out_size = (self.side, self.side)
         self.epoch_sizes = list(epoch_sizes) if epoch_sizes else None
         self.epoch, self.skipped, self._skip = 0, 0, 0
@@ -207,7 +210,7 @@ class StreamLoader:
                 split,
                 train=shuffle,
                 seed=seed,
-                eval_resize=eval_resize,
+                view=self.view,
                 extra_transform=extra_transform,
                 augment=self.augment,
             ),
@@ -314,16 +317,6 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def eval_sizes(
-    crop: int | None, resize: int | None, side: int, resized_crop: bool = True
-) -> tuple[int, int]:
-    """(resize, crop) of evaluation: crop defaults to the training side; resize to crop / 0.875
-    after training on random-resized crops (the ImageNet convention), else to the crop (the
-    view training padded and cropped)."""
-    crop = crop or side
-    return (resize or (round(crop / EVAL_RATIO) if resized_crop else crop)), crop
-
-
 def make_stream_loaders(
     train: StreamSplit | None,
     val: StreamSplit | None,
@@ -346,14 +339,12 @@ def make_stream_loaders(
     extra = common.pop("extra_transform", None)
     augment = common.pop("augment", None) or IMAGENET_AUGMENT
     side = size or (train or test).side
-    resize, crop = eval_sizes(eval_crop, eval_resize, side, augment.resized_crop)
+    view = default_view(side, eval_resize, eval_crop, augment.resized_crop)
 
     def evaluation(split):
         if split is None:
             return None
-        return StreamLoader(
-            split, eval_batch, shuffle=False, size=crop, eval_resize=resize, **common
-        )
+        return StreamLoader(split, eval_batch, shuffle=False, view=view, **common)
 
     loader = (
         StreamLoader(
@@ -380,7 +371,6 @@ __all__ = [
     "StreamLoader",
     "alternate_flip",
     "collate",
-    "eval_sizes",
     "make_stream_loaders",
     "sample_generator",
 ]

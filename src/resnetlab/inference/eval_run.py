@@ -8,11 +8,10 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data import load_dataset
 from resnetlab.device import resolve_device
 from resnetlab.errors import UsageError
 from resnetlab.inference.evaluation import evaluate
-from resnetlab.inference.loading import load_model, loader_for
+from resnetlab.inference.loading import load_model, loader_for, open_test_set
 from resnetlab.inference.onnx import load_onnx_model
 from resnetlab.inference.tta import with_tta
 from resnetlab.report.html import read_json
@@ -26,6 +25,9 @@ from resnetlab.report.mistakes import (
 from resnetlab.report.runs import has_test_figures
 
 PRECISIONS = ("run", "fp32", "bf16")
+EVAL_WORKERS = (
+    2  # processes decoding a streamed test set where no run says (StreamLoader's default)
+)
 
 
 def evaluate_run(
@@ -58,9 +60,9 @@ def evaluate_run(
     if onnx:
         dev = torch.device("cpu")
         how.update(amp=False, channels_last=False, precision_source="onnxruntime runs float32")
-    test_set = load_dataset(
-        data or meta["data"], train=False, root=data_dir, subset=how["subset"], seed=how["seed"]
-    )
+    test_set = open_test_set(
+        meta, data, root=data_dir, subset=how["subset"], seed=how["seed"]
+    )  # a packed set (shards:PATH) streamed through the run's evaluation view
     if test_set.images.shape[1] != meta["in_chans"] or len(test_set.classes) != meta["num_classes"]:
         raise UsageError(
             f"{data or meta['data']} has {test_set.images.shape[1]} channels and {len(test_set.classes)} classes, "
@@ -74,6 +76,7 @@ def evaluate_run(
         batch_size=batch_size or how["batch_size"],
         device=dev,
         channels_last=how["channels_last"],
+        workers=how["workers"],
     )
     net = with_tta(model, tta)  # the trainer's final test figure uses the same views
     found = {}
@@ -114,6 +117,8 @@ def _as_the_run(source, dev: torch.device, data: str, precision: str, full_test:
     record = read_json((source if source.is_dir() else source.parent) / "config.json")
     record = record if isinstance(record, dict) else {}
     cfg = record.get("config") if isinstance(record.get("config"), dict) else {}
+    workers = cfg.get("workers", EVAL_WORKERS)  # the run's decoding processes, whatever the data
+    workers = workers if isinstance(workers, int) and workers >= 0 else EVAL_WORKERS
     if cfg.get("data") != data:
         cfg = {}  # another dataset (or no run): nothing of the run applies
     same_kind = bool(cfg) and str(record.get("device", "")).split(":")[0] == dev.type
@@ -134,6 +139,7 @@ def _as_the_run(source, dev: torch.device, data: str, precision: str, full_test:
         "batch_size": -(-cfg["batch_size"] // world) if cfg.get("batch_size") else 256,
         "precision_source": source_of,
         "tta": cfg.get("tta", "none"),  # the views of the run's own final figure
+        "workers": workers,  # decoding processes for a streamed test set
         "test_examples": f"the run's --subset {subset} (seed {cfg.get('seed', 0)})"
         if subset
         else "all",
@@ -246,8 +252,8 @@ def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int
     model, meta = load_model(kept, dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    test_set = load_dataset(
-        cfg["data"], False, cfg.get("data_dir"), subset=cfg.get("subset"), seed=cfg["seed"]
+    test_set = open_test_set(
+        meta, cfg["data"], root=cfg.get("data_dir"), subset=cfg.get("subset"), seed=cfg["seed"]
     )
     loader = loader_for(
         meta,
@@ -255,6 +261,7 @@ def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int
         batch_size=max(cfg["batch_size"], batch_size),
         device=dev,
         channels_last=channels_last,
+        workers=cfg.get("workers", EVAL_WORKERS),
     )
     model = with_tta(
         model, cfg.get("tta", "none")

@@ -11,7 +11,7 @@ import torch
 
 from resnetlab.data import Dataset
 from resnetlab.errors import UsageError, first_line
-from resnetlab.inference.loading import loader_for
+from resnetlab.inference.loading import eval_view, loader_for
 
 # The largest image `predict` decodes: Pillow's own decompression-bomb threshold (~89.5 million
 # pixels). Above it a small file could claim gigabytes; the header is checked before decoding.
@@ -111,7 +111,22 @@ def preprocess(
     images: list[torch.Tensor], meta: dict, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """uint8 [C, H, W] images of any size -> the model's float batch, through the loader's own
-    transform: resized (bilinear, antialiased) to the model's input size and normalised as in training."""
+    transform: shown through a streamed run's evaluation view (data/eval_view.py, as `eval`
+    shows its test images), else resized (bilinear, antialiased) to the model's input size; then
+    normalised as in training."""
+    view = eval_view(meta)
+    if view is not None:
+        shown = torch.stack([view.apply(img) for img in images])
+        labels = torch.zeros(len(shown), dtype=torch.int64)
+        side = (view.crop, view.crop)  # already the view's size: normalised only
+        loader = loader_for(
+            meta,
+            Dataset("images", shown, labels),
+            batch_size=len(shown),
+            device=device,
+            resize=side,
+        )
+        return next(iter(loader))[0]
     _, height, width = meta["input_size"]
     batches = []
     for img in images:

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data import Dataset, Loader, make_loaders
+from resnetlab.data import Dataset, Loader, load_dataset, make_loaders
+from resnetlab.data.datasets import IMAGEFOLDER
+from resnetlab.data.eval_view import EvalView, default_view
+from resnetlab.data.shards import StreamSplit, is_stream_name, open_stream
+from resnetlab.data.stream import StreamLoader
 from resnetlab.errors import CheckpointError
 from resnetlab.models import create_model
 from resnetlab.models.fuse import fuse_bn
@@ -70,18 +74,73 @@ def load_model(source: str | Path, device: torch.device | str = "cpu"):
     return model.to(device).eval(), meta
 
 
+def eval_view(meta: dict) -> EvalView | None:
+    """The evaluation view a streamed run recorded in its weights (None: an in-memory run, or a
+    file from before views were recorded: evaluated at its resize and eval sizes, as before)."""
+    return EvalView.from_metadata(meta)
+
+
+def view_for_stream(meta: dict, split: StreamSplit) -> EvalView:
+    """How a model sees a streamed test set: its run's view; for a model trained in memory, the
+    whole image, square, at its input size (the view of its evaluation, fixed-size images)."""
+    view = eval_view(meta)
+    if view is not None:
+        return view
+    side = meta.get("eval_crop") or meta.get("resize") or meta["input_size"][-1]
+    return default_view(side, meta.get("eval_resize"), meta.get("eval_crop"), resized_crop=False)
+
+
+def open_test_set(
+    meta: dict,
+    data: str | None = None,
+    *,
+    root: str | None = None,
+    subset: int | None = None,
+    seed: int = 0,
+) -> Dataset | StreamSplit:
+    """The test split of `data` (default: the run's) as eval reads it: a packed set (shards:PATH)
+    streamed from disk, an image folder streamed when the run streamed it (a view recorded), and
+    anything else into memory; `subset`: the seeded random subset a run's --subset takes."""
+    name = data or meta["data"]
+    if is_stream_name(name) or (eval_view(meta) and name.startswith(IMAGEFOLDER)):
+        split = open_stream(name, False)
+        return split.take(min(subset, len(split)), seed=seed) if subset is not None else split
+    return load_dataset(name, train=False, root=root, subset=subset, seed=seed)
+
+
 def loader_for(
     meta: dict,
-    dataset: Dataset,
+    dataset: Dataset | StreamSplit,
     *,
     batch_size: int,
     device: torch.device | str = "cpu",
     channels_last: bool = False,
     resize=None,
-) -> Loader:
+    workers: int = 0,
+) -> Loader | StreamLoader:
     """`dataset` in order, in batches, as the model of `meta` was shown its data in training
-    (resized, normalised; `resize` overrides the size)."""
+    (resized, normalised; `resize` overrides the size). A streamed split is shown through the
+    run's evaluation view (view_for_stream), decoded by `workers` processes; an in-memory one
+    through the view's sizes when the run recorded one."""
     transform = input_transform(meta)
+    if isinstance(dataset, StreamSplit):
+        return StreamLoader(
+            dataset,
+            batch_size,
+            shuffle=False,
+            view=view_for_stream(meta, dataset),
+            normalize=transform["normalize"],
+            device=device,
+            channels_last=channels_last,
+            workers=workers,
+        )
+    view = eval_view(meta)
+    if view is not None and resize is None:  # a streamed run's model on an in-memory set
+        transform = {
+            "normalize": transform["normalize"],
+            "eval_resize": view.resize,
+            "eval_crop": view.crop,
+        }
     if resize is not None:  # the caller's size replaces the run's evaluation sizes too
         transform = {"resize": resize, "normalize": transform["normalize"]}
     return make_loaders(

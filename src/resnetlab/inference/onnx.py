@@ -10,6 +10,8 @@ metadata_props, each value a JSON string:
     classes      ["T-shirt/top", ...]       class names, in logit order
     input_size   [C, H, W]                  the input the graph takes
     resize       28 or null                 the size training resized images to (null: none)
+    eval_view    {"resize_shorter": 232, "center_crop": 224} or absent: a streamed run's view
+                 (data/eval_view.py): Resize(shorter side) + CenterCrop, input_size the crop
     normalize    {"mean": [..], "std": [..]} or null: (x / 255 - mean) / std per channel
     preprocess   a sentence saying the same in words
     model, data, resnetlab_version
@@ -39,13 +41,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnetlab.data import load_dataset
 from resnetlab.data.datasets import IMAGEFOLDER, resolve_spec
+from resnetlab.data.shards import is_stream_name
 from resnetlab.data.sources import open_split
 from resnetlab.errors import DataError, ExportError, ResnetlabError, UsageError, first_line
 from resnetlab.fileio import write_bytes
 from resnetlab.inference.images import in_order, preprocess, read_images
-from resnetlab.inference.loading import load_model, loader_for, resolve_weights
+from resnetlab.inference.loading import (
+    eval_view,
+    load_model,
+    loader_for,
+    open_test_set,
+    resolve_weights,
+)
 from resnetlab.models.fuse import fuse_bn
 from resnetlab.version import __version__
 
@@ -55,7 +63,7 @@ ONNX_EXTRA = "pip install 'resnetlab[onnx]'"
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_CHECK_IMAGES = 64
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-META_KEYS = ("classes", "input_size", "resize", "normalize", "model", "data")
+META_KEYS = ("classes", "input_size", "resize", "normalize", "model", "data", "eval_view")
 
 
 def require_onnx():
@@ -171,9 +179,15 @@ def _to_onnx(
 def _props(meta: dict) -> dict[str, str]:
     norm = meta.get("normalize")
     c, h, w = meta["input_size"]
+    view = eval_view(meta)
+    shown = (
+        f"the shorter side resized to {view.resize} (bilinear, antialiased), the centre {h}x{w} cut"
+        if view
+        else f"resized to {h}x{w} when of another size (bilinear, antialiased)"
+    )
     words = (
         f"float32 NCHW batch of {c}-channel {h}x{w} images ({'grey' if c == 1 else 'RGB'}), "
-        f"pixel values divided by 255, resized to {h}x{w} when of another size (bilinear, antialiased)"
+        f"pixel values divided by 255, {shown}"
         + (", then (x - mean) / std per channel with `normalize`" if norm else ", not normalised")
     )
     props = {k: json.dumps(meta.get(k)) for k in META_KEYS}
@@ -411,11 +425,11 @@ def _test_batch(meta: dict, count: int, data_dir: str | None) -> tuple[torch.Ten
     if not name:
         return None, "random normal inputs (the weights name no dataset)"
     try:
-        if not name.startswith(IMAGEFOLDER):
+        if not (name.startswith(IMAGEFOLDER) or is_stream_name(name)):
             open_split(
                 resolve_spec(name), False, data_dir, download=False
             )  # found here? (downloads nothing)
-        test = load_dataset(name, train=False, root=data_dir)
+        test = open_test_set(meta, name, root=data_dir)  # a packed set: through the run's view
     except DataError:
         return None, f"random normal inputs ({name}'s test data was not found)"
     if tuple(test.images.shape[1:2]) != (meta["in_chans"],):
@@ -457,6 +471,9 @@ def export_run(
             f"{weights} is already an ONNX model; export takes a run folder or a .safetensors file"
         )
     model, meta = load_model(weights, "cpu")
+    view = eval_view(meta)
+    if view is not None:  # a streamed run: the graph takes its evaluation view's crops
+        meta["input_size"] = [meta["in_chans"], view.crop, view.crop]
     out = Path(out) if out else default_onnx_path(weights)
     if out.suffix != ".onnx":
         raise UsageError(f"--out {out} should end in .onnx")
@@ -468,7 +485,11 @@ def export_run(
         classes=meta.get("classes"),
         resize=meta.get("resize"),
         normalize=meta.get("normalize"),
-        meta={"model": meta["model"], "data": meta.get("data")},
+        meta={
+            "model": meta["model"],
+            "data": meta.get("data"),
+            **({"eval_view": view.to_metadata()} if view else {}),
+        },
         check_inputs=inputs,
         check_source=described,
         opset=opset,

@@ -111,8 +111,8 @@ class TrainConfig:
     eval_resize: int | None = setting(
         None,
         "evaluate images resized to PX on their shorter side (default: as --resize trains; "
-        "after --random-resized-crop: round(eval crop / 0.875)); train and test sizes may "
-        "differ, FixRes",
+        "after --random-resized-crop: round(eval crop / 0.875); a --resize you give replaces "
+        "a preset's evaluation sizes); train and test sizes may differ, FixRes",
     )
     eval_crop: int | None = setting(
         None,

@@ -193,6 +193,10 @@ def make_config(preset: str | None = None, *, base: dict | None = None, **overri
         settings["init"] = (
             "default"  # a preset's whitened first layer gives way to pretrained weights
         )
+    if "resize" in given:
+        # a --resize of the user's own carries to evaluation where --eval-* do not say otherwise:
+        # a preset's (or saved config's) evaluation sizes were chosen for its own training size
+        settings.update({k: None for k in ("eval_resize", "eval_crop") if k not in given})
     settings.update(given)
     if preset == "imagenet" and all(
         isinstance(settings[k], int) and settings[k] > 0 for k in ("batch_size", "epochs")

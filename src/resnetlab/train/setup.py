@@ -29,9 +29,10 @@ from resnetlab.data import (
     make_loaders,
     split_dataset,
 )
+from resnetlab.data.eval_view import EvalView, default_view
 from resnetlab.data.mixing import MixedLoader
 from resnetlab.data.shards import open_stream
-from resnetlab.data.stream import StreamLoader, eval_sizes, make_stream_loaders
+from resnetlab.data.stream import StreamLoader, make_stream_loaders
 from resnetlab.device import (
     bf16_pays,
     channels_last_pays,
@@ -52,6 +53,7 @@ from resnetlab.train.checkpoint import restore_checkpoint
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.engine import TrainState
 from resnetlab.train.graphs import CapturedEvaluator, CapturedStep, CaptureFallback
+from resnetlab.train.presets import PRESETS
 from resnetlab.train.probing import Policy, resolve_policy
 from resnetlab.train.steps import EagerStep, WeightAverage, init_weights, make_optimizer
 from resnetlab.train.whiten import WHITEN_IMAGES, whiten_first_conv
@@ -221,16 +223,31 @@ def weights_metadata(
         **{k: getattr(cfg, k) for k in ("eval_resize", "eval_crop") if getattr(cfg, k) is not None},
         "normalize": {"mean": norm[0], "std": norm[1]} if norm else None,
         "data": cfg.data,
-        # streamed data is evaluated as Resize(shorter side) + CenterCrop (data/stream.py)
-        **({"eval_transform": _stream_eval(cfg, splits)} if cfg.streamed else {}),
+        # streamed data is evaluated through its view (data/eval_view.py): eval, predict, export
+        # and the report show images to the model as this run's evaluation did
+        **({"eval_view": stream_view(cfg, splits).to_metadata()} if cfg.streamed else {}),
     }
 
 
-def _stream_eval(cfg: TrainConfig, splits: Splits) -> dict:
-    resize, crop = eval_sizes(
-        cfg.eval_crop, cfg.eval_resize, cfg.resize or splits.train.side, cfg.random_resized_crop
+def stream_view(cfg: TrainConfig, splits: Splits) -> EvalView:
+    """The evaluation view of a streamed run (what make_stream_loaders evaluates through)."""
+    return default_view(
+        cfg.resize or splits.train.side, cfg.eval_resize, cfg.eval_crop, cfg.random_resized_crop
     )
-    return {"resize_shorter": resize, "center_crop": crop}
+
+
+def check_eval_sizes(cfg: TrainConfig, say: Callable[[str], None] | None) -> None:
+    """One line where evaluation shows larger images than the --resize the user chose (one
+    other than the preset's): a model trained on small images is then tested on larger ones."""
+    if say is None or not cfg.resize or cfg.resize == PRESETS.get(cfg.preset, {}).get("resize"):
+        return
+    shown = cfg.eval_crop or cfg.eval_resize
+    if shown and shown > cfg.resize:
+        say(
+            f"warning: evaluation shows {shown} px images (--eval-crop/--eval-resize), larger "
+            f"than the {cfg.resize} px that --resize trains on; drop them to evaluate at the "
+            "training size"
+        )
 
 
 def check_streamed(cfg: TrainConfig, say: Callable[[str], None] | None) -> None:
@@ -267,8 +284,7 @@ def whitening_images(cfg: TrainConfig, train: Dataset) -> Iterator[torch.Tensor]
             first,
             500,
             shuffle=False,
-            size=side,
-            eval_resize=side,
+            view=EvalView(side, side),
             normalize=norm,
             workers=cfg.workers,
         )
@@ -304,6 +320,7 @@ def build(
     `cfg` on this process; restored from `checkpoint` when given. `foreach=False` takes the
     optimizer's per-tensor step (a bench ablation); `say` hears notes worth printing."""
     check_streamed(cfg, say)
+    check_eval_sizes(cfg, say)
     device, capture = _device_policy(cfg, dist)
     if splits is None:
         with local_main_first(dist):  # one download per machine, then the others read the cache
