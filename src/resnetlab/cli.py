@@ -291,9 +291,21 @@ def _add_eval(sub) -> None:
         "accuracy and the confusion matrix; the most confident mistakes are written to eval/.",
     )
     p.add_argument("weights", help="a run folder or a .safetensors file")
-    p.add_argument("--data", help="dataset (default: the one the model was trained on)")
+    p.add_argument(
+        "--data",
+        help="dataset (default: the one the model was trained on): a built-in one, "
+        "imagefolder:PATH, or a packed set, shards:PATH, whose test split is streamed through the "
+        "run's evaluation view (recorded in its weights)",
+    )
     p.add_argument(
         "--data-dir", help="folder holding the dataset's files (default: found as training does)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes decoding a streamed test set (default: the run's --workers, else 2; "
+        "0: in this process)",
     )
     p.add_argument(
         "--tta",
@@ -352,6 +364,7 @@ def _cmd_eval(args) -> int:
         out=args.out,
         precision=args.precision,
         full_test=args.full_test,
+        workers=args.workers,
     )
     if args.json:
         _print_json(r)
@@ -368,7 +381,8 @@ def _add_predict(sub) -> None:
         "predict",
         help="classify image files with trained weights",
         description="Print the top-k classes of each image file, prepared as the model's training "
-        "data was (grey or RGB, resized, normalised; transparency composited on black). An "
+        "data was (grey or RGB, resized, normalised; transparency composited on black; a "
+        "streamed run's images shown through its evaluation view, as `eval` shows them). An "
         "unreadable file is reported on stderr and the others are still predicted (exit status 1).",
     )
     p.add_argument(

@@ -6,6 +6,7 @@ checks on the packed test images; a --resize the user gives carries to evaluatio
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,21 @@ def test_evaluating_larger_than_the_users_resize_is_one_warning():
     check_eval_sizes(make_config("imagenet"), quiet.append)  # the preset's own FixRes: no warning
     check_eval_sizes(make_config("imagenet", resize=64), quiet.append)  # carried: 73/64
     assert quiet == []
+
+
+def test_the_report_and_eval_draw_a_streamed_runs_mistakes(streamed_run, tmp_path, capsys):
+    """The analysis the report recomputes for a run without it (ensure_analysis) reads the
+    packed test set through the view, and gives the run's own confusion matrix."""
+    from resnetlab.inference.eval_run import ensure_analysis
+
+    run, _, _ = streamed_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    for name in ("mistakes.csv", "confusion.csv", "mistakes.png"):
+        (copy / name).unlink(missing_ok=True)
+    assert ensure_analysis(copy, device="cpu")
+    assert (copy / "confusion.csv").read_text() == (run / "confusion.csv").read_text()
+    assert (copy / "mistakes.png").stat().st_size > 0
+    assert cli.main(["eval", str(copy), "--out", str(tmp_path / "eval")]) == 0
+    assert (tmp_path / "eval" / "confusion.csv").read_text() == (run / "confusion.csv").read_text()
+    assert "most confident in" in capsys.readouterr().out

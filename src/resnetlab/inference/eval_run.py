@@ -11,7 +11,7 @@ import torch
 from resnetlab.device import resolve_device
 from resnetlab.errors import UsageError
 from resnetlab.inference.evaluation import evaluate
-from resnetlab.inference.loading import load_model, loader_for, open_test_set
+from resnetlab.inference.loading import load_model, loader_for, open_test_set, shown_images
 from resnetlab.inference.onnx import load_onnx_model
 from resnetlab.inference.tta import with_tta
 from resnetlab.report.html import read_json
@@ -42,6 +42,7 @@ def evaluate_run(
     out: str | Path | None = None,
     precision: str = "run",
     full_test: bool = False,
+    workers: int | None = None,
 ) -> dict:
     """Loss, accuracy, per-class table and confusion matrix of a run's (or weights file's) model on
     a test set (`data`, default the one it was trained on), through `tta`'s views; with `mistakes`
@@ -51,8 +52,10 @@ def evaluate_run(
     --subset; `full_test` takes them all), its precision (`precision="run"`: bf16 autocast and
     channels_last as the run had them, on the same kind of device; "fp32" or "bf16" force one),
     its evaluation batch, and its unfolded batch norms (`predict` folds them; folding changes the
-    float rounding)."""
-    _check_arguments(mistakes, batch_size, precision)
+    float rounding). A packed set (shards:PATH, or the run's own data when it was streamed) is
+    streamed through the run's evaluation view (data/eval_view.py), decoded by `workers`
+    processes (default: the run's --workers)."""
+    _check_arguments(mistakes, batch_size, precision, workers)
     dev = resolve_device(device)
     onnx = Path(source).suffix == ".onnx"  # an exported model: onnxruntime, float32, on the CPU
     model, meta = load_onnx_model(source) if onnx else load_model(source, dev)
@@ -76,7 +79,7 @@ def evaluate_run(
         batch_size=batch_size or how["batch_size"],
         device=dev,
         channels_last=how["channels_last"],
-        workers=how["workers"],
+        workers=how["workers"] if workers is None else workers,
     )
     net = with_tta(model, tta)  # the trainer's final test figure uses the same views
     found = {}
@@ -88,7 +91,16 @@ def evaluate_run(
             changed_data, tta if tta != how["tta"] else None, full_test, precision
         )
         result, found = eval_mistakes(
-            net, loader, dev, test_set, source, out=out, k=mistakes, amp=how["amp"], setting=setting
+            net,
+            loader,
+            dev,
+            test_set,
+            source,
+            out=out,
+            k=mistakes,
+            amp=how["amp"],
+            setting=setting,
+            images=shown_images(meta, test_set),
         )
     else:
         result = evaluate(net, loader, dev, amp=how["amp"], num_classes=meta["num_classes"])
@@ -146,12 +158,16 @@ def _as_the_run(source, dev: torch.device, data: str, precision: str, full_test:
     }
 
 
-def _check_arguments(mistakes: int, batch_size: int | None, precision: str) -> None:
+def _check_arguments(
+    mistakes: int, batch_size: int | None, precision: str, workers: int | None = None
+) -> None:
     """evaluate_run's arguments, refused in one line each (the CLI's flags and Python alike)."""
     if mistakes < 0:
         raise UsageError(f"--mistakes must be zero or positive, got {mistakes}")
     if batch_size is not None and batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be zero or positive, got {workers}")
     if precision not in PRECISIONS:
         raise UsageError(f"--precision is one of {', '.join(PRECISIONS)}, got {precision!r}")
 
@@ -167,6 +183,7 @@ def eval_mistakes(
     k: int,
     amp: bool = False,
     setting: str = "",
+    images=None,
 ) -> tuple[dict, dict]:
     """`resnetlab eval`'s pass: (what engine.evaluate returns: loss, acc, count, confusion; the
     mistakes' summary) from one pass, with mistakes.png/.csv and confusion.csv written into `out`,
@@ -183,7 +200,7 @@ def eval_mistakes(
     files = write_analysis(
         folder,
         m,
-        test_set.images,
+        test_set.images if images is None else images,  # `images`: as the model saw them
         title=f"{source.name}{f' ({setting})' if setting else ''}: {m.wrong} of {m.count} "
         f"{test_set.name} test images wrong; the {len(m.items)} most confident",
     )
@@ -270,7 +287,7 @@ def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int
     write_analysis(
         folder,
         m,
-        test_set.images,
+        shown_images(meta, test_set),
         title=f"{kept.name}: {m.wrong} of {m.count} test images wrong; "
         f"the {len(m.items)} most confident",
     )
