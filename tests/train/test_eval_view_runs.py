@@ -5,6 +5,7 @@ checks on the packed test images; a --resize the user gives carries to evaluatio
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -165,6 +166,12 @@ def test_the_report_and_eval_draw_a_streamed_runs_mistakes(streamed_run, tmp_pat
     assert ensure_analysis(copy, device="cpu")
     assert (copy / "confusion.csv").read_text() == (run / "confusion.csv").read_text()
     assert (copy / "mistakes.png").stat().st_size > 0
+    if importlib.util.find_spec("captum"):  # the Grad-CAM row, drawn from the packed test set
+        from resnetlab.inference.explain import MISTAKES_CAM, ensure_mistakes_cam
+
+        assert (run / MISTAKES_CAM).exists()  # the run drew its own
+        (copy / MISTAKES_CAM).unlink()
+        assert ensure_mistakes_cam(copy) and (copy / MISTAKES_CAM).exists()
     assert cli.main(["eval", str(copy), "--out", str(tmp_path / "eval")]) == 0
     assert (tmp_path / "eval" / "confusion.csv").read_text() == (run / "confusion.csv").read_text()
     assert "most confident in" in capsys.readouterr().out

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data import load_dataset
 from resnetlab.errors import UsageError
 from resnetlab.explain import grad_cam, require_captum, resolve_layer
 from resnetlab.inference.images import load_image, preprocess
-from resnetlab.inference.loading import load_model
+from resnetlab.inference.loading import load_model, open_test_set, whole_images
 from resnetlab.report.mistakes import read_mistakes_csv
 from resnetlab.report.plots import have_matplotlib, new_figure, save_png
+from resnetlab.weights import load_weights
 
 MISTAKES_CAM = "mistakes_gradcam.png"  # the report's Grad-CAM row, in the run folder
 MISTAKES_CAM_K = 8  # the most confident mistakes it shows
@@ -157,7 +157,8 @@ def write_mistakes_cam(
         return None
     model, meta = load_model(weights, "cpu")
     classes = list(meta["classes"])
-    batch = preprocess([test_images[r["index"]] for r in items], meta, "cpu")
+    whole = whole_images(test_images)  # a streamed split's: shown through the run's view once
+    batch = preprocess([whole[r["index"]] for r in items], meta, "cpu")
     target = [classes.index(r["predicted"]) for r in items]
     cams = grad_cam(model, batch, target=target)
     titles = [
@@ -189,8 +190,9 @@ def ensure_mistakes_cam(folder: str | Path) -> bool:
     if not kept.exists():
         return False
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))["config"]
-    test_set = load_dataset(
-        cfg["data"], False, cfg.get("data_dir"), subset=cfg.get("subset"), seed=cfg["seed"]
+    _, meta = load_weights(kept)
+    test_set = open_test_set(  # a packed set streamed, as eval reads it
+        meta, cfg["data"], root=cfg.get("data_dir"), subset=cfg.get("subset"), seed=cfg["seed"]
     )
     items = read_mistakes_csv(csv_path)
     return write_mistakes_cam(folder, kept, items, test_set.images) is not None

@@ -10,8 +10,9 @@ import torch
 
 from resnetlab.data import Dataset, Loader, load_dataset, make_loaders
 from resnetlab.data.datasets import IMAGEFOLDER
+from resnetlab.data.decode import decode_image
 from resnetlab.data.eval_view import EvalView, default_view
-from resnetlab.data.shards import StreamSplit, is_stream_name, open_stream
+from resnetlab.data.shards import LazyImages, StreamSplit, is_stream_name, open_stream
 from resnetlab.data.stream import StreamLoader
 from resnetlab.errors import CheckpointError
 from resnetlab.models import create_model
@@ -103,6 +104,25 @@ class ViewedImages:
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.view.read(self.split.read(int(i)), self.split.channels)
+
+
+class WholeImages:
+    """A streamed split's images decoded whole, one at a time when asked for: what `preprocess`
+    takes to show them through the run's view once (not a view of the view)."""
+
+    def __init__(self, split: StreamSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return decode_image(self.split.read(int(i)), self.split.channels, accurate=True)
+
+
+def whole_images(images):
+    """`images` (a test set's) as `preprocess` takes them: a streamed split's decoded whole."""
+    return WholeImages(images.split) if isinstance(images, LazyImages) else images
 
 
 def shown_images(meta: dict, test_set: Dataset | StreamSplit):
