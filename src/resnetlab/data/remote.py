@@ -140,7 +140,7 @@ def _retrying(what: str, attempts: int, backoff_s: float, fn):
         except _Transient as e:
             if attempt == attempts:
                 raise DataError(
-                    f"cannot fetch {what} ({e}, {attempts} tries); check the server, then resume "
+                    f"cannot fetch {what} ({e}, {attempt} tries); check the server, then resume "
                     "with --resume"
                 ) from None
             time.sleep(backoff_s * 2 ** (attempt - 1))
