@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from resnetlab.data.manifest import MAX_MANIFEST_BYTES, SHA256, parse_manifest
-from resnetlab.errors import DataError, UsageError
+from resnetlab.errors import DataError, ResnetlabError, UsageError
 from resnetlab.fileio import atomic_open
 
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -140,26 +140,25 @@ def _retrying(what: str, attempts: int, backoff_s: float, fn):
         except _Transient as e:
             if attempt == attempts:
                 raise DataError(
-                    f"cannot fetch {what} ({e}, {attempt} tries); check the server, then resume "
-                    "with --resume"
+                    f"cannot fetch {what} ({e}, {attempt} tries); check the server and try again "
+                    "(a run it stopped continues with --resume)"
                 ) from None
             time.sleep(backoff_s * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
 
 
-def fetch_manifest(url: str, attempts: int | None = None) -> dict:
+def fetch_manifest(url: str) -> dict:
     """The manifest of the set at `url`, fetched (with retries) and checked."""
     where = f"{url}/{MANIFEST}"
 
     def get() -> bytes:
+        data = bytearray()  # read by chunks: no buffer of the size bound allocated up front
         with contextlib.closing(_open(where)) as stream:
-            data = _read(stream, MAX_MANIFEST_BYTES + 1)
             while len(data) <= MAX_MANIFEST_BYTES and (more := _read(stream, CHUNK)):
                 data += more
-            return data
+        return bytes(data)
 
-    data = _retrying(where, attempts or ATTEMPTS, BACKOFF_S, get)
-    return parse_manifest(data, where)
+    return parse_manifest(_retrying(where, ATTEMPTS, BACKOFF_S, get), where)
 
 
 @contextlib.contextmanager
@@ -217,7 +216,10 @@ class RemoteShards:
     def read(self, f: int, offset: int, size: int) -> bytes:
         """`size` bytes at `offset` of shard f, fetched into the cache first when absent."""
         for _ in range(3):  # another process may evict it between the check and the open
-            path = self.ensure(f)
+            try:
+                path = self.ensure(f)
+            except ResnetlabError as e:  # a full disk: what the loader reports as one line
+                raise DataError(str(e)) from None
             try:
                 with open(path, "rb") as fh:
                     fh.seek(offset)
