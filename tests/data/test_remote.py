@@ -186,7 +186,22 @@ def test_a_cache_of_a_quarter_of_the_set_stays_within_its_bound(served, packed, 
         done.set()
         watcher.join()
     assert 0 < peak[0] <= limit + max(sizes), (peak[0], limit)
-    assert len(served.shard_requests(url)) > len(shard_files(packed)) // 2  # it did evict
+    assert len(served.shard_requests(url)) > len(split.files)  # evicted, fetched again
+
+
+def test_the_next_shards_are_fetched_ahead_and_no_more(served, packed, tmp_path):
+    url = served.publish(packed)
+    cache = tmp_path / "cache"
+    split = open_stream(f"shards:{url}", True, cache=cache)
+    loader = StreamLoader(split, 4, shuffle=True, workers=0, shard_order="shards", shard_window=1)
+    batches = iter(loader)
+    next(batches)  # 4 samples of one shard read
+    deadline = time.monotonic() + 30
+    while len(list(cache.glob("*.tar"))) < 1 + remote.AHEAD and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # anything more would have arrived by now
+    assert len(list(cache.glob("*.tar"))) == 1 + remote.AHEAD
+    assert len(served.shard_requests(url)) == 1 + remote.AHEAD
 
 
 def test_a_shard_with_a_wrong_sha256_is_refused_in_one_line_naming_it(served, packed, tmp_path):
