@@ -1,8 +1,8 @@
 """Packed sets anywhere fsspec reaches: `shards:https://host/set`, `shards:s3://bucket/set`, ...
 read through a bounded local cache.
 
-    split = open_remote("https://host/set", train=True, cache="~/.cache/resnetlab/remote-shards",
-                        cache_size="20G")       # the manifest fetched and checked; no shard yet
+    train = open_stream("shards:https://host/set", True, cache="~/.cache/resnetlab/remote-shards",
+                        cache_size="20G")   # data/shards.py: the manifest fetched, no shard yet
 
 The manifest is fetched first and checked as untrusted input (data/manifest.py). A shard is
 fetched the first time a sample of it is read, into the cache folder under its sha256 (two sets
@@ -372,41 +372,22 @@ class RemoteShards:
 
 
 def open_remote(
-    url: str, train: bool, *, cache=None, cache_size: str | int | None = None, manifest=None
-):
-    """The train or test split of the packed set at `url` as a StreamSplit read through the
-    cache (`cache`, default the user cache's remote-shards/; `cache_size`, default 20G)."""
-    from resnetlab.data.shards import SHARDS, StreamSplit, default_side, split_digest
-
+    url: str, train: bool, *, cache=None, cache_size: str | int | None = None
+) -> tuple[dict, list[dict], RemoteShards]:
+    """(manifest, the split's shards, their reader through the cache) of the train or test split
+    of the packed set at `url` (`cache`, default the user cache's remote-shards/; `cache_size`,
+    default 20G); data/shards.py makes it a StreamSplit."""
     limit = (
         cache_size if isinstance(cache_size, int) else parse_size(cache_size or DEFAULT_CACHE_SIZE)
     )
     url = url.rstrip("/")
-    manifest = manifest or fetch_manifest(url)
+    manifest = fetch_manifest(url)
     split = "train" if train else "test"
     if split not in manifest["splits"]:
         raise DataError(f"{url} has no {split} split; hold out training images with --val-split")
     shards = manifest["splits"][split]["shards"]
-    source = RemoteShards(
-        url, shards, Path(cache).expanduser() if cache else default_cache(), limit
-    )
-    entries = [(f, o, n) for f, s in enumerate(shards) for o, n, _ in s["members"]]
-    labels = [label for s in shards for _, _, label in s["members"]]
-    import torch
-
-    return StreamSplit(
-        f"{SHARDS}{url}",
-        list(manifest["classes"]),
-        int(manifest["channels"]),
-        [source.name(f) for f in range(len(shards))],
-        np.array(entries, dtype=np.int64).reshape(-1, 3),
-        torch.tensor(labels, dtype=torch.int64),
-        tuple(manifest["mean"]),
-        tuple(manifest["std"]),
-        default_side(manifest),
-        split_digest(shards),
-        source=source,
-    )
+    cache = Path(cache).expanduser() if cache else default_cache()
+    return manifest, shards, RemoteShards(url, shards, cache, limit)
 
 
 __all__ = ["RemoteShards", "fetch_manifest", "is_url", "open_remote", "parse_size"]

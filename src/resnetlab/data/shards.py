@@ -415,7 +415,7 @@ def open_shards(path, train: bool, *, verify: bool = True, **remote) -> StreamSp
     from resnetlab.data import remote as remote_sets
 
     if remote_sets.is_url(str(path)):
-        return remote_sets.open_remote(str(path), train, **remote)
+        return _open_remote(str(path), train, **remote)
     folder = Path(path).expanduser()
     manifest = read_manifest(folder)
     split = "train" if train else "test"
@@ -445,6 +445,28 @@ def open_shards(path, train: bool, *, verify: bool = True, **remote) -> StreamSp
         tuple(manifest["std"]),
         default_side(manifest),
         split_digest(shards),
+    )
+
+
+def _open_remote(url: str, train: bool, **remote) -> StreamSplit:
+    """shards:URL: its manifest fetched and checked, each shard fetched into the cache and
+    verified when first read (data/remote.py), none now."""
+    from resnetlab.data.remote import open_remote
+
+    manifest, shards, source = open_remote(url, train, **remote)
+    entries = [(f, o, n) for f, s in enumerate(shards) for o, n, _ in s["members"]]
+    return StreamSplit(
+        f"{SHARDS}{source.url}",
+        list(manifest["classes"]),
+        int(manifest["channels"]),
+        [source.name(f) for f in range(len(shards))],
+        np.array(entries, dtype=np.int64).reshape(-1, 3),
+        torch.tensor([y for s in shards for _, _, y in s["members"]], dtype=torch.int64),
+        tuple(manifest["mean"]),
+        tuple(manifest["std"]),
+        default_side(manifest),
+        split_digest(shards),
+        source,
     )
 
 
