@@ -351,3 +351,21 @@ def test_shard_order_is_a_pure_function_reading_each_sample_once_window_by_windo
     assert torch.equal(epoch_order(files, 3, 1), torch.randperm(70, generator=gen))
     with pytest.raises(UsageError, match="--shard-window"):
         epoch_order(files, 3, 1, "shards", 0)
+
+
+def test_shard_order_is_shared_by_processes_and_resumes_inside_an_epoch(packed):
+    split = open_shards(packed, True)
+    order = dict(shard_order="shards", shard_window=2, seed=7)
+    whole = epoch(StreamLoader(split, 8, shuffle=True, workers=0, **order), 1)
+    ranks = [
+        epoch(StreamLoader(split, 8, shuffle=True, workers=0, rank=r, world_size=2, **order), 1)
+        for r in (0, 1)
+    ]
+    for i, (x, y) in enumerate(whole):  # each global batch, split between the processes
+        assert torch.equal(torch.cat([ranks[0][i][0], ranks[1][i][0]]), x)
+        assert torch.equal(torch.cat([ranks[0][i][1], ranks[1][i][1]]), y)
+    resumed = StreamLoader(split, 8, shuffle=True, workers=0, **order)
+    resumed.set_epoch(1)
+    resumed.skip_next(2)
+    rest = [(x, y) for x, y in resumed][2:]
+    assert same(rest, whole[2:])
