@@ -92,10 +92,11 @@ def _open(url: str):
             return urllib.request.urlopen(url, timeout=TIMEOUT_S)
         return _fsspec_open(url)
     except urllib.error.HTTPError as e:
-        kind = _Transient if e.code >= 500 or e.code in (408, 429) else _Refused
-        raise kind(f"HTTP {e.code} {e.reason}") from None
+        if e.code >= 500 or e.code in (408, 429):
+            raise _Transient(f"HTTP {e.code} {e.reason}") from None
+        raise _Refused(f"HTTP {e.code} {e.reason}; check the URL and the server") from None
     except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        raise _Refused(e.strerror or str(e)) from None
+        raise _Refused(f"{e.strerror or e}; check the URL") from None
     except urllib.error.URLError as e:
         raise _Transient(str(e.reason)) from None
     except (OSError, http.client.HTTPException) as e:
@@ -136,7 +137,7 @@ def _retrying(what: str, attempts: int, backoff_s: float, fn):
         try:
             return fn()
         except _Refused as e:
-            raise DataError(f"cannot fetch {what}: {e}; check the URL and the server") from None
+            raise DataError(f"cannot fetch {what}: {e}") from None
         except _Transient as e:
             if attempt == attempts:
                 raise DataError(
@@ -298,14 +299,17 @@ class RemoteShards:
                 while chunk := _read(stream, CHUNK):
                     got += len(chunk)
                     if got > size:
-                        raise _Refused(f"more than the {size:,} bytes its manifest gives")
+                        raise _Refused(
+                            f"more than the {size:,} bytes {MANIFEST} gives; upload the set again"
+                        )
                     digest.update(chunk)
                     out.write(chunk)
                 if got < size:  # the connection ended early
                     raise _Transient(f"{got:,} of {size:,} bytes")
                 if digest.hexdigest() != sha:
                     raise _Refused(
-                        f"its sha256 differs from {MANIFEST} (refused; the cache keeps nothing)"
+                        f"its sha256 differs from {MANIFEST} (refused, nothing cached): the copy "
+                        "served is damaged or of another version; upload the set again"
                     )
 
         _retrying(f"shard {url}", self.attempts, self.backoff_s, get)
