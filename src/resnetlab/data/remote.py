@@ -8,12 +8,14 @@ The manifest is fetched first and checked as untrusted input (data/manifest.py).
 fetched the first time a sample of it is read, into the cache folder under its sha256 (two sets
 sharing a shard share its copy), written to a temporary name, checked against the manifest's
 size and sha256 and only then renamed into place; a shard that differs is refused in one line
-naming it. The cache holds at most `cache_size` bytes: before a shard is written, the least
+naming it (a copy in the cache is trusted by its name and size afterwards: it was checked
+once, on arrival). The cache holds at most `cache_size` bytes: before a shard is written, the least
 recently used ones (by mtime, touched on use) are removed to make room. One lock file
 serialises those decisions and the downloads, so every process on the machine (DataLoader
-workers, ranks, other runs) can share a cache and its disk use stays under the bound.
+workers, ranks, other runs) can share a cache and its disk use stays under the bound (the price:
+one download at a time per cache).
 
-The training loader hands its batches to `reading`, which looks ahead and fetches the next
+The loader hands its batches to `reading`, which looks ahead and fetches the next
 shards in a thread while the current ones are read. Transient errors (connection refused or
 reset, a timeout, HTTP 5xx) are retried with exponential backoff; then one DataError line names
 the shard.
