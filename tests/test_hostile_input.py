@@ -3,7 +3,7 @@ every run). Every parser either returns well-formed data or raises one of resnet
 errors; never another exception, never a hang, never memory beyond a stated bound.
 
 Parsers tried: IDX, CIFAR binary, CIFAR Python (pickles), image folders, the weights reader, the
-checkpoint loader and `predict`'s image reader.
+checkpoint loader, packed sets' manifests (local or remote) and `predict`'s image reader.
 """
 
 from __future__ import annotations
@@ -890,6 +890,209 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
             load_checkpoint(tmp_path / name)
         one_line(e.value)
     assert not marker.exists()
+
+
+# --- packed sets' manifests -----------------------------------------------------------------
+
+
+def manifest_of(rng: np.random.Generator, classes: int, channels: int, shards: list[int]) -> dict:
+    """A well-formed manifest as `data pack` writes it: `shards` gives each train shard's member
+    count (a test split of one shard beside it), members laid out as tar members are."""
+
+    def shard(i: int, n: int, split: str) -> dict:
+        members = [
+            [1024 * (2 * k + 1), int(rng.integers(1, 512)), int(rng.integers(0, classes))]
+            for k in range(n)
+        ]
+        return {
+            "file": f"{split}-{i:06d}.tar",
+            "bytes": 1024 * (2 * n + 2),
+            "sha256": "".join(rng.choice(list("0123456789abcdef"), 64)),
+            "count": n,
+            "members": members,
+        }
+
+    def split(name: str, counts: list[int]) -> dict:
+        entries = [shard(i, n, name) for i, n in enumerate(counts)]
+        labels = [m[2] for s in entries for m in s["members"]]
+        return {
+            "count": len(labels),
+            "class_counts": np.bincount(labels, minlength=classes).astype(int).tolist(),
+            "shards": entries,
+        }
+
+    return {
+        "format": "resnetlab-shards/1",
+        "name": "fuzz",
+        "classes": [f"c{i}" for i in range(classes)],
+        "channels": channels,
+        "mean": [0.5] * channels,
+        "std": [0.25] * channels,
+        "image_size": {"min": [8, 8], "max": [40, 60]},
+        "skipped": 0,
+        "splits": {"train": split("train", shards), "test": split("test", [2])},
+    }
+
+
+ESCAPES = [
+    "../x.tar",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "a/b.tar",
+    "http://elsewhere/x.tar",
+    "s3://bucket/x.tar",
+    "..",
+    ".",
+    "",
+    ".hidden.tar",
+    "C:\\x.tar",
+    "x.tar\x00",
+    "~/x.tar",
+]
+
+
+@st.composite
+def manifest_case(draw):
+    """(kind, manifest file, reference): a manifest of 1-4 classes and 0-3 train shards, left
+    well-formed ("valid", its object the reference) or given one flaw that must be refused: a
+    shard name that leaves the folder, a size, count or label out of bounds, a malformed entry,
+    counts that do not add up."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    classes = draw(st.integers(1, 4))
+    m = manifest_of(
+        rng, classes, draw(st.sampled_from([1, 3])), draw(st.lists(st.integers(1, 4), max_size=3))
+    )
+    flaw = draw(
+        st.sampled_from(
+            [
+                None,
+                None,
+                "name",
+                "bytes",
+                "count",
+                "member",
+                "label",
+                "entry",
+                "sha",
+                "class_counts",
+                "split_count",
+                "missing",
+                "channels",
+                "mean",
+                "format",
+                "duplicate",
+                "split_name",
+            ]
+        )
+    )
+    shards = m["splits"]["test"]["shards"]
+    s = shards[0]
+    if flaw == "name":
+        s["file"] = draw(st.sampled_from(ESCAPES))
+    elif flaw == "bytes":
+        s["bytes"] = draw(st.sampled_from([0, -1, 2**41, 2**64, 1.5, True, "4096", None]))
+    elif flaw == "count":
+        s["count"] += draw(st.sampled_from([-1, 1, 2**40]))
+    elif flaw == "member":
+        s["members"][0][draw(st.integers(0, 1))] = draw(
+            st.sampled_from([-1, s["bytes"], 2**63, 0.5, None])
+        )
+        if s["members"][0][1] == 0.5:
+            s["members"][0][1] = 0
+    elif flaw == "label":
+        s["members"][0][2] = draw(st.sampled_from([-1, classes, 2**40, False]))
+    elif flaw == "entry":
+        s["members"][0] = draw(
+            st.sampled_from([[1024], [1024, 5, 0, 0], "1024,5,0", {"offset": 1024}, None])
+        )
+    elif flaw == "sha":
+        s["sha256"] = draw(st.sampled_from(["", "ab" * 31, "AB" * 32, "g" * 64, 12]))
+    elif flaw == "class_counts":
+        m["splits"]["test"]["class_counts"][0] += 1
+    elif flaw == "split_count":
+        m["splits"]["test"]["count"] = draw(st.sampled_from([-1, 3, 2**62, "2"]))
+    elif flaw == "missing":
+        del m[
+            draw(
+                st.sampled_from(
+                    ["classes", "splits", "channels", "mean", "std", "image_size", "name"]
+                )
+            )
+        ]
+    elif flaw == "channels":
+        m["channels"] = draw(st.sampled_from([0, 2, 4, True, "3"]))
+    elif flaw == "mean":
+        m[draw(st.sampled_from(["mean", "std"]))][0] = draw(
+            st.sampled_from([float("nan"), float("inf"), -0.5, 2.0, "0.5"])
+        )
+    elif flaw == "format":
+        m["format"] = draw(st.sampled_from(["resnetlab-shards/2", None, 1]))
+    elif flaw == "duplicate":
+        shards.append(json.loads(json.dumps(s)))
+        m["splits"]["test"]["count"] *= 2
+        m["splits"]["test"]["class_counts"] = [2 * c for c in m["splits"]["test"]["class_counts"]]
+    elif flaw == "split_name":
+        m["splits"]["validation"] = m["splits"].pop("test")
+    blob = json.dumps(m).encode()
+    return ("valid", blob, m) if flaw is None else ("invalid", blob, None)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+
+
+@fuzz(1000)
+@given(
+    case=manifest_case()
+    | st.tuples(
+        st.just("any"),
+        st.one_of(
+            st.integers(0, 2**32 - 1)
+            .map(
+                lambda seed: json.dumps(
+                    manifest_of(np.random.default_rng(seed), 3, 3, [2, 1])
+                ).encode()
+            )
+            .flatmap(mutated),
+            st.binary(max_size=256),
+            json_values.map(lambda v: json.dumps(v).encode()),
+        ),
+        st.none(),
+    )
+)
+@example(
+    case=("invalid", b"[" * 100_000 + b"]" * 100_000, None)
+)  # nesting beyond the recursion limit
+def fuzz_manifest_parser(case):
+    from resnetlab.data.manifest import parse_manifest
+
+    kind, blob, reference = case
+    count("packed sets' manifests", kind)
+    with bounded():
+        try:
+            manifest = parse_manifest(blob, "manifest.json")
+        except DataError as e:
+            refused(e)
+            return
+    accepted()
+    for split in manifest["splits"].values():  # what the readers rely on
+        for shard in split["shards"]:
+            assert "/" not in shard["file"] and not shard["file"].startswith(".")
+            assert all(
+                o + n <= shard["bytes"] and 0 <= y < len(manifest["classes"])
+                for o, n, y in shard["members"]
+            )
+    if reference is not None:
+        assert manifest == reference
+
+
+def test_manifest_parser():
+    run_counted("packed sets' manifests", fuzz_manifest_parser, valid=150, invalid=250)
 
 
 # --- predict's images -----------------------------------------------------------------------

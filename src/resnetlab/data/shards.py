@@ -28,18 +28,22 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from resnetlab.data import decode, formats
 from resnetlab.data.datasets import IMAGEFOLDER, _image_folder_splits, load_dataset, resolve_spec
+from resnetlab.data.manifest import FORMAT, parse_manifest
 from resnetlab.errors import DataError, UsageError
 from resnetlab.fileio import atomic_open, write_json
 
+if TYPE_CHECKING:
+    from resnetlab.data.remote import RemoteShards
+
 SHARDS = "shards:"
 MANIFEST = "manifest.json"
-FORMAT = "resnetlab-shards/1"
 SHARD_BYTES = 256 * 2**20  # WebDataset's advice: shards of 100 MB - 1 GB read efficiently
 SMALL_SIDE = 64  # images no larger than this train at their own size by default, others at 224
 DEFAULT_SIDE = 224
@@ -61,6 +65,7 @@ class StreamSplit:
     std: tuple[float, ...]
     side: int  # the default training (and evaluation crop) side
     digest: str = ""  # what tells two versions apart (the manifest's shard checksums)
+    source: RemoteShards | None = None  # shards elsewhere, read through a cache (data/remote.py)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -68,6 +73,8 @@ class StreamSplit:
     def read(self, i: int) -> bytes:
         """Sample i's encoded bytes; a DataError naming the file when it cannot be read."""
         f, offset, size = (int(v) for v in self.entries[i])
+        if self.source is not None:
+            return self.source.read(f, offset, size)
         path = self.files[f]
         try:
             with open(path, "rb") as fh:
@@ -95,7 +102,13 @@ class StreamSplit:
             self.std,
             self.side,
             self.digest,
+            self.source,
         )
+
+    def reading(self, batches):
+        """The loader's batches of (epoch, index, side) keys as they are handed out: passed on,
+        and for shards elsewhere the next shards fetched ahead meanwhile."""
+        return batches if self.source is None else self.source.reading(batches, self.entries)
 
     def take(self, n: int, seed: int = 0) -> StreamSplit:
         """A seeded random subset of `n` examples, in their order (as Dataset.take)."""
@@ -334,18 +347,16 @@ def read_manifest(path) -> dict:
     """A packed set's manifest; a DataError saying what to do when it is missing or not one."""
     folder = Path(path).expanduser()
     try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        data = (folder / MANIFEST).read_bytes()
     except FileNotFoundError:
         raise DataError(
             f"{folder} holds no {MANIFEST}: pack a dataset there with `resnetlab data pack SRC {folder}`"
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
         raise DataError(
             f"{folder / MANIFEST} cannot be read ({e}); pack the data again into an empty folder"
         ) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"{folder / MANIFEST} is not a {FORMAT} manifest; pack the data again")
-    return manifest
+    return parse_manifest(data, str(folder / MANIFEST))
 
 
 def check_shard(folder: Path, shard: dict, verified: dict | None = None) -> None:
@@ -398,8 +409,13 @@ def default_side(manifest: dict) -> int:
     return DEFAULT_SIDE
 
 
-def open_shards(path, train: bool, *, verify: bool = True) -> StreamSplit:
-    """The train or test split of the packed set at `path`, every shard checked (`verify`)."""
+def open_shards(path, train: bool, *, verify: bool = True, **remote) -> StreamSplit:
+    """The train or test split of the packed set at `path`, every shard checked (`verify`); a
+    URL is read through a local cache (data/remote.py; `remote`: its cache and cache_size)."""
+    from resnetlab.data import remote as remote_sets
+
+    if remote_sets.is_url(str(path)):
+        return _open_remote(str(path), train, **remote)
     folder = Path(path).expanduser()
     manifest = read_manifest(folder)
     split = "train" if train else "test"
@@ -418,7 +434,6 @@ def open_shards(path, train: bool, *, verify: bool = True) -> StreamSplit:
             labels.append(label)
     if verify:
         _write_stamps(stamps)
-    digest = hashlib.blake2b("".join(s["sha256"] for s in shards).encode(), digest_size=12)
     return StreamSplit(
         f"{SHARDS}{folder}",
         list(manifest["classes"]),
@@ -429,8 +444,37 @@ def open_shards(path, train: bool, *, verify: bool = True) -> StreamSplit:
         tuple(manifest["mean"]),
         tuple(manifest["std"]),
         default_side(manifest),
-        digest.hexdigest(),
+        split_digest(shards),
     )
+
+
+def _open_remote(url: str, train: bool, **remote) -> StreamSplit:
+    """shards:URL: its manifest fetched and checked, each shard fetched into the cache and
+    verified when first read (data/remote.py), none now."""
+    from resnetlab.data.remote import open_remote
+
+    manifest, shards, source = open_remote(url, train, **remote)
+    entries = [(f, o, n) for f, s in enumerate(shards) for o, n, _ in s["members"]]
+    return StreamSplit(
+        f"{SHARDS}{source.url}",
+        list(manifest["classes"]),
+        int(manifest["channels"]),
+        [source.name(f) for f in range(len(shards))],
+        np.array(entries, dtype=np.int64).reshape(-1, 3),
+        torch.tensor([y for s in shards for _, _, y in s["members"]], dtype=torch.int64),
+        tuple(manifest["mean"]),
+        tuple(manifest["std"]),
+        default_side(manifest),
+        split_digest(shards),
+        source,
+    )
+
+
+def split_digest(shards: list[dict]) -> str:
+    """What tells two versions of a packed split apart: a hash of its shards' checksums."""
+    return hashlib.blake2b(
+        "".join(s["sha256"] for s in shards).encode(), digest_size=12
+    ).hexdigest()
 
 
 def open_image_folder(name: str, train: bool) -> StreamSplit:
@@ -482,10 +526,11 @@ def _readable(paths: list[Path]) -> list[bytes]:
     return out
 
 
-def open_stream(name: str, train: bool) -> StreamSplit:
-    """`shards:PATH` or `imagefolder:PATH`, streamed."""
+def open_stream(name: str, train: bool, **remote) -> StreamSplit:
+    """`shards:PATH` (or shards:URL, `remote` its cache and cache_size) or `imagefolder:PATH`,
+    streamed."""
     if name.startswith(SHARDS):
-        return open_shards(name[len(SHARDS) :], train)
+        return open_shards(name[len(SHARDS) :], train, **remote)
     if name.startswith(IMAGEFOLDER):
         return open_image_folder(name, train)
     raise UsageError(

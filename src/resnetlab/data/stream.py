@@ -36,6 +36,7 @@ from resnetlab.data.loader import (
     draw_erasing,
     erase,
 )
+from resnetlab.data.order import DEFAULT_WINDOW, epoch_order
 from resnetlab.data.shards import StreamSplit
 from resnetlab.data.trivial_augment import trivial_augment_wide
 from resnetlab.errors import DataError, UsageError
@@ -181,6 +182,8 @@ class StreamLoader:
         extra_transform: Transform | None = None,
         prefetch: int = 4,
         augment: Augment | None = None,
+        shard_order: str = "random",
+        shard_window: int = DEFAULT_WINDOW,
     ) -> None:
         _check_batching(batch_size, shuffle, rank, world_size)
         self.augment = IMAGENET_AUGMENT if augment is None else _check_augment(augment, shuffle)
@@ -198,6 +201,8 @@ class StreamLoader:
             self.side = self.view.crop
         self.out_size = (self.side, self.side)
         self.epoch_sizes = list(epoch_sizes) if epoch_sizes else None
+        self.shard_order, self.shard_window = shard_order, shard_window  # data/order.py
+        epoch_order(split.entries[:0, 0], seed, 0, shard_order, shard_window)  # checked now
         self.epoch, self.skipped, self._skip = 0, 0, 0
         self._divisor = torch.tensor([255 * s for s in std], device=self.device).view(-1, 1, 1)
         self._shift = torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(
@@ -247,8 +252,8 @@ class StreamLoader:
         ImageNet; the order is one int64 tensor."""
         n, e, side = len(self.dataset), self.epoch, self.side
         if self.shuffle:
-            gen = torch.Generator().manual_seed(_stream_seed(self.seed, e, "order"))
-            order = torch.randperm(n, generator=gen)
+            files = self.dataset.entries[:, 0]
+            order = epoch_order(files, self.seed, e, self.shard_order, self.shard_window)
         else:
             order = torch.arange(n)
         for start, _, s0, s1 in self._plan:
@@ -281,7 +286,9 @@ class StreamLoader:
     def host_batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's batches from batch `start` on, as the workers make them: uint8
         [b, C, side, side] and labels, on the host (pinned when the device is CUDA)."""
-        self._sampler.batches = itertools.islice(self.epoch_keys(), start, None)
+        self._sampler.batches = self.dataset.reading(
+            itertools.islice(self.epoch_keys(), start, None)
+        )
         self._sampler.count = len(self._plan) - start
         self.skipped = 0
         batches = iter(self._loader)
@@ -338,6 +345,7 @@ def make_stream_loaders(
     epoch_sizes = common.pop("epoch_sizes", None)
     extra = common.pop("extra_transform", None)
     augment = common.pop("augment", None) or IMAGENET_AUGMENT
+    order = {k: common.pop(k) for k in ("shard_order", "shard_window") if k in common}
     side = size or (train or test).side
     view = default_view(side, eval_resize, eval_crop, augment.resized_crop)
 
@@ -357,6 +365,7 @@ def make_stream_loaders(
             epoch_sizes=epoch_sizes,
             extra_transform=extra,
             augment=augment,
+            **order,
             **common,
         )
         if train is not None

@@ -72,6 +72,26 @@ class TrainConfig:
     data_dir: str | None = setting(
         None, "folder holding the dataset files (used alone, no fall-back)"
     )
+    cache: str | None = setting(
+        None,
+        "with shards:URL: the folder of the local shard cache (default: the user cache's "
+        "remote-shards/)",
+    )
+    cache_size: str = setting(
+        "20G",
+        "with shards:URL: the most the shard cache holds, e.g. 500M or 20G; the least recently "
+        "used shards leave first",
+    )
+    shard_order: str = setting(
+        "random",
+        "streamed training's reading order: random (any sample from anywhere: local disks) or "
+        "shards (shards shuffled, samples shuffled within --shard-window shards: remote or slow "
+        "storage)",
+        choices=("random", "shards"),
+    )
+    shard_window: int = setting(
+        4, "with --shard-order shards: how many shards' samples are shuffled together"
+    )
     resize: int | None = setting(
         None,
         "resize images to PX x PX (default: the dataset's size; streamed data: 224, or the "
@@ -223,6 +243,8 @@ class TrainConfig:
             )
         if self.workers < 0:
             raise UsageError(f"--workers must be zero or positive, got {self.workers}")
+        if self.shard_window < 1:
+            raise UsageError(f"--shard-window must be at least 1, got {self.shard_window}")
         if self.resize is not None and self.resize <= 0:
             raise UsageError(f"--resize must be positive, got {self.resize}")
         if (

@@ -144,7 +144,9 @@ def load_splits(cfg: TrainConfig, say: Callable[[str], None] | None = None) -> S
     `val_examples`: under --subset it shrinks to fit, and `say` hears so)."""
     # --subset: a seeded random subset of each split (smoke tests, quick looks)
     if cfg.streamed:  # listed and checked, not read: the workers read while training
-        train_set, test_set = open_stream(cfg.data, True), open_stream(cfg.data, False)
+        remote = {"cache": cfg.cache, "cache_size": cfg.cache_size}  # for shards:URL
+        train_set = open_stream(cfg.data, True, **remote)
+        test_set = open_stream(cfg.data, False, **remote)
         if cfg.subset is not None:
             train_set = train_set.take(min(cfg.subset, len(train_set)), seed=cfg.seed)
             test_set = test_set.take(min(cfg.subset, len(test_set)), seed=cfg.seed)
@@ -552,6 +554,8 @@ def _stream_loaders(cfg, dist, splits, device, channels_last, capture, norm) -> 
         world_size=dist.world_size,
         workers=cfg.workers,
         augment=augmentation(cfg),
+        shard_order=cfg.shard_order,
+        shard_window=cfg.shard_window,
     )
     return _mixed(_check_nonempty(loaders, cfg, splits), cfg, splits)
 
