@@ -66,11 +66,7 @@ def evaluate_run(
     test_set = open_test_set(
         meta, data, root=data_dir, subset=how["subset"], seed=how["seed"]
     )  # a packed set (shards:PATH) streamed through the run's evaluation view
-    if test_set.images.shape[1] != meta["in_chans"] or len(test_set.classes) != meta["num_classes"]:
-        raise UsageError(
-            f"{data or meta['data']} has {test_set.images.shape[1]} channels and {len(test_set.classes)} classes, "
-            f"but the model takes {meta['in_chans']} channels and predicts {meta['num_classes']} classes; pick a matching --data"
-        )
+    _check_matches(test_set, meta, data or meta["data"])
     if how["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     loader = loader_for(
@@ -111,13 +107,29 @@ def evaluate_run(
         "precision": "bf16" if how["amp"] else "fp32",
         "precision_source": how["precision_source"],
         "test_examples": how["test_examples"],
+        **_figures(result, test_set.classes),
+        **found,
+    }
+
+
+def _check_matches(test_set, meta: dict, data: str) -> None:
+    """The test set must have the model's input channels and classes."""
+    if test_set.images.shape[1] != meta["in_chans"] or len(test_set.classes) != meta["num_classes"]:
+        raise UsageError(
+            f"{data} has {test_set.images.shape[1]} channels and {len(test_set.classes)} classes, "
+            f"but the model takes {meta['in_chans']} channels and predicts {meta['num_classes']} classes; pick a matching --data"
+        )
+
+
+def _figures(result: dict, classes: list[str]) -> dict:
+    """An evaluation's figures as `eval` reports them."""
+    return {
         "loss": result["loss"],
         "acc": result["acc"],
         "count": result["count"],
-        "per_class": per_class_table(result["confusion"], test_set.classes),
+        "per_class": per_class_table(result["confusion"], classes),
         "confusion": result["confusion"].tolist(),
-        "classes": test_set.classes,
-        **found,
+        "classes": classes,
     }
 
 
