@@ -155,7 +155,7 @@ def test_variant_names():
 
 
 def test_preset_defaults_follow_presets_and_bf16_pays():
-    from resnetlab.device import bf16_pays
+    from resnetlab.train.precision import bf16_pays
 
     cpu = torch.device("cpu")
     defaults = preset_defaults(cpu)

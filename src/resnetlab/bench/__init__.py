@@ -17,7 +17,7 @@ Each *variant* is one way of running the same model at the same batch and resolu
   `-nograph`.
 
 Without `variants`, the list also holds each preset's default as a run would pick it here: the
-timed probe of precision and layout (train/probing.py) at the bench's model, batch and shape
+timed probe of precision and layout (train/precision.py) at the bench's model, batch and shape
 (`defaults`, and the probe's figures in `defaults_probe`).
 
 For each variant, after one warm-up round (whose peak memory is recorded), `repeats` rounds
