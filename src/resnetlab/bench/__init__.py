@@ -5,7 +5,7 @@
     print(format_report(result))
 
 Each *variant* is one way of running the same model at the same batch and resolution:
-- `textbook`: the notebook's own code (`resnetlab.textbook_baseline`): eager fp32 NCHW, d2l's
+- `textbook`: the notebook's own code (`resnetlab.bench.textbook_baseline`): eager fp32 NCHW, d2l's
   plain SGD step with a host read of the metrics every step, `no_grad` evaluation with the
   training-mode network's batch norms, the per-sample PIL pipeline;
 - `fp32`, `bf16`: resnetlab's path: channels_last, the engine's `fit` (foreach SGD, metrics summed
