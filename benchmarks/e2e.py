@@ -33,7 +33,7 @@ def textbook_process(
 ) -> None:
     import torch
 
-    from resnetlab import textbook_baseline as tb
+    from resnetlab.bench import textbook_baseline as tb
     from resnetlab.data import load_dataset
 
     train = load_dataset("fashion-mnist", train=True, root=data_dir).take(subset, seed=0)

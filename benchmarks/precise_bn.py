@@ -21,7 +21,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from resnetlab.data.loader import Loader
-from resnetlab.inference.evaluation import autocast
+from resnetlab.device import autocast
 from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.setup import build, normalization

@@ -54,7 +54,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def probe_cache(tmp_path_factory):
-    """The precision-and-layout probe's cache (resnetlab/probe.py) in a folder of the test
+    """The precision-and-layout probe's cache (train/precision.py) in a folder of the test
     session's: runs here neither read the user's decisions nor leave theirs behind."""
     path = tmp_path_factory.mktemp("probe") / "probe.json"
     previous = os.environ.get("RESNETLAB_PROBE_CACHE")

@@ -155,7 +155,7 @@ def test_variant_names():
 
 
 def test_preset_defaults_follow_presets_and_bf16_pays():
-    from resnetlab.device import bf16_pays
+    from resnetlab.train.precision import bf16_pays
 
     cpu = torch.device("cpu")
     defaults = preset_defaults(cpu)
@@ -206,7 +206,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 
 def test_textbook_pipeline_matches_torchvision_semantics():
     """PIL resize then ToTensor: float32 [1, r, r] in [0, 1]; at the native size exactly x / 255."""
-    from resnetlab.textbook_baseline import PILImages, pil_loader
+    from resnetlab.bench.textbook_baseline import PILImages, pil_loader
 
     images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
     labels = torch.arange(5)
@@ -221,8 +221,8 @@ def test_textbook_pipeline_matches_torchvision_semantics():
 
 def test_notebook_net_is_resnetlabs_textbook_net():
     """The baseline's verbatim cells and resnetlab's resnet18_d2l are the same net, key for key."""
+    from resnetlab.bench.textbook_baseline import notebook_resnet18
     from resnetlab.models import create_model
-    from resnetlab.textbook_baseline import notebook_resnet18
 
     torch.manual_seed(0)
     notebook = notebook_resnet18()

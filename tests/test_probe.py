@@ -9,8 +9,9 @@ import json
 import pytest
 import torch
 
-from resnetlab.probe import Candidate, probe
-from resnetlab.train import make_config, probing
+from resnetlab.train import make_config
+from resnetlab.train import precision as probing
+from resnetlab.train.precision import Candidate, probe
 
 FP32_CL, FP32_NCHW = Candidate(False, True), Candidate(False, False)
 BF16_CL, BF16_NCHW = Candidate(True, True), Candidate(True, False)
@@ -135,7 +136,7 @@ def test_a_run_records_the_probes_decision(monkeypatch, tmp_path):
     monkeypatch.setenv("RESNETLAB_PROBE_CACHE", str(tmp_path / "probe.json"))
     # room for both layouts on a loaded machine (CI's two test workers once cut the 3 s bound
     # short); the bound itself is tested above with a fake clock
-    monkeypatch.setattr("resnetlab.probe.MAX_SECONDS", 60.0)
+    monkeypatch.setattr("resnetlab.train.precision.MAX_SECONDS", 60.0)
     images = torch.zeros(64, 1, 8, 8, dtype=torch.uint8)
     ds = Dataset("t", images, torch.arange(64) % 10, [str(i) for i in range(10)])
     splits = setup.Splits(ds, None, ds)
@@ -169,7 +170,7 @@ def test_a_run_records_the_probes_decision(monkeypatch, tmp_path):
 
 
 def test_the_cache_lives_in_the_user_cache(monkeypatch, tmp_path):
-    from resnetlab.probe import cache_path
+    from resnetlab.train.precision import cache_path
 
     monkeypatch.delenv("RESNETLAB_PROBE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -188,11 +189,11 @@ def test_a_resumed_run_keeps_the_policy_it_ran_with(monkeypatch, tmp_path):
     """Resume stays bit-identical whatever a probe would pick now: the checkpoint's policy wins,
     and a checkpoint from before the probe gets the policy of its time."""
     from resnetlab.data import Dataset
-    from resnetlab.device import bf16_pays
     from resnetlab.distributed.group import DistInfo
     from resnetlab.train import setup
     from resnetlab.train.checkpoint import make_checkpoint
     from resnetlab.train.engine import TrainState
+    from resnetlab.train.precision import bf16_pays
 
     monkeypatch.setattr(probing, "probe_step", lambda *a: pytest.fail("probed"))
     ds = Dataset("t", torch.zeros(64, 1, 8, 8, dtype=torch.uint8), torch.arange(64) % 10)

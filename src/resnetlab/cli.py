@@ -223,7 +223,7 @@ def _cmd_train(args) -> int:
     import dataclasses
 
     from resnetlab.distributed.group import error_to_report, process_rank
-    from resnetlab.launch import launch_local
+    from resnetlab.distributed.launch import launch_local
     from resnetlab.train import TrainConfig, make_config, train
     from resnetlab.train.config import read_config_file
     from resnetlab.train.trainer import refuse_with_resume

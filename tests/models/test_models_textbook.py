@@ -7,8 +7,8 @@ from torch import nn
 from resnetlab import models as lab
 
 # The notebook's cells, verbatim, live once in the package: the benchmark's baseline uses them too.
-from resnetlab.textbook_baseline import Residual
-from resnetlab.textbook_baseline import notebook_resnet18 as notebook_net
+from resnetlab.bench.textbook_baseline import Residual
+from resnetlab.bench.textbook_baseline import notebook_resnet18 as notebook_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -123,7 +123,7 @@ def test_report_of_an_interrupted_run_draws_curves_timings_and_best_val(tmp_path
 
 
 def test_degradation_figure_at_one_epoch_tells_the_nets_apart(tmp_path):
-    from resnetlab.experiments.degradation import plot_degradation
+    from resnetlab.report.plots import plot_degradation
 
     data = [
         dict(

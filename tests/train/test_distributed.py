@@ -23,10 +23,10 @@ from torch import nn
 from resnetlab import cli
 from resnetlab.data import Dataset
 from resnetlab.distributed.group import TIMEOUT_ENV, collective_timeout, error_to_report, shared
+from resnetlab.distributed.launch import launch_local, torchrun_command
 from resnetlab.distributed.setup_check import describe_mismatch, describe_setup
 from resnetlab.distributed.syncbn import GlobalBatchNorm2d, convert_sync_batchnorm
 from resnetlab.errors import Interrupted, UsageError
-from resnetlab.launch import launch_local, torchrun_command
 from resnetlab.train import make_config
 from resnetlab.train.setup import build_model
 from resnetlab.weights import load_weights

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from resnetlab import cli, launch
+from resnetlab import cli
+from resnetlab.distributed import launch
 
 CHILD_FAILED = b"""\
 W1202 18:06:53.080000 4228 site-packages/torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 4285 closing signal SIGTERM

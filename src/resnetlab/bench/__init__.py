@@ -5,7 +5,7 @@
     print(format_report(result))
 
 Each *variant* is one way of running the same model at the same batch and resolution:
-- `textbook`: the notebook's own code (`resnetlab.textbook_baseline`): eager fp32 NCHW, d2l's
+- `textbook`: the notebook's own code (`resnetlab.bench.textbook_baseline`): eager fp32 NCHW, d2l's
   plain SGD step with a host read of the metrics every step, `no_grad` evaluation with the
   training-mode network's batch norms, the per-sample PIL pipeline;
 - `fp32`, `bf16`: resnetlab's path: channels_last, the engine's `fit` (foreach SGD, metrics summed
@@ -17,7 +17,7 @@ Each *variant* is one way of running the same model at the same batch and resolu
   `-nograph`.
 
 Without `variants`, the list also holds each preset's default as a run would pick it here: the
-timed probe of precision and layout (train/probing.py) at the bench's model, batch and shape
+timed probe of precision and layout (train/precision.py) at the bench's model, batch and shape
 (`defaults`, and the probe's figures in `defaults_probe`).
 
 For each variant, after one warm-up round (whose peak memory is recorded), `repeats` rounds

@@ -23,11 +23,11 @@ from resnetlab.bench.measure import (
 from resnetlab.bench.runners import ResnetlabRunner, TextbookRunner
 from resnetlab.bench.variants import DEFAULT_VARIANTS, parse_variant, preset_defaults
 from resnetlab.data import load_dataset
-from resnetlab.device import bf16_pays, resolve_device
+from resnetlab.device import resolve_device
 from resnetlab.errors import UsageError
 from resnetlab.models import get_model_info
+from resnetlab.train.precision import bf16_pays, resolve_policy
 from resnetlab.train.presets import make_config
-from resnetlab.train.probing import resolve_policy
 from resnetlab.train.setup import Splits
 
 
@@ -217,7 +217,7 @@ def _missing_defaults(defaults: dict, parsed: list) -> list[str]:
 
 
 def _default_policy(model, datasets: Splits, batch_size, resize, dev, say):
-    """The timed probe (train/probing.py) for the bench's model, batch and input shape, as a
+    """The timed probe (train/precision.py) for the bench's model, batch and input shape, as a
     training run would take it (bounded by its 3 s, cached): what each preset's default is here."""
     images = datasets.train.images
     px = resize or images.shape[-1]

@@ -8,7 +8,7 @@ import itertools
 
 import torch
 
-from resnetlab import textbook_baseline as tb
+from resnetlab.bench import textbook_baseline as tb
 from resnetlab.bench.variants import Variant
 from resnetlab.data import Loaders
 from resnetlab.inference.evaluation import Evaluator
@@ -44,7 +44,7 @@ class Batches:
 
 
 class TextbookRunner:
-    """The notebook's net and d2l's loop (resnetlab.textbook_baseline)."""
+    """The notebook's net and d2l's loop (resnetlab.bench.textbook_baseline)."""
 
     def __init__(
         self,

@@ -7,8 +7,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from resnetlab.device import bf16_pays, capture_problem
 from resnetlab.errors import UsageError
+from resnetlab.train.graphs import capture_problem
+from resnetlab.train.precision import bf16_pays
 from resnetlab.train.presets import PRESETS
 
 DEFAULT_VARIANTS = ("textbook", "fp32", "bf16")
@@ -75,7 +76,7 @@ def preset_defaults(
 ) -> dict[str, str]:
     """The variant each training preset runs by default on `device`: the fastest setting the
     timed probe measured (`figures`: seconds per step by "bf16 channels_last", "fp32 NCHW", ...,
-    as train/probing.py measures them) among those the preset allows (d2l: fp32), or where none
+    as train/precision.py measures them) among those the preset allows (d2l: fp32), or where none
     was measured the instruction-set policy (bf16 where bf16_pays, channels_last)."""
     pays = bf16_pays(device)
     out = {}

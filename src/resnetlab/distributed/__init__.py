@@ -6,8 +6,9 @@
     ddp.py          DistributedDataParallel as the trainer wraps a model
     syncbn.py       batch norm over all processes (--sync-bn), also on the CPU
     setup_check.py  refusing processes started with different flags, data or versions
+    launch.py       `resnetlab train --nproc N`: starts the processes with torchrun
 
-`resnetlab train --nproc N` (resnetlab/launch.py) starts the processes with torchrun.
+Only the CLI imports launch.py (on demand): the training processes it starts never load it.
 """
 
 from resnetlab.distributed.group import DistInfo, init_from_env, session, shared

@@ -34,7 +34,7 @@ from resnetlab.errors import UsageError, plural
 from resnetlab.experiments.defaults import DEGRADATION_DEFAULTS, DEGRADATION_RECIPE
 from resnetlab.fileio import write_csv, write_json
 from resnetlab.models import get_model_info, list_models
-from resnetlab.report.plots import have_matplotlib, new_figure, save_png
+from resnetlab.report.plots import have_matplotlib, plot_degradation, plot_gradients
 from resnetlab.train import make_config, train
 from resnetlab.train.setup import build
 
@@ -420,73 +420,3 @@ def too_short(result: dict) -> str | None:
         f"conclude; run the defaults ({CONCLUSIVE_EPOCHS} epochs on {CONCLUSIVE_SUBSET:,} "
         "examples, or more)"
     )
-
-
-# --- figures (matplotlib is an optional extra; callers check have_matplotlib first; report.plots
-# draws on bare Figures and writes PNGs atomically) ---------------------------------------------
-
-
-def _style(net: str, depths: list[int], depth: int, residual: bool) -> dict:
-    # As in the paper's figures: one colour per depth; here plain dashed, residual solid.
-    # Markers tell the nets apart where lines cannot (one epoch: a point each): residual filled
-    # circles, plain open squares, a little apart so that equal errors do not hide each other.
-    colour = "tab:red" if depth == max(depths) else "tab:blue"
-    marker = (
-        dict(marker="o", markersize=6)
-        if residual
-        else dict(marker="s", markersize=8, markerfacecolor="none", markeredgewidth=1.5)
-    )
-    return dict(color=colour, linestyle="-" if residual else "--", label=net, **marker)
-
-
-def plot_degradation(rows: list[dict], path: str | Path, title: str = ""):
-    """Training error (left) and test error (right) in percent against epoch, one line per net."""
-    depths = sorted({r["depth"] for r in rows})
-    fig = new_figure(figsize=(10, 3.8))
-    axes = fig.subplots(1, 2, sharex=True)
-    for net in dict.fromkeys(r["net"] for r in rows):
-        mine = [r for r in rows if r["net"] == net]
-        style = _style(net, depths, mine[0]["depth"], mine[0]["residual"])
-        for ax, key in zip(axes, ("train_err", "test_err")):
-            ax.plot([r["epoch"] for r in mine], [100 * r[key] for r in mine], **style)
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [r["epoch"] for r in rows]
-    for ax, name in zip(axes, ("training error (%)", "test error (%)")):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        if epochs:
-            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"plain (dashed, open squares) vs residual (solid, dots): {title}")
-    fig.tight_layout()
-    save_png(fig, Path(path))
-    return fig
-
-
-def plot_gradients(
-    norms: dict[str, list[tuple[str, float]]], path: str | Path, title: str = ""
-) -> None:
-    """Gradient norm per layer (log scale), input layer first, one line per net."""
-    fig = new_figure(figsize=(7, 3.8))
-    ax = fig.subplots()
-    for net, layers in norms.items():
-        residual = net.startswith("resnet")
-        ax.plot(
-            range(1, len(layers) + 1),
-            [n for _, n in layers],
-            marker=".",
-            linestyle="-" if residual else "--",
-            color="tab:green" if residual else "tab:purple",
-            label=net,
-        )
-    ax.set_yscale("log")
-    ax.set_xlabel("layer (1 = first conv, last = classifier)")
-    ax.set_ylabel("weight gradient norm")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    ax.set_title(f"per-layer gradient norm {title}")
-    fig.tight_layout()
-    save_png(fig, Path(path))

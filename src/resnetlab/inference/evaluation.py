@@ -8,19 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnetlab.device import autocast
 from resnetlab.distributed.collectives import (
     all_reduce_sum,
     gather_concat,
 )
 from resnetlab.distributed.group import DistInfo
-
-
-def autocast(device: torch.device, enabled: bool, cache: bool = True):
-    """bf16 autocast. `cache=False` inside a CUDA graph: cached casts of the weights would be
-    captured stale (PyTorch's advice for graphs)."""
-    return torch.autocast(
-        device_type=device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=cache
-    )
 
 
 def batch_sums(

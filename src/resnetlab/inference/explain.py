@@ -3,14 +3,14 @@ weights, read the images as training saw them, draw one PNG grid of overlays) an
 `write_mistakes_cam` / `ensure_mistakes_cam` (the report's Grad-CAM row of the most confident
 mistakes, mistakes_gradcam.png in the run folder).
 
-The maps come from `resnetlab.explain.grad_cam`; this module only wires runs, files and plots to it.
+The maps come from `resnetlab.explain.grad_cam` and the grid is drawn by report/plots.py; this
+module only wires runs, files and plots to them.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -20,13 +20,11 @@ from resnetlab.explain import grad_cam, require_captum, resolve_layer
 from resnetlab.inference.images import load_image, preprocess
 from resnetlab.inference.loading import load_model, open_test_set, whole_images
 from resnetlab.report.mistakes import read_mistakes_csv
-from resnetlab.report.plots import have_matplotlib, new_figure, save_png
+from resnetlab.report.plots import have_matplotlib, plot_cam_grid
 from resnetlab.weights import load_weights
 
 MISTAKES_CAM = "mistakes_gradcam.png"  # the report's Grad-CAM row, in the run folder
 MISTAKES_CAM_K = 8  # the most confident mistakes it shows
-COLUMNS = 6
-CELL_INCHES = 1.9
 
 
 def have_captum() -> bool:
@@ -42,38 +40,6 @@ def _display(batch: torch.Tensor, meta: dict) -> torch.Tensor:
         std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
         x = x * std + mean
     return x.clamp(0, 1)
-
-
-def plot_cam_grid(
-    images: torch.Tensor,
-    cams: torch.Tensor,
-    titles: list[str],
-    path: str | Path,
-    title: str = "",
-    columns: int = COLUMNS,
-) -> Path:
-    """A grid of images ([N, C, H, W] in [0, 1]) each with its Grad-CAM map ([N, H, W] in [0, 1])
-    laid over it in the `jet` colours (red: most evidence for the class), titled; one PNG."""
-    if not have_matplotlib():
-        raise UsageError("drawing Grad-CAM needs matplotlib: pip install 'resnetlab[plot]'")
-    n = len(images)
-    cols = max(1, min(columns, n))
-    rows = max(1, math.ceil(n / cols))
-    fig = new_figure(
-        figsize=(CELL_INCHES * cols, (CELL_INCHES + 0.35) * rows + (0.4 if title else 0))
-    )
-    axes = fig.subplots(rows, cols, squeeze=False).flatten()
-    for ax in axes:
-        ax.axis("off")
-    for ax, img, cam, text in zip(axes, images, cams, titles):
-        pixels = img[0] if img.shape[0] == 1 else img[:3].permute(1, 2, 0)
-        ax.imshow(pixels.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.imshow(cam.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
-        ax.set_title(text, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    save_png(fig, Path(path))
-    return Path(path)
 
 
 def _class_index(name: str, classes: list[str]) -> int:

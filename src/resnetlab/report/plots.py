@@ -1,15 +1,23 @@
-"""Plots of a run (matplotlib, an optional extra): its curves and its confusion matrix."""
+"""Every figure resnetlab draws (matplotlib, an optional extra; on bare Figures, written as PNG
+atomically): a run's curves and confusion matrix, the Grad-CAM grid (`resnetlab explain`, the
+report's row of mistakes) and the degradation experiment's two figures."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import io
+import math
 import threading
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from resnetlab.errors import UsageError
 from resnetlab.fileio import write_bytes
+
+if TYPE_CHECKING:  # the figures take tensors; importing this module does not import torch
+    import torch
 
 
 def have_matplotlib() -> bool:
@@ -142,4 +150,111 @@ def plot_confusion(confusion, classes: list[str], path: str | Path, title: str =
                 )
     if title:
         ax.set_title(title)
+    save_png(fig, Path(path))
+
+
+# --- Grad-CAM (`resnetlab explain`, the report's Grad-CAM row: inference/explain.py) ------------
+
+COLUMNS = 6
+CELL_INCHES = 1.9
+
+
+def plot_cam_grid(
+    images: torch.Tensor,
+    cams: torch.Tensor,
+    titles: list[str],
+    path: str | Path,
+    title: str = "",
+    columns: int = COLUMNS,
+) -> Path:
+    """A grid of images ([N, C, H, W] in [0, 1]) each with its Grad-CAM map ([N, H, W] in [0, 1])
+    laid over it in the `jet` colours (red: most evidence for the class), titled; one PNG."""
+    if not have_matplotlib():
+        raise UsageError("drawing Grad-CAM needs matplotlib: pip install 'resnetlab[plot]'")
+    n = len(images)
+    cols = max(1, min(columns, n))
+    rows = max(1, math.ceil(n / cols))
+    fig = new_figure(
+        figsize=(CELL_INCHES * cols, (CELL_INCHES + 0.35) * rows + (0.4 if title else 0))
+    )
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    for ax in axes:
+        ax.axis("off")
+    for ax, img, cam, text in zip(axes, images, cams, titles):
+        pixels = img[0] if img.shape[0] == 1 else img[:3].permute(1, 2, 0)
+        ax.imshow(pixels.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(cam.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+        ax.set_title(text, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_png(fig, Path(path))
+    return Path(path)
+
+
+# --- the degradation experiment (experiments/degradation.py; its caller checks have_matplotlib) -
+
+
+def _degradation_style(net: str, depths: list[int], depth: int, residual: bool) -> dict:
+    # As in the paper's figures: one colour per depth; here plain dashed, residual solid.
+    # Markers tell the nets apart where lines cannot (one epoch: a point each): residual filled
+    # circles, plain open squares, a little apart so that equal errors do not hide each other.
+    colour = "tab:red" if depth == max(depths) else "tab:blue"
+    marker = (
+        dict(marker="o", markersize=6)
+        if residual
+        else dict(marker="s", markersize=8, markerfacecolor="none", markeredgewidth=1.5)
+    )
+    return dict(color=colour, linestyle="-" if residual else "--", label=net, **marker)
+
+
+def plot_degradation(rows: list[dict], path: str | Path, title: str = ""):
+    """Training error (left) and test error (right) in percent against epoch, one line per net."""
+    depths = sorted({r["depth"] for r in rows})
+    fig = new_figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2, sharex=True)
+    for net in dict.fromkeys(r["net"] for r in rows):
+        mine = [r for r in rows if r["net"] == net]
+        style = _degradation_style(net, depths, mine[0]["depth"], mine[0]["residual"])
+        for ax, key in zip(axes, ("train_err", "test_err")):
+            ax.plot([r["epoch"] for r in mine], [100 * r[key] for r in mine], **style)
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in rows]
+    for ax, name in zip(axes, ("training error (%)", "test error (%)")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if epochs:
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"plain (dashed, open squares) vs residual (solid, dots): {title}")
+    fig.tight_layout()
+    save_png(fig, Path(path))
+    return fig
+
+
+def plot_gradients(
+    norms: dict[str, list[tuple[str, float]]], path: str | Path, title: str = ""
+) -> None:
+    """Gradient norm per layer (log scale), input layer first, one line per net."""
+    fig = new_figure(figsize=(7, 3.8))
+    ax = fig.subplots()
+    for net, layers in norms.items():
+        residual = net.startswith("resnet")
+        ax.plot(
+            range(1, len(layers) + 1),
+            [n for _, n in layers],
+            marker=".",
+            linestyle="-" if residual else "--",
+            color="tab:green" if residual else "tab:purple",
+            label=net,
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (1 = first conv, last = classifier)")
+    ax.set_ylabel("weight gradient norm")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    ax.set_title(f"per-layer gradient norm {title}")
+    fig.tight_layout()
     save_png(fig, Path(path))

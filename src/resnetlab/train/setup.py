@@ -34,10 +34,7 @@ from resnetlab.data.mixing import MixedLoader
 from resnetlab.data.shards import open_stream
 from resnetlab.data.stream import StreamLoader, make_stream_loaders
 from resnetlab.device import (
-    bf16_pays,
-    channels_last_pays,
     prepare_device,
-    resolve_capture,
     resolve_device,
 )
 from resnetlab.distributed.ddp import wrap_ddp
@@ -52,9 +49,14 @@ from resnetlab.models.pretrained import load_pretrained
 from resnetlab.train.checkpoint import restore_checkpoint
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.engine import TrainState
-from resnetlab.train.graphs import CapturedEvaluator, CapturedStep, CaptureFallback
+from resnetlab.train.graphs import (
+    CapturedEvaluator,
+    CapturedStep,
+    CaptureFallback,
+    resolve_capture,
+)
+from resnetlab.train.precision import Policy, bf16_pays, channels_last_pays, resolve_policy
 from resnetlab.train.presets import PRESETS
-from resnetlab.train.probing import Policy, resolve_policy
 from resnetlab.train.steps import EagerStep, WeightAverage, init_weights, make_optimizer
 from resnetlab.train.whiten import WHITEN_IMAGES, whiten_first_conv
 from resnetlab.version import __version__
@@ -77,7 +79,7 @@ class Parts:
     device: torch.device
     amp: bool  # bf16 autocast, as resolved for the device
     channels_last: bool
-    probe: dict | None  # the probe that chose amp and channels_last (resnetlab/probe.py), if any
+    probe: dict | None  # the probe that chose amp and channels_last (train/precision.py), if any
     capture: bool  # training steps and evaluation batches replayed from CUDA graphs
     # capture chosen by default: where capturing failed and the run went on op by op (else None)
     capture_fallback: CaptureFallback | None
@@ -420,7 +422,7 @@ def _step_and_evaluators(
 
 def _device_policy(cfg: TrainConfig, dist: DistInfo) -> tuple[torch.device, bool]:
     """This process's device (prepared), and whether training steps are captured: as the config
-    says, or where they apply when it says `auto` (resnetlab/device.py)."""
+    says, or where they apply when it says `auto` (train/graphs.py)."""
     device = resolve_device(cfg.device, dist.local_rank)
     prepare_device(device)
     capture = resolve_capture(
@@ -435,7 +437,7 @@ def _device_policy(cfg: TrainConfig, dist: DistInfo) -> tuple[torch.device, bool
 
 
 def _precision_and_layout(cfg, dist, device, splits, checkpoint, say) -> Policy:
-    """bf16 autocast and channels_last for this run (train/probing.py): explicit settings, a
+    """bf16 autocast and channels_last for this run (train/precision.py): explicit settings, a
     resumed run's own, or the timed probe's pick for the run's model, batch and input shape."""
     images = splits.train.images
     hw = (cfg.resize, cfg.resize) if cfg.resize else tuple(images.shape[2:])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from resnetlab.inference.evaluation import autocast
+from resnetlab.device import autocast
 from resnetlab.train.config import TrainConfig
 
 

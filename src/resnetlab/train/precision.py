@@ -1,11 +1,21 @@
-"""Precision and memory layout chosen by measurement: a short timed probe of a run's own training
-step in each candidate setting (bf16 autocast or fp32, channels_last or NCHW), cached per machine.
+"""Precision and memory layout: bf16 autocast or fp32, channels_last or NCHW, for a run whose
+configuration says `auto` (None). Three parts, one concept:
 
-Which setting is fastest depends on the CPU, the model and the shape, not on an instruction-set
-flag: on one Xeon with AMX, one thread, resnet18_d2l at 28 px trained fastest in fp32 NCHW, at 96
-px in bf16 channels_last (2.5x fp32 NCHW; BENCHMARKS.md). So the caller (train/setup.py) hands
-`probe` a function that builds one training step of the run's model, batch and input shape in a
-candidate setting, and `probe` times a few steps of each:
+- the instruction-set policy (`bf16_pays`, `channels_last_pays`): where bf16 is native (so worth
+  measuring) and what a run keeps when its timed probe measured nothing;
+- the probe (`probe`): a short timed probe of a run's own training step in each candidate
+  setting, cached per machine;
+- the decision (`resolve_policy`): explicit settings win, a resumed run keeps what it ran with,
+  and otherwise the probe of the run's own model, batch and input shape decides.
+
+The autocast context itself is `resnetlab.device.autocast`, on the ground floor, since inference
+evaluates under it too and never imports train/.
+
+The probe. Which setting is fastest depends on the CPU, the model and the shape, not on an
+instruction-set flag: on one Xeon with AMX, one thread, resnet18_d2l at 28 px trained fastest in
+fp32 NCHW, at 96 px in bf16 channels_last (2.5x fp32 NCHW; BENCHMARKS.md). So `probe` takes a
+function that builds one training step of the run's model, batch and input shape in a candidate
+setting (`probe_step`), and times a few steps of each:
 
 - bounded: at most `max_seconds` (3 s) in all, and at most `max_fraction` (2 %) of the run's
   expected time. A probe step costs about what a step of the run costs, so the probe takes at
@@ -20,11 +30,17 @@ candidate setting, and `probe` times a few steps of each:
   what it measured, and the next run measures the rest;
 - the fastest measured candidate wins; none measured: the first (the instruction-set policy's).
 
-This module knows nothing of training: the step comes from the caller.
+The decision's candidates: bf16 autocast or fp32 where `amp` is auto and the device has native
+bf16 (`bf16_pays`; elsewhere bf16 is emulated and fp32 is kept without measuring), channels_last
+or NCHW where `channels_last` is auto on a CPU or CUDA. The instruction-set policy's pick comes
+first: it is what a probe that measures nothing keeps. Several processes (torch.distributed) keep
+that policy too: their decisions must agree and their timings would not.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import os
 import platform
@@ -34,8 +50,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from resnetlab.device import autocast
 from resnetlab.fileio import write_json
+from resnetlab.models import create_model
+from resnetlab.train.config import TrainConfig
+
+# --- the instruction-set policy --------------------------------------------------------------------
+
+
+def bf16_pays(device: torch.device) -> bool:
+    """bf16 autocast pays on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX): measured ~2x here."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    return False
+
+
+def channels_last_pays(device: torch.device) -> bool:
+    """channels_last memory: measured faster on the CPU (oneDNN) and on CUDA (cuDNN)."""
+    return device.type in ("cpu", "cuda")
+
+
+# --- the probe: bounded, cached per machine; the step it times comes from its caller ---------------
 
 MAX_SECONDS = 3.0  # the most a probe costs a run
 MAX_FRACTION = 0.02  # ... and the most of its expected time
@@ -219,3 +260,104 @@ def _measure(
         if spent >= budget():
             break
     return spent
+
+
+# --- the decision for a run ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    amp: bool
+    channels_last: bool
+    probe: ProbeResult | None = None  # None: nothing was left to measure (or several processes)
+
+
+def candidates(cfg: TrainConfig, device: torch.device) -> list[Candidate]:
+    """The settings worth measuring for `cfg` on `device`, the instruction-set policy's first."""
+    if cfg.amp is not None:
+        amps = [cfg.amp]
+    else:
+        amps = [True, False] if bf16_pays(device) else [False]
+    if cfg.channels_last is not None:
+        layouts = [cfg.channels_last]
+    elif channels_last_pays(device):
+        layouts = [True, False]
+    else:
+        layouts = [False]
+    return [Candidate(a, c) for a, c in itertools.product(amps, layouts)]
+
+
+def probe_step(
+    cfg: TrainConfig, shape: tuple[int, ...], num_classes: int, device: torch.device
+) -> Callable[[Candidate], Callable[[], None]]:
+    """make_step for probe(): a copy of the run's model in the candidate's setting, plain SGD
+    with momentum, and one random batch of the run's shape; a step drains the device. The model
+    is built once, here, outside the probe's clock, with a first optimizer: the run builds both
+    anyway, and the first of each in a process pays for lazy imports (measured on this 2-core
+    machine: 2.7 s for the first model, 3.6 s for the first SGD, then 0.02 s a copy)."""
+    template = create_model(
+        cfg.model, num_classes=num_classes, in_chans=shape[1], **cfg.model_kwargs
+    )
+    torch.optim.SGD(template.parameters(), lr=0.0, momentum=0.9, foreach=True)
+
+    def make_step(candidate: Candidate) -> Callable[[], None]:
+        model = copy.deepcopy(template).to(device)
+        x = torch.randn(shape, device=device)
+        if candidate.channels_last:
+            model, x = (
+                model.to(memory_format=torch.channels_last),
+                x.contiguous(memory_format=torch.channels_last),
+            )
+        y = torch.randint(0, num_classes, (shape[0],), device=device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=True)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, candidate.amp):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        return step
+
+    return make_step
+
+
+def resolve_policy(
+    cfg: TrainConfig,
+    device: torch.device,
+    shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    expected_steps: int | None,
+    world_size: int = 1,
+    resumed: dict | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Policy:
+    """amp and channels_last for a run of `cfg` whose batches have `shape` ([batch, C, H, W]):
+    `resumed` (a checkpoint's "policy") when given, else explicit settings, else the probe's
+    pick (its line told to `say`)."""
+    if resumed is not None:
+        return Policy(
+            cfg.amp if cfg.amp is not None else resumed["amp"],
+            cfg.channels_last if cfg.channels_last is not None else resumed["channels_last"],
+        )
+    options = candidates(cfg, device)
+    if len(options) == 1 or world_size > 1:
+        return Policy(options[0].amp, options[0].channels_last)
+    key = dict(
+        machine_key(device),
+        model=cfg.model,
+        model_kwargs=cfg.model_kwargs,
+        shape=list(shape),
+    )
+    # the probe's random batches leave the run's random numbers as they were
+    cuda = device.type == "cuda"
+    index = (torch.cuda.current_device() if device.index is None else device.index) if cuda else 0
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        result = probe(key, options, probe_step(cfg, shape, num_classes, device), expected_steps)
+    if say is not None and result.figures:  # a run too short to measure anything stays quiet
+        say(result.line())
+    return Policy(result.choice.amp, result.choice.channels_last, result)
