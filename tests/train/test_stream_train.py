@@ -90,6 +90,81 @@ def test_resume_inside_an_epoch_is_bit_identical(shards, tmp_path, monkeypatch, 
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
 
 
+def test_resume_inside_an_epoch_with_mixing_is_bit_identical(
+    shards, tmp_path, monkeypatch, ctrl_c_at
+):
+    """The batches done before the resume are not read again, but their mixing draws are still
+    made (data/mixing.py), so the later batches mix as in the unbroken run."""
+    cfg = make_config("quick", data=f"shards:{shards}", **dict(STREAM, mixup=0.2, cutmix=1.0))
+    train(cfg, out=tmp_path / "straight", verbose=False)
+    ctrl_c_at(7)  # epoch 2, step 2
+    with pytest.raises(Interrupted):
+        train(cfg, out=tmp_path / "broken", verbose=False)
+    assert load_checkpoint(tmp_path / "broken")["state"]["step_in_epoch"] == 2
+    monkeypatch.undo()
+    train(resume=tmp_path / "broken", verbose=False)
+    a, _ = load_weights(tmp_path / "straight" / "model.safetensors")
+    b, _ = load_weights(tmp_path / "broken" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+
+
+def test_bad_images_before_a_resume_inside_an_epoch_are_still_counted(
+    tmp_path, monkeypatch, ctrl_c_at
+):
+    root = write_folder(tmp_path / "photos")
+    good = next((root / "train" / "c0").glob("*.jpg")).read_bytes()
+    for n in range(4):  # spread over the epoch's order: some in the batches before the stop
+        (root / "train" / f"c{n % 2}" / f"cut{n}.jpg").write_bytes(good[: len(good) // 2])
+    cfg = make_config("quick", data=f"imagefolder:{root}", **dict(STREAM, stream=True))
+    train(cfg, out=tmp_path / "straight", verbose=False)
+    ctrl_c_at(9)  # 5 steps and the end of epoch 1 read the flag: epoch 2, step 3
+    with pytest.raises(Interrupted):
+        train(cfg, out=tmp_path / "broken", verbose=False)
+    assert load_checkpoint(tmp_path / "broken")["state"]["step_in_epoch"] == 3
+    monkeypatch.undo()
+    train(resume=tmp_path / "broken", verbose=False)
+    runs = [tmp_path / "straight", tmp_path / "broken"]
+    skipped = []
+    for run in runs:
+        with open(run / "metrics.csv") as f:
+            skipped.append([r["skipped"] for r in csv.DictReader(f)])
+    assert skipped[0] == skipped[1]
+    summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
+    assert summaries[0]["skipped_images"] == summaries[1]["skipped_images"] == 4
+    a, _ = load_weights(tmp_path / "straight" / "model.safetensors")
+    b, _ = load_weights(tmp_path / "broken" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+
+
+def test_unreadable_test_images_are_counted_listed_and_the_run_reads_back(tmp_path, capsys):
+    root = write_folder(tmp_path / "photos")
+    good = next((root / "test" / "c0").glob("*.jpg")).read_bytes()
+    (root / "test" / "c0" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    (root / "train" / "c0" / "cut.jpg").write_bytes(good[: len(good) // 2])  # read back too
+    run = tmp_path / "run"
+    args = ["train", "--data", f"imagefolder:{root}", "--stream", "--out", str(run)]
+    flags = ["--model", "resnet20", "--model-kwargs", '{"width": 4}', "--batch-size", "8"]
+    flags += ["--epochs", "1", "--val-split", "0", "--resize", "16", "--progressive-resize", "0"]
+    flags += ["--init", "default", "--tta", "none", "--device", "cpu", "--no-amp"]
+    assert cli.main(args + flags) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err
+    assert "1 test image could not be read" in out and "cut.jpg" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["test_count"], summary["test_unreadable"]) == (8, 1)
+    assert summary["test_unreadable_files"] == [str(root / "test" / "c0" / "cut.jpg")]
+    with open(run / "unreadable.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert (row["true"], row["file"]) == ("c0", str(root / "test" / "c0" / "cut.jpg"))
+    with open(run / "mistakes.csv") as f:
+        indices = [int(r["index"]) for r in csv.DictReader(f)]
+    assert int(row["index"]) not in indices  # mistakes index the test set, the bad one left out
+    assert cli.main(["report", str(run)]) == 0
+    assert "cut.jpg" in (run / "report.html").read_text()
+    assert cli.main(["runs", str(tmp_path)]) == 0
+    assert cli.main(["compare", str(run), str(run), "--out", str(tmp_path / "cmp")]) == 0
+
+
 def test_bad_images_are_counted_in_the_epoch_line_metrics_and_summary(tmp_path, capsys):
     root = write_folder(tmp_path / "photos")
     good = next((root / "train" / "c0").glob("*.jpg")).read_bytes()
@@ -100,11 +175,13 @@ def test_bad_images_are_counted_in_the_epoch_line_metrics_and_summary(tmp_path, 
     flags += ["--init", "default", "--tta", "none", "--device", "cpu", "--no-amp"]
     assert cli.main(args + flags) == 0
     out = capsys.readouterr().out
-    assert out.count("1 bad images skipped") == 2
+    assert out.count("1 bad image replaced") == 2
     with open(tmp_path / "run" / "metrics.csv") as f:
         assert [r["skipped"] for r in csv.DictReader(f)] == ["1", "1"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["skipped_images"] == 2
+    # distinct images, however many epochs met them; per epoch beside it
+    assert summary["skipped_images"] == 1 and summary["skipped_images_per_epoch"] == [1, 1]
+    assert summary["skipped_image_files"] == [str(root / "train" / "c0" / "cut.jpg")]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["config"]["stream"] is True
 
@@ -232,3 +309,35 @@ def test_the_recipes_ingredients_apply_to_streamed_batches_and_resume(
     train(only_ta, out=tmp_path / "ta", verbose=False)
     ta, _ = load_weights(tmp_path / "ta" / "model.safetensors")
     assert not all(torch.equal(ta[k], plain[k]) for k in ta), "--trivial-augment changed nothing"
+
+
+def test_streamed_processes_check_their_shards_without_waiting_on_another(tmp_path, monkeypatch):
+    """The first multi-process start on a large set timed out: local rank 0 hashed every shard
+    while the others waited in a barrier bounded by the collectives' timeout. Rank 1 of 2 now
+    hashes its half and waits on nobody (a barrier here would block: there is no rank 0)."""
+    from contextlib import contextmanager
+
+    from resnetlab.data import shards as shard_module
+    from resnetlab.distributed.group import DistInfo
+    from resnetlab.train import setup
+
+    pack_folder(write_folder(tmp_path / "photos"), tmp_path / "packed", shard_bytes=8_000)
+    shard_count = len(list((tmp_path / "packed").glob("train-*.tar")))
+    assert shard_count >= 2
+
+    @contextmanager
+    def no_waiting(dist):
+        raise AssertionError("a streamed start waited on another process")
+        yield
+
+    hashed, real = [], shard_module._sha256
+    monkeypatch.setattr(shard_module, "_sha256", lambda p: hashed.append(p.name) or real(p))
+    monkeypatch.setattr(shard_module, "_read_stamps", dict)
+    monkeypatch.setattr(shard_module, "_write_stamps", lambda stamps: None)
+    monkeypatch.setattr(setup, "local_main_first", no_waiting)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    cfg = make_config("quick", data=f"shards:{tmp_path / 'packed'}", **STREAM)
+    splits = setup.load_process_splits(cfg, DistInfo(rank=1, world_size=2, local_rank=1))
+    assert len(splits.train) + len(splits.test) == 40
+    train_hashed = [h for h in hashed if h.startswith("train-")]
+    assert train_hashed == [f"train-{i:06d}.tar" for i in range(1, shard_count, 2)]

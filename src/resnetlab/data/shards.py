@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,21 @@ class StreamSplit:
                 f"cannot read {path}: {e.strerror or e}; restore it (or pack the data again)"
             ) from None
 
+    def describe(self, i: int) -> str:
+        """Where sample i lies, as a user finds it: its image file, or its shard and member name
+        (from the member's tar header, just before its bytes)."""
+        f, offset, size = (int(v) for v in self.entries[i])
+        path = self.files[f]
+        if size < 0:
+            return path
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset - 512)
+                name = fh.read(100).split(b"\0", 1)[0].decode("utf-8")
+        except (OSError, ValueError):
+            name = f"bytes {offset}-{offset + size}"
+        return f"{path}:{name}"
+
     def subset(self, indices) -> StreamSplit:
         index = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self)):
@@ -126,6 +142,26 @@ class LazyImages:
 
 def is_stream_name(name: str) -> bool:
     return name.startswith(SHARDS)
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # scheme://..., as fsspec takes it
+
+
+def is_url(path) -> bool:
+    """Whether a shards: location is a URL (https://, s3://, ...) rather than a local folder: a
+    URL is kept as it is (Path would fold its "//" into "/")."""
+    return isinstance(path, str) and bool(_URL.match(path))
+
+
+def _local_folder(path) -> Path:
+    """A packed set's local folder; a URL is refused in one line saying what is read."""
+    if is_url(path):
+        scheme = path.split("://", 1)[0]
+        raise UsageError(
+            f"shards:{path}: packed sets are read from a local folder, not over {scheme}://; "
+            "copy the set (its manifest.json and .tar shards) to a local disk and pass shards:FOLDER"
+        )
+    return Path(path).expanduser()
 
 
 # --- packing --------------------------------------------------------------------------------
@@ -332,7 +368,7 @@ def _write_manifest(out, name, classes, channels, mean, std, splits, sizes, skip
 
 def read_manifest(path) -> dict:
     """A packed set's manifest; a DataError saying what to do when it is missing or not one."""
-    folder = Path(path).expanduser()
+    folder = _local_folder(path)
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -398,9 +434,14 @@ def default_side(manifest: dict) -> int:
     return DEFAULT_SIDE
 
 
-def open_shards(path, train: bool, *, verify: bool = True) -> StreamSplit:
-    """The train or test split of the packed set at `path`, every shard checked (`verify`)."""
-    folder = Path(path).expanduser()
+def open_shards(
+    path, train: bool, *, verify: bool = True, share: tuple[int, int] = (0, 1)
+) -> StreamSplit:
+    """The train or test split of the packed set at `path`, its shards checked (`verify`): with
+    `share` (k, n), only shards k, k + n, ...: the n processes of a machine each hash their share
+    at once, so none waits long on another (a start on 150 GB of shards outlasted the timeout of
+    the processes' collectives when one hashed them all)."""
+    folder = _local_folder(path)
     manifest = read_manifest(folder)
     split = "train" if train else "test"
     if split not in manifest["splits"]:
@@ -411,7 +452,7 @@ def open_shards(path, train: bool, *, verify: bool = True) -> StreamSplit:
     shards = manifest["splits"][split]["shards"]
     entries, labels, stamps = [], [], _read_stamps()
     for f, shard in enumerate(shards):
-        if verify:
+        if verify and f % share[1] == share[0]:
             check_shard(folder, shard, stamps)
         for offset, size, label in shard["members"]:
             entries.append((f, offset, size))
@@ -482,10 +523,11 @@ def _readable(paths: list[Path]) -> list[bytes]:
     return out
 
 
-def open_stream(name: str, train: bool) -> StreamSplit:
-    """`shards:PATH` or `imagefolder:PATH`, streamed."""
+def open_stream(name: str, train: bool, share: tuple[int, int] = (0, 1)) -> StreamSplit:
+    """`shards:PATH` or `imagefolder:PATH`, streamed; `share`: which shards this process checks
+    (open_shards)."""
     if name.startswith(SHARDS):
-        return open_shards(name[len(SHARDS) :], train)
+        return open_shards(name[len(SHARDS) :], train, share=share)
     if name.startswith(IMAGEFOLDER):
         return open_image_folder(name, train)
     raise UsageError(

@@ -11,9 +11,11 @@ the batches done without reading them. Batches are split across processes as the
 (`batch_plan`): each process reads a disjoint share of every epoch, evaluation sees every
 example once, without padding.
 
-Faults: an image that does not decode is left out of its batch and counted (`skipped`, per
-epoch); a file that cannot be read, or a worker that dies, ends the iteration with one
-DataError line.
+Faults: a training image that does not decode is replaced in its batch by another sample of
+the epoch, drawn from (seed, epoch, index), so every batch keeps its size (a captured CUDA step
+takes one shape); an evaluation image that does not decode is left out. Either way its index is
+recorded (`bad_indices`, per pass). A file that cannot be read, or a worker that dies, ends the
+iteration with one DataError line.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from resnetlab.errors import DataError, UsageError
 EVAL_RATIO = 0.875  # evaluation's crop / resize by default (the ImageNet convention, 224 / 256)
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 IMAGENET_AUGMENT = Augment(flip=True, resized_crop=True)  # StreamLoader's training default
+REPLACEMENT_TRIES = 8  # other samples tried in place of a training image that does not decode
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -78,23 +81,36 @@ class StreamDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, key: tuple[int, int, int]):
+        """(image or None, label, read error or None, index of the sample that did not decode or
+        None). In training a sample that does not decode is replaced by another of the epoch
+        (`replacement`), so every batch keeps its size (a captured CUDA step takes one shape)."""
         epoch, i, side = key
         label = int(self.split.labels[i])
         try:
             data = self.split.read(i)
         except DataError as e:  # a file gone: reported by the main process as one line
-            return None, label, str(e)
+            return None, label, str(e), None
         try:
             if self.train:
-                x = self._train_view(data, epoch, i, side)
-            else:
-                resize = self.eval_resize or round(side / EVAL_RATIO)
-                x = decode.eval_view(data, self.split.channels, resize, side)
+                return self._train_view(data, epoch, i, side), label, None, None
+            resize = self.eval_resize or round(side / EVAL_RATIO)
+            return decode.eval_view(data, self.split.channels, resize, side), label, None, None
         except decode.BadImage:
-            return None, label, None
-        return x, label, None
+            if not self.train:
+                return None, label, None, i  # left out; evaluation reports which
+        for j, gen in replacements(self.seed, epoch, i, len(self.split)):
+            try:
+                x = self._train_view(self.split.read(j), epoch, j, side, gen)
+            except DataError as e:
+                return None, label, str(e), i
+            except decode.BadImage:
+                continue
+            return x, int(self.split.labels[j]), None, i
+        return None, label, None, i
 
-    def _train_view(self, data: bytes, epoch: int, i: int, side: int) -> torch.Tensor:
+    def _train_view(
+        self, data: bytes, epoch: int, i: int, side: int, gen: torch.Generator | None = None
+    ) -> torch.Tensor:
         aug = self.augment
         if aug.alternate_flip:
             flip = alternate_flip(self.seed, epoch, i)
@@ -104,7 +120,7 @@ class StreamDataset(torch.utils.data.Dataset):
             data,
             self.split.channels,
             side,
-            sample_generator(self.seed, epoch, i),
+            sample_generator(self.seed, epoch, i) if gen is None else gen,
             self.extra_transform,
             resized_crop=aug.resized_crop,
             crop_padding=aug.crop_padding,
@@ -112,25 +128,32 @@ class StreamDataset(torch.utils.data.Dataset):
         )
 
 
-def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, int, str | None]:
-    """(images uint8 [b, C, H, W], labels int64 [b], images left out, the first read error)."""
-    good = [(x, y) for x, y, _ in samples if x is not None]
-    error = next((e for _, _, e in samples if e is not None), None)
+def replacements(
+    seed: int, epoch: int, index: int, n: int
+) -> Iterator[tuple[int, torch.Generator]]:
+    """The samples tried in turn in place of training sample `index` when it does not decode in
+    `epoch`, each with the generator of its view: up to REPLACEMENT_TRIES other samples of the
+    epoch, a pure function of (seed, epoch, index) like everything else in a batch. The view's
+    generator is not the replacement's own, so the epoch does not hold the same view twice."""
+    if n < 2:
+        return
+    gen = torch.Generator().manual_seed(_stream_seed(seed, epoch, f"replace/{index}"))
+    for _ in range(REPLACEMENT_TRIES):
+        j = int(torch.randint(n - 1, (1,), generator=gen))
+        yield j + (j >= index), gen
+
+
+def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, list[int], str | None]:
+    """(images uint8 [b, C, H, W], labels int64 [b], the indices of the samples that did not
+    decode (left out, or replaced in training), the first read error)."""
+    good = [(x, y) for x, y, _, _ in samples if x is not None]
+    error = next((e for _, _, e, _ in samples if e is not None), None)
+    bad = [i for _, _, _, i in samples if i is not None]
     if not good:
-        return (
-            torch.empty(0, dtype=torch.uint8),
-            torch.empty(0, dtype=torch.int64),
-            len(samples),
-            error,
-        )
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), bad, error
     xs, ys = zip(*good)
     # default_collate stacks straight into shared memory inside a worker: no copy on the way back
-    return (
-        default_collate(list(xs)),
-        torch.tensor(ys, dtype=torch.int64),
-        len(samples) - len(good),
-        error,
-    )
+    return default_collate(list(xs)), torch.tensor(ys, dtype=torch.int64), bad, error
 
 
 class _Batches:
@@ -158,7 +181,8 @@ class StreamLoader:
     shorter side to `eval_resize` (default round(size / 0.875)) and centre-crops `size`.
     `workers` DataLoader processes decode (0: in this process); batches are pinned when the
     device is CUDA and copied without blocking; normalisation happens on the device.
-    `skipped`: images of the last epoch iterated that did not decode (left out of their batch).
+    `bad_indices`: the dataset indices of the images of the last pass that did not decode
+    (replaced in training, left out in evaluation), in the order met; `skipped` their number.
     """
 
     def __init__(
@@ -195,7 +219,8 @@ class StreamLoader:
         self.side = size or split.side
         self.out_size = (self.side, self.side)
         self.epoch_sizes = list(epoch_sizes) if epoch_sizes else None
-        self.epoch, self.skipped, self._skip = 0, 0, 0
+        self.epoch, self._skip = 0, 0
+        self.bad_indices: list[int] = []
         self._divisor = torch.tensor([255 * s for s in std], device=self.device).view(-1, 1, 1)
         self._shift = torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(
             -1, 1, 1
@@ -219,6 +244,11 @@ class StreamLoader:
             persistent_workers=workers > 0 and shuffle,
             prefetch_factor=prefetch if workers > 0 else None,
         )
+
+    @property
+    def skipped(self) -> int:
+        """Images of the last pass that did not decode (this process's share)."""
+        return len(self.bad_indices)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -254,7 +284,8 @@ class StreamLoader:
     def skip_next(self, n: int) -> None:
         """The next pass yields its first `n` batches as (None, None), unread: training resumed
         inside an epoch passes over the batches it had done (train/engine.py), and every later
-        batch is the same without them (each sample's generator is its own)."""
+        batch is the same without them (each sample's generator is its own). A wrapper that
+        draws per batch (data/mixing.py) still makes the skipped batches' draws, at `out_size`."""
         self._skip = n
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -280,7 +311,7 @@ class StreamLoader:
         [b, C, side, side] and labels, on the host (pinned when the device is CUDA)."""
         self._sampler.batches = itertools.islice(self.epoch_keys(), start, None)
         self._sampler.count = len(self._plan) - start
-        self.skipped = 0
+        self.bad_indices = []
         batches = iter(self._loader)
         for i in range(start, len(self._plan)):
             try:
@@ -294,7 +325,7 @@ class StreamLoader:
                 ) from None
             if error is not None:
                 raise DataError(error)
-            self.skipped += bad
+            self.bad_indices += bad
             if not len(y):
                 raise DataError(
                     f"every image of batch {i + 1} failed to decode; check the data ({self.dataset.name})"
@@ -374,6 +405,20 @@ def make_stream_loaders(
     return Loaders(loader, evaluation(val), evaluation(test))
 
 
+def run_test_set(cfg: dict):
+    """The test split of a run (its config.json's "config"), read as the run read it: streamed
+    (a StreamSplit: shards:PATH, or --stream) or into memory, with the run's --subset; what the
+    readers of a finished run (its report's figures) look at."""
+    from resnetlab.data.datasets import load_dataset
+    from resnetlab.data.shards import is_stream_name, open_stream
+
+    subset, seed = cfg.get("subset"), cfg.get("seed", 0)
+    if cfg.get("stream") or is_stream_name(cfg["data"]):
+        split = open_stream(cfg["data"], False)
+        return split if subset is None else split.take(min(subset, len(split)), seed=seed)
+    return load_dataset(cfg["data"], False, cfg.get("data_dir"), subset=subset, seed=seed)
+
+
 __all__ = [
     "IMAGENET_AUGMENT",
     "StreamDataset",
@@ -382,5 +427,6 @@ __all__ = [
     "collate",
     "eval_sizes",
     "make_stream_loaders",
+    "run_test_set",
     "sample_generator",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data import load_dataset
+from resnetlab.data.stream import run_test_set
 from resnetlab.errors import UsageError
 from resnetlab.explain import grad_cam, require_captum, resolve_layer
 from resnetlab.inference.images import load_image, preprocess
@@ -189,8 +189,6 @@ def ensure_mistakes_cam(folder: str | Path) -> bool:
     if not kept.exists():
         return False
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))["config"]
-    test_set = load_dataset(
-        cfg["data"], False, cfg.get("data_dir"), subset=cfg.get("subset"), seed=cfg["seed"]
-    )
+    test_set = run_test_set(cfg)  # as the run read it: a streamed set is not loaded whole
     items = read_mistakes_csv(csv_path)
     return write_mistakes_cam(folder, kept, items, test_set.images) is not None

@@ -84,6 +84,8 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
         ("best_val_acc", (int, float)),
         ("history", list),
         ("partial", list),
+        ("bad_images", list),
+        ("partial_bad", list),
     ):
         value = state.get(name, 0 if kind is int else [] if kind is list else 0.0)
         if isinstance(value, bool) or not isinstance(value, kind):
