@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from resnetlab import cli
-from resnetlab.data.shards import pack_folder
+from resnetlab.data.shards import open_shards, pack_folder
 from resnetlab.errors import DataError, Interrupted
 from resnetlab.train import make_config, train
 from resnetlab.train.checkpoint import load_checkpoint
@@ -341,3 +341,58 @@ def test_streamed_processes_check_their_shards_without_waiting_on_another(tmp_pa
     assert len(splits.train) + len(splits.test) == 40
     train_hashed = [h for h in hashed if h.startswith("train-")]
     assert train_hashed == [f"train-{i:06d}.tar" for i in range(1, shard_count, 2)]
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or sys.platform == "win32",
+    reason="needs torch.distributed with Gloo on a POSIX system",
+)
+def test_a_streamed_run_of_two_processes_resumes_with_one(shards, tmp_path, monkeypatch, capsys):
+    """Elastic resume: epoch 1 with 2 processes, stopped by Ctrl-C, then the rest with 1. The
+    resumed epoch reads the same samples in the same global batches as the 2 processes would."""
+    from resnetlab.data import stream
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", RESNETLAB_TEST_FAULT="0:4:sigint")
+    flags = ["--data", f"shards:{shards}", "--workers", "1", "--model", "resnet20"]
+    flags += ["--model-kwargs", '{"width": 4}', "--batch-size", "8", "--epochs", "2"]
+    flags += ["--val-split", "0", "--resize", "16", "--progressive-resize", "0", "--seed", "3"]
+    flags += ["--init", "default", "--tta", "none", "--no-amp", "--device", "cpu"]
+    run = tmp_path / "run"
+    worker = str(Path(__file__).with_name("dist_worker.py"))
+    stopped = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+        + [worker, "train", *flags, "--out", str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert stopped.returncode != 0 and "interrupted" in stopped.stdout + stopped.stderr
+    saved = load_checkpoint(run)
+    assert saved["world_size"] == 2 and saved["state"]["epoch"] == 1
+
+    read = []  # the resumed epoch's batches of (epoch, sample, side) keys, as read
+    keys = stream.StreamLoader.epoch_keys
+
+    def recorded(self):
+        for batch in keys(self):
+            if self.shuffle:
+                read.append([i for _, i, _ in batch])
+            yield batch
+
+    monkeypatch.setattr(stream.StreamLoader, "epoch_keys", recorded)
+    assert cli.main(["train", "--resume", str(run)]) == 0
+    assert "resuming with 1 process (trained with 2)" in capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2
+    monkeypatch.undo()
+    split = open_shards(shards, True)
+    shares = []  # what the 2 processes read of each global batch of epoch 2
+    for rank in range(2):
+        loader = stream.StreamLoader(
+            split, 8, shuffle=True, size=16, seed=3, rank=rank, world_size=2, workers=0
+        )
+        loader.set_epoch(1)
+        shares.append([[i for _, i, _ in b] for b in loader.epoch_keys()])
+    assert read == [a + b for a, b in zip(*shares)] and len(read) == 4

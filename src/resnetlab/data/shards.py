@@ -35,7 +35,7 @@ import torch
 
 from resnetlab.data import decode, formats
 from resnetlab.data.datasets import IMAGEFOLDER, _image_folder_splits, load_dataset, resolve_spec
-from resnetlab.errors import DataError, UsageError
+from resnetlab.errors import DataError, UsageError, plural
 from resnetlab.fileio import atomic_open, write_json
 
 SHARDS = "shards:"
@@ -577,7 +577,8 @@ def format_packed(rows: list[dict], where) -> str:
         counts = ", ".join(f"{n:,} {s}" for s, n in p["examples"].items())
         lines.append(
             f"  shards:{p['path']}  {p['name']}, {p['classes']} classes, {counts}, "
-            f"{p['shards']} shards, {p['bytes'] / 2**20:.1f} MiB, trains at {p['default_side']} px"
+            f"{p['shards']} {plural(p['shards'], 'shard')}, {p['bytes'] / 2**20:.1f} MiB, "
+            f"trains at {p['default_side']} px"
         )
     return "\n".join(lines)
 

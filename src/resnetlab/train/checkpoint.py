@@ -126,10 +126,11 @@ def restore_checkpoint(checkpoint: dict, model, optimizer, where, *, average=Non
     return state
 
 
-def check_resume_world_size(saved: int, info: DistInfo, run) -> None:
-    """A run resumes with as many processes as it was trained with (its data split and batch-norm
-    statistics depend on the count)."""
-    if saved == info.world_size:
+def check_resume_world_size(saved: int, info: DistInfo, run, *, elastic: bool = False) -> None:
+    """A run resumes with as many processes as it was trained with (in memory, its data split and
+    batch-norm statistics depend on the count), unless `elastic`: streamed data's global batches
+    do not depend on the count (data/stream.py), so such a run resumes with any."""
+    if saved == info.world_size or elastic:
         return
     how = (
         f"resnetlab train --resume {run}"

@@ -67,14 +67,22 @@ def train(
     dist = init_from_env(cfg.device)
     # a lost peer becomes one clear error; the process group is left and the run folder unlocked at the end
     with session(dist), RunDir.locks_released_at_exit():
+        saved_world = checkpoint.get("world_size", 1) if checkpoint is not None else None
         if checkpoint is not None:
-            check_resume_world_size(checkpoint.get("world_size", 1), dist, resume)
+            check_resume_world_size(saved_world, dist, resume, elastic=cfg.streamed)
         console = Console(
             sys.stderr if json_output else sys.stdout,
             verbose and dist.is_main,
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
         )
+        if saved_world not in (None, dist.world_size):  # streamed data: an elastic resume
+            console.say(
+                f"resuming with {dist.world_size} {plural(dist.world_size, 'process', 'processes')} "
+                f"(trained with {saved_world}): the same global batches of the same samples; "
+                "batch-norm statistics are taken over each process's share, so the figures "
+                "differ slightly from an unchanged count"
+            )
         parts = build(cfg, dist, checkpoint=checkpoint, say=console.say)
         run = (
             RunDir.open(resume, enabled=dist.is_main)
