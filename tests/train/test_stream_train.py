@@ -400,3 +400,34 @@ def test_a_streamed_run_of_two_processes_resumes_with_one(shards, tmp_path, monk
         loader.set_epoch(1)
         shares.append([[i for _, i, _ in b] for b in loader.epoch_keys()])
     assert read == [a + b for a, b in zip(*shares)] and len(read) == 4
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or sys.platform == "win32",
+    reason="needs torch.distributed with Gloo on a POSIX system",
+)
+def test_two_processes_count_and_name_unreadable_images_once(tmp_path):
+    root = write_folder(tmp_path / "photos", train=32, test=9)
+    good = next((root / "train" / "c0").glob("*.jpg")).read_bytes()
+    for where in ("train/c0/cut0.jpg", "train/c1/cut1.jpg", "test/c1/cut2.jpg"):
+        (root / where).write_bytes(good[: len(good) // 2])
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    flags = ["--data", f"imagefolder:{root}", "--stream", "--nproc", "2", "--workers", "1"]
+    flags += ["--model", "resnet20", "--model-kwargs", '{"width": 4}', "--batch-size", "8"]
+    flags += ["--epochs", "2", "--val-split", "0", "--resize", "16", "--progressive-resize", "0"]
+    flags += ["--init", "default", "--tta", "none", "--no-amp", "--device", "cpu"]
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "resnetlab", "train", *flags, "--out", str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["skipped_images"] == 2 and summary["skipped_images_per_epoch"] == [2, 2]
+    assert (summary["test_count"], summary["test_unreadable"]) == (9, 1)
+    with open(run / "unreadable.csv") as f:
+        assert [r["file"] for r in csv.DictReader(f)] == [str(root / "test" / "c1" / "cut2.jpg")]
