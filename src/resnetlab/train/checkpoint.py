@@ -95,6 +95,11 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
     epochs = ckpt["config"].get("epochs")
     if isinstance(epochs, int) and state.get("epoch", 0) > epochs:
         return f"its state is past the run's end (epoch {state.get('epoch')} of {epochs})"
+    for name in ("bad_images", "partial_bad"):  # dataset indices of images that did not decode
+        if not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in state.get(name, [])
+        ):
+            return f"its state's {name} holds something other than image indices"
     if not all(isinstance(row, dict) for row in state.get("history", [])):
         return "its metrics history is not a list of rows"
     if len(state.get("history", [])) != state.get("epoch", 0):
