@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 
 from resnetlab.data import load_dataset
-from resnetlab.data.shards import is_stream_name
 from resnetlab.device import resolve_device
 from resnetlab.errors import UsageError
 from resnetlab.inference.evaluation import evaluate
@@ -234,11 +233,6 @@ def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int
     if not summary or ((folder / "mistakes.csv").exists() and (folder / "confusion.csv").exists()):
         return False
     if not has_test_figures(summary):  # --no-final-test: its test set stays unseen
-        return False
-    cfg = read_json(folder / "config.json").get("config", {})
-    if cfg.get("stream") or is_stream_name(str(cfg.get("data", ""))):
-        # a streamed run's test set is not loaded into memory here: a run made before its
-        # mistakes were written (or one whose writing failed) keeps the report's sentence why
         return False
     kept = folder / summary.get("kept_weights", "model.safetensors")
     if not kept.exists():

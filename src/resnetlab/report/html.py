@@ -397,10 +397,7 @@ def _mistakes_section(run: dict) -> str:
         return _section(
             "mistakes",
             "Most confident mistakes",
-            _missing(
-                "mistakes.csv is missing: the run did not finish, or predates it (a streamed "
-                "run's are not recomputed: its test set is not loaded into memory)"
-            ),
+            _missing("mistakes.csv is missing: the run did not finish, or predates it"),
         )
     items = read_mistakes_csv(folder / "mistakes.csv")
     parts = [
