@@ -81,9 +81,8 @@ class StreamDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, key: tuple[int, int, int]):
-        """(image or None, label, read error or None, index of the sample that did not decode or
-        None). In training a sample that does not decode is replaced by another of the epoch
-        (`replacement`), so every batch keeps its size (a captured CUDA step takes one shape)."""
+        """(image or None, label, read error or None, the index of the sample that did not
+        decode, or None)."""
         epoch, i, side = key
         label = int(self.split.labels[i])
         try:
@@ -92,12 +91,20 @@ class StreamDataset(torch.utils.data.Dataset):
             return None, label, str(e), None
         try:
             if self.train:
-                return self._train_view(data, epoch, i, side), label, None, None
-            resize = self.eval_resize or round(side / EVAL_RATIO)
-            return decode.eval_view(data, self.split.channels, resize, side), label, None, None
+                x = self._train_view(data, epoch, i, side)
+            else:
+                resize = self.eval_resize or round(side / EVAL_RATIO)
+                x = decode.eval_view(data, self.split.channels, resize, side)
         except decode.BadImage:
-            if not self.train:
-                return None, label, None, i  # left out; evaluation reports which
+            return self._in_place_of(epoch, i, side, label)
+        return x, label, None, None
+
+    def _in_place_of(self, epoch: int, i: int, side: int, label: int):
+        """What a batch gets for sample i, which did not decode: in evaluation nothing (left out;
+        its index reported); in training another sample of the epoch (`replacements`), so every
+        batch keeps its size (a captured CUDA step takes one shape)."""
+        if not self.train:
+            return None, label, None, i
         for j, gen in replacements(self.seed, epoch, i, len(self.split)):
             try:
                 x = self._train_view(self.split.read(j), epoch, j, side, gen)
