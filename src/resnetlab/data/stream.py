@@ -9,7 +9,8 @@ same whatever the number of workers and whichever worker makes it; resuming at a
 replays exactly, and so does resuming inside an epoch (after Ctrl-C): `skip_next` passes over
 the batches done without reading them. Batches are split across processes as the in-memory Loader splits them
 (`batch_plan`): each process reads a disjoint share of every epoch, evaluation sees every
-example once, without padding.
+example once, without padding; the global batches do not depend on the number of processes, so
+a run resumes with another one (train/checkpoint.py: elastic resume).
 
 Faults: a training image that does not decode is replaced in its batch by another sample of
 the epoch, drawn from (seed, epoch, index), so every batch keeps its size (a captured CUDA step
