@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from resnetlab.errors import Interrupted, ResnetlabError, UsageError
+from resnetlab.errors import Interrupted, ResnetlabError, UsageError, plural
 from resnetlab.version import __version__
 
 
@@ -803,8 +803,9 @@ def _cmd_data_pack(args) -> int:
         _print_json(summary)
     else:
         counts = ", ".join(f"{n:,} {s}" for s, n in summary["examples"].items())
-        skipped = f", {m['skipped']} unreadable files left out" if m["skipped"] else ""
-        print(f"packed {m['name']}: {counts} in {summary['shards']} shards{skipped}")
+        n, bad = summary["shards"], m["skipped"]
+        skipped = f", {bad} unreadable {plural(bad, 'file')} left out" if bad else ""
+        print(f"packed {m['name']}: {counts} in {n} {plural(n, 'shard')}{skipped}")
         print(f"train on it with: resnetlab train --data shards:{out}")
     return 0
 

@@ -111,3 +111,33 @@ def test_a_mixed_loader_is_seeded_by_epoch_and_shared_by_processes():
 def test_mixing_without_an_alpha_is_refused():
     with pytest.raises(UsageError, match="alpha > 0"):
         MixedLoader([], mixup=0.0, cutmix=0.0, num_classes=2)
+
+
+class _Skipping:
+    """A loader of fixed batches that, like StreamLoader.skip_next, yields its first `skip`
+    batches as (None, None)."""
+
+    out_size = (9, 7)
+
+    def __init__(self, batches, skip=0):
+        self.batches, self.skip = batches, skip
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for i, (x, y) in enumerate(self.batches):
+            yield (None, None) if i < self.skip else (x, y)
+
+
+def test_batches_passed_over_on_resume_still_make_their_draws():
+    batches = [batch(seed=s) for s in range(4)]
+    whole = list(MixedLoader(_Skipping(batches), mixup=0.2, cutmix=1.0, num_classes=5, seed=1))
+    resumed = MixedLoader(_Skipping(batches, 2), mixup=0.2, cutmix=1.0, num_classes=5, seed=1)
+    got = list(resumed)
+    assert got[:2] == [(None, None), (None, None)]
+    for (a, ta), (b, tb) in zip(whole[2:], got[2:]):
+        assert torch.equal(a, b) and torch.equal(ta, tb)

@@ -291,15 +291,32 @@ def test_small_image_augmentations_match_the_in_memory_recipe(packed):
         StreamLoader(split, 8, shuffle=False, workers=0, augment=Augment(flip=True))
 
 
-def test_bad_images_are_skipped_and_counted(folder):
+def test_bad_training_images_are_replaced_so_batches_stay_full_and_are_counted(folder):
     good = next((folder / "train" / "ant").glob("*.jpg")).read_bytes()
     (folder / "train" / "ant" / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (folder / "train" / "bee" / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     split = open_image_folder(f"imagefolder:{folder}", True)
-    assert len(split) == 26
-    loader = StreamLoader(split, 13, shuffle=True, size=16, workers=2)
+    bad = sorted(i for i, f in enumerate(split.files) if Path(f).stem in ("truncated", "garbage"))
+    assert len(split) == 26 and len(bad) == 2
+    loader = StreamLoader(split, 8, shuffle=True, size=16, workers=2, drop_last=True)
     got = batches(loader, 0)
-    assert loader.skipped == 2 and sum(len(y) for _, y in got) == 24
+    assert [len(y) for _, y in got] == [8, 8, 8]  # a bad image does not shrink its batch
+    order = [i for keys in loader.epoch_keys() for _, i, _ in keys]
+    met = [i for i in bad if i in order]  # drop_last leaves the last 2 of the order out
+    assert sorted(loader.bad_indices) == met and loader.skipped == len(met)
+    # the replacement is a pure function of (seed, epoch, index): any worker count, same batches
+    again = batches(StreamLoader(split, 8, shuffle=True, size=16, workers=0, drop_last=True), 0)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, again))
+
+
+def test_bad_evaluation_images_are_left_out_and_named_by_index(folder):
+    good = next((folder / "test" / "ant").glob("*.jpg")).read_bytes()
+    (folder / "test" / "ant" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    split = open_image_folder(f"imagefolder:{folder}", False)
+    bad = [i for i, f in enumerate(split.files) if Path(f).stem == "truncated"]
+    loader = StreamLoader(split, 4, shuffle=False, size=16, workers=1)
+    assert sum(len(y) for _, y in loader) == len(split) - 1
+    assert loader.bad_indices == bad
 
 
 def test_a_missing_file_is_one_error_line(folder):
@@ -409,7 +426,9 @@ def test_cli_pack_folder(folder, tmp_path, capsys):
     (folder / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 nothing")
     assert cli.main(["data", "pack", str(folder), str(tmp_path / "out"), "--max-side", "30"]) == 0
     out = capsys.readouterr().out
-    assert "24 train, 9 test" in out and "1 unreadable" in out
+    assert "24 train, 9 test in 2 shards, 1 unreadable file left out" in out  # one of each
+    assert cli.main(["data", "pack", str(folder / "test"), str(tmp_path / "one")]) == 0
+    assert "9 train in 1 shard\n" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
     assert max(manifest["image_size"]["max"]) <= 30  # larger ones re-encoded
     with tarfile.open(tmp_path / "out" / manifest["splits"]["train"]["shards"][0]["file"]) as tar:
@@ -439,3 +458,32 @@ def test_batches_passed_over_on_resume_are_not_read_and_the_rest_are_unchanged(p
     assert torch.equal(resumed[2][0], whole[2][0]) and torch.equal(resumed[2][1], whole[2][1])
     assert sorted(read) == sorted(int(i) for _, i, _ in list(loader.epoch_keys())[2])
     assert len(batches(loader, 1)) == 3  # the next pass reads everything again
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/sets/x", "https://host/sets/x/"])
+def test_a_url_is_kept_whole_and_refused_saying_what_is_read(url):
+    with pytest.raises(UsageError) as e:
+        open_shards(url, True)
+    message = str(e.value)
+    assert f"shards:{url}:" in message and "local folder" in message and "\n" not in message
+    assert "data pack" not in message  # packing there would not help
+
+
+def test_the_processes_of_a_machine_share_the_shard_hashing(packed, monkeypatch):
+    """Each of n processes hashes every n-th shard (at once, none waiting on the others), and
+    together they hash each shard once."""
+    from resnetlab.data import shards
+
+    hashed, real = [], shards._sha256
+    monkeypatch.setattr(shards, "_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    monkeypatch.setattr(shards, "_read_stamps", dict)  # nothing verified before
+    monkeypatch.setattr(shards, "_write_stamps", lambda stamps: None)
+    names = sorted(s["file"] for s in shards.read_manifest(packed)["splits"]["train"]["shards"])
+    assert len(names) >= 3
+    per_process = []
+    for k in range(2):
+        hashed.clear()
+        assert len(open_shards(packed, True, share=(k, 2))) == 24  # every sample, all the same
+        per_process.append(sorted(hashed))
+    assert all(per_process) and not set(per_process[0]) & set(per_process[1])
+    assert sorted(per_process[0] + per_process[1]) == names

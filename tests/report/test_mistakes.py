@@ -159,3 +159,22 @@ def test_eval_writes_mistakes_beside_the_weights_or_into_out(
     assert len(read_mistakes_csv(out / "mistakes.csv")) == 5
     assert cli.main(["eval", str(run_copy), "--mistakes", "-1"]) == 2
     assert "--mistakes must be zero or positive" in capsys.readouterr().err
+
+
+def test_mistakes_skip_the_unreadable_images_and_keep_their_test_indices():
+    """Streamed evaluation leaves out images that do not decode: the per-example results hold
+    the others, in order; each mistake keeps its index in the whole test set."""
+    from resnetlab.report.mistakes import mistakes_from_evaluation
+
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    result = {  # image 1 unreadable: results for images 0, 2, 3, 4
+        "top_prob": torch.tensor([0.9, 0.8, 0.7, 0.6]),
+        "pred": torch.tensor([0, 0, 0, 0]),  # images 2 and 4 wrong
+        "loss": 1.0,
+        "confusion": torch.zeros(3, 3, dtype=torch.int64),
+        "unreadable": [1],
+    }
+    m = mistakes_from_evaluation(result, labels, CLASSES, describe=lambda i: f"img{i}.jpg")
+    assert [(r["index"], r["true"]) for r in m.items] == [(2, "c"), (4, "b")]
+    assert (m.count, m.wrong) == (4, 2)
+    assert m.unreadable == [{"index": 1, "true": "b", "file": "img1.jpg"}]

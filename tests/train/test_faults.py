@@ -547,6 +547,11 @@ DAMAGE = {  # each was a traceback somewhere in the trainer before load_checkpoi
         1,
         "history has 0 rows for 3 epochs",
     ),
+    "bad images not indices": (
+        lambda c: c["state"].update(bad_images=["x"]),
+        1,
+        "its state's bad_images holds something other than image indices",
+    ),
 }
 
 

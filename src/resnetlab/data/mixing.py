@@ -117,5 +117,10 @@ class MixedLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(_stream_seed(self.mix_seed, self.epoch, "mix"))
         for x, y in self.loader:
+            if x is None:  # a batch done before a resume (StreamLoader.skip_next), not read:
+                # its draw is still made, at the size it had, so the later batches mix as before
+                draw_mix(self.mixup, self.cutmix, *self.loader.out_size, gen)
+                yield None, None
+                continue
             mix = draw_mix(self.mixup, self.cutmix, x.shape[-2], x.shape[-1], gen)
             yield mix_batch(x, y, self.num_classes, mix)

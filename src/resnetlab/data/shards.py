@@ -36,7 +36,8 @@ import torch
 from resnetlab.data import decode, formats
 from resnetlab.data.datasets import IMAGEFOLDER, _image_folder_splits, load_dataset, resolve_spec
 from resnetlab.data.manifest import FORMAT, parse_manifest
-from resnetlab.errors import DataError, UsageError
+from resnetlab.data.remote import is_url
+from resnetlab.errors import DataError, UsageError, plural
 from resnetlab.fileio import atomic_open, write_json
 
 if TYPE_CHECKING:
@@ -86,6 +87,21 @@ class StreamSplit:
             raise DataError(
                 f"cannot read {path}: {e.strerror or e}; restore it (or pack the data again)"
             ) from None
+
+    def describe(self, i: int) -> str:
+        """Where sample i lies, as a user finds it: its image file, or its shard and member name
+        (from the member's tar header, just before its bytes)."""
+        f, offset, size = (int(v) for v in self.entries[i])
+        path = self.files[f]
+        if size < 0:
+            return path
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset - 512)
+                name = fh.read(100).split(b"\0", 1)[0].decode("utf-8")
+        except (OSError, ValueError):
+            name = f"bytes {offset}-{offset + size}"
+        return f"{path}:{name}"
 
     def subset(self, indices) -> StreamSplit:
         index = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
@@ -139,6 +155,17 @@ class LazyImages:
 
 def is_stream_name(name: str) -> bool:
     return name.startswith(SHARDS)
+
+
+def _local_folder(path) -> Path:
+    """A packed set's local folder; a URL is refused in one line saying what is read."""
+    if is_url(path):
+        scheme = path.split("://", 1)[0]
+        raise UsageError(
+            f"shards:{path}: this reads a packed set from a local folder, not over {scheme}:// (training "
+            "and eval read URLs); copy the set (its manifest.json and .tar shards) to a local disk"
+        )
+    return Path(path).expanduser()
 
 
 # --- packing --------------------------------------------------------------------------------
@@ -345,7 +372,7 @@ def _write_manifest(out, name, classes, channels, mean, std, splits, sizes, skip
 
 def read_manifest(path) -> dict:
     """A packed set's manifest; a DataError saying what to do when it is missing or not one."""
-    folder = Path(path).expanduser()
+    folder = _local_folder(path)
     try:
         data = (folder / MANIFEST).read_bytes()
     except FileNotFoundError:
@@ -409,14 +436,17 @@ def default_side(manifest: dict) -> int:
     return DEFAULT_SIDE
 
 
-def open_shards(path, train: bool, *, verify: bool = True, **remote) -> StreamSplit:
-    """The train or test split of the packed set at `path`, every shard checked (`verify`); a
-    URL is read through a local cache (data/remote.py; `remote`: its cache and cache_size)."""
-    from resnetlab.data import remote as remote_sets
-
-    if remote_sets.is_url(str(path)):
+def open_shards(
+    path, train: bool, *, verify: bool = True, share: tuple[int, int] = (0, 1), **remote
+) -> StreamSplit:
+    """The train or test split of the packed set at `path`, its shards checked (`verify`): with
+    `share` (k, n), only shards k, k + n, ...: the n processes of a machine each hash their share
+    at once, so none waits long on another (a start on 150 GB of shards outlasted the timeout of
+    the processes' collectives when one hashed them all). A URL is read through a local cache
+    (data/remote.py; `remote`: its cache and cache_size), each shard checked as it arrives."""
+    if is_url(str(path)):
         return _open_remote(str(path), train, **remote)
-    folder = Path(path).expanduser()
+    folder = _local_folder(path)
     manifest = read_manifest(folder)
     split = "train" if train else "test"
     if split not in manifest["splits"]:
@@ -427,7 +457,7 @@ def open_shards(path, train: bool, *, verify: bool = True, **remote) -> StreamSp
     shards = manifest["splits"][split]["shards"]
     entries, labels, stamps = [], [], _read_stamps()
     for f, shard in enumerate(shards):
-        if verify:
+        if verify and f % share[1] == share[0]:
             check_shard(folder, shard, stamps)
         for offset, size, label in shard["members"]:
             entries.append((f, offset, size))
@@ -526,11 +556,11 @@ def _readable(paths: list[Path]) -> list[bytes]:
     return out
 
 
-def open_stream(name: str, train: bool, **remote) -> StreamSplit:
+def open_stream(name: str, train: bool, share: tuple[int, int] = (0, 1), **remote) -> StreamSplit:
     """`shards:PATH` (or shards:URL, `remote` its cache and cache_size) or `imagefolder:PATH`,
-    streamed."""
+    streamed; `share`: which shards this process checks (open_shards)."""
     if name.startswith(SHARDS):
-        return open_shards(name[len(SHARDS) :], train, **remote)
+        return open_shards(name[len(SHARDS) :], train, share=share, **remote)
     if name.startswith(IMAGEFOLDER):
         return open_image_folder(name, train)
     raise UsageError(
@@ -580,7 +610,8 @@ def format_packed(rows: list[dict], where) -> str:
         counts = ", ".join(f"{n:,} {s}" for s, n in p["examples"].items())
         lines.append(
             f"  shards:{p['path']}  {p['name']}, {p['classes']} classes, {counts}, "
-            f"{p['shards']} shards, {p['bytes'] / 2**20:.1f} MiB, trains at {p['default_side']} px"
+            f"{p['shards']} {plural(p['shards'], 'shard')}, {p['bytes'] / 2**20:.1f} MiB, "
+            f"trains at {p['default_side']} px"
         )
     return "\n".join(lines)
 

@@ -9,11 +9,14 @@ same whatever the number of workers and whichever worker makes it; resuming at a
 replays exactly, and so does resuming inside an epoch (after Ctrl-C): `skip_next` passes over
 the batches done without reading them. Batches are split across processes as the in-memory Loader splits them
 (`batch_plan`): each process reads a disjoint share of every epoch, evaluation sees every
-example once, without padding.
+example once, without padding; the global batches do not depend on the number of processes, so
+a run resumes with another one (train/checkpoint.py: elastic resume).
 
-Faults: an image that does not decode is left out of its batch and counted (`skipped`, per
-epoch); a file that cannot be read, or a worker that dies, ends the iteration with one
-DataError line.
+Faults: a training image that does not decode is replaced in its batch by another sample of
+the epoch, drawn from (seed, epoch, index), so every batch keeps its size (a captured CUDA step
+takes one shape); an evaluation image that does not decode is left out. Either way its index is
+recorded (`bad_indices`, per pass). A file that cannot be read, or a worker that dies, ends the
+iteration with one DataError line.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from resnetlab.errors import DataError, UsageError
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 IMAGENET_AUGMENT = Augment(flip=True, resized_crop=True)  # StreamLoader's training default
+REPLACEMENT_TRIES = 8  # other samples tried in place of a training image that does not decode
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -79,22 +83,42 @@ class StreamDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, key: tuple[int, int, int]):
+        """(image or None, label, read error or None, the index of the sample that did not
+        decode, or None)."""
         epoch, i, side = key
         label = int(self.split.labels[i])
         try:
             data = self.split.read(i)
         except DataError as e:  # a file gone: reported by the main process as one line
-            return None, label, str(e)
+            return None, label, str(e), None
         try:
             if self.train:
                 x = self._train_view(data, epoch, i, side)
             else:
                 x = (self.view or default_view(side)).read(data, self.split.channels)
         except decode.BadImage:
-            return None, label, None
-        return x, label, None
+            return self._in_place_of(epoch, i, side, label)
+        return x, label, None, None
 
-    def _train_view(self, data: bytes, epoch: int, i: int, side: int) -> torch.Tensor:
+    def _in_place_of(self, epoch: int, i: int, side: int, label: int):
+        """What a batch gets for sample i, which did not decode: in evaluation nothing (left out;
+        its index reported); in training another sample of the epoch (`replacements`), so every
+        batch keeps its size (a captured CUDA step takes one shape)."""
+        if not self.train:
+            return None, label, None, i
+        for j, gen in replacements(self.seed, epoch, i, len(self.split)):
+            try:
+                x = self._train_view(self.split.read(j), epoch, j, side, gen)
+            except DataError as e:
+                return None, label, str(e), i
+            except decode.BadImage:
+                continue
+            return x, int(self.split.labels[j]), None, i
+        return None, label, None, i
+
+    def _train_view(
+        self, data: bytes, epoch: int, i: int, side: int, gen: torch.Generator | None = None
+    ) -> torch.Tensor:
         aug = self.augment
         if aug.alternate_flip:
             flip = alternate_flip(self.seed, epoch, i)
@@ -104,7 +128,7 @@ class StreamDataset(torch.utils.data.Dataset):
             data,
             self.split.channels,
             side,
-            sample_generator(self.seed, epoch, i),
+            sample_generator(self.seed, epoch, i) if gen is None else gen,
             self.extra_transform,
             resized_crop=aug.resized_crop,
             crop_padding=aug.crop_padding,
@@ -112,25 +136,32 @@ class StreamDataset(torch.utils.data.Dataset):
         )
 
 
-def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, int, str | None]:
-    """(images uint8 [b, C, H, W], labels int64 [b], images left out, the first read error)."""
-    good = [(x, y) for x, y, _ in samples if x is not None]
-    error = next((e for _, _, e in samples if e is not None), None)
+def replacements(
+    seed: int, epoch: int, index: int, n: int
+) -> Iterator[tuple[int, torch.Generator]]:
+    """The samples tried in turn in place of training sample `index` when it does not decode in
+    `epoch`, each with the generator of its view: up to REPLACEMENT_TRIES other samples of the
+    epoch, a pure function of (seed, epoch, index) like everything else in a batch. The view's
+    generator is not the replacement's own, so the epoch does not hold the same view twice."""
+    if n < 2:
+        return
+    gen = torch.Generator().manual_seed(_stream_seed(seed, epoch, f"replace/{index}"))
+    for _ in range(REPLACEMENT_TRIES):
+        j = int(torch.randint(n - 1, (1,), generator=gen))
+        yield j + (j >= index), gen
+
+
+def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, list[int], str | None]:
+    """(images uint8 [b, C, H, W], labels int64 [b], the indices of the samples that did not
+    decode (left out, or replaced in training), the first read error)."""
+    good = [(x, y) for x, y, _, _ in samples if x is not None]
+    error = next((e for _, _, e, _ in samples if e is not None), None)
+    bad = [i for _, _, _, i in samples if i is not None]
     if not good:
-        return (
-            torch.empty(0, dtype=torch.uint8),
-            torch.empty(0, dtype=torch.int64),
-            len(samples),
-            error,
-        )
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), bad, error
     xs, ys = zip(*good)
     # default_collate stacks straight into shared memory inside a worker: no copy on the way back
-    return (
-        default_collate(list(xs)),
-        torch.tensor(ys, dtype=torch.int64),
-        len(samples) - len(good),
-        error,
-    )
+    return default_collate(list(xs)), torch.tensor(ys, dtype=torch.int64), bad, error
 
 
 class _Batches:
@@ -159,7 +190,8 @@ class StreamLoader:
     0.875)) + CenterCrop(size)), its batches of side `view.crop`.
     `workers` DataLoader processes decode (0: in this process); batches are pinned when the
     device is CUDA and copied without blocking; normalisation happens on the device.
-    `skipped`: images of the last epoch iterated that did not decode (left out of their batch).
+    `bad_indices`: the dataset indices of the images of the last pass that did not decode
+    (replaced in training, left out in evaluation), in the order met; `skipped` their number.
     """
 
     def __init__(
@@ -203,7 +235,8 @@ class StreamLoader:
         self.epoch_sizes = list(epoch_sizes) if epoch_sizes else None
         self.shard_order, self.shard_window = shard_order, shard_window  # data/order.py
         epoch_order(split.entries[:0, 0], seed, 0, shard_order, shard_window)  # checked now
-        self.epoch, self.skipped, self._skip = 0, 0, 0
+        self.epoch, self._skip = 0, 0
+        self.bad_indices: list[int] = []
         self._divisor = torch.tensor([255 * s for s in std], device=self.device).view(-1, 1, 1)
         self._shift = torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(
             -1, 1, 1
@@ -227,6 +260,11 @@ class StreamLoader:
             persistent_workers=workers > 0 and shuffle,
             prefetch_factor=prefetch if workers > 0 else None,
         )
+
+    @property
+    def skipped(self) -> int:
+        """Images of the last pass that did not decode (this process's share)."""
+        return len(self.bad_indices)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -262,7 +300,8 @@ class StreamLoader:
     def skip_next(self, n: int) -> None:
         """The next pass yields its first `n` batches as (None, None), unread: training resumed
         inside an epoch passes over the batches it had done (train/engine.py), and every later
-        batch is the same without them (each sample's generator is its own)."""
+        batch is the same without them (each sample's generator is its own). A wrapper that
+        draws per batch (data/mixing.py) still makes the skipped batches' draws, at `out_size`."""
         self._skip = n
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -290,7 +329,7 @@ class StreamLoader:
             itertools.islice(self.epoch_keys(), start, None)
         )
         self._sampler.count = len(self._plan) - start
-        self.skipped = 0
+        self.bad_indices = []
         batches = iter(self._loader)
         for i in range(start, len(self._plan)):
             try:
@@ -304,7 +343,7 @@ class StreamLoader:
                 ) from None
             if error is not None:
                 raise DataError(error)
-            self.skipped += bad
+            self.bad_indices += bad
             if not len(y):
                 raise DataError(
                     f"every image of batch {i + 1} failed to decode; check the data ({self.dataset.name})"

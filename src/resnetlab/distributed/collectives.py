@@ -24,6 +24,8 @@ def gather_concat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     sizes = [torch.zeros_like(n) for _ in range(info.world_size)]
     dist.all_gather(sizes, n)
     sizes = [int(s) for s in sizes]
+    if max(sizes) == 0:  # every process has none (no unreadable image, the usual case)
+        return t
     padded = t.new_zeros(max(sizes))
     padded[: len(t)] = t
     parts = [torch.empty_like(padded) for _ in range(info.world_size)]

@@ -127,6 +127,7 @@ def _figures(result: dict, classes: list[str]) -> dict:
         "loss": result["loss"],
         "acc": result["acc"],
         "count": result["count"],
+        **({"unreadable": len(result["unreadable"])} if result.get("unreadable") else {}),
         "per_class": per_class_table(result["confusion"], classes),
         "confusion": result["confusion"].tolist(),
         "classes": classes,
@@ -217,6 +218,8 @@ def eval_mistakes(
         f"{test_set.name} test images wrong; the {len(m.items)} most confident",
     )
     result = {"loss": m.loss, "acc": m.acc, "count": m.count, "confusion": m.confusion}
+    if m.unreadable:
+        result["unreadable"] = [u["index"] for u in m.unreadable]
     return result, {
         "wrong": m.wrong,
         "mistakes_shown": len(m.items),
@@ -252,7 +255,8 @@ def find_mistakes(
     result = evaluate(
         model, loader, torch.device(device), amp=amp, num_classes=len(classes), per_example=True
     )
-    return mistakes_from_evaluation(result, loader.dataset.labels, classes, k)
+    describe = getattr(loader.dataset, "describe", None)  # streamed data: unreadable files
+    return mistakes_from_evaluation(result, loader.dataset.labels, classes, k, describe)
 
 
 def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int = 256) -> bool:

@@ -40,10 +40,13 @@ def evaluation_result(
     confusion: torch.Tensor | None,
     dist: DistInfo,
     per_example: tuple[list, list] | None = None,
+    unreadable: list[int] | None = None,
 ) -> dict:
     """The figures of an evaluation, summed (and per-example results gathered) over the processes:
     loss, acc, count; "confusion" when counted; "top_prob" and "pred" (each example's top
-    probability and predicted class, in dataset order, on the CPU) when `per_example` was collected."""
+    probability and predicted class, in dataset order, on the CPU) when `per_example` was collected.
+    `unreadable`: the dataset indices of this process's images that could not be read (streamed
+    data leaves them out), gathered into "unreadable" (sorted; the per-example results skip them)."""
     all_reduce_sum(sums, dist)
     if confusion is not None:
         all_reduce_sum(confusion, dist)
@@ -59,6 +62,9 @@ def evaluation_result(
         ):
             local = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=sums.device)
             result[name] = gather_concat(local.to(dtype), dist).cpu()
+    if unreadable is not None:
+        local = torch.tensor(unreadable, dtype=torch.int64, device=sums.device)
+        result["unreadable"] = sorted(gather_concat(local, dist).tolist())
     return result
 
 
@@ -91,7 +97,8 @@ def evaluate(
         if collected is not None:
             collected[0].append(top_prob)
             collected[1].append(pred)
-    return evaluation_result(sums, confusion, dist, collected)
+    # streamed data: the images that did not decode, left out of the figures
+    return evaluation_result(sums, confusion, dist, collected, getattr(loader, "bad_indices", None))
 
 
 class Evaluator:

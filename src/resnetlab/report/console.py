@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from resnetlab.errors import plural
 from resnetlab.report.observer import Observer
 from resnetlab.report.runs import NO_TEST, has_test_figures
 
@@ -67,8 +68,9 @@ class Console(Observer):
             f"{row['examples_per_sec']:.1f} ex/s",
             f"{row['epoch_seconds']:.1f} s",
         ]
-        if row.get("skipped"):  # streamed data: images that did not decode, left out
-            parts.append(f"{row['skipped']} bad images skipped")
+        if row.get("skipped"):  # streamed data: images that did not decode, replaced
+            n = row["skipped"]
+            parts.append(f"{n} bad {plural(n, 'image')} replaced")
         self.say(", ".join(parts))
         self.epoch_started = time.perf_counter()
 
@@ -82,6 +84,13 @@ class Console(Observer):
         if not tested:
             self.say(NO_TEST)
             return
+        if summary.get("test_unreadable"):  # streamed data: left out of the test figures
+            n = summary["test_unreadable"]
+            self.say(
+                f"{n} test {plural(n, 'image')} could not be read, left out of the test figures "
+                f"(of {summary['test_count'] + n}): {', '.join(summary['test_unreadable_files'][:3])}"
+                f"{', ...' if n > 3 else ''}"
+            )
         kept, tta = summary["kept_weights"], summary.get("tta")
         tta_note = f" with {tta} TTA ({summary['kept_test_acc_no_tta']:.4f} without)" if tta else ""
         if kept != "model.safetensors":

@@ -15,10 +15,15 @@ import importlib.util
 import json
 from pathlib import Path
 
-from resnetlab.errors import UsageError
+from resnetlab.errors import UsageError, plural
 from resnetlab.fileio import write_text
 from resnetlab.report.events import read_events
-from resnetlab.report.mistakes import read_confusion_csv, read_mistakes_csv
+from resnetlab.report.mistakes import (
+    UNREADABLE_CSV,
+    read_confusion_csv,
+    read_mistakes_csv,
+    read_unreadable_csv,
+)
 from resnetlab.report.plots import curve_marks, curves_png, have_matplotlib
 from resnetlab.report.runs import NO_TEST, has_test_figures, is_run, run_state
 
@@ -410,6 +415,18 @@ def _mistakes_section(run: dict) -> str:
         + table(["test index", "true", "predicted", "probability"], rows, numeric={0, 3})
         + "</details>"
     )
+    unreadable = read_unreadable_csv(folder / UNREADABLE_CSV)
+    if unreadable:  # streamed data: test images that did not decode, left out of every figure
+        parts.append(
+            f"<p>{len(unreadable)} test {plural(len(unreadable), 'image')} could not be read and "
+            f"{'was' if len(unreadable) == 1 else 'were'} left out of the test figures "
+            f"({UNREADABLE_CSV}):</p>"
+            + table(
+                ["test index", "true", "file"],
+                [[str(r["index"]), esc(r["true"]), esc(r["file"])] for r in unreadable],
+                numeric={0},
+            )
+        )
     return _section(
         "mistakes", "Most confident mistakes (kept weights, test set)", "\n".join(parts)
     )

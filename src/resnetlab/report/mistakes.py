@@ -3,6 +3,10 @@ evaluation's per-example results: a finished run reuses its kept weights' test e
 `find_mistakes` (one evaluation pass, for `resnetlab eval` and older runs), `plot_mistakes`
 (mistakes.png, a labelled grid) and `write_mistakes_csv` (mistakes.csv).
 
+Streamed test sets may hold images that do not decode: the evaluation leaves them out and names
+them ("unreadable"), the per-example results are matched to the labels of the others, and the
+images left out are listed in unreadable.csv (index, true class, file).
+
 The evaluation keeps, per example, only the top probability and its class; the same pass counts
 the confusion matrix, so a run folder's `confusion.csv` (and the report's per-class table) comes
 at no extra cost.
@@ -27,6 +31,8 @@ MISTAKES_K = 32  # images in mistakes.png (and rows in mistakes.csv)
 GRID_COLUMNS = 8
 CELL_INCHES = 1.65  # the width of a cell in mistakes.png
 MISTAKE_COLUMNS = ["index", "true", "predicted", "probability"]
+UNREADABLE_COLUMNS = ["index", "true", "file"]
+UNREADABLE_CSV = "unreadable.csv"
 
 
 @dataclass
@@ -39,6 +45,7 @@ class Mistakes:
     loss: float  # mean cross-entropy, as engine.evaluate computes it
     confusion: torch.Tensor  # int64 [classes, classes], rows: true, columns: predicted
     classes: list[str] = field(default_factory=list)
+    unreadable: list[dict] = field(default_factory=list)  # {index, true, file}: left out
 
     @property
     def acc(self) -> float:
@@ -46,16 +53,36 @@ class Mistakes:
 
 
 def mistakes_from_evaluation(
-    result: dict, labels: torch.Tensor, classes: list[str], k: int = MISTAKES_K
+    result: dict,
+    labels: torch.Tensor,
+    classes: list[str],
+    k: int = MISTAKES_K,
+    describe=None,
 ) -> Mistakes:
     """The top-`k` confident mistakes in an evaluation's per-example results (engine.evaluate with
-    `per_example=True`: "top_prob", "pred", in the order of `labels`), with its figures: no pass
-    of its own, so a run's kept weights are not evaluated again for them."""
+    `per_example=True`: "top_prob", "pred", in the order of `labels` less the images listed in
+    "unreadable"), with its figures: no pass of its own, so a run's kept weights are not
+    evaluated again for them. An item's `index` is its position in `labels`; `describe(index)`
+    names the file of an unreadable image."""
     import torch
 
     prob, pred, label = result["top_prob"], result["pred"], labels.cpu()
+    left_out = result.get("unreadable") or []
+    unreadable = [
+        {"index": i, "true": classes[int(label[i])], "file": describe(i) if describe else ""}
+        for i in left_out
+    ]
+    index = torch.arange(len(label))
+    if left_out:  # the per-example results hold the readable images only
+        keep = torch.ones(len(label), dtype=torch.bool)
+        keep[torch.tensor(left_out, dtype=torch.int64)] = False
+        index, label = index[keep], label[keep]
+    if len(pred) != len(label):
+        raise ValueError(
+            f"{len(pred)} per-example results for {len(label)} test labels: not the same examples"
+        )
     if len(label) == 0:
-        return Mistakes([], 0, 0, float("nan"), result["confusion"], list(classes))
+        return Mistakes([], 0, 0, float("nan"), result["confusion"], list(classes), unreadable)
     wrong = pred != label
     score = torch.where(wrong, prob, torch.full_like(prob, -1.0))  # right answers sort last
     wrong_count = int(wrong.sum())
@@ -63,14 +90,20 @@ def mistakes_from_evaluation(
     items = [
         {"index": i, "true": classes[a], "predicted": classes[b], "probability": float(v)}
         for i, v, a, b in zip(
-            top.indices.tolist(),
+            index[top.indices].tolist(),
             top.values.tolist(),
             label[top.indices].tolist(),
             pred[top.indices].tolist(),
         )
     ]
     return Mistakes(
-        items, len(label), wrong_count, result["loss"], result["confusion"], list(classes)
+        items,
+        len(label),
+        wrong_count,
+        result["loss"],
+        result["confusion"],
+        list(classes),
+        unreadable,
     )
 
 
@@ -81,6 +114,23 @@ def write_mistakes_csv(mistakes: Mistakes, path: str | Path) -> None:
     for row in mistakes.items:
         writer.writerow(dict(row, probability=f"{row['probability']:.4f}"))
     write_text(path, buf.getvalue())
+
+
+def write_unreadable_csv(mistakes: Mistakes, path: str | Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=UNREADABLE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(mistakes.unreadable)
+    write_text(path, buf.getvalue())
+
+
+def read_unreadable_csv(path: str | Path) -> list[dict]:
+    """The test images an evaluation could not read ([] when it read them all)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [dict(r, index=int(r["index"])) for r in csv.DictReader(f)]
+    except FileNotFoundError:
+        return []
 
 
 def read_mistakes_csv(path: str | Path) -> list[dict]:
@@ -167,11 +217,17 @@ def read_confusion_csv(path: str | Path) -> tuple[list[str], list[list[int]]]:
 def write_analysis(
     folder: str | Path, mistakes: Mistakes, images: torch.Tensor, *, title: str = ""
 ) -> list[Path]:
-    """mistakes.csv, confusion.csv and (with matplotlib) mistakes.png in `folder`; the paths written."""
+    """mistakes.csv, confusion.csv, unreadable.csv (when test images could not be read) and (with
+    matplotlib) mistakes.png in `folder`; the paths written."""
     folder = Path(folder)
     written = [folder / "mistakes.csv", folder / "confusion.csv"]
     write_mistakes_csv(mistakes, written[0])
     write_confusion_csv(mistakes.confusion, mistakes.classes, written[1])
+    if mistakes.unreadable:
+        written.append(folder / UNREADABLE_CSV)
+        write_unreadable_csv(mistakes, written[-1])
+    elif (folder / UNREADABLE_CSV).exists():  # an earlier evaluation's list, no longer true
+        (folder / UNREADABLE_CSV).unlink()
     if have_matplotlib():
         plot_mistakes(mistakes.items, images, folder / "mistakes.png", title=title)
         written.append(folder / "mistakes.png")

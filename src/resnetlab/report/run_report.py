@@ -103,7 +103,11 @@ class RunReport(Observer):
         try:
             started = time.perf_counter()
             mistakes = mistakes_from_evaluation(
-                final, test_set.labels, list(test_set.classes), self.mistakes
+                final,
+                test_set.labels,
+                list(test_set.classes),
+                self.mistakes,
+                getattr(test_set, "describe", None),  # streamed data names unreadable files
             )
             write_analysis(
                 self.run.path,

@@ -84,6 +84,8 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
         ("best_val_acc", (int, float)),
         ("history", list),
         ("partial", list),
+        ("bad_images", list),
+        ("partial_bad", list),
     ):
         value = state.get(name, 0 if kind is int else [] if kind is list else 0.0)
         if isinstance(value, bool) or not isinstance(value, kind):
@@ -93,6 +95,11 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
     epochs = ckpt["config"].get("epochs")
     if isinstance(epochs, int) and state.get("epoch", 0) > epochs:
         return f"its state is past the run's end (epoch {state.get('epoch')} of {epochs})"
+    for name in ("bad_images", "partial_bad"):  # dataset indices of images that did not decode
+        if not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in state.get(name, [])
+        ):
+            return f"its state's {name} holds something other than image indices"
     if not all(isinstance(row, dict) for row in state.get("history", [])):
         return "its metrics history is not a list of rows"
     if len(state.get("history", [])) != state.get("epoch", 0):
@@ -124,10 +131,11 @@ def restore_checkpoint(checkpoint: dict, model, optimizer, where, *, average=Non
     return state
 
 
-def check_resume_world_size(saved: int, info: DistInfo, run) -> None:
-    """A run resumes with as many processes as it was trained with (its data split and batch-norm
-    statistics depend on the count)."""
-    if saved == info.world_size:
+def check_resume_world_size(saved: int, info: DistInfo, run, *, elastic: bool = False) -> None:
+    """A run resumes with as many processes as it was trained with (in memory, its data split and
+    batch-norm statistics depend on the count), unless `elastic`: streamed data's global batches
+    do not depend on the count (data/stream.py), so such a run resumes with any."""
+    if saved == info.world_size or elastic:
         return
     how = (
         f"resnetlab train --resume {run}"

@@ -16,11 +16,14 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+import torch
+
 from resnetlab.data import Loaders
 from resnetlab.distributed.collectives import (
     all_reduce_sum,
     any_rank,
     average_buffers,
+    gather_concat,
     sum_and_any,
 )
 from resnetlab.distributed.group import DistInfo, shared
@@ -92,6 +95,9 @@ class TrainState:
     history: list = field(default_factory=list)  # one metrics row per completed epoch
     best_val_acc: float = -1.0
     best_epoch: int = -1
+    # streamed data: training images that did not decode (dataset indices, all processes)
+    bad_images: list = field(default_factory=list)  # every one met so far, each once
+    partial_bad: list = field(default_factory=list)  # met in the current epoch before a stop
 
 
 def fit(
@@ -174,6 +180,7 @@ def _train_epoch(step, loader, state, schedule, total_steps, epoch, stop, dist, 
             observer.on_progress(state, i + 1, steps_per_epoch, stats)
         if stopping and i + 1 < steps_per_epoch:
             state.partial = [loss_sum, correct, count]
+            state.partial_bad = _bad_so_far(loader, state, dist, step.sums.device) or []
             state.train_seconds += time.perf_counter() - started
             for observer in observers:
                 observer.on_interrupt(state)
@@ -199,10 +206,10 @@ def _end_epoch(step, evaluator, loaders, state, schedule, total_steps, dist, obs
         "train_acc": correct / count,
         "examples": count,
     }
-    skipped = getattr(loaders.train, "skipped", None)  # streamed data: images that did not decode
-    if skipped is not None:
-        total = all_reduce_sum(step.sums.new_tensor([float(skipped)]), dist)
-        row["skipped"] = int(total.item())  # once per epoch
+    bad = _bad_so_far(loaders.train, state, dist, step.sums.device)
+    if bad is not None:  # streamed data: the epoch's images that did not decode (replaced)
+        row["skipped"] = len(bad)
+        state.bad_images = sorted(set(state.bad_images).union(bad))
     for name, loader in (("val", loaders.val), ("test", loaders.test)):
         if loader is not None:
             result = evaluator(loader)
@@ -218,4 +225,16 @@ def _end_epoch(step, evaluator, loaders, state, schedule, total_steps, dist, obs
     row["epoch_seconds"] = time.perf_counter() - started
     state.history.append(row)
     state.epoch, state.step_in_epoch, state.partial = epoch, 0, [0.0, 0.0, 0.0]
+    state.partial_bad = []
     return row, is_best
+
+
+def _bad_so_far(loader, state: TrainState, dist: DistInfo, device) -> list | None:
+    """The current epoch's training images that did not decode so far, over the processes and
+    across a resume inside the epoch (the batches before it were not read again); None for
+    data that does not report them (in memory)."""
+    bad = getattr(loader, "bad_indices", None)
+    if bad is None:
+        return None
+    local = torch.tensor(bad, dtype=torch.int64, device=device)
+    return state.partial_bad + gather_concat(local, dist).tolist()  # once per epoch (or stop)

@@ -399,6 +399,7 @@ class CapturedEvaluator:
             None if self.confusion is None else self.confusion.clone(),
             self.dist,
             collected,
+            getattr(loader, "bad_indices", None),
         )
 
 

@@ -38,7 +38,7 @@ from resnetlab.device import (
     resolve_device,
 )
 from resnetlab.distributed.ddp import wrap_ddp
-from resnetlab.distributed.group import DistInfo, local_main_first
+from resnetlab.distributed.group import DistInfo, env_int, local_main_first
 from resnetlab.distributed.setup_check import check_same_setup, describe_setup
 from resnetlab.distributed.syncbn import convert_sync_batchnorm
 from resnetlab.errors import UsageError
@@ -141,14 +141,17 @@ class Parts:
         }
 
 
-def load_splits(cfg: TrainConfig, say: Callable[[str], None] | None = None) -> Splits:
+def load_splits(
+    cfg: TrainConfig, say: Callable[[str], None] | None = None, share: tuple[int, int] = (0, 1)
+) -> Splits:
     """(train, val or None, test) datasets as the config asks: subset, then validation split (see
-    `val_examples`: under --subset it shrinks to fit, and `say` hears so)."""
+    `val_examples`: under --subset it shrinks to fit, and `say` hears so). `share`: the shards
+    this process checks, of streamed data (shards.open_shards)."""
     # --subset: a seeded random subset of each split (smoke tests, quick looks)
     if cfg.streamed:  # listed and checked, not read: the workers read while training
         remote = {"cache": cfg.cache, "cache_size": cfg.cache_size}  # for shards:URL
-        train_set = open_stream(cfg.data, True, **remote)
-        test_set = open_stream(cfg.data, False, **remote)
+        train_set = open_stream(cfg.data, True, share, **remote)
+        test_set = open_stream(cfg.data, False, share, **remote)
         if cfg.subset is not None:
             train_set = train_set.take(min(cfg.subset, len(train_set)), seed=cfg.seed)
             test_set = test_set.take(min(cfg.subset, len(test_set)), seed=cfg.seed)
@@ -311,6 +314,19 @@ def epoch_sizes(cfg: TrainConfig, train: Dataset) -> list[int] | None:
     return cfg.epoch_sizes(full[0])
 
 
+def load_process_splits(cfg: TrainConfig, dist: DistInfo, say=None) -> Splits:
+    """This process's data. Streamed data has nothing to download: the processes of a machine
+    each check their share of the shards at once, none waiting on another (such a wait is bounded
+    by the timeout of training's collectives). Other data: local rank 0 downloads first, then the
+    others read the cache."""
+    if cfg.streamed:
+        local_world = env_int("LOCAL_WORLD_SIZE", 0)  # torchrun's; unknown: each checks all
+        share = (dist.local_rank, local_world) if local_world > dist.local_rank else (0, 1)
+        return load_splits(cfg, say, share)
+    with local_main_first(dist):
+        return load_splits(cfg, say)
+
+
 def build(
     cfg: TrainConfig,
     dist: DistInfo = DistInfo(),
@@ -327,8 +343,7 @@ def build(
     check_eval_sizes(cfg, say)
     device, capture = _device_policy(cfg, dist)
     if splits is None:
-        with local_main_first(dist):  # one download per machine, then the others read the cache
-            splits = load_splits(cfg, say)
+        splits = load_process_splits(cfg, dist, say)
     policy = _precision_and_layout(cfg, dist, device, splits, checkpoint, say)
     amp, channels_last = policy.amp, policy.channels_last
     check_same_setup(

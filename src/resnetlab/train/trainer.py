@@ -46,6 +46,8 @@ from resnetlab.train.run import RunDir, default_run_path
 from resnetlab.train.setup import Parts, build
 from resnetlab.weights import load_weights
 
+NAMED = 20  # unreadable images named in summary.json (all are counted)
+
 
 def train(
     cfg: TrainConfig | None = None,
@@ -65,14 +67,22 @@ def train(
     dist = init_from_env(cfg.device)
     # a lost peer becomes one clear error; the process group is left and the run folder unlocked at the end
     with session(dist), RunDir.locks_released_at_exit():
+        saved_world = checkpoint.get("world_size", 1) if checkpoint is not None else None
         if checkpoint is not None:
-            check_resume_world_size(checkpoint.get("world_size", 1), dist, resume)
+            check_resume_world_size(saved_world, dist, resume, elastic=cfg.streamed)
         console = Console(
             sys.stderr if json_output else sys.stdout,
             verbose and dist.is_main,
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
         )
+        if saved_world not in (None, dist.world_size):  # streamed data: an elastic resume
+            console.say(
+                f"resuming with {dist.world_size} {plural(dist.world_size, 'process', 'processes')} "
+                f"(trained with {saved_world}): the same global batches of the same samples; "
+                "batch-norm statistics are taken over each process's share, so the figures "
+                "differ slightly from an unchanged count"
+            )
         parts = build(cfg, dist, checkpoint=checkpoint, say=console.say)
         run = (
             RunDir.open(resume, enabled=dist.is_main)
@@ -360,8 +370,8 @@ def finish(parts: Parts, run: RunDir, saver: Saver, say) -> dict:
         "train_seconds": state.train_seconds,
         "params": sum(p.numel() for p in weights.parameters()),
     }
-    if any("skipped" in r for r in state.history):  # streamed data: bad images left out, all epochs
-        summary["skipped_images"] = sum(r.get("skipped", 0) for r in state.history)
+    if any("skipped" in r for r in state.history):  # streamed data: training images not decoded
+        summary.update(_bad_training_images(parts))
     kept, kept_epoch = "model.safetensors", state.epoch
     if parts.loaders.val is not None:
         _load_best(parts, run)
@@ -385,6 +395,20 @@ def finish(parts: Parts, run: RunDir, saver: Saver, say) -> dict:
     return summary
 
 
+def _bad_training_images(parts: Parts) -> dict:
+    """summary.json's account of training images that did not decode: `skipped_images` counts
+    distinct images (one bad file is 1, however many epochs met it), each replaced in its batch
+    by another sample; `skipped_images_per_epoch` (metrics.csv's `skipped`) counts them per
+    epoch; `skipped_image_files` names the first NAMED."""
+    state = parts.state
+    describe = getattr(parts.loaders.train.dataset, "describe", str)
+    return {
+        "skipped_images": len(state.bad_images),
+        "skipped_images_per_epoch": [r.get("skipped", 0) for r in state.history],
+        "skipped_image_files": [describe(i) for i in state.bad_images[:NAMED]],
+    }
+
+
 def _final_test(parts: Parts, saver: Saver, summary: dict, kept_epoch: int) -> dict:
     """The kept weights on the test set, plain and (with --tta) through its views, into the
     summary; returns the evaluation of the reported figure (with per-example results)."""
@@ -394,6 +418,10 @@ def _final_test(parts: Parts, saver: Saver, summary: dict, kept_epoch: int) -> d
     summary.update(
         kept_test_acc=final["acc"], kept_test_loss=final["loss"], test_count=final["count"]
     )
+    if "unreadable" in final:  # streamed data: test images that did not decode, left out
+        describe = getattr(parts.loaders.test.dataset, "describe", str)
+        summary["test_unreadable"] = len(final["unreadable"])
+        summary["test_unreadable_files"] = [describe(i) for i in final["unreadable"][:NAMED]]
     if cfg.tta != "none":  # both figures: what the views added is measured in every run
         summary.update(
             tta=cfg.tta, kept_test_acc_no_tta=plain["acc"], kept_test_loss_no_tta=plain["loss"]
