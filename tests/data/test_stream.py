@@ -461,12 +461,26 @@ def test_batches_passed_over_on_resume_are_not_read_and_the_rest_are_unchanged(p
 
 
 @pytest.mark.parametrize("url", ["s3://bucket/sets/x", "https://host/sets/x/"])
-def test_a_url_is_kept_whole_and_refused_saying_what_is_read(url):
+def test_a_url_is_kept_whole_where_a_local_folder_is_read(url):
+    """The readers of a local set (`data list --shards`) keep a URL whole (Path would fold its
+    "//" into "/") and say what they read, without advising to pack a dataset there."""
+    from resnetlab.data.shards import read_manifest
+
     with pytest.raises(UsageError) as e:
-        open_shards(url, True)
+        read_manifest(url)
     message = str(e.value)
     assert f"shards:{url}:" in message and "local folder" in message and "\n" not in message
     assert "data pack" not in message  # packing there would not help
+
+
+def test_a_url_of_a_protocol_not_installed_is_one_line_kept_whole():
+    """shards:s3://... goes to fsspec (data/remote.py), not to a folder named s3:/bucket; without
+    s3fs it is one line naming the package, before any network."""
+    with pytest.raises(UsageError) as e:
+        open_shards("s3://bucket/sets/x", True)
+    message = str(e.value)
+    assert "s3://bucket/sets/x" in message and "pip install s3fs" in message
+    assert "\n" not in message and "s3:/bucket" not in message.replace("s3://", "")
 
 
 def test_the_processes_of_a_machine_share_the_shard_hashing(packed, monkeypatch):

@@ -60,9 +60,10 @@ CHUNK = 1 << 20
 UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
-def is_url(path: str) -> bool:
-    """Whether a shards: location is a URL (scheme://...) rather than a local folder."""
-    return bool(URL.match(path))
+def is_url(path) -> bool:
+    """Whether a shards: location is a URL (scheme://...) rather than a local folder (a Path
+    never is: Path would fold a URL's "//" into "/")."""
+    return isinstance(path, str) and bool(URL.match(path))
 
 
 def parse_size(text: str) -> int:
