@@ -199,3 +199,18 @@ def make_config(preset: str | None = None, *, base: dict | None = None, **overri
     ):
         _scale_imagenet(settings, given)
     return TrainConfig(**settings)
+
+
+def ema_warning(ema: float, total_steps: int) -> str | None:
+    """One line when --ema (a preset's, fitted to a long run, or the user's) averages over more
+    steps than the run takes: its decay is never reached, and the average's warm-up
+    (steps.WeightAverage) is what keeps the weights from staying near their start."""
+    if not ema or total_steps <= 0 or 1 / (1 - ema) <= total_steps:
+        return None
+    last = min(ema, total_steps / (9 + total_steps))  # the decay of update t = total_steps - 1
+    return (
+        f"warning: --ema {ema:.5g} averages over about {1 / (1 - ema):,.0f} steps, more than "
+        f"this run's {total_steps}: its decay warms up as (1 + t) / (10 + t) at step t and ends "
+        f"at {last:.3g}, so the kept weights average the last steps (give --ema {last:.3g} "
+        "or less, or 0 for no average, to silence this)"
+    )
