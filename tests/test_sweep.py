@@ -113,8 +113,9 @@ def test_bad_options_are_one_line(flags, says, tmp_path, capsys):
 
 @needs_fashion_mnist
 def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys, monkeypatch):
-    """Four trials from a grid of learning rates (three useful, four far too small), two epochs
-    each: the median pruner stops a poor one (the grid's order is seeded); then the folder's
+    """Four trials from a grid of learning rates (three useful, four far too small), four epochs
+    each: the median pruner stops a poor one before its last epoch (the grid's order is seeded;
+    at 2 epochs the poor one was pruned only after its last, which issue 40 made complete); then the folder's
     files; then the same call with one trial more continues the study. No trial measures a test
     figure; the best one's kept weights are tested once, after the search."""
     import resnetlab
@@ -130,7 +131,7 @@ def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys, monkeypat
     monkeypatch.setattr(eval_run, "evaluate_run", counted)
     out = tmp_path / "sw"
     rates = "0.3,0.2,0.15,1e-06,2e-06,3e-06,4e-06"
-    kwargs = dict(TINY, epochs=2, out=out, sampler="grid", verbose=False)
+    kwargs = dict(TINY, epochs=4, out=out, sampler="grid", verbose=False)
     study = resnetlab.sweep({"lr": f"choice:{rates}"}, trials=4, **kwargs)
     states = [t.state.name for t in study.trials]
     assert len(states) == 4 and "PRUNED" in states and "COMPLETE" in states, states
@@ -144,9 +145,9 @@ def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys, monkeypat
     for r in rows:
         if r["state"] == "pruned":
             record = json.loads((out / r["run"] / "pruned.json").read_text())
-            assert record["pruned_after_epoch"] == int(r["epochs"]) <= 2
+            assert record["pruned_after_epoch"] == int(r["epochs"]) < 4
         else:
-            assert r["epochs"] == "2"
+            assert r["epochs"] == "4"
     best = json.loads((out / "best.json").read_text())
     assert (
         best["sweep"]["value"] == study.best_value
@@ -240,3 +241,75 @@ def test_budget_spent_starts_no_trial(tmp_path, capsys):
     assert outcome["trials"] == {} and outcome["best"] is None
     assert (out / "trials.csv").read_text().startswith("trial,state,lr,")
     assert (out / "report.html").is_file() and not (out / "best.json").exists()
+
+
+def test_a_trial_that_ran_its_last_epoch_is_never_pruned(tmp_path):
+    """Issue 40: a trial was reported pruned after its last epoch (the pruner asked at every
+    epoch's end, the last one's too)."""
+    import optuna
+
+    from resnetlab.sweep.study import PRUNED_FILE, Objective, Plan
+
+    class Trial:  # what the objective asks of an Optuna trial, with a pruner that always prunes
+        number = 0
+
+        def report(self, value, step):
+            pass
+
+        def set_user_attr(self, key, value):
+            pass
+
+        def should_prune(self):
+            return True
+
+    plan = Plan(out=str(tmp_path), specs=["lr=log:0.1:1"], base={}, trials=1, study="s",
+                storage_url="sqlite://")  # fmt: skip
+    objective, row = Objective(plan), {"epoch": 3, "val_acc": 0.5}
+    objective._report(Trial(), tmp_path, row, [], 0.0, epochs=3)  # the last: not pruned
+    assert not (tmp_path / PRUNED_FILE).exists()
+    with pytest.raises(optuna.TrialPruned):
+        objective._report(Trial(), tmp_path, dict(row, epoch=2), [], 0.0, epochs=3)
+    assert (tmp_path / PRUNED_FILE).is_file()
+
+
+@needs_fashion_mnist
+def test_a_sweep_stopped_by_ctrl_c_in_trial_2_ends_with_its_trials_when_run_again(tmp_path):
+    """Issue 40: SIGINT during trial 2 of 3 (the process's Ctrl-C): one line that says to run the
+    same sweep command again (not `train --resume` of the trial's folder), exit 130; the same
+    command then ends with 3 trials evaluated, trial 2 recorded `interrupted` with where it stopped
+    and run again as a new trial, no trial `failed` without an error."""
+    import signal
+    import time
+
+    from sweep_tools import load_study, start_worker
+
+    from resnetlab.sweep.storage import default_storage_url
+
+    out = tmp_path / "sw"
+    args = ["--space", "lr=log:0.05:0.5", "--trials", "3", "--pruner", "none", "--out", str(out)]
+    args += tiny_flags(epochs=3)
+    worker = start_worker(args)
+    deadline = time.monotonic() + 240
+    # inside trial 2's training: its first epoch saved, its second under way
+    while not (out / "trial-0002" / "checkpoint.pt").is_file() and worker.poll() is None:
+        assert time.monotonic() < deadline, "trial 2 never started"
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGINT)
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130, err
+    assert err.count("\n") == 1 and "run the same `resnetlab sweep` command again" in err, err
+    assert "during trial 2" in err and "--resume" not in err, err
+    again = start_worker(args)
+    text, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    study = load_study(default_storage_url(out), "sweep")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1, states
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["state"] for r in rows].count("complete") == 3
+    stopped = [r for r in rows if r["state"] != "complete"]
+    assert [(r["trial"], r["state"]) for r in stopped] == [("2", "interrupted")], rows
+    assert not [r for r in rows if r["state"] == "failed" and not r["error"]]
+    assert stopped[0]["error"].startswith("interrupted "), stopped
+    retry = [r for r in rows if r["retry_of"] == "2"]
+    assert len(retry) == 1 and retry[0]["lr"] == stopped[0]["lr"]

@@ -17,6 +17,7 @@ from resnetlab.errors import first_line
 from resnetlab.fileio import write_bytes, write_csv, write_json, write_text
 from resnetlab.report.html import CSP, STYLE, esc, fmt, img_tag, table
 from resnetlab.sweep.study import (
+    INTERRUPTED,
     PRUNED_FILE,
     Plan,
     rerun_config,
@@ -56,7 +57,7 @@ def trial_rows(study, plan: Plan) -> list[dict]:
                 "retry_of": Retry.retried_trial_number(t),
                 "host": t.user_attrs.get("host"),
                 "run": t.user_attrs.get("run"),
-                "error": t.user_attrs.get("error"),
+                "error": t.user_attrs.get("error") or t.user_attrs.get(INTERRUPTED),
             }
         )
     return rows
