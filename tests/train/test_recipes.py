@@ -19,7 +19,7 @@ from resnetlab.inference.evaluation import evaluate
 from resnetlab.inference.tta import TTAModel, with_tta
 from resnetlab.train import make_config, train
 from resnetlab.train.checkpoint import load_checkpoint
-from resnetlab.train.presets import ema_warning
+from resnetlab.train.presets import ema_warning, run_warnings
 from resnetlab.train.setup import build
 from resnetlab.train.steps import WeightAverage
 from resnetlab.train.whiten import whiten_first_conv, whitening_filters
@@ -112,6 +112,18 @@ def test_an_ema_span_longer_than_the_run_is_named_in_one_warning_line():
     assert ema_warning(short.ema, 10**6) is None  # a run longer than the span: nothing to say
     assert ema_warning(0.0, 18) is None  # no average
     assert ema_warning(0.9, 18) is None
+
+
+def test_a_batch_larger_than_the_training_set_is_named_in_one_warning_line():
+    """The imagenet preset's batch of 1024 on 300 images: one step an epoch at a rate for 1024
+    (measured: the loss went to 138 and the test accuracy stayed at chance)."""
+    cfg = make_config("imagenet", epochs=5)
+    lines = run_warnings(cfg, train_examples=300, steps_per_epoch=1)
+    assert lines[0].startswith("warning: --batch-size 1024 is more than the 300 training images")
+    assert len(lines) == 2 and lines[1] == ema_warning(cfg.ema, 5)
+    assert run_warnings(make_config("imagenet", batch_size=32), 10**6, 10**5) == []
+    long = make_config("imagenet", batch_size=32, epochs=600)  # 300 images: 6000 steps
+    assert run_warnings(long, 300, 10)[0].startswith("warning: --ema 0.9999989 averages")
 
 
 @pytest.mark.needs_fashion_mnist

@@ -52,7 +52,7 @@ from resnetlab.train.checkpoint import restore_checkpoint
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.engine import TrainState
 from resnetlab.train.graphs import CapturedEvaluator, CapturedStep, CaptureFallback
-from resnetlab.train.presets import ema_warning
+from resnetlab.train.presets import run_warnings
 from resnetlab.train.probing import Policy, resolve_policy
 from resnetlab.train.steps import EagerStep, WeightAverage, init_weights, make_optimizer
 from resnetlab.train.whiten import WHITEN_IMAGES, whiten_first_conv
@@ -333,9 +333,9 @@ def build(
         model = torch.compile(model)
     norm = normalization(cfg, splits)
     loaders = _loaders(cfg, dist, splits, device, channels_last, capture, norm)
-    warning = ema_warning(cfg.ema, len(loaders.train) * cfg.epochs)
-    if warning and say is not None and checkpoint is None:  # said once, when the run starts
-        say(warning)
+    if say is not None and checkpoint is None:  # said once, when the run starts
+        for warning in run_warnings(cfg, len(splits.train), len(loaders.train)):
+            say(warning)
     eval_model = average.model if average is not None else raw_model if cfg.compile else model
     step, evaluator, final_evaluator, fallback = _step_and_evaluators(
         cfg, dist, splits, device, amp, capture, model, eval_model, optimizer, average
