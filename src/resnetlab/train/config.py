@@ -159,7 +159,7 @@ class TrainConfig:
     tta: str = setting(
         "none",
         "test-time augmentation of the kept weights' final test figure: flip, or flip and "
-        "one-pixel shifts (flip-shift; train/tta.py); per-epoch evaluations stay plain",
+        "one-pixel shifts (flip-shift; inference/tta.py); per-epoch evaluations stay plain",
         choices=TTA_MODES,
     )
     epoch_test: bool = setting(
