@@ -1033,13 +1033,17 @@ def _cmd_explain(args) -> int:
         out=args.out,
         device=resolve_device(args.device),
     )
+    failed = [r for r in result["images"] if "error" in r]
     if args.json:
         _print_json(result)
-        return 0
-    for r in result["images"]:
-        print(f"{r['image']}: {r['predicted']} {r['prob']:.3f} (map of {r['explained']})")
-    print(f"Grad-CAM at {result['layer']}: {result['out']}")
-    return 0
+    else:
+        for r in result["images"]:
+            if "error" not in r:
+                print(f"{r['image']}: {r['predicted']} {r['prob']:.3f} (map of {r['explained']})")
+        print(f"Grad-CAM at {result['layer']}: {result['out']}")
+    for r in failed:  # as predict: the others were explained; these are one line each on stderr
+        _say_line(f"resnetlab: error: {r['error']}")
+    return 1 if failed else 0
 
 
 COMMANDS.append(_add_explain)
