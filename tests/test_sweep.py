@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import socket
+import warnings
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,7 @@ def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys, monkeypat
     assert make_config(base=read_config_file(out / "best.json")).to_dict() == best["config"]
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "Content-Security-Policy" in page
+    assert "<h1>sweep of lr</h1>" in page and "sweep sweep" not in page  # issue 40: the title
     assert f'href="trial-{study.best_trial.number:04d}/report.html"' in page
     assert "test accuracy of the best trial's kept weights, evaluated once" in page
     # `resnetlab runs` lists the trials (pruned ones as such); `compare` takes any of them
@@ -313,3 +315,58 @@ def test_a_sweep_stopped_by_ctrl_c_in_trial_2_ends_with_its_trials_when_run_agai
     assert stopped[0]["error"].startswith("interrupted "), stopped
     retry = [r for r in rows if r["retry_of"] == "2"]
     assert len(retry) == 1 and retry[0]["lr"] == stopped[0]["lr"]
+
+
+def test_parallel_coordinates_tick_labels_do_not_overlap():
+    """Issue 40: Optuna's parallel-coordinates plot labels log axes' minor ticks (2x10^-4 ran into
+    the next axis's name) and turns the names into the numbers; tidy_parallel fixes both. Every
+    tick label's box, drawn, is checked against every other."""
+    import random
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+    from resnetlab.sweep.outputs import tidy_parallel
+
+    rng = random.Random(0)
+    space = {
+        "lr": FloatDistribution(0.01, 1, log=True),
+        "weight_decay": FloatDistribution(1e-5, 1e-2, log=True),
+        "label_smoothing": FloatDistribution(0, 0.2),
+        "flip": CategoricalDistribution([True, False]),
+    }
+    study = optuna.create_study(direction="maximize")
+    for _ in range(8):
+        params = {
+            "lr": 10 ** rng.uniform(-2, 0),
+            "weight_decay": 10 ** rng.uniform(-5, -2),
+            "label_smoothing": rng.uniform(0, 0.2),
+            "flip": rng.random() < 0.5,
+        }
+        value = rng.uniform(0.06, 0.11)
+        study.add_trial(optuna.create_trial(params=params, distributions=space, value=value))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's matplotlib views are 'experimental'
+        fig = plot_parallel_coordinate(study).figure
+    fig.set_size_inches(8, 4.5)  # as write_plots draws it
+    tidy_parallel(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    names = fig.axes[0].get_xticklabels()  # the twin axes repeat them
+    boxes = [
+        (t.get_text(), t.get_window_extent(renderer))
+        for t in [*names, *(t for a in fig.axes for t in a.get_yticklabels(which="both"))]
+        if t.get_visible() and t.get_text()
+    ]
+    assert len(boxes) > 20
+    overlaps = [
+        (a, b)
+        for i, (a, box) in enumerate(boxes)
+        for b, other in boxes[i + 1 :]
+        if box.overlaps(other)
+    ]
+    assert not overlaps, overlaps
