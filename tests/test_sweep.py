@@ -300,7 +300,7 @@ def test_a_sweep_stopped_by_ctrl_c_in_trial_2_ends_with_its_trials_when_run_agai
     _, err = worker.communicate(timeout=120)
     assert worker.returncode == 130, err
     assert err.count("\n") == 1 and "run the same `resnetlab sweep` command again" in err, err
-    assert "during trial 2" in err and "--resume" not in err, err
+    assert "during trial 2" in err and "2 of 3 trials done" in err and "--resume" not in err, err
     again = start_worker(args)
     text, err = again.communicate(timeout=600)
     assert again.returncode == 0, err

@@ -372,7 +372,8 @@ def _interrupted(study, plan: Plan, number: int | None) -> Interrupted:
     if trial is not None and trial.state == TrialState.FAIL and trial.user_attrs.get(INTERRUPTED):
         queue_again(study, trial)
         what = f"the sweep was interrupted during trial {trial.number}, which will run again"
-    done = count_trials(study)[0]
+    ended = (TrialState.COMPLETE, TrialState.PRUNED)  # not another worker's, failing as we speak
+    done = sum(t.state in ended for t in study.get_trials(deepcopy=False))
     return Interrupted(
         f"{what}; {done} of {plan.trials} trials done: run the same `resnetlab sweep` command "
         "again to continue"
