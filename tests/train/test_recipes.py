@@ -287,7 +287,9 @@ def test_ema_run_saves_the_average_and_resumes_bit_identically(tmp_path, monkeyp
 def test_resuming_an_ema_run_without_its_average_is_one_clear_error(tmp_path, capsys):
     train(make_config("quick", **dict(TINY, epochs=2, ema=0.9)), out=tmp_path / "r", verbose=False)
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert ckpt["average_updates"] == ckpt["state"]["global_step"]  # one update a step
     ckpt["state"]["epoch"], ckpt["state"]["history"] = 1, ckpt["state"]["history"][:1]
+    good = dict(ckpt)
     del ckpt["average"]
     torch.save(ckpt, tmp_path / "r" / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="holds no moving average of the weights"):
@@ -297,6 +299,11 @@ def test_resuming_an_ema_run_without_its_average_is_one_clear_error(tmp_path, ca
     assert cli.main(["train", "--resume", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err.strip()
     assert "weight average holds no tensors" in err and len(err.splitlines()) == 1
+    for count in (-1, "7"):  # the update count, which sets the decay's warm-up
+        torch.save(dict(good, average_updates=count), tmp_path / "r" / "checkpoint.pt")
+        assert cli.main(["train", "--resume", str(tmp_path / "r")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert f"update count is {count!r}" in err and len(err.splitlines()) == 1
 
 
 # --- test-time augmentation --------------------------------------------------------------------
