@@ -892,12 +892,12 @@ def _add_sweep(sub) -> None:
         "sweep",
         help="search train settings on Optuna: trials, pruning, a shared study",
         description="Search `train` settings (--space) over --trials trials on validation "
-        "figures, pruning poor trials after each epoch; the other flags are fixed for every "
-        "trial. The folder holds each trial's run folder, trials.csv, best.json (rerun it with "
+        "figures, pruning poor trials after each epoch but their last; the other flags are fixed "
+        "for every trial. The folder holds each trial's run folder, trials.csv, best.json (rerun it with "
         "`resnetlab train --config best.json`) and report.html. The study lives in a SQLite file "
         "there, or in --storage, which several machines share: each runs the same command with "
-        "the same --study. Running the command again continues the sweep. Needs: pip install "
-        "'resnetlab[sweep]'.",
+        "the same --study. Running the command again continues the sweep (after Ctrl-C too: "
+        "the trial it stopped runs again). Needs: pip install 'resnetlab[sweep]'.",
     )
     p.add_argument(
         "--space",
