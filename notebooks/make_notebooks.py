@@ -1,4 +1,4 @@
-"""Writes notebooks/01..04 .ipynb from the cells below (no outputs): edit here, then run
+"""Writes notebooks/01..05 .ipynb from the cells below (no outputs): edit here, then run
 `python notebooks/make_notebooks.py`; tests/test_notebooks.py checks that the committed notebooks
 are what this script writes, that they hold no outputs, and runs each in a Jupyter kernel."""
 
@@ -570,11 +570,197 @@ code) and `resnetlab explain RUN IMAGE...` (Grad-CAM, notebook 3).""",
     ),
 ]
 
+CHAPTER_5 = [
+    (
+        "md",
+        """\
+# 5. Your own photos
+
+The other notebooks train on Fashion-MNIST, which resnetlab downloads for you. Your own photos
+are a folder with one sub-folder per class. This notebook makes such a folder (coloured shapes,
+so that it runs anywhere), packs it into shards, trains from them, searches a learning rate with
+a small sweep, and looks at a mistake with Grad-CAM.""",
+    ),
+    ("code", PARAMETERS),
+    (
+        "md",
+        """\
+## A folder of photos
+
+`photos/train/CLASS/` and `photos/test/CLASS/`: the test photos are set apart by hand here, so
+that the test figure comes from photos the training never saw. A circle, square or triangle,
+mostly of its class's colour (some of any colour, so that a small net still makes mistakes), on a
+noisy background, at mixed sizes, half of them JPEG and half PNG.""",
+    ),
+    (
+        "code",
+        """\
+import random
+import shutil
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+PHOTOS = Path("photos")
+shutil.rmtree(PHOTOS, ignore_errors=True)
+rng = random.Random(0)
+COLOURS = {"circle": (210, 60, 50), "square": (60, 190, 70), "triangle": (60, 80, 220)}
+
+
+def photo(shape):
+    w, h = rng.randint(48, 96), rng.randint(48, 96)
+    background = Image.new("RGB", (w, h), tuple(rng.randrange(256) for _ in "rgb"))
+    img = Image.blend(Image.effect_noise((w, h), 40).convert("RGB"), background, 0.7)
+    s = rng.randint(min(w, h) // 3, min(w, h) * 3 // 4)
+    x, y = rng.randint(0, w - s), rng.randint(0, h - s)
+    colour = tuple(min(255, max(0, c + rng.randint(-40, 40))) for c in COLOURS[shape])
+    if rng.random() < 0.3:
+        colour = tuple(rng.randrange(256) for _ in "rgb")
+    draw = ImageDraw.Draw(img)
+    if shape == "circle":
+        draw.ellipse([x, y, x + s, y + s], fill=colour)
+    elif shape == "square":
+        draw.rectangle([x, y, x + s, y + s], fill=colour)
+    else:
+        draw.polygon([(x, y + s), (x + s, y + s), (x + s // 2, y)], fill=colour)
+    return img
+
+
+per_class = {"train": 60, "test": 15} if SMALL else {"train": 1000, "test": 200}
+for split, n in per_class.items():
+    for shape in COLOURS:
+        folder = PHOTOS / split / shape
+        folder.mkdir(parents=True)
+        for i in range(n):
+            photo(shape).save(folder / f"{shape}{i:03d}.{'jpg' if i % 2 else 'png'}")
+print({split: len(list((PHOTOS / split).rglob("*.*"))) for split in per_class})""",
+    ),
+    (
+        "md",
+        """\
+## Pack it
+
+`resnetlab data pack` writes the folder as WebDataset tar shards with a manifest (classes,
+counts, sizes, mean and std, a checksum per shard). Training then streams them: the photos are
+read and decoded by worker processes, batch by batch, never all held in memory.""",
+    ),
+    ("code", SHELL),
+    (
+        "code",
+        """\
+import json
+
+shutil.rmtree("shards/photos", ignore_errors=True)
+resnetlab(f"data pack {PHOTOS} shards/photos")
+manifest = json.loads(Path("shards/photos/manifest.json").read_text())
+print({k: manifest[k] for k in ("classes", "splits", "mean", "std")})""",
+    ),
+    (
+        "md",
+        """\
+## Train from the shards
+
+A small CIFAR-style net (`resnet8`) at 32 px for a few epochs with the small budget. The test
+figure is measured on `photos/test/`. `--data imagefolder:photos --stream` would stream the
+folder as it is, without packing it.""",
+    ),
+    (
+        "code",
+        """\
+RUN = "runs/photos"
+shutil.rmtree(RUN, ignore_errors=True)
+NET = (
+    "--model resnet8 --resize 32 --epochs 3"
+    if SMALL
+    else "--model resnet20 --resize 64 --epochs 30"
+)
+FIXED = f"{NET} --batch-size 30 --init default --progressive-resize 0"
+resnetlab(f"train --data shards:shards/photos {FIXED} --val-split 0 --workers 1 --out {RUN}")
+summary = json.loads(Path(RUN, "summary.json").read_text())
+print({k: summary[k] for k in ("kept_weights", "kept_test_acc", "epochs")})""",
+    ),
+    (
+        "md",
+        """\
+## A small sweep
+
+`resnetlab sweep` trains one run per trial and compares them on validation photos held out of
+`train/` (`--val-split`), never on the test set; the best trial's kept weights are tested once,
+at the end. Here three learning rates, on the folder held in memory (`imagefolder:photos`).
+Stopped with Ctrl-C, the same command continues the sweep.""",
+    ),
+    (
+        "code",
+        """\
+import csv
+
+SWEEP = "runs/photos-sweep"
+shutil.rmtree(SWEEP, ignore_errors=True)
+trials = 3 if SMALL else 16
+resnetlab(
+    f"sweep --space lr=log:0.02:0.5 --trials {trials} --pruner none --data imagefolder:photos "
+    f"{FIXED} --val-split 30 --out {SWEEP}"
+)
+for row in csv.DictReader(open(f"{SWEEP}/trials.csv")):
+    print(
+        f"trial {row['trial']} {row['state']}: lr {float(row['lr']):.3f}, val acc {row['val_acc']}"
+    )""",
+    ),
+    (
+        "md",
+        """\
+## Explain a mistake
+
+`predict` classifies the test photos; the most confident wrong answer is the interesting one.
+`resnetlab explain` draws Grad-CAM over it: where the net found evidence for the class it said,
+then for the true class.""",
+    ),
+    (
+        "code",
+        """\
+from resnetlab.inference.predict import predict
+
+files = sorted(str(p) for p in (PHOTOS / "test").rglob("*.*"))
+results = predict(RUN, files, top_k=1, device="cpu")
+mistakes = sorted(
+    (
+        (r["top"][0]["prob"], r["image"], r["top"][0]["class"])
+        for r in results
+        if r["top"][0]["class"] != Path(r["image"]).parent.name
+    ),
+    reverse=True,
+)
+print(f"{len(mistakes)} of {len(files)} test photos misclassified")
+prob, IMAGE, said = mistakes[0]
+TRUE = Path(IMAGE).parent.name
+print(f"the most confident mistake: {IMAGE}, a {TRUE} called {said} ({prob:.2f})")""",
+    ),
+    (
+        "code",
+        """\
+from IPython.display import Image as Show
+from IPython.display import display
+
+resnetlab(f"explain {RUN} {IMAGE} --out {RUN}/mistake.png")
+resnetlab(f"explain {RUN} {IMAGE} --class {TRUE} --out {RUN}/truth.png")
+display(Show(filename=f"{RUN}/mistake.png"), Show(filename=f"{RUN}/truth.png"))""",
+    ),
+    (
+        "md",
+        """\
+With your own photos: point `data pack` (or `train --data imagefolder:PATH --stream`) at their
+folder, give a `--resize` that keeps what tells the classes apart, and start from pretrained
+weights (`--init-from`) when there are few photos; `resnetlab report RUN` shows the run's page,
+its most confident mistakes and their Grad-CAM row.""",
+    ),
+]
+
 NOTEBOOKS = {
     "01_residual_block_and_resnet18.ipynb": CHAPTER_1,
     "02_why_residuals.ipynb": CHAPTER_2,
     "03_looking_inside.ipynb": CHAPTER_3,
     "04_from_the_book_to_practice.ipynb": CHAPTER_4,
+    "05_your_own_photos.ipynb": CHAPTER_5,
 }
 
 

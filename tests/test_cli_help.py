@@ -50,3 +50,20 @@ def test_show_config_prints_the_resolved_settings_and_trains_nothing(tmp_path, c
         cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()  # noqa: SLF001
     )
     assert "--show-config" in train_help
+
+
+def test_every_source_file_a_help_text_names_exists():
+    """Issue 40: `train --help` sent --tta's readers to train/tta.py, gone since TTA moved to
+    inference/. A help text names files relative to the package (train/whiten.py) or the
+    checkout (benchmarks/...)."""
+    import re
+    from pathlib import Path
+
+    package = Path(cli.__file__).parent
+    named, missing = set(), []
+    for name, parser in _parsers(cli.build_parser()):
+        for path in re.findall(r"[\w./-]+\.py\b", " ".join(parser.format_help().split())):
+            named.add(path)
+            if not ((package / path).is_file() or (package.parents[1] / path).is_file()):
+                missing.append(f"{name}: {path}")
+    assert named and not missing, missing

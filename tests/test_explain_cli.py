@@ -90,6 +90,27 @@ def test_explain_errors_are_one_line(tiny_run, images, capsys, args, message):
     assert err.count("\n") == 1 and message in err
 
 
+def test_explain_goes_on_past_a_bad_image_as_predict_does(tiny_run, images, tmp_path, capsys):
+    """Issue 40: explain stopped at the first missing image; now every readable image is
+    explained, each bad one is one line on stderr, and the exit status is 1 (predict's way)."""
+    (tmp_path / "notes.txt").write_text("not an image")
+    missing, notes = str(tmp_path / "missing.png"), str(tmp_path / "notes.txt")
+    out = tmp_path / "grid.png"
+    args = ["explain", str(tiny_run), missing, images[0], notes, images[1], "--out", str(out)]
+    assert cli.main(args) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert [line.split(": ")[0] for line in lines[:2]] == images and len(lines) == 3
+    errors = captured.err.splitlines()
+    assert len(errors) == 2 and all(e.startswith("resnetlab: error: ") for e in errors)
+    assert missing in errors[0] and "does not exist" in errors[0] and notes in errors[1]
+    assert out.read_bytes()[:8] == PNG
+    assert cli.main([*args, "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in result["images"]] == [missing, images[0], notes, images[1]]
+    assert ["error" in r for r in result["images"]] == [True, False, True, False]
+
+
 def test_explain_without_captum_names_the_extra(tiny_run, images, capsys, monkeypatch):
     without_captum(monkeypatch)
     assert cli.main(["explain", str(tiny_run), images[0]]) == 2

@@ -45,8 +45,8 @@ needs_kernel = pytest.mark.skipif(
 )
 
 
-def test_there_are_four_chapters():
-    assert [n[:3] for n in NAMES] == ["01_", "02_", "03_", "04_"]
+def test_there_are_five_chapters():
+    assert [n[:3] for n in NAMES] == ["01_", "02_", "03_", "04_", "05_"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -118,7 +118,12 @@ def test_notebook_runs_in_a_kernel(name, kernel_env, tmp_path):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("budget: small" in o.get("text", "") for o in outputs)
-    if name.startswith(("01", "02", "03")):  # they draw
+    text = "".join(o.get("text", "") for o in outputs)
+    if name.startswith("05"):  # packed, trained from the shards, swept, a mistake explained
+        assert "packed photos: 180 train, 45 test" in text and "kept_test_acc" in text
+        assert text.count(" complete: lr=") == 3 and "the most confident mistake: " in text
+        assert text.count("Grad-CAM at layer3: runs/photos/") == 2
+    if name.startswith(("01", "02", "03", "05")):  # they draw (05: its Grad-CAM PNGs)
         assert any(
             "image/png" in o.get("data", {}) or "image/svg+xml" in o.get("data", {})
             for o in outputs

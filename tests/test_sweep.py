@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import socket
+import warnings
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,9 @@ def test_bad_options_are_one_line(flags, says, tmp_path, capsys):
 
 @needs_fashion_mnist
 def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys, monkeypatch):
-    """Four trials from a grid of learning rates (three useful, four far too small), two epochs
-    each: the median pruner stops a poor one (the grid's order is seeded); then the folder's
+    """Four trials from a grid of learning rates (three useful, four far too small), four epochs
+    each: the median pruner stops a poor one before its last epoch (the grid's order is seeded;
+    at 2 epochs the poor one was pruned only after its last, which issue 40 made complete); then the folder's
     files; then the same call with one trial more continues the study. No trial measures a test
     figure; the best one's kept weights are tested once, after the search."""
     import resnetlab
@@ -130,7 +132,7 @@ def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys, monkeypat
     monkeypatch.setattr(eval_run, "evaluate_run", counted)
     out = tmp_path / "sw"
     rates = "0.3,0.2,0.15,1e-06,2e-06,3e-06,4e-06"
-    kwargs = dict(TINY, epochs=2, out=out, sampler="grid", verbose=False)
+    kwargs = dict(TINY, epochs=4, out=out, sampler="grid", verbose=False)
     study = resnetlab.sweep({"lr": f"choice:{rates}"}, trials=4, **kwargs)
     states = [t.state.name for t in study.trials]
     assert len(states) == 4 and "PRUNED" in states and "COMPLETE" in states, states
@@ -144,9 +146,9 @@ def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys, monkeypat
     for r in rows:
         if r["state"] == "pruned":
             record = json.loads((out / r["run"] / "pruned.json").read_text())
-            assert record["pruned_after_epoch"] == int(r["epochs"]) <= 2
+            assert record["pruned_after_epoch"] == int(r["epochs"]) < 4
         else:
-            assert r["epochs"] == "2"
+            assert r["epochs"] == "4"
     best = json.loads((out / "best.json").read_text())
     assert (
         best["sweep"]["value"] == study.best_value
@@ -169,6 +171,7 @@ def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys, monkeypat
     assert make_config(base=read_config_file(out / "best.json")).to_dict() == best["config"]
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "Content-Security-Policy" in page
+    assert "<h1>sweep of lr</h1>" in page and "sweep sweep" not in page  # issue 40: the title
     assert f'href="trial-{study.best_trial.number:04d}/report.html"' in page
     assert "test accuracy of the best trial's kept weights, evaluated once" in page
     # `resnetlab runs` lists the trials (pruned ones as such); `compare` takes any of them
@@ -240,3 +243,130 @@ def test_budget_spent_starts_no_trial(tmp_path, capsys):
     assert outcome["trials"] == {} and outcome["best"] is None
     assert (out / "trials.csv").read_text().startswith("trial,state,lr,")
     assert (out / "report.html").is_file() and not (out / "best.json").exists()
+
+
+def test_a_trial_that_ran_its_last_epoch_is_never_pruned(tmp_path):
+    """Issue 40: a trial was reported pruned after its last epoch (the pruner asked at every
+    epoch's end, the last one's too)."""
+    import optuna
+
+    from resnetlab.sweep.study import PRUNED_FILE, Objective, Plan
+
+    class Trial:  # what the objective asks of an Optuna trial, with a pruner that always prunes
+        number = 0
+
+        def report(self, value, step):
+            pass
+
+        def set_user_attr(self, key, value):
+            pass
+
+        def should_prune(self):
+            return True
+
+    plan = Plan(out=str(tmp_path), specs=["lr=log:0.1:1"], base={}, trials=1, study="s",
+                storage_url="sqlite://")  # fmt: skip
+    objective, row = Objective(plan), {"epoch": 3, "val_acc": 0.5}
+    objective._report(Trial(), tmp_path, row, [], 0.0, epochs=3)  # the last: not pruned
+    assert not (tmp_path / PRUNED_FILE).exists()
+    with pytest.raises(optuna.TrialPruned):
+        objective._report(Trial(), tmp_path, dict(row, epoch=2), [], 0.0, epochs=3)
+    assert (tmp_path / PRUNED_FILE).is_file()
+
+
+@needs_fashion_mnist
+def test_a_sweep_stopped_by_ctrl_c_in_trial_2_ends_with_its_trials_when_run_again(tmp_path):
+    """Issue 40: SIGINT during trial 2 of 3 (the process's Ctrl-C): one line that says to run the
+    same sweep command again (not `train --resume` of the trial's folder), exit 130; the same
+    command then ends with 3 trials evaluated, trial 2 recorded `interrupted` with where it stopped
+    and run again as a new trial, no trial `failed` without an error."""
+    import signal
+    import time
+
+    from sweep_tools import load_study, start_worker
+
+    from resnetlab.sweep.storage import default_storage_url
+
+    out = tmp_path / "sw"
+    args = ["--space", "lr=log:0.05:0.5", "--trials", "3", "--pruner", "none", "--out", str(out)]
+    args += tiny_flags(epochs=3)
+    worker = start_worker(args)
+    deadline = time.monotonic() + 240
+    # inside trial 2's training: its first epoch saved, its second under way
+    while not (out / "trial-0002" / "checkpoint.pt").is_file() and worker.poll() is None:
+        assert time.monotonic() < deadline, "trial 2 never started"
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGINT)
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130, err
+    assert err.count("\n") == 1 and "run the same `resnetlab sweep` command again" in err, err
+    assert "during trial 2" in err and "2 of 3 trials done" in err and "--resume" not in err, err
+    again = start_worker(args)
+    text, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    study = load_study(default_storage_url(out), "sweep")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1, states
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["state"] for r in rows].count("complete") == 3
+    stopped = [r for r in rows if r["state"] != "complete"]
+    assert [(r["trial"], r["state"]) for r in stopped] == [("2", "interrupted")], rows
+    assert not [r for r in rows if r["state"] == "failed" and not r["error"]]
+    assert stopped[0]["error"].startswith("interrupted "), stopped
+    retry = [r for r in rows if r["retry_of"] == "2"]
+    assert len(retry) == 1 and retry[0]["lr"] == stopped[0]["lr"]
+
+
+def test_parallel_coordinates_tick_labels_do_not_overlap():
+    """Issue 40: Optuna's parallel-coordinates plot labels log axes' minor ticks (2x10^-4 ran into
+    the next axis's name) and turns the names into the numbers; tidy_parallel fixes both. Every
+    tick label's box, drawn, is checked against every other."""
+    import random
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+    from resnetlab.sweep.outputs import tidy_parallel
+
+    rng = random.Random(0)
+    space = {
+        "lr": FloatDistribution(0.01, 1, log=True),
+        "weight_decay": FloatDistribution(1e-5, 1e-2, log=True),
+        "label_smoothing": FloatDistribution(0, 0.2),
+        "flip": CategoricalDistribution([True, False]),
+    }
+    study = optuna.create_study(direction="maximize")
+    for _ in range(8):
+        params = {
+            "lr": 10 ** rng.uniform(-2, 0),
+            "weight_decay": 10 ** rng.uniform(-5, -2),
+            "label_smoothing": rng.uniform(0, 0.2),
+            "flip": rng.random() < 0.5,
+        }
+        value = rng.uniform(0.06, 0.11)
+        study.add_trial(optuna.create_trial(params=params, distributions=space, value=value))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's matplotlib views are 'experimental'
+        fig = plot_parallel_coordinate(study).figure
+    fig.set_size_inches(8, 4.5)  # as write_plots draws it
+    tidy_parallel(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    names = fig.axes[0].get_xticklabels()  # the twin axes repeat them
+    boxes = [
+        (t.get_text(), t.get_window_extent(renderer))
+        for t in [*names, *(t for a in fig.axes for t in a.get_yticklabels(which="both"))]
+        if t.get_visible() and t.get_text()
+    ]
+    assert len(boxes) > 20
+    overlaps = [
+        (a, b)
+        for i, (a, box) in enumerate(boxes)
+        for b, other in boxes[i + 1 :]
+        if box.overlaps(other)
+    ]
+    assert not overlaps, overlaps

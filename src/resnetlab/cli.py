@@ -907,12 +907,12 @@ def _add_sweep(sub) -> None:
         "sweep",
         help="search train settings on Optuna: trials, pruning, a shared study",
         description="Search `train` settings (--space) over --trials trials on validation "
-        "figures, pruning poor trials after each epoch; the other flags are fixed for every "
-        "trial. The folder holds each trial's run folder, trials.csv, best.json (rerun it with "
+        "figures, pruning poor trials after each epoch but their last; the other flags are fixed "
+        "for every trial. The folder holds each trial's run folder, trials.csv, best.json (rerun it with "
         "`resnetlab train --config best.json`) and report.html. The study lives in a SQLite file "
         "there, or in --storage, which several machines share: each runs the same command with "
-        "the same --study. Running the command again continues the sweep. Needs: pip install "
-        "'resnetlab[sweep]'.",
+        "the same --study. Running the command again continues the sweep (after Ctrl-C too: "
+        "the trial it stopped runs again). Needs: pip install 'resnetlab[sweep]'.",
     )
     p.add_argument(
         "--space",
@@ -1048,13 +1048,17 @@ def _cmd_explain(args) -> int:
         out=args.out,
         device=resolve_device(args.device),
     )
+    failed = [r for r in result["images"] if "error" in r]
     if args.json:
         _print_json(result)
-        return 0
-    for r in result["images"]:
-        print(f"{r['image']}: {r['predicted']} {r['prob']:.3f} (map of {r['explained']})")
-    print(f"Grad-CAM at {result['layer']}: {result['out']}")
-    return 0
+    else:
+        for r in result["images"]:
+            if "error" not in r:
+                print(f"{r['image']}: {r['predicted']} {r['prob']:.3f} (map of {r['explained']})")
+        print(f"Grad-CAM at {result['layer']}: {result['out']}")
+    for r in failed:  # as predict: the others were explained; these are one line each on stderr
+        _say_line(f"resnetlab: error: {r['error']}")
+    return 1 if failed else 0
 
 
 COMMANDS.append(_add_explain)

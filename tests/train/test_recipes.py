@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from resnetlab.inference.evaluation import evaluate
 from resnetlab.inference.tta import TTAModel, with_tta
 from resnetlab.train import make_config, train
 from resnetlab.train.checkpoint import load_checkpoint
+from resnetlab.train.presets import ema_warning, run_warnings
 from resnetlab.train.setup import build
 from resnetlab.train.steps import WeightAverage
 from resnetlab.train.whiten import whiten_first_conv, whitening_filters
@@ -46,6 +48,7 @@ def test_weight_average_is_an_exponential_average_of_weights_and_batch_norm_stat
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
     average = WeightAverage(net, decay=0.9)
+    average.updates.fill_(100)  # past the warm-up: the decay is 0.9 itself
     before = {k: v.clone() for k, v in average.model.state_dict().items()}
     net.train()(torch.randn(8, 1, 6, 6))  # moves the running statistics and the step counter
     with torch.no_grad():
@@ -62,6 +65,73 @@ def test_weight_average_is_an_exponential_average_of_weights_and_batch_norm_stat
     assert (
         not any(p.requires_grad for p in average.model.parameters()) and not average.model.training
     )
+    assert int(average.updates) == 101
+
+
+def test_weight_average_warms_up_so_a_short_run_keeps_its_trained_weights():
+    """Update t uses min(decay, (1 + t) / (10 + t)) (timm's ModelEmaV3): the first copies 90 % of
+    the weights; a decay fitted to a long run (the imagenet preset's 0.99968 at batch 32 for 2
+    epochs, issue 40) no longer keeps the initial weights through 18 steps."""
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2)
+    average = WeightAverage(net, decay=0.99968)
+    start = net.weight.detach().clone()
+    trained = torch.randn_like(start)
+    for t in range(18):
+        expected = max(1 - 0.99968, 9 / (10 + t))
+        assert abs(float(average.weight()) - expected) < 1e-7, t
+        with torch.no_grad():
+            net.weight.copy_(trained)
+        average.update()
+    # the average is nearly the trained weights, not the start
+    moved = (average.model.weight - start).norm() / (trained - start).norm()
+    assert moved > 0.99, f"the average moved {moved:.4f} of the way from the start"
+    average.updates.fill_(10**6)  # a long run: the set decay, torchvision's per-step figure
+    assert abs(float(average.weight()) - (1 - 0.99968)) < 1e-9
+
+
+def test_the_warm_up_leaves_the_imagenet_presets_full_run_as_torchvisions():
+    """On ImageNet (1,281,167 images) at the preset's batch and epochs, the decay reaches its cap
+    (torchvision's figure, imagenet_ema) within the run, and what the warm-up steps still weigh in
+    the final average is negligible: the long run ends as torchvision's reference does."""
+    cfg = make_config("imagenet")
+    steps = -(-1_281_167 // cfg.batch_size) * cfg.epochs
+    capped = math.ceil(9 / (1 - cfg.ema) - 10)  # the first update whose decay is the cap
+    assert capped < steps / 2
+    average = WeightAverage(nn.Linear(1, 1), cfg.ema)
+    average.updates.fill_(capped)
+    assert abs(float(average.weight()) - (1 - cfg.ema)) < 1e-12
+    assert cfg.ema ** (steps - capped) < 1e-6  # the warm-up's share of the kept average
+
+
+def test_an_ema_span_longer_than_the_run_is_named_in_one_warning_line():
+    short = make_config("imagenet", batch_size=32, epochs=2)  # issue 40: 18 steps in all
+    warning = ema_warning(short.ema, 18)
+    assert warning is not None and len(warning.splitlines()) == 1
+    assert warning.startswith("warning: --ema 0.99968") and "this run's 18" in warning
+    assert ema_warning(short.ema, 10**6) is None  # a run longer than the span: nothing to say
+    assert ema_warning(0.0, 18) is None  # no average
+    assert ema_warning(0.9, 18) is None
+
+
+def test_a_batch_larger_than_the_training_set_is_named_in_one_warning_line():
+    """The imagenet preset's batch of 1024 on 300 images: one step an epoch at a rate for 1024
+    (measured: the loss went to 138 and the test accuracy stayed at chance)."""
+    cfg = make_config("imagenet", epochs=5)
+    lines = run_warnings(cfg, train_examples=300, steps_per_epoch=1)
+    assert lines[0].startswith("warning: --batch-size 1024 is more than the 300 training images")
+    assert len(lines) == 2 and lines[1] == ema_warning(cfg.ema, 5)
+    assert run_warnings(make_config("imagenet", batch_size=32), 10**6, 10**5) == []
+    long = make_config("imagenet", batch_size=32, epochs=600)  # 300 images: 6000 steps
+    assert run_warnings(long, 300, 10)[0].startswith("warning: --ema 0.9999989 averages")
+
+
+@pytest.mark.needs_fashion_mnist
+def test_training_says_the_ema_warning_once(tmp_path, capsys):
+    train(make_config("quick", **dict(TINY, epochs=1, ema=0.999)), out=tmp_path / "r")
+    out = capsys.readouterr().out.splitlines()
+    steps = TINY["subset"] // TINY["batch_size"]  # one epoch
+    assert [line for line in out if "--ema" in line] == [ema_warning(0.999, steps)]
 
 
 def test_config_checks_ema_and_tta():
@@ -217,7 +287,9 @@ def test_ema_run_saves_the_average_and_resumes_bit_identically(tmp_path, monkeyp
 def test_resuming_an_ema_run_without_its_average_is_one_clear_error(tmp_path, capsys):
     train(make_config("quick", **dict(TINY, epochs=2, ema=0.9)), out=tmp_path / "r", verbose=False)
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert ckpt["average_updates"] == ckpt["state"]["global_step"]  # one update a step
     ckpt["state"]["epoch"], ckpt["state"]["history"] = 1, ckpt["state"]["history"][:1]
+    good = dict(ckpt)
     del ckpt["average"]
     torch.save(ckpt, tmp_path / "r" / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="holds no moving average of the weights"):
@@ -227,6 +299,11 @@ def test_resuming_an_ema_run_without_its_average_is_one_clear_error(tmp_path, ca
     assert cli.main(["train", "--resume", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err.strip()
     assert "weight average holds no tensors" in err and len(err.splitlines()) == 1
+    for count in (-1, "7"):  # the update count, which sets the decay's warm-up
+        torch.save(dict(good, average_updates=count), tmp_path / "r" / "checkpoint.pt")
+        assert cli.main(["train", "--resume", str(tmp_path / "r")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert f"update count is {count!r}" in err and len(err.splitlines()) == 1
 
 
 # --- test-time augmentation --------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 
 from resnetlab.errors import UsageError
 from resnetlab.explain import grad_cam, require_captum, resolve_layer
-from resnetlab.inference.images import load_image, preprocess
+from resnetlab.inference.images import in_order, preprocess, read_images
 from resnetlab.inference.loading import load_model, open_test_set, whole_images
 from resnetlab.report.mistakes import read_mistakes_csv
 from resnetlab.report.plots import have_matplotlib, plot_cam_grid
@@ -69,13 +69,16 @@ def explain_images(
 ) -> dict:
     """Grad-CAM overlays of the predicted class (or `class_name`) for each image file, at `layer`
     (default: the last residual stage), drawn as one PNG grid (default RUN/explain.png).
-    Returns {"out", "layer", "images": [{"image", "predicted", "prob", "explained"}]}."""
+    Returns {"out", "layer", "images": [{"image", "predicted", "prob", "explained"}]}, in the
+    order given; an image that cannot be read is {"image", "error"} there and the others are
+    explained, as `predict` does (none read: the first one's UsageError)."""
     require_captum()  # before any work: a missing extra is one line
     model, meta = load_model(source, device)
     classes = list(meta["classes"])
     target = None if class_name is None else _class_index(class_name, classes)
     layer_name, _ = resolve_layer(model, layer)
-    batch = preprocess([load_image(p, meta["in_chans"]) for p in images], meta, device)
+    pictures, read, failed = read_images(images, meta["in_chans"])
+    batch = preprocess(pictures, meta, device)
     with torch.no_grad():
         probs = model(batch).float().softmax(1).cpu()
     cams = grad_cam(model, batch, target=target, layer=layer_name)
@@ -88,7 +91,7 @@ def explain_images(
             "prob": float(probs[i, k]),
             "explained": classes[e],
         }
-        for i, (p, k, e) in enumerate(zip(images, pred, explained))
+        for i, (p, k, e) in enumerate(zip(read, pred, explained))
     ]
     titles = [
         f"{Path(r['image']).name[:22]}\npred {r['predicted']} ({r['prob']:.2f})"
@@ -104,7 +107,7 @@ def explain_images(
         path,
         title=f"Grad-CAM of {what} at {layer_name} ({meta['model']})",
     )
-    return {"out": str(path), "layer": layer_name, "images": rows}
+    return {"out": str(path), "layer": layer_name, "images": in_order(images, rows, failed)}
 
 
 def write_mistakes_cam(

@@ -17,6 +17,7 @@ from resnetlab.errors import first_line
 from resnetlab.fileio import write_bytes, write_csv, write_json, write_text
 from resnetlab.report.html import CSP, STYLE, esc, fmt, img_tag, table
 from resnetlab.sweep.study import (
+    INTERRUPTED,
     PRUNED_FILE,
     Plan,
     rerun_config,
@@ -56,7 +57,7 @@ def trial_rows(study, plan: Plan) -> list[dict]:
                 "retry_of": Retry.retried_trial_number(t),
                 "host": t.user_attrs.get("host"),
                 "run": t.user_attrs.get("run"),
-                "error": t.user_attrs.get("error"),
+                "error": t.user_attrs.get("error") or t.user_attrs.get(INTERRUPTED),
             }
         )
     return rows
@@ -155,6 +156,8 @@ def write_plots(study, out: Path) -> dict[str, str]:
                 axes = getattr(views, function)(study)
             fig = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
             fig.set_size_inches(8, 4.5)
+            if name == "parallel":
+                tidy_parallel(fig)
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
             plt.close(fig)
@@ -163,6 +166,39 @@ def write_plots(study, out: Path) -> dict[str, str]:
             missing[name] = first_line(e)
             (out / f"{name}.png").unlink(missing_ok=True)
     return missing
+
+
+def tidy_parallel(fig) -> None:
+    """Optuna's parallel coordinates with tick labels that do not overlap: each axis 2 inches
+    apart, log axes labelled at 1, 2 and 5 times the decades as plain numbers (Optuna labels
+    minor ticks, 2x10^-4 into the next name), at most 5 ticks on a number axis, small labels,
+    the names level."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+
+    axes = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    for a in axes:
+        a.tick_params(axis="y", which="both", labelsize=8)
+        if a is not axes[0]:
+            a.grid(False)  # a parameter axis's grid lines cross the whole plot: one scale's only
+        if a.get_yscale() == "log":
+            a.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            a.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+            a.yaxis.set_minor_locator(NullLocator())
+        elif all(_is_number(t.get_text()) for t in a.get_yticklabels()):  # not a choice's names
+            a.yaxis.set_major_locator(MaxNLocator(5))
+    # the names level (Optuna turns them 30 degrees, into the next axis's numbers), 2 inches apart
+    axes[0].tick_params(axis="x", labelsize=9, labelrotation=0, pad=8)
+    for label in axes[0].get_xticklabels():
+        label.set_horizontalalignment("center")
+    fig.set_size_inches(max(8.0, 2.0 * len(axes)), 4.5)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace("\u2212", "-"))
+    except ValueError:
+        return False
+    return True
 
 
 def write_report(study, plan: Plan, shown_storage: str, rows: list[dict], best: dict | None):
@@ -177,7 +213,9 @@ def write_report(study, plan: Plan, shown_storage: str, rows: list[dict], best: 
         ("trials", ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"),
         ("objective", f"{plan.objective} ({'max' if 'acc' in plan.objective else 'min'})"),
     ]
-    body = [f"<h1>sweep {esc(plan.study)}</h1>"]
+    # the study's name is a card; the default one ("sweep") made the title read "sweep sweep"
+    heading = f"sweep of {', '.join(plan.space())}"
+    body = [f"<h1>{esc(heading)}</h1>"]
     body.append(
         f'<p class="sub">storage {esc(shown_storage)}; sampler {esc(plan.sampler)}, pruner '
         f"{esc(plan.pruner)}; searched: {esc(', '.join(plan.specs))}</p>"
@@ -201,7 +239,7 @@ def write_report(study, plan: Plan, shown_storage: str, rows: list[dict], best: 
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-        f"<title>sweep {esc(plan.study)}</title><style>{STYLE}</style></head><body>"
+        f"<title>{esc(heading)} ({esc(Path(plan.out).name)})</title><style>{STYLE}</style></head><body>"
         + "".join(body)
         + "</body></html>\n"
     )

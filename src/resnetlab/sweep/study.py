@@ -5,7 +5,8 @@ study. Optuna is imported here and nowhere in `import resnetlab`.
 A worker starts trials until the study holds `--trials` of them (completed, pruned, failed or
 running; a trial whose worker died is failed by the heartbeat and queued again, and its copy
 counts instead), then waits for the running ones, so that a dead worker's trial is retried rather
-than left running for ever.
+than left running for ever. A trial stopped by Ctrl-C is recorded `interrupted` (where it stopped)
+and queued again the same way: running the same sweep command again runs it from its start.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnetlab.errors import ResnetlabError, TrainingError, UsageError, first_line
+from resnetlab.errors import Interrupted, ResnetlabError, TrainingError, UsageError, first_line
 from resnetlab.fileio import write_json
 from resnetlab.report.observer import Observer
 from resnetlab.sweep.space import Param, parse_space
@@ -32,6 +33,7 @@ SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "asha", "none")
 OBJECTIVES = {"val_acc": "maximize", "val_loss": "minimize"}
 PRUNED_FILE = "pruned.json"
+INTERRUPTED = "interrupted"  # the user attribute of a trial stopped by Ctrl-C: where it stopped
 # settings that may differ between machines that share a study: where things are, what is logged
 LOCAL_SETTINGS = ("data_dir", "device", "tensorboard")
 
@@ -123,11 +125,13 @@ class Objective:
         self.plan, self.space = plan, plan.space()
         self.key = plan.objective  # the metrics row's column: val_acc or val_loss
         self.better = max if OBJECTIVES[plan.objective] == "maximize" else min
+        self.current: int | None = None  # the number of the trial under way, for Ctrl-C
 
     def __call__(self, trial) -> float:
 
         from resnetlab.train import train
 
+        self.current = trial.number
         params = {name: p.suggest(trial) for name, p in self.space.items()}
         folder = trial_folder(self.plan.out, trial.number)
         trial.set_user_attr("run", folder.name)
@@ -136,23 +140,32 @@ class Objective:
         figures: list[float] = []
         started = time.perf_counter()
 
-        pruning = EpochReports(lambda row: self._report(trial, folder, row, figures, started))
+        pruning = EpochReports(
+            lambda row: self._report(trial, folder, row, figures, started, cfg.epochs)
+        )
         try:
             train(cfg, out=folder, overwrite=True, verbose=False, observers=[pruning])
         except TrainingError as e:  # e.g. a learning rate so high that the loss is not finite
             trial.set_user_attr("error", first_line(e))
             raise
+        except (Interrupted, KeyboardInterrupt):  # Ctrl-C: _work queues the trial again
+            where = pruning.stopped or "before its first epoch"
+            trial.set_user_attr(INTERRUPTED, f"interrupted {where} (Ctrl-C); queued again")
+            raise
         return self.better(figures)
 
-    def _report(self, trial, folder, row: dict, figures: list[float], started: float) -> None:
+    def _report(
+        self, trial, folder, row: dict, figures: list[float], started: float, epochs: int
+    ) -> None:
         """One epoch's validation figure to the study; raises TrialPruned when it says so (the
-        trial's folder then holds pruned.json)."""
+        trial's folder then holds pruned.json). A trial that ran its last epoch is complete
+        whatever the pruner says: it has nothing left to save."""
         import optuna
 
         figures.append(row[self.key])
         trial.report(row[self.key], row["epoch"])
         trial.set_user_attr("epochs", row["epoch"])
-        if trial.should_prune():
+        if row["epoch"] < epochs and trial.should_prune():
             record = {
                 "trial": trial.number,
                 "pruned_after_epoch": row["epoch"],
@@ -167,13 +180,19 @@ class Objective:
 
 class EpochReports(Observer):
     """An observer of a trial's run: each saved epoch's metrics row goes to `report`, which may
-    raise to stop the run there (optuna.TrialPruned)."""
+    raise to stop the run there (optuna.TrialPruned); `stopped` says where Ctrl-C stopped it."""
 
     def __init__(self, report) -> None:
         self.report = report
+        self.stopped: str | None = None
 
     def on_epoch_end(self, state, row: dict, is_best: bool) -> None:
         self.report(row)
+
+    def on_interrupt(self, state) -> None:
+        from resnetlab.train.engine import position
+
+        self.stopped = position(state)  # "at epoch 2, step 5"
 
 
 def count_trials(study) -> tuple[int, int, int]:
@@ -202,6 +221,8 @@ def describe_trial(trial, objective: str) -> str:
     state = state_name(trial)
     if trial.user_attrs.get("error"):
         return f"trial {trial.number} failed: {params}: {trial.user_attrs['error']}"
+    if state == "interrupted":
+        return f"trial {trial.number} {trial.user_attrs[INTERRUPTED]}: {params}"
     value = trial.value if trial.value is not None else trial.intermediate_values.get(epochs)
     figure = f"{objective} {value:.4f}" if value is not None else "no figure"
     unit = "epoch" if epochs == 1 else "epochs"
@@ -209,9 +230,12 @@ def describe_trial(trial, objective: str) -> str:
 
 
 def state_name(trial) -> str:
-    """complete, pruned, failed, running or waiting."""
+    """complete, pruned, failed, interrupted (failed by Ctrl-C, and queued again), running or
+    waiting."""
     name = trial.state.name.lower()
-    return "failed" if name == "fail" else name
+    if name == "fail":
+        return "interrupted" if trial.user_attrs.get(INTERRUPTED) else "failed"
+    return name
 
 
 def _short(value) -> str:
@@ -324,15 +348,58 @@ def _work(plan: Plan, worker: int) -> None:
             _fail_stale(study)  # a dead worker's trial: failed and queued again, or still live
             time.sleep(min(plan.heartbeat, 5))
             continue
-        study.optimize(
-            objective,
-            n_trials=1,
-            catch=(TrainingError,),  # a diverging trial fails; the sweep goes on
-            callbacks=[lambda s, t: say(describe_trial(t, plan.objective))],
-            gc_after_trial=True,
-        )
+        try:
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(TrainingError,),  # a diverging trial fails; the sweep goes on
+                callbacks=[lambda s, t: say(describe_trial(t, plan.objective))],
+                gc_after_trial=True,
+            )
+        except (Interrupted, KeyboardInterrupt):
+            raise _interrupted(study, plan, objective.current) from None
         if plan.sampler == "grid" and _grid_done(study):
             break
+
+
+def _interrupted(study, plan: Plan, number: int | None) -> Interrupted:
+    """Ctrl-C during a sweep: the trial under way (Optuna failed it) is queued again, not
+    counted towards --trials; the way on is the same sweep command, not its trial's run folder."""
+    from optuna.trial import TrialState
+
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    what = "the sweep was interrupted"
+    if trial is not None and trial.state == TrialState.FAIL and trial.user_attrs.get(INTERRUPTED):
+        queue_again(study, trial)
+        what = f"the sweep was interrupted during trial {trial.number}, which will run again"
+    ended = (TrialState.COMPLETE, TrialState.PRUNED)  # not another worker's, failing as we speak
+    done = sum(t.state in ended for t in study.get_trials(deepcopy=False))
+    return Interrupted(
+        f"{what}; {done} of {plan.trials} trials done: run the same `resnetlab sweep` command "
+        "again to continue"
+    )
+
+
+def queue_again(study, trial) -> None:
+    """A copy of `trial` (its settings) waits in the study, marked as its retry the way Optuna's
+    heartbeat marks a dead worker's trial (count_trials then counts the copy instead)."""
+    import optuna
+
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    keep = {k: v for k, v in trial.user_attrs.items() if k not in (INTERRUPTED, "error")}
+    study.add_trial(
+        optuna.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=keep,
+            system_attrs={
+                **trial.system_attrs,
+                "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+                "retry_history": history,
+            },
+        )
+    )
 
 
 def _fail_stale(study) -> None:
@@ -382,8 +449,13 @@ def run_workers(plan: Plan, jobs: int) -> None:
     ]
     for p in procs:
         p.start()
+    interrupted = False
     for p in procs:
-        p.join()
+        while p.exitcode is None:
+            try:
+                p.join()
+            except KeyboardInterrupt:  # Ctrl-C reaches the workers too: each queues its trial
+                interrupted = True
     lost = [i + 1 for i, p in enumerate(procs) if p.exitcode and p.exitcode < 0]
     if lost and plan.verbose:
         print(
@@ -392,7 +464,11 @@ def run_workers(plan: Plan, jobs: int) -> None:
     try:
         _, code, line = errors.get(timeout=1)
     except queue.Empty:
+        if interrupted:
+            raise Interrupted(
+                "the sweep was interrupted: run the same `resnetlab sweep` command again to continue"
+            ) from None
         return
-    error = UsageError(line) if code == 2 else ResnetlabError(line)
+    error = {2: UsageError, Interrupted.exit_code: Interrupted}.get(code, ResnetlabError)(line)
     error.exit_code = code
     raise error

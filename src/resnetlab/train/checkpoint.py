@@ -63,6 +63,9 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
         and all(isinstance(v, torch.Tensor) for v in average.values())
     ):
         return "its weight average holds no tensors, or other things"
+    updates = ckpt.get("average_updates", 0)
+    if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
+        return f"its weight average's update count is {updates!r}"
     if not isinstance(ckpt["optimizer"].get("state"), dict) or not isinstance(
         ckpt["optimizer"].get("param_groups"), list
     ):
@@ -109,8 +112,9 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
 
 def restore_checkpoint(checkpoint: dict, model, optimizer, where, *, average=None) -> TrainState:
     """Load a checkpoint (from load_checkpoint) into the model and optimizer the trainer built from
-    its configuration, and into `average` (the --ema copy) when given; the TrainState to continue
-    from. The torch RNG continues where it was."""
+    its configuration, and into `average` (the --ema steps.WeightAverage: its weights and its
+    update count, which sets its decay's warm-up) when given; the TrainState to continue from.
+    The torch RNG continues where it was."""
     if average is not None and "average" not in checkpoint:
         raise CheckpointError(
             f"{where}: the checkpoint holds no moving average of the weights, but its configuration "
@@ -120,13 +124,16 @@ def restore_checkpoint(checkpoint: dict, model, optimizer, where, *, average=Non
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         if average is not None:
-            average.load_state_dict(checkpoint["average"])
+            average.model.load_state_dict(checkpoint["average"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         first = " ".join(str(e).split())[:300]
         raise CheckpointError(
             f"{where}: the checkpoint's weights do not fit the model its configuration builds ({first})"
         ) from None
     state = TrainState(**checkpoint["state"])
+    if average is not None:
+        # one update per step: a checkpoint written before the count was kept counted as many
+        average.updates.fill_(checkpoint.get("average_updates", state.global_step))
     torch.set_rng_state(checkpoint["rng"]["torch"])
     return state
 
@@ -155,7 +162,8 @@ def make_checkpoint(
     cfg, model, optimizer, state: TrainState, world_size: int, average=None, policy=None
 ) -> dict:
     """What checkpoint.pt holds after `state`: the configuration (a dict), the weights, the
-    optimizer, the state, the random-number state, the process count, with --ema the average, and
+    optimizer, the state, the random-number state, the process count, with --ema the average
+    (a steps.WeightAverage: its weights and its update count), and
     `policy` ({"amp", "channels_last"} as resolved: a resumed run keeps them, whatever a probe
     would pick now)."""
     checkpoint = {
@@ -167,7 +175,8 @@ def make_checkpoint(
         "world_size": world_size,
     }
     if average is not None:
-        checkpoint["average"] = average.state_dict()
+        checkpoint["average"] = average.model.state_dict()
+        checkpoint["average_updates"] = int(average.updates)  # once per epoch: a host read is fine
     if policy is not None:
         checkpoint["policy"] = policy
     return checkpoint

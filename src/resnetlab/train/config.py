@@ -173,12 +173,13 @@ class TrainConfig:
     ema: float = setting(
         0.0,
         "keep an exponential moving average of the weights, batch-norm statistics included, "
-        "with this decay per step (e.g. 0.99; 0: off): the average is what is evaluated and saved",
+        "with this decay per step (e.g. 0.99; 0: off), warmed up as min(decay, (1 + t) / (10 + t)) "
+        "at step t: the average is what is evaluated and saved",
     )
     tta: str = setting(
         "none",
         "test-time augmentation of the kept weights' final test figure: flip, or flip and "
-        "one-pixel shifts (flip-shift; train/tta.py); per-epoch evaluations stay plain",
+        "one-pixel shifts (flip-shift; inference/tta.py); per-epoch evaluations stay plain",
         choices=TTA_MODES,
     )
     epoch_test: bool = setting(

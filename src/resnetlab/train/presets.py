@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from resnetlab.device import device_type
 from resnetlab.errors import UsageError
 from resnetlab.train.config import TrainConfig
@@ -203,3 +205,33 @@ def make_config(preset: str | None = None, *, base: dict | None = None, **overri
     ):
         _scale_imagenet(settings, given)
     return TrainConfig(**settings)
+
+
+def run_warnings(cfg: TrainConfig, train_examples: int, steps_per_epoch: int) -> list[str]:
+    """A line for each setting (a preset's, fitted to ImageNet, or the user's) that cannot work on
+    this run's data: a batch larger than the training set, an average longer than the run."""
+    lines = []
+    if cfg.batch_size > train_examples:
+        lines.append(
+            f"warning: --batch-size {cfg.batch_size} is more than the {train_examples} training "
+            f"images: each epoch is one step of {train_examples}, at a rate set for "
+            f"{cfg.batch_size}; give a --batch-size of a tenth of them or less"
+        )
+    ema = ema_warning(cfg.ema, steps_per_epoch * cfg.epochs)
+    return lines + ([ema] if ema else [])
+
+
+def ema_warning(ema: float, total_steps: int) -> str | None:
+    """One line when --ema (a preset's, fitted to a long run, or the user's) averages over more
+    steps than the run takes: its decay is never reached, and the average's warm-up
+    (steps.WeightAverage) is what keeps the weights from staying near their start."""
+    if not ema or total_steps <= 0 or 1 / (1 - ema) <= total_steps:
+        return None
+    last = min(ema, total_steps / (9 + total_steps))  # the decay of update t = total_steps - 1
+    decimals = 1 - math.floor(math.log10(1 - ema))  # two digits after the leading nines
+    return (
+        f"warning: --ema {ema:.{max(decimals, 2)}f} averages over about {1 / (1 - ema):,.0f} steps, more than "
+        f"this run's {total_steps}: its decay warms up as (1 + t) / (10 + t) at step t and ends "
+        f"at {last:.3g}, so the kept weights average the last steps (give --ema {last:.3g} "
+        "or less, or 0 for no average, to silence this)"
+    )

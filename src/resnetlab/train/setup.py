@@ -56,7 +56,7 @@ from resnetlab.train.graphs import (
     resolve_capture,
 )
 from resnetlab.train.precision import Policy, bf16_pays, channels_last_pays, resolve_policy
-from resnetlab.train.presets import PRESETS
+from resnetlab.train.presets import PRESETS, run_warnings
 from resnetlab.train.steps import EagerStep, WeightAverage, init_weights, make_optimizer
 from resnetlab.train.whiten import WHITEN_IMAGES, whiten_first_conv
 from resnetlab.version import __version__
@@ -368,6 +368,9 @@ def build(
         model = torch.compile(model)
     norm = normalization(cfg, splits)
     loaders = _loaders(cfg, dist, splits, device, channels_last, capture, norm)
+    if say is not None and checkpoint is None:  # said once, when the run starts
+        for warning in run_warnings(cfg, len(splits.train), len(loaders.train)):
+            say(warning)
     eval_model = average.model if average is not None else raw_model if cfg.compile else model
     step, evaluator, final_evaluator, fallback = _step_and_evaluators(
         cfg, dist, splits, device, amp, capture, model, eval_model, optimizer, average
@@ -502,7 +505,7 @@ def _model_and_optimizer(cfg, dist, splits, device, channels_last, checkpoint, f
             raw_model,
             optimizer,
             "--resume",
-            average=average.model if average is not None else None,
+            average=average,
         )
     return raw_model, optimizer, average, state
 

@@ -272,14 +272,13 @@ class Saver(Observer):
     def checkpoint(self, state: TrainState) -> dict:
         p = self.parts
         state.wall_seconds = self.wall_seconds()  # a resumed process counts on from here
-        average = p.average.model if p.average is not None else None
         return make_checkpoint(
             p.cfg,
             p.raw_model,
             p.optimizer,
             state,
             p.dist.world_size,
-            average=average,
+            average=p.average,
             policy={"amp": p.amp, "channels_last": p.channels_last},
         )
 
