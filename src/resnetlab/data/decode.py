@@ -10,12 +10,13 @@ colour) composited on black, then Pillow's conversion to the requested channels 
 else RGB; palette, CMYK and the other modes converted by Pillow). EXIF orientation is not applied
 (as libjpeg-turbo, Pillow and torchvision's readers leave it): pixels are read as stored.
 
-JPEG goes through libjpeg-turbo by way of simplejpeg, asked for the smallest DCT scale (1/8 ...
-8/8) that still gives the crop at least the output size: a 1000 px photo cropped to 224 px is
-decoded at 1/2 or 1/4 of its size, which is most of the saving (benchmarks/streaming.py measures
-it). PNG (and anything else Pillow reads) is decoded whole by Pillow. The crop box is then
-resampled to the output size by an antialiased bilinear filter on uint8 (torch's, which follows
-Pillow's, the filter torchvision's references use on the same box).
+JPEG goes through libjpeg-turbo by way of simplejpeg, asked for the smallest DCT scale of 1/8,
+1/4, 1/2 and 1 (FAST_SCALES: the others decode more slowly than a larger one) that still gives
+the crop at least the output size: a 1000 px photo cropped to 224 px is decoded at 1/2 or 1/4 of
+its size, which is most of the saving (benchmarks/streaming.py measures it). PNG (and anything
+else Pillow reads) is decoded whole by Pillow. The crop box is then resampled to the output size
+by an antialiased bilinear filter on uint8 (torch's, which follows Pillow's, the filter
+torchvision's references use on the same box).
 
 Training views are torchvision's RandomResizedCrop (scale (0.08, 1), ratio (3/4, 4/3), 10
 attempts, then a centre crop of the ratio's nearest bound), or else the evaluation view at the
@@ -52,6 +53,10 @@ Box = tuple[float, float, float, float]  # left, top, right, bottom in the sourc
 # Above it a small file could claim gigabytes; the header is checked before decoding.
 MAX_IMAGE_PIXELS = 89_478_485
 BACKGROUND = 0  # transparent pixels become black: the background of Fashion-MNIST and MNIST
+# The DCT scales a JPEG is decoded at: libjpeg-turbo decodes 1/8, 1/4, 1/2 and 1 by its fast
+# paths and the others (3/8, 5/8, 6/8, 7/8) more slowly than a larger scale, so a scale is
+# rounded up to one of these (benchmarks/decode_scales.py's table).
+FAST_SCALES = (1 / 8, 1 / 4, 1 / 2, 1.0)
 _PILLOW_JPEG = ("CMYK", "YCCK")  # JPEG colour spaces libjpeg-turbo's TurboJPEG cannot make RGB
 
 
@@ -149,7 +154,7 @@ def read_image(
 ) -> np.ndarray:
     """The image's pixels, uint8 [H, W, channels] (1: grey, 3: RGB), by the module's rule for
     modes; BadImage when they do not decode (truncated, corrupt, not an image, too large).
-    A JPEG may be decoded at a reduced DCT scale, the smallest (of 1/8 ... 8/8) that keeps it at
+    A JPEG may be decoded at a reduced DCT scale, the smallest of FAST_SCALES that keeps it at
     least `min_height` x `min_width`; others are decoded whole. With libjpeg-turbo's fast IDCT
     and upsampling unless `accurate` (every path reads the same way, so the pixels of one file
     are the same in packing, training and predict)."""
@@ -158,11 +163,14 @@ def read_image(
         if header is not None:
             h, w, _ = header
             _check_pixels(h, w)
+            scale = next(
+                (s for s in FAST_SCALES if h * s >= min_height and w * s >= min_width), 1.0
+            ) if max(min_height, min_width) > 0 else 1.0  # fmt: skip
             array = simplejpeg.decode_jpeg(
                 data,
                 colorspace="GRAY" if channels == 1 else "RGB",
-                min_height=min(min_height, h),
-                min_width=min(min_width, w),
+                min_height=math.ceil(h * scale),
+                min_width=math.ceil(w * scale),
                 fastdct=not accurate,
                 fastupsample=not accurate,
             )
@@ -211,7 +219,7 @@ def decode_box(
     data: bytes, channels: int, box: Box, out: int, *, accurate: bool = False
 ) -> torch.Tensor:
     """The image's `box` resampled to out x out, uint8 [C, out, out]: JPEG decoded at the
-    smallest DCT scale that keeps the box at least `out` pixels each way (with libjpeg-turbo's
+    smallest of FAST_SCALES that keeps the box at least `out` pixels each way (with libjpeg-turbo's
     fast IDCT and upsampling unless `accurate`: augmentation does not need the last bit of
     accuracy, and they cut the decode's time by a tenth), the box cut to whole pixels of the decoded image and resampled
     by torch's antialiased bilinear filter on uint8 (Pillow's filter, vectorised: a third of
