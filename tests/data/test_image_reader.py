@@ -87,6 +87,11 @@ def test_every_path_reads_the_same_pixels(zoo, tmp_path):
     pack_folder(zoo, tmp_path / "packed", workers=1)
     packed = open_shards(tmp_path / "packed", True)
     assert len(in_memory) == len(streamed) == len(packed) == len(files)
+    import webdataset  # the shards are what WebDataset's own reader reads, in the same order
+
+    shards = [str(p) for p in sorted((tmp_path / "packed").glob("train-*.tar"))]
+    read = [s.get("jpg", s.get("png")) for s in webdataset.WebDataset(shards, shardshuffle=False)]
+    assert read == [packed.read(i) for i in range(len(packed))]
     for i, path in enumerate(files):
         views = {
             "in memory": in_memory.images[i],
@@ -136,11 +141,11 @@ def test_a_failed_pack_leaves_no_set_at_out(zoo, tmp_path, monkeypatch):
 
     calls = []
 
-    def fail_on_second(path, labels):
+    def fail_on_second(path, *args):
         calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt  # Ctrl-C midway, after one shard is written
-        return index_shard(path, labels)
+        return index_shard(path, *args)
 
     index_shard = shards._index_shard
     monkeypatch.setattr(shards, "_index_shard", fail_on_second)
@@ -155,11 +160,11 @@ def test_a_killed_pack_leaves_no_set_and_the_next_one_packs(zoo, tmp_path):
         "import os, signal, sys\n"
         "from resnetlab.data import shards\n"
         "index, calls = shards._index_shard, []\n"
-        "def kill_on_second(path, labels):\n"
+        "def kill_on_second(path, *args):\n"
         "    calls.append(path)\n"
         "    if len(calls) == 2:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    return index(path, labels)\n"
+        "    return index(path, *args)\n"
         "shards._index_shard = kill_on_second\n"
         "shards.pack_folder(sys.argv[1], sys.argv[2], shard_bytes=2_000)\n"
     )

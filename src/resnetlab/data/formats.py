@@ -219,9 +219,15 @@ def image_files(folder: Path) -> dict[str, list[Path]]:
     return scan_classes(folder)[0]
 
 
+_SAID: set[str] = set()
+
+
 def say_warning(line: str) -> None:
-    """A one-line warning on stderr, as the CLI prints its errors."""
-    print(f"resnetlab: warning: {line}", file=sys.stderr)
+    """A one-line warning on stderr, as the CLI prints its errors; once per process (a folder
+    is listed again for its test split and for the dataset's description)."""
+    if line not in _SAID:
+        _SAID.add(line)
+        print(f"resnetlab: warning: {line}", file=sys.stderr)
 
 
 def warn_empty(folder: Path, empty: list[str]) -> None:

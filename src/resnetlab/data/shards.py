@@ -6,7 +6,7 @@ read as they are. Neither is ever loaded whole: a split is a list of (file, offs
     train = open_stream("shards:packed/", train=True)   # a StreamSplit: checked, not read
 
 Why WebDataset tars: a plain POSIX tar of `KEY.jpg` + `KEY.cls` members is the format
-`webdataset` (and tar, and every WebDataset reader) reads, written here by its TarWriter, with
+`webdataset` (and tar, and every WebDataset reader) reads, written here as its TarWriter does, with
 each image's encoded bytes kept as they are. WebDataset's own reader streams shards in order,
 which cannot give an epoch order that depends only on the seed (it depends on the worker count
 and a shuffle buffer), so the manifest also records where each member's bytes lie in its shard,
@@ -25,9 +25,9 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,13 +178,30 @@ def _pack_one(job: tuple[str, int | None]) -> tuple:
         if shrink:  # the statistics of what is stored
             pixels = decode.read_image(data, 3)
             h, w = pixels.shape[:2]
-    flat = pixels.reshape(-1, 3).astype(np.float64) / 255
-    return ("ok", data, (h, w), flat.mean(0), (flat * flat).mean(0))
+    mean, square = _pixel_moments(pixels)
+    return ("ok", data, (h, w), mean, square)
+
+
+_LEVELS = np.arange(256, dtype=np.float64) / 255
+STAT_PIXELS = 65536  # pixels of each image the statistics read: a regular grid over larger ones
+
+
+def _pixel_moments(pixels: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and mean of squares in [0, 1] of uint8 [H, W, 3] pixels, from their
+    histograms (a tenth of a float conversion's time) over a grid of at most ~STAT_PIXELS."""
+    h, w = pixels.shape[:2]
+    step = max(1, math.isqrt(h * w // STAT_PIXELS))
+    flat = pixels[::step, ::step].reshape(-1, 3)
+    hist = np.stack([np.bincount(flat[:, c], minlength=256) for c in range(3)]).astype(np.float64)
+    n = hist.sum(1)
+    return tuple(hist @ _LEVELS / n), tuple(hist @ (_LEVELS * _LEVELS) / n)
 
 
 class _ShardWriter:
-    """Samples into `split`-NNNNNN.tar files of about `shard_bytes` each, written atomically
-    through WebDataset's TarWriter; each finished shard is indexed and hashed."""
+    """Samples into `split`-NNNNNN.tar files of about `shard_bytes` each, written atomically as
+    plain POSIX (ustar) tars of `KEY.cls` + `KEY.jpg|png` members, the layout (and member order)
+    WebDataset's TarWriter writes; each shard is indexed and hashed as it is written (parsing it
+    back cost the packing process more than decoding the images)."""
 
     def __init__(self, out: Path, split: str, shard_bytes: int) -> None:
         self.out, self.split, self.shard_bytes = out, split, shard_bytes
@@ -202,31 +219,55 @@ class _ShardWriter:
     def flush(self) -> None:
         if not self._batch:
             return
-        import webdataset
-
         path = self.out / f"{self.split}-{len(self.shards):06d}.tar"
+        members, h, size = [], hashlib.sha256(), 0
         with atomic_open(path, "wb") as f:
-            tar = webdataset.TarWriter(f, encoder=False, mtime=0.0)
+
+            def put(chunk: bytes) -> None:
+                nonlocal size
+                f.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+
             for key, data, label in self._batch:
                 ext = "jpg" if decode.is_jpeg(data) else "png"
-                tar.write({"__key__": key, ext: data, "cls": str(label).encode()})
-            tar.close()
-        self.shards.append(_index_shard(path, [label for _, _, label in self._batch]))
+                for name, payload in ((f"{key}.cls", str(label).encode()), (f"{key}.{ext}", data)):
+                    put(_tar_header(name, len(payload)))
+                    if name.endswith(ext):
+                        members.append([size, len(payload), label])
+                    put(payload + bytes(-len(payload) % 512))
+            put(bytes(1024))  # the end of the archive: two zero blocks
+        self.shards.append(_index_shard(path, members, size, h.hexdigest()))
         self.labels += [label for _, _, label in self._batch]
         self._batch, self._bytes = [], 0
 
 
-def _index_shard(path: Path, labels: list[int]) -> dict:
+def _tar_header(name: str, size: int) -> bytes:
+    """A ustar header block of a regular file (mode 0444, mtime 0, owner bigdata as WebDataset's
+    TarWriter writes), for a short ASCII name."""
+    block = bytearray(512)
+    encoded = name.encode("ascii")
+    if len(encoded) > 100 or size >= 8**11:
+        raise ValueError(f"tar member {name!r} of {size} bytes does not fit a ustar header")
+    block[: len(encoded)] = encoded
+    block[100:108] = b"0000444\0"
+    block[108:124] = b"0000000\x000000000\0"  # uid, gid
+    block[124:136] = b"%011o\0" % size
+    block[136:148] = b"00000000000\0"  # mtime
+    block[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    block[156:157] = b"0"  # a regular file
+    block[257:265] = b"ustar\x0000"
+    block[265:272] = block[297:304] = b"bigdata"  # user and group names
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def _index_shard(path: Path, members: list, size: int, sha256: str) -> dict:
     """A shard's manifest entry: bytes, sha256 and each image member's (offset, size, label)."""
-    members = []
-    with tarfile.open(path) as tar:
-        for m in tar:
-            if m.name.endswith((".jpg", ".png")):
-                members.append([m.offset_data, m.size, labels[len(members)]])
     return {
         "file": path.name,
-        "bytes": path.stat().st_size,
-        "sha256": _sha256(path),
+        "bytes": size,
+        "sha256": sha256,
         "count": len(members),
         "members": members,
     }
@@ -334,9 +375,14 @@ def pack_folder(
             f"warning: {len(empty)} class folder{'s' if len(empty) != 1 else ''} without images "
             f"left out: {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}"
         )
+    if files.held_out and not files.splits["test"]:
+        raise UsageError(
+            f"{src}: too few images to hold out a test split (a class needs 2 or more); add "
+            "images, or give it train/ and test/ folders of class folders"
+        )
     if files.held_out and say is not None:
         say(describe_held_out(files, str(src), test_split, seed) + "; --test-split changes it")
-    jobs = {k: v for k, v in files.splits.items() if k == "train" or files.test_dir or v}
+    jobs = files.splits
     classes = files.classes
     out = Path(out)
     with _staging(out) as tmp:
@@ -518,8 +564,9 @@ def open_shards(path, train: bool, *, verify: bool = True) -> StreamSplit:
     split = "train" if train else "test"
     if split not in manifest["splits"]:
         raise DataError(
-            f"{folder} has no {split} split (its source had no {split}/ folder); hold out "
-            "training images with --val-split, or pack a source with train/ and test/"
+            f"{folder} has no {split} split; pack its source again into a new folder: "
+            "`resnetlab data pack SRC OUT` holds out a test split of a folder without test/ "
+            "(--test-split)"
         )
     shards = manifest["splits"][split]["shards"]
     entries, labels, stamps = [], [], _read_stamps()
