@@ -700,7 +700,9 @@ def _add_data(sub) -> None:
         description="Write SRC as WebDataset tar shards and a manifest (classes, counts, sizes, "
         "sha256 per shard) into OUT, for training with --data shards:OUT without holding the data "
         "in memory. SRC is an image folder (one sub-folder per class, or train/ and test/ (or val/) "
-        "each holding them; JPEG and PNG kept byte for byte) or a built-in dataset (written as PNG).",
+        "each holding them; JPEG and PNG kept byte for byte, other formats Pillow reads as PNG, "
+        "files that do not decode left out and listed; without test/, --test-split of each class "
+        "held out) or a built-in dataset (written as PNG). Written beside OUT, renamed into place.",
     )
     q.add_argument(
         "src", metavar="SRC", help="an image folder, or fashion-mnist, mnist, cifar10, cifar100"
