@@ -428,7 +428,7 @@ def _decoding(workers: int):
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     with ctx.Pool(workers) as pool:
         yield lambda fn, jobs: pool.imap(
-            fn, jobs, chunksize=max(1, min(64, len(jobs) // (8 * workers)))
+            fn, jobs, chunksize=max(1, min(256, len(jobs) // (8 * workers)))
         )
 
 
