@@ -205,6 +205,8 @@ def test_a_folder_without_test_holds_out_the_same_split_everywhere(tmp_path):
     streamed = open_image_folder(name, False)
     in_memory = load_dataset(name, train=False)
     assert len(default) == len(streamed) == len(in_memory) == 3
+    trained = open_image_folder(name, True)  # normalised by the same statistics as the packed set
+    assert (trained.mean, trained.std) == (default.mean, default.std)
     for i in range(3):
         x = decode.eval_view(default.read(i), 3, SIDE, SIDE)
         assert torch.equal(x, decode.eval_view(streamed.read(i), 3, SIDE, SIDE))

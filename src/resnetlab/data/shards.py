@@ -451,15 +451,19 @@ def _moments(means: list, squares: list) -> tuple[tuple[float, ...], tuple[float
     return tuple(round(float(m), 4) for m in mean), tuple(round(float(v), 4) for v in std)
 
 
-def _statistics(samples: list[bytes]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] of (a spread-out sample of) the training images, each
-    seen at 64 px as evaluation sees it."""
-    if not samples:
-        return (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    pixels = torch.stack([decode.eval_view(s, 3, 64, 64) for s in samples]).double() / 255
-    mean = pixels.mean(dim=(0, 2, 3))
-    std = pixels.std(dim=(0, 2, 3), correction=0).clamp(min=1e-3)
-    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+def _statistics(paths: list[Path]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] of (a spread-out sample of) the training images, by
+    packing's own measure (_pixel_moments of each image as the reader gives it); files that do
+    not decode are passed over (training counts them)."""
+    means, squares = [], []
+    for p in paths:
+        try:
+            mean, square = _pixel_moments(decode.read_image(p.read_bytes(), 3))
+        except (OSError, decode.BadImage):
+            continue
+        means.append(mean)
+        squares.append(square)
+    return _moments(means, squares)
 
 
 def _write_manifest(out, name, classes, channels, mean, std, splits, sizes, left_out=()) -> dict:
@@ -606,7 +610,7 @@ def open_image_folder(name: str, train: bool) -> StreamSplit:
     labels = [label for _, label in pairs]
     # the statistics normalisation uses: the training split's (a test split's are not used)
     step = max(1, len(files) // STAT_IMAGES)
-    mean, std = _statistics(_readable(files[::step][:STAT_IMAGES]) if train else [])
+    mean, std = _statistics(files[::step][:STAT_IMAGES] if train else [])
     n = len(files)
     entries = np.stack([np.arange(n), np.zeros(n, np.int64), np.full(n, -1)], 1).astype(np.int64)
     digest = hashlib.blake2b(
@@ -624,19 +628,6 @@ def open_image_folder(name: str, train: bool) -> StreamSplit:
         DEFAULT_SIDE,
         digest.hexdigest(),
     )
-
-
-def _readable(paths: list[Path]) -> list[bytes]:
-    """The bytes of those of `paths` whose images decode (corrupt ones are training's to count)."""
-    out = []
-    for p in paths:
-        try:
-            data = p.read_bytes()
-            decode.eval_view(data, 3, 64, 64)
-            out.append(data)
-        except (OSError, decode.BadImage):
-            continue
-    return out
 
 
 def open_stream(name: str, train: bool) -> StreamSplit:
