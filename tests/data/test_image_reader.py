@@ -255,3 +255,15 @@ def test_jpeg_scales_round_up_to_the_fast_ones(monkeypatch):
     for out, decoded in ((90, 100), (300, 400), (500, 800), (800, 800)):
         x = decode.decode_box(buf.getvalue(), 3, whole, out)
         assert x.shape == (3, out, out) and shapes[-1] == (decoded, decoded), (out, shapes[-1])
+
+
+def test_a_folder_without_test_trains_streamed_and_reports_a_test_figure(tmp_path, capsys):
+    root = _class_folders(tmp_path / "photos", per_class=8)
+    flags = ["--data", f"imagefolder:{root}", "--stream", "--val-split", "2"]
+    flags += ["--model", "resnet20", "--model-kwargs", '{"width": 4}', "--batch-size", "8"]
+    flags += ["--epochs", "1", "--resize", "16", "--progressive-resize", "0", "--init", "default"]
+    flags += ["--tta", "none", "--no-amp", "--device", "cpu", "--workers", "0"]
+    assert cli.main(["train", *flags, "--out", str(tmp_path / "run")]) == 0
+    assert "held out as the test split" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_count"] == 3 and 0 <= summary["test_acc"] <= 1
