@@ -842,7 +842,8 @@ def _cmd_data_pack(args) -> int:
             if n
             else ""
         )
-        print(f"packed {m['name']}: {counts} in {summary['shards']} shards{skipped}")
+        shards = f"{summary['shards']} shard{'s' if summary['shards'] != 1 else ''}"
+        print(f"packed {m['name']}: {counts} in {shards}{skipped}")
         print(f"train on it with: resnetlab train --data shards:{out}{_val_flag(m)}")
     return 0
 

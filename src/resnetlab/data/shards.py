@@ -683,7 +683,8 @@ def format_packed(rows: list[dict], where) -> str:
         counts = ", ".join(f"{n:,} {s}" for s, n in p["examples"].items())
         lines.append(
             f"  shards:{p['path']}  {p['name']}, {p['classes']} classes, {counts}, "
-            f"{p['shards']} shards, {p['bytes'] / 2**20:.1f} MiB, trains at {p['default_side']} px"
+            f"{p['shards']} shard{'s' if p['shards'] != 1 else ''}, {p['bytes'] / 2**20:.1f} MiB, "
+            f"trains at {p['default_side']} px"
         )
     return "\n".join(lines)
 
