@@ -149,13 +149,14 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _pack_one(job: tuple[str, int | None]) -> tuple:
-    """One source file for packing, fully decoded once (in a worker process): ("ok", the bytes to
-    store, (height, width), per-channel mean, per-channel mean of squares) or ("bad", the error).
+def _pack_one(job: tuple[str, int | None, str, int]) -> tuple:
+    """One source file (path, max_side, key, label) for packing, fully decoded once (in a worker
+    process): ("ok", the sample's tar members (_tar_sample), the image's bytes, (height, width),
+    per-channel mean, per-channel mean of squares) or ("bad", the error).
     JPEG and PNG are stored as they are unless larger than `max_side` (then shrunk and
     re-encoded, JPEG as JPEG at quality 90, others as PNG); other formats as the PNG of the
     pixels the reader gives them, so every path sees the same pixels."""
-    path, max_side = job
+    path, max_side, key, label = job
     try:
         data = Path(path).read_bytes()
         pixels = decode.read_image(data, 3)
@@ -179,7 +180,7 @@ def _pack_one(job: tuple[str, int | None]) -> tuple:
             pixels = decode.read_image(data, 3)
             h, w = pixels.shape[:2]
     mean, square = _pixel_moments(pixels)
-    return ("ok", data, (h, w), mean, square)
+    return ("ok", _tar_sample(key, data, label), len(data), (h, w), mean, square)
 
 
 _LEVELS = np.arange(256, dtype=np.float64) / 255
@@ -211,8 +212,13 @@ class _ShardWriter:
         self._bytes = 0
 
     def add(self, key: str, data: bytes, label: int) -> None:
-        self._batch.append((key, data, label))
-        self._bytes += len(data) + 1536  # two tar headers and padding
+        self.add_sample(_tar_sample(key, data, label), len(data), label)
+
+    def add_sample(self, sample: bytes, size: int, label: int) -> None:
+        """A sample's tar members (_tar_sample: built in the worker that decoded it), its
+        image `size` bytes long."""
+        self._batch.append((sample, size, label))
+        self._bytes += len(sample)
         if self._bytes >= self.shard_bytes:
             self.flush()
 
@@ -220,26 +226,38 @@ class _ShardWriter:
         if not self._batch:
             return
         path = self.out / f"{self.split}-{len(self.shards):06d}.tar"
-        members, h, size = [], hashlib.sha256(), 0
+        members, h, offset = [], hashlib.sha256(), 0
         with atomic_open(path, "wb") as f:
-
-            def put(chunk: bytes) -> None:
-                nonlocal size
-                f.write(chunk)
-                h.update(chunk)
-                size += len(chunk)
-
-            for key, data, label in self._batch:
-                ext = "jpg" if decode.is_jpeg(data) else "png"
-                for name, payload in ((f"{key}.cls", str(label).encode()), (f"{key}.{ext}", data)):
-                    put(_tar_header(name, len(payload)))
-                    if name.endswith(ext):
-                        members.append([size, len(payload), label])
-                    put(payload + bytes(-len(payload) % 512))
-            put(bytes(1024))  # the end of the archive: two zero blocks
-        self.shards.append(_index_shard(path, members, size, h.hexdigest()))
+            for sample, size, label in self._batch:
+                members.append([offset + IMAGE_OFFSET, size, label])
+                f.write(sample)
+                h.update(sample)
+                offset += len(sample)
+            end = bytes(1024)  # the end of the archive: two zero blocks
+            f.write(end)
+            h.update(end)
+        self.shards.append(_index_shard(path, members, offset + len(end), h.hexdigest()))
         self.labels += [label for _, _, label in self._batch]
         self._batch, self._bytes = [], 0
+
+
+IMAGE_OFFSET = 3 * 512  # where a sample's image bytes start: two headers and the padded label
+
+
+def _tar_sample(key: str, data: bytes, label: int) -> bytes:
+    """A sample's two tar members, `KEY.cls` (the label as text) then `KEY.jpg` or `KEY.png`,
+    headers and padding included: the image's bytes start at IMAGE_OFFSET."""
+    cls = str(label).encode()
+    ext = "jpg" if decode.is_jpeg(data) else "png"
+    return b"".join(
+        (
+            _tar_header(f"{key}.cls", len(cls)),
+            cls + bytes(512 - len(cls)),
+            _tar_header(f"{key}.{ext}", len(data)),
+            data,
+            bytes(-len(data) % 512),
+        )
+    )
 
 
 def _tar_header(name: str, size: int) -> bytes:
@@ -382,16 +400,16 @@ def pack_folder(
         )
     if files.held_out and say is not None:
         say(describe_held_out(files, str(src), test_split, seed) + "; --test-split changes it")
-    jobs = files.splits
     classes = files.classes
     out = Path(out)
     with _staging(out) as tmp:
         splits, sizes, left_out = {}, [], []
         means, squares = [], []
         with _decoding(workers) as run:
-            for split, todo in jobs.items():
+            for split, todo in files.splits.items():
                 writer = _ShardWriter(tmp, split, shard_bytes)
-                results = run(_pack_one, [(str(p), max_side) for p, _ in todo])
+                jobs = [(str(p), max_side, f"{i:08d}", label) for i, (p, label) in enumerate(todo)]
+                results = run(_pack_one, jobs)
                 if progress:
                     results = _progress(results, len(todo), f"packing {split}")
                 for (path, label), result in zip(todo, results, strict=True):
@@ -400,12 +418,12 @@ def pack_folder(
                         if say is not None:
                             say(f"skipped {path}: {result[1]}")
                         continue
-                    _, data, size, mean, square = result
+                    _, sample, length, size, mean, square = result
                     sizes.append(size)
                     if split == "train":
                         means.append(mean)
                         squares.append(square)
-                    writer.add(f"{len(writer.labels) + len(writer._batch):08d}", data, label)
+                    writer.add_sample(sample, length, label)  # keys skip the files left out
                 writer.flush()
                 splits[split] = writer
         mean, std = _moments(means, squares)
