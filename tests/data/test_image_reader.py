@@ -27,6 +27,7 @@ from resnetlab.data.shards import (  # noqa: E402
     open_shards,
     pack_folder,
 )
+from resnetlab.errors import UsageError  # noqa: E402
 from resnetlab.inference.images import load_image  # noqa: E402
 
 SIDE = 24  # every zoo image is SIDE x SIDE: the in-memory loader keeps it at full size
@@ -197,6 +198,11 @@ def test_a_folder_without_test_holds_out_the_same_split_everywhere(tmp_path):
     manifest = json.loads((tmp_path / "packed" / MANIFEST).read_text())
     assert manifest["splits"]["test"]["class_counts"] == [2, 2, 2]  # stratified
     pack_folder(root, tmp_path / "again", test_split=0.2, seed=1)
+    with pytest.raises(UsageError, match="--test-split 30 is not fewer than the 30 images"):
+        pack_folder(root, tmp_path / "all", test_split=30)
+    with pytest.raises(UsageError, match="a count .1 or more. or a fraction"):
+        pack_folder(root, tmp_path / "none", test_split=0)
+    assert not (tmp_path / "all").exists() and not (tmp_path / "none").exists()
     packed = open_shards(tmp_path / "packed", False)
     other_seed = open_shards(tmp_path / "again", False)
     # the default split (0.1: one of each class here) is the same for --stream and in memory

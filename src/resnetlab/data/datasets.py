@@ -269,6 +269,12 @@ def image_folder_files(name: str, test_split: float | None = None, seed: int = 0
     test_split = DEFAULT_TEST_SPLIT if test_split is None else test_split
     if not test_split > 0:
         raise UsageError("--test-split must be a count (1 or more) or a fraction in (0, 1)")
+    total = sum(len(v) for v in found.values())
+    if test_split >= 1 and test_split >= total:
+        raise UsageError(
+            f"--test-split {test_split:g} is not fewer than the {total} images of {name}; hold "
+            "out fewer, or a fraction (0.2)"
+        )
     held = held_out([len(found[c]) for c in classes], test_split, seed)
     splits: dict[str, list[tuple[Path, int]]] = {"train": [], "test": []}
     for i, c in enumerate(classes):

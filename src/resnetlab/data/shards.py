@@ -380,6 +380,7 @@ def pack_folder(
     counted and listed in the manifest. A folder without test/ gets a seeded, stratified test
     split of `test_split` (default DEFAULT_TEST_SPLIT: a fraction, or a count). The set is
     written beside `out` and renamed into place."""
+    _prepare_out(Path(out))  # before the folder is listed: a refusal comes at once
     name = IMAGEFOLDER + str(src)
     files = image_folder_files(name, test_split, seed)  # one listing of each class folder
     if not files.classes:
