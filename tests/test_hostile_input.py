@@ -1101,9 +1101,23 @@ def test_manifest_parser():
 def pillow_reads(blob: bytes, mode: str) -> np.ndarray | None:
     """The reference parse: Pillow's own decoding of `blob`, converted to `mode` ("L" or "RGB"),
     as uint8 [C, H, W], by predict's documented rules (README): integer grey images scaled to 8
-    bits (16-bit ranges by 255/65535, not clipped), transparent pixels composited on black; None
-    where Pillow cannot read it."""
+    bits (16-bit ranges by 255/65535, not clipped), transparent pixels composited on black, JPEG
+    by libjpeg-turbo's fast decode (simplejpeg: the pixels training sees; CMYK/YCCK by Pillow);
+    None where Pillow cannot read it."""
     try:
+        import simplejpeg  # the stream extra; without it the reader decodes JPEG by Pillow
+
+        jpeg = blob[:3] == b"\xff\xd8\xff" and simplejpeg.decode_jpeg_header(blob)[2] not in (
+            "CMYK",
+            "YCCK",
+        )
+    except (ImportError, ValueError):
+        jpeg = False
+    try:
+        if jpeg:
+            space = "GRAY" if mode == "L" else "RGB"
+            pixels = simplejpeg.decode_jpeg(blob, space, fastdct=True, fastupsample=True)
+            return pixels.reshape(pixels.shape[0], pixels.shape[1], -1).transpose(2, 0, 1)
         with Image.open(io.BytesIO(blob)) as img:
             img.load()
             if img.mode.startswith("I"):

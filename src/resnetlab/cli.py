@@ -714,7 +714,9 @@ def _add_data(sub) -> None:
         description="Write SRC as WebDataset tar shards and a manifest (classes, counts, sizes, "
         "sha256 per shard) into OUT, for training with --data shards:OUT without holding the data "
         "in memory. SRC is an image folder (one sub-folder per class, or train/ and test/ (or val/) "
-        "each holding them; JPEG and PNG kept byte for byte) or a built-in dataset (written as PNG).",
+        "each holding them; JPEG and PNG kept byte for byte, other formats Pillow reads as PNG, "
+        "files that do not decode left out and listed; without test/, --test-split of each class "
+        "held out) or a built-in dataset (written as PNG). Written beside OUT, renamed into place.",
     )
     q.add_argument(
         "src", metavar="SRC", help="an image folder, or fashion-mnist, mnist, cifar10, cifar100"
@@ -732,6 +734,23 @@ def _add_data(sub) -> None:
         "--subset", type=int, metavar="N", help="a built-in dataset: a seeded subset of N per split"
     )
     q.add_argument("--data-dir", help="a built-in dataset: the folder holding its files")
+    q.add_argument(
+        "--test-split",
+        type=float,
+        metavar="N",
+        help="a folder without test/: hold out N images, or a fraction (0.2) of each class, "
+        "as the test split (seeded, stratified; default 0.1)",
+    )
+    q.add_argument(
+        "--seed", type=int, default=0, help="the seed of the held-out test split (default 0)"
+    )
+    q.add_argument(
+        "--workers",
+        type=int,
+        default=_default_pack_workers(),
+        metavar="N",
+        help=f"an image folder: processes decoding its images (default {_default_pack_workers()}: the cores, up to 8)",
+    )
     q.add_argument("--json", action="store_true", help="print the manifest's summary as JSON")
     q.set_defaults(func=_cmd_data_pack)
     q = actions.add_parser(
@@ -764,6 +783,20 @@ def _cmd_data_list(args) -> int:
     return 0
 
 
+def _default_pack_workers() -> int:
+    import os
+
+    return max(
+        1,
+        min(
+            8,
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1,
+        ),
+    )
+
+
 def _cmd_data_pack(args) -> int:
     from pathlib import Path
 
@@ -772,6 +805,8 @@ def _cmd_data_pack(args) -> int:
     src = args.src.removeprefix("imagefolder:")
     if args.shard_mb < 1 or (args.max_side is not None and args.max_side < 1):
         raise UsageError("--shard-mb and --max-side must be positive")
+    if args.workers < 1:
+        raise UsageError("--workers must be 1 or more")
     is_folder = Path(src).expanduser().is_dir()
     out = Path(
         args.out or shards_home() / Path(src).expanduser().resolve().name
@@ -783,11 +818,23 @@ def _cmd_data_pack(args) -> int:
         if args.subset is not None:
             raise UsageError("--subset is for built-in datasets; pack a smaller folder instead")
         m = pack_folder(
-            src, out, max_side=args.max_side, shard_bytes=args.shard_mb * 2**20, say=say
+            src,
+            out,
+            max_side=args.max_side,
+            shard_bytes=args.shard_mb * 2**20,
+            say=say,
+            test_split=args.test_split,
+            seed=args.seed,
+            workers=args.workers,
+            progress=not args.json and sys.stderr.isatty(),
         )
     else:
         if args.max_side is not None:
             raise UsageError("--max-side is for image folders; built-in images are small already")
+        if args.test_split is not None:
+            raise UsageError(
+                "--test-split is for image folders; built-in datasets have a test split"
+            )
         m = pack_builtin(
             src, out, root=args.data_dir, shard_bytes=args.shard_mb * 2**20, subset=args.subset
         )
@@ -804,10 +851,24 @@ def _cmd_data_pack(args) -> int:
     else:
         counts = ", ".join(f"{n:,} {s}" for s, n in summary["examples"].items())
         n, bad = summary["shards"], m["skipped"]
-        skipped = f", {bad} unreadable {plural(bad, 'file')} left out" if bad else ""
+        skipped = (
+            f", {bad} unreadable {plural(bad, 'file')} left out (listed in manifest.json)"
+            if bad
+            else ""
+        )
         print(f"packed {m['name']}: {counts} in {n} {plural(n, 'shard')}{skipped}")
-        print(f"train on it with: resnetlab train --data shards:{out}")
+        print(f"train on it with: resnetlab train --data shards:{out}{_val_flag(m)}")
     return 0
+
+
+def _val_flag(manifest: dict) -> str:
+    """` --val-split N` (a tenth of the training images) where the default preset's validation
+    split would leave less than half of a small set to train on, else nothing."""
+    from resnetlab.train.presets import make_config
+
+    n = manifest["splits"]["train"]["count"]
+    held = make_config().val_split
+    return f" --val-split {max(1, n // 10)}" if held and 2 * held > n else ""
 
 
 def _cmd_data_fetch(args) -> int:

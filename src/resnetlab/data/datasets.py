@@ -212,19 +212,100 @@ def _image_folder_splits(name: str) -> tuple[Path, Path, Path | None]:
     return path, path, None
 
 
-def _load_image_folder(name: str, train: bool) -> Dataset:
-    path, train_dir, test_dir = _image_folder_splits(name)
-    if not train and test_dir is None:
-        raise DataError(
-            f"{name}: expected train/ and test/ (or val/) sub-folders for a test split, found class "
-            f"folders only; split it that way, or hold out images with split_dataset / --val-split"
+DEFAULT_TEST_SPLIT = 0.1  # held out of a folder without test/: a tenth of each class
+
+
+def held_out(counts: list[int], test_split: float, seed: int = 0) -> list[set[int]]:
+    """Per class, the positions (in its sorted files) of its images held out for testing:
+    `test_split` of them (a fraction below 1, else a count spread over the classes in
+    proportion), at least one of a class of two or more, never all; a seeded draw, the same for
+    the same folder and seed."""
+    total = sum(counts)
+    fraction = test_split if test_split < 1 else test_split / max(total, 1)
+    rng = np.random.default_rng(seed)
+    held = []
+    for n in counts:
+        k = min(max(int(round(n * fraction)), 1 if n >= 2 else 0), n - 1) if n else 0
+        held.append(set(rng.permutation(n)[:k].tolist()))
+    return held
+
+
+@dataclass
+class FolderFiles:
+    """An image folder's files by split: each a list of (path, label); `held_out` tells whether
+    the test split was drawn from the class folders (the folder has no test/)."""
+
+    classes: list[str]
+    splits: dict[str, list[tuple[Path, int]]]
+    empty: list[str]  # class folders without images, left out
+    held_out: bool
+    test_dir: Path | None
+
+
+def image_folder_files(name: str, test_split: float | None = None, seed: int = 0) -> FolderFiles:
+    """The files of imagefolder:PATH by split, from one listing of each class folder: PATH/train
+    and PATH/test (or val) when it has them, else a seeded, stratified `test_split` (default
+    DEFAULT_TEST_SPLIT) of each class of PATH held out for testing. Packing, --stream and the
+    in-memory loader all split a folder here, so they hold out the same images."""
+    _, train_dir, test_dir = _image_folder_splits(name)
+    found, empty = formats.scan_classes(train_dir)
+    classes = list(found)
+    if test_dir is not None:
+        if test_split is not None:
+            raise UsageError(
+                f"{name} has a {test_dir.name}/ folder, its test split; --test-split is for a "
+                "folder of class folders only"
+            )
+        by_class, _ = formats.scan_classes(test_dir)
+        unknown = sorted(set(by_class) - set(classes))
+        if unknown:
+            raise DataError(
+                f"{test_dir}: class folders {unknown} are not among the training classes "
+                f"{classes}; rename or remove them"
+            )
+        train = [(p, i) for i, c in enumerate(classes) for p in found[c]]
+        test = [(p, i) for i, c in enumerate(classes) for p in by_class.get(c, [])]
+        return FolderFiles(classes, {"train": train, "test": test}, empty, False, test_dir)
+    test_split = DEFAULT_TEST_SPLIT if test_split is None else test_split
+    if not test_split > 0:
+        raise UsageError("--test-split must be a count (1 or more) or a fraction in (0, 1)")
+    total = sum(len(v) for v in found.values())
+    if test_split >= 1 and test_split >= total:
+        raise UsageError(
+            f"--test-split {test_split:g} is not fewer than the {total} images of {name}; hold "
+            "out fewer, or a fraction (0.2)"
         )
-    classes = list(formats.image_files(train_dir))
-    channels, size = formats.scan_image_tree([d for d in (train_dir, test_dir) if d is not None])
-    images, labels = formats.read_image_folder(
-        train_dir if train else test_dir, classes, channels, size
+    held = held_out([len(found[c]) for c in classes], test_split, seed)
+    splits: dict[str, list[tuple[Path, int]]] = {"train": [], "test": []}
+    for i, c in enumerate(classes):
+        for j, p in enumerate(found[c]):
+            splits["test" if j in held[i] else "train"].append((p, i))
+    return FolderFiles(classes, splits, empty, True, None)
+
+
+def describe_held_out(files: FolderFiles, name: str, test_split: float | None, seed: int) -> str:
+    """The line that says which test split a folder without test/ was given."""
+    test_split = DEFAULT_TEST_SPLIT if test_split is None else test_split
+    n_test, n = len(files.splits["test"]), sum(len(v) for v in files.splits.values())
+    what = f"{test_split:g} of each class" if test_split < 1 else f"about {test_split:g}"
+    return (
+        f"{name} has no test/ folder: {n_test:,} of its {n:,} images held out as the test split "
+        f"({what}, stratified, seed {seed})"
     )
-    return Dataset(name, torch.from_numpy(images), torch.from_numpy(labels), classes)
+
+
+def _load_image_folder(name: str, train: bool) -> Dataset:
+    files = image_folder_files(name)
+    if train:
+        formats.warn_empty(Path(name[len(IMAGEFOLDER) :]), files.empty)
+        if files.held_out:
+            formats.say_warning(describe_held_out(files, name, None, 0))
+    everything = [p for split in files.splits.values() for p, _ in split]
+    channels, size = formats.scan_image_tree(everything)
+    images, labels = formats.read_image_files(
+        files.splits["train" if train else "test"], channels, size
+    )
+    return Dataset(name, torch.from_numpy(images), torch.from_numpy(labels), files.classes)
 
 
 # --- status and fetching, for `resnetlab data list` / `data fetch` -------------------------

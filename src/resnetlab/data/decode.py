@@ -1,11 +1,22 @@
-"""One encoded image -> a uint8 tensor at the size a model takes, in a DataLoader worker.
+"""One encoded image -> uint8 pixels: the one image reader of every path (packing, both loaders,
+predict and explain), and the views a model takes, in a DataLoader worker.
 
-JPEG goes through libjpeg-turbo by way of simplejpeg, asked for the smallest DCT scale (1/8 ...
-8/8) that still gives the crop at least the output size: a 1000 px photo cropped to 224 px is
-decoded at 1/2 or 1/4 of its size, which is most of the saving (benchmarks/streaming.py measures
-it). PNG (and anything else Pillow reads) is decoded whole by Pillow. The crop box is then
-resampled to the output size by an antialiased bilinear filter on uint8 (torch's, which follows
-Pillow's, the filter torchvision's references use on the same box).
+`read_image(data, channels)` is the reader, with one rule for modes, the same everywhere:
+JPEG through libjpeg-turbo (simplejpeg; CMYK and YCCK JPEGs, which it cannot convert, through
+Pillow), every other format Pillow reads through Pillow; 16-bit (and 32-bit integer) grey
+scaled to 8 bits (v * 255 / 65535, rounded; Pillow's own conversion clips to white), 16-bit
+colour PNGs as Pillow reads them (the high byte), transparency (alpha, a palette's transparent
+colour) composited on black, then Pillow's conversion to the requested channels (grey: L,
+else RGB; palette, CMYK and the other modes converted by Pillow). EXIF orientation is not applied
+(as libjpeg-turbo, Pillow and torchvision's readers leave it): pixels are read as stored.
+
+JPEG goes through libjpeg-turbo by way of simplejpeg, asked for the smallest DCT scale of 1/8,
+1/4, 1/2 and 1 (FAST_SCALES: the others decode more slowly than a larger one) that still gives
+the crop at least the output size: a 1000 px photo cropped to 224 px is decoded at 1/2 or 1/4 of
+its size, which is most of the saving (benchmarks/streaming.py measures it). PNG (and anything
+else Pillow reads) is decoded whole by Pillow. The crop box is then resampled to the output size
+by an antialiased bilinear filter on uint8 (torch's, which follows Pillow's, the filter
+torchvision's references use on the same box).
 
 Training views are torchvision's RandomResizedCrop (scale (0.08, 1), ratio (3/4, 4/3), 10
 attempts, then a centre crop of the ratio's nearest bound), or else the evaluation view at the
@@ -28,7 +39,7 @@ try:
     import simplejpeg
 except ImportError:  # the stream extra is missing: Pillow decodes JPEG too (without DCT scaling)
     simplejpeg = None
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 SCALE = (0.08, 1.0)  # RandomResizedCrop's area fraction
 RATIO = (3 / 4, 4 / 3)  # and aspect-ratio range
@@ -38,24 +49,139 @@ DRAWS = ATTEMPTS * 4 + 1  # uniforms drawn per training sample: 4 per attempt an
 Box = tuple[float, float, float, float]  # left, top, right, bottom in the source's pixels
 
 
+# The largest image decoded: Pillow's own decompression-bomb threshold (~89.5 million pixels).
+# Above it a small file could claim gigabytes; the header is checked before decoding.
+MAX_IMAGE_PIXELS = 89_478_485
+BACKGROUND = 0  # transparent pixels become black: the background of Fashion-MNIST and MNIST
+# The DCT scales a JPEG is decoded at: libjpeg-turbo decodes 1/8, 1/4, 1/2 and 1 by its fast
+# paths and the others (3/8, 5/8, 6/8, 7/8) more slowly than a larger scale, so a scale is
+# rounded up to one of these (benchmarks/decode_scales.py's table).
+FAST_SCALES = (1 / 8, 1 / 4, 1 / 2, 1.0)
+_PILLOW_JPEG = ("CMYK", "YCCK")  # JPEG colour spaces libjpeg-turbo's TurboJPEG cannot make RGB
+
+
 class BadImage(ValueError):
-    """Bytes that do not decode to an image (truncated, corrupt, not an image)."""
+    """Bytes that do not decode to an image (truncated, corrupt, not an image, too large)."""
 
 
 def is_jpeg(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff"
 
 
+def is_png(data: bytes) -> bool:
+    return data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_pixels(h: int, w: int) -> None:
+    if h * w > MAX_IMAGE_PIXELS:
+        raise BadImage(
+            f"{w} x {h} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit (a decompression "
+            "bomb, or a picture to shrink first)"
+        )
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int, str] | None:
+    """(height, width, colour space) of a JPEG simplejpeg decodes, else None (Pillow's)."""
+    if not is_jpeg(data) or simplejpeg is None:
+        return None
+    h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    return None if colorspace in _PILLOW_JPEG else (h, w, colorspace)
+
+
+def _open(data: bytes):
+    """A Pillow image of `data` (header read, pixels not yet), its size checked."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused in one line
+        im = Image.open(io.BytesIO(data))
+    _check_pixels(im.height, im.width)
+    return im
+
+
 def image_size(data: bytes) -> tuple[int, int]:
     """(height, width) from the header alone; BadImage when the header does not parse."""
     try:
-        if is_jpeg(data) and simplejpeg is not None:
-            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-            return h, w
-        with Image.open(io.BytesIO(data)) as im:
+        header = _jpeg_header(data)
+        if header is not None:
+            return header[0], header[1]
+        with _open(data) as im:
             return im.height, im.width
+    except BadImage:
+        raise
     except Exception as e:  # noqa: BLE001 - any decoder error means the same: a bad image
-        raise BadImage(str(e)) from None
+        raise BadImage(_one_line(e)) from None
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, UnidentifiedImageError):  # its message names a BytesIO object
+        return "not an image in a format Pillow reads"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def normalised(im, channels: int):
+    """A Pillow image in mode L (`channels` 1) or RGB (3) by the reader's rule for modes: integer
+    grey scaled to 8 bits, transparency composited on black, then Pillow's conversion."""
+    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        a = np.asarray(im).astype(np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    if im.mode == "P" and isinstance(im.info.get("transparency"), int):
+        # one transparent palette entry (GIF, most PNGs): made black in the palette, the same
+        # pixels as compositing on black without an RGBA copy (4 bytes a pixel)
+        im.load()
+        palette = im.getpalette() or []
+        t = 3 * im.info.pop("transparency")
+        if t + 3 <= len(palette):
+            palette[t : t + 3] = [BACKGROUND] * 3
+            im.putpalette(palette)
+    if "A" in im.getbands() or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        ground = Image.new("RGBA", rgba.size, (BACKGROUND, BACKGROUND, BACKGROUND, 255))
+        im = Image.alpha_composite(ground, rgba)
+    mode = "L" if channels == 1 else "RGB"
+    return im if im.mode == mode else im.convert(mode)
+
+
+def is_grey(im) -> bool:
+    """Whether a Pillow image holds grey levels only by its mode (what the in-memory loader
+    stores with one channel when every image is)."""
+    return im.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+def read_image(
+    data: bytes, channels: int, *, min_height: int = 0, min_width: int = 0, accurate: bool = False
+) -> np.ndarray:
+    """The image's pixels, uint8 [H, W, channels] (1: grey, 3: RGB), by the module's rule for
+    modes; BadImage when they do not decode (truncated, corrupt, not an image, too large).
+    A JPEG may be decoded at a reduced DCT scale, the smallest of FAST_SCALES that keeps it at
+    least `min_height` x `min_width`; others are decoded whole. With libjpeg-turbo's fast IDCT
+    and upsampling unless `accurate` (every path reads the same way, so the pixels of one file
+    are the same in packing, training and predict)."""
+    try:
+        header = _jpeg_header(data)
+        if header is not None:
+            h, w, _ = header
+            _check_pixels(h, w)
+            scale = next(
+                (s for s in FAST_SCALES if h * s >= min_height and w * s >= min_width), 1.0
+            ) if max(min_height, min_width) > 0 else 1.0  # fmt: skip
+            array = simplejpeg.decode_jpeg(
+                data,
+                colorspace="GRAY" if channels == 1 else "RGB",
+                min_height=math.ceil(h * scale),
+                min_width=math.ceil(w * scale),
+                fastdct=not accurate,
+                fastupsample=not accurate,
+            )
+        else:
+            with _open(data) as im:
+                array = np.array(normalised(im, channels))  # writable
+    except BadImage:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt: the caller skips and counts it
+        raise BadImage(_one_line(e)) from None
+    return array.reshape(array.shape[0], array.shape[1], channels)
 
 
 def random_resized_box(h: int, w: int, u: torch.Tensor) -> Box:
@@ -89,32 +215,24 @@ def center_box(h: int, w: int, resize: int, crop: int) -> Box:
     return left, top, left + cw, top + ch
 
 
-def decode_box(data: bytes, channels: int, box: Box, out: int) -> torch.Tensor:
+def decode_box(
+    data: bytes, channels: int, box: Box, out: int, *, accurate: bool = False
+) -> torch.Tensor:
     """The image's `box` resampled to out x out, uint8 [C, out, out]: JPEG decoded at the
-    smallest DCT scale that keeps the box at least `out` pixels each way (with libjpeg-turbo's
-    fast IDCT and upsampling: augmentation does not need the last bit of accuracy, and they cut
-    the decode's time by a tenth), the box cut to whole pixels of the decoded image and resampled
+    smallest of FAST_SCALES that keeps the box at least `out` pixels each way (with libjpeg-turbo's
+    fast IDCT and upsampling unless `accurate`: augmentation does not need the last bit of
+    accuracy, and they cut the decode's time by a tenth), the box cut to whole pixels of the decoded image and resampled
     by torch's antialiased bilinear filter on uint8 (Pillow's filter, vectorised: a third of
     Image.resize's time, measured in benchmarks/streaming.py's notes)."""
     left, top, right, bottom = box
-    try:
-        if is_jpeg(data) and simplejpeg is not None:
-            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-            array = simplejpeg.decode_jpeg(
-                data,
-                colorspace="GRAY" if channels == 1 else "RGB",
-                min_height=min(math.ceil(out * h / max(bottom - top, 1e-6)), h),
-                min_width=min(math.ceil(out * w / max(right - left, 1e-6)), w),
-                fastdct=True,
-                fastupsample=True,
-            )
-        else:
-            with Image.open(io.BytesIO(data)) as im:
-                h, w = im.height, im.width
-                array = np.array(im.convert("L" if channels == 1 else "RGB"))  # writable
-    except Exception as e:  # noqa: BLE001 - truncated or corrupt: the caller skips and counts it
-        raise BadImage(str(e)) from None
-    array = array.reshape(array.shape[0], array.shape[1], -1)
+    h, w = image_size(data)
+    array = read_image(
+        data,
+        channels,
+        min_height=math.ceil(out * h / max(bottom - top, 1e-6)),
+        min_width=math.ceil(out * w / max(right - left, 1e-6)),
+        accurate=accurate,
+    )
     sy, sx = array.shape[0] / h, array.shape[1] / w
     y0, x0 = (
         min(int(round(top * sy)), array.shape[0] - 1),
@@ -159,28 +277,16 @@ def train_view(
     return extra_transform(x, gen) if extra_transform is not None else x
 
 
-def eval_view(data: bytes, channels: int, resize: int, crop: int) -> torch.Tensor:
+def eval_view(
+    data: bytes, channels: int, resize: int, crop: int, *, accurate: bool = False
+) -> torch.Tensor:
     """Resize(shorter side to `resize`) + CenterCrop(`crop`), as uint8 [C, crop, crop]."""
     h, w = image_size(data)
-    return decode_box(data, channels, center_box(h, w, resize, crop), crop)
+    return decode_box(data, channels, center_box(h, w, resize, crop), crop, accurate=accurate)
 
 
 def decode_image(data: bytes, channels: int, *, accurate: bool = False) -> torch.Tensor:
-    """The whole image at its own size, uint8 [C, H, W]; `accurate`: JPEG with libjpeg-turbo's
-    accurate IDCT and upsampling (the evaluation view's: the pixels Pillow and torchvision decode)
-    instead of the fast ones."""
-    try:
-        if is_jpeg(data) and simplejpeg is not None:
-            array = simplejpeg.decode_jpeg(
-                data,
-                colorspace="GRAY" if channels == 1 else "RGB",
-                fastdct=not accurate,
-                fastupsample=not accurate,
-            )
-        else:
-            with Image.open(io.BytesIO(data)) as im:
-                array = np.array(im.convert("L" if channels == 1 else "RGB"))
-    except Exception as e:  # noqa: BLE001 - truncated or corrupt: the caller skips and counts it
-        raise BadImage(str(e)) from None
-    array = array.reshape(array.shape[0], array.shape[1], -1)
-    return torch.from_numpy(array).permute(2, 0, 1)
+    """The whole image at its own size, uint8 [C, H, W], by read_image's rule for modes;
+    `accurate`: JPEG with libjpeg-turbo's accurate IDCT and upsampling (the evaluation view's: the
+    pixels Pillow and torchvision decode) instead of the fast ones."""
+    return torch.from_numpy(read_image(data, channels, accurate=accurate)).permute(2, 0, 1)

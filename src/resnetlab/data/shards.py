@@ -6,7 +6,7 @@ read as they are. Neither is ever loaded whole: a split is a list of (file, offs
     train = open_stream("shards:packed/", train=True)   # a StreamSplit: checked, not read
 
 Why WebDataset tars: a plain POSIX tar of `KEY.jpg` + `KEY.cls` members is the format
-`webdataset` (and tar, and every WebDataset reader) reads, written here by its TarWriter, with
+`webdataset` (and tar, and every WebDataset reader) reads, written here as its TarWriter does, with
 each image's encoded bytes kept as they are. WebDataset's own reader streams shards in order,
 which cannot give an epoch order that depends only on the seed (it depends on the worker count
 and a shuffle buffer), so the manifest also records where each member's bytes lie in its shard,
@@ -21,11 +21,13 @@ by size and mtime, is not hashed again): a missing or damaged shard is one DataE
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import math
 import os
-import tarfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +36,13 @@ import numpy as np
 import torch
 
 from resnetlab.data import decode, formats
-from resnetlab.data.datasets import IMAGEFOLDER, _image_folder_splits, load_dataset, resolve_spec
+from resnetlab.data.datasets import (
+    IMAGEFOLDER,
+    describe_held_out,
+    image_folder_files,
+    load_dataset,
+    resolve_spec,
+)
 from resnetlab.data.manifest import FORMAT, parse_manifest
 from resnetlab.data.remote import is_url
 from resnetlab.errors import DataError, UsageError, plural
@@ -181,32 +189,60 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _shrunk(data: bytes, max_side: int | None) -> bytes:
-    """`data` as it is, unless its longer side exceeds `max_side` (then re-encoded, as JPEG at
-    quality 90 or as PNG) or it is neither JPEG nor PNG (then PNG)."""
-    h, w = decode.image_size(data)
-    is_png = data[:8] == b"\x89PNG\r\n\x1a\n"
-    if (max_side is None or max(h, w) <= max_side) and (decode.is_jpeg(data) or is_png):
-        return data
-    from PIL import Image
+def _pack_one(job: tuple[str, int | None, str, int]) -> tuple:
+    """One source file (path, max_side, key, label) for packing, fully decoded once (in a worker
+    process): ("ok", the sample's tar members (_tar_sample), the image's bytes, (height, width),
+    per-channel mean, per-channel mean of squares) or ("bad", the error).
+    JPEG and PNG are stored as they are unless larger than `max_side` (then shrunk and
+    re-encoded, JPEG as JPEG at quality 90, others as PNG); other formats as the PNG of the
+    pixels the reader gives them, so every path sees the same pixels."""
+    path, max_side, key, label = job
+    try:
+        data = Path(path).read_bytes()
+        pixels = decode.read_image(data, 3)
+    except (OSError, decode.BadImage) as e:
+        return ("bad", str(getattr(e, "strerror", None) or e))
+    h, w = pixels.shape[:2]
+    shrink = max_side is not None and max(h, w) > max_side
+    if shrink or not (decode.is_jpeg(data) or decode.is_png(data)):
+        from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        if max_side is not None and max(h, w) > max_side:
-            if decode.is_jpeg(data):
-                im.draft("RGB", (max_side, max_side))  # a reduced DCT decode first: faster
-            im = im.convert("RGB" if im.mode not in ("L", "RGB") else im.mode)
+        im = Image.fromarray(pixels)
+        if shrink:
             im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         if decode.is_jpeg(data):
-            im.convert("RGB").save(buf, "JPEG", quality=90)
+            im.save(buf, "JPEG", quality=90)
         else:
-            im.save(buf, "PNG")
-        return buf.getvalue()
+            im.save(buf, "PNG", compress_level=1)
+        data = buf.getvalue()
+        if shrink:  # the statistics of what is stored
+            pixels = decode.read_image(data, 3)
+            h, w = pixels.shape[:2]
+    mean, square = _pixel_moments(pixels)
+    return ("ok", _tar_sample(key, data, label), len(data), (h, w), mean, square)
+
+
+_LEVELS = np.arange(256, dtype=np.float64) / 255
+STAT_PIXELS = 65536  # pixels of each image the statistics read: a regular grid over larger ones
+
+
+def _pixel_moments(pixels: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and mean of squares in [0, 1] of uint8 [H, W, 3] pixels, from their
+    histograms (a tenth of a float conversion's time) over a grid of at most ~STAT_PIXELS."""
+    h, w = pixels.shape[:2]
+    step = max(1, math.isqrt(h * w // STAT_PIXELS))
+    flat = pixels[::step, ::step].reshape(-1, 3)
+    hist = np.stack([np.bincount(flat[:, c], minlength=256) for c in range(3)]).astype(np.float64)
+    n = hist.sum(1)
+    return tuple(hist @ _LEVELS / n), tuple(hist @ (_LEVELS * _LEVELS) / n)
 
 
 class _ShardWriter:
-    """Samples into `split`-NNNNNN.tar files of about `shard_bytes` each, written atomically
-    through WebDataset's TarWriter; each finished shard is indexed and hashed."""
+    """Samples into `split`-NNNNNN.tar files of about `shard_bytes` each, written atomically as
+    plain POSIX (ustar) tars of `KEY.cls` + `KEY.jpg|png` members, the layout (and member order)
+    WebDataset's TarWriter writes; each shard is indexed and hashed as it is written (parsing it
+    back cost the packing process more than decoding the images)."""
 
     def __init__(self, out: Path, split: str, shard_bytes: int) -> None:
         self.out, self.split, self.shard_bytes = out, split, shard_bytes
@@ -216,39 +252,80 @@ class _ShardWriter:
         self._bytes = 0
 
     def add(self, key: str, data: bytes, label: int) -> None:
-        self._batch.append((key, data, label))
-        self._bytes += len(data) + 1536  # two tar headers and padding
+        self.add_sample(_tar_sample(key, data, label), len(data), label)
+
+    def add_sample(self, sample: bytes, size: int, label: int) -> None:
+        """A sample's tar members (_tar_sample: built in the worker that decoded it), its
+        image `size` bytes long."""
+        self._batch.append((sample, size, label))
+        self._bytes += len(sample)
         if self._bytes >= self.shard_bytes:
             self.flush()
 
     def flush(self) -> None:
         if not self._batch:
             return
-        import webdataset
-
         path = self.out / f"{self.split}-{len(self.shards):06d}.tar"
+        members, h, offset = [], hashlib.sha256(), 0
         with atomic_open(path, "wb") as f:
-            tar = webdataset.TarWriter(f, encoder=False, mtime=0.0)
-            for key, data, label in self._batch:
-                ext = "jpg" if decode.is_jpeg(data) else "png"
-                tar.write({"__key__": key, ext: data, "cls": str(label).encode()})
-            tar.close()
-        self.shards.append(_index_shard(path, [label for _, _, label in self._batch]))
+            for sample, size, label in self._batch:
+                members.append([offset + IMAGE_OFFSET, size, label])
+                f.write(sample)
+                h.update(sample)
+                offset += len(sample)
+            end = bytes(1024)  # the end of the archive: two zero blocks
+            f.write(end)
+            h.update(end)
+        self.shards.append(_index_shard(path, members, offset + len(end), h.hexdigest()))
         self.labels += [label for _, _, label in self._batch]
         self._batch, self._bytes = [], 0
 
 
-def _index_shard(path: Path, labels: list[int]) -> dict:
+IMAGE_OFFSET = 3 * 512  # where a sample's image bytes start: two headers and the padded label
+
+
+def _tar_sample(key: str, data: bytes, label: int) -> bytes:
+    """A sample's two tar members, `KEY.cls` (the label as text) then `KEY.jpg` or `KEY.png`,
+    headers and padding included: the image's bytes start at IMAGE_OFFSET."""
+    cls = str(label).encode()
+    ext = "jpg" if decode.is_jpeg(data) else "png"
+    return b"".join(
+        (
+            _tar_header(f"{key}.cls", len(cls)),
+            cls + bytes(512 - len(cls)),
+            _tar_header(f"{key}.{ext}", len(data)),
+            data,
+            bytes(-len(data) % 512),
+        )
+    )
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    """A ustar header block of a regular file (mode 0444, mtime 0, owner bigdata as WebDataset's
+    TarWriter writes), for a short ASCII name."""
+    block = bytearray(512)
+    encoded = name.encode("ascii")
+    if len(encoded) > 100 or size >= 8**11:
+        raise ValueError(f"tar member {name!r} of {size} bytes does not fit a ustar header")
+    block[: len(encoded)] = encoded
+    block[100:108] = b"0000444\0"
+    block[108:124] = b"0000000\x000000000\0"  # uid, gid
+    block[124:136] = b"%011o\0" % size
+    block[136:148] = b"00000000000\0"  # mtime
+    block[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    block[156:157] = b"0"  # a regular file
+    block[257:265] = b"ustar\x0000"
+    block[265:272] = block[297:304] = b"bigdata"  # user and group names
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def _index_shard(path: Path, members: list, size: int, sha256: str) -> dict:
     """A shard's manifest entry: bytes, sha256 and each image member's (offset, size, label)."""
-    members = []
-    with tarfile.open(path) as tar:
-        for m in tar:
-            if m.name.endswith((".jpg", ".png")):
-                members.append([m.offset_data, m.size, labels[len(members)]])
     return {
         "file": path.name,
-        "bytes": path.stat().st_size,
-        "sha256": _sha256(path),
+        "bytes": size,
+        "sha256": sha256,
         "count": len(members),
         "members": members,
     }
@@ -265,7 +342,42 @@ def _sha256(path: Path) -> str:
 def _prepare_out(out: Path) -> None:
     if (out / MANIFEST).exists():
         raise UsageError(f"{out} holds a packed set already; remove it or choose another OUT")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out} exists and is not an empty folder; choose another OUT")
+
+
+@contextlib.contextmanager
+def _staging(out: Path):
+    """A temporary folder beside `out`, renamed to `out` when the block ends well and removed
+    when it fails: a pack stopped midway (an error, Ctrl-C, a kill) leaves no set at `out`
+    (a killed one leaves `.OUT.partial-PID`, removed by the next pack into `out`)."""
+    _prepare_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.is_dir():
+            out.rmdir()  # empty (checked above): os.replace cannot replace a folder
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def pack_builtin(
@@ -273,78 +385,147 @@ def pack_builtin(
 ) -> dict:
     """A built-in dataset's two splits as PNG shards in `out`; returns the manifest."""
     spec = resolve_spec(name)
-    out = Path(out)
-    _prepare_out(out)
-    splits = {}
-    for split, train in (("train", True), ("test", False)):
-        ds = load_dataset(spec.name, train, root, subset=subset)
-        writer = _ShardWriter(out, split, shard_bytes)
-        for i in range(len(ds)):
-            writer.add(f"{i:08d}", _png(ds.images[i].numpy()), int(ds.labels[i]))
-        writer.flush()
-        splits[split] = writer
-    h, w = spec.image_size
-    stats = {"min": [h, w], "max": [h, w]}
-    return _write_manifest(
-        out, spec.name, list(spec.classes), spec.channels, spec.mean, spec.std, splits, stats, 0
-    )
+    with _staging(Path(out)) as tmp:
+        splits = {}
+        for split, train in (("train", True), ("test", False)):
+            ds = load_dataset(spec.name, train, root, subset=subset)
+            writer = _ShardWriter(tmp, split, shard_bytes)
+            for i in range(len(ds)):
+                writer.add(f"{i:08d}", _png(ds.images[i].numpy()), int(ds.labels[i]))
+            writer.flush()
+            splits[split] = writer
+        h, w = spec.image_size
+        stats = {"min": [h, w], "max": [h, w]}
+        return _write_manifest(
+            tmp, spec.name, list(spec.classes), spec.channels, spec.mean, spec.std, splits, stats
+        )
 
 
 def pack_folder(
-    src, out, *, max_side: int | None = None, shard_bytes: int = SHARD_BYTES, say=None
+    src,
+    out,
+    *,
+    max_side: int | None = None,
+    shard_bytes: int = SHARD_BYTES,
+    say=None,
+    test_split: float | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    progress: bool = False,
 ) -> dict:
     """An image folder (one sub-folder per class; train/ and test/ or val/ when it has them) as
-    shards in `out`, each image's bytes as they are (JPEG, PNG; others and, with `max_side`,
-    larger ones re-encoded). Files that do not decode are left out and counted."""
-    _, train_dir, test_dir = _image_folder_splits(IMAGEFOLDER + str(src))
+    shards in `out`, each image fully decoded once by data/decode.py's reader (which also gives
+    the mean and std) in `workers` processes; JPEG and PNG stored byte for byte (larger than
+    `max_side`: re-encoded), other formats as PNG. Files that do not decode are left out,
+    counted and listed in the manifest. A folder without test/ gets a seeded, stratified test
+    split of `test_split` (default DEFAULT_TEST_SPLIT: a fraction, or a count). The set is
+    written beside `out` and renamed into place."""
+    _prepare_out(Path(out))  # before the folder is listed: a refusal comes at once
+    name = IMAGEFOLDER + str(src)
+    files = image_folder_files(name, test_split, seed)  # one listing of each class folder
+    if not files.classes:
+        raise UsageError(
+            f"{src} holds no class folders of images ({'/'.join(formats.IMAGE_SUFFIXES)}); give a "
+            "folder with one sub-folder of images per class"
+        )
+    if files.empty and say is not None:
+        empty = files.empty
+        say(
+            f"warning: {len(empty)} class folder{'s' if len(empty) != 1 else ''} without images "
+            f"left out: {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}"
+        )
+    if files.held_out and not files.splits["test"]:
+        raise UsageError(
+            f"{src}: too few images to hold out a test split (a class needs 2 or more); add "
+            "images, or give it train/ and test/ folders of class folders"
+        )
+    if files.held_out and say is not None:
+        say(describe_held_out(files, str(src), test_split, seed) + "; --test-split changes it")
+    classes = files.classes
     out = Path(out)
-    _prepare_out(out)
-    classes = list(formats.image_files(train_dir))
-    if not classes:
-        raise UsageError(f"{src} holds no class folders of .png/.jpg images")
-    splits, sizes, skipped, kept = {}, [], 0, []
-    train_count = sum(len(v) for v in formats.image_files(train_dir).values())
-    step = max(1, train_count // STAT_IMAGES)  # mean and std from images spread over the classes
-    for split, folder in (("train", train_dir), ("test", test_dir)):
-        if folder is None:
-            continue
-        writer = _ShardWriter(out, split, shard_bytes)
-        seen = 0
-        for label, cls in enumerate(classes):
-            for path in formats.image_files(folder).get(cls, []):
-                seen += 1
-                try:
-                    data = _shrunk(path.read_bytes(), max_side)
-                    sizes.append(decode.image_size(data))
-                except (decode.BadImage, OSError, ValueError) as e:
-                    skipped += 1
-                    if say is not None:
-                        say(f"skipped {path}: {e}")
-                    continue
-                if split == "train" and seen % step == 0 and len(kept) < STAT_IMAGES:
-                    kept.append(data)
-                writer.add(f"{len(writer.labels) + len(writer._batch):08d}", data, label)
-        writer.flush()
-        splits[split] = writer
-    mean, std = _statistics(kept)
-    array = np.array(sizes or [[0, 0]])
-    stats = {"min": array.min(0).tolist(), "max": array.max(0).tolist()}
-    name = Path(src).resolve().name
-    return _write_manifest(out, name, classes, 3, mean, std, splits, stats, skipped)
+    with _staging(out) as tmp:
+        splits, sizes, left_out = {}, [], []
+        means, squares = [], []
+        with _decoding(workers) as run:
+            for split, todo in files.splits.items():
+                writer = _ShardWriter(tmp, split, shard_bytes)
+                jobs = [(str(p), max_side, f"{i:08d}", label) for i, (p, label) in enumerate(todo)]
+                results = run(_pack_one, jobs)
+                if progress:
+                    results = _progress(results, len(todo), f"packing {split}")
+                for (path, label), result in zip(todo, results, strict=True):
+                    if result[0] == "bad":
+                        left_out.append({"file": str(path), "error": result[1]})
+                        if say is not None:
+                            say(f"skipped {path}: {result[1]}")
+                        continue
+                    _, sample, length, size, mean, square = result
+                    sizes.append(size)
+                    if split == "train":
+                        means.append(mean)
+                        squares.append(square)
+                    writer.add_sample(sample, length, label)  # keys skip the files left out
+                writer.flush()
+                splits[split] = writer
+        mean, std = _moments(means, squares)
+        array = np.array(sizes or [[0, 0]])
+        stats = {"min": array.min(0).tolist(), "max": array.max(0).tolist()}
+        name = Path(src).resolve().name
+        return _write_manifest(tmp, name, classes, 3, mean, std, splits, stats, left_out)
 
 
-def _statistics(samples: list[bytes]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] of (a spread-out sample of) the training images, each
-    seen at 64 px as evaluation sees it."""
-    if not samples:
+@contextlib.contextmanager
+def _decoding(workers: int):
+    """run(fn, jobs) -> fn's results in order: in this process (1 worker), or in a pool of
+    `workers` forked processes (the decode is CPU-bound and each file independent)."""
+    if workers <= 1:
+        yield lambda fn, jobs: map(fn, jobs)
+        return
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with ctx.Pool(workers) as pool:
+        yield lambda fn, jobs: pool.imap(
+            fn, jobs, chunksize=max(1, min(256, len(jobs) // (8 * workers)))
+        )
+
+
+def _progress(results, total: int, what: str):
+    """`results` through a tqdm bar on stderr when tqdm is installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return results
+    return tqdm(results, total=total, desc=what, unit="img", leave=False)
+
+
+def _moments(means: list, squares: list) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] of the training images, each image weighing the same
+    (from each image's own per-channel mean and mean of squares, gathered while packing)."""
+    if not means:
         return (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    pixels = torch.stack([decode.eval_view(s, 3, 64, 64) for s in samples]).double() / 255
-    mean = pixels.mean(dim=(0, 2, 3))
-    std = pixels.std(dim=(0, 2, 3), correction=0).clamp(min=1e-3)
-    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+    mean = np.mean(means, axis=0)
+    std = np.sqrt(np.clip(np.mean(squares, axis=0) - mean * mean, 1e-6, None))
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(v), 4) for v in std)
 
 
-def _write_manifest(out, name, classes, channels, mean, std, splits, sizes, skipped) -> dict:
+def _statistics(paths: list[Path]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] of (a spread-out sample of) the training images, by
+    packing's own measure (_pixel_moments of each image as the reader gives it); files that do
+    not decode are passed over (training counts them)."""
+    means, squares = [], []
+    for p in paths:
+        try:
+            mean, square = _pixel_moments(decode.read_image(p.read_bytes(), 3))
+        except (OSError, decode.BadImage):
+            continue
+        means.append(mean)
+        squares.append(square)
+    return _moments(means, squares)
+
+
+def _write_manifest(out, name, classes, channels, mean, std, splits, sizes, left_out=()) -> dict:
     manifest = {
         "format": FORMAT,
         "name": name,
@@ -353,7 +534,8 @@ def _write_manifest(out, name, classes, channels, mean, std, splits, sizes, skip
         "mean": list(mean),
         "std": list(std),
         "image_size": sizes,
-        "skipped": skipped,
+        "skipped": len(left_out),
+        "left_out": list(left_out),  # {"file", "error"} of each source file that did not decode
         "splits": {
             split: {
                 "count": len(w.labels),
@@ -451,8 +633,9 @@ def open_shards(
     split = "train" if train else "test"
     if split not in manifest["splits"]:
         raise DataError(
-            f"{folder} has no {split} split (its source had no {split}/ folder); hold out "
-            "training images with --val-split, or pack a source with train/ and test/"
+            f"{folder} has no {split} split; pack its source again into a new folder: "
+            "`resnetlab data pack SRC OUT` holds out a test split of a folder without test/ "
+            "(--test-split)"
         )
     shards = manifest["splits"][split]["shards"]
     entries, labels, stamps = [], [], _read_stamps()
@@ -508,22 +691,19 @@ def split_digest(shards: list[dict]) -> str:
 
 
 def open_image_folder(name: str, train: bool) -> StreamSplit:
-    """imagefolder:PATH read as it is (--stream): its files listed, none read. Mean and std are
+    """imagefolder:PATH read as it is (--stream): its files listed, none read (a folder without
+    test/ holds out data/datasets.py's seeded test split, as `data pack` does). Mean and std are
     measured on a spread-out sample of up to STAT_IMAGES training images; the side is 224."""
-    _, train_dir, test_dir = _image_folder_splits(name)
-    folder = train_dir if train else test_dir
-    if folder is None:
-        raise DataError(
-            f"{name}: expected train/ and test/ (or val/) sub-folders for a test split; split it "
-            "that way, or hold out images with --val-split"
-        )
-    classes = list(formats.image_files(train_dir))
-    by_class = formats.image_files(folder)
-    files = [p for c in classes for p in by_class.get(c, [])]
-    labels = [i for i, c in enumerate(classes) for _ in by_class.get(c, [])]
+    found = image_folder_files(name)  # without test/: the same held-out split as `data pack`
+    if train and found.held_out:
+        formats.say_warning(describe_held_out(found, name, None, 0))
+    pairs = found.splits["train" if train else "test"]
+    classes = found.classes
+    files = [p for p, _ in pairs]
+    labels = [label for _, label in pairs]
     # the statistics normalisation uses: the training split's (a test split's are not used)
     step = max(1, len(files) // STAT_IMAGES)
-    mean, std = _statistics(_readable(files[::step][:STAT_IMAGES]) if train else [])
+    mean, std = _statistics(files[::step][:STAT_IMAGES] if train else [])
     n = len(files)
     entries = np.stack([np.arange(n), np.zeros(n, np.int64), np.full(n, -1)], 1).astype(np.int64)
     digest = hashlib.blake2b(
@@ -541,19 +721,6 @@ def open_image_folder(name: str, train: bool) -> StreamSplit:
         DEFAULT_SIDE,
         digest.hexdigest(),
     )
-
-
-def _readable(paths: list[Path]) -> list[bytes]:
-    """The bytes of those of `paths` whose images decode (corrupt ones are training's to count)."""
-    out = []
-    for p in paths:
-        try:
-            data = p.read_bytes()
-            decode.eval_view(data, 3, 64, 64)
-            out.append(data)
-        except (OSError, decode.BadImage):
-            continue
-    return out
 
 
 def open_stream(name: str, train: bool, share: tuple[int, int] = (0, 1), **remote) -> StreamSplit:
