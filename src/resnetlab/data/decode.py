@@ -94,7 +94,10 @@ def _open(data: bytes):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused in one line
-        im = Image.open(io.BytesIO(data))
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:  # Pillow's own bound, twice its warning's
+            raise BadImage(f"too large to decode safely ({_one_line(e)})") from None
     _check_pixels(im.height, im.width)
     return im
 

@@ -77,7 +77,7 @@ def explain_images(
     classes = list(meta["classes"])
     target = None if class_name is None else _class_index(class_name, classes)
     layer_name, _ = resolve_layer(model, layer)
-    pictures, read, failed = read_images(images, meta["in_chans"])
+    pictures, read, failed = read_images(images, meta)
     batch = preprocess(pictures, meta, device)
     with torch.no_grad():
         probs = model(batch).float().softmax(1).cpu()

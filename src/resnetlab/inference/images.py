@@ -12,9 +12,10 @@ from resnetlab.errors import UsageError, first_line
 from resnetlab.inference.loading import eval_view, loader_for
 
 
-def load_image(path: str | Path, channels: int) -> torch.Tensor:
+def load_image(path: str | Path, channels: int, *, accurate: bool = False) -> torch.Tensor:
     """An image file as uint8 [C, H, W], converted to the model's channels (grey or RGB), read by
-    the one image reader of training and packing (data/decode.py: the same pixels)."""
+    the one image reader of training and packing (data/decode.py: the same pixels; `accurate`:
+    JPEG with the accurate IDCT, as the evaluation view decodes)."""
     try:
         from resnetlab.data import decode
     except ImportError:
@@ -26,21 +27,24 @@ def load_image(path: str | Path, channels: int) -> torch.Tensor:
     except OSError as e:
         raise UsageError(f"cannot read image {path}: {first_line(e)}") from None
     try:
-        array = decode.read_image(data, channels)
+        array = decode.read_image(data, channels, accurate=accurate)
     except decode.BadImage as e:
-        if "pixel limit" in str(e):
+        if "pixel limit" in str(e) or "too large to decode" in str(e):
             raise UsageError(f"image {path} is {e}") from None
         raise UsageError(f"cannot read image {path}: {e}") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def read_images(paths: list, channels: int) -> tuple[list[torch.Tensor], list[str], list[dict]]:
-    """Each path through load_image: (the images read, their paths, {"image", "error"} for each
-    that could not be read). None read at all: the first one's UsageError."""
+def read_images(paths: list, meta: dict) -> tuple[list[torch.Tensor], list[str], list[dict]]:
+    """Each path through load_image, as the model described by `meta` is shown images (decoded
+    as its evaluation view decodes them where it has one: then predict's input is eval's):
+    (the images read, their paths, {"image", "error"} for each that could not be read). None
+    read at all: the first one's UsageError."""
+    channels, accurate = meta["in_chans"], eval_view(meta) is not None
     images, read, failed = [], [], []
     for path in paths:
         try:
-            images.append(load_image(path, channels))
+            images.append(load_image(path, channels, accurate=accurate))
             read.append(str(path))
         except UsageError as e:
             if len(paths) == 1:

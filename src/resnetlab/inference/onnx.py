@@ -573,7 +573,7 @@ def load_onnx_model(path: str | Path) -> tuple[OnnxModel, dict]:
 def predict_onnx(path: str | Path, images: list[str | Path], *, top_k: int = 3) -> list[dict]:
     """`resnetlab predict model.onnx IMAGES`: the same top-k as for the run, run by onnxruntime."""
     model, meta = load_onnx_model(path)
-    pictures, read, failed = read_images(images, meta["in_chans"])
+    pictures, read, failed = read_images(images, meta)
     x = preprocess(pictures, meta, torch.device("cpu"))
     logits = [model(x)]
     probs = torch.cat(logits).float().softmax(1)

@@ -24,7 +24,7 @@ def predict(
         return predict_onnx(source, images, top_k=top_k)
     dev = resolve_device(device)
     model, meta = load_model(source, dev)
-    pictures, read, failed = read_images(images, meta["in_chans"])
+    pictures, read, failed = read_images(images, meta)
     x = preprocess(pictures, meta, dev)
     with torch.inference_mode():
         probs = inference_model(model)(x).float().softmax(1)
