@@ -226,6 +226,7 @@ def _cmd_train(args) -> int:
     from resnetlab.launch import launch_local
     from resnetlab.train import TrainConfig, make_config, train
     from resnetlab.train.config import read_config_file
+    from resnetlab.train.timing import Timekeeper, process_age
     from resnetlab.train.trainer import refuse_with_resume
 
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
@@ -234,6 +235,8 @@ def _cmd_train(args) -> int:
 
     def configuration() -> TrainConfig:
         base = read_config_file(args.config) if args.config else None
+        if base is not None and "time_limit" in unset:  # --time-limit none: the saved one is gone
+            base = dict(base, time_limit=None)
         given = {k: v for k, v in overrides.items() if k not in unset}
         return dataclasses.replace(make_config(args.preset, base=base, **given), **unset)
 
@@ -260,10 +263,18 @@ def _cmd_train(args) -> int:
                 k for k in (*overrides, "preset", "config", "out") if getattr(args, k) is not None
             ]
             refuse_with_resume(["--" + k.replace("_", "-") for k in given])
-            summary = train(resume=args.resume, json_output=args.json)
+            summary = train(
+                resume=args.resume,
+                json_output=args.json,
+                timekeeper=Timekeeper(startup=process_age()),
+            )
         else:
             summary = train(
-                configuration(), out=args.out, overwrite=args.overwrite, json_output=args.json
+                configuration(),
+                out=args.out,
+                overwrite=args.overwrite,
+                json_output=args.json,
+                timekeeper=Timekeeper(startup=process_age()),  # --time-limit counts from here
             )
     except ResnetlabError as e:
         report = error_to_report(

@@ -194,6 +194,10 @@ def make_config(preset: str | None = None, *, base: dict | None = None, **overri
             "default"  # a preset's whitened first layer gives way to pretrained weights
         )
     settings.update(given)
+    if settings.get("time_limit") is not None and "epochs" in given:
+        raise UsageError(
+            "--time-limit plans the epochs to fit the time; drop --epochs or --time-limit"
+        )
     if preset == "imagenet" and all(
         isinstance(settings[k], int) and settings[k] > 0 for k in ("batch_size", "epochs")
     ):
