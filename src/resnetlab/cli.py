@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from resnetlab.errors import Interrupted, ResnetlabError, UsageError
 from resnetlab.version import __version__
@@ -226,7 +227,7 @@ def _cmd_train(args) -> int:
     from resnetlab.launch import launch_local
     from resnetlab.train import TrainConfig, make_config, train
     from resnetlab.train.config import read_config_file
-    from resnetlab.train.timing import Timekeeper, process_age
+    from resnetlab.train.timing import Timekeeper
     from resnetlab.train.trainer import refuse_with_resume
 
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
@@ -266,7 +267,7 @@ def _cmd_train(args) -> int:
             summary = train(
                 resume=args.resume,
                 json_output=args.json,
-                timekeeper=Timekeeper(startup=process_age()),
+                timekeeper=Timekeeper(startup=_seconds_since_start(args)),
             )
         else:
             summary = train(
@@ -274,7 +275,9 @@ def _cmd_train(args) -> int:
                 out=args.out,
                 overwrite=args.overwrite,
                 json_output=args.json,
-                timekeeper=Timekeeper(startup=process_age()),  # --time-limit counts from here
+                timekeeper=Timekeeper(
+                    startup=_seconds_since_start(args)
+                ),  # --time-limit counts from here
             )
     except ResnetlabError as e:
         report = error_to_report(
@@ -1076,11 +1079,23 @@ def _say_line(text: str) -> None:
     sys.stderr.flush()
 
 
+def _seconds_since_start(args) -> float:
+    """What --time-limit has spent before training: since the process started (imports
+    included) when `main` is the command line, else since `main` was called (a test, a caller)."""
+    if getattr(args, "started", None) is not None:
+        return time.perf_counter() - args.started
+    from resnetlab.train.timing import process_age
+
+    return process_age()
+
+
 def main(argv: list[str] | None = None) -> int:
+    started, command_line = time.perf_counter(), argv is None
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv  # as typed: `train --nproc` hands these on to torchrun
+    args.started = None if command_line else started  # see _seconds_since_start
     try:
         return int(args.func(args) or 0)
     except Interrupted as e:  # a stop the user asked for, not an error

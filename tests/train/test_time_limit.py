@@ -281,7 +281,7 @@ def test_a_limit_that_fits_no_epoch_is_refused_before_training(tmp_path, capsys)
         train(make_config("quick", time_limit="10s", **TINY), out=out, timekeeper=clock)
     assert "\n" not in str(e.value) and "--time-limit 10s" in str(e.value)
     assert not out.exists()  # nothing trained, no run folder
-    # and on the command line: exit 2, one line (this process's own age is past 1 s already)
+    # and on the command line: exit 2, one line (the finish alone is estimated at over 1 s)
     assert cli.main(["train", "--time-limit", "1s", "--subset", "512", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--time-limit 1s" in err and len(err.strip().splitlines()) == 1
