@@ -15,6 +15,7 @@ from resnetlab import cli
 from resnetlab.errors import Interrupted, UsageError
 from resnetlab.report.events import read_events
 from resnetlab.report.observer import Observer
+from resnetlab.report.runs import describe_run
 from resnetlab.train import make_config, train
 from resnetlab.train.config import read_config_file
 from resnetlab.train.engine import Compressed, Schedule
@@ -114,6 +115,7 @@ def test_a_slower_machine_shortens_the_rest_to_the_most_epochs_that_fit():
     assert longer is None or longer.epochs > short.epochs  # the most that fit, not fewer
     gone = shorten(plan, done, 1.0, slowdown)  # nothing more fits: finish now
     assert gone.epochs == done
+    assert shorten(plan, plan.epochs, 0.0, slowdown) is None  # at the end: nothing to shorten
 
 
 def test_a_compressed_schedule_goes_on_from_where_it_was_and_ends_at_zero():
@@ -222,6 +224,8 @@ def test_a_machine_that_slows_down_shortens_the_rest_once(tmp_path, capsys):
     assert saved["after_epoch"] == 2 and saved["epochs"] == kept
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["plan"]["shortened"]["epochs"] == kept
+    assert "the rest of the run shortened once" in (out / "report.html").read_text()
+    assert describe_run(out)["epochs_planned"] == kept  # `resnetlab runs`: kept of kept, not of 13
     # the learning rate decays to the shortened end, not the planned one
     rows = (out / "metrics.csv").read_text().splitlines()
     lr = [float(r.split(",")[rows[0].split(",").index("lr")]) for r in rows[1:]]

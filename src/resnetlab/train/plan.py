@@ -156,8 +156,8 @@ def shorten(plan: Plan, done: int, seconds_left: float, slowdown: float) -> Plan
     epochs left and the finish, `slowdown` times as long as planned, fit; else a shorter plan,
     whose epochs after `done` are the rest of `plan` resampled (first and last kept: the ramp
     still ends at the full size), as many as fit (none: finish now)."""
-    if plan.seconds(done, slowdown) <= seconds_left:
-        return None
+    if done >= plan.epochs or plan.seconds(done, slowdown) <= seconds_left:
+        return None  # at the end, only the finish is left: nothing to shorten
     keep = done
     for epochs in range(plan.epochs - 1, done, -1):
         if _resampled(plan, done, epochs).seconds(done, slowdown) <= seconds_left:
