@@ -386,7 +386,9 @@ def _set_sizes(loader, sizes: list[int] | None) -> None:
 
 
 def time_summary(record: dict, total_seconds: float, epochs: int) -> dict:
-    """summary.json's "time_limit": the plan's estimate against the time the run took."""
+    """summary.json's "time_limit": the plan's estimate against the time the run took, from the
+    command's start to report.html (written before the report with the time until then, and
+    again after it)."""
     cut = record.get("shortened")
     return {
         "limit_seconds": record["limit_seconds"],

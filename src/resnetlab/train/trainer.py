@@ -242,6 +242,9 @@ def _train(
         raise
     for observer in observers:
         observer.on_finish(summary, saver.final, parts.splits.test)
+    if parts.plan is not None:  # the plan's estimate ends with report.html: so does its measure
+        summary["time_limit"] = time_summary(parts.plan, saver.wall_seconds(), parts.state.epoch)
+        run.write_summary(summary)
     console.say(f"run folder: {run.path}")
     return summary
 
