@@ -233,6 +233,23 @@ def test_a_machine_that_slows_down_shortens_the_rest_once(tmp_path, capsys):
 
 
 @pytest.mark.needs_fashion_mnist
+@pytest.mark.parametrize("first_epoch_cost, kept", [(2.0, 13), (6.0, 1)])
+def test_a_slow_first_epoch_waits_for_the_second_unless_that_is_too_late(
+    tmp_path, first_epoch_cost, kept
+):
+    """Epoch 1 twice as slow, then as planned: its one-off costs shorten nothing. Six times as
+    slow: at that speed one more epoch would not fit, so the plan is cut at once."""
+    clock = FakeTime(per_step(1.0))
+    summary = train(
+        make_config("quick", time_limit="120s", **TINY), out=tmp_path / "run", timekeeper=clock,
+        observers=[Steps(clock, lambda epoch: first_epoch_cost if epoch == 1 else 1.0)],
+    )  # fmt: skip
+    assert summary["time_limit"]["planned_epochs"] == 13
+    assert summary["epochs"] == kept
+    assert summary["time_limit"]["shortened_after_epoch"] == (None if kept == 13 else 1)
+
+
+@pytest.mark.needs_fashion_mnist
 def test_a_resumed_run_has_what_the_first_run_left(tmp_path, monkeypatch, ctrl_c_at, capsys):
     out = tmp_path / "run"
     first = FakeTime(per_step(1.0), startup=2.0)

@@ -314,6 +314,7 @@ class Pacer:
         self.record, self.base, self.loader = record, schedule, loader
         self.timekeeper, self.used, self.dist = timekeeper, used, dist
         self.last = timekeeper.now()
+        self.first = True  # the next epoch is the first this process trains
         self.plan = current_plan(record)
         _set_sizes(loader, self.plan.sizes)
 
@@ -339,7 +340,14 @@ class Pacer:
         planned = self.plan.epoch_seconds[done - 1] if done and not starting else None
         slowdown = max(took / planned, 1.0) if planned else 1.0
         left = self.record["limit_seconds"] - self.used()
-        new = _agree(shorten(self.plan, done, left, slowdown), self.dist)
+        new = shorten(self.plan, done, left, slowdown)
+        # The first epoch a process trains pays one-off costs (the allocator, the kernels' choice,
+        # the first batches): its slowness is acted on only where waiting one more epoch could
+        # already overrun the limit.
+        first, self.first = self.first and not starting, self.first and starting
+        if first and new is not None and new.epochs > done + 1:
+            new = None
+        new = _agree(new, self.dist)
         if new is None:
             return None
         self.record["shortened"] = {
