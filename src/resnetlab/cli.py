@@ -275,9 +275,7 @@ def _cmd_train(args) -> int:
                 out=args.out,
                 overwrite=args.overwrite,
                 json_output=args.json,
-                timekeeper=Timekeeper(
-                    startup=_seconds_since_start(args)
-                ),  # --time-limit counts from here
+                timekeeper=Timekeeper(startup=_seconds_since_start(args)),
             )
     except ResnetlabError as e:
         report = error_to_report(
