@@ -359,3 +359,14 @@ def test_measuring_leaves_the_runs_random_numbers_as_they_were():
     )  # fmt: skip
     assert torch.equal(torch.get_rng_state(), before)
     assert set(timings.step_seconds) == {12, 8} and not how["probe_reused"]
+
+
+def test_a_saved_limit_gives_way_to_epochs_only_when_unset(tmp_path, capsys):
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({"config": make_config("quick", time_limit="5m").to_dict()}))
+    flags = ["train", "--config", str(saved), "--epochs", "3", "--show-config"]
+    assert cli.main(flags) == 2
+    assert "drop --epochs or --time-limit" in capsys.readouterr().err
+    assert cli.main([*flags, "--time-limit", "none"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["epochs"] == 3 and shown["time_limit"] is None
