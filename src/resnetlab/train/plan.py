@@ -155,12 +155,14 @@ def shorten(plan: Plan, done: int, seconds_left: float, slowdown: float) -> Plan
     """The per-epoch check, after `done` epochs with `seconds_left` of the limit: None while the
     epochs left and the finish, `slowdown` times as long as planned, fit; else a shorter plan,
     whose epochs after `done` are the rest of `plan` resampled (first and last kept: the ramp
-    still ends at the full size), as many as fit (none: finish now)."""
+    still ends at the full size), as many as fit PLAN_FRACTION of what is left (none: finish
+    now): the epoch that showed the slowdown may not have been slow all through, and there is no
+    second shortening."""
     if done >= plan.epochs or plan.seconds(done, slowdown) <= seconds_left:
         return None  # at the end, only the finish is left: nothing to shorten
-    keep = done
+    keep, budget = done, PLAN_FRACTION * seconds_left
     for epochs in range(plan.epochs - 1, done, -1):
-        if _resampled(plan, done, epochs).seconds(done, slowdown) <= seconds_left:
+        if _resampled(plan, done, epochs).seconds(done, slowdown) <= budget:
             keep = epochs
             break
     return _resampled(plan, done, keep)
