@@ -224,7 +224,8 @@ def test_a_machine_that_slows_down_shortens_the_rest_once(tmp_path, capsys):
     assert saved["after_epoch"] == 2 and saved["epochs"] == kept
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["plan"]["shortened"]["epochs"] == kept
-    assert "the rest of the run shortened once" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "the rest of the run shortened once" in report and "run time, limit 120 s" in report
     assert describe_run(out)["epochs_planned"] == kept  # `resnetlab runs`: kept of kept, not of 13
     # the learning rate decays to the shortened end, not the planned one
     rows = (out / "metrics.csv").read_text().splitlines()

@@ -186,6 +186,12 @@ def _summary_section(run: dict) -> str:
         card("final train acc", fmt(s.get("train_acc")))
         card("epochs", f"{s.get('epochs')}")
         card("training time", f"{s.get('train_seconds', 0):.1f} s")
+        limit = s.get("time_limit")
+        if isinstance(limit, dict):  # --time-limit: the plan's estimate against the time taken
+            card(
+                f"run time, limit {limit.get('limit_seconds', 0):.0f} s",
+                f"{limit.get('actual_seconds', 0):.0f} s (planned {limit.get('planned_seconds', 0):.0f} s)",
+            )
     elif metrics:
         last = metrics[-1]
         if "test_acc" in last:
