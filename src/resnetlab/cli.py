@@ -8,6 +8,7 @@ and its exit status (2 for bad usage, 1 for a failed run); Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -253,7 +254,12 @@ def _cmd_train(args) -> int:
         batch = None
         if not args.resume:
             batch = configuration().batch_size
-        return launch_local(args.nproc, _without_nproc(args.argv[1:]), batch_size=batch)
+        # the processes torchrun starts count --time-limit from this command's start
+        os.environ[STARTED_ENV] = str(time.time() - _seconds_since_start(args))
+        try:
+            return launch_local(args.nproc, _without_nproc(args.argv[1:]), batch_size=batch)
+        finally:
+            del os.environ[STARTED_ENV]
     if overrides.get("tensorboard"):  # the missing extra is one line before anything starts
         from resnetlab.report.tensorboard import require_tensorboard
 
@@ -1077,9 +1083,15 @@ def _say_line(text: str) -> None:
     sys.stderr.flush()
 
 
+STARTED_ENV = "RESNETLAB_STARTED_AT"  # `train --nproc`: when the command started (time.time())
+
+
 def _seconds_since_start(args) -> float:
     """What --time-limit has spent before training: since the process started (imports
-    included) when `main` is the command line, else since `main` was called (a test, a caller)."""
+    included) when `main` is the command line, else since `main` was called (a test, a caller);
+    in a process `train --nproc` started, since that command started."""
+    with contextlib.suppress(KeyError, ValueError):  # absent, or not a number: not ours
+        return max(0.0, time.time() - float(os.environ[STARTED_ENV]))
     if getattr(args, "started", None) is not None:
         return time.perf_counter() - args.started
     from resnetlab.train.timing import process_age
