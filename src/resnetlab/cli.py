@@ -8,9 +8,11 @@ and its exit status (2 for bad usage, 1 for a failed run); Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import time
 
 from resnetlab.errors import Interrupted, ResnetlabError, UsageError, plural
 from resnetlab.version import __version__
@@ -226,6 +228,7 @@ def _cmd_train(args) -> int:
     from resnetlab.distributed.launch import launch_local
     from resnetlab.train import TrainConfig, make_config, train
     from resnetlab.train.config import read_config_file
+    from resnetlab.train.timing import Timekeeper
     from resnetlab.train.trainer import refuse_with_resume
 
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
@@ -234,6 +237,8 @@ def _cmd_train(args) -> int:
 
     def configuration() -> TrainConfig:
         base = read_config_file(args.config) if args.config else None
+        if base is not None and "time_limit" in unset:  # --time-limit none: the saved one is gone
+            base = dict(base, time_limit=None)
         given = {k: v for k, v in overrides.items() if k not in unset}
         return dataclasses.replace(make_config(args.preset, base=base, **given), **unset)
 
@@ -249,7 +254,12 @@ def _cmd_train(args) -> int:
         batch = None
         if not args.resume:
             batch = configuration().batch_size
-        return launch_local(args.nproc, _without_nproc(args.argv[1:]), batch_size=batch)
+        # the processes torchrun starts count --time-limit from this command's start
+        os.environ[STARTED_ENV] = str(time.time() - _seconds_since_start(args))
+        try:
+            return launch_local(args.nproc, _without_nproc(args.argv[1:]), batch_size=batch)
+        finally:
+            del os.environ[STARTED_ENV]
     if overrides.get("tensorboard"):  # the missing extra is one line before anything starts
         from resnetlab.report.tensorboard import require_tensorboard
 
@@ -260,10 +270,18 @@ def _cmd_train(args) -> int:
                 k for k in (*overrides, "preset", "config", "out") if getattr(args, k) is not None
             ]
             refuse_with_resume(["--" + k.replace("_", "-") for k in given])
-            summary = train(resume=args.resume, json_output=args.json)
+            summary = train(
+                resume=args.resume,
+                json_output=args.json,
+                timekeeper=Timekeeper(startup=_seconds_since_start(args)),
+            )
         else:
             summary = train(
-                configuration(), out=args.out, overwrite=args.overwrite, json_output=args.json
+                configuration(),
+                out=args.out,
+                overwrite=args.overwrite,
+                json_output=args.json,
+                timekeeper=Timekeeper(startup=_seconds_since_start(args)),
             )
     except ResnetlabError as e:
         report = error_to_report(
@@ -1145,11 +1163,29 @@ def _say_line(text: str) -> None:
     sys.stderr.flush()
 
 
+STARTED_ENV = "RESNETLAB_STARTED_AT"  # `train --nproc`: when the command started (time.time())
+
+
+def _seconds_since_start(args) -> float:
+    """What --time-limit has spent before training: since the process started (imports
+    included) when `main` is the command line, else since `main` was called (a test, a caller);
+    in a process `train --nproc` started, since that command started."""
+    with contextlib.suppress(KeyError, ValueError):  # absent, or not a number: not ours
+        return max(0.0, time.time() - float(os.environ[STARTED_ENV]))
+    if getattr(args, "started", None) is not None:
+        return time.perf_counter() - args.started
+    from resnetlab.train.timing import process_age
+
+    return process_age()
+
+
 def main(argv: list[str] | None = None) -> int:
+    started, command_line = time.perf_counter(), argv is None
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv  # as typed: `train --nproc` hands these on to torchrun
+    args.started = None if command_line else started  # see _seconds_since_start
     try:
         return int(args.func(args) or 0)
     except Interrupted as e:  # a stop the user asked for, not an error

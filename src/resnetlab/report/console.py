@@ -74,6 +74,10 @@ class Console(Observer):
         self.say(", ".join(parts))
         self.epoch_started = time.perf_counter()
 
+    def on_replan(self, event: dict) -> None:
+        self.epochs = event["epochs"]
+        self.say(event["line"])
+
     def on_finish(self, summary: dict, final: dict, test_set) -> None:
         """The textbook's two closing lines, with the run's figures, then the kept weights'.
         Accuracies have 4 decimals everywhere, so that figures side by side compare."""

@@ -14,7 +14,15 @@ from pathlib import Path
 from resnetlab.fileio import write_text
 
 EVENTS_FILE = "events.jsonl"
-EVENT_KINDS = ("start", "resume", "capture_fallback", "interrupt", "failed", "finish")
+EVENT_KINDS = (
+    "start",
+    "resume",
+    "capture_fallback",
+    "plan_shortened",
+    "interrupt",
+    "failed",
+    "finish",
+)
 
 
 def now_iso() -> str:

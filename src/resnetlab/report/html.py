@@ -191,6 +191,12 @@ def _summary_section(run: dict) -> str:
         card("final train acc", fmt(s.get("train_acc")))
         card("epochs", f"{s.get('epochs')}")
         card("training time", f"{s.get('train_seconds', 0):.1f} s")
+        limit = s.get("time_limit")
+        if isinstance(limit, dict):  # --time-limit: the plan's estimate against the time taken
+            card(
+                f"run time, limit {limit.get('limit_seconds', 0):.0f} s",
+                f"{limit.get('actual_seconds', 0):.0f} s (planned {limit.get('planned_seconds', 0):.0f} s)",
+            )
     elif metrics:
         last = metrics[-1]
         if "test_acc" in last:
@@ -237,6 +243,10 @@ def _environment_section(run: dict) -> str:
         if key in c:
             value = f"{c[key]:,}" if key == "params" else fmt(c[key])
             rows.append([esc(label), esc(value)])
+    if isinstance(c.get("plan"), dict):  # --time-limit's plan, and its shortening if any
+        rows.append([esc("time limit plan"), esc(c["plan"].get("line", ""))])
+        if isinstance(c["plan"].get("shortened"), dict):
+            rows.append([esc("plan shortened"), esc(c["plan"]["shortened"].get("line", ""))])
     if isinstance(c.get("probe"), dict):  # the timed probe that chose precision and layout
         rows.append([esc("precision and layout, measured"), esc(c["probe"].get("line", ""))])
     return _section(
@@ -468,6 +478,8 @@ def describe_event(e: dict) -> str:
             if step
             else f"interrupted after epoch {e.get('epoch')}"
         )
+    if kind == "plan_shortened":
+        return e.get("line", "the time plan was shortened")
     if kind == "capture_fallback":
         return f"{e.get('reason', 'capturing failed')}: running op by op from then on"
     if kind == "failed":

@@ -22,6 +22,10 @@ class Observer:
     def on_fallback(self, reason: str) -> None:
         """Capture chosen by default failed (`reason`): the run goes on op by op (train/graphs.py)."""
 
+    def on_replan(self, event: dict) -> None:
+        """Under --time-limit, the machine ran slower than planned: the rest of the run was
+        shortened to `event["epochs"]` epochs (`event["line"]` says how; train/timing.py)."""
+
     def on_interrupt(self, state) -> None:
         """The run stops early (Ctrl-C): `state` is what resumes it."""
 

@@ -45,6 +45,10 @@ class RunReport(Observer):
         if self.enabled:
             record_event(self.run.path, "capture_fallback", reason=reason)
 
+    def on_replan(self, event: dict) -> None:
+        if self.enabled:  # --time-limit: the machine slowed down, the rest of the run was shortened
+            record_event(self.run.path, "plan_shortened", **event)
+
     def on_interrupt(self, state) -> None:
         if self.enabled:
             record_event(

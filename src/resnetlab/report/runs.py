@@ -63,6 +63,13 @@ def run_state(folder: str | Path, events: list[dict] | None = None) -> str:
     return "unfinished"
 
 
+def _epochs_planned(config: dict) -> int | None:
+    """The configuration's epochs, or those of a --time-limit plan shortened during the run."""
+    plan = config.get("plan")
+    cut = plan.get("shortened") if isinstance(plan, dict) else None
+    return cut.get("epochs") if isinstance(cut, dict) else config.get("config", {}).get("epochs")
+
+
 def epochs_done(folder: Path) -> int:
     try:
         with open(folder / "metrics.csv", newline="", encoding="utf-8") as f:
@@ -91,7 +98,7 @@ def describe_run(folder: str | Path) -> dict:
         "data": cfg.get("data"),
         "preset": cfg.get("preset"),
         "epochs": summary.get("epochs", epochs_done(folder)),
-        "epochs_planned": cfg.get("epochs"),
+        "epochs_planned": _epochs_planned(config),
         "kept_test_acc": summary.get("kept_test_acc"),
         "test_evaluated": has_test_figures(summary) if summary else None,
         "kept_weights": summary.get("kept_weights"),

@@ -113,6 +113,8 @@ def make_plan(space, trials, *, out, preset, config, fixed, storage, study, **op
     if both:
         raise UsageError(f"{both[0]} is both searched (--space) and fixed; drop one of them")
     base = _base_config(preset, config, fixed)
+    if "epochs" in specs and base.time_limit is not None:  # each trial's budget plans its epochs
+        raise UsageError("--time-limit plans each trial's epochs; drop epochs from --space")
     if opts["sampler"] == "grid":
         size = 1
         for p in specs.values():

@@ -54,6 +54,8 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
     for key in ("config", "model", "optimizer", "state", "rng"):
         if not isinstance(ckpt.get(key), dict):
             return f"its {key!r} is {type(ckpt.get(key)).__name__}, not a dict"
+    if "plan" in ckpt and not isinstance(ckpt["plan"], dict):
+        return f"its time plan is {type(ckpt['plan']).__name__}, not a dict"
     if not ckpt["model"] or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
         return "its model holds no tensors, or other things"
     average = ckpt.get("average")
@@ -159,7 +161,14 @@ def check_resume_world_size(saved: int, info: DistInfo, run, *, elastic: bool = 
 
 
 def make_checkpoint(
-    cfg, model, optimizer, state: TrainState, world_size: int, average=None, policy=None
+    cfg,
+    model,
+    optimizer,
+    state: TrainState,
+    world_size: int,
+    average=None,
+    policy=None,
+    plan=None,
 ) -> dict:
     """What checkpoint.pt holds after `state`: the configuration (a dict), the weights, the
     optimizer, the state, the random-number state, the process count, with --ema the average
@@ -179,6 +188,8 @@ def make_checkpoint(
         checkpoint["average_updates"] = int(average.updates)  # once per epoch: a host read is fine
     if policy is not None:
         checkpoint["policy"] = policy
+    if plan is not None:  # --time-limit's plan (train/timing.py): a resume keeps what was left
+        checkpoint["plan"] = plan
     return checkpoint
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from resnetlab.errors import UsageError
 from resnetlab.inference import TTA_MODES  # torch-free: the CLI's flags read it at start-up
+from resnetlab.train.plan import parse_duration, resize_schedule
 
 
 def setting(default, help: str, choices: tuple[str, ...] | None = None):
@@ -154,6 +155,13 @@ class TrainConfig:
     subset: int | None = setting(None, "use a seeded random subset of N examples of each split")
     # optimisation
     epochs: int = setting(10, "passes over the training set")
+    time_limit: str | None = setting(
+        None,
+        "fit the whole run (training, evaluations, final test, report) in this time, e.g. 10m, "
+        "90s, 1h30m: step times measured at the start choose the epochs and the resize schedule, "
+        "and the rest is shortened once if the machine slows down (train/plan.py; not with "
+        "--epochs)",
+    )
     batch_size: int = setting(256, "the global batch, split across processes")
     lr: float = setting(0.1, "the (peak) learning rate")
     optimizer: str = setting("sgd", "optimizer", choices=("sgd", "adamw"))
@@ -262,6 +270,8 @@ class TrainConfig:
                 f"--progressive-resize must be between 1 and {MAX_RESIZE} pixels (0: off), "
                 f"got {self.progressive_resize}"
             )
+        if self.time_limit is not None:
+            parse_duration(self.time_limit)
         if not -(2**63) <= self.seed < 2**63:  # torch seeds are 64-bit
             raise UsageError(f"--seed must fit in 64 bits, got {self.seed}")
         if not self.final_test and self.epoch_test:
@@ -324,9 +334,7 @@ class TrainConfig:
         `progressive_until` * (epochs - 1) (counted from 0) and kept after it."""
         if not self.progressive_resize:
             return None
-        ramp = max(1, round(self.progressive_until * (self.epochs - 1)))
-        start = self.progressive_resize
-        return [round(start + (full - start) * min(e, ramp) / ramp) for e in range(self.epochs)]
+        return resize_schedule(self.progressive_resize, full, self.progressive_until, self.epochs)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

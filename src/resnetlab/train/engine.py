@@ -56,6 +56,24 @@ class Schedule:
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
 
 
+@dataclass(frozen=True)
+class Compressed:
+    """`schedule` as planned over `planned_total` steps, with its rest after step `at` compressed
+    into the steps left of a shortened run (--time-limit, train/timing.py): the rate goes on from
+    where it was at `at` and ends where the plan's would have (onecycle: zero), through the same
+    shape. Pure, as Schedule: a resume rebuilds it from the three numbers."""
+
+    schedule: Schedule
+    at: int
+    planned_total: int
+
+    def __call__(self, step: int, total_steps: int) -> float:
+        if step < self.at:
+            return self.schedule(step, self.planned_total)
+        scale = (self.planned_total - self.at) / max(1, total_steps - self.at)
+        return self.schedule(self.at + (step - self.at) * scale, self.planned_total)
+
+
 class StopFlag:
     """First Ctrl-C asks the loop to stop after the current step; a second one stops at once."""
 
@@ -105,18 +123,22 @@ def fit(
     evaluator,
     loaders: Loaders,
     state: TrainState,
-    schedule: Schedule,
+    schedule: Schedule | Compressed,
     epochs: int,
     dist: DistInfo = DistInfo(),
     observers: list[Observer] = (),
+    pace=None,
 ) -> TrainState:
     """Train from `state` to `epochs`. `step(x, y, lr)` takes one training step on `step.model`
     (an EagerStep, or a CapturedStep from train/graphs.py) and keeps the epoch's running sums;
     `evaluator(loader)` measures the weights evaluated (with --ema the step's average) after each
-    epoch, on `loaders.val` and `loaders.test` when present."""
+    epoch, on `loaders.val` and `loaders.test` when present. `pace(state)`, under a time limit
+    (train/timing.py), is asked after each epoch, before the observers save it, whether the run
+    still fits: None, or a shorter plan whose schedule and epochs the loop goes on with."""
     total_steps = len(loaders.train) * epochs
+    epoch = state.epoch
     with StopFlag() as stop:
-        for epoch in range(state.epoch, epochs):
+        while epoch < epochs:
             started = time.perf_counter()
             _train_epoch(
                 step, loaders.train, state, schedule, total_steps, epoch, stop, dist, observers
@@ -124,9 +146,17 @@ def fit(
             row, is_best = _end_epoch(
                 step, evaluator, loaders, state, schedule, total_steps, dist, observers, started
             )
+            # asked before the observers save the epoch: its checkpoint holds a shortened plan
+            change = pace(state) if pace is not None else None
             for observer in observers:
                 observer.on_epoch_end(state, row, is_best)
-            if any_rank(stop.requested, dist, step.sums.device) and epoch + 1 < epochs:
+            if change is not None:
+                schedule, epochs = change.schedule, change.epochs
+                total_steps = len(loaders.train) * epochs
+                for observer in observers:
+                    observer.on_replan(change.event)
+            epoch += 1
+            if any_rank(stop.requested, dist, step.sums.device) and epoch < epochs:
                 for observer in observers:
                     observer.on_interrupt(state)
                 raise shared(Interrupted(f"interrupted {position(state)}"))

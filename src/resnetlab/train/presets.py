@@ -200,6 +200,10 @@ def make_config(preset: str | None = None, *, base: dict | None = None, **overri
         # a preset's (or saved config's) evaluation sizes were chosen for its own training size
         settings.update({k: None for k in ("eval_resize", "eval_crop") if k not in given})
     settings.update(given)
+    if settings.get("time_limit") is not None and "epochs" in given:
+        raise UsageError(
+            "--time-limit plans the epochs to fit the time; drop --epochs or --time-limit"
+        )
     if preset == "imagenet" and all(
         isinstance(settings[k], int) and settings[k] > 0 for k in ("batch_size", "epochs")
     ):

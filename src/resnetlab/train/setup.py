@@ -102,6 +102,7 @@ class Parts:
     )  # the kept weights' test figure: evaluator, with --tta's views
     state: TrainState  # where training stands: fresh, or the checkpoint's
     meta: dict  # saved with the weights: what rebuilds the model and prepares its input
+    plan: dict | None = None  # --time-limit's plan (train/timing.py), kept in config.json
 
     @property
     def classes(self) -> list[str]:
@@ -125,6 +126,7 @@ class Parts:
             "amp": self.amp,
             "channels_last": self.channels_last,
             **({"probe": self.probe} if self.probe else {}),
+            **({"plan": self.plan} if self.plan else {}),
             "capture": self.capture and not self.fell_back,
             **({"capture_fallback": self.capture_fallback.reason} if self.fell_back else {}),
             # the split used: under --subset, config's val_split may have shrunk to fit
@@ -335,10 +337,13 @@ def build(
     checkpoint: dict | None = None,
     foreach: bool = True,
     say: Callable[[str], None] | None = None,
+    planner: Callable | None = None,
 ) -> Parts:
     """Device policy, data (`splits`, or loaded as `cfg` says), model, optimizer and loaders for
     `cfg` on this process; restored from `checkpoint` when given. `foreach=False` takes the
-    optimizer's per-tensor step (a bench ablation); `say` hears notes worth printing."""
+    optimizer's per-tensor step (a bench ablation); `say` hears notes worth printing. `planner`
+    (the trainer's, train/timing.py) turns a new run's --time-limit into planned settings once
+    the data and the precision are known, before anything is built from them."""
     check_streamed(cfg, say)
     check_eval_sizes(cfg, say)
     device, capture = _device_policy(cfg, dist)
@@ -346,6 +351,9 @@ def build(
         splits = load_process_splits(cfg, dist, say)
     policy = _precision_and_layout(cfg, dist, device, splits, checkpoint, say)
     amp, channels_last = policy.amp, policy.channels_last
+    plan = None
+    if planner is not None and cfg.time_limit is not None and checkpoint is None:
+        cfg, plan = planner(cfg, dist, device, splits, policy, say)
     check_same_setup(
         dist,
         describe_setup(
@@ -396,6 +404,7 @@ def build(
         final_evaluator=final_evaluator,
         state=state,
         meta=weights_metadata(cfg, splits, norm),
+        plan=plan,
     )
 
 

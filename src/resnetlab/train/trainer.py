@@ -9,6 +9,7 @@ This is what `resnetlab train` calls; Python users call it the same way:
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from resnetlab.train.config import TrainConfig
 from resnetlab.train.engine import Schedule, TrainState, fit, position
 from resnetlab.train.run import RunDir, default_run_path
 from resnetlab.train.setup import Parts, build
+from resnetlab.train.timing import Pacer, Timekeeper, current_plan, plan_for_time, time_summary
 from resnetlab.weights import load_weights
 
 NAMED = 20  # unreadable images named in summary.json (all are counted)
@@ -58,11 +60,15 @@ def train(
     json_output: bool = False,
     verbose: bool = True,
     observers: Sequence[Observer] = (),
+    timekeeper: Timekeeper | None = None,
 ) -> dict:
     """Train as `cfg` says (or continue the run in `resume`); returns the summary dict.
     `observers` hear the loop too (report/observer.py), each after the epoch is saved; what one
-    raises stops the run there (a sweep prunes a trial this way)."""
-    started = time.perf_counter()
+    raises stops the run there (a sweep prunes a trial this way). `timekeeper`: the clock of the
+    run's wall time and of --time-limit, with what the process spent before this call
+    (train/timing.py; default: time.perf_counter, nothing before)."""
+    timekeeper = timekeeper or Timekeeper()
+    started = timekeeper.now()
     cfg, checkpoint = _configuration(cfg, resume)
     dist = init_from_env(cfg.device)
     # a lost peer becomes one clear error; the process group is left and the run folder unlocked at the end
@@ -83,7 +89,16 @@ def train(
                 "batch-norm statistics are taken over each process's share, so the figures "
                 "differ slightly from an unchanged count"
             )
-        parts = build(cfg, dist, checkpoint=checkpoint, say=console.say)
+        planner = functools.partial(
+            plan_for_time,
+            timekeeper=timekeeper,
+            spent=lambda: timekeeper.startup + timekeeper.now() - started,
+        )
+        parts = build(cfg, dist, checkpoint=checkpoint, say=console.say, planner=planner)
+        if checkpoint is not None and checkpoint.get("plan"):
+            parts.plan = checkpoint["plan"]  # what the first run left: its limit less time used
+            parts.plan["startup_seconds"] += round(timekeeper.startup, 3)
+        console.epochs = current_plan(parts.plan).epochs if parts.plan else parts.cfg.epochs
         run = (
             RunDir.open(resume, enabled=dist.is_main)
             if checkpoint is not None
@@ -92,7 +107,9 @@ def train(
             )
         )
         try:
-            return _train(parts, run, console, list(observers), started=started)
+            return _train(
+                parts, run, console, list(observers), started=started, timekeeper=timekeeper
+            )
         except (
             WriteError
         ) as e:  # no space, a read-only or removed folder: the files there are intact
@@ -134,7 +151,8 @@ def _configuration(cfg: TrainConfig | None, resume) -> tuple[TrainConfig, dict |
         raise
     saved = TrainConfig.from_dict(checkpoint["config"])
     refuse_with_resume(["cfg"] if cfg is not None and cfg.to_dict() != saved.to_dict() else [])
-    _refuse_finished(Path(resume), saved, checkpoint["state"].get("epoch", 0))
+    epochs = current_plan(checkpoint["plan"]).epochs if checkpoint.get("plan") else saved.epochs
+    _refuse_finished(Path(resume), saved, epochs, checkpoint["state"].get("epoch", 0))
     return saved, checkpoint
 
 
@@ -149,11 +167,11 @@ def _finished(folder: Path) -> bool:
     return since == ["finish"]
 
 
-def _refuse_finished(resume: Path, cfg: TrainConfig, epoch: int) -> None:
-    """A finished run (every epoch done, its finishing work too) has nothing to continue: resuming it
-    would redo its finishing work. Refused before anything is written."""
+def _refuse_finished(resume: Path, cfg: TrainConfig, epochs: int, epoch: int) -> None:
+    """A finished run (all its `epochs` done, its finishing work too) has nothing to continue:
+    resuming it would redo its finishing work. Refused before anything is written."""
     folder = resume if resume.is_dir() else resume.parent
-    if epoch < cfg.epochs or not _finished(folder):
+    if epoch < epochs or not _finished(folder):
         return
     kept = "best.safetensors" if (folder / "best.safetensors").exists() else "model.safetensors"
     init = " --init default" if cfg.init == "whiten" else ""
@@ -165,11 +183,17 @@ def _refuse_finished(resume: Path, cfg: TrainConfig, epoch: int) -> None:
 
 
 def _train(
-    parts: Parts, run: RunDir, console: Console, extra: list[Observer], *, started: float
+    parts: Parts,
+    run: RunDir,
+    console: Console,
+    extra: list[Observer],
+    *,
+    started: float,
+    timekeeper: Timekeeper,
 ) -> dict:
     """The parts, the loop and the run folder, wired: one list of observers hears the loop."""
     cfg = parts.cfg
-    saver = Saver(parts, run, started=started)
+    saver = Saver(parts, run, started=started, clock=timekeeper.now)
     # before any file: a missing tensorboard extra stops every process here
     tensorboard = (
         [TensorBoard(run.path, cfg.to_dict(), resumed=_resumed(parts.state), enabled=run.enabled)]
@@ -184,16 +208,33 @@ def _train(
         parts.capture_fallback.listeners.append(
             lambda reason: _fell_back(parts, run, console, observers, reason)
         )
+    schedule, epochs, pacer = Schedule(cfg.schedule, cfg.lr, cfg.warmup), cfg.epochs, None
+    if parts.plan is not None:  # --time-limit: the plan (perhaps shortened), checked each epoch
+        pacer = Pacer(
+            parts.plan,
+            schedule,
+            parts.loaders.train,
+            timekeeper,
+            used=lambda: parts.plan["startup_seconds"] + saver.wall_seconds(),
+            dist=parts.dist,
+        )
+        schedule, epochs = pacer.schedule(), pacer.epochs
+        change = pacer(parts.state, starting=True) if _resumed(parts.state) else None
+        if change is not None:  # a resume with less time left than the rest of the plan takes
+            schedule, epochs = change.schedule, change.epochs
+            for observer in observers:
+                observer.on_replan(change.event)
     try:
         fit(
             parts.step,
             parts.evaluator,
             parts.loaders if cfg.epoch_test else parts.loaders._replace(test=None),
             parts.state,
-            Schedule(cfg.schedule, cfg.lr, cfg.warmup),
-            cfg.epochs,
+            schedule,
+            epochs,
             parts.dist,
             observers,
+            pace=pacer,
         )
         summary = finish(parts, run, saver, console.say)
     except Interrupted as e:
@@ -211,6 +252,9 @@ def _train(
         raise
     for observer in observers:
         observer.on_finish(summary, saver.final, parts.splits.test)
+    if parts.plan is not None:  # the plan's estimate ends with report.html: so does its measure
+        summary["time_limit"] = time_summary(parts.plan, saver.wall_seconds(), parts.state.epoch)
+        run.write_summary(summary)
     console.say(f"run folder: {run.path}")
     return summary
 
@@ -258,8 +302,10 @@ class Saver(Observer):
     at every epoch end, a checkpoint when interrupted (writes happen on rank 0: the folder's
     `enabled`). It keeps the test evaluations of the epochs whose weights may be kept."""
 
-    def __init__(self, parts: Parts, run: RunDir, *, started: float) -> None:
-        self.parts, self.run = parts, run
+    def __init__(
+        self, parts: Parts, run: RunDir, *, started: float, clock=time.perf_counter
+    ) -> None:
+        self.parts, self.run, self.clock = parts, run, clock
         # the run's wall time: the earlier processes' (from the checkpoint), then this one's
         self.earlier_seconds, self.started = parts.state.wall_seconds, started
         self.test_results: dict[int, dict] = {}  # epoch -> its test evaluation, run here
@@ -267,7 +313,7 @@ class Saver(Observer):
 
     def wall_seconds(self) -> float:
         """Wall time of the whole run so far: every process's, each from its start."""
-        return self.earlier_seconds + time.perf_counter() - self.started
+        return self.earlier_seconds + self.clock() - self.started
 
     def checkpoint(self, state: TrainState) -> dict:
         p = self.parts
@@ -280,6 +326,7 @@ class Saver(Observer):
             p.dist.world_size,
             average=p.average,
             policy={"amp": p.amp, "channels_last": p.channels_last},
+            plan=p.plan,
         )
 
     def on_evaluate(self, epoch: int, split: str, result: dict) -> None:
@@ -301,6 +348,9 @@ class Saver(Observer):
 
     def on_interrupt(self, state: TrainState) -> None:
         self.run.save_checkpoint(self.checkpoint(state))
+
+    def on_replan(self, event: dict) -> None:
+        self.run.write_config(self.parts.describe())  # its plan now says how it was shortened
 
 
 def _load_best(parts: Parts, run: RunDir) -> None:
@@ -389,6 +439,8 @@ def finish(parts: Parts, run: RunDir, saver: Saver, say) -> dict:
     if parts.dist.is_main:
         _plot(parts, run, summary, final, say)
     summary["total_seconds"] = saver.wall_seconds()  # every process of the run, resumes included
+    if parts.plan is not None:
+        summary["time_limit"] = time_summary(parts.plan, summary["total_seconds"], state.epoch)
     run.write_summary(summary)
     saver.final = final
     return summary
