@@ -423,6 +423,10 @@ def test_animator_saves_a_png_without_a_display(tmp_path):
 
 def test_animator_in_a_notebook_displays_each_update(monkeypatch):
     """In an IPython kernel the figure is displayed and replaced at each add, as d2l does."""
+    # A kernel has pyplot's backend up before any cell draws; pyplot's first backend set-up
+    # would otherwise hook itself into the fake shell below (ip.events.register), and whether it
+    # had already happened depended on which tests ran before this one.
+    d2l.plt.close(d2l.plt.figure())
     shown = []
     display = types.SimpleNamespace(
         display=shown.append, clear_output=lambda wait: shown.append(wait)

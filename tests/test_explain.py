@@ -139,6 +139,58 @@ def test_grad_cam_shape_range_target_and_layer():
     torch.testing.assert_close(by_index, grad_cam(model, x, target=torch.tensor([1, 1, 1])))
 
 
+def reference_grad_cam(model: nn.Module, module: nn.Module, x: torch.Tensor, target: int):
+    """Grad-CAM as the paper defines it, by hooks: the layer's activations A [N, K, h, w] in eval
+    mode, the gradient of each image's `target` score wrt A, channel weights = its spatial mean,
+    ReLU of the weighted sum, bilinear upsampling to the image, scaled to a peak of 1."""
+    seen = []
+    handle = module.register_forward_hook(lambda m, i, o: seen.append(o))
+    model.eval()
+    logits = model(x)
+    handle.remove()
+    (activations,) = seen
+    (grads,) = torch.autograd.grad(logits[:, target].sum(), activations)
+    cam = (grads.mean((2, 3), keepdim=True) * activations).sum(1, keepdim=True)
+    cam = nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear").relu()[:, 0]
+    return (cam / cam.flatten(1).amax(1).clamp_min(1e-30)[:, None, None]).detach()
+
+
+def test_grad_cam_explains_the_class_asked_for_not_the_predicted_one():
+    """Each class's map is the paper's Grad-CAM for that class, including classes the net does
+    not predict (a map of the predicted class in their place would differ)."""
+    torch.manual_seed(0)
+    model = create_model("resnet8", in_chans=1, width=4)
+    for m in model.modules():  # non-trivial statistics, so the net's classes disagree
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 1, 20, 20)
+    with torch.no_grad():
+        predicted = model.eval()(x).argmax(1)
+    others = [c for c in range(10) if c not in predicted.tolist()][:3]
+    assert others
+    for target in [*others, int(predicted[0])]:
+        want = reference_grad_cam(model, model.layer3, x, target)
+        torch.testing.assert_close(grad_cam(model, x, target=target), want, atol=1e-5, rtol=1e-4)
+    per_image = [others[0], others[1]]
+    torch.testing.assert_close(
+        grad_cam(model, x, target=per_image),
+        torch.stack(
+            [reference_grad_cam(model, model.layer3, x, t)[i] for i, t in enumerate(per_image)]
+        ),
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    default = torch.stack(
+        [reference_grad_cam(model, model.layer3, x, int(t))[i] for i, t in enumerate(predicted)]
+    )
+    torch.testing.assert_close(grad_cam(model, x), default, atol=1e-5, rtol=1e-4)
+    # and the maps of two classes are not the same map
+    assert not torch.allclose(
+        grad_cam(model, x, target=others[0]), grad_cam(model, x, target=others[1])
+    )
+
+
 # --- Grad-CAM for meaning: the quadrant that carries the class ------------------------------
 
 SIZE, HALF = 32, 16

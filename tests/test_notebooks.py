@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -94,15 +93,15 @@ def kernel_env(monkeypatch):
     monkeypatch.delenv("RESNETLAB_D2L_SUBSET", raising=False)
 
 
-def execute(nb, cwd: Path) -> float:
-    """Runs every cell in a fresh python3 kernel started in `cwd`; returns the seconds taken."""
+def execute(nb, cwd: Path) -> None:
+    """Runs every cell in a fresh python3 kernel started in `cwd`. The time a notebook takes is
+    bounded by the cell timeout alone (nbclient fails the cell past it): a measured time was once
+    printed here and never asserted, and a timed assertion would fail on a busy shared machine."""
     from nbclient import NotebookClient
 
-    started = time.perf_counter()
     NotebookClient(
         nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
     ).execute()
-    return time.perf_counter() - started
 
 
 @needs_kernel
@@ -113,8 +112,7 @@ def test_notebook_runs_in_a_kernel(name, kernel_env, tmp_path):
     import nbformat
 
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    seconds = execute(nb, tmp_path)
-    print(f"{name}: {seconds:.1f} s")
+    execute(nb, tmp_path)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("budget: small" in o.get("text", "") for o in outputs)

@@ -1,4 +1,4 @@
-"""Precision and layout chosen by a timed probe (resnetlab/probe.py, train/probing.py): the
+"""Precision and layout chosen by a timed probe (train/precision.py): the
 cache (cold, then warm: no step the second time), the bound (steps counted on a fake clock),
 explicit settings and resumed runs bypass it, the decision recorded."""
 
@@ -127,17 +127,29 @@ def test_explicit_settings_and_resumed_runs_bypass_the_probe(monkeypatch, tmp_pa
     assert not (tmp_path / "probe.json").exists()
 
 
-def test_a_run_records_the_probes_decision(monkeypatch, tmp_path):
-    """build() probes the run's own model and shape, says it in one line and keeps it for
-    config.json; the next build with the same key reads the cache."""
+@pytest.mark.parametrize("winner", [FP32_CL, FP32_NCHW])
+def test_a_run_records_and_applies_the_probes_decision(monkeypatch, tmp_path, winner):
+    """build() probes the run's own model and shape, says it in one line, keeps it for
+    config.json and builds what it chose: the model's weights and the loaders' batches in that
+    layout. The next build with the same key reads the cache. The steps run on a fake clock that
+    makes `winner` the fastest, so the decision does not depend on this machine's timings."""
+    from functools import partial
+
     from resnetlab.data import Dataset
     from resnetlab.train import setup
 
     monkeypatch.setenv("RESNETLAB_PROBE_CACHE", str(tmp_path / "probe.json"))
-    # room for both layouts on a loaded machine (CI's two test workers once cut the 3 s bound
-    # short); the bound itself is tested above with a fake clock
-    monkeypatch.setattr("resnetlab.train.precision.MAX_SECONDS", 60.0)
-    images = torch.zeros(64, 1, 8, 8, dtype=torch.uint8)
+    loser = FP32_NCHW if winner == FP32_CL else FP32_CL
+    fake = FakeRun({winner: 0.01, loser: 0.02})
+    asked = []
+
+    def fake_probe_step(cfg, shape, num_classes, device):
+        asked.append((cfg.model, tuple(shape), num_classes))
+        return fake.make_step
+
+    monkeypatch.setattr(probing, "probe_step", fake_probe_step)
+    monkeypatch.setattr(probing, "probe", partial(probing.probe, clock=fake.clock))
+    images = torch.zeros(64, 3, 8, 8, dtype=torch.uint8)  # 3 channels: the layouts differ
     ds = Dataset("t", images, torch.arange(64) % 10, [str(i) for i in range(10)])
     splits = setup.Splits(ds, None, ds)
     # 4 steps an epoch x 1,000 epochs (only built here): 2 % of the run leaves room for both layouts
@@ -152,20 +164,34 @@ def test_a_run_records_the_probes_decision(monkeypatch, tmp_path):
         init="default",
         device="cpu",
         amp=False,
+        normalize=False,  # the default dataset's statistics are for one channel
     )
     said = []
     parts = setup.build(cfg, splits=splits, say=said.append)
+    assert asked == [("resnet20", (16, 3, 8, 8), 10)]  # the run's own model and batch shape
+    assert sorted(fake.built, key=str) == sorted([FP32_CL, FP32_NCHW], key=str)
     described = parts.describe()["probe"]
-    assert described["choice"] in ("fp32 channels_last", "fp32 NCHW") and described["complete"]
-    assert set(described["seconds_per_step"]) == {"fp32 channels_last", "fp32 NCHW"}
-    assert parts.channels_last == (described["choice"] == "fp32 channels_last")
+    assert described["choice"] == winner.name and described["complete"]
+    assert described["seconds_per_step"] == pytest.approx({winner.name: 0.01, loser.name: 0.02})
+    assert parts.channels_last == winner.channels_last == parts.describe()["channels_last"]
     assert said == [described["line"]] and said[0].startswith("precision and layout: ")
+    # ... and applied: the weights and the batches are in the layout recorded
+    layout = torch.channels_last if winner.channels_last else torch.contiguous_format
+    convs = [m.weight for m in parts.raw_model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=layout) for w in convs)
+    for loader in (parts.loaders.train, parts.loaders.test):
+        x, _ = next(iter(loader))
+        assert x.shape[1] == 3 and x.is_contiguous(memory_format=layout)
+        assert not x.is_contiguous(
+            memory_format=torch.contiguous_format if winner.channels_last else torch.channels_last
+        )
     assert (tmp_path / "probe.json").exists()
     said.clear()
-    again = setup.build(cfg, splits=splits, say=said.append).describe()["probe"]
-    assert (
-        again["cached"] and again["probe_seconds"] == 0 and again["choice"] == described["choice"]
-    )
+    fake.built.clear()
+    again = setup.build(cfg, splits=splits, say=said.append)
+    described = again.describe()["probe"]
+    assert described["cached"] and described["probe_seconds"] == 0 and fake.built == []
+    assert described["choice"] == winner.name and again.channels_last == winner.channels_last
     assert "from the cache, probe 0 s" in said[0]
 
 

@@ -57,9 +57,10 @@ def _password(url: str) -> str | None:
 
 
 def _assert_no_password(url: str, folders: list[Path], outputs: list[str]) -> None:
+    """The URL's password (it must have one: .ci/postgres sets it), plain or percent-encoded, is
+    in no file of `folders` and in none of `outputs`."""
     password = _password(url)
-    if not password:
-        return
+    assert password, f"{url.split('@')[-1]}: a URL without a password leaves nothing to check"
     forms = {password, quote(password, safe="")}
     for folder in folders:
         for path in folder.rglob("*"):
@@ -135,4 +136,24 @@ def test_killed_worker_fails_its_trial_and_the_study_finishes(storage, tmp_path)
             run = (a if (a / t.user_attrs["run"]).is_dir() else b) / t.user_attrs["run"]
             assert (run / "summary.json").is_file() and (run / "best.safetensors").is_file()
     assert "trial" in out and not (trial / "summary.json").exists()
-    _assert_no_password(storage, [a, b], [out, err])
+    if not storage.startswith("sqlite:"):  # a SQLite file has no password to leak
+        _assert_no_password(storage, [a, b], [out, err])
+
+
+def test_the_password_check_finds_each_form_of_the_password(tmp_path):
+    """_assert_no_password above finds the password written plain or percent-encoded in any file
+    under a folder, or in an output, and refuses a URL without one."""
+    password = "p@ss/w:rd"
+    url = f"postgresql://u:{quote(password, safe='')}@127.0.0.1:5432/db"
+    assert _password(url) == password
+    _assert_no_password(url, [tmp_path], ["clean"])  # nothing there
+    for leaked in (password, quote(password, safe="")):
+        (tmp_path / "deep" / "er").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "deep" / "er" / "log.txt").write_text(f"storage {leaked} here")
+        with pytest.raises(AssertionError, match="password in .*log.txt"):
+            _assert_no_password(url, [tmp_path], [])
+        (tmp_path / "deep" / "er" / "log.txt").unlink()
+        with pytest.raises(AssertionError, match="password in the output"):
+            _assert_no_password(url, [tmp_path], [f"connecting to {leaked}"])
+    with pytest.raises(AssertionError, match="without a password"):
+        _assert_no_password("postgresql://u@127.0.0.1:5432/db", [tmp_path], [])

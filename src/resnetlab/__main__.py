@@ -1,3 +1,4 @@
 from resnetlab.cli import main
+from resnetlab.distributed.group import exit_status
 
-raise SystemExit(main())
+raise SystemExit(exit_status(main()))

@@ -443,9 +443,13 @@ def test_in_memory_commands_name_a_packed_set_for_what_it_is(packed):
         load_dataset(f"shards:{packed}")
 
 
-def test_batches_passed_over_on_resume_are_not_read_and_the_rest_are_unchanged(packed):
+@pytest.mark.parametrize(
+    "augment", [Augment(), Augment(erasing=1.0, flip=True)], ids=["plain", "erasing"]
+)
+def test_batches_passed_over_on_resume_are_not_read_and_the_rest_are_unchanged(packed, augment):
+    """With erasing too: the boxes of a batch after the skipped ones are that batch's own."""
     split = open_shards(packed, True)
-    loader = StreamLoader(split, 8, shuffle=True, size=16, workers=0)
+    loader = StreamLoader(split, 8, shuffle=True, size=16, workers=0, augment=augment)
     whole = batches(loader, 1)
     read = []
     split.read = lambda i, read_bytes=split.read: read.append(i) or read_bytes(i)

@@ -25,6 +25,7 @@ import resnetlab.train.engine as engine
 import resnetlab.train.setup as setup
 import resnetlab.train.trainer as trainer
 from resnetlab.cli import main
+from resnetlab.distributed.group import exit_status
 
 RANK = int(os.environ.get("RANK", "0"))
 
@@ -92,4 +93,4 @@ if os.environ.get("RESNETLAB_TEST_SYNC_EVERY"):
 trainer.fit = _patched_fit(trainer.fit)
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(exit_status(main(sys.argv[1:])))

@@ -467,7 +467,10 @@ def test_a_process_that_dies_stops_the_others(tmp_path):
     assert len(errors) <= 1 and all("process 0 of 2 lost the others" in e for e in errors), text
     start_up, after = faults[0][2] - started, ended - faults[0][2]
     print(f"\nrank 1 died {start_up:.1f} s after launch; the run ended {after:.1f} s later")
-    assert after < min(timeout, start_up + 10), (
+    # The collective timeout (300 s) lies beyond SUBPROCESS_LIMIT_S, so waiting it out fails
+    # the run above; "soon" is this bound, set by the machine's own start-up.
+    assert timeout > SUBPROCESS_LIMIT_S
+    assert after < start_up + 10, (
         f"the run ended {after:.0f} s after rank 1 died (start-up took {start_up:.0f} s)"
     )
 

@@ -117,3 +117,49 @@ def test_failed_processes_leave_no_traceback_and_no_torchelastic_folder(tmp_path
     assert len(lines) == 2 and all(line.startswith("resnetlab: error: ") for line in lines), lines
     assert "Traceback" not in done.stderr
     assert not list(tmp_path.glob("torchelastic_*"))
+
+
+class Exited(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "body, barrier_fails, left_at_once",
+    [("finished", False, True), ("shared error", False, False), ("finished", True, False)],
+)
+def test_only_a_run_every_process_finished_leaves_without_teardown(
+    body, barrier_fails, left_at_once, monkeypatch, tmp_path
+):
+    """exit_status (resnetlab/__main__.py): a process ends at once (os._exit, skipping the
+    teardown where Gloo's threads, kept alive by DDP, aborted finished runs) only when its run
+    finished and the processes left together; an error, or a peer gone before the last
+    barrier, exits as before, after its own line. A one-process Gloo group stands in for the
+    run's (the barrier and destroy_process_group are the real ones)."""
+    import torch.distributed as dist
+
+    from resnetlab.distributed import group
+    from resnetlab.errors import TrainingError
+
+    monkeypatch.setattr(group, "_finished_together", False)
+    monkeypatch.setattr(group.os, "_exit", lambda code: (_ for _ in ()).throw(Exited(code)))
+    ran = []
+    monkeypatch.setattr(group.atexit, "_run_exitfuncs", lambda: ran.append("atexit"))
+    if barrier_fails:
+        monkeypatch.setattr(group, "barrier", lambda: (_ for _ in ()).throw(RuntimeError("gloo")))
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    info = group.DistInfo(rank=0, world_size=2)  # as one of two processes
+    try:
+        with group.session(info):
+            if body == "shared error":
+                raise group.shared(TrainingError("the loss is nan"))
+    except TrainingError:
+        pass
+    assert not dist.is_initialized()  # the group was left either way
+    assert group.exit_status(1) == 1 and group.exit_status(2) == 2  # failures: as they were
+    if left_at_once:
+        with pytest.raises(Exited) as e:
+            group.exit_status(0)
+        assert e.value.args == (0,) and ran == ["atexit"]  # the exit handlers ran first
+    else:
+        assert group.exit_status(0) == 0

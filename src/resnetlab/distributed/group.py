@@ -16,10 +16,12 @@ What keeps N processes in step:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -127,14 +129,37 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+# Set by session() when every process finished the run and left the group together.
+_finished_together = False
+
+
+def exit_status(code: int) -> int:
+    """`code`, for a process to exit with; a torchrun process whose run every process finished
+    (code 0, session() left together) ends here instead, at once, without the interpreter's
+    teardown. DistributedDataParallel keeps Gloo's process group alive past
+    destroy_process_group (a reference held in C++: its worker and transport threads still run
+    after the group is destroyed and every Python reference is gone), and on busy cores one of
+    those threads aborted the process in that teardown ("terminate called without an active
+    exception", exit 134, 1 run in 8 to 12) after the summary was printed. Only a finished run
+    leaves this way: a process whose peer failed exits as before, after its own error line, so
+    that torchrun does not stop the others before they print theirs."""
+    if code != 0 or not _finished_together:
+        return code
+    atexit._run_exitfuncs()  # what the interpreter would run first (workers, temporary files)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 @contextlib.contextmanager
 def session(info: DistInfo) -> Iterator[None]:
     """The body of a multi-process run: a lost or stalled peer becomes one clear TrainingError,
     and the process group is left on the way out."""
-    together = failed_peer = False
+    global _finished_together
+    together = failed_peer = finished = False
     try:
         yield
-        together = True
+        together = finished = True
     except ResnetlabError as e:
         together = getattr(e, "shared", False)
         raise
@@ -151,12 +176,15 @@ def session(info: DistInfo) -> Iterator[None]:
         if (
             info.enabled and dist.is_initialized() and not failed_peer
         ):  # after a failed collective, leaving could block
+            left_together = False
             if together:
                 # Leave together: a Gloo process that exits while another still holds its
                 # connections sometimes aborts in teardown (measured: 3 exits in 20 without this).
                 with contextlib.suppress(RuntimeError, dist.DistError):
                     barrier()
+                    left_together = finished
             shutdown(info)
+            _finished_together = left_together
 
 
 _PEER_FAILURE = re.compile(
