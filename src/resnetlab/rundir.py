@@ -3,9 +3,9 @@ events.jsonl and summary.json read and written here alone (every write atomic, t
 
 Training writes a run folder (train/run.py's RunDir adds the lock, the checkpoint and the
 weights); everything after it reads the folder through this module: report.html, `resnetlab runs`
-and compare, eval, explain, the sweep and the degradation experiment. A file that is missing or
-unreadable reads as empty ({} or []), so a listing or a report of a half-written run still works.
-Nothing here imports torch.
+and compare, eval, explain, the sweep and the degradation experiment. A missing file reads as
+empty ({} or []), and so does a JSON file that is damaged, so a listing or a report of a
+half-written run still works. Nothing here imports torch.
 """
 
 from __future__ import annotations
