@@ -540,7 +540,9 @@ def _cmd_report(args) -> int:
     load_run(args.run)  # not a run folder: one line, exit 2
     if ensure_analysis(args.run, device=args.device):
         print(f"computed mistakes.csv and confusion.csv for {args.run}", file=sys.stderr)
-    if not os.path.exists(os.path.join(args.run, "mistakes_gradcam.png")):  # else: no torch import
+    from resnetlab.rundir import MISTAKES_CAM
+
+    if not os.path.exists(os.path.join(args.run, MISTAKES_CAM)):  # else: no torch import
         from resnetlab.inference.explain import (
             ensure_mistakes_cam,  # the Grad-CAM row, where Captum is
         )

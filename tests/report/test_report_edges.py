@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from resnetlab.report.plots import plot_curves  # noqa: E402
-from resnetlab.train.run import METRIC_COLUMNS  # noqa: E402
+from resnetlab.rundir import METRIC_COLUMNS  # noqa: E402
 
 
 def fake_run(folder: Path, rows: list[dict], summary: dict | None = None, events=()) -> Path:

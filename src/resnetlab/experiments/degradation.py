@@ -18,10 +18,8 @@ ordinary run folder) and writes, under the experiment folder:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import inspect
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from resnetlab.experiments.defaults import DEGRADATION_DEFAULTS, DEGRADATION_REC
 from resnetlab.fileio import write_csv, write_json
 from resnetlab.models import get_model_info, list_models
 from resnetlab.report.plots import have_matplotlib, plot_degradation, plot_gradients
+from resnetlab.rundir import CHECKPOINT_FILE, SUMMARY_FILE, is_run, read_config, read_metrics
 from resnetlab.train import make_config, train
 from resnetlab.train.setup import build
 
@@ -146,19 +145,6 @@ def gradient_norms_at_init(cfg) -> list[tuple[str, float]]:
     ]
 
 
-def _read_metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
-        return [
-            {
-                "epoch": int(row["epoch"]),
-                "train_acc": float(row["train_acc"]),
-                "test_acc": float(row["test_acc"]),
-                "epoch_seconds": float(row["epoch_seconds"]),
-            }
-            for row in csv.DictReader(f)
-        ]
-
-
 def _without_preset(settings: dict | None) -> dict | None:
     """A run's settings less its preset's name (nets made before they were named "degradation"
     were named "quick", with the same settings)."""
@@ -170,9 +156,8 @@ def _train_net(
 ) -> str:
     """Train one net into `run_dir`: reuse a finished run of the same settings, continue an
     interrupted one, refuse to mix with a run of other settings. Returns what it did."""
-    config_file = run_dir / "config.json"
-    if config_file.exists() and not overwrite:
-        saved = json.loads(config_file.read_text(encoding="utf-8")).get("config")
+    if is_run(run_dir) and not overwrite:
+        saved = read_config(run_dir).get("config")
         if (
             saved is not None
         ):  # settings added since the run was made take their defaults (as --resume does)
@@ -182,10 +167,10 @@ def _train_net(
                 f"{run_dir} holds a {cfg.model} run with other settings; "
                 f"pass --overwrite to replace it or choose another --out"
             )
-        if (run_dir / "summary.json").exists():
+        if (run_dir / SUMMARY_FILE).exists():
             say(f"{cfg.model}: reusing the finished run in {run_dir}")
             return "reused"
-        if (run_dir / "checkpoint.pt").exists():
+        if (run_dir / CHECKPOINT_FILE).exists():
             train(resume=run_dir, json_output=json_output, verbose=verbose)
             return "resumed"
     train(cfg, out=run_dir, overwrite=overwrite, json_output=json_output, verbose=verbose)
@@ -256,7 +241,7 @@ def _train_nets(
             json_output=json_output,
             say=say,
         )
-        history = _read_metrics(run_dir)
+        history = read_metrics(run_dir)
         rows.extend(_error_rows(net, history))
         finals.append(_final_row(net, history, run_dir, action))
     return rows, finals

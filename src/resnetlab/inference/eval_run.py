@@ -14,7 +14,6 @@ from resnetlab.inference.evaluation import evaluate
 from resnetlab.inference.loading import load_model, loader_for, open_test_set, shown_images
 from resnetlab.inference.onnx import load_onnx_model
 from resnetlab.inference.tta import with_tta
-from resnetlab.report.html import read_json
 from resnetlab.report.mistakes import (
     MISTAKES_K,
     Mistakes,
@@ -23,6 +22,13 @@ from resnetlab.report.mistakes import (
     write_analysis,
 )
 from resnetlab.report.runs import has_test_figures
+from resnetlab.rundir import (
+    CONFUSION_CSV,
+    MISTAKES_CSV,
+    kept_weights,
+    read_config,
+    read_summary,
+)
 
 PRECISIONS = ("run", "fp32", "bf16")
 EVAL_WORKERS = (
@@ -139,8 +145,7 @@ def _as_the_run(source, dev: torch.device, data: str, precision: str, full_test:
     its test subset and seed, its bf16 and channels_last on the same kind of device, its
     per-process evaluation batch; otherwise fp32, the whole test set, batches of 256."""
     source = Path(source)
-    record = read_json((source if source.is_dir() else source.parent) / "config.json")
-    record = record if isinstance(record, dict) else {}
+    record = read_config(source if source.is_dir() else source.parent)
     cfg = record.get("config") if isinstance(record.get("config"), dict) else {}
     workers = cfg.get("workers", EVAL_WORKERS)  # the run's decoding processes, whatever the data
     workers = workers if isinstance(workers, int) and workers >= 0 else EVAL_WORKERS
@@ -264,17 +269,17 @@ def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int
     them with the kept weights on the run's own test set (its --subset too), with the run's bf16 and
     channels_last settings on the same kind of device. False when not needed."""
     folder = Path(folder)
-    summary = read_json(folder / "summary.json")
-    if not summary or ((folder / "mistakes.csv").exists() and (folder / "confusion.csv").exists()):
+    summary = read_summary(folder)
+    if not summary or ((folder / MISTAKES_CSV).exists() and (folder / CONFUSION_CSV).exists()):
         return False
     if not has_test_figures(summary):  # --no-final-test: its test set stays unseen
         return False
-    kept = folder / summary.get("kept_weights", "model.safetensors")
+    kept = folder / kept_weights(summary)
     if not kept.exists():
         raise UsageError(
             f"{folder} holds no {kept.name}; its weights are gone, so its mistakes cannot be found"
         )
-    record = read_json(folder / "config.json")
+    record = read_config(folder)
     cfg = record["config"]
     dev = resolve_device(device)
     same_kind = (

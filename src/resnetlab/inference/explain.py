@@ -10,7 +10,6 @@ module only wires runs, files and plots to them.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import torch
@@ -21,9 +20,16 @@ from resnetlab.inference.images import in_order, preprocess, read_images
 from resnetlab.inference.loading import load_model, open_test_set, whole_images
 from resnetlab.report.mistakes import read_mistakes_csv
 from resnetlab.report.plots import have_matplotlib, plot_cam_grid
+from resnetlab.rundir import (
+    MISTAKES_CAM,
+    MISTAKES_CSV,
+    SUMMARY_FILE,
+    kept_weights,
+    read_config,
+    read_summary,
+)
 from resnetlab.weights import load_weights
 
-MISTAKES_CAM = "mistakes_gradcam.png"  # the report's Grad-CAM row, in the run folder
 MISTAKES_CAM_K = 8  # the most confident mistakes it shows
 
 
@@ -149,16 +155,15 @@ def ensure_mistakes_cam(folder: str | Path) -> bool:
     without Captum then): draw it from the kept weights and the run's own test set. False when
     not needed or not possible (no Captum, no matplotlib, no mistakes.csv, no weights)."""
     folder = Path(folder)
-    summary_path, csv_path = folder / "summary.json", folder / "mistakes.csv"
+    summary_path, csv_path = folder / SUMMARY_FILE, folder / MISTAKES_CSV
     if (folder / MISTAKES_CAM).exists() or not summary_path.exists() or not csv_path.exists():
         return False
     if not have_captum() or not have_matplotlib():
         return False
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    kept = folder / summary.get("kept_weights", "model.safetensors")
+    kept = folder / kept_weights(read_summary(folder))
     if not kept.exists():
         return False
-    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))["config"]
+    cfg = read_config(folder)["config"]
     _, meta = load_weights(kept)
     test_set = open_test_set(  # a packed set streamed, as eval reads it
         meta, cfg["data"], root=cfg.get("data_dir"), subset=cfg.get("subset"), seed=cfg["seed"]

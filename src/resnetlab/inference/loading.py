@@ -17,6 +17,7 @@ from resnetlab.data.stream import StreamLoader
 from resnetlab.errors import CheckpointError
 from resnetlab.models import create_model
 from resnetlab.models.fuse import fuse_bn
+from resnetlab.rundir import BEST_WEIGHTS, MODEL_WEIGHTS
 from resnetlab.weights import load_weights
 
 
@@ -41,7 +42,7 @@ def resolve_weights(source: str | Path) -> Path:
     """A run folder (its best.safetensors if any, else model.safetensors) or a .safetensors path."""
     source = Path(source)
     if source.is_dir():
-        for name in ("best.safetensors", "model.safetensors"):
+        for name in (BEST_WEIGHTS, MODEL_WEIGHTS):
             if (source / name).exists():
                 return source / name
         raise CheckpointError(

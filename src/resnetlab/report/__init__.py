@@ -6,12 +6,13 @@ a model: it reads run folders and results and draws them (inference/ and train/ 
     console.py     progress bars or one line per epoch, the closing lines
     tensorboard.py --tensorboard: scalars, the configuration, the final images
     run_report.py  events.jsonl, and after the run its plots, mistakes and report.html
-    events.py      events.jsonl: start, resume, interrupt, failed, finish (what happened when)
+    events.py      events.jsonl's names, re-exported from resnetlab.rundir (the run folder's files)
     plots.py       curves and confusion matrix (matplotlib, an optional extra)
     mistakes.py    the test images the kept weights get most confidently wrong (png + csv), per class
     html.py        report.html: everything about one run in one file, images inline
     compare.py     several runs on shared axes, their figures and the settings that differ
     runs.py        the run folders under a folder, newest first, with their state
 
-Every file is written through resnetlab.fileio (atomically), by rank 0 alone.
+Every file is written through resnetlab.fileio (atomically), by rank 0 alone; a run folder's
+files are named, read and written by resnetlab.rundir.
 """

@@ -8,6 +8,7 @@ import time
 from resnetlab.errors import plural
 from resnetlab.report.observer import Observer
 from resnetlab.report.runs import NO_TEST, has_test_figures
+from resnetlab.rundir import MODEL_WEIGHTS
 
 
 class Console(Observer):
@@ -97,7 +98,7 @@ class Console(Observer):
             )
         kept, tta = summary["kept_weights"], summary.get("tta")
         tta_note = f" with {tta} TTA ({summary['kept_test_acc_no_tta']:.4f} without)" if tta else ""
-        if kept != "model.safetensors":
+        if kept != MODEL_WEIGHTS:
             self.say(
                 f"kept {kept} (epoch {summary['best_epoch']}, val acc {summary['best_val_acc']:.4f}): "
                 f"test acc {summary['kept_test_acc']:.4f}{tta_note}"

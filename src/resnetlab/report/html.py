@@ -9,7 +9,6 @@ confusion, per-class, mistakes, events. A section whose files the run lacks says
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import importlib.util
 import json
@@ -17,7 +16,6 @@ from pathlib import Path
 
 from resnetlab.errors import UsageError, plural
 from resnetlab.fileio import write_text
-from resnetlab.report.events import read_events
 from resnetlab.report.mistakes import (
     UNREADABLE_CSV,
     read_confusion_csv,
@@ -25,7 +23,22 @@ from resnetlab.report.mistakes import (
     read_unreadable_csv,
 )
 from resnetlab.report.plots import curve_marks, curves_png, have_matplotlib
-from resnetlab.report.runs import NO_TEST, has_test_figures, is_run, run_state
+from resnetlab.report.runs import NO_TEST, has_test_figures, run_state
+from resnetlab.rundir import (
+    CONFUSION_CSV,
+    CONFUSION_PNG,
+    CURVES_PNG,
+    EPOCH_METRICS,
+    MISTAKES_CAM,
+    MISTAKES_CSV,
+    MISTAKES_PNG,
+    REPORT_FILE,
+    is_run,
+    read_config,
+    read_events,
+    read_metrics,
+    read_summary,
+)
 
 SECTIONS = (
     "summary",
@@ -106,30 +119,6 @@ def table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) 
     return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def read_metrics(folder: Path) -> list[dict]:
-    path = folder / "metrics.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = []
-        for r in csv.DictReader(f):
-            rows.append(
-                {
-                    k: (int(v) if k == "epoch" else float(v))
-                    for k, v in r.items()
-                    if v not in ("", None)
-                }
-            )
-        return rows
-
-
 def load_run(folder: str | Path) -> dict:
     """Everything a report or a comparison reads from a run folder; UsageError if it is not one."""
     folder = Path(folder)
@@ -142,8 +131,8 @@ def load_run(folder: str | Path) -> dict:
     events = read_events(folder)
     return {
         "path": folder,
-        "config": read_json(folder / "config.json"),
-        "summary": read_json(folder / "summary.json"),
+        "config": read_config(folder),
+        "summary": read_summary(folder),
         "metrics": read_metrics(folder),
         "events": events,
         "state": run_state(folder, events),
@@ -288,21 +277,7 @@ def _timings_section(run: dict) -> str:
         ]
         parts.append(table(["", ""], [[esc(a), esc(b)] for a, b in rows], numeric={1}))
     if metrics:
-        keys = [
-            k
-            for k in (
-                "train_loss",
-                "train_acc",
-                "val_loss",
-                "val_acc",
-                "test_loss",
-                "test_acc",
-                "lr",
-                "examples_per_sec",
-                "epoch_seconds",
-            )
-            if k in metrics[0]
-        ]
+        keys = [k for k in EPOCH_METRICS if k in metrics[0]]
         rows = [
             [str(r["epoch"])]
             + [
@@ -321,9 +296,9 @@ def _timings_section(run: dict) -> str:
 
 def _curves_section(run: dict) -> str:
     """curves.png, or for a run that has not finished the curves drawn now from metrics.csv."""
-    if (run["path"] / "curves.png").exists() or not run["metrics"]:
+    if (run["path"] / CURVES_PNG).exists() or not run["metrics"]:
         return _image_section(
-            run, "curves", "Curves", "curves.png", "no epoch completed yet: no curves"
+            run, "curves", "Curves", CURVES_PNG, "no epoch completed yet: no curves"
         )
     if not have_matplotlib():
         return _section(
@@ -357,7 +332,7 @@ def _untested(run: dict) -> bool:
 
 
 def _per_class_section(run: dict) -> str:
-    path = run["path"] / "confusion.csv"
+    path = run["path"] / CONFUSION_CSV
     if not path.exists() and _untested(run):
         return _section("per-class", "Per-class accuracy", _missing(NO_TEST))
     if not path.exists():
@@ -401,18 +376,18 @@ def _per_class_section(run: dict) -> str:
 
 def _mistakes_section(run: dict) -> str:
     folder = run["path"]
-    if not (folder / "mistakes.csv").exists() and _untested(run):
+    if not (folder / MISTAKES_CSV).exists() and _untested(run):
         return _section("mistakes", "Most confident mistakes", _missing(NO_TEST))
-    if not (folder / "mistakes.csv").exists():
+    if not (folder / MISTAKES_CSV).exists():
         return _section(
             "mistakes",
             "Most confident mistakes",
             _missing("mistakes.csv is missing: the run did not finish, or predates it"),
         )
-    items = read_mistakes_csv(folder / "mistakes.csv")
+    items = read_mistakes_csv(folder / MISTAKES_CSV)
     parts = [
-        img_tag(folder / "mistakes.png", "mistakes grid")
-        if (folder / "mistakes.png").exists()
+        img_tag(folder / MISTAKES_PNG, "mistakes grid")
+        if (folder / MISTAKES_PNG).exists()
         else _missing("mistakes.png is missing (matplotlib is not installed)")
     ]
     parts.append(_gradcam_row(folder))
@@ -444,7 +419,7 @@ def _mistakes_section(run: dict) -> str:
 
 def _gradcam_row(folder: Path) -> str:
     """mistakes_gradcam.png (resnetlab.inference.explain) or a sentence saying why it is not there."""
-    path = folder / "mistakes_gradcam.png"
+    path = folder / MISTAKES_CAM
     if path.exists():
         return (
             "<p>Grad-CAM of the predicted (wrong) class: where in each image the net found it "
@@ -524,7 +499,7 @@ def build_report(folder: str | Path) -> str:
             run,
             "confusion",
             "Confusion matrix (kept weights, test set)",
-            "confusion.png",
+            CONFUSION_PNG,
             "confusion.png is missing: the run did not finish",
         ),
         _per_class_section(run),
@@ -556,6 +531,6 @@ def build_report(folder: str | Path) -> str:
 def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
     """report.html in the run folder (or `out`); returns its path."""
     page = build_report(folder)
-    path = Path(out) if out is not None else Path(folder) / "report.html"
+    path = Path(out) if out is not None else Path(folder) / REPORT_FILE
     write_text(path, page)
     return path

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from resnetlab.fileio import write_text
 from resnetlab.report.plots import have_matplotlib, new_figure, save_png
+from resnetlab.rundir import CONFUSION_CSV, MISTAKES_CSV, MISTAKES_PNG
 
 if TYPE_CHECKING:  # torch is imported where it is used: reading the CSVs (the report) needs none
     import torch
@@ -220,7 +221,7 @@ def write_analysis(
     """mistakes.csv, confusion.csv, unreadable.csv (when test images could not be read) and (with
     matplotlib) mistakes.png in `folder`; the paths written."""
     folder = Path(folder)
-    written = [folder / "mistakes.csv", folder / "confusion.csv"]
+    written = [folder / MISTAKES_CSV, folder / CONFUSION_CSV]
     write_mistakes_csv(mistakes, written[0])
     write_confusion_csv(mistakes.confusion, mistakes.classes, written[1])
     if mistakes.unreadable:
@@ -229,8 +230,8 @@ def write_analysis(
     elif (folder / UNREADABLE_CSV).exists():  # an earlier evaluation's list, no longer true
         (folder / UNREADABLE_CSV).unlink()
     if have_matplotlib():
-        plot_mistakes(mistakes.items, images, folder / "mistakes.png", title=title)
-        written.append(folder / "mistakes.png")
+        plot_mistakes(mistakes.items, images, folder / MISTAKES_PNG, title=title)
+        written.append(folder / MISTAKES_PNG)
     return written
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from resnetlab.errors import UsageError
 from resnetlab.fileio import write_bytes
+from resnetlab.rundir import BEST_WEIGHTS
 
 if TYPE_CHECKING:  # the figures take tensors; importing this module does not import torch
     import torch
@@ -106,7 +107,7 @@ def curve_marks(summary: dict) -> dict:
     """plot_curves' marks from a run's summary.json: the kept epoch and the final test figure."""
     if not summary:
         return {}
-    if summary.get("kept_weights") == "best.safetensors":
+    if summary.get("kept_weights") == BEST_WEIGHTS:
         kept_epoch = summary.get("best_epoch")
     else:
         kept_epoch = summary.get("epochs")

@@ -12,10 +12,10 @@ import sys
 import time
 
 from resnetlab.errors import first_line
-from resnetlab.report.events import record_event
 from resnetlab.report.html import write_report
 from resnetlab.report.mistakes import MISTAKES_K, mistakes_from_evaluation, write_analysis
 from resnetlab.report.observer import Observer
+from resnetlab.rundir import kept_weights, record_event
 
 
 class RunReport(Observer):
@@ -80,7 +80,7 @@ class RunReport(Observer):
         if not self.enabled:
             return
         seconds: dict = {}
-        kept = summary.get("kept_weights", "model.safetensors")
+        kept = kept_weights(summary)
         if final:
             mistakes = self._mistakes(kept, final, test_set, seconds)
         else:  # --no-final-test: no test predictions, so no mistakes

@@ -16,12 +16,21 @@ weights, evaluated once after the search.
 from __future__ import annotations
 
 import csv
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 from resnetlab.errors import UsageError
-from resnetlab.report.events import read_events
+from resnetlab.rundir import (
+    CONFIG_FILE,
+    PRUNED_FILE,
+    SUMMARY_FILE,
+    count_epochs,
+    is_run,
+    read_config,
+    read_events,
+    read_json,
+    read_summary,
+)
 
 STATES = ("finished", "interrupted", "failed", "unfinished", "pruned")
 # a finished run's summary.json says "test_evaluated": false when it ran with --no-final-test
@@ -36,23 +45,11 @@ def has_test_figures(summary: dict) -> bool:
     return summary.get("test_evaluated", True) is not False
 
 
-def is_run(folder: str | Path) -> bool:
-    return Path(folder, "config.json").is_file()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def run_state(folder: str | Path, events: list[dict] | None = None) -> str:
     folder = Path(folder)
-    if (folder / "summary.json").is_file():
+    if (folder / SUMMARY_FILE).is_file():
         return "finished"
-    if (folder / "pruned.json").is_file():
+    if (folder / PRUNED_FILE).is_file():
         return "pruned"
     events = read_events(folder) if events is None else events
     last = events[-1]["event"] if events else None
@@ -70,25 +67,17 @@ def _epochs_planned(config: dict) -> int | None:
     return cut.get("epochs") if isinstance(cut, dict) else config.get("config", {}).get("epochs")
 
 
-def epochs_done(folder: Path) -> int:
-    try:
-        with open(folder / "metrics.csv", newline="", encoding="utf-8") as f:
-            return sum(1 for _ in csv.DictReader(f))
-    except OSError:
-        return 0
-
-
 def describe_run(folder: str | Path) -> dict:
     """One row of the listing: what `resnetlab runs --json` prints per run."""
     folder = Path(folder)
-    config = _read_json(folder / "config.json")
+    config = read_config(folder)
     cfg = config.get("config", {})
-    summary = _read_json(folder / "summary.json")
+    summary = read_summary(folder)
     events = read_events(folder)
     started = events[0]["time"] if events else None
     if started is None:  # runs made before events.jsonl: the config file's time
         started = datetime.fromtimestamp(
-            (folder / "config.json").stat().st_mtime, timezone.utc
+            (folder / CONFIG_FILE).stat().st_mtime, timezone.utc
         ).isoformat(timespec="seconds")
     return {
         "run": str(folder),
@@ -97,7 +86,7 @@ def describe_run(folder: str | Path) -> dict:
         "model": cfg.get("model"),
         "data": cfg.get("data"),
         "preset": cfg.get("preset"),
-        "epochs": summary.get("epochs", epochs_done(folder)),
+        "epochs": summary.get("epochs", count_epochs(folder)),
         "epochs_planned": _epochs_planned(config),
         "kept_test_acc": summary.get("kept_test_acc"),
         "test_evaluated": has_test_figures(summary) if summary else None,
@@ -119,7 +108,7 @@ def is_sweep(folder: str | Path) -> bool:
 def describe_sweep(folder: Path) -> dict:
     """A sweep folder in brief: its study, its trials' states, its best trial (best.json) and the
     test figure of that trial's kept weights, evaluated once after the search."""
-    record, best = _read_json(folder / "sweep.json"), _read_json(folder / "best.json")
+    record, best = read_json(folder / "sweep.json"), read_json(folder / "best.json")
     try:
         with open(folder / "trials.csv", newline="", encoding="utf-8") as f:
             states = [r.get("state") for r in csv.DictReader(f)]

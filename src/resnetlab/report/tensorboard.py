@@ -17,18 +17,7 @@ from pathlib import Path
 
 from resnetlab.errors import UsageError
 from resnetlab.report.observer import Observer
-
-EPOCH_METRICS = (
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "lr",
-    "examples_per_sec",
-    "epoch_seconds",
-)
+from resnetlab.rundir import CONFUSION_PNG, EPOCH_METRICS, MISTAKES_PNG
 
 
 def require_tensorboard() -> None:
@@ -96,8 +85,8 @@ class TensorBoard(Observer):
         for key in ("test_acc", "test_loss"):
             if f"kept_{key}" in summary:
                 self.writer.add_scalar(f"kept/{key}", summary[f"kept_{key}"], step)
-        for name in ("confusion", "mistakes"):
-            path = self.folder / f"{name}.png"
+        for name, png in (("confusion", CONFUSION_PNG), ("mistakes", MISTAKES_PNG)):
+            path = self.folder / png
             if path.exists():
                 self.writer.add_image(f"images/{name}", _read_png(path), step, dataformats="HWC")
         self.close()

@@ -9,13 +9,13 @@ kept weights alone, beside the search and never used by it.
 from __future__ import annotations
 
 import io
-import json
 import sys
 from pathlib import Path
 
 from resnetlab.errors import first_line
 from resnetlab.fileio import write_bytes, write_csv, write_json, write_text
 from resnetlab.report.html import CSP, STYLE, esc, fmt, img_tag, table
+from resnetlab.rundir import REPORT_FILE, read_json, read_summary
 from resnetlab.sweep.study import (
     INTERRUPTED,
     PRUNED_FILE,
@@ -105,11 +105,11 @@ def best_test(plan: Plan, number: int, params: dict, folder: Path) -> dict:
     `resnetlab eval`'s evaluate_run (the trial's test examples, precision and --tta views): the
     trials themselves measured none. Taken from best.json when it holds this trial's already;
     {} when the trial's folder is on another machine."""
-    old = _read_json(Path(plan.out) / "best.json")
+    old = read_json(Path(plan.out) / "best.json")
     done = old.get("test", {}).get("kept_test_acc") is not None
     if old.get("sweep", {}).get("trial") == number and done:
         return old["test"]  # the same weights: not evaluated again
-    kept = _read_json(folder / "summary.json").get("kept_weights")
+    kept = read_summary(folder).get("kept_weights")
     if not kept or not (folder / kept).is_file():
         return {}
     from resnetlab.inference.eval_run import evaluate_run
@@ -126,14 +126,6 @@ def best_test(plan: Plan, number: int, params: dict, folder: Path) -> dict:
         "precision": r["precision"],
         "evaluated": "once, after the search; no trial was chosen or pruned on it",
     }
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def write_plots(study, out: Path) -> dict[str, str]:
@@ -253,7 +245,7 @@ def _best_section(best: dict | None) -> str:
     s, test = best["sweep"], best["test"]
     link = (
         f' (<a href="{esc(Path(s["run"]).name)}/report.html">its report</a>)'
-        if s["run"] and Path(s["run"], "report.html").is_file()
+        if s["run"] and Path(s["run"], REPORT_FILE).is_file()
         else ""
     )
     settings = table(["setting", "value"], [[esc(k), esc(fmt(v))] for k, v in s["params"].items()])
@@ -280,7 +272,7 @@ def _trials_section(rows: list[dict], plan: Plan) -> str:
     body = []
     for r in rows:
         cells = [esc(_cell(r[c], c, plan.objective)) for c in header]
-        if r["run"] and (out / r["run"] / "report.html").is_file():
+        if r["run"] and (out / r["run"] / REPORT_FILE).is_file():
             cells[0] = f'<a href="{esc(r["run"])}/report.html">{cells[0]}</a>'
         body.append(cells)
     numeric = {i for i, c in enumerate(header) if c in ("trial", "epochs", "seconds")}

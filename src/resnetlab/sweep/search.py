@@ -12,6 +12,7 @@ from pathlib import Path
 
 from resnetlab.errors import UsageError, WriteError
 from resnetlab.fileio import write_json
+from resnetlab.rundir import is_run
 from resnetlab.sweep.space import parse_space
 from resnetlab.sweep.storage import (
     STORAGE_ENV,
@@ -176,7 +177,7 @@ def _base_config(preset, config, fixed: dict):
 def claim_folder(out: Path, plan: Plan, shown: str) -> dict | None:
     """SWEEP/sweep.json names the study the folder belongs to; another study is refused. Returns
     the record to write once the study is open (None: the folder has it already)."""
-    if (out / "config.json").is_file():
+    if is_run(out):
         raise UsageError(f"--out {out} holds a training run, not a sweep; give another --out")
     record = {"study": plan.study, "storage": shown, "objective": plan.objective}
     old = _read(out / SWEEP_FILE)

@@ -26,13 +26,13 @@ from pathlib import Path
 from resnetlab.errors import Interrupted, ResnetlabError, TrainingError, UsageError, first_line
 from resnetlab.fileio import write_json
 from resnetlab.report.observer import Observer
+from resnetlab.rundir import PRUNED_FILE
 from resnetlab.sweep.space import Param, parse_space
 from resnetlab.sweep.storage import open_storage, parse_storage
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "asha", "none")
 OBJECTIVES = {"val_acc": "maximize", "val_loss": "minimize"}
-PRUNED_FILE = "pruned.json"
 INTERRUPTED = "interrupted"  # the user attribute of a trial stopped by Ctrl-C: where it stopped
 # settings that may differ between machines that share a study: where things are, what is logged
 LOCAL_SETTINGS = ("data_dir", "device", "tensorboard")
@@ -294,7 +294,7 @@ def _mark_stale_folder(plan: Plan):
     """The heartbeat's note in a dead trial's run folder (where this machine holds it)."""
 
     def mark(study, trial) -> None:
-        from resnetlab.report.events import record_event
+        from resnetlab.rundir import record_event
 
         folder = trial_folder(plan.out, trial.number)
         if folder.is_dir():

@@ -13,6 +13,7 @@ import torch
 from resnetlab.distributed.group import DistInfo, shared
 from resnetlab.errors import CheckpointError, UsageError, first_line, plural
 from resnetlab.fileio import write_bytes
+from resnetlab.rundir import CHECKPOINT_FILE
 from resnetlab.train.engine import TrainState
 
 CHECKPOINT_VERSION = 1
@@ -21,7 +22,7 @@ CHECKPOINT_VERSION = 1
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / CHECKPOINT_FILE
     if not path.exists():
         raise CheckpointError(
             f"no checkpoint at {path}; --resume takes the folder of a run that saved at least one epoch"

@@ -1,5 +1,6 @@
-"""The run folder: config.json, metrics.csv, summary.json, checkpoint.pt, weights, plots, and the
-lock that keeps one training process in it (what a checkpoint holds: train/checkpoint.py).
+"""The run folder as training writes it: config.json, metrics.csv, summary.json (their names and
+formats: resnetlab/rundir.py), checkpoint.pt, weights, and the lock that keeps one training process
+in it (what a checkpoint holds: train/checkpoint.py).
 
 Every file is written through resnetlab.fileio (temporary name, then rename), so a crash at any
 moment leaves the previous complete file. Checkpoints hold tensors and plain Python types only:
@@ -14,43 +15,21 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from resnetlab import rundir
 from resnetlab.errors import UsageError, WriteError
-from resnetlab.fileio import write_csv, write_json
+from resnetlab.rundir import (
+    CHECKPOINT_FILE,
+    EVAL_DIR,
+    EVAL_FILES,
+    LOCK_FILE,
+    OWN_FILES,
+    OWN_PATTERNS,
+    RUN_FILES,
+    SUMMARY_FILE,
+)
 from resnetlab.train.checkpoint import write_checkpoint
 from resnetlab.weights import save_weights
 
-METRIC_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "lr",
-    "examples_per_sec",
-    "epoch_seconds",
-]
-RUN_FILES = ("config.json", "metrics.csv", "summary.json", "checkpoint.pt")
-# Everything resnetlab writes into a run folder (training, `eval`, `export`, `report`,
-# --tensorboard): what --overwrite removes before the new run starts. Nothing else is touched.
-OWN_FILES = (
-    *RUN_FILES,
-    "events.jsonl",
-    "model.safetensors",
-    "best.safetensors",
-    "model.onnx",
-    "best.onnx",
-    "curves.png",
-    "confusion.png",
-    "confusion.csv",
-    "mistakes.png",
-    "mistakes.csv",
-    "report.html",
-)
-OWN_PATTERNS = ("events.out.tfevents.*",)  # --tensorboard's event files
-EVAL_DIR, EVAL_FILES = "eval", ("mistakes.png", "mistakes.csv", "confusion.csv")  # `resnetlab eval`
-LOCK_FILE = ".lock"  # held (fcntl.flock) by the process training in the folder; the kernel drops it when that process ends
 _LOCK_SCOPES: list[list[RunDir]] = []  # see RunDir.locks_released_at_exit
 
 
@@ -60,7 +39,7 @@ def default_run_path(preset: str, root: str | Path = "runs") -> Path:
 
 def _occupied(path: Path, held: list[str]) -> str:
     """Why --out is refused, and what to do: --resume only for a run that can continue."""
-    if (path / "summary.json").exists():
+    if (path / SUMMARY_FILE).exists():
         return (
             f"--out {path} already holds a finished run ({', '.join(held)}); "
             "pass --overwrite to replace it, or give another --out"
@@ -185,32 +164,33 @@ class RunDir:
                 run.release()
 
     def file(self, name: str) -> Path:
+        return self._folder() / name
+
+    def _folder(self) -> Path:
         if self.enabled and self._lock is not None and not self.path.is_dir():
             # atomic writes would quietly make a new, empty folder: stop instead
             raise WriteError(
                 f"run folder {self.path} was removed during the run; nothing more can be saved there"
             )
-        return self.path / name
+        return self.path
 
-    # --- plain files ---------------------------------------------------------------------
+    # --- plain files (their formats: resnetlab.rundir) -------------------------------------
     def write_config(self, config: dict) -> None:
         if self.enabled:
-            write_json(self.file("config.json"), config)
+            rundir.write_config(self._folder(), config)
 
     def write_summary(self, summary: dict) -> None:
         if self.enabled:
-            write_json(self.file("summary.json"), summary)
+            rundir.write_summary(self._folder(), summary)
 
     def write_metrics(self, rows: list[dict]) -> None:
         if self.enabled:
-            # streamed data adds the images that did not decode, per epoch
-            skipped = ["skipped"] if any("skipped" in r for r in rows) else []
-            write_csv(self.file("metrics.csv"), rows, METRIC_COLUMNS + skipped)
+            rundir.write_metrics(self._folder(), rows)
 
     # --- checkpoint ----------------------------------------------------------------------
     def save_checkpoint(self, checkpoint: dict) -> None:
         if self.enabled:
-            write_checkpoint(self.file("checkpoint.pt"), checkpoint)
+            write_checkpoint(self.file(CHECKPOINT_FILE), checkpoint)
 
     # --- weights -------------------------------------------------------------------------
     def save_weights(self, name: str, state_dict: dict, metadata: dict) -> None:

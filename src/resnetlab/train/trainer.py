@@ -28,7 +28,6 @@ from resnetlab.errors import (
 )
 from resnetlab.inference.explain import write_mistakes_cam
 from resnetlab.report.console import Console
-from resnetlab.report.events import read_events
 from resnetlab.report.observer import Observer
 from resnetlab.report.plots import (
     curve_marks,
@@ -40,6 +39,15 @@ from resnetlab.report.plots import (
 from resnetlab.report.run_report import RunReport
 from resnetlab.report.runs import NO_TEST
 from resnetlab.report.tensorboard import TensorBoard
+from resnetlab.rundir import (
+    BEST_WEIGHTS,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    MODEL_WEIGHTS,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    read_events,
+)
 from resnetlab.train.checkpoint import check_resume_world_size, load_checkpoint, make_checkpoint
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.engine import Schedule, TrainState, fit, position
@@ -118,7 +126,7 @@ def train(
 
 def _with_resume_hint(error: WriteError) -> WriteError:
     folder = Path(error.filename).parent if error.filename else None
-    if folder is None or not (folder / "checkpoint.pt").is_file():
+    if folder is None or not (folder / CHECKPOINT_FILE).is_file():
         return error
     return WriteError(
         f"{error}; once it can be written, continue with: resnetlab train --resume {folder}",
@@ -160,7 +168,7 @@ def _finished(folder: Path) -> bool:
     """Whether a run did all its finishing work: summary.json, its 'finish' event after its last
     start or resume, and report.html (the last file it writes). A run stopped in between (killed
     while writing its report) resumes to finish it."""
-    if not (folder / "summary.json").exists() or not (folder / "report.html").exists():
+    if not (folder / SUMMARY_FILE).exists() or not (folder / REPORT_FILE).exists():
         return False
     events = [e["event"] for e in read_events(folder)]
     since = [e for e in events[::-1] if e in ("start", "resume", "finish")][:1]
@@ -173,11 +181,11 @@ def _refuse_finished(resume: Path, cfg: TrainConfig, epochs: int, epoch: int) ->
     folder = resume if resume.is_dir() else resume.parent
     if epoch < epochs or not _finished(folder):
         return
-    kept = "best.safetensors" if (folder / "best.safetensors").exists() else "model.safetensors"
+    kept = BEST_WEIGHTS if (folder / BEST_WEIGHTS).exists() else MODEL_WEIGHTS
     init = " --init default" if cfg.init == "whiten" else ""
     raise UsageError(
         f"{folder} finished at epoch {epoch}; train more with a new run from its weights "
-        f"(resnetlab train --config {folder / 'config.json'} --init-from {folder / kept}{init} "
+        f"(resnetlab train --config {folder / CONFIG_FILE} --init-from {folder / kept}{init} "
         f"--epochs N --out NEW_RUN), or start a new run with --out"
     )
 
