@@ -250,10 +250,6 @@ def _cmd_train(args) -> int:
         if not args.resume:
             batch = configuration().batch_size
         return launch_local(args.nproc, _without_nproc(args.argv[1:]), batch_size=batch)
-    if overrides.get("tensorboard"):  # the missing extra is one line before anything starts
-        from resnetlab.report.tensorboard import require_tensorboard
-
-        require_tensorboard()
     try:
         if args.resume:
             given = [

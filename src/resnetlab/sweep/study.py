@@ -33,7 +33,7 @@ PRUNERS = ("median", "hyperband", "asha", "none")
 OBJECTIVES = {"val_acc": "maximize", "val_loss": "minimize"}
 PRUNED_FILE = "pruned.json"
 # settings that may differ between machines that share a study: where things are, what is logged
-LOCAL_SETTINGS = ("data_dir", "device", "tensorboard")
+LOCAL_SETTINGS = ("data_dir", "device", "tensorboard", "mlflow")
 
 
 @dataclass

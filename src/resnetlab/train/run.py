@@ -47,6 +47,7 @@ OWN_FILES = (
     "mistakes.png",
     "mistakes.csv",
     "report.html",
+    "mlflow.json",  # --mlflow: the MLflow run a resume continues
 )
 OWN_PATTERNS = ("events.out.tfevents.*",)  # --tensorboard's event files
 EVAL_DIR, EVAL_FILES = "eval", ("mistakes.png", "mistakes.csv", "confusion.csv")  # `resnetlab eval`
