@@ -116,6 +116,23 @@ def test_ctrl_c_and_resume_continue_one_mlflow_run(server, tmp_path, monkeypatch
     )
 
 
+def test_a_resume_whose_mlflow_run_was_deleted_starts_one_with_the_epochs_so_far(server, tmp_path):
+    from resnetlab.report.mlflow_sink import MLflow
+    from resnetlab.train.engine import TrainState
+    from resnetlab.train.run import RunDir
+
+    run = RunDir(tmp_path)
+    MLflow(server, run, TrainState(), {"lr": 0.1})
+    first = _run_id(tmp_path)
+    _client(server).delete_run(first)
+    row = {"epoch": 1, "train_loss": 2.5}
+    MLflow(server, run, TrainState(epoch=1, history=[row]), {"lr": 0.1})  # the resumed process
+    second = _run_id(tmp_path)
+    assert second != first and [r.info.run_id for r in _runs(server)] == [second]
+    history = _client(server).get_metric_history(second, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.5)]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

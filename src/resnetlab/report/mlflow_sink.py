@@ -67,7 +67,7 @@ def check_server(uri: str) -> None:
         reason = getattr(e, "reason", None) or e
         raise UsageError(
             f"--mlflow {uri}: the MLflow tracking server cannot be reached ({reason}); "
-            "start it (mlflow server) or drop --mlflow"
+            "start it (mlflow server) or train without --mlflow"
         ) from None
 
 
@@ -78,9 +78,10 @@ def _param_value(value) -> str:
 class MLflow(Observer):
     """One MLflow run for the run folder `run` (its `path`, `file(name)` and `enabled`: rank 0
     writes, the other ranks do nothing); `state` where the training starts (past its beginning: a
-    resume, which continues the MLflow run named in the folder), `config` the configuration."""
+    resume, which continues the MLflow run named in the folder), `config` the configuration;
+    `say` prints which MLflow run it is."""
 
-    def __init__(self, uri: str, run, state, config: dict) -> None:
+    def __init__(self, uri: str, run, state, config: dict, *, say=None) -> None:
         self.uri, self.run, self.client, self.run_id = uri, run, None, None
         self.enabled = run.enabled
         if not self.enabled:
@@ -98,15 +99,28 @@ class MLflow(Observer):
         except Exception as e:  # noqa: BLE001 - MLflow's or the transport's: one line at the start
             raise UsageError(
                 f"--mlflow {uri}: {type(e).__name__}: {first_line(e, 300)}; "
-                "check the tracking server, or drop --mlflow"
+                "check the tracking server, or train without --mlflow"
             ) from None
+        if say is not None:
+            say(f"logging to MLflow run {self.run_id} at {uri}")
 
     def _continued(self) -> str | None:
-        """The MLflow run this folder logged to, set running again; None when there is none."""
-        path = self.run.file(RUN_ID_FILE)
-        if not Path(path).is_file():
+        """The MLflow run this folder logged to, set running again; None when there is none (or
+        it was deleted on the server: a new one then gets the epochs so far)."""
+        from mlflow.exceptions import MlflowException
+
+        path = Path(self.run.file(RUN_ID_FILE))
+        if not path.is_file():
             return None
-        run_id = json.loads(Path(path).read_text(encoding="utf-8"))["run_id"]
+        run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
+        try:
+            found = self.client.get_run(run_id)
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        if found.info.lifecycle_stage != "active":
+            return None
         self.client.update_run(run_id, status="RUNNING")
         return run_id
 

@@ -55,7 +55,7 @@ def make_observers(
     if cfg.mlflow:
         from resnetlab.report.mlflow_sink import MLflow
 
-        outside.append(MLflow(cfg.mlflow, run, state, cfg.to_dict()))
+        outside.append(MLflow(cfg.mlflow, run, state, cfg.to_dict(), say=console.say))
     # The figures first: drawn before anything reports the end of the run (the closing lines,
     # report.html, TensorBoard's images, MLflow's artifacts); the report before the sinks that
     # send its files on.
