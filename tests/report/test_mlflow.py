@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import socket
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -114,6 +115,26 @@ def test_ctrl_c_and_resume_continue_one_mlflow_run(server, tmp_path, monkeypatch
     assert [m.value for m in client.get_metric_history(run_id, "train_loss")] == pytest.approx(
         [float(r["train_loss"]) for r in rows], rel=1e-5
     )
+
+
+@pytest.mark.needs_fashion_mnist
+def test_two_processes_log_one_mlflow_run(server, tmp_path):
+    """`--nproc 2`: rank 1 trains beside rank 0 but logs nothing (else a second MLflow run)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")  # loopback only
+    out = tmp_path / "run"
+    flags = [*TINY, "--subset", "256", "--epochs", "1", "--mlflow", server, "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "resnetlab", "train", "--nproc", "2", *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run,) = _runs(server)
+    assert run.info.run_id == _run_id(out) and run.info.status == "FINISHED"
+    assert [m.step for m in _client(server).get_metric_history(run.info.run_id, "lr")] == [1]
 
 
 def test_a_resume_whose_mlflow_run_was_deleted_starts_one_with_the_epochs_so_far(server, tmp_path):
