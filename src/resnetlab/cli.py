@@ -260,10 +260,6 @@ def _cmd_train(args) -> int:
             return launch_local(args.nproc, _without_nproc(args.argv[1:]), batch_size=batch)
         finally:
             del os.environ[STARTED_ENV]
-    if overrides.get("tensorboard"):  # the missing extra is one line before anything starts
-        from resnetlab.report.tensorboard import require_tensorboard
-
-        require_tensorboard()
     try:
         if args.resume:
             given = [

@@ -30,6 +30,7 @@ MISTAKES_PNG, MISTAKES_CSV = "mistakes.png", "mistakes.csv"
 MISTAKES_CAM = "mistakes_gradcam.png"  # the report's Grad-CAM row (inference/explain.py)
 REPORT_FILE = "report.html"  # the last file a run writes
 PRUNED_FILE = "pruned.json"  # a sweep stopped this trial early (sweep/study.py)
+MLFLOW_RUN = "mlflow.json"  # --mlflow: the MLflow run a resume continues (report/mlflow_sink.py)
 LOCK_FILE = ".lock"  # held (fcntl.flock) by the process training in the folder
 
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE)  # a run is here
@@ -48,6 +49,7 @@ OWN_FILES = (
     MISTAKES_PNG,
     MISTAKES_CSV,
     REPORT_FILE,
+    MLFLOW_RUN,
 )
 OWN_PATTERNS = ("events.out.tfevents.*",)  # --tensorboard's event files
 EVAL_DIR, EVAL_FILES = "eval", (MISTAKES_PNG, MISTAKES_CSV, CONFUSION_CSV)  # `resnetlab eval`

@@ -14,6 +14,7 @@ from torch import nn
 from resnetlab.data import Dataset, Loader
 from resnetlab.errors import UsageError
 from resnetlab.inference.evaluation import Evaluator
+from resnetlab.report.observer import Observer
 from resnetlab.train import graphs, make_config, steps
 from resnetlab.train.graphs import CapturedEvaluator, CapturedStep, SGDUpdate
 from resnetlab.train.steps import EagerStep, WeightAverage, make_optimizer
@@ -279,7 +280,12 @@ def test_a_failed_capture_chosen_by_default_trains_on_op_by_op():
     eager = EagerStep(eager_net, make_optimizer(eager_net, cfg), torch.device("cpu"), amp=False)
     fallback = graphs.CaptureFallback()
     heard = []
-    fallback.listeners.append(heard.append)
+
+    class Heard(Observer):
+        def on_fallback(self, reason: str) -> None:
+            heard.append(reason)
+
+    fallback.observers = [Heard()]
     captured = CapturedStep(
         graph_net,
         make_optimizer(graph_net, cfg),

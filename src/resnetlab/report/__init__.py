@@ -3,9 +3,12 @@ makes, report.html, side-by-side comparison of runs and the list of runs. Nothin
 a model: it reads run folders and results and draws them (inference/ and train/ hand it figures).
 
     observer.py    what a training run tells its observers (the trainer's list, each one here or in train/)
+    sinks.py       the one factory that chooses a run's observers from its configuration
     console.py     progress bars or one line per epoch, the closing lines
     tensorboard.py --tensorboard: scalars, the configuration, the final images
-    run_report.py  events.jsonl, and after the run its plots, mistakes and report.html
+    mlflow_sink.py --mlflow: parameters, epoch metrics, the summary, report.html and the kept weights
+    run_figures.py curves.png and confusion.png when the run ends
+    run_report.py  events.jsonl, and after the run its mistakes and report.html
     events.py      events.jsonl's names, re-exported from resnetlab.rundir (the run folder's files)
     plots.py       curves and confusion matrix (matplotlib, an optional extra)
     mistakes.py    the test images the kept weights get most confidently wrong (png + csv), per class

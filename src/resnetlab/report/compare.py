@@ -43,6 +43,7 @@ FIGURE_HEADERS = (
 IGNORED_SETTINGS = (
     "data_dir",
     "tensorboard",
+    "mlflow",
 )  # where the files were and what was logged, not what was trained
 
 

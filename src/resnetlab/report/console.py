@@ -52,6 +52,9 @@ class Console(Observer):
             loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}", ex_s=f"{ex_per_sec:.0f}"
         )
 
+    def on_fallback(self, reason: str) -> None:
+        self.say(f"note: {reason}; running op by op from here (--no-capture skips capturing)")
+
     def on_epoch_end(self, state, row: dict, is_best: bool) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -1,6 +1,6 @@
 """What a run leaves for people to read, on rank 0 (`run.enabled`): events.jsonl (start, resume,
-capture_fallback, interrupt, failed, finish), and after the last epoch the curves, the confusion matrix, the kept
-weights' mistakes and report.html. A failure while writing these leaves the finished run as it
+capture_fallback, interrupt, failed, finish), and after the last epoch the kept weights' mistakes
+and report.html (the curves and the confusion matrix: run_figures.py, before). A failure while writing these leaves the finished run as it
 is: it is reported on stderr and in events.jsonl."""
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ class RunReport(Observer):
     def on_finish(self, summary: dict, final: dict, test_set) -> None:
         """The mistakes of the kept weights taken from their test evaluation `final` (with
         per-example results: no second pass), the 'finish' event, then report.html. (The curves
-        and the confusion matrix are drawn by the trainer before summary.json: a failure to write
-        them fails the run, which then resumes to draw them.)"""
+        and the confusion matrix are drawn before, by RunFigures: a failure to write them fails
+        the run, which then resumes to draw them.)"""
         if not self.enabled:
             return
         seconds: dict = {}

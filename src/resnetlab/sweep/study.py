@@ -35,7 +35,7 @@ PRUNERS = ("median", "hyperband", "asha", "none")
 OBJECTIVES = {"val_acc": "maximize", "val_loss": "minimize"}
 INTERRUPTED = "interrupted"  # the user attribute of a trial stopped by Ctrl-C: where it stopped
 # settings that may differ between machines that share a study: where things are, what is logged
-LOCAL_SETTINGS = ("data_dir", "device", "tensorboard")
+LOCAL_SETTINGS = ("data_dir", "device", "tensorboard", "mlflow")
 
 
 @dataclass

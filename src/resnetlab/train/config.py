@@ -224,6 +224,12 @@ class TrainConfig:
     tensorboard: bool = setting(
         False, "TensorBoard event files in the run folder (the tensorboard extra)"
     )
+    mlflow: str | None = setting(
+        None,
+        "log the run to this MLflow tracking URI too (e.g. http://127.0.0.1:5000): the "
+        "configuration, each epoch's metrics, the summary, report.html and the kept weights; "
+        "--resume continues the same MLflow run (the mlflow extra)",
+    )
 
     def __post_init__(self) -> None:
         self._check_types()  # also: every float finite (NaN compares false: `lr <= 0` let --lr nan train)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ from resnetlab.device import autocast
 from resnetlab.distributed.group import DistInfo
 from resnetlab.errors import UsageError, first_line
 from resnetlab.inference.evaluation import batch_sums, evaluation_result
+from resnetlab.report.observer import Observer
 from resnetlab.train.steps import EagerStep, WeightAverage, train_step
 
 WARMUP_STEPS = (
@@ -97,17 +99,18 @@ class Graphs:
 
 class CaptureFallback:
     """Where a capture chosen by default failed and the run went on op by op: `reasons` (one per
-    step or evaluator that fell back), told to each of `listeners` as it happens."""
+    step or evaluator that fell back), told to the run's `observers` (their `on_fallback`: the
+    console says it, config.json and events.jsonl record it) as it happens."""
 
     def __init__(self) -> None:
         self.reasons: list[str] = []
-        self.listeners: list = []
+        self.observers: Sequence[Observer] = ()  # the trainer's list, once it is made
 
     def __call__(self, what: str, error: BaseException) -> None:
         reason = f"capturing the {what} failed ({type(error).__name__}: {first_line(error, 200)})"
         self.reasons.append(reason)
-        for listen in self.listeners:
-            listen(reason)
+        for observer in self.observers:
+            observer.on_fallback(reason)
 
     @property
     def reason(self) -> str | None:

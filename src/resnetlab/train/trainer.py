@@ -29,16 +29,7 @@ from resnetlab.errors import (
 from resnetlab.inference.explain import write_mistakes_cam
 from resnetlab.report.console import Console
 from resnetlab.report.observer import Observer
-from resnetlab.report.plots import (
-    curve_marks,
-    have_matplotlib,
-    plot_confusion,
-    plot_curves,
-    preload_matplotlib,
-)
-from resnetlab.report.run_report import RunReport
-from resnetlab.report.runs import NO_TEST
-from resnetlab.report.tensorboard import TensorBoard
+from resnetlab.report.sinks import check_sinks, make_observers
 from resnetlab.rundir import (
     BEST_WEIGHTS,
     CHECKPOINT_FILE,
@@ -78,6 +69,7 @@ def train(
     timekeeper = timekeeper or Timekeeper()
     started = timekeeper.now()
     cfg, checkpoint = _configuration(cfg, resume)
+    check_sinks(cfg)  # a missing extra, an unreachable server: one line before anything is made
     dist = init_from_env(cfg.device)
     # a lost peer becomes one clear error; the process group is left and the run folder unlocked at the end
     with session(dist), RunDir.locks_released_at_exit():
@@ -202,20 +194,18 @@ def _train(
     """The parts, the loop and the run folder, wired: one list of observers hears the loop."""
     cfg = parts.cfg
     saver = Saver(parts, run, started=started, clock=timekeeper.now)
-    # before any file: a missing tensorboard extra stops every process here
-    tensorboard = (
-        [TensorBoard(run.path, cfg.to_dict(), resumed=_resumed(parts.state), enabled=run.enabled)]
-        if cfg.tensorboard
-        else []
+    observers = make_observers(
+        cfg,
+        run=run,
+        state=parts.state,
+        console=console,
+        writer=saver,
+        extra=extra,
+        mistakes_figure=write_mistakes_cam,
     )
-    report = RunReport(run, parts.state, mistakes_figure=write_mistakes_cam)
-    # the report writes the PNGs that TensorBoard then shows: it comes first
-    observers = [console, saver, *extra, report, *tensorboard]
     _start(parts, run, console)
-    if parts.capture_fallback is not None:
-        parts.capture_fallback.listeners.append(
-            lambda reason: _fell_back(parts, run, console, observers, reason)
-        )
+    if parts.capture_fallback is not None:  # a capture that fails mid-run is told to them all
+        parts.capture_fallback.observers = observers
     schedule, epochs, pacer = Schedule(cfg.schedule, cfg.lr, cfg.warmup), cfg.epochs, None
     if parts.plan is not None:  # --time-limit: the plan (perhaps shortened), checked each epoch
         pacer = Pacer(
@@ -244,7 +234,11 @@ def _train(
             observers,
             pace=pacer,
         )
-        summary = finish(parts, run, saver, console.say)
+        summary = finish(parts, run, saver)
+        for (
+            observer
+        ) in observers:  # the figures, closing lines, report, ...: a failure fails the run
+            observer.on_finish(summary, saver.final, parts.splits.test)
     except Interrupted as e:
         # said once, by the CLI (not as an error): where it stopped, that it is saved, how to go on
         resume = resume_command(parts, run)
@@ -258,21 +252,11 @@ def _train(
     except BaseException as e:  # a non-finite loss, a lost peer, a failed write, a second Ctrl-C
         _failed(observers, e)
         raise
-    for observer in observers:
-        observer.on_finish(summary, saver.final, parts.splits.test)
     if parts.plan is not None:  # the plan's estimate ends with report.html: so does its measure
         summary["time_limit"] = time_summary(parts.plan, saver.wall_seconds(), parts.state.epoch)
         run.write_summary(summary)
     console.say(f"run folder: {run.path}")
     return summary
-
-
-def _fell_back(parts: Parts, run: RunDir, console: Console, observers, reason: str) -> None:
-    """Capture chosen by default failed: one line, config.json rewritten, the observers told."""
-    console.say(f"note: {reason}; running op by op from here (--no-capture skips capturing)")
-    run.write_config(parts.describe())
-    for observer in observers:
-        observer.on_fallback(reason)
 
 
 def _failed(observers: list[Observer], error: BaseException) -> None:
@@ -287,8 +271,6 @@ def _resumed(state: TrainState) -> bool:
 def _start(parts: Parts, run: RunDir, console: Console) -> None:
     cfg, state = parts.cfg, parts.state
     run.write_config(parts.describe())
-    if parts.dist.is_main:
-        preload_matplotlib()
     if _resumed(state):
         console.say(f"resuming {run.path}, stopped {position(state)}")
     else:
@@ -360,6 +342,9 @@ class Saver(Observer):
     def on_replan(self, event: dict) -> None:
         self.run.write_config(self.parts.describe())  # its plan now says how it was shortened
 
+    def on_fallback(self, reason: str) -> None:
+        self.run.write_config(self.parts.describe())  # config.json says the run went op by op
+
 
 def _load_best(parts: Parts, run: RunDir) -> None:
     """The best weights on validation into the evaluated model, on every rank (rank 0's file)."""
@@ -375,31 +360,7 @@ def _load_best(parts: Parts, run: RunDir) -> None:
     parts.weights.load_state_dict(best_state)
 
 
-def _plot(parts: Parts, run: RunDir, summary: dict, final: dict, say) -> None:
-    """curves.png and confusion.png, before summary.json: a failed write fails the run, and its
-    resume (the run is not finished yet) draws them again."""
-    if not have_matplotlib():
-        say("matplotlib is not installed: plots skipped (pip install 'resnetlab[plot]')")
-        return
-    cfg, kept = parts.cfg, summary["kept_weights"]
-    plot_curves(
-        parts.state.history,
-        run.file("curves.png"),
-        title=f"{cfg.model} on {cfg.data}",
-        **curve_marks(summary),
-    )
-    if not final:  # --no-final-test: no test predictions to draw
-        say(f"confusion matrix not drawn: {NO_TEST}")
-        return
-    plot_confusion(
-        final["confusion"],
-        parts.classes,
-        run.file("confusion.png"),
-        title=f"{kept}: test acc {final['acc']:.4f}",
-    )
-
-
-def finish(parts: Parts, run: RunDir, saver: Saver, say) -> dict:
+def finish(parts: Parts, run: RunDir, saver: Saver) -> dict:
     """After the last epoch: the final weights, then the kept weights (best on validation when
     there is a split) on the test set (with --tta's views, and without), and summary.json. A plain
     test figure is that of its epoch's evaluation when this process ran it: the same weights on
@@ -444,8 +405,6 @@ def finish(parts: Parts, run: RunDir, saver: Saver, say) -> dict:
             del summary[key]
         final = {}
         summary["test_evaluated"] = False
-    if parts.dist.is_main:
-        _plot(parts, run, summary, final, say)
     summary["total_seconds"] = saver.wall_seconds()  # every process of the run, resumes included
     if parts.plan is not None:
         summary["time_limit"] = time_summary(parts.plan, summary["total_seconds"], state.epoch)
