@@ -28,7 +28,7 @@ from pathlib import Path
 from resnetlab.errors import UsageError, first_line
 from resnetlab.fileio import write_json
 from resnetlab.report.observer import Observer
-from resnetlab.rundir import MLFLOW_RUN
+from resnetlab.rundir import MLFLOW_RUN, REPORT_FILE, SUMMARY_FILE, kept_weights
 
 RUN_ID_FILE = MLFLOW_RUN  # {"run_id", "experiment_id", "tracking_uri"}: what --resume continues
 DEFAULT_EXPERIMENT = "resnetlab"
@@ -198,8 +198,7 @@ class MLflow(Observer):
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         ]
         self.client.log_batch(self.run_id, metrics=figures)
-        kept = summary.get("kept_weights", "model.safetensors")
-        for name in ("report.html", "summary.json", kept):
+        for name in (REPORT_FILE, SUMMARY_FILE, kept_weights(summary)):
             path = Path(self.run.file(name))
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))
