@@ -97,6 +97,10 @@ class ImageOp:
     apply: Callable[[torch.Tensor, tuple[float, ...]], torch.Tensor]
 
 
+def _trivial_draw(augment: Augment, gen: torch.Generator) -> tuple[int, float]:
+    return draw_op(gen)
+
+
 def _trivial_apply(image: torch.Tensor, params: tuple[float, ...]) -> torch.Tensor:
     op, magnitude = params
     return apply_op(image, OPS[int(op)], magnitude)
@@ -104,7 +108,8 @@ def _trivial_apply(image: torch.Tensor, params: tuple[float, ...]) -> torch.Tens
 
 # The per-image ops, in the order they are applied; each is on where its Augment field is true
 # (or > 0). A new one is a field of Augment and an entry here (docs/augmentations.md).
-IMAGE_OPS = (ImageOp("trivial", 2, lambda augment, gen: draw_op(gen), _trivial_apply),)
+# Module-level functions, not lambdas: the streamed loader's workers may receive them pickled.
+IMAGE_OPS = (ImageOp("trivial", 2, _trivial_draw, _trivial_apply),)
 
 
 def image_ops(augment: Augment) -> list[ImageOp]:
