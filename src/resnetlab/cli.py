@@ -23,6 +23,15 @@ def _print_json(obj) -> None:
     sys.stdout.write("\n")
 
 
+def _output(args, result, text) -> None:
+    """A command's result on stdout: `result` as JSON with --json, else `text()`'s lines (a
+    function, so nothing is formatted for --json)."""
+    if args.json:
+        _print_json(result)
+    else:
+        print(text())
+
+
 COMMANDS = []  # each section appends its `_add_<name>`, in the order --help shows them
 
 
@@ -66,10 +75,7 @@ def _cmd_summary(args) -> int:
     summary = summarize(
         args.model, input_size=args.input_size, batch_size=args.batch_size, depth=args.depth
     )
-    if args.json:
-        _print_json(summary.to_dict())
-    else:
-        print(summary.render())
+    _output(args, summary.to_dict(), lambda: summary.render())
     return 0
 
 
@@ -99,10 +105,7 @@ def _cmd_models(args) -> int:
     listings = describe_models(args.pattern)
     if not listings:
         raise UsageError(f"no model matches {args.pattern!r}; run `resnetlab models` to see all")
-    if args.json:
-        _print_json([dataclasses.asdict(m) for m in listings])
-    else:
-        print(render_model_table(listings))
+    _output(args, [dataclasses.asdict(m) for m in listings], lambda: render_model_table(listings))
     return 0
 
 
@@ -380,10 +383,7 @@ def _cmd_eval(args) -> int:
         full_test=args.full_test,
         workers=args.workers,
     )
-    if args.json:
-        _print_json(r)
-    else:
-        print(format_evaluation(r))
+    _output(args, r, lambda: format_evaluation(r))
     return 0
 
 
@@ -414,10 +414,7 @@ def _cmd_predict(args) -> int:
     from resnetlab.inference.predict import format_predictions, predict
 
     results = predict(args.weights, args.images, top_k=args.top_k, device=args.device)
-    if args.json:
-        _print_json(results)
-    else:
-        print(format_predictions(results))
+    _output(args, results, lambda: format_predictions(results))
     failed = [r for r in results if "error" in r]
     for r in failed:  # the others were predicted; these are said on stderr, one line each
         _say_line(f"resnetlab: error: {r['error']}")
@@ -500,10 +497,7 @@ def _cmd_export(args) -> int:
         tolerance=args.tolerance,
         exporter=args.exporter,
     )
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_export(result))
+    _output(args, result, lambda: format_export(result))
     return 0
 
 
@@ -569,10 +563,7 @@ def _cmd_compare(args) -> int:
     from resnetlab.report.compare import compare_runs, format_comparison
 
     result = compare_runs(args.runs, args.out)
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_comparison(result))
+    _output(args, result, lambda: format_comparison(result))
     return 0
 
 
@@ -600,12 +591,9 @@ def _cmd_runs(args) -> int:
     from resnetlab.report.runs import format_runs, format_sweep, list_runs, list_sweeps
 
     rows = list_runs(args.dir)
-    if args.json:
-        _print_json(rows)
-    else:
-        print(format_runs(rows, args.dir))
-        for sweep in list_sweeps(args.dir):  # a sweep's trials are listed above, by name
-            print(format_sweep(sweep))
+    # a sweep's trials are listed in format_runs's table, by name; each sweep below it
+    sweeps = lambda: [format_sweep(sweep) for sweep in list_sweeps(args.dir)]  # noqa: E731
+    _output(args, rows, lambda: "\n".join([format_runs(rows, args.dir), *sweeps()]))
     return 0
 
 
@@ -689,11 +677,11 @@ def _cmd_experiment_degradation(args) -> int:
         overwrite=args.overwrite,
         json_output=args.json,
     )
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_table(result))
-        print(f"figures and degradation.csv in {result['out']}")
+    _output(
+        args,
+        result,
+        lambda: f"{format_table(result)}\nfigures and degradation.csv in {result['out']}",
+    )
     return 0
 
 
@@ -788,14 +776,16 @@ def _cmd_data_list(args) -> int:
 
     if args.shards is not None:  # the packed sets there, alone
         packed = list_packed(args.shards)
-        _print_json(packed) if args.json else print(format_packed(packed, args.shards))
+        _output(args, packed, lambda: format_packed(packed, args.shards))
         return 0
     statuses = [dataset_status(name, root=args.data_dir) for name in list_datasets()]
-    if args.json:
-        _print_json(statuses)
-    else:
-        print(format_status(statuses))
-        print(format_packed(list_packed(shards_home()), shards_home()))
+    _output(
+        args,
+        statuses,
+        lambda: (
+            f"{format_status(statuses)}\n{format_packed(list_packed(shards_home()), shards_home())}"
+        ),
+    )
     return 0
 
 
@@ -862,19 +852,22 @@ def _cmd_data_pack(args) -> int:
         "shards": sum(len(v["shards"]) for v in m["splits"].values()),
         "skipped": m["skipped"],
     }
-    if args.json:
-        _print_json(summary)
-    else:
-        counts = ", ".join(f"{n:,} {s}" for s, n in summary["examples"].items())
-        n, bad = summary["shards"], m["skipped"]
-        skipped = (
-            f", {bad} unreadable {plural(bad, 'file')} left out (listed in manifest.json)"
-            if bad
-            else ""
-        )
-        print(f"packed {m['name']}: {counts} in {n} {plural(n, 'shard')}{skipped}")
-        print(f"train on it with: resnetlab train --data shards:{out}{_val_flag(m)}")
+    _output(args, summary, lambda: _format_pack(m, summary, out))
     return 0
+
+
+def _format_pack(m: dict, summary: dict, out) -> str:
+    counts = ", ".join(f"{n:,} {s}" for s, n in summary["examples"].items())
+    n, bad = summary["shards"], m["skipped"]
+    skipped = (
+        f", {bad} unreadable {plural(bad, 'file')} left out (listed in manifest.json)"
+        if bad
+        else ""
+    )
+    return (
+        f"packed {m['name']}: {counts} in {n} {plural(n, 'shard')}{skipped}\n"
+        f"train on it with: resnetlab train --data shards:{out}{_val_flag(m)}"
+    )
 
 
 def _val_flag(manifest: dict) -> str:
@@ -891,13 +884,14 @@ def _cmd_data_fetch(args) -> int:
     from resnetlab.data import fetch_dataset
 
     result = fetch_dataset(args.name, root=args.data_dir)
-    if args.json:
-        _print_json(result)
-    else:
-        for split, s in result["splits"].items():
-            print(
-                f"{result['name']} {split}: {s['examples']:,} examples, verified ({s['check']}), in {s['folder']}"
-            )
+    _output(
+        args,
+        result,
+        lambda: "\n".join(
+            f"{result['name']} {split}: {s['examples']:,} examples, verified ({s['check']}), in {s['folder']}"
+            for split, s in result["splits"].items()
+        ),
+    )
     return 0
 
 
@@ -966,10 +960,7 @@ def _cmd_bench(args) -> int:
         data_dir=args.data_dir,
         progress=lambda text: print(text, file=sys.stderr, flush=True),
     )
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_report(result))
+    _output(args, result, lambda: format_report(result))
     return 0
 
 
@@ -1063,9 +1054,8 @@ def _cmd_sweep(args) -> int:
         **{k: getattr(args, k) for k in opts},
         **fixed,
     )
-    if args.json:
-        _print_json(outcome)
-        return 0
+    _output(args, outcome, lambda: _format_search(outcome))
+    return 0
     print(", ".join(f"{n} {s}" for s, n in sorted(outcome["trials"].items())) + " trials")
     best = outcome["best"]
     if best is None:
@@ -1083,6 +1073,26 @@ def _cmd_sweep(args) -> int:
             )
     print(f"written: {', '.join(outcome['files'])}")
     return 0
+
+
+def _format_search(outcome: dict) -> str:
+    lines = [", ".join(f"{n} {s}" for s, n in sorted(outcome["trials"].items())) + " trials"]
+    best = outcome["best"]
+    if best is None:
+        lines.append("no trial completed: no best.json")
+    else:
+        s, test = best["sweep"], best["test"]
+        lines.append(
+            f"best: trial {s['trial']}, {s['objective']} {s['value']:.4f}: "
+            + ", ".join(f"{k}={v}" for k, v in s["params"].items())
+        )
+        if test.get("kept_test_acc") is not None:
+            lines.append(
+                "test accuracy of its kept weights, evaluated once, after the search: "
+                f"{test['kept_test_acc']:.4f}"
+            )
+    lines.append(f"written: {', '.join(outcome['files'])}")
+    return "\n".join(lines)
 
 
 COMMANDS.append(_add_sweep)
@@ -1126,13 +1136,16 @@ def _cmd_explain(args) -> int:
         device=resolve_device(args.device),
     )
     failed = [r for r in result["images"] if "error" in r]
-    if args.json:
-        _print_json(result)
-    else:
-        for r in result["images"]:
-            if "error" not in r:
-                print(f"{r['image']}: {r['predicted']} {r['prob']:.3f} (map of {r['explained']})")
-        print(f"Grad-CAM at {result['layer']}: {result['out']}")
+    lines = lambda: [  # noqa: E731
+        f"{r['image']}: {r['predicted']} {r['prob']:.3f} (map of {r['explained']})"
+        for r in result["images"]
+        if "error" not in r
+    ]
+    _output(
+        args,
+        result,
+        lambda: "\n".join([*lines(), f"Grad-CAM at {result['layer']}: {result['out']}"]),
+    )
     for r in failed:  # as predict: the others were explained; these are one line each on stderr
         _say_line(f"resnetlab: error: {r['error']}")
     return 1 if failed else 0

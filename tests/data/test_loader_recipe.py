@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab.data import Augment, Dataset, Loader, make_loaders
-from resnetlab.data.loader import _stream_seed, shorter_side
+from resnetlab.data.augment import stream_seed
+from resnetlab.data.loader import shorter_side
 from resnetlab.data.trivial_augment import trivial_augment_wide
 from resnetlab.errors import UsageError
 
@@ -26,7 +27,7 @@ def test_trivial_augment_applies_the_seeded_stream_to_each_image_in_order():
     loader = Loader(ds, 8, shuffle=True, seed=4, augment=Augment(trivial=True))
     loader.set_epoch(1)
     got = list(loader)
-    gen = torch.Generator().manual_seed(_stream_seed(4, 1, "trivial"))
+    gen = torch.Generator().manual_seed(stream_seed(4, 1, "trivial"))
     for x, y in got:
         expected = torch.stack([trivial_augment_wide(ds.images[i], gen) for i in y]) / 255
         assert torch.equal(x, expected)

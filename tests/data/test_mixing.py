@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from resnetlab.data import Dataset, Loader
-from resnetlab.data.loader import _stream_seed
+from resnetlab.data.augment import stream_seed
 from resnetlab.data.mixing import Mix, MixedLoader, beta, cutmix_box, draw_mix, mix_batch
 from resnetlab.errors import UsageError
 
@@ -102,7 +102,7 @@ def test_a_mixed_loader_is_seeded_by_epoch_and_shared_by_processes():
         half.set_epoch(2)
         plain = Loader(ds, 8, shuffle=True, seed=1, rank=rank, world_size=2)
         plain.set_epoch(2)
-        gen = torch.Generator().manual_seed(_stream_seed(1, 2, "mix"))
+        gen = torch.Generator().manual_seed(stream_seed(1, 2, "mix"))
         for (x, t), (px, py) in zip(half, plain):
             mx, mt = mix_batch(px, py, 4, draw_mix(0.2, 1.0, 6, 6, gen))
             assert torch.equal(x, mx) and torch.equal(t, mt) and x.shape == (4, 1, 6, 6)

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from resnetlab.data import remote
-from resnetlab.data.loader import _stream_seed
+from resnetlab.data.augment import stream_seed
 from resnetlab.data.order import epoch_order
 from resnetlab.data.shards import MANIFEST, open_shards, open_stream, pack_builtin
 from resnetlab.data.stream import StreamLoader
@@ -347,7 +347,7 @@ def test_shard_order_is_a_pure_function_reading_each_sample_once_window_by_windo
     inside = files[order.numpy()][:14].tolist()
     assert inside != sorted(inside)  # shuffled within the window
     # the default order is the one runs used before the option (resumes stay exact)
-    gen = torch.Generator().manual_seed(_stream_seed(3, 1, "order"))
+    gen = torch.Generator().manual_seed(stream_seed(3, 1, "order"))
     assert torch.equal(epoch_order(files, 3, 1), torch.randperm(70, generator=gen))
     with pytest.raises(UsageError, match="--shard-window"):
         epoch_order(files, 3, 1, "shards", 0)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from resnetlab import cli
 from resnetlab.data import decode
-from resnetlab.data.loader import Augment
+from resnetlab.data.augment import Augment
 from resnetlab.data.shards import (
     MANIFEST,
     list_packed,

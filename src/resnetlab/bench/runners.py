@@ -43,8 +43,10 @@ class Batches:
         return itertools.islice(iter(self.source), self.steps)
 
 
-class TextbookRunner:
-    """The notebook's net and d2l's loop (resnetlab.bench.textbook_baseline)."""
+class Runner:
+    """One path of the bench, built from the same arguments whichever it is (bench/core.py):
+    `variant`, the model, the data, the batch, the resize, the steps timed, the device, the seed;
+    each path prepares its net and batches in `_prepare`."""
 
     def __init__(
         self,
@@ -57,7 +59,18 @@ class TextbookRunner:
         device: torch.device,
         seed: int,
     ):
-        self.tb, self.variant, self.device, self.steps = tb, variant, device, steps
+        self.variant, self.device, self.steps = variant, device, steps
+        self._prepare(variant, model_name, data, batch_size, resize, steps, device, seed)
+
+    def _prepare(self, variant, model_name, data, batch_size, resize, steps, device, seed) -> None:
+        raise NotImplementedError
+
+
+class TextbookRunner(Runner):
+    """The notebook's net and d2l's loop (resnetlab.bench.textbook_baseline)."""
+
+    def _prepare(self, variant, model_name, data, batch_size, resize, steps, device, seed) -> None:
+        self.tb = tb
         torch.manual_seed(seed)
         train, test = data.train, data.test
         if model_name == "resnet18_d2l" and train.images.shape[1] == 1 and len(train.classes) == 10:
@@ -106,22 +119,11 @@ class TextbookRunner:
         self.evaluate(itertools.islice(self.test_loader, steps))
 
 
-class ResnetlabRunner:
+class ResnetlabRunner(Runner):
     """resnetlab's path: the training seam's parts (`setup.build`), the engine's fit and evaluation,
     fuse_bn; on CUDA the step and evaluation replayed from graphs (unless -nograph)."""
 
-    def __init__(
-        self,
-        variant: Variant,
-        model_name: str,
-        data: Splits,
-        batch_size: int,
-        resize: int | None,
-        steps: int,
-        device: torch.device,
-        seed: int,
-    ):
-        self.variant, self.device, self.steps = variant, device, steps
+    def _prepare(self, variant, model_name, data, batch_size, resize, steps, device, seed) -> None:
         # The d2l preset's optimisation (plain SGD at the chapter's rate, Xavier init), so both paths
         # take the same step; only how it is computed differs.
         # (replace, not make_config's overrides, for `resize`: there None means "the dataset's size",

@@ -10,6 +10,7 @@ for epoch in range(epochs):
     for x, y in loader: ...
 """
 
+from resnetlab.data.augment import Augment
 from resnetlab.data.datasets import (
     Dataset,
     DatasetInfo,
@@ -20,7 +21,7 @@ from resnetlab.data.datasets import (
     load_dataset,
     split_dataset,
 )
-from resnetlab.data.loader import Augment, Loader, Loaders, eval_batch_size, make_loaders
+from resnetlab.data.loader import Loader, Loaders, eval_batch_size, make_loaders
 
 __all__ = [
     "Augment",

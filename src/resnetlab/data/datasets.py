@@ -318,15 +318,7 @@ def dataset_status(name: str, root: str | os.PathLike | None = None) -> dict:
     for split, train in (("train", True), ("test", False)):
         try:
             files = sources.open_split(spec, train, root, download=False, write=False)
-            ds = _parse(spec, files)
-            splits[split] = {
-                "status": "ok",
-                "check": files.check,
-                "folder": str(files.folder),
-                "source": files.source,
-                "files": files.names,
-                "examples": len(ds),
-            }
+            splits[split] = _verified(files, _parse(spec, files))
         except DataError as e:
             missing = isinstance(e, sources.DataMissingError)
             splits[split] = {"status": "missing" if missing else "bad", "error": str(e)}
@@ -342,16 +334,20 @@ def fetch_dataset(
     spec = resolve_spec(name)
     result = {"name": spec.name, "splits": {}}
     for split, files in zip(("train", "test"), sources.fetch(spec, root, mirrors)):
-        ds = _parse(spec, files)
-        result["splits"][split] = {
-            "status": "ok",
-            "check": files.check,
-            "folder": str(files.folder),
-            "source": files.source,
-            "files": files.names,
-            "examples": len(ds),
-        }
+        result["splits"][split] = _verified(files, _parse(spec, files))
     return result
+
+
+def _verified(files, ds: Dataset) -> dict:
+    """A split's line in dataset_status and fetch_dataset: its files, verified, and examples."""
+    return {
+        "status": "ok",
+        "check": files.check,
+        "folder": str(files.folder),
+        "source": files.source,
+        "files": files.names,
+        "examples": len(ds),
+    }
 
 
 def format_status(statuses: list[dict]) -> str:

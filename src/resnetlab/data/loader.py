@@ -15,82 +15,28 @@ precision). An image is resized to `resize` x `resize`, or to the (height, width
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from resnetlab.data.augment import (
+    Augment,
+    check_augment,
+    draw_erasing,
+    erase,
+    image_ops,
+    stream_seed,
+)
 from resnetlab.data.datasets import Dataset
 from resnetlab.data.eval_view import crop_offsets, resized_size
-from resnetlab.data.trivial_augment import OPS, apply_op, draw_op
 from resnetlab.errors import UsageError
 
-_ERASE_ATTEMPTS = 10  # Zhong et al.: draw a box up to 10 times until it fits inside the image
-_ERASE_AREA = (0.02, 0.4)  # fraction of the image area
-_ERASE_ASPECT = 0.3  # aspect ratio drawn log-uniformly from [0.3, 1/0.3]
 EVAL_BATCH_MIN = (
     256  # evaluation keeps no activations for backward: a larger batch costs little memory
 )
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Training augmentations, applied per sample as batched tensor operations.
-
-    crop_padding: pad each side with this many zero (black) pixels, then crop a random window of
-        the image's size (He et al. 2016, torchvision's RandomCrop(padding=p)); at the output size.
-    flip: mirror left-right with probability 1/2.
-    alternate_flip: with flip, mirror each image in every other epoch instead, from a random start
-        of its own (airbench's alternating flip: no image goes several epochs without both views).
-    erasing: probability of random erasing (Zhong et al. 2017): a box of 2-40 % of the area,
-        aspect ratio 0.3-3.3, set to 0 after normalization (the mean), as torchvision's RandomErasing.
-    trivial: TrivialAugmentWide (data/trivial_augment.py) on each uint8 image as the dataset holds
-        it, before the resize, crop and flip; its draws come from a stream of their own.
-    resized_crop: torchvision's RandomResizedCrop instead of the padded crop; it cuts boxes from
-        full-resolution images, which only streamed data keeps (data/stream.py): Loader refuses it.
-    """
-
-    crop_padding: int = 0
-    flip: bool = False
-    erasing: float = 0.0
-    alternate_flip: bool = False
-    trivial: bool = False
-    resized_crop: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
-            raise UsageError(
-                f"crop padding must be a whole number of pixels >= 0, not {self.crop_padding!r}"
-            )
-        if not 0.0 <= self.erasing <= 1.0:
-            raise UsageError(f"random-erasing probability must lie in [0, 1], not {self.erasing!r}")
-        if self.alternate_flip and not self.flip:
-            raise UsageError("alternating flips need flips: add --flip, or drop --alternate-flip")
-        if self.resized_crop and self.crop_padding:
-            raise UsageError(
-                "a random-resized crop replaces the padded crop: drop --crop-padding or "
-                "--random-resized-crop"
-            )
-
-    @property
-    def active(self) -> bool:
-        return (
-            self.crop_padding > 0
-            or self.flip
-            or self.erasing > 0
-            or self.trivial
-            or self.resized_crop
-        )
-
-
-def _stream_seed(seed: int, epoch: int, stream: str) -> int:
-    """A 63-bit seed for one purpose of one epoch: the same on every process and every call."""
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{stream}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 IDENTITY_LIMIT = (
@@ -138,7 +84,7 @@ def _all_shifts(weights: torch.Tensor, pad: int) -> torch.Tensor:
     return padded.unfold(0, n_out, 1).transpose(1, 2).contiguous()
 
 
-def _check_batching(batch_size: int, shuffle: bool, rank: int, world_size: int) -> None:
+def check_batching(batch_size: int, shuffle: bool, rank: int, world_size: int) -> None:
     """Raise UsageError for a bad batch size, rank or world size, or a batch the ranks cannot share."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch size must be a whole number >= 1, not {batch_size!r}")
@@ -161,17 +107,7 @@ def _check_resize(resize: int | tuple[int, int] | None) -> tuple[int, int] | Non
     return sizes
 
 
-def _check_augment(augment: Augment | None, shuffle: bool) -> Augment:
-    """`augment` (none: an inactive Augment); a UsageError for augmentation without shuffling."""
-    augment = augment or Augment()
-    if augment.active and not shuffle:
-        raise UsageError(
-            "augmentation is for training loaders (shuffle=True); evaluation sees the images as they are"
-        )
-    return augment
-
-
-def _check_normalize(
+def check_normalize(
     normalize: tuple[Sequence[float], Sequence[float]] | None, channels: int, name: str
 ) -> tuple[Sequence[float], Sequence[float]]:
     """(mean, std) per channel (none: 0 and 1); a UsageError for a wrong count or a std <= 0."""
@@ -269,17 +205,17 @@ class Loader:
         epoch_sizes: Sequence[int] | None = None,
         crop: int | None = None,
     ) -> None:
-        _check_batching(batch_size, shuffle, rank, world_size)
+        check_batching(batch_size, shuffle, rank, world_size)
         sizes = _check_resize(resize)
         _check_crop(crop, sizes or tuple(dataset.images.shape[2:]))
-        augment = _check_augment(augment, shuffle)
+        augment = check_augment(augment, shuffle)
         if augment.resized_crop:
             raise UsageError(
                 "random-resized crops need the full-resolution images that streamed data keeps: "
                 "add --stream (or pack the set with `resnetlab data pack`)"
             )
         channels, height, width = dataset.images.shape[1:]
-        mean, std = _check_normalize(normalize, channels, dataset.name)
+        mean, std = check_normalize(normalize, channels, dataset.name)
         _check_epoch_sizes(epoch_sizes, shuffle)
 
         self.dataset, self.batch_size, self.shuffle, self.augment = (
@@ -288,6 +224,7 @@ class Loader:
             shuffle,
             augment,
         )
+        self._image_ops = image_ops(augment)  # data/augment.py: per-image ops, on the host
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
         self.device = torch.device(device)
         self.channels_last, self.crop = channels_last, crop
@@ -382,7 +319,7 @@ class Loader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = None
         if self.shuffle:
-            gen = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch, "order"))
+            gen = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch, "order"))
             order = torch.randperm(len(self.dataset), generator=gen)
         epoch_params = self._epoch_params(order) if self.augment.active else None
         order = order.to(self._images.device) if order is not None else None
@@ -406,27 +343,29 @@ class Loader:
         dataset), drawn in batch order, then moved to the device in one copy per kind: a copy per
         batch would make the host wait for the device at every step (a host-to-device copy from
         pageable memory synchronizes)."""
-        gen = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch, "augment"))
+        gen = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch, "augment"))
         draws = [self._draw(gen, m, s0, s1) for _, m, s0, s1 in self._plan]
         if not draws:
             return []
         if self.augment.alternate_flip:  # each image's own random start, then every other epoch
-            start = torch.Generator().manual_seed(_stream_seed(self.seed, 0, "flip"))
+            start = torch.Generator().manual_seed(stream_seed(self.seed, 0, "flip"))
             flips = (torch.rand(len(self.dataset), generator=start) < 0.5)[order] ^ bool(
                 self.epoch % 2
             )
             for draw, (begin, _, s0, s1) in zip(draws, self._plan):
                 draw["flip"] = flips[begin + s0 : begin + s1]
-        if self.augment.trivial:  # each image's operation and magnitude, from a stream of their own
-            trivial = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch, "trivial"))
+        for op in self._image_ops:  # each image's parameters, from a stream of the op's own
+            stream = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch, op.name))
             for draw, (_, m, s0, s1) in zip(draws, self._plan):
-                ops = torch.tensor([draw_op(trivial) for _ in range(m)], dtype=torch.float64)
-                draw["trivial"] = ops.reshape(m, 2).T[:, s0:s1]
+                values = [op.draw(self.augment, stream) for _ in range(m)]
+                draw[op.name] = torch.tensor(values, dtype=torch.float64).reshape(m, op.size).T
+                draw[op.name] = draw[op.name][:, s0:s1]
         sizes = [s1 - s0 for _, _, s0, s1 in self._plan]
         batches: list[dict] = [{} for _ in draws]
+        on_host = {op.name for op in self._image_ops}  # applied to the images on the host
         for key in draws[0]:
             whole = torch.cat([d[key] for d in draws], dim=-1)
-            whole = whole if key == "trivial" else whole.to(self.device)  # read on the host
+            whole = whole if key in on_host else whole.to(self.device)
             for batch, part in zip(batches, whole.split(sizes, dim=-1)):
                 batch[key] = part
         return batches
@@ -447,13 +386,10 @@ class Loader:
 
     def _transform(self, raw: torch.Tensor, params: dict | None) -> torch.Tensor:
         params = params or {}
-        if "trivial" in params:
-            raw = torch.stack(
-                [
-                    apply_op(image, OPS[int(op)], magnitude)
-                    for image, (op, magnitude) in zip(raw, params["trivial"].T.tolist())
-                ]
-            )
+        for op in self._image_ops:
+            if op.name in params:
+                images = zip(raw, params[op.name].T.tolist())
+                raw = torch.stack([op.apply(image, tuple(p)) for image, p in images])
         if self._geometry or "crop" in params or "flip" in params:
             x = self._resample(raw.float(), params)
             if not self._folded:
@@ -497,37 +433,6 @@ class Loader:
         return torch.matmul(rows, torch.matmul(x, cols_t))
 
 
-def draw_erasing(gen: torch.Generator, m: int, h: int, w: int, p: float) -> torch.Tensor:
-    """Random erasing's boxes for m images of h x w, as torchvision's RandomErasing draws them
-    (applied with probability p; 10 attempts at a box of 2-40 % of the area and aspect ratio
-    0.3-3.3, the first that fits): [5, m] int64 rows (applied, top, left, height, width)."""
-    apply = torch.rand(m, generator=gen) < p
-    u = torch.rand(m, _ERASE_ATTEMPTS, 4, generator=gen, dtype=torch.float64)
-    area = (_ERASE_AREA[0] + u[..., 0] * (_ERASE_AREA[1] - _ERASE_AREA[0])) * h * w
-    aspect = torch.exp(math.log(_ERASE_ASPECT) * (1 - 2 * u[..., 1]))
-    bh, bw = (area * aspect).sqrt().round().long(), (area / aspect).sqrt().round().long()
-    fits = (bh < h) & (bw < w) & (bh > 0) & (bw > 0)
-    first = fits.float().argmax(dim=1, keepdim=True)  # the first attempt that fits
-    pick = lambda t: t.gather(1, first)[:, 0]  # noqa: E731
-    bh, bw = pick(bh), pick(bw)
-    top = (pick(u[..., 2]) * (h - bh + 1)).long()
-    left = (pick(u[..., 3]) * (w - bw + 1)).long()
-    apply &= fits.any(dim=1)
-    return torch.stack([apply.long(), top, left, bh, bw])
-
-
-def erase(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """x (normalised, [b, C, H, W]) with each applied box of `boxes` (draw_erasing's rows) set
-    to 0, the mean, in place."""
-    apply, top, left, bh, bw = boxes
-    h, w = x.shape[-2:]
-    ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
-    in_rows = (ys[None] >= top[:, None]) & (ys[None] < (top + bh)[:, None])
-    in_cols = (xs[None] >= left[:, None]) & (xs[None] < (left + bw)[:, None])
-    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply.bool()[:, None, None]
-    return x.masked_fill_(mask[:, None], 0.0)
-
-
 def eval_batch_size(batch_size: int) -> int:
     """The batch of evaluation loaders for a training batch of `batch_size`."""
     return max(batch_size, EVAL_BATCH_MIN)
@@ -564,19 +469,21 @@ def make_loaders(
         height, width = next(d for d in (train, val, test) if d is not None).images.shape[2:]
         evaluation["resize"] = shorter_side(eval_resize, height, width)
     evaluation["crop"] = eval_crop
-    return Loaders(
-        Loader(
-            train,
-            batch_size,
-            shuffle=True,
-            augment=augment,
-            seed=seed,
-            drop_last=drop_last,
-            epoch_sizes=epoch_sizes,
-            **common,
-        )
-        if train is not None
-        else None,
-        Loader(val, eval_batch, shuffle=False, **evaluation) if val is not None else None,
-        Loader(test, eval_batch, shuffle=False, **evaluation) if test is not None else None,
+    training = dict(augment=augment, seed=seed, drop_last=drop_last, epoch_sizes=epoch_sizes)
+    return loaders_of(
+        Loader, (train, val, test), (batch_size, eval_batch), {**training, **common}, evaluation
     )
+
+
+def loaders_of(make, splits, batches, training: dict, evaluation: dict) -> Loaders:
+    """Loaders made by `make` (Loader, or data/stream.py's StreamLoader) of the (train, val,
+    test) `splits` (None: no loader): the first shuffled, at the first of `batches`, with
+    `training`'s arguments, the others in order at the second, with `evaluation`'s."""
+    train, val, test = splits
+    batch, eval_batch = batches
+
+    def evaluated(split):
+        return None if split is None else make(split, eval_batch, shuffle=False, **evaluation)
+
+    train_loader = None if train is None else make(train, batch, shuffle=True, **training)
+    return Loaders(train_loader, evaluated(val), evaluated(test))

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from resnetlab.data.loader import _stream_seed
+from resnetlab.data.augment import stream_seed
 from resnetlab.errors import UsageError
 
 
@@ -115,7 +115,7 @@ class MixedLoader:
         self.loader.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(_stream_seed(self.mix_seed, self.epoch, "mix"))
+        gen = torch.Generator().manual_seed(stream_seed(self.mix_seed, self.epoch, "mix"))
         for x, y in self.loader:
             if x is None:  # a batch done before a resume (StreamLoader.skip_next), not read:
                 # its draw is still made, at the size it had, so the later batches mix as before

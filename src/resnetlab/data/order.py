@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from resnetlab.data.loader import _stream_seed
+from resnetlab.data.augment import stream_seed
 from resnetlab.errors import UsageError
 
 ORDERS = ("random", "shards")
@@ -31,13 +31,13 @@ def epoch_order(
     shard (its file index), which the "shards" order groups by."""
     n = len(files)
     if order == "random":
-        gen = torch.Generator().manual_seed(_stream_seed(seed, epoch, "order"))
+        gen = torch.Generator().manual_seed(stream_seed(seed, epoch, "order"))
         return torch.randperm(n, generator=gen)
     if order != "shards":
         raise UsageError(f"unknown shard order {order!r}; use {' or '.join(ORDERS)}")
     if not isinstance(window, int) or window < 1:
         raise UsageError(f"--shard-window must be a whole number >= 1, not {window!r}")
-    gen = torch.Generator().manual_seed(_stream_seed(seed, epoch, "shard-order"))
+    gen = torch.Generator().manual_seed(stream_seed(seed, epoch, "shard-order"))
     shards, inverse = np.unique(np.asarray(files), return_inverse=True)
     rank = torch.randperm(len(shards), generator=gen).numpy()  # each shard's place
     group = rank[inverse] // window  # the window each sample is read in

@@ -28,36 +28,26 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from resnetlab.data import decode
-from resnetlab.data.eval_view import EvalView, default_view
-from resnetlab.data.loader import (
+from resnetlab.data.augment import (
     Augment,
-    _check_augment,
-    _check_batching,
-    _check_normalize,
-    _stream_seed,
-    batch_plan,
+    ImageOps,
+    alternate_flip,
+    check_augment,
     draw_erasing,
     erase,
+    image_ops,
+    sample_generator,
+    stream_seed,
 )
+from resnetlab.data.eval_view import EvalView, default_view
+from resnetlab.data.loader import batch_plan, check_batching, check_normalize, loaders_of
 from resnetlab.data.order import DEFAULT_WINDOW, epoch_order
 from resnetlab.data.shards import StreamSplit
-from resnetlab.data.trivial_augment import trivial_augment_wide
 from resnetlab.errors import DataError, UsageError
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 IMAGENET_AUGMENT = Augment(flip=True, resized_crop=True)  # StreamLoader's training default
 REPLACEMENT_TRIES = 8  # other samples tried in place of a training image that does not decode
-
-
-def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The generator of sample `index`'s augmentation in `epoch`: a pure function of the three."""
-    return torch.Generator().manual_seed(_stream_seed(seed, epoch, f"sample/{index}"))
-
-
-def alternate_flip(seed: int, epoch: int, index: int) -> bool:
-    """Whether sample `index` is mirrored in `epoch` under alternating flips: a random start of
-    its own (from the seed), then every other epoch."""
-    return bool(_stream_seed(seed, 0, f"flip/{index}") & 1) ^ bool(epoch % 2)
 
 
 class StreamDataset(torch.utils.data.Dataset):
@@ -145,7 +135,7 @@ def replacements(
     generator is not the replacement's own, so the epoch does not hold the same view twice."""
     if n < 2:
         return
-    gen = torch.Generator().manual_seed(_stream_seed(seed, epoch, f"replace/{index}"))
+    gen = torch.Generator().manual_seed(stream_seed(seed, epoch, f"replace/{index}"))
     for _ in range(REPLACEMENT_TRIES):
         j = int(torch.randint(n - 1, (1,), generator=gen))
         yield j + (j >= index), gen
@@ -217,13 +207,14 @@ class StreamLoader:
         shard_order: str = "random",
         shard_window: int = DEFAULT_WINDOW,
     ) -> None:
-        _check_batching(batch_size, shuffle, rank, world_size)
-        self.augment = IMAGENET_AUGMENT if augment is None else _check_augment(augment, shuffle)
-        if self.augment.trivial and extra_transform is None:  # in the workers, after the crop
-            extra_transform = trivial_augment_wide
+        check_batching(batch_size, shuffle, rank, world_size)
+        self.augment = IMAGENET_AUGMENT if augment is None else check_augment(augment, shuffle)
+        ops = tuple(image_ops(self.augment))
+        if ops and extra_transform is None:  # in the workers, after the crop
+            extra_transform = ImageOps(self.augment, ops)
         if not isinstance(workers, int) or workers < 0:
             raise UsageError(f"workers must be a whole number >= 0, not {workers!r}")
-        mean, std = _check_normalize(normalize, split.channels, split.name)
+        mean, std = check_normalize(normalize, split.channels, split.name)
         self.dataset, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.device, self.channels_last = torch.device(device), channels_last
@@ -318,7 +309,7 @@ class StreamLoader:
         """Batch i's random-erasing boxes: drawn for the whole global batch from (seed, epoch,
         i), this process's share taken (its first n when images were left out)."""
         _, m, s0, s1 = self._plan[i]
-        gen = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch, f"erase/{i}"))
+        gen = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch, f"erase/{i}"))
         boxes = draw_erasing(gen, m, self.side, self.side, self.augment.erasing)
         return boxes[:, s0:s1][:, :n].to(self.device)
 
@@ -377,8 +368,6 @@ def make_stream_loaders(
 ):
     """The streamed train, val and test loaders of a run (a data.Loaders triple); `common`
     (normalize, seed, device, channels_last, rank, world_size, workers) is what they share."""
-    from resnetlab.data.loader import Loaders
-
     seed = common.pop("seed", 0)
     drop_last = common.pop("drop_last", False)
     epoch_sizes = common.pop("epoch_sizes", None)
@@ -388,29 +377,21 @@ def make_stream_loaders(
     side = size or (train or test).side
     view = default_view(side, eval_resize, eval_crop, augment.resized_crop)
 
-    def evaluation(split):
-        if split is None:
-            return None
-        return StreamLoader(split, eval_batch, shuffle=False, view=view, **common)
-
-    loader = (
-        StreamLoader(
-            train,
-            batch_size,
-            shuffle=True,
-            size=side,
-            seed=seed,
-            drop_last=drop_last,
-            epoch_sizes=epoch_sizes,
-            extra_transform=extra,
-            augment=augment,
-            **order,
-            **common,
-        )
-        if train is not None
-        else None
+    training = dict(
+        size=side,
+        seed=seed,
+        drop_last=drop_last,
+        epoch_sizes=epoch_sizes,
+        extra_transform=extra,
+        augment=augment,
     )
-    return Loaders(loader, evaluation(val), evaluation(test))
+    return loaders_of(
+        StreamLoader,
+        (train, val, test),
+        (batch_size, eval_batch),
+        {**training, **order, **common},
+        {"view": view, **common},
+    )
 
 
 __all__ = [

@@ -35,11 +35,10 @@ import torch
 from torch import nn
 
 from resnetlab.device import autocast
-from resnetlab.distributed.group import DistInfo
 from resnetlab.errors import UsageError, first_line
-from resnetlab.inference.evaluation import batch_sums, evaluation_result
+from resnetlab.inference.evaluation import Evaluator, batch_sums, evaluation_result
 from resnetlab.report.observer import Observer
-from resnetlab.train.steps import EagerStep, WeightAverage, train_step
+from resnetlab.train.steps import EagerStep, Step
 
 WARMUP_STEPS = (
     3  # eager steps before capture: cuDNN autotuning, lazy allocations (PyTorch's example uses 3)
@@ -196,9 +195,9 @@ class SGDUpdate:
             torch._foreach_add_(params, torch._foreach_mul(grads, self.neg_lr))
 
 
-class CapturedStep:
+class CapturedStep(Step):
     """`steps.train_step` replayed from one CUDA graph (see the module docstring); the same
-    interface as steps.EagerStep."""
+    interface as steps.EagerStep (`options`: a Step's amp, label_smoothing and average)."""
 
     def __init__(
         self,
@@ -206,15 +205,12 @@ class CapturedStep:
         optimizer: torch.optim.Optimizer,
         device: torch.device,
         *,
-        amp: bool,
-        label_smoothing: float = 0.0,
-        average: WeightAverage | None = None,
         graphs=Graphs,
         warmup_steps: int = WARMUP_STEPS,
         fallback: CaptureFallback | None = None,
+        **options,
     ) -> None:
-        self.model, self.optimizer, self.device = model, optimizer, device
-        self.amp, self.label_smoothing, self.average = amp, label_smoothing, average
+        super().__init__(model, optimizer, device, **options)
         self.graphs, self.warmup_steps, self.fallback = graphs, warmup_steps, fallback
         self.eager = False  # True once a capture failed under `fallback`: op by op from then on
         self._eager_step_ = None  # the EagerStep that takes over then
@@ -236,21 +232,9 @@ class CapturedStep:
         )  # in place: the graph holds its address
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        # Gradients start as None: backward then writes them afresh (in a graph, into buffers of its
-        # pool that every replay overwrites) instead of adding to the last step's.
-        self.optimizer.zero_grad(set_to_none=True)
-        train_step(
-            self.model,
-            x,
-            y,
-            self.sums,
-            optimizer_step=self._update,
-            label_smoothing=self.label_smoothing,
-            amp=self.amp,
-            cache_casts=False,
-        )
+        self.take_step(x, y, cache_casts=False)
 
-    def _update(self) -> None:
+    def update_weights(self) -> None:
         self.update()
         if self.average is not None:  # in the graph too: a foreach lerp on tensors that stay put
             self.average.update()
@@ -311,30 +295,22 @@ class CapturedStep:
         self.graph.replay()  # capturing recorded the step without running it
 
 
-class CapturedEvaluator:
-    """inference.evaluation.evaluate with each full batch replayed from one graph (the same call as evaluation.Evaluator)."""
+class CapturedEvaluator(Evaluator):
+    """inference.evaluation.evaluate with each full batch replayed from one graph: an
+    evaluation.Evaluator (`options`: its amp, num_classes, dist and per_example), the same call."""
 
     def __init__(
         self,
         model: nn.Module,
         device: torch.device,
         *,
-        amp: bool = False,
-        num_classes: int | None = None,
-        dist: DistInfo = DistInfo(),
-        per_example: bool = False,
         graphs=Graphs,
         fallback: CaptureFallback | None = None,
+        **options,
     ) -> None:
-        self.model, self.device, self.amp, self.num_classes, self.dist, self.graphs = (
-            model,
-            device,
-            amp,
-            num_classes,
-            dist,
-            graphs,
-        )
-        self.per_example, self.fallback = per_example, fallback
+        super().__init__(model, device, **options)
+        self.graphs, self.fallback = graphs, fallback
+        num_classes = self.num_classes
         self.eager = False  # True once a capture failed under `fallback`: op by op from then on
         self.graph = self.x = self.y = self.outputs = None
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)

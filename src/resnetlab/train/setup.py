@@ -13,26 +13,14 @@ import dataclasses
 import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from resnetlab.data import (
-    Augment,
-    Dataset,
-    Loader,
-    Loaders,
-    eval_batch_size,
-    get_dataset_info,
-    load_dataset,
-    make_loaders,
-    split_dataset,
-)
-from resnetlab.data.eval_view import EvalView, default_view
-from resnetlab.data.mixing import MixedLoader
-from resnetlab.data.shards import open_stream
-from resnetlab.data.stream import StreamLoader, make_stream_loaders
+from resnetlab.data import Dataset, Loaders
+from resnetlab.data import path as data_path
+from resnetlab.data.eval_view import EvalView
+from resnetlab.data.path import DataSettings, Norm, Splits
 from resnetlab.device import (
     prepare_device,
     resolve_device,
@@ -60,14 +48,6 @@ from resnetlab.train.presets import PRESETS, run_warnings
 from resnetlab.train.steps import EagerStep, WeightAverage, init_weights, make_optimizer
 from resnetlab.train.whiten import WHITEN_IMAGES, whiten_first_conv
 from resnetlab.version import __version__
-
-
-class Splits(NamedTuple):
-    train: (
-        Dataset  # or, with streamed data, StreamSplit (data/shards.py): the same questions answered
-    )
-    val: Dataset | None
-    test: Dataset
 
 
 @dataclass
@@ -146,46 +126,13 @@ class Parts:
 def load_splits(
     cfg: TrainConfig, say: Callable[[str], None] | None = None, share: tuple[int, int] = (0, 1)
 ) -> Splits:
-    """(train, val or None, test) datasets as the config asks: subset, then validation split (see
-    `val_examples`: under --subset it shrinks to fit, and `say` hears so). `share`: the shards
-    this process checks, of streamed data (shards.open_shards)."""
-    # --subset: a seeded random subset of each split (smoke tests, quick looks)
-    if cfg.streamed:  # listed and checked, not read: the workers read while training
-        remote = {"cache": cfg.cache, "cache_size": cfg.cache_size}  # for shards:URL
-        train_set = open_stream(cfg.data, True, share, **remote)
-        test_set = open_stream(cfg.data, False, share, **remote)
-        if cfg.subset is not None:
-            train_set = train_set.take(min(cfg.subset, len(train_set)), seed=cfg.seed)
-            test_set = test_set.take(min(cfg.subset, len(test_set)), seed=cfg.seed)
-    else:
-        train_set = load_dataset(cfg.data, True, cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
-        test_set = load_dataset(cfg.data, False, cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
-    val_set = None
-    held = val_examples(cfg, len(train_set))
-    if held != cfg.val_split and say is not None:
-        say(
-            f"--val-split {cfg.val_split} is more than a subset of {len(train_set)} leaves: "
-            f"{held} held out instead"
-        )
-    if held:
-        train_set, val_set = split_dataset(train_set, held, seed=cfg.seed)
-    return Splits(train_set, val_set, test_set)
+    """(train, val or None, test) datasets as the config asks (data/path.py's load_splits)."""
+    return data_path.load_splits(DataSettings.of(cfg), say, share)
 
 
 def val_examples(cfg: TrainConfig, train_examples: int) -> int:
-    """How many of `train_examples` training examples are held out for validation: --val-split,
-    except under --subset, where a split of more than half the subset's training examples (a
-    preset's 5,000 on a small subset) shrinks to a tenth of them (at least 1); a split that fits
-    is kept as given. Without --subset a split that leaves no training data is refused."""
-    held = cfg.val_split
-    if held and cfg.subset is not None and held > train_examples // 2:
-        held = max(1, train_examples // 10)
-    if held and held >= train_examples:
-        raise UsageError(
-            f"val_split (--val-split) {held} leaves no training data ({train_examples} examples); "
-            "pass a smaller one, or 0"
-        )
-    return held
+    """How many of `train_examples` are held out for validation (data/path.py's val_examples)."""
+    return data_path.val_examples(DataSettings.of(cfg), train_examples)
 
 
 def build_model(
@@ -201,17 +148,9 @@ def build_model(
     return model
 
 
-def normalization(
-    cfg: TrainConfig, splits: Splits | None = None
-) -> tuple[list[float], list[float]] | None:
-    """(mean, std) per channel of the dataset, or None when the config does not normalise;
-    streamed data's are its manifest's (or measured on a sample of an image folder)."""
-    if not cfg.normalize:
-        return None
-    if cfg.streamed and splits is not None:
-        return list(splits.train.mean), list(splits.train.std)
-    info = get_dataset_info(cfg.data)
-    return list(info.mean), list(info.std)
+def normalization(cfg: TrainConfig, splits: Splits | None = None) -> Norm | None:
+    """(mean, std) per channel of the dataset, or None when the config does not normalise."""
+    return data_path.normalization(DataSettings.of(cfg), splits)
 
 
 def weights_metadata(
@@ -240,9 +179,7 @@ def weights_metadata(
 
 def stream_view(cfg: TrainConfig, splits: Splits) -> EvalView:
     """The evaluation view of a streamed run (what make_stream_loaders evaluates through)."""
-    return default_view(
-        cfg.resize or splits.train.side, cfg.eval_resize, cfg.eval_crop, cfg.random_resized_crop
-    )
+    return data_path.stream_view(DataSettings.of(cfg), splits)
 
 
 def check_eval_sizes(cfg: TrainConfig, say: Callable[[str], None] | None) -> None:
@@ -269,41 +206,12 @@ def check_streamed(cfg: TrainConfig, say: Callable[[str], None] | None) -> None:
         )
 
 
-def augmentation(cfg: TrainConfig) -> Augment:
-    """The training augmentations the config asks for, as both data paths take them."""
-    return Augment(
-        crop_padding=cfg.crop_padding,
-        flip=cfg.flip,
-        erasing=cfg.erasing,
-        alternate_flip=cfg.alternate_flip,
-        trivial=cfg.trivial_augment,
-        resized_crop=cfg.random_resized_crop and cfg.streamed,
-    )
-
-
 def whitening_images(cfg: TrainConfig, train: Dataset) -> Iterator[torch.Tensor]:
     """The first WHITEN_IMAGES training images as the model sees them (resized, normalized; not
-    augmented), in batches, on the CPU: what --init whiten measures its filters on (streamed
-    data: their evaluation views at the training size, decoded by the workers)."""
-    first = train.subset(range(min(WHITEN_IMAGES, len(train))))
-    if cfg.streamed:
-        side = cfg.resize or train.side
-        norm = normalization(cfg, Splits(train, None, train))
-        loader = StreamLoader(
-            first,
-            500,
-            shuffle=False,
-            view=EvalView(side, side),
-            normalize=norm,
-            workers=cfg.workers,
-        )
-        return (x for x, _ in loader)
-    return (
-        x
-        for x, _ in Loader(
-            first, 500, shuffle=False, resize=cfg.resize, normalize=normalization(cfg)
-        )
-    )
+    augmented), in batches, on the CPU: what --init whiten measures its filters on."""
+    settings = DataSettings.of(cfg)
+    norm = data_path.normalization(settings, Splits(train, None, train))
+    return data_path.whitening_images(settings, train, WHITEN_IMAGES, norm)
 
 
 def epoch_sizes(cfg: TrainConfig, train: Dataset) -> list[int] | None:
@@ -520,78 +428,21 @@ def _model_and_optimizer(cfg, dist, splits, device, channels_last, checkpoint, f
 
 
 def _loaders(cfg, dist, splits, device, channels_last, capture, norm) -> Loaders:
-    """The train, val and test loaders: this process's share of each batch, on the device."""
+    """The train, val and test loaders (data/path.py): this process's share of each batch, on
+    the device."""
     # A compiled model drops the last, smaller batch of each epoch (a different few examples each
     # time): a second batch shape would cost a second compilation (and a captured step a second
     # graph). Evaluation runs the uncompiled model: compiling it for eval mode would be a third.
     # Measured on the CPU, empty inductor cache: two epochs of resnet18_d2l took 71 s with three
     # compilations, 37 s with one.
-    if cfg.streamed:
-        return _stream_loaders(cfg, dist, splits, device, channels_last, capture, norm)
-    loaders = make_loaders(
-        *splits,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        # several processes keep the last batch too: Loader's plan splits it unevenly (each rank at
-        # least one example; a last batch of fewer examples than processes is dropped)
-        drop_last=cfg.compile or capture,
-        epoch_sizes=epoch_sizes(cfg, splits.train),
-        augment=augmentation(cfg),
-        resize=cfg.resize,
-        eval_resize=cfg.eval_resize,
-        eval_crop=cfg.eval_crop,
-        normalize=norm,
+    return data_path.make_data_loaders(
+        DataSettings.of(cfg),
+        splits,
+        norm,
         device=device,
         channels_last=channels_last,
+        drop_last=cfg.compile or capture,
+        epoch_sizes=epoch_sizes(cfg, splits.train),
         rank=dist.rank,
         world_size=dist.world_size,
     )
-    return _mixed(_check_nonempty(loaders, cfg, splits), cfg, splits)
-
-
-def _mixed(loaders: Loaders, cfg: TrainConfig, splits: Splits) -> Loaders:
-    """Mixup/CutMix on the training batches, outside the step (a captured step replays as is)."""
-    if not (cfg.mixup or cfg.cutmix):
-        return loaders
-    return loaders._replace(
-        train=MixedLoader(
-            loaders.train,
-            mixup=cfg.mixup,
-            cutmix=cfg.cutmix,
-            num_classes=len(splits.train.classes),
-            seed=cfg.seed,
-        )
-    )
-
-
-def _stream_loaders(cfg, dist, splits, device, channels_last, capture, norm) -> Loaders:
-    """The streamed loaders (data/stream.py): workers decode, the same batches per process."""
-    loaders = make_stream_loaders(
-        *splits,
-        batch_size=cfg.batch_size,
-        eval_batch=eval_batch_size(cfg.batch_size),
-        size=cfg.resize,
-        eval_resize=cfg.eval_resize,
-        eval_crop=cfg.eval_crop,
-        seed=cfg.seed,
-        drop_last=cfg.compile or capture,
-        epoch_sizes=epoch_sizes(cfg, splits.train),
-        normalize=norm,
-        device=device,
-        channels_last=channels_last,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        workers=cfg.workers,
-        augment=augmentation(cfg),
-        shard_order=cfg.shard_order,
-        shard_window=cfg.shard_window,
-    )
-    return _mixed(_check_nonempty(loaders, cfg, splits), cfg, splits)
-
-
-def _check_nonempty(loaders: Loaders, cfg: TrainConfig, splits: Splits) -> Loaders:
-    if len(loaders.train) == 0:
-        raise UsageError(
-            f"{len(splits.train)} training examples make no full batch of {cfg.batch_size}; lower --batch-size"
-        )
-    return loaders

@@ -129,10 +129,10 @@ class WeightAverage:
         self.updates += 1
 
 
-class EagerStep:
-    """`train_step` run op by op with the optimizer's own update: the CPU's path, DDP's, and
-    wherever no graph is captured. `sums` holds the epoch's running (loss sum, correct, count);
-    `average`, when given, is updated after every optimizer step."""
+class Step:
+    """What a training step holds, eager or captured (graphs.CapturedStep): the model, its
+    optimizer and device, bf16 autocast, label smoothing and the --ema `average`, updated after
+    every optimizer step; `sums`, the epoch's running (loss sum, correct, count)."""
 
     def __init__(
         self,
@@ -148,10 +148,35 @@ class EagerStep:
         self.amp, self.label_smoothing, self.average = amp, label_smoothing, average
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
 
+    def update_weights(self) -> None:
+        raise NotImplementedError
+
+    def take_step(self, x: torch.Tensor, y: torch.Tensor, **extra) -> None:
+        """One `train_step` with this step's model, sums, update, label smoothing and precision;
+        `extra`: train_step's other arguments. Gradients start as None: backward then writes
+        them afresh (in a graph, into buffers of its pool that every replay overwrites) instead
+        of adding to the last step's."""
+        self.optimizer.zero_grad(set_to_none=True)
+        train_step(
+            self.model,
+            x,
+            y,
+            self.sums,
+            optimizer_step=self.update_weights,
+            label_smoothing=self.label_smoothing,
+            amp=self.amp,
+            **extra,
+        )
+
+
+class EagerStep(Step):
+    """`train_step` run op by op with the optimizer's own update: the CPU's path, DDP's, and
+    wherever no graph is captured."""
+
     def start_epoch(self, partial: list[float]) -> None:
         self.sums = torch.tensor(partial, dtype=torch.float64, device=self.device)
 
-    def _update(self) -> None:
+    def update_weights(self) -> None:
         self.optimizer.step()
         if self.average is not None:
             self.average.update()
@@ -161,14 +186,4 @@ class EagerStep:
     ) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        train_step(
-            self.model,
-            x,
-            y,
-            self.sums,
-            optimizer_step=self._update,
-            label_smoothing=self.label_smoothing,
-            amp=self.amp,
-            loss_weight=loss_weight,
-        )
+        self.take_step(x, y, loss_weight=loss_weight)
