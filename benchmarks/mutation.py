@@ -45,7 +45,14 @@ MODULES: dict[str, list[str]] = {
         "-k",
         "test_steps or weight_average or warm",
     ],
-    "data/decode.py": ["tests/data/test_image_reader.py", "-m", "not slow"],
+    "data/decode.py": [
+        "tests/data/test_image_reader.py",
+        "tests/data/test_stream.py",
+        "-m",
+        "not slow",
+        "-k",
+        "test_image_reader or box or decode or view or augmentations or bad",
+    ],
     "data/stream.py": ["tests/data/test_stream.py", "-m", "not slow"],
     "data/shards.py": [
         "tests/data/test_stream.py",

@@ -254,6 +254,9 @@ def test_grad_cam_uses_the_layer_asked_for_and_refuses_each_kind_of_bad_target()
     by_name = grad_cam(model, x, target=1, layer="layer1")
     torch.testing.assert_close(by_name, grad_cam(model, x, target=1, layer=model.layer1))
     assert not torch.allclose(by_name, grad_cam(model, x, target=1))  # not the default stage
+    no_map = r"^layer 'fc' gives no spatial map \(\(3, 1\)\); pick a convolutional layer or a residual stage$"
+    with pytest.raises(UsageError, match=no_map):
+        grad_cam(model, x, layer="fc")
     for bad, message in [
         (1.5, r"a class index or one per image \(3\), got 1.5$"),
         (-1, "out of range"),

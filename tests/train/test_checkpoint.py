@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from resnetlab.distributed.group import DistInfo
-from resnetlab.errors import CheckpointError, UsageError
+from resnetlab.errors import CheckpointError, UsageError, first_line
 from resnetlab.train import make_config
 from resnetlab.train.checkpoint import (
     CHECKPOINT_VERSION,
@@ -101,12 +101,16 @@ def test_restore_refuses_weights_of_another_shape_and_a_missing_average(tmp_path
     saved(tmp_path)
     ckpt = load_checkpoint(tmp_path)
     other = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5))
-    with pytest.raises(
-        CheckpointError,
-        match=r"^RUN: the checkpoint's weights do not fit the model its configuration builds \(",
-    ) as e:
+    try:
+        other.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # torch's own words: several lines, 800-odd characters
+        cause = " ".join(str(e).split())[:300]
+    assert len(cause) == 300
+    with pytest.raises(CheckpointError) as e:
         restore_checkpoint(ckpt, other, torch.optim.SGD(other.parameters(), lr=0.1), "RUN")
-    assert "\n" not in str(e.value)
+    assert str(e.value) == (
+        f"RUN: the checkpoint's weights do not fit the model its configuration builds ({cause})"
+    )
     model, optimizer = parts()
     with pytest.raises(
         CheckpointError,
@@ -230,6 +234,10 @@ DAMAGE = {
         lambda c: c["state"].update(history=[1, 2]),
         "its metrics history is not a list of rows",
     ),
+    "history without epochs": (
+        lambda c: c["state"].pop("epoch"),
+        "its metrics history has 2 rows for 0 epochs",
+    ),
     "history too short": (
         lambda c: c["state"].update(history=[{}]),
         "its metrics history has 1 rows for 2 epochs",
@@ -279,11 +287,15 @@ def test_what_is_not_a_resnetlab_checkpoint_is_one_line(tmp_path):
         == f"no checkpoint at {path}; --resume takes the folder of a run that saved at least one epoch"
     )
     path.write_bytes(b"not a zip")
-    with pytest.raises(
-        CheckpointError,
-        match=rf"^{path} is not a readable resnetlab checkpoint \(.+\); it may be truncated or foreign$",
-    ):
+    try:
+        torch.load(path, weights_only=True)
+    except Exception as e:  # torch's own words: the message keeps their first line
+        cause = first_line(e)
+    with pytest.raises(CheckpointError) as e:
         load_checkpoint(path)
+    assert str(e.value) == (
+        f"{path} is not a readable resnetlab checkpoint ({cause}); it may be truncated or foreign"
+    )
     foreign = f"{path} is not a resnetlab checkpoint (version 1); it was written by another program"
     for content in ([1], {"version": 2, "config": {}}, {"version": 1}, {"config": {}}):
         torch.save(content, path)

@@ -83,20 +83,15 @@ def test_a_step_updates_once_and_adds_loss_sum_correct_and_count(soft):
 def test_a_steps_gradient_is_scaled_by_the_loss_weight():
     x, y = torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
     grads = []
-    for weight in (1.0, 0.25):
+    for weight in (None, 1.0, 0.25):  # None: the default, an even share
         model = tiny().eval()
-        train_step(
-            model,
-            x,
-            y,
-            torch.zeros(3, dtype=torch.float64),
-            optimizer_step=lambda: None,
-            label_smoothing=0.0,
-            amp=False,
-            loss_weight=weight,
-        )
+        given = {} if weight is None else {"loss_weight": weight}
+        sums = torch.zeros(3, dtype=torch.float64)
+        step = dict(optimizer_step=lambda: None, label_smoothing=0.0, amp=False)
+        train_step(model, x, y, sums, **step, **given)
         grads.append(model[3].weight.grad.clone())
-    torch.testing.assert_close(grads[1], grads[0] * 0.25)
+    assert torch.equal(grads[0], grads[1])
+    torch.testing.assert_close(grads[2], grads[1] * 0.25)
 
 
 def test_the_eager_step_sets_the_lr_starts_from_fresh_gradients_and_updates_the_average():
