@@ -245,3 +245,32 @@ def test_grad_cam_finds_the_quadrant_that_carries_the_class():
     mass = quadrant_mass(grad_cam(net, x_test), q_test)[correct]
     assert mass.mean() >= 0.6, mass.mean()
     assert (mass >= 0.6).float().mean() >= 0.95, sorted(mass.tolist())[:10]
+
+
+def test_grad_cam_uses_the_layer_asked_for_and_refuses_each_kind_of_bad_target():
+    torch.manual_seed(0)
+    model = create_model("resnet8", in_chans=1, width=4)
+    x = torch.rand(3, 1, 20, 20)
+    by_name = grad_cam(model, x, target=1, layer="layer1")
+    torch.testing.assert_close(by_name, grad_cam(model, x, target=1, layer=model.layer1))
+    assert not torch.allclose(by_name, grad_cam(model, x, target=1))  # not the default stage
+    no_map = r"^layer 'fc' gives no spatial map \(\(3, 1\)\); pick a convolutional layer or a residual stage$"
+    with pytest.raises(UsageError, match=no_map):
+        grad_cam(model, x, layer="fc")
+    for bad, message in [
+        (1.5, r"a class index or one per image \(3\), got 1.5$"),
+        (-1, "out of range"),
+        ([0, -1, 2], "out of range"),
+        (10, "out of range: the net has 10 classes"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            grad_cam(model, x, target=bad)
+
+
+def test_one_target_index_is_repeated_for_each_image():
+    from resnetlab.explain.cam import _targets
+
+    logits = torch.zeros(3, 4)
+    for one in (2, torch.tensor(2), [2]):
+        assert torch.equal(_targets(one, logits), torch.tensor([2, 2, 2]))
+    assert torch.equal(_targets((3, 0, 1), logits), torch.tensor([3, 0, 1]))

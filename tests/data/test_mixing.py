@@ -141,3 +141,71 @@ def test_batches_passed_over_on_resume_still_make_their_draws():
     assert got[:2] == [(None, None), (None, None)]
     for (a, ta), (b, tb) in zip(whole[2:], got[2:]):
         assert torch.equal(a, b) and torch.equal(ta, tb)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_cutmix_box_is_torchvisions_about_the_drawn_centre(seed):
+    # transforms.v2.CutMix: centre uniform over the pixels, half-sides int(sqrt(1 - lam) / 2 * side),
+    # the box clipped to the image; a 9 x 7 image, so a swapped height and width shows
+    gen, again = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    lam = 0.1 + 0.02 * seed
+    r_x, r_y = (
+        int(torch.randint(7, (1,), generator=again)),
+        int(torch.randint(9, (1,), generator=again)),
+    )
+    half_h, half_w = int(0.5 * math.sqrt(1 - lam) * 9), int(0.5 * math.sqrt(1 - lam) * 7)
+    expected = (
+        max(r_y - half_h, 0),
+        max(r_x - half_w, 0),
+        min(r_y + half_h, 9),
+        min(r_x + half_w, 7),
+    )
+    assert cutmix_box(lam, 9, 7, gen).box == expected
+
+
+def test_the_targets_have_one_column_per_class_whatever_classes_the_batch_holds():
+    x, _ = batch()
+    y = torch.tensor([0, 1, 0, 1, 0, 1])  # classes 2..4 absent from this batch
+    for mix in (Mix("mixup", 0.3), Mix("cutmix", 0.5, (0, 0, 3, 3))):
+        _, target = mix_batch(x, y, 5, mix)
+        assert target.shape == (6, 5) and not target[:, 2:].any()
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_a_mixed_batch_keeps_the_layout_it_came_in(kind):
+    x, y = batch()
+    mix = Mix(kind, 0.3, (2, 1, 6, 4) if kind == "cutmix" else None)
+    plain, _ = mix_batch(x, y, 5, mix)
+    fast, _ = mix_batch(x.contiguous(memory_format=torch.channels_last), y, 5, mix)
+    assert fast.is_contiguous(memory_format=torch.channels_last) and torch.equal(fast, plain)
+    assert plain.is_contiguous()
+    strided, _ = mix_batch(x[..., ::2], y, 5, mix)  # neither layout: not made channels_last
+    assert not strided.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.2, 0.0), (0.0, 1.0), (0.2, 1.0)])
+def test_either_alpha_alone_is_enough(mixup, cutmix):
+    MixedLoader([], mixup=mixup, cutmix=cutmix, num_classes=2)
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(-0.1, 1.0), (0.2, -1.0), (0.0, 0.0)])
+def test_a_negative_alpha_is_refused(mixup, cutmix):
+    with pytest.raises(UsageError, match="alpha > 0"):
+        MixedLoader([], mixup=mixup, cutmix=cutmix, num_classes=2)
+
+
+@pytest.mark.parametrize("skip", [0, 2])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_each_batch_is_mixed_by_its_own_draw_from_the_epochs_stream(skip, seed):
+    # 9 x 7 batches: the draws are made at (height, width), before and after a resume; a loader
+    # never given an epoch mixes as epoch 0, like the loader it wraps
+    batches = [batch(seed=s) for s in range(4)]
+    mixed = MixedLoader(_Skipping(batches, skip), mixup=0.2, cutmix=1.0, num_classes=5, seed=seed)
+    got = list(mixed)
+    gen = torch.Generator().manual_seed(_stream_seed(seed, 0, "mix"))
+    for i, (x, y) in enumerate(batches):
+        expected = mix_batch(x, y, 5, draw_mix(0.2, 1.0, 9, 7, gen))
+        if i < skip:
+            assert got[i] == (None, None)
+        else:
+            assert torch.equal(got[i][0], expected[0]) and torch.equal(got[i][1], expected[1])

@@ -348,6 +348,17 @@ def test_with_tta_none_is_the_model_itself():
         TTAModel(net, "rotate")
 
 
+@pytest.mark.parametrize("mode", ["flip", "flip-shift"])
+def test_with_tta_wraps_the_model_in_the_views_asked_for(mode):
+    x = torch.randn(2, 1, 5, 7)
+    wrapped = with_tta(Pixels(), mode)
+    torch.testing.assert_close(wrapped(x), TTAModel(Pixels(), mode)(x))
+    assert not torch.allclose(wrapped(x), Pixels()(x))  # not the bare model
+    torch.testing.assert_close(TTAModel(Pixels())(x), TTAModel(Pixels(), "flip")(x))  # the default
+    with pytest.raises(ValueError, match=r"'rotate'; use flip, flip-shift$"):
+        TTAModel(Pixels(), "rotate")
+
+
 @pytest.mark.needs_fashion_mnist
 def test_final_test_figure_is_the_kept_weights_with_tta_and_without(tmp_path):
     """--tta: the summary's kept test figure is the kept weights evaluated through the views (the
