@@ -202,7 +202,7 @@ def test_each_batch_is_mixed_by_its_own_draw_from_the_epochs_stream(skip, seed):
     batches = [batch(seed=s) for s in range(4)]
     mixed = MixedLoader(_Skipping(batches, skip), mixup=0.2, cutmix=1.0, num_classes=5, seed=seed)
     got = list(mixed)
-    gen = torch.Generator().manual_seed(_stream_seed(seed, 0, "mix"))
+    gen = torch.Generator().manual_seed(stream_seed(seed, 0, "mix"))
     for i, (x, y) in enumerate(batches):
         expected = mix_batch(x, y, 5, draw_mix(0.2, 1.0, 9, 7, gen))
         if i < skip:
