@@ -503,3 +503,22 @@ def test_the_processes_of_a_machine_share_the_shard_hashing(packed, monkeypatch)
         per_process.append(sorted(hashed))
     assert all(per_process) and not set(per_process[0]) & set(per_process[1])
     assert sorted(per_process[0] + per_process[1]) == names
+
+
+def test_every_pillow_plugin_is_imported_before_the_workers_fork():
+    """A DataLoader worker never imports a Pillow plugin itself: a lazy import after the fork can
+    wait forever on an import lock another thread held at the fork (a 2-process streamed run once
+    hung so, its worker in Image.open's preinit). Importing the decoder initialises them all."""
+    import subprocess
+    import sys
+
+    code = "import resnetlab.data.decode, PIL.Image as I; print(I._initialized)"
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=src),
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr

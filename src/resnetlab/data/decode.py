@@ -41,6 +41,12 @@ except ImportError:  # the stream extra is missing: Pillow decodes JPEG too (wit
     simplejpeg = None
 from PIL import Image, UnidentifiedImageError
 
+# Every Pillow plugin imported here, in the process that forks the DataLoader workers: a worker
+# that imported one lazily (Image.open's preinit) could wait forever on a module import lock that
+# another thread held at the fork; seen once in ~20 runs of a 2-process streamed run, its worker
+# stuck importing PIL.BmpImagePlugin.
+Image.init()
+
 SCALE = (0.08, 1.0)  # RandomResizedCrop's area fraction
 RATIO = (3 / 4, 4 / 3)  # and aspect-ratio range
 ATTEMPTS = 10
