@@ -10,10 +10,9 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
+import tiny_photos
 import torch
-from PIL import Image
 
 from resnetlab import cli
 from resnetlab.data.eval_view import EvalView
@@ -44,15 +43,7 @@ RUN = dict(
 
 def write_folder(root: Path, train: int = 16, test: int = 6) -> Path:
     """Two classes of images of mixed sizes and shapes, PNG and JPEG."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", train), ("test", test)):
-        for i in range(n):
-            folder = root / split / f"c{i % 2}"
-            folder.mkdir(parents=True, exist_ok=True)
-            h, w = (int(v) for v in rng.integers(20, 45, 2))
-            pixels = (rng.integers(0, 60, (h, w, 3)) + 120 * (i % 2)).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"{i:03d}.{'jpg' if i % 3 else 'png'}")
-    return root
+    return tiny_photos.write_folder(root, train, test, largest=44)
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from tiny_photos import write_folder
 
 from resnetlab import cli
 from resnetlab.data.shards import open_shards, pack_folder
@@ -40,18 +39,6 @@ STREAM = dict(
     device="cpu",
     workers=2,
 )
-
-
-def write_folder(root: Path, train: int = 32, test: int = 8) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", train), ("test", test)):
-        for i in range(n):
-            folder = root / split / f"c{i % 2}"
-            folder.mkdir(parents=True, exist_ok=True)
-            h, w = (int(v) for v in rng.integers(20, 41, 2))
-            pixels = (rng.integers(0, 60, (h, w, 3)) + 120 * (i % 2)).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"{i:03d}.{'jpg' if i % 3 else 'png'}")
-    return root
 
 
 @pytest.fixture(scope="module")
