@@ -229,6 +229,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_nginx(run: list[str], port: int) -> None:
+    """`nginx -s stop` only signals the master, which then closes its sockets: wait until the
+    port refuses connections, so that what follows really finds no server."""
+    subprocess.run([*run, "-s", "stop"], check=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nginx still answers on port {port} 10 s after -s stop")
+
+
 def test_nginx_stopped_mid_epoch_is_ridden_out_and_no_sample_skipped(
     served, packed, tmp_path, monkeypatch
 ):
@@ -258,14 +272,14 @@ def test_nginx_stopped_mid_epoch_is_ridden_out_and_no_sample_skipped(
         for i, (x, y) in enumerate(loader):
             batches.append((x.clone(), y.clone()))
             if i == 0:
-                subprocess.run([*run, "-s", "stop"], check=True)
+                stop_nginx(run, port)
                 stopped = time.monotonic()
                 restarted.start()
         restarted.join()
         assert time.monotonic() - stopped > 1.5  # the epoch did wait for the server
         local = StreamLoader(open_shards(packed, True), 4, shuffle=True, workers=0, **order)
         assert same(batches, epoch(local, 0))
-        subprocess.run([*run, "-s", "stop"], check=True)
+        stop_nginx(run, port)
         monkeypatch.setattr(remote, "ATTEMPTS", 2)
         with pytest.raises(DataError, match=r"cannot fetch .*manifest\.json \(.*2 tries\)"):
             open_stream(f"shards:http://127.0.0.1:{port}/set", True, cache=tmp_path / "c2")
