@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from resnetlab import cli
+from resnetlab.distributed.group import DistInfo
 from resnetlab.errors import Interrupted, UsageError
 from resnetlab.report.events import read_events
 from resnetlab.report.observer import Observer
@@ -30,7 +32,7 @@ from resnetlab.train.plan import (
     plan_run,
     shorten,
 )
-from resnetlab.train.timing import Timekeeper
+from resnetlab.train.timing import Pacer, Timekeeper
 
 # --- the planner: pure arithmetic on made-up numbers -------------------------------------------
 
@@ -202,8 +204,8 @@ def test_the_plan_is_printed_saved_and_rerun_from_config_without_planning(tmp_pa
 @pytest.mark.needs_fashion_mnist
 def test_a_machine_that_slows_down_shortens_the_rest_once(tmp_path, capsys):
     clock = FakeTime(per_step(1.0))
-    # epoch 1 as planned, epoch 2 twice as slow, then four times: a second check would cut again
-    cost = lambda epoch: 1.0 if epoch == 1 else 2.0 if epoch == 2 else 4.0
+    # epoch 1 as planned, then twice as slow to the end: one cut, whose margin holds after it
+    cost = lambda epoch: 1.0 if epoch == 1 else 2.0
     out = tmp_path / "run"
     summary = train(
         make_config("quick", time_limit="120s", **TINY), out=out, timekeeper=clock,
@@ -214,23 +216,78 @@ def test_a_machine_that_slows_down_shortens_the_rest_once(tmp_path, capsys):
     kept = 2 + math.floor((PLAN_FRACTION * (120 - 24) - 2 * 5) / 16)
     assert summary["epochs"] == kept < planned
     assert summary["time_limit"]["shortened_after_epoch"] == 2
+    assert summary["time_limit"]["times_shortened"] == 1
+    assert summary["time_limit"]["actual_seconds"] <= 120
     events = [e for e in read_events(out) if e["event"] == "plan_shortened"]
     assert len(events) == 1 and events[0]["epochs"] == kept
     printed = capsys.readouterr().out
-    assert printed.count("the rest of the run shortened once") == 1
+    assert printed.count("the rest of the run shortened") == 1 and "again" not in printed
     assert f"to {kept} epochs instead of {planned}" in printed
     assert f"epoch {kept}/{kept}," in printed  # the console counts to the new end
     saved = json.loads((out / "config.json").read_text())["plan"]["shortened"]
-    assert saved["after_epoch"] == 2 and saved["epochs"] == kept
+    assert saved["after_epoch"] == 2 and saved["epochs"] == kept and "earlier" not in saved
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["plan"]["shortened"]["epochs"] == kept
     report = (out / "report.html").read_text()
-    assert "the rest of the run shortened once" in report and "run time, limit 120 s" in report
+    assert "the rest of the run shortened" in report and "run time, limit 120 s" in report
     assert describe_run(out)["epochs_planned"] == kept  # `resnetlab runs`: kept of kept, not of 13
     # the learning rate decays to the shortened end, not the planned one
     rows = (out / "metrics.csv").read_text().splitlines()
     lr = [float(r.split(",")[rows[0].split(",").index("lr")]) for r in rows[1:]]
     assert lr[-1] < lr[1] / 5
+
+
+@pytest.mark.needs_fashion_mnist
+def test_a_machine_that_keeps_slowing_down_is_cut_again_and_ends_within_the_limit(tmp_path, capsys):
+    """Twice as slow in epoch 2, four times from epoch 3: the first cut fits 2x, so epoch 3
+    shows the plan overrunning again and the rest is cut again (one cut only: 184 s of 120)."""
+    clock = FakeTime(per_step(1.0))
+    cost = lambda epoch: 1.0 if epoch == 1 else 2.0 if epoch == 2 else 4.0
+    out = tmp_path / "run"
+    summary = train(
+        make_config("quick", time_limit="120s", **TINY), out=out, timekeeper=clock,
+        observers=[Steps(clock, cost)],
+    )  # fmt: skip
+    first = 2 + math.floor((PLAN_FRACTION * (120 - 24) - 2 * 5) / 16)  # 7, as above
+    # after epoch 3 (32 s): 64 s left; the rest at 32 s an epoch and the finish at 20 s
+    second = 3 + math.floor((PLAN_FRACTION * (120 - 56) - 4 * 5) / 32)
+    assert summary["epochs"] == second < first
+    limit = summary["time_limit"]
+    assert limit["times_shortened"] == 2 and limit["shortened_after_epoch"] == 3
+    assert limit["actual_seconds"] <= 120
+    events = [e["epochs"] for e in read_events(out) if e["event"] == "plan_shortened"]
+    assert events == [first, second]
+    printed = capsys.readouterr().out
+    assert f"shortened again, to {second} epochs instead of {first}" in printed
+    saved = json.loads((out / "config.json").read_text())["plan"]["shortened"]
+    assert saved["after_epoch"] == 3 and saved["earlier"]["after_epoch"] == 2
+    rows = (out / "metrics.csv").read_text().splitlines()
+    lr = [float(r.split(",")[rows[0].split(",").index("lr")]) for r in rows[1:]]
+    assert lr[-1] < lr[1] / 5  # the twice-compressed schedule still decays to its new end
+
+
+def test_a_twice_shortened_schedule_composes_both_cuts():
+    """The schedule a resume rebuilds from the record: each cut compresses what the one before
+    left; continuous at each cut, ending where the base schedule ends."""
+    base = Schedule("onecycle", lr=0.2, warmup=0.2)
+    record = {
+        "epochs": 10, "steps_per_epoch": 100, "sizes": None, "epoch_seconds": [1.0] * 10,
+        "finish_seconds": 1.0,
+        "shortened": {
+            "at_step": 500, "epochs": 7, "sizes": None, "epoch_seconds": [1.0] * 7,
+            "finish_seconds": 1.0,
+            "earlier": {"at_step": 200, "epochs": 8, "sizes": None, "epoch_seconds": [1.0] * 8,
+                        "finish_seconds": 1.0},
+        },
+    }  # fmt: skip
+    pacer = Pacer(record, base, SimpleNamespace(epoch_sizes=None), FakeTime(per_step(1.0)),
+                  lambda: 0.0, DistInfo())  # fmt: skip
+    schedule = pacer.schedule()
+    once = Compressed(base, 200, 1000)
+    assert [schedule(s, 700) for s in range(500)] == [once(s, 800) for s in range(500)]
+    assert schedule(500, 700) == once(500, 800)
+    assert schedule(699, 700) < base(200, 1000) / 100  # the end: about zero
+    assert schedule(600, 700) < once(600, 800)  # faster than after the first cut alone
 
 
 @pytest.mark.needs_fashion_mnist
@@ -371,3 +428,61 @@ def test_a_saved_limit_gives_way_to_epochs_only_when_unset(tmp_path, capsys):
     assert cli.main([*flags, "--time-limit", "none"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["epochs"] == 3 and shown["time_limit"] is None
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_probe_figure_is_reused_only_when_this_process_measured_it(fresh):
+    """The emulated no-bf16 run planned with the bf16 run's cached 81 ms a step at 28 px where a
+    step took 147 ms, and ran 726 s of a 600 s limit: a cached figure is timed again."""
+    from resnetlab.data import Dataset
+    from resnetlab.train.precision import Candidate, Policy, ProbeResult
+    from resnetlab.train.setup import Splits
+    from resnetlab.train.timing import measure
+
+    images = torch.zeros(64, 1, 12, 12, dtype=torch.uint8)
+    data = Dataset("tiny", images, torch.zeros(64, dtype=torch.long), classes=["a", "b"])
+    cfg = make_config("quick", model_kwargs={"width": 4}, batch_size=16, device="cpu")
+    choice = Candidate(False, False)
+    probe = ProbeResult(
+        choice, {choice.name: 123.0}, cached=not fresh,
+        fresh=frozenset({choice.name}) if fresh else frozenset(),
+    )  # fmt: skip
+    timings, how = measure(
+        cfg, torch.device("cpu"), Splits(data, None, data), Policy(False, False, probe),
+        DistInfo(), [12, 8], bound=1.0, clock=iter(range(10**6)).__next__,
+    )  # fmt: skip
+    assert how["probe_reused"] is fresh
+    assert (timings.step_seconds[12] == 123.0) is fresh  # else timed here: 1 tick a step
+
+
+def test_the_probes_cache_key_names_the_instruction_sets(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA (and ATEN_CPU_CAPABILITY) narrow what the same processor runs: a
+    figure measured with AVX-512 must not answer for a run limited to AVX2."""
+    from resnetlab.train.precision import machine_key
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    full = machine_key(torch.device("cpu"))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert machine_key(torch.device("cpu")) != full
+    assert torch.backends.cpu.get_cpu_capability() in full["isa"]
+
+
+@pytest.mark.needs_fashion_mnist
+def test_every_side_of_the_ramp_is_offered_for_measuring_full_and_first_before_the_rest(
+    tmp_path,
+):
+    """A step's time is not smooth in the side, so every side a plan may train at is measured
+    while the bound allows: the full side, the first, then the rest halving the largest gap."""
+
+    class Recording(FakeTime):
+        def measure(self, cfg, device, splits, policy, dist, sides, bound):
+            self.sides = list(sides)
+            return super().measure(cfg, device, splits, policy, dist, sides, bound)
+
+    clock = Recording(per_step(1.0))
+    train(
+        make_config("quick", time_limit="40s", **TINY), out=tmp_path / "run", timekeeper=clock,
+        observers=[Steps(clock, lambda epoch: 1.0)],
+    )  # fmt: skip
+    assert clock.sides[:3] == [28, 16, 22]
+    assert sorted(clock.sides) == list(range(16, 29))

@@ -159,8 +159,7 @@ class TrainConfig:
         None,
         "fit the whole run (training, evaluations, final test, report) in this time, e.g. 10m, "
         "90s, 1h30m: step times measured at the start choose the epochs and the resize schedule, "
-        "and the rest is shortened once if the machine slows down (train/plan.py; not with "
-        "--epochs)",
+        "and the rest is shortened if the machine slows down (train/plan.py; not with --epochs)",
     )
     batch_size: int = setting(256, "the global batch, split across processes")
     lr: float = setting(0.1, "the (peak) learning rate")

@@ -19,7 +19,8 @@ from resnetlab.errors import UsageError
 
 MAX_EPOCHS = 1000  # the most a plan asks for (a tiny subset under a long limit)
 # The plan aims at this fraction of the time left: step times measured in a few steps miss some of
-# the data pipeline's cost, and the per-epoch check may shorten the rest once only.
+# the data pipeline's cost, and a per-epoch check that cut with no margin would cut again at the
+# next epoch's noise.
 PLAN_FRACTION = 0.95
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
@@ -156,8 +157,7 @@ def shorten(plan: Plan, done: int, seconds_left: float, slowdown: float) -> Plan
     epochs left and the finish, `slowdown` times as long as planned, fit; else a shorter plan,
     whose epochs after `done` are the rest of `plan` resampled (first and last kept: the ramp
     still ends at the full size), as many as fit PLAN_FRACTION of what is left (none: finish
-    now): the epoch that showed the slowdown may not have been slow all through, and there is no
-    second shortening."""
+    now): a margin, so that the next epoch's noise does not cut again."""
     if done >= plan.epochs or plan.seconds(done, slowdown) <= seconds_left:
         return None  # at the end, only the finish is left: nothing to shorten
     keep, budget = done, PLAN_FRACTION * seconds_left

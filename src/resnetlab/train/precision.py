@@ -104,6 +104,7 @@ class ProbeResult:
     figures: dict[str, float] = field(default_factory=dict)  # candidate name -> s per step
     seconds: float = 0.0  # what this run spent probing (0 when the cache answered)
     cached: bool = False  # every candidate's figure came from the cache
+    fresh: frozenset[str] = frozenset()  # the candidates this process measured
     complete: bool = True  # every candidate measured
 
     def line(self) -> str:
@@ -141,7 +142,9 @@ def cache_path() -> Path:
 
 
 def machine_key(device: torch.device) -> dict:
-    """What a figure depends on besides the run: the processor, the threads, torch's version."""
+    """What a figure depends on besides the run: the processor, the instruction sets torch and
+    oneDNN may use (ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA can narrow them on the same
+    processor, and halve its speed), the threads, torch's version."""
     if device.type == "cuda":
         processor = torch.cuda.get_device_name(device)
     else:
@@ -153,12 +156,15 @@ def machine_key(device: torch.device) -> dict:
                 )
         except (OSError, StopIteration):
             pass
-    return {
+    key = {
         "device": device.type,
         "processor": processor,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+    if device.type == "cpu":
+        key["isa"] = [torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA")]
+    return key
 
 
 def _read_cache(path: Path) -> dict:
@@ -221,6 +227,7 @@ def probe(
         figures=figures,
         seconds=spent,
         cached=not missing,
+        fresh=frozenset(c.name for c in missing if c.name in figures),
         complete=len(measured) == len(candidates),
     )
 

@@ -43,8 +43,12 @@ from resnetlab.train.plan import (
 from resnetlab.train.presets import imagenet_ema
 
 TIMED_STEPS = 2  # per image side, after one untimed warm-up step (as the probe's)
-MEASURE_FRACTION = 0.03  # of the limit: the most the measurement spends past its first two sides
-MEASURED_SIDES = 4  # at most; the others are interpolated (plan.Timings.step_at)
+# Of the limit: the most the measurement spends past its first two sides. Every side a plan may
+# train at is measured while this holds (13 sides of `quick` take about 5 s on 2 cores): a step's
+# time is not smooth in the side (20 px took longer than 22 px here), so sides interpolated
+# between a few measured ones were off by up to 20 %, and every run shortened itself after its
+# second epoch; the sides left unmeasured are interpolated (plan.Timings.step_at).
+MEASURE_FRACTION = 0.03
 # After the last epoch, besides the test evaluations: plots, report.html, the mistakes' Grad-CAM
 # row and the weight files, which do not grow with the data. Measured: 3.3 s for a 2,000-image
 # subset of `quick` on the shared 2-core machine under load (the files' times in the run folder).
@@ -85,14 +89,15 @@ class Timekeeper:
 def measure(cfg, device, splits, policy, dist, sides, bound, clock) -> tuple[Timings, dict]:
     """Timekeeper.measure on this machine: the run's model (a copy: the run's weights and random
     numbers are untouched) in the run's precision and layout on random batches of its shape, as
-    the probe (train/precision.py) times it; the probe's figure at the full side is reused."""
+    the probe (train/precision.py) times it; the probe's figure at the full side is reused when
+    the probe measured it in this process (a cached figure may be another day's load)."""
     started = clock()
     world = dist.world_size
     channels, classes = splits.train.images.shape[1], len(splits.train.classes)
     steps, reused = {}, False
     probe = policy.probe
     full = sides[0]
-    if probe is not None and probe.choice.name in probe.figures:
+    if probe is not None and probe.choice.name in probe.fresh:
         steps[full], reused = probe.figures[probe.choice.name], True
     cuda = device.type == "cuda"
     index = (torch.cuda.current_device() if device.index is None else device.index) if cuda else 0
@@ -101,7 +106,7 @@ def measure(cfg, device, splits, policy, dist, sides, bound, clock) -> tuple[Tim
         template = create_model(
             cfg.model, num_classes=classes, in_chans=channels, **cfg.model_kwargs
         )
-        for i, side in enumerate(sides[:MEASURED_SIDES]):
+        for i, side in enumerate(sides):
             if side in steps:
                 continue
             if i >= 2 and clock() - started > bound:
@@ -210,8 +215,8 @@ def plan_for_time(
         start_size=cfg.progressive_resize,
         until=cfg.progressive_until,
     )
-    sides = sorted(set(recipe.sizes(cfg.epochs)))
-    sides = [full, *(sides[:1] if sides[0] != full else []), *_spread(sides[1:-1])]
+    start = min(recipe.sizes(1))  # the ramp's first side (the full one without a ramp)
+    sides = [full, *([start] if start != full else []), *_spread(list(range(start + 1, full)))]
     timings, measured = timekeeper.measure(
         cfg, device, splits, policy, dist, sides, MEASURE_FRACTION * limit
     )
@@ -249,11 +254,18 @@ def plan_for_time(
 
 
 def _spread(middle: list[int]) -> list[int]:
-    """The sides between the first and the full one, the most spread first."""
-    if not middle:
-        return []
-    centre = middle[len(middle) // 2]
-    return [centre, *[s for s in middle if s != centre]]
+    """The sides between the first and the full one in the order that halves the largest gap
+    left each time (the centre, then the quarters, ...): where the measurement's time bound cuts
+    the list, the sides measured still span the ramp evenly."""
+    order, gaps = [], [middle]
+    while gaps:
+        gap = max(gaps, key=len)
+        gaps.remove(gap)
+        if gap:
+            centre = len(gap) // 2
+            order.append(gap[centre])
+            gaps += [gap[:centre], gap[centre + 1 :]]
+    return order
 
 
 def plan_fields(plan: Plan) -> dict:
@@ -305,9 +317,12 @@ class Replan(NamedTuple):
 
 class Pacer:
     """engine.fit's `pace`: after each epoch, whether the rest of the plan in `record` still fits
-    the limit at the speed of the last epoch; if not, once per run, the shorter plan (plan.shorten)
-    for what is left: fewer epochs, the resize schedule resampled, and the learning-rate schedule's
-    rest compressed into the steps left (engine.Compressed; resume rebuilds it from the record)."""
+    the limit at the speed of the last epoch; if not, the shorter plan (plan.shorten) for what is
+    left: fewer epochs, the resize schedule resampled, and the learning-rate schedule's rest
+    compressed into the steps left (engine.Compressed; resume rebuilds it from the record). A
+    shortened plan keeps a margin (plan.PLAN_FRACTION), so a machine that slows down once cuts
+    once; one that keeps slowing down cuts again rather than overrun (record["shortened"]: the
+    last cut, its "earlier" the one before)."""
 
     def __init__(self, record: dict, schedule: Schedule, loader, timekeeper, used, dist):
         """`used()`: seconds of the limit used so far (start-ups and every process's run)."""
@@ -323,19 +338,20 @@ class Pacer:
         return self.plan.epochs
 
     def schedule(self) -> Schedule | Compressed:
-        cut = self.record.get("shortened")
-        if cut is None:
-            return self.base
-        return Compressed(
-            self.base, cut["at_step"], self.record["epochs"] * self.record["steps_per_epoch"]
-        )
+        cuts, cut = [], self.record.get("shortened")
+        while cut is not None:
+            cuts.append(cut)
+            cut = cut.get("earlier")
+        schedule, epochs = self.base, self.record["epochs"]
+        for cut in reversed(cuts):  # each cut compresses the schedule the one before left
+            schedule = Compressed(schedule, cut["at_step"], epochs * self.record["steps_per_epoch"])
+            epochs = cut["epochs"]
+        return schedule
 
     def __call__(self, state, *, starting: bool = False) -> Replan | None:
         """After epoch `state.epoch` (or, `starting`, before a resumed run's first step)."""
         now = self.timekeeper.now()
         took, self.last = now - self.last, now
-        if self.record.get("shortened") is not None:
-            return None  # once: a second shortening would chase noise
         done = state.epoch
         planned = self.plan.epoch_seconds[done - 1] if done and not starting else None
         slowdown = max(took / planned, 1.0) if planned else 1.0
@@ -350,13 +366,15 @@ class Pacer:
         new = _agree(new, self.dist)
         if new is None:
             return None
+        earlier = self.record.get("shortened")
         self.record["shortened"] = {
             "after_epoch": done,
             "at_step": state.global_step,
             "slowdown": round(slowdown, 3),
             **plan_fields(new),
+            **({"earlier": earlier} if earlier is not None else {}),
         }
-        self.plan = new
+        before, self.plan = self.plan.epochs, new
         _set_sizes(self.loader, new.sizes)
         end = self.used() + new.seconds(done, slowdown)
         why = (
@@ -365,8 +383,9 @@ class Pacer:
             else f"{format_seconds(left)} of the limit left at the resume"
         )
         line = (
-            f"time limit {self.record['time_limit']}: {why}; the rest of the run shortened once, "
-            f"to {new.epochs} {plural(new.epochs, 'epoch')} instead of {self.record['epochs']} "
+            f"time limit {self.record['time_limit']}: {why}; the rest of the run shortened"
+            f"{' again' if earlier else ''}, to {new.epochs} {plural(new.epochs, 'epoch')} "
+            f"instead of {before} "
             "(the learning-rate "
             f"schedule's rest compressed into the steps left), estimated to end at "
             f"{format_seconds(end)}"
@@ -405,4 +424,9 @@ def time_summary(record: dict, total_seconds: float, epochs: int) -> dict:
         "planned_epochs": record["epochs"],
         "epochs": epochs,
         "shortened_after_epoch": cut["after_epoch"] if cut else None,
+        "times_shortened": _count(cut),
     }
+
+
+def _count(cut: dict | None) -> int:
+    return 0 if cut is None else 1 + _count(cut.get("earlier"))
