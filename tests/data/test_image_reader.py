@@ -96,8 +96,8 @@ def test_every_path_reads_the_same_pixels(zoo, tmp_path):
     for i, path in enumerate(files):
         views = {
             "in memory": in_memory.images[i],
-            "--stream": decode.eval_view(streamed.read(i), 3, SIDE, SIDE),
-            "shards": decode.eval_view(packed.read(i), 3, SIDE, SIDE),
+            "--stream": decode.decode_image(streamed.read(i), 3),
+            "shards": decode.decode_image(packed.read(i), 3),
         }
         for where, x in views.items():
             diff = (x.int() - predicted[i].int()).abs().max().item()
@@ -214,12 +214,10 @@ def test_a_folder_without_test_holds_out_the_same_split_everywhere(tmp_path):
     trained = open_image_folder(name, True)  # normalised by the same statistics as the packed set
     assert (trained.mean, trained.std) == (default.mean, default.std)
     for i in range(3):
-        x = decode.eval_view(default.read(i), 3, SIDE, SIDE)
-        assert torch.equal(x, decode.eval_view(streamed.read(i), 3, SIDE, SIDE))
+        x = decode.decode_image(default.read(i), 3)
+        assert torch.equal(x, decode.decode_image(streamed.read(i), 3))
         assert torch.equal(x, in_memory.images[i])
-    views = [
-        decode.eval_view(s.read(i), 3, SIDE, SIDE) for s in (packed, other_seed) for i in range(6)
-    ]
+    views = [decode.decode_image(s.read(i), 3) for s in (packed, other_seed) for i in range(6)]
     assert any(not torch.equal(a, b) for a, b in zip(views[:6], views[6:], strict=True))  # seeded
 
 

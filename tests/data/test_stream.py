@@ -21,6 +21,7 @@ from PIL import Image
 from resnetlab import cli
 from resnetlab.data import decode
 from resnetlab.data.augment import Augment
+from resnetlab.data.eval_view import EvalView
 from resnetlab.data.shards import (
     MANIFEST,
     list_packed,
@@ -183,11 +184,9 @@ def test_evaluation_views_and_defaults(packed):
     loaders = make_stream_loaders(None, None, test, batch_size=4, eval_batch=5, size=24, workers=0)
     x, y = next(iter(loaders.test))
     assert x.shape == (5, 3, 24, 24) and x.dtype == torch.float32 and y.dtype == torch.int64
-    raw = test.read(0)
-    h, w = decode.image_size(raw)
-    # Resize(round(24 / 0.875) = 27) + CenterCrop(24): the box is the centre 24/27 of the short side
-    left, top, right, bottom = decode.center_box(h, w, 27, 24)
-    assert right - left == pytest.approx(min(h, w) * 24 / 27)
+    # the default view: Resize(round(24 / 0.875) = 27) + CenterCrop(24) (data/eval_view.py)
+    shown = (x[0] * 255).round().to(torch.uint8)
+    assert torch.equal(shown, EvalView(27, 24).read(test.read(0), 3))
 
 
 def test_extra_transform_runs_after_the_crop_with_the_sample_generator(packed):
@@ -226,7 +225,10 @@ def test_small_image_augmentations_match_the_in_memory_recipe(packed):
     training side, shifted by a padded crop and maybe mirrored (as the in-memory loader does);
     alternating flips mirror each image in every other epoch; erasing sets boxes to the mean."""
     split, pad = open_shards(packed, True), 2
-    views = [decode.eval_view(split.read(i), 3, 16, 16) for i in range(len(split))]
+    views = [  # each image's centred square at 16 px, before the padded crop and the flip
+        decode.train_view(split.read(i), 3, 16, torch.Generator(), resized_crop=False, flip=False)
+        for i in range(len(split))
+    ]
     loader = StreamLoader(
         split, 8, shuffle=True, size=16, workers=0, augment=Augment(crop_padding=pad, flip=True)
     )

@@ -1,7 +1,8 @@
 """A streamed run's evaluation view (data/eval_view.py) read back by what comes after training
 (issue 36, item 2; issue 40, item 5): recorded in the weights, `eval RUN` and `eval --data
 shards:PATH` reproduce the run's test figure, `predict` shows an image as eval does, `export`
-checks on the packed test images; a --resize the user gives carries to evaluation."""
+checks on the packed test images, the run's own mistakes picture shows the view; a --resize the
+user gives carries to evaluation."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from resnetlab.data.eval_view import EvalView
 from resnetlab.data.shards import open_shards, pack_folder
 from resnetlab.inference.images import preprocess, read_images
 from resnetlab.inference.loading import load_model, loader_for, open_test_set
+from resnetlab.report import run_report
 from resnetlab.train import make_config, train
 from resnetlab.train.setup import check_eval_sizes
 from resnetlab.weights import load_weights
@@ -39,6 +41,8 @@ RUN = dict(
     device="cpu",
     workers=0,
 )
+
+DRAWN: dict = {}  # what the streamed run's report was handed to draw its mistakes from
 
 
 def write_folder(root: Path, train: int = 16, test: int = 6) -> Path:
@@ -61,8 +65,21 @@ def streamed_run(tmp_path_factory) -> tuple[Path, Path, Path]:
         eval_resize=20,
         **RUN,
     )
-    train(cfg, out=root / "run", verbose=False)
+    write_analysis = run_report.write_analysis
+
+    def recording(folder, mistakes, images, **kwargs):
+        DRAWN["images"] = images
+        return write_analysis(folder, mistakes, images, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_report, "write_analysis", recording)
+        train(cfg, out=root / "run", verbose=False)
     return root / "run", root / "packed", photos
+
+
+def _test_files(photos: Path) -> list[Path]:
+    """The test images in the packed (and evaluated) order."""
+    return sorted((photos / "test").glob("*/*"), key=lambda p: (p.parent.name, p.name))
 
 
 def test_the_view_is_recorded_in_the_weights(streamed_run):
@@ -92,12 +109,24 @@ def test_predict_shows_an_image_as_eval_does(streamed_run):
     model, meta = load_model(run)
     split = open_test_set(meta)
     evaluated = torch.cat([x for x, _ in loader_for(meta, split, batch_size=6)])
-    files = sorted((photos / "test").glob("*/*"), key=lambda p: (p.parent.name, p.name))
+    files = _test_files(photos)
     assert len(files) == len(split)
     for path, x in zip(files, evaluated):
         shown = preprocess(read_images([path], meta)[0], meta)[0]
         assert shown.shape == x.shape == (3, 16, 16)
         assert torch.equal(shown, x), path.name
+
+
+def test_the_runs_own_mistakes_picture_shows_the_runs_view(streamed_run):
+    """The test images a streamed run's report draws (mistakes.png) are each file through the
+    run's evaluation view, as eval shows them: Resize(20) + CenterCrop(16), JPEG decoded with the
+    accurate IDCT (not the training side's square box, not the fast IDCT)."""
+    _, _, photos = streamed_run
+    drawn, view = DRAWN["images"], EvalView(20, 16)
+    files = _test_files(photos)
+    assert drawn.shape == (len(files), 3, 16, 16)
+    for i, path in enumerate(files):
+        assert torch.equal(drawn[i], view.read(path.read_bytes(), 3)), path.name
 
 
 def test_export_checks_on_the_packed_test_images(streamed_run, tmp_path):

@@ -19,10 +19,10 @@ by an antialiased bilinear filter on uint8 (torch's, which follows Pillow's, the
 torchvision's references use on the same box).
 
 Training views are torchvision's RandomResizedCrop (scale (0.08, 1), ratio (3/4, 4/3), 10
-attempts, then a centre crop of the ratio's nearest bound), or else the evaluation view at the
-output size, padded with black and cut at a random offset as the in-memory loader does (the small
-images' recipe); then a horizontal flip. Evaluation views are Resize(shorter side) +
-CenterCrop, computed as one box.
+attempts, then a centre crop of the ratio's nearest bound), or else the image's centred square at
+the output size, padded with black and cut at a random offset as the in-memory loader does (the
+small images' recipe); then a horizontal flip. The evaluation view has its own home,
+data/eval_view.py (decoded whole with the accurate IDCT, then torchvision's arithmetic).
 """
 
 from __future__ import annotations
@@ -216,21 +216,19 @@ def random_resized_box(h: int, w: int, u: torch.Tensor) -> Box:
     return left, top, left + cw, top + ch
 
 
-def center_box(h: int, w: int, resize: int, crop: int) -> Box:
-    """The source box that Resize(resize) (shorter side) then CenterCrop(crop) shows."""
-    scale = resize / min(h, w)
-    ch, cw = min(crop / scale, h), min(crop / scale, w)
-    top, left = (h - ch) / 2, (w - cw) / 2
-    return left, top, left + cw, top + ch
+def center_square(h: int, w: int) -> Box:
+    """The centred square of an h x w image, its shorter side wide (what Resize(out) +
+    CenterCrop(out) shows of it)."""
+    side = min(h, w)
+    top, left = (h - side) / 2, (w - side) / 2
+    return left, top, left + side, top + side
 
 
-def decode_box(
-    data: bytes, channels: int, box: Box, out: int, *, accurate: bool = False
-) -> torch.Tensor:
+def decode_box(data: bytes, channels: int, box: Box, out: int) -> torch.Tensor:
     """The image's `box` resampled to out x out, uint8 [C, out, out]: JPEG decoded at the
-    smallest of FAST_SCALES that keeps the box at least `out` pixels each way (with libjpeg-turbo's
-    fast IDCT and upsampling unless `accurate`: augmentation does not need the last bit of
-    accuracy, and they cut the decode's time by a tenth), the box cut to whole pixels of the decoded image and resampled
+    smallest of FAST_SCALES that keeps the box at least `out` pixels each way, with libjpeg-turbo's
+    fast IDCT and upsampling (augmentation does not need the last bit of accuracy, and they cut
+    the decode's time by a tenth), the box cut to whole pixels of the decoded image and resampled
     by torch's antialiased bilinear filter on uint8 (Pillow's filter, vectorised: a third of
     Image.resize's time, measured in benchmarks/streaming.py's notes)."""
     left, top, right, bottom = box
@@ -240,7 +238,6 @@ def decode_box(
         channels,
         min_height=math.ceil(out * h / max(bottom - top, 1e-6)),
         min_width=math.ceil(out * w / max(right - left, 1e-6)),
-        accurate=accurate,
     )
     sy, sx = array.shape[0] / h, array.shape[1] / w
     y0, x0 = (
@@ -268,7 +265,7 @@ def train_view(
     flip: bool | None = None,
 ) -> torch.Tensor:
     """A training view of `out` x `out`: a random-resized crop (`resized_crop`), or else the
-    evaluation view (shorter side to `out`, centre crop: a whole square image) padded by
+    image's centred square resized to `out` (a whole square image: Resize + CenterCrop) padded by
     `crop_padding` black pixels a side and cut at a random offset, torchvision's
     RandomCrop(padding=p); flipped with probability 1/2 (`flip` None), always (True) or never
     (False); then `extra_transform(image, gen)` (e.g. TrivialAugmentWide) when given."""
@@ -277,21 +274,13 @@ def train_view(
     if resized_crop:
         x = decode_box(data, channels, random_resized_box(h, w, u), out)
     else:
-        x = decode_box(data, channels, center_box(h, w, out, out), out)
+        x = decode_box(data, channels, center_square(h, w), out)
         if crop_padding:
             dy, dx = (int(v * (2 * crop_padding + 1)) for v in u[:2].tolist())
             x = F.pad(x, (crop_padding,) * 4)[:, dy : dy + out, dx : dx + out].contiguous()
     if (u[-1] < 0.5) if flip is None else flip:
         x = x.flip(-1)
     return extra_transform(x, gen) if extra_transform is not None else x
-
-
-def eval_view(
-    data: bytes, channels: int, resize: int, crop: int, *, accurate: bool = False
-) -> torch.Tensor:
-    """Resize(shorter side to `resize`) + CenterCrop(`crop`), as uint8 [C, crop, crop]."""
-    h, w = image_size(data)
-    return decode_box(data, channels, center_box(h, w, resize, crop), crop, accurate=accurate)
 
 
 def decode_image(data: bytes, channels: int, *, accurate: bool = False) -> torch.Tensor:

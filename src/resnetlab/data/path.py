@@ -103,7 +103,10 @@ def load_splits(
         )
     if held:
         train_set, val_set = split_dataset(train_set, held, seed=s.seed)
-    return Splits(train_set, val_set, test_set)
+    splits = Splits(train_set, val_set, test_set)
+    if s.streamed:  # the test images a run's report draws, shown as the run evaluates them
+        splits = splits._replace(test=dataclasses.replace(test_set, view=stream_view(s, splits)))
+    return splits
 
 
 def val_examples(settings: DataSettings, train_examples: int) -> int:

@@ -43,6 +43,7 @@ from resnetlab.data.datasets import (
     load_dataset,
     resolve_spec,
 )
+from resnetlab.data.eval_view import EvalView
 from resnetlab.data.manifest import FORMAT, parse_manifest
 from resnetlab.data.remote import is_url
 from resnetlab.errors import DataError, UsageError, plural
@@ -75,6 +76,9 @@ class StreamSplit:
     side: int  # the default training (and evaluation crop) side
     digest: str = ""  # what tells two versions apart (the manifest's shard checksums)
     source: RemoteShards | None = None  # shards elsewhere, read through a cache (data/remote.py)
+    # how `images` shows them: a run's evaluation view (data/path.load_splits sets its test
+    # split's); None: the whole image, square, at `side` (Resize(side) + CenterCrop(side))
+    view: EvalView | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -127,6 +131,7 @@ class StreamSplit:
             self.side,
             self.digest,
             self.source,
+            self.view,
         )
 
     def reading(self, batches):
@@ -141,24 +146,24 @@ class StreamSplit:
 
     @property
     def images(self) -> LazyImages:
-        """The evaluation views, decoded one at a time when asked for (the report's mistakes)."""
-        return LazyImages(self)
+        """The images through the split's `view`, decoded one at a time when asked for (what the
+        report's mistakes picture draws)."""
+        return LazyImages(self, self.view or EvalView(self.side, self.side))
 
 
 class LazyImages:
-    """What code written for in-memory datasets reads of `images`: the shape [N, C, side, side]
-    and single images (evaluation views, decoded on demand)."""
+    """What code written for in-memory datasets reads of `images`: the shape [N, C, crop, crop]
+    and single images, uint8, each shown through `view` (data/eval_view.py) when asked for."""
 
-    def __init__(self, split: StreamSplit) -> None:
-        self.split = split
-        self.shape = torch.Size((len(split), split.channels, split.side, split.side))
+    def __init__(self, split: StreamSplit, view: EvalView) -> None:
+        self.split, self.view = split, view
+        self.shape = torch.Size((len(split), split.channels, view.crop, view.crop))
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        side = self.split.side
-        return decode.eval_view(self.split.read(int(i)), self.split.channels, side, side)
+        return self.view.read(self.split.read(int(i)), self.split.channels)
 
 
 def is_stream_name(name: str) -> bool:

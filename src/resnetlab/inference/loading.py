@@ -92,21 +92,6 @@ def view_for_stream(meta: dict, split: StreamSplit) -> EvalView:
     return default_view(side, meta.get("eval_resize"), meta.get("eval_crop"), resized_crop=False)
 
 
-class ViewedImages:
-    """A streamed split's images as its model is shown them (the run's view), uint8 [C, crop,
-    crop], decoded one at a time when asked for: what the mistakes figure draws."""
-
-    def __init__(self, split: StreamSplit, view: EvalView) -> None:
-        self.split, self.view = split, view
-        self.shape = torch.Size((len(split), split.channels, view.crop, view.crop))
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.view.read(self.split.read(int(i)), self.split.channels)
-
-
 class WholeImages:
     """A streamed split's images decoded whole, one at a time when asked for: what `preprocess`
     takes to show them through the run's view once (not a view of the view)."""
@@ -129,7 +114,7 @@ def whole_images(images):
 def shown_images(meta: dict, test_set: Dataset | StreamSplit):
     """`test_set`'s images as the model of `meta` sees them (for drawing, not batching)."""
     if isinstance(test_set, StreamSplit):
-        return ViewedImages(test_set, view_for_stream(meta, test_set))
+        return LazyImages(test_set, view_for_stream(meta, test_set))
     return test_set.images
 
 
