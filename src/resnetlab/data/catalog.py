@@ -163,6 +163,41 @@ _CIFAR100_CLASSES = (
     "tulip turtle wardrobe whale willow_tree wolf woman worm"
 ).split()
 
+
+def _cifar_spec(
+    name: str,
+    dashed: str,
+    layouts: tuple[Layout, Layout],
+    archive_md5: str,
+    *,
+    classes: tuple[str, ...],
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+) -> DatasetSpec:
+    """CIFAR-10 and CIFAR-100 come alike: 32 x 32 colour images, downloaded as one archive, the
+    binary version's `{dashed}-binary.tar.gz` (which holds the binary layout's files), from the
+    authors' page; distributions install them under either spelling of the name."""
+    binary = layouts[0]
+    return DatasetSpec(
+        name=name,
+        channels=3,
+        image_size=(32, 32),
+        classes=classes,
+        mean=mean,
+        std=std,
+        layouts=layouts,
+        downloads=(
+            Download(
+                f"{dashed}-binary.tar.gz",
+                archive_md5,
+                tuple(f.path for f in binary.train + binary.test),
+            ),
+        ),
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        system_dirs=(f"/usr/share/datasets/{name}", f"/usr/share/datasets/{dashed}"),
+    )
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
@@ -222,10 +257,11 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         system_dirs=("/usr/share/datasets/mnist",),
     ),
-    "cifar10": DatasetSpec(
-        name="cifar10",
-        channels=3,
-        image_size=(32, 32),
+    "cifar10": _cifar_spec(
+        "cifar10",
+        "cifar-10",
+        _CIFAR10_LAYOUTS,
+        "c32a1d4ab5d03f1284b67883e8d87530",
         classes=(
             "airplane",
             "automobile",
@@ -240,33 +276,14 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
-        layouts=_CIFAR10_LAYOUTS,
-        downloads=(
-            Download(
-                "cifar-10-binary.tar.gz",
-                "c32a1d4ab5d03f1284b67883e8d87530",
-                tuple(f.path for f in _CIFAR10_LAYOUTS[0].train + _CIFAR10_LAYOUTS[0].test),
-            ),
-        ),
-        mirrors=("https://www.cs.toronto.edu/~kriz/",),
-        system_dirs=("/usr/share/datasets/cifar10", "/usr/share/datasets/cifar-10"),
     ),
-    "cifar100": DatasetSpec(
-        name="cifar100",
-        channels=3,
-        image_size=(32, 32),
+    "cifar100": _cifar_spec(
+        "cifar100",
+        "cifar-100",
+        _CIFAR100_LAYOUTS,
+        "03b5dce01913d631647c71ecec9e9cb8",
         classes=tuple(_CIFAR100_CLASSES),
         mean=(0.5071, 0.4865, 0.4409),
         std=(0.2673, 0.2564, 0.2762),
-        layouts=_CIFAR100_LAYOUTS,
-        downloads=(
-            Download(
-                "cifar-100-binary.tar.gz",
-                "03b5dce01913d631647c71ecec9e9cb8",
-                tuple(f.path for f in _CIFAR100_LAYOUTS[0].train + _CIFAR100_LAYOUTS[0].test),
-            ),
-        ),
-        mirrors=("https://www.cs.toronto.edu/~kriz/",),
-        system_dirs=("/usr/share/datasets/cifar100", "/usr/share/datasets/cifar-100"),
     ),
 }

@@ -4,6 +4,8 @@ and the bench all measure through `evaluate` (or its CUDA-graph kind, train/grap
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -101,28 +103,18 @@ def evaluate(
     return evaluation_result(sums, confusion, dist, collected, getattr(loader, "bad_indices", None))
 
 
+@dataclass(eq=False)  # one evaluator per run (the graph kind holds buffers): compared by identity
 class Evaluator:
-    """`evaluate` bound to a model: what `fit` calls after each epoch (train/graphs.py has the
-    CUDA-graph kind, with the same call)."""
+    """`evaluate` bound to a model and its options: what `fit` calls after each epoch
+    (train/graphs.py has the CUDA-graph kind, with the same call)."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        device: torch.device,
-        *,
-        amp: bool = False,
-        num_classes: int | None = None,
-        dist: DistInfo = DistInfo(),
-        per_example: bool = False,
-    ) -> None:
-        self.model, self.device, self.amp, self.num_classes, self.dist = (
-            model,
-            device,
-            amp,
-            num_classes,
-            dist,
-        )
-        self.per_example = per_example
+    model: nn.Module
+    device: torch.device
+    _: KW_ONLY
+    amp: bool = False
+    num_classes: int | None = None
+    dist: DistInfo = DistInfo()
+    per_example: bool = False
 
     def __call__(self, loader) -> dict:
         return evaluate(
