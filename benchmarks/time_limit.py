@@ -103,9 +103,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limits", nargs="+", default=DEFAULT_LIMITS)
     parser.add_argument("--fixed", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", default="/tmp/resnetlab-time-limit")
+    parser.add_argument(
+        "--from",
+        dest="sources",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="run nothing: the table and the plot of earlier runs' results.json files together",
+    )
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.sources:
+        rows = []
+        for source in args.sources:
+            saved = json.loads(Path(source).read_text(encoding="utf-8"))
+            rows += saved.items() if isinstance(saved, dict) else map(tuple, saved)
+        rows.sort(key=lambda row: row[1].get("wall_seconds", 0))
+        print(table(rows))
+        (out / "results.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        plot(rows, out / "accuracy_vs_time.png")
+        return 0
     runs = [(f"--time-limit {limit}", ["--time-limit", limit]) for limit in args.limits]
     if args.fixed:
         runs.append(("fixed 12 epochs", []))
@@ -115,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((name, result))
         print(f"{name}: {result}", flush=True)
     print(table(rows))
-    (out / "results.json").write_text(json.dumps(dict(rows), indent=2), encoding="utf-8")
+    # a list of [name, result]: the same limit may be run more than once
+    (out / "results.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     plot(rows, out / "accuracy_vs_time.png")
     print(f"written: {out / 'results.json'}")
     return 0
