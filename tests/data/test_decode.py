@@ -378,6 +378,10 @@ def test_random_resized_boxes_are_torchvisions():
             assert decode.random_resized_box(h, w, u) == box, (h, w, u.tolist())
             fallbacks += fell_back
     assert fallbacks > 100  # the centre crops were compared too
+    too_big = torch.full((decode.DRAWS,), 0.999999, dtype=torch.float64)  # every attempt fails
+    for h, w in [(32, 32), (30, 36), (36, 30), (10, 30), (30, 10)]:  # ratios inside and out
+        box, fell_back = torchvisions_box(h, w, too_big.tolist())
+        assert fell_back and decode.random_resized_box(h, w, too_big) == box, (h, w)
 
 
 def test_a_training_view_is_the_random_resized_box_then_a_flip_drawn_last():
