@@ -288,6 +288,18 @@ def test_a_jpeg_is_decoded_at_the_smallest_fast_scale_the_box_allows(decoded_siz
     assert decode.read_image(data, 3).shape == (256, 256, 3)  # none: whole
 
 
+@pytest.mark.parametrize("h,w", [(64, 4), (4, 64)])
+def test_a_narrow_jpeg_is_decoded_at_the_scale_chosen_for_both_sides(h, w):
+    """libjpeg-turbo also has scales between the fast ones (3/8 ...): asked for only one side's
+    size, it would take one of those for a side under 8 pixels."""
+    data = encoded(Image.fromarray(noise(h, w, seed=15)), "JPEG")
+    assert decode.read_image(data, 3, min_height=h // 2, min_width=w // 2).shape == (
+        h // 2,
+        w // 2,
+        3,
+    )
+
+
 @pytest.mark.parametrize("quadrant", range(4))
 def test_a_box_decoded_at_a_reduced_scale_shows_its_own_part_of_the_image(quadrant):
     h, w = 256, 384

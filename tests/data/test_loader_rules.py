@@ -94,6 +94,14 @@ def test_a_crop_from_one_pixel_to_the_shorter_side_is_taken_from_the_centre(crop
     assert x.shape[-2:] == (crop, crop) and torch.allclose(x, expected, atol=1e-6)
 
 
+def test_a_crop_is_checked_against_the_resized_size():
+    ds = tagged(shape=(1, 6, 9))
+    x, _ = next(iter(Loader(ds, 4, shuffle=False, resize=12, crop=10)))  # larger than 6 x 9
+    assert x.shape[-2:] == (10, 10)
+    with pytest.raises(UsageError, match="does not fit images of 4 x 4"):
+        Loader(ds, 4, shuffle=False, resize=4, crop=5)  # smaller than 6 x 9
+
+
 def test_sizes_by_epoch_of_one_pixel_are_taken():
     loader = Loader(tagged(), 4, shuffle=True, epoch_sizes=[1])
     assert epoch(loader)[0][0].shape[-2:] == (1, 1)
@@ -178,9 +186,9 @@ def offsets_seen(loader: Loader, pad: int, e: int = 0) -> list[tuple[int, int]]:
 
 def test_a_crop_alone_moves_rows_and_columns_over_every_offset():
     ds = tagged(n=64, shape=(1, 6, 7))
-    loader = Loader(ds, 16, shuffle=True, augment=Augment(crop_padding=1), seed=2)
-    found = offsets_seen(loader, 1)
-    assert {dy for dy, _ in found} == {0, 1, 2} and {dx for _, dx in found} == {0, 1, 2}
+    loader = Loader(ds, 16, shuffle=True, augment=Augment(crop_padding=2), seed=2)
+    found = offsets_seen(loader, 2)
+    assert {dy for dy, _ in found} == set(range(5)) and {dx for _, dx in found} == set(range(5))
 
 
 def test_a_flip_mirrors_the_window_the_crop_drew():
@@ -264,7 +272,7 @@ def test_make_loaders_wires_training_and_evaluation_arguments():
     assert (t.shuffle, t.batch_size, t.augment, t.seed, t.drop_last) == (True, 8, aug, 3, True)
     assert t.epoch_sizes == [6, 8] and t.crop is None and len(t) == 5
     for loader, ds in ((loaders.val, val), (loaders.test, test)):
-        assert loader.dataset is ds and not loader.shuffle and loader.batch_size == 256
+        assert loader.dataset is ds and loader.shuffle is False and loader.batch_size == 256
         assert loader.crop == 7 and not loader.augment.active
         x, y = next(iter(loader))
         assert x.shape == (len(ds), 1, 7, 7) and torch.equal(y, torch.arange(len(ds)))
