@@ -295,3 +295,25 @@ def test_make_loaders_defaults_and_absent_splits():
     assert len(loaders.train) == 3  # the last batch of 2 kept
     only = make_loaders(val=ds, batch_size=4)
     assert only.train is None and only.test is None and only.val.dataset is ds
+
+
+def test_a_partial_batch_weighs_each_ranks_loss_by_its_share():
+    """DDP averages the ranks' mean losses: a rank holding 1 of a last batch of 3 over 2 ranks
+    weighs its mean by 1 * 2 / 3, the other (2 of 3) by 2 * 2 / 3, so the average is the batch's."""
+    ds = tagged(n=11)
+    ranks = [Loader(ds, 4, shuffle=True, rank=r, world_size=2) for r in range(2)]
+    assert [r.loss_weight(i) for r in ranks for i in range(3)] == [1, 1, 2 / 3, 1, 1, 4 / 3]
+
+
+def test_a_cropped_training_loader_erases_boxes_of_the_cropped_size():
+    white = Dataset(
+        "white", torch.full((300, 1, 20, 20), 255, dtype=torch.uint8), torch.zeros(300).long()
+    )
+    loader = Loader(white, 300, shuffle=True, crop=10, augment=Augment(erasing=0.5))
+    x, _ = epoch(loader)[0]
+    assert x.shape[-2:] == (10, 10)
+    erased = x[:, 0] == 0
+    boxes = erased.any(dim=(1, 2))
+    assert 0.35 < boxes.float().mean() < 0.65  # each box drawn inside the 10 x 10 view
+    areas = erased[boxes].sum(dim=(1, 2))
+    assert areas.max() <= 0.4 * 100 * 1.5  # 2-40 % of the view's area (and rounding)
