@@ -170,17 +170,12 @@ def offsets_seen(loader: Loader, pad: int, e: int = 0) -> list[tuple[int, int]]:
     """Each image's (dy, dx): the window of its zero-padded source it shows (crops only)."""
     found = []
     for x, y in epoch(loader, e):
-        for out, label in zip(x, y):
-            source = F.pad(loader.dataset.images[label].float() / 255, (pad,) * 4)
-            h, w = out.shape[-2:]
-            hits = [
-                (dy, dx)
-                for dy in range(2 * pad + 1)
-                for dx in range(2 * pad + 1)
-                if torch.allclose(out, source[..., dy : dy + h, dx : dx + w], atol=1e-6)
-            ]
-            assert len(hits) == 1, "an image no single window of its padded source explains"
-            found.append(hits[0])
+        source = F.pad(loader.dataset.images[y].float() / 255, (pad,) * 4)
+        windows = source.unfold(2, x.shape[-2], 1).unfold(3, x.shape[-1], 1)  # [b, C, dy, dx, h, w]
+        distance = (windows - x[:, :, None, None]).abs().amax(dim=(1, 4, 5))  # [b, dy, dx]
+        hits = (distance <= 1e-6).nonzero()  # (image, dy, dx), by image
+        assert hits[:, 0].tolist() == list(range(len(y))), "not one window of its source each"
+        found += [(int(dy), int(dx)) for _, dy, dx in hits]
     return found
 
 
