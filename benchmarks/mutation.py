@@ -46,6 +46,7 @@ MODULES: dict[str, list[str]] = {
         "test_steps or weight_average or warm",
     ],
     "data/decode.py": [
+        "tests/data/test_decode.py",
         "tests/data/test_image_reader.py",
         "tests/data/test_stream.py",
         "-m",
@@ -61,6 +62,7 @@ MODULES: dict[str, list[str]] = {
         "not slow",
     ],
     "data/loader.py": [
+        "tests/data/test_loader_rules.py",
         "tests/data/test_data_loader.py",
         "tests/data/test_loader_recipe.py",
         "-m",

@@ -98,7 +98,8 @@ def _check_resize(resize: int | tuple[int, int] | None) -> tuple[int, int] | Non
     """`resize` as a (height, width) pair (None: none); a UsageError unless whole pixels >= 1."""
     sizes = (resize, resize) if isinstance(resize, int) else resize
     if sizes is not None and (
-        len(sizes) != 2
+        not isinstance(sizes, (tuple, list))  # a float: a TypeError from len() before
+        or len(sizes) != 2
         or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes)
     ):
         raise UsageError(
