@@ -229,8 +229,8 @@ def test_jpeg_reads_are_libjpeg_turbos_fast_decode_or_pillows_pixels_when_accura
     assert np.array_equal(decode.decode_image(data, 3).permute(1, 2, 0).numpy(), fast)
     accurate = decode.decode_image(data, 3, accurate=True).permute(1, 2, 0).numpy()
     assert np.array_equal(accurate, pillow)
-    whole = decode.decode_box(data, 3, (0, 0, 32, 32), 32, accurate=True)  # no resampling
-    assert np.array_equal(whole.permute(1, 2, 0).numpy(), pillow)
+    whole = decode.decode_box(data, 3, (0, 0, 32, 32), 32)  # no resampling: the fast decode
+    assert np.array_equal(whole.permute(1, 2, 0).numpy(), fast)
     upsampled = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False)
     assert not np.array_equal(fast, upsampled)  # fast upsampling is a choice of its own
 
@@ -344,11 +344,12 @@ def test_the_box_is_resampled_as_pillow_resamples_it():
 # -- the views ---------------------------------------------------------------------------------
 
 
-def test_the_evaluation_box_is_resize_then_centre_crop():
-    # 40 x 20 (h x w) at shorter side 10 is scaled by 1/2: a crop of 8 is 16 source pixels
-    assert decode.center_box(40, 20, 10, 8) == (2.0, 12.0, 18.0, 28.0)
-    assert decode.center_box(20, 40, 10, 8) == (12.0, 2.0, 28.0, 18.0)
-    assert decode.center_box(10, 10, 10, 12) == (0.0, 0.0, 10.0, 10.0)  # a crop past the image
+def test_the_unpadded_training_view_is_the_centred_square():
+    # (left, top, right, bottom): the shorter side wide, centred along the longer one
+    assert decode.center_square(40, 20) == (0.0, 10.0, 20.0, 30.0)
+    assert decode.center_square(20, 40) == (10.0, 0.0, 30.0, 20.0)
+    assert decode.center_square(21, 10) == (0.0, 5.5, 10.0, 15.5)
+    assert decode.center_square(10, 10) == (0.0, 0.0, 10.0, 10.0)
 
 
 def torchvisions_box(h: int, w: int, u: list[float]) -> tuple[tuple[int, int, int, int], bool]:
@@ -416,7 +417,7 @@ def test_a_training_view_is_the_random_resized_box_then_a_flip_drawn_last():
 
 def test_a_padded_crop_view_cuts_the_padded_evaluation_view_at_a_drawn_offset():
     data = encoded(Image.fromarray(noise(20, 20, seed=13)))
-    centre = decode.decode_box(data, 3, decode.center_box(20, 20, 8, 8), 8)
+    centre = decode.decode_box(data, 3, decode.center_square(20, 20), 8)
     gen = torch.Generator().manual_seed(0)
     assert torch.equal(decode.train_view(data, 3, 8, gen, resized_crop=False, flip=False), centre)
     offsets = set()
