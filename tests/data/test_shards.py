@@ -58,14 +58,30 @@ class Packed:
 
 
 @pytest.fixture(scope="module")
-def pack(tmp_path_factory) -> Packed:
-    root = tmp_path_factory.mktemp("shards")
-    folder = write_tiny_folder(root / "photos")
-    broken = folder / "train" / "bee" / "broken.jpg"
-    broken.write_bytes(b"\xff\xd8\xff\xe0 not a whole JPEG")
+def photos(tmp_path_factory) -> Path:
+    """The source folder: 10 training and 5 test images, and a training file that does not decode."""
+    folder = write_tiny_folder(tmp_path_factory.mktemp("shards") / "photos")
+    (folder / "train" / "bee" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole JPEG")
+    return folder
+
+
+def packed_into(photos: Path, out: Path) -> Packed:
     said: list[str] = []
-    manifest = pack_folder(folder, root / "packed", shard_bytes=4000, say=said.append)
-    return Packed(folder, root / "packed", manifest, said, broken)
+    manifest = pack_folder(photos, out, shard_bytes=4000, say=said.append)
+    return Packed(photos, out, manifest, said, photos / "train" / "bee" / "broken.jpg")
+
+
+@pytest.fixture(scope="module")
+def pack(photos, tmp_path_factory) -> Packed:
+    """The set packed once, for the tests that read it."""
+    return packed_into(photos, tmp_path_factory.mktemp("packed") / "packed")
+
+
+@pytest.fixture
+def fresh(photos, tmp_path) -> Packed:
+    """The set packed in the test itself, for the tests of what packing writes: a mutation
+    tester credits a module fixture's calls to the first test that uses it alone."""
+    return packed_into(photos, tmp_path / "packed")
 
 
 def listing(pack: Packed, split: str) -> list[tuple[Path, int]]:
@@ -93,39 +109,39 @@ def padded(n: int) -> int:
 # --- packing ------------------------------------------------------------------------------------
 
 
-def test_pack_stores_each_image_s_bytes_in_listing_order(pack):
+def test_pack_stores_each_image_s_bytes_in_listing_order(fresh):
     for split in ("train", "test"):
-        entry = pack.manifest["splits"][split]
+        entry = fresh.manifest["splits"][split]
         stored = []
         for k, shard in enumerate(entry["shards"]):
-            data = (pack.out / shard["file"]).read_bytes()
+            data = (fresh.out / shard["file"]).read_bytes()
             assert shard["file"] == f"{split}-{k:06d}.tar"
             assert shard["bytes"] == len(data)
             assert shard["sha256"] == hashlib.sha256(data).hexdigest()
             assert shard["count"] == len(shard["members"]) and data.endswith(bytes(1024))
             stored += [(data[o : o + n], label) for o, n, label in shard["members"]]
-        want = [(p.read_bytes(), label) for p, label in kept(pack, split)]
+        want = [(p.read_bytes(), label) for p, label in kept(fresh, split)]
         assert stored == want
         labels = [label for _, label in want]
-        assert entry["count"] == len(want) == len(listing(pack, split)) - (split == "train")
+        assert entry["count"] == len(want) == len(listing(fresh, split)) - (split == "train")
         assert entry["class_counts"] == np.bincount(labels, minlength=3).tolist()
-    assert sorted(p.name for p in pack.out.iterdir()) == sorted(
-        [MANIFEST] + [s["file"] for v in pack.manifest["splits"].values() for s in v["shards"]]
+    assert sorted(p.name for p in fresh.out.iterdir()) == sorted(
+        [MANIFEST] + [s["file"] for v in fresh.manifest["splits"].values() for s in v["shards"]]
     )
 
 
-def test_each_shard_is_a_plain_tar_of_a_label_then_an_image_member(pack):
-    files = listing(pack, "train")
+def test_each_shard_is_a_plain_tar_of_a_label_then_an_image_member(fresh):
+    files = listing(fresh, "train")
     want = []  # keys are the files' places in the listing: the one left out leaves a gap
     for i, (p, label) in enumerate(files):
-        if p != pack.broken:
+        if p != fresh.broken:
             want += [(f"{i:08d}.cls", str(label).encode()), (f"{i:08d}{p.suffix}", p.read_bytes())]
     assert any(name.endswith(".png") for name, _ in want) and any(
         name.endswith(".jpg") for name, _ in want
     )
     got, offsets = [], []
-    for shard in pack.manifest["splits"]["train"]["shards"]:
-        with tarfile.open(pack.out / shard["file"]) as tar:
+    for shard in fresh.manifest["splits"]["train"]["shards"]:
+        with tarfile.open(fresh.out / shard["file"]) as tar:
             members = tar.getmembers()
             for m in members:
                 assert m.isfile() and m.mode == 0o444 and m.mtime == 0
@@ -136,22 +152,22 @@ def test_each_shard_is_a_plain_tar_of_a_label_then_an_image_member(pack):
     assert got == want
 
 
-def test_a_shard_closes_once_its_samples_reach_the_size_asked(pack):
+def test_a_shard_closes_once_its_samples_reach_the_size_asked(fresh):
     for split in ("train", "test"):
         samples = [
             [IMAGE_OFFSET + padded(n) for _, n, _ in shard["members"]]
-            for shard in pack.manifest["splits"][split]["shards"]
+            for shard in fresh.manifest["splits"][split]["shards"]
         ]
-        for shard, sizes in zip(pack.manifest["splits"][split]["shards"], samples, strict=True):
+        for shard, sizes in zip(fresh.manifest["splits"][split]["shards"], samples, strict=True):
             assert shard["bytes"] == sum(sizes) + 1024  # and the archive's two end blocks
         for sizes in samples[:-1]:
             assert sum(sizes) >= 4000 > sum(sizes[:-1])
-    assert len(pack.manifest["splits"]["train"]["shards"]) >= 3
+    assert len(fresh.manifest["splits"]["train"]["shards"]) >= 3
 
 
-def test_the_manifest_holds_the_training_images_statistics_and_what_was_left_out(pack):
-    m = pack.manifest
-    assert json.loads((pack.out / MANIFEST).read_text()) == m
+def test_the_manifest_holds_the_training_images_statistics_and_what_was_left_out(fresh):
+    m = fresh.manifest
+    assert json.loads((fresh.out / MANIFEST).read_text()) == m
     assert (m["format"], m["name"], m["classes"], m["channels"]) == (
         FORMAT,
         "photos",
@@ -159,15 +175,15 @@ def test_the_manifest_holds_the_training_images_statistics_and_what_was_left_out
         3,
     )
     assert m["image_size"] == {"min": [8, 8], "max": [8, 8]}
-    mean, std = moments(p for p, _ in kept(pack, "train"))  # the test images do not count
+    mean, std = moments(p for p, _ in kept(fresh, "train"))  # the test images do not count
     assert (m["mean"], m["std"]) == (mean, std)
     assert m["skipped"] == 1 and len(m["left_out"]) == 1
     left = m["left_out"][0]
-    assert left["file"] == str(pack.broken) and left["error"]
+    assert left["file"] == str(fresh.broken) and left["error"]
     with pytest.raises(decode.BadImage) as e:
-        decode.read_image(pack.broken.read_bytes(), 3)
+        decode.read_image(fresh.broken.read_bytes(), 3)
     assert left["error"] == str(e.value)
-    assert pack.said == [f"skipped {pack.broken}: {left['error']}"]
+    assert fresh.said == [f"skipped {fresh.broken}: {left['error']}"]
 
 
 def random_image(rng, h: int, w: int) -> Image.Image:
@@ -630,6 +646,16 @@ def test_a_split_reads_describes_and_subsets_its_samples(pack, tmp_path):
         assert split.take(n, seed).entries.tolist() == split.entries[want.numpy()].tolist()
     assert split.take(4).entries.tolist() == split.take(4, 0).entries.tolist()
     assert split.take(100).entries.tolist() == split.entries.tolist()  # at most all, in order
+
+
+def test_a_split_s_images_are_its_evaluation_views_decoded_when_asked(pack):
+    split = open_shards(pack.out, True, verify=False)
+    images = split.images
+    assert images.shape == (10, 3, 8, 8) and len(images) == 10
+    pngs = [i for i in range(10) if decode.is_png(split.read(i))]
+    assert pngs  # an 8 x 8 image's view at side 8 is the image (PNG: decoded exactly)
+    for i in pngs:
+        assert torch.equal(images[i], decode.decode_image(split.read(i), 3))
 
 
 def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path):
