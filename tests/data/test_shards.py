@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from PIL import Image
 from tiny_packed import CLASSES, write_tiny_folder
 
 from resnetlab.data import decode, remote, shards
-from resnetlab.data.datasets import Dataset, describe_held_out, image_folder_files
+from resnetlab.data.datasets import Dataset, describe_held_out, image_folder_files, load_dataset
 from resnetlab.data.manifest import FORMAT
 from resnetlab.data.shards import (
     IMAGE_OFFSET,
@@ -81,7 +82,7 @@ def pack(photos, tmp_path_factory) -> Packed:
 def fresh(photos, tmp_path) -> Packed:
     """The set packed in the test itself, for the tests of what packing writes: a mutation
     tester credits a module fixture's calls to the first test that uses it alone."""
-    return packed_into(photos, tmp_path / "packed")
+    return packed_into(photos, tmp_path / "sets" / "new" / "packed")  # folders made
 
 
 def listing(pack: Packed, split: str) -> list[tuple[Path, int]]:
@@ -193,15 +194,16 @@ def random_image(rng, h: int, w: int) -> Image.Image:
 def test_pack_shrinks_images_over_max_side_and_stores_other_formats_as_png(tmp_path):
     rng = np.random.default_rng(1)
     src = tmp_path / "src"
-    for d in ("train/a", "test/a"):
+    for d in ("train/a", "train/b", "test/a"):
         (src / d).mkdir(parents=True)
-    random_image(rng, 12, 20).save(src / "train/a/0-big.jpg", quality=95)
-    random_image(rng, 8, 8).save(src / "train/a/1-keep.png")
+    random_image(rng, 8, 20).save(src / "train/a/0-big.jpg", quality=95)  # its long side over
+    random_image(rng, 10, 10).save(src / "train/a/1-keep.png")  # at max_side: kept
     random_image(rng, 6, 9).save(src / "train/a/2-other.bmp")
+    random_image(rng, 5, 5).save(src / "train/b/0-only.png")  # class b has no test image
     random_image(rng, 16, 16).save(src / "test/a/0-big.png")
     manifest = pack_folder(src, tmp_path / "out", max_side=10)
     train = open_shards(tmp_path / "out", True, verify=False)
-    big, keep, other = (train.read(i) for i in range(3))
+    big, keep, other, only = (train.read(i) for i in range(4))
 
     def shrunk(path, fmt, **options):  # PIL's thumbnail, re-encoded
         im = Image.fromarray(decode.read_image(path.read_bytes(), 3))
@@ -215,17 +217,49 @@ def test_pack_shrinks_images_over_max_side_and_stores_other_formats_as_png(tmp_p
 
     assert big == shrunk(src / "train/a/0-big.jpg", "JPEG", quality=90)
     assert keep == (src / "train/a/1-keep.png").read_bytes()
+    assert only == (src / "train/b/0-only.png").read_bytes()
     pixels = decode.read_image((src / "train/a/2-other.bmp").read_bytes(), 3)
     assert other == encoded(Image.fromarray(pixels), "PNG", compress_level=1)
     test = open_shards(tmp_path / "out", False, verify=False)
     assert test.read(0) == shrunk(src / "test/a/0-big.png", "PNG", compress_level=1)
-    # the sizes and statistics of what is stored: 6 x 10, 8 x 8, 6 x 9 and 10 x 10
-    assert manifest["image_size"] == {"min": [6, 8], "max": [10, 10]}
+    # the sizes and statistics of what is stored: 4 x 10, 10 x 10, 6 x 9, 5 x 5 and 10 x 10
+    assert manifest["image_size"] == {"min": [4, 5], "max": [10, 10]}
     stored = tmp_path / "stored"
     stored.mkdir()
-    for i, data in enumerate((big, keep, other)):
+    for i, data in enumerate((big, keep, other, only)):
         (stored / str(i)).write_bytes(data)
     assert (manifest["mean"], manifest["std"]) == moments(sorted(stored.iterdir()))
+    counts = [manifest["splits"][s]["class_counts"] for s in ("train", "test")]
+    assert counts == [[3, 1], [1, 0]]  # a count for every class, present or not
+
+
+def test_a_pack_whose_images_all_fail_to_decode_is_an_empty_set(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / "src" / split / "a").mkdir(parents=True)
+        (tmp_path / "src" / split / "a" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    manifest = pack_folder(tmp_path / "src", tmp_path / "out")
+    assert manifest["image_size"] == {"min": [0, 0], "max": [0, 0]}
+    assert (manifest["mean"], manifest["std"]) == ([0.5] * 3, [0.25] * 3)
+    assert manifest["skipped"] == 2
+    assert [(v["count"], v["shards"]) for v in manifest["splits"].values()] == [(0, [])] * 2
+
+
+def test_a_source_file_that_cannot_be_read_is_left_out_with_its_reason(tmp_path):
+    job = (str(tmp_path / "gone.png"), None, "00000000", 0)
+    assert shards._pack_one(job) == ("bad", "No such file or directory")
+
+
+def test_a_shard_is_written_once_its_samples_reach_shard_bytes(tmp_path):
+    for limit, counts in ((1024, [2, 2, 2, 1]), (1025, [3, 3, 1])):  # samples of 512 bytes
+        writer = shards._ShardWriter(tmp_path, f"s{limit}", limit)
+        for i in range(7):
+            writer.add_sample(bytes(512), 1, i % 2)
+        writer.flush()
+        assert [s["count"] for s in writer.shards] == counts
+        assert [s["file"] for s in writer.shards] == [
+            f"s{limit}-{k:06d}.tar" for k in range(len(counts))
+        ]
+        assert writer.labels == [0, 1, 0, 1, 0, 1, 0]
 
 
 def test_pack_holds_out_a_seeded_test_split_of_a_folder_without_one(tmp_path):
@@ -294,23 +328,37 @@ def test_pack_warns_of_class_folders_without_images(tmp_path):
 def test_a_failed_pack_leaves_nothing_and_a_dead_pack_s_leftovers_go(tmp_path):
     src = write_tiny_folder(tmp_path / "src", train=3, test=3)
     (src / "train" / "ant" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    dead = tmp_path / ".out.partial-999999999"  # no such process
-    live = tmp_path / f".out.partial-{os.getppid()}"
-    odd = tmp_path / ".out.partial-x"
-    for d in (dead, live, odd):
-        d.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])  # a live pack's process (of this test's own)
+    try:
+        dead = tmp_path / ".out.partial-999999999"  # no such process
+        live = tmp_path / f".out.partial-{sleeper.pid}"
+        odd = tmp_path / ".out.partial-x"
+        for d in (dead, live, odd):
+            d.mkdir()
 
-    def stop(line):
-        raise KeyboardInterrupt  # Ctrl-C midway
+        def stop(line):
+            raise KeyboardInterrupt  # Ctrl-C midway
 
-    with pytest.raises(KeyboardInterrupt):
-        pack_folder(src, tmp_path / "out", say=stop)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["src", live.name, odd.name])
-    assert not shards._alive(999999999) and shards._alive(os.getpid())
-    (tmp_path / "out").mkdir()  # an empty folder is fine
-    manifest = pack_folder(src, tmp_path / "out", workers=1)
+        with pytest.raises(KeyboardInterrupt):
+            pack_folder(src, tmp_path / "out", say=stop)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["src", live.name, odd.name])
+        assert not shards._alive(999999999) and shards._alive(sleeper.pid)
+        (tmp_path / "out").mkdir()  # an empty folder is fine
+        manifest = pack_folder(src, tmp_path / "out", workers=1)
+        assert sleeper.poll() is None  # it was only asked whether it lives
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     assert json.loads((tmp_path / "out" / MANIFEST).read_text()) == manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["src", "out", live.name, odd.name])
+
+
+def test_a_process_of_another_user_counts_as_alive(monkeypatch):
+    def refuse(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", refuse)
+    assert shards._alive(12345)
 
 
 def test_pack_in_worker_processes_writes_the_same_set(pack, tmp_path):
@@ -333,8 +381,8 @@ def test_progress_is_a_bar_when_tqdm_is_there(monkeypatch):
 
 
 def test_pack_builtin_writes_each_image_as_png_with_the_catalog_s_figures(tiny, tmp_path):
-    data = tiny.write(tmp_path / "tiny-files")
-    manifest = pack_builtin("tiny", tmp_path / "set", root=data, shard_bytes=20_000)
+    files = tiny.write(tmp_path / "tiny-files")
+    manifest = pack_builtin("tiny", tmp_path / "set", root=files, shard_bytes=20_000)
     spec = tiny.spec
     assert (manifest["name"], manifest["classes"], manifest["channels"]) == (
         "tiny",
@@ -356,6 +404,11 @@ def test_pack_builtin_writes_each_image_as_png_with_the_catalog_s_figures(tiny, 
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), images[i])
             assert opened.describe(i).endswith(f":{i:08d}.png")
     assert len(manifest["splits"]["train"]["shards"]) > 1
+    few = pack_builtin("tiny", tmp_path / "few", root=files, subset=5)  # what --subset takes
+    for split, train in (("train", True), ("test", False)):
+        want = load_dataset("tiny", train, files, subset=5).labels.tolist()
+        assert open_shards(tmp_path / "few", train).labels.tolist() == want
+        assert few["splits"][split]["count"] == 5
 
 
 def test_moments_and_statistics():
@@ -366,6 +419,11 @@ def test_moments_and_statistics():
     # a flat image has std 0, kept at 0.001 (normalising divides by it)
     assert shards._moments([mean], [square]) == ((0.2,) * 3, (0.001,) * 3)
     rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)  # every pixel counts
+    mean, square = shards._pixel_moments(small)
+    every = small.reshape(-1, 3) / 255
+    assert mean == pytest.approx(tuple(every.mean(0)), abs=1e-12)
+    assert square == pytest.approx(tuple((every * every).mean(0)), abs=1e-12)
     big = rng.integers(0, 256, (600, 500, 3)).astype(
         np.uint8
     )  # 300,000 px: every 2nd row and column
@@ -420,8 +478,13 @@ def test_read_manifest_says_what_to_do(tmp_path):
     (tmp_path / "bad" / MANIFEST).write_text("{")
     with pytest.raises(DataError, match="is not JSON"):
         read_manifest(tmp_path / "bad")
-    with pytest.raises(UsageError, match="local folder"):
+    with pytest.raises(UsageError) as e:
         read_manifest("https://host/set")
+    assert str(e.value) == (
+        "shards:https://host/set: this reads a packed set from a local folder, not over https:// "
+        "(training and eval read URLs); copy the set (its manifest.json and .tar shards) to a "
+        "local disk"
+    )
 
 
 def test_a_local_folder_may_start_with_a_tilde(pack, monkeypatch):
@@ -440,38 +503,42 @@ def copied(pack, tmp_path) -> Path:
 
 def test_check_shard_verifies_size_and_sha256_and_remembers_what_it_verified(copied, monkeypatch):
     shard = read_manifest(copied)["splits"]["train"]["shards"][1]
-    path = copied / shard["file"]
-    redo = f"restore it, or pack the data again (`resnetlab data pack SRC {copied}`)"
+    (copied / "sub").mkdir()
+    folder = copied / "sub" / ".."  # remembered by the shard's resolved path
+    path = folder / shard["file"]
+    redo = f"restore it, or pack the data again (`resnetlab data pack SRC {folder}`)"
     damaged = (
         f"^{re.escape(f'shard {path} is damaged (its sha256 differs from {MANIFEST}); {redo}')}$"
     )
     verified = {}
-    check_shard(copied, shard, verified)
+    check_shard(folder, shard, verified)
     st = path.stat()
     stamp = [st.st_size, st.st_mtime_ns, shard["sha256"]]
-    assert verified == {str(path.resolve()): stamp}
+    assert verified == {str((copied / shard["file"]).resolve()): stamp}
     real = shards._sha256
     monkeypatch.setattr(shards, "_sha256", lambda p: pytest.fail("hashed again"))
-    check_shard(copied, shard, verified)  # unchanged since: not hashed again
+    check_shard(folder, shard, verified)  # unchanged since: not hashed again
     monkeypatch.setattr(shards, "_sha256", real)
     with pytest.raises(DataError, match=damaged):  # a new manifest's checksum: hashed again
-        check_shard(copied, {**shard, "sha256": "0" * 64}, verified)
+        check_shard(folder, {**shard, "sha256": "0" * 64}, verified)
     with pytest.raises(DataError, match=damaged):  # the size alone differs
-        check_shard(copied, {**shard, "bytes": shard["bytes"] + 1})
+        check_shard(folder, {**shard, "bytes": shard["bytes"] + 1})
     data = bytearray(path.read_bytes())
     data[700] ^= 0xFF
     path.write_bytes(bytes(data))
     os.utime(path, ns=(st.st_mtime_ns + 10**7,) * 2)  # a rewrite's new mtime, on any clock
     with pytest.raises(DataError, match=damaged):
-        check_shard(copied, shard, verified)
-    assert verified == {str(path.resolve()): stamp}  # a damaged shard is not recorded
+        check_shard(folder, shard, verified)
+    assert verified == {
+        str((copied / shard["file"]).resolve()): stamp
+    }  # a damaged shard is not recorded
     os.utime(path, ns=(st.st_mtime_ns,) * 2)
-    check_shard(copied, shard, verified)  # unchanged by size and mtime: trusted
+    check_shard(folder, shard, verified)  # unchanged by size and mtime: trusted
     with pytest.raises(DataError, match=damaged):
-        check_shard(copied, shard)  # with nothing remembered, hashed
+        check_shard(folder, shard)  # with nothing remembered, hashed
     path.unlink()
     with pytest.raises(DataError, match=f"^{re.escape(f'shard {path} is missing; {redo}')}$"):
-        check_shard(copied, shard, verified)
+        check_shard(folder, shard, verified)
 
 
 def test_verified_shards_are_remembered_in_the_user_cache(isolated_cache):
@@ -739,7 +806,7 @@ def test_open_stream_names_what_it_reads():
     assert not is_stream_name("x/shards:")
 
 
-def test_packed_sets_are_listed_with_their_sizes(pack, tmp_path):
+def test_packed_sets_are_listed_with_their_sizes(pack, tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
     (home / "notes.txt").write_text("x")
@@ -761,6 +828,8 @@ def test_packed_sets_are_listed_with_their_sizes(pack, tmp_path):
         "default_side": 8,
     }
     assert list_packed(home / "b-set") == [dict(rows[1])]  # the folder itself
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert list_packed("~/home") == rows
     assert list_packed(tmp_path / "nowhere") == [] and list_packed(home / "notes.txt") == []
 
 
