@@ -151,6 +151,8 @@ def test_each_shard_is_a_plain_tar_of_a_label_then_an_image_member(fresh):
             offsets.append([m.offset_data for m in members[1::2]])
         assert offsets[-1] == [o for o, _, _ in shard["members"]]
     assert got == want
+    header = (fresh.out / "train-000000.tar").read_bytes()[:512]
+    assert header[257:265] == b"ustar\x0000"  # POSIX ustar, as WebDataset's TarWriter writes
 
 
 def test_a_shard_closes_once_its_samples_reach_the_size_asked(fresh):
@@ -284,7 +286,11 @@ def test_pack_holds_out_a_seeded_test_split_of_a_folder_without_one(tmp_path):
     for c in ("a", "b"):  # one image a class: nothing left to hold out
         for p in sorted((tmp_path / "src" / c).iterdir())[1:]:
             p.unlink()
-    with pytest.raises(UsageError, match="too few images to hold out a test split"):
+    message = (
+        f"{tmp_path / 'src'}: too few images to hold out a test split (a class needs 2 or more); "
+        "add images, or give it train/ and test/ folders of class folders"
+    )
+    with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
         pack_folder(tmp_path / "src", tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
 
@@ -307,22 +313,29 @@ def test_pack_refuses_an_out_folder_in_use_and_a_source_without_classes(tmp_path
     with pytest.raises(UsageError, match="exists and is not an empty folder"):
         pack_folder(src, tmp_path / "file")
     (tmp_path / "bare" / "train").mkdir(parents=True)
-    with pytest.raises(UsageError, match="holds no class folders of images"):
+    message = (
+        f"{tmp_path / 'bare'} holds no class folders of images (.jpg/.jpeg/.jfif/.png/.bmp/.dib/"
+        ".gif/.tif/.tiff/.webp/.ppm/.pgm/.pbm/.pnm/.tga/.ico); give a folder with one sub-folder "
+        "of images per class"
+    )
+    with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
         pack_folder(tmp_path / "bare", tmp_path / "out3")
 
 
 def test_pack_warns_of_class_folders_without_images(tmp_path):
     src = write_tiny_folder(tmp_path / "src", train=3, test=3)
-    (src / "train" / "empty").mkdir()
-    said = []
-    pack_folder(src, tmp_path / "out", say=said.append)
-    assert said == ["warning: 1 class folder without images left out: empty"]
-    for i in range(10):
-        (src / "train" / f"none{i}").mkdir()
-    said.clear()
-    pack_folder(src, tmp_path / "out2", say=said.append)
-    names = ", ".join(["empty"] + [f"none{i}" for i in range(9)])
-    assert said == [f"warning: 11 class folders without images left out: {names} ..."]
+    names = [f"none{i:02d}" for i in range(11)]
+    for count, shown in (
+        (1, "none00"),
+        (10, ", ".join(names[:10])),
+        (11, ", ".join(names[:10]) + " ..."),
+    ):
+        for name in names[:count]:
+            (src / "train" / name).mkdir(exist_ok=True)
+        said = []
+        pack_folder(src, tmp_path / f"out{count}", say=said.append)
+        folders = "class folder" if count == 1 else "class folders"
+        assert said == [f"warning: {count} {folders} without images left out: {shown}"]
 
 
 def test_a_failed_pack_leaves_nothing_and_a_dead_pack_s_leftovers_go(tmp_path):
@@ -330,9 +343,9 @@ def test_a_failed_pack_leaves_nothing_and_a_dead_pack_s_leftovers_go(tmp_path):
     (src / "train" / "ant" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     sleeper = subprocess.Popen(["sleep", "60"])  # a live pack's process (of this test's own)
     try:
-        dead = tmp_path / ".out.partial-999999999"  # no such process
-        live = tmp_path / f".out.partial-{sleeper.pid}"
-        odd = tmp_path / ".out.partial-x"
+        dead = tmp_path / ".my-set.partial-999999999"  # no such process
+        live = tmp_path / f".my-set.partial-{sleeper.pid}"
+        odd = tmp_path / ".my-set.partial-x"
         for d in (dead, live, odd):
             d.mkdir()
 
@@ -340,17 +353,19 @@ def test_a_failed_pack_leaves_nothing_and_a_dead_pack_s_leftovers_go(tmp_path):
             raise KeyboardInterrupt  # Ctrl-C midway
 
         with pytest.raises(KeyboardInterrupt):
-            pack_folder(src, tmp_path / "out", say=stop)
+            pack_folder(src, tmp_path / "my-set", say=stop)
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["src", live.name, odd.name])
         assert not shards._alive(999999999) and shards._alive(sleeper.pid)
-        (tmp_path / "out").mkdir()  # an empty folder is fine
-        manifest = pack_folder(src, tmp_path / "out", workers=1)
+        (tmp_path / "my-set").mkdir()  # an empty folder is fine
+        manifest = pack_folder(src, tmp_path / "my-set", workers=1)
         assert sleeper.poll() is None  # it was only asked whether it lives
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert json.loads((tmp_path / "out" / MANIFEST).read_text()) == manifest
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["src", "out", live.name, odd.name])
+    assert json.loads((tmp_path / "my-set" / MANIFEST).read_text()) == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["src", "my-set", live.name, odd.name]
+    )
 
 
 def test_a_process_of_another_user_counts_as_alive(monkeypatch):
@@ -476,7 +491,9 @@ def test_read_manifest_says_what_to_do(tmp_path):
         read_manifest(tmp_path / "dir")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / MANIFEST).write_text("{")
-    with pytest.raises(DataError, match="is not JSON"):
+    with pytest.raises(
+        DataError, match=f"^{re.escape(str(tmp_path / 'bad' / MANIFEST))} is not JSON"
+    ):
         read_manifest(tmp_path / "bad")
     with pytest.raises(UsageError) as e:
         read_manifest("https://host/set")
@@ -606,7 +623,11 @@ def test_each_process_hashes_its_share_of_the_shards(pack, monkeypatch):
 def test_open_shards_of_a_split_the_set_lacks_says_how_to_get_one(pack, tmp_path):
     manifest = dict(pack.manifest, splits={"train": pack.manifest["splits"]["train"]})
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path))} has no test split; pack"):
+    message = (
+        f"{tmp_path} has no test split; pack its source again into a new folder: `resnetlab data "
+        "pack SRC OUT` holds out a test split of a folder without test/ (--test-split)"
+    )
+    with pytest.raises(DataError, match=f"^{re.escape(message)}$"):
         open_shards(tmp_path, False)
 
 
@@ -670,6 +691,7 @@ def test_default_side_is_the_images_own_when_small_and_square():
         return default_side({"image_size": {"min": lo, "max": hi}})
 
     assert side([28, 28], [28, 28]) == 28 and side([64, 64], [64, 64]) == 64
+    assert side([1, 1], [1, 1]) == 1
     assert side([65, 65], [65, 65]) == 224 and side([0, 0], [0, 0]) == 224
     assert side([28, 32], [28, 32]) == 224 and side([28, 28], [32, 32]) == 224
 
@@ -782,14 +804,14 @@ def test_an_image_folder_s_digest_follows_its_files_and_its_held_out_split_is_sa
         for i in range(3):
             random_image(rng, 8, 8).save(src / c / f"{i}.png")
     name = f"imagefolder:{src}"
+    open_image_folder(name, False)
+    assert capsys.readouterr().err == ""  # said for the training split (once a process)
     before = open_image_folder(name, True)
     said = capsys.readouterr().err
     assert (
         said
         == f"resnetlab: warning: {describe_held_out(image_folder_files(name), name, None, 0)}\n"
     )
-    open_image_folder(name, False)
-    assert capsys.readouterr().err == ""  # said for the training split
     with open(src / "a" / "0.png", "ab") as f:
         f.write(b"more")
     assert open_image_folder(name, True).digest != before.digest

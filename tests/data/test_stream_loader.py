@@ -468,6 +468,7 @@ def test_training_workers_persist_between_epochs_and_evaluation_s_do_not(train_s
     assert (train._loader.num_workers, train._loader.prefetch_factor) == (1, 3)
     assert test._loader.prefetch_factor == 4
     assert not train._loader.pin_memory  # on the CPU; batches are pinned for CUDA only
+    assert StreamLoader(train_set, 4, shuffle=True)._loader.num_workers == 2  # the default
     inline = StreamLoader(train_set, 4, shuffle=True, workers=0)  # no worker settings
     assert inline._loader.prefetch_factor is None and not inline._loader.persistent_workers
 
@@ -505,6 +506,7 @@ def test_make_stream_loaders_gives_training_and_evaluation_their_settings(train_
     assert len(test) == 3  # no drop_last in evaluation
     test.set_epoch(1)
     x = next(iter(test))[0]
+    assert test.out_size == (5, 5)  # training's epoch sizes are not evaluation's
     want = torch.stack([EvalView(5, 5).read(eval_set.read(i), 3) for i in (0, 1)])
     assert torch.allclose(x, (want.float() / 255 - 0.5) / 0.25, atol=1e-5)
     defaults = make_stream_loaders(None, None, eval_set, batch_size=4, eval_batch=5, workers=0)
