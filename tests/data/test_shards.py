@@ -563,7 +563,9 @@ def test_verified_shards_are_remembered_in_the_user_cache(isolated_cache):
     assert path == isolated_cache / "verified-shards.json"
     assert shards._read_stamps() == {}
     shards._write_stamps({"a": [1, 2, "x"]})
-    shards._write_stamps({"b": [3, 4, "y"], "a": [5, 6, "z"]})  # others' entries kept
+    shards._write_stamps({"b": [3, 4, "y"]})  # others' entries kept (other sets, processes)
+    assert shards._read_stamps() == {"a": [1, 2, "x"], "b": [3, 4, "y"]}
+    shards._write_stamps({"a": [5, 6, "z"]})  # and a shard verified again, updated
     assert shards._read_stamps() == {"a": [5, 6, "z"], "b": [3, 4, "y"]}
     for text in ("[1, 2]", "{not json"):
         path.write_text(text)
