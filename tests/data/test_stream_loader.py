@@ -181,6 +181,19 @@ def test_a_training_sample_that_does_not_decode_is_replaced_by_a_drawn_other(tra
     assert hopeless[(1, 4, 8)] == (None, int(split.labels[4]), None, 4)
 
 
+def test_a_replacement_shows_its_own_alternating_flip_of_the_epoch(train_set):
+    augment = Augment(flip=True, alternate_flip=True)
+    for epoch in (0, 1):
+        for index in range(len(train_set)):
+            split = faulty(train_set, bad={index})
+            ds = StreamDataset(split, train=True, seed=4, augment=augment)
+            x, _, _, bad = ds[(epoch, index, 8)]
+            j, gen = next(replacements(4, epoch, index, len(split)))
+            flip = alternate_flip(4, epoch, j)
+            want = decode.train_view(split.read(j), 3, 8, gen, resized_crop=False, flip=flip)
+            assert torch.equal(x, want) and bad == index
+
+
 def test_a_sample_whose_file_cannot_be_read_is_an_error_and_not_replaced(train_set):
     label = int(train_set.labels[4])
     gone = StreamDataset(faulty(train_set, gone={4}), train=True)
@@ -356,6 +369,10 @@ def test_images_that_do_not_decode_are_left_out_in_evaluation(eval_set):
     message = f"every image of batch 2 failed to decode; check the data ({eval_set.name})"
     with pytest.raises(DataError, match=f"^{re.escape(message)}$"):
         list(empty)
+    # batches are counted from the epoch's start when the first ones are passed over
+    later = StreamLoader(faulty(eval_set, bad={2, 3}), 2, shuffle=False, workers=0)
+    with pytest.raises(DataError, match=f"^{re.escape(message)}$"):
+        list(later.host_batches(1))
 
 
 def test_a_file_that_cannot_be_read_or_a_failed_worker_is_one_line(train_set):
@@ -400,7 +417,10 @@ def test_batches_are_normalised_and_laid_out_as_asked(train_set):
     )
     x = next(iter(last))[0]
     assert x.is_contiguous(memory_format=torch.channels_last) and torch.equal(x, got[0][0])
-    with pytest.raises(UsageError, match="normalize needs 3 means"):
+    message = (
+        f"normalize needs 3 means and 3 positive stds for {train_set.name}, got [0.5] and [0.2]"
+    )
+    with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
         StreamLoader(train_set, 4, shuffle=True, workers=0, normalize=((0.5,), (0.2,)))
 
 
