@@ -418,6 +418,9 @@ def test_pack_builtin_writes_each_image_as_png_with_the_catalog_s_figures(tiny, 
             assert decode.is_png(data)
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), images[i])
             assert opened.describe(i).endswith(f":{i:08d}.png")
+        with tarfile.open(opened.files[0]) as tar:  # each image's label member holds its label
+            first = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".cls")]
+        assert first == [str(y).encode() for y in labels[: len(first)]]
     assert len(manifest["splits"]["train"]["shards"]) > 1
     few = pack_builtin("tiny", tmp_path / "few", root=files, subset=5)  # what --subset takes
     for split, train in (("train", True), ("test", False)):
@@ -786,6 +789,7 @@ def test_an_image_folder_is_read_as_it_is(pack, monkeypatch):
     assert split.read(3) == files[3][0].read_bytes() and split.describe(3) == str(files[3][0])
     # packing's measure of the training images (the one that does not decode passed over)
     assert (split.mean, split.std) == (tuple(pack.manifest["mean"]), tuple(pack.manifest["std"]))
+    assert open_stream(name, True).files == split.files
     test = open_stream(name, False)
     assert test.files == [str(p) for p, _ in listing(pack, "test")]
     assert (test.mean, test.std) == ((0.5,) * 3, (0.25,) * 3)  # not measured on test images
@@ -816,7 +820,11 @@ def test_an_image_folder_s_digest_follows_its_files_and_its_held_out_split_is_sa
     )
     with open(src / "a" / "0.png", "ab") as f:
         f.write(b"more")
-    assert open_image_folder(name, True).digest != before.digest
+    changed = open_image_folder(name, True).digest
+    assert changed != before.digest
+    first = Path(before.files[0])  # a training file renamed: the same sizes, another file
+    first.rename(first.with_name(f"{first.stem}b.png"))
+    assert open_image_folder(name, True).digest != changed
 
 
 def test_open_stream_names_what_it_reads():
