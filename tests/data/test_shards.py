@@ -505,6 +505,8 @@ def test_read_manifest_says_what_to_do(tmp_path):
         "(training and eval read URLs); copy the set (its manifest.json and .tar shards) to a "
         "local disk"
     )
+    with pytest.raises(UsageError, match="not over https:// "):  # the scheme: before the first ://
+        read_manifest("https://host/get?from=s3://bucket")
 
 
 def test_a_local_folder_may_start_with_a_tilde(pack, monkeypatch):
