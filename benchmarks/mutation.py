@@ -54,13 +54,9 @@ MODULES: dict[str, list[str]] = {
         "-k",
         "test_image_reader or box or decode or view or augmentations or bad",
     ],
-    "data/stream.py": ["tests/data/test_stream.py", "-m", "not slow"],
-    "data/shards.py": [
-        "tests/data/test_stream.py",
-        "tests/data/test_data_formats.py",
-        "-m",
-        "not slow",
-    ],
+    # their end-to-end tests (test_stream.py) pack a set and start worker processes per test
+    "data/stream.py": ["tests/data/test_stream_loader.py"],
+    "data/shards.py": ["tests/data/test_shards.py"],
     "data/loader.py": [
         "tests/data/test_loader_rules.py",
         "tests/data/test_data_loader.py",
