@@ -119,3 +119,22 @@ def http_root(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def decoded_sizes(monkeypatch):
+    """The (height, width) of each decode libjpeg-turbo is asked for (data/decode.py's calls of
+    simplejpeg.decode_jpeg, in order)."""
+    simplejpeg = pytest.importorskip("simplejpeg")
+    from resnetlab.data import decode
+
+    sizes = []
+    real = simplejpeg.decode_jpeg
+
+    def spy(*args, **kwargs):
+        array = real(*args, **kwargs)
+        sizes.append(array.shape[:2])
+        return array
+
+    monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", spy)
+    return sizes

@@ -253,21 +253,6 @@ def quadrant_jpeg(h: int = 256, w: int = 384) -> bytes:
     return encoded(Image.fromarray(a), "JPEG", quality=95)
 
 
-@pytest.fixture
-def decoded_sizes(monkeypatch):
-    """The (height, width) of each decode libjpeg-turbo is asked for."""
-    sizes = []
-    real = simplejpeg.decode_jpeg
-
-    def spy(*args, **kwargs):
-        array = real(*args, **kwargs)
-        sizes.append(array.shape[:2])
-        return array
-
-    monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", spy)
-    return sizes
-
-
 @pytest.mark.parametrize(
     "box,out,side",
     [

@@ -236,29 +236,22 @@ def test_pack_then_the_printed_command_trains_and_reports_a_test_figure(tmp_path
     assert summary["test_count"] == 3 and 0 <= summary["test_acc"] <= 1
 
 
-def test_jpeg_scales_round_up_to_the_fast_ones(monkeypatch):
+def test_jpeg_scales_round_up_to_the_fast_ones(decoded_sizes):
     """3/8, 5/8, 6/8 and 7/8 decode more slowly than a larger scale (benchmarks/decode_scales.py):
     a box that needs 3/8 of an 800 px JPEG is decoded at 1/2, one that needs 5/8 at full size."""
-    simplejpeg = pytest.importorskip("simplejpeg")
     import io
 
     buf = io.BytesIO()
     Image.fromarray(
         _pixels(9).repeat(800 // SIDE + 1, 0).repeat(800 // SIDE + 1, 1)[:800, :800]
     ).save(buf, "JPEG")
-    shapes = []
-    real = simplejpeg.decode_jpeg
-
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        shapes.append(out.shape[:2])
-        return out
-
-    monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", spy)
     whole = (0, 0, 800, 800)
     for out, decoded in ((90, 100), (300, 400), (500, 800), (800, 800)):
         x = decode.decode_box(buf.getvalue(), 3, whole, out)
-        assert x.shape == (3, out, out) and shapes[-1] == (decoded, decoded), (out, shapes[-1])
+        assert x.shape == (3, out, out) and decoded_sizes[-1] == (decoded, decoded), (
+            out,
+            decoded_sizes[-1],
+        )
 
 
 def test_a_folder_without_test_trains_streamed_and_reports_a_test_figure(tmp_path, capsys):
