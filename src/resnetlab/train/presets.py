@@ -8,6 +8,25 @@ from resnetlab.device import device_type
 from resnetlab.errors import UsageError
 from resnetlab.train.config import TrainConfig
 
+# What the two CIFAR-style presets share: a ResNet-20 at the data's own size, normalised, flipped,
+# 5,000 training images held out for choosing the kept weights, one-cycle SGD with Nesterov
+# momentum at a peak of 0.2, label smoothing, and the test set seen once through flip TTA.
+CIFAR_RECIPE = dict(
+    model="resnet20",
+    resize=None,
+    normalize=True,
+    flip=True,
+    val_split=5000,
+    lr=0.2,
+    optimizer="sgd",
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    schedule="onecycle",
+    label_smoothing=0.1,
+    tta="flip",
+)
+
 PRESETS: dict[str, dict] = {
     # The textbook's recipe exactly (d2l ResNet chapter): resnet18_d2l, 96 px, batch 256,
     # plain SGD at 0.05, 10 epochs, Xavier-uniform init, no normalisation, no augmentation, fp32.
@@ -35,50 +54,26 @@ PRESETS: dict[str, dict] = {
     # the test set is evaluated once, at the end, through flip test-time augmentation (the plain
     # figure is reported beside it).
     "quick": dict(
-        model="resnet20",
+        CIFAR_RECIPE,
         init="whiten",
-        resize=None,
-        normalize=True,
         crop_padding=1,
-        flip=True,
-        val_split=5000,
         progressive_resize=16,
         progressive_until=0.5,
         epochs=12,
         batch_size=128,
-        lr=0.2,
-        optimizer="sgd",
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        schedule="onecycle",
         warmup=0.2,
-        label_smoothing=0.1,
-        tta="flip",
         epoch_test=False,
     ),
     # The highest accuracy we aim for, meant for a GPU: a wide CIFAR-style ResNet with random
     # erasing, best weights picked on a validation split (never on the test set).
     "best": dict(
-        model="resnet20",
+        CIFAR_RECIPE,
         model_kwargs={"width": 64},
-        resize=None,
-        normalize=True,
         crop_padding=2,
-        flip=True,
         erasing=0.5,
-        val_split=5000,
         epochs=60,
         batch_size=256,
-        lr=0.2,
-        optimizer="sgd",
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        schedule="onecycle",
         warmup=0.15,
-        label_smoothing=0.1,
-        tta="flip",
     ),
     # torchvision's current ResNet-50 recipe ("How to train state-of-the-art models using
     # TorchVision's latest primitives", 2021; references/classification/README.md, resnet50 v2:
