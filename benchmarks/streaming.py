@@ -10,13 +10,16 @@ temporary folder, then times, each with 2 DataLoader worker processes over the s
   (c) the ceiling: full-size decode only, with simplejpeg (the chosen decoder) and with Pillow.
 Also (d) the two decoders at a reduced DCT scale (1/2): Pillow's Image.draft and simplejpeg's
 min_height/min_width, which is how the decoder was chosen.
-Prints images/s and a/b. Usage: OMP_NUM_THREADS=1 nice -n 10 python benchmarks/streaming.py [N]
+Prints images/s and CPU ms per image of each (this process and its workers, from /proc), and a/b:
+the median of RUNS runs (5), each the best of passes 2-3.
+Usage: OMP_NUM_THREADS=1 python benchmarks/streaming.py [N [RUNS]]
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import sys
 import tempfile
 import time
@@ -96,46 +99,89 @@ class DecodeOnly(Dataset):
         return array.shape[0]
 
 
-def rate(loader, n: int) -> float:
-    started = time.perf_counter()
+def tree_cpu() -> float:
+    """CPU seconds of this process and its live children (the loaders' persistent workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(pid: str) -> list[str]:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    me = str(os.getpid())
+    total = 0
+    for pid in [me] + [p for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            stat = fields(pid)
+        except OSError:  # a process that ended while listed
+            continue
+        if pid == me or stat[1] == me:  # stat[1] is the parent's pid
+            total += int(stat[11]) + int(stat[12])  # utime + stime
+    return total / tick
+
+
+def measure(loader, n: int) -> tuple[float, float]:
+    """(images per second, CPU ms per image) of one pass over the loader."""
+    cpu, started = tree_cpu(), time.perf_counter()
     for _ in loader.host_batches() if isinstance(loader, StreamLoader) else loader:
         pass
-    return n / (time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    return n / wall, 1000 * (tree_cpu() - cpu) / n
 
 
-def main(n: int = 300) -> None:
+def one_run(folder: Path, run: int) -> dict[str, tuple[float, float]]:
+    """Best images/s of passes 2-3 per loader (the first starts the workers and warms the page
+    cache), with that pass's CPU ms per image."""
+    split = open_image_folder(f"imagefolder:{folder}", True)
+    files = [Path(f) for f in split.files]  # the training split: what both sides read
+    n = len(files)
+    ours = StreamLoader(split, BATCH, shuffle=True, size=SIDE, workers=WORKERS, seed=run)
+    common = {"batch_size": BATCH, "num_workers": WORKERS, "persistent_workers": True}
+    ref = DataLoader(Reference(files), shuffle=True, **common)
+    loaders = {"a": ours, "b": ref}
+    loaders |= {
+        how: DataLoader(DecodeOnly(files, how), **common)
+        for how in ("simplejpeg", "pillow", "pillow-draft", "simplejpeg-half")
+    }
+    passes: dict[str, list[tuple[float, float]]] = {}
+    for epoch in range(3):
+        ours.set_epoch(epoch)
+        for name, loader in loaders.items():
+            passes.setdefault(name, []).append(measure(loader, n))
+    del loaders, ours, ref  # their workers end here, before the next run starts its own
+    return {name: max(p[1:]) for name, p in passes.items()}
+
+
+def main(n: int = 300, runs: int = 5) -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        decoded = make_images(folder, n)
-        files = sorted(folder.glob("c*/*.jpg"))
+        # train/ and test/: the whole generated set is the training split both sides read
+        decoded = make_images(folder / "train", n)
+        make_images(folder / "test", 2, seed=1)
+        files = sorted(folder.glob("train/c*/*.jpg"))
         encoded = sum(f.stat().st_size for f in files)
         print(f"{n} JPEGs, {encoded / 2**20:.1f} MiB encoded, {decoded / 2**20:.0f} MiB decoded")
-        split = open_image_folder(f"imagefolder:{folder}", True)
-        ours = StreamLoader(split, BATCH, shuffle=True, size=SIDE, workers=WORKERS)
-        common = {"batch_size": BATCH, "num_workers": WORKERS, "persistent_workers": True}
-        ref = DataLoader(Reference(files), shuffle=True, **common)
-        ceilings = {
-            how: DataLoader(DecodeOnly(files, how), **common)
-            for how in ("simplejpeg", "pillow", "pillow-draft", "simplejpeg-half")
-        }
-        results = {}
-        for epoch in range(3):  # the first pass warms the page cache and starts the workers
-            ours.set_epoch(epoch)
-            results.setdefault("a", []).append(rate(ours, n))
-            results.setdefault("b", []).append(rate(ref, n))
-            for how, loader in ceilings.items():
-                results.setdefault(how, []).append(rate(loader, n))
-        best = {k: max(v[1:]) for k, v in results.items()}
-        print(f"(a) resnetlab StreamLoader, {SIDE} px:          {best['a']:8.1f} images/s")
-        print(f"(b) torchvision-style reference, {SIDE} px:     {best['b']:8.1f} images/s")
-        print(f"(c) decode only, simplejpeg (full size):   {best['simplejpeg']:8.1f} images/s")
-        print(f"    decode only, Pillow (full size):       {best['pillow']:8.1f} images/s")
-        print(f"(d) decode only, Pillow draft (1/2 scale): {best['pillow-draft']:8.1f} images/s")
-        print(f"    decode only, simplejpeg (1/2 scale):   {best['simplejpeg-half']:8.1f} images/s")
-        print(f"a/b = {best['a'] / best['b']:.3f} (best of passes 2-3, {WORKERS} workers each)")
-        assert math.isfinite(best["a"])
+        results = [one_run(folder, run) for run in range(runs)]
+    ratios = [r["a"][0] / r["b"][0] for r in results]
+    middle = sorted(range(runs), key=lambda i: ratios[i])[runs // 2]
+    med = results[middle]
+    labels = {
+        "a": f"(a) resnetlab StreamLoader, {SIDE} px:",
+        "b": f"(b) torchvision-style reference, {SIDE} px:",
+        "simplejpeg": "(c) decode only, simplejpeg (full size):",
+        "pillow": "    decode only, Pillow (full size):",
+        "pillow-draft": "(d) decode only, Pillow draft (1/2 scale):",
+        "simplejpeg-half": "    decode only, simplejpeg (1/2 scale):",
+    }
+    print(f"the median run of {runs} (by a/b), {WORKERS} workers each, best of passes 2-3:")
+    for name, label in labels.items():
+        speed, cpu = med[name]
+        print(f"{label:44s} {speed:8.1f} images/s  {cpu:6.2f} CPU ms/image")
+    print("a/b per run: " + ", ".join(f"{r:.3f}" for r in ratios))
+    print(f"a/b = {ratios[middle]:.3f} (median of {runs} runs)")
+    print(f"CPU per image b/a = {med['b'][1] / med['a'][1]:.3f} (the median run)")
+    assert all(math.isfinite(r) for r in ratios)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 300)
+    main(*(int(a) for a in sys.argv[1:3]))
