@@ -57,6 +57,16 @@ MODULES: dict[str, list[str]] = {
     # their end-to-end tests (test_stream.py) pack a set and start worker processes per test
     "data/stream.py": ["tests/data/test_stream_loader.py"],
     "data/shards.py": ["tests/data/test_shards.py"],
+    # the shared draws and settings; test_augment.py checks each piece, the loaders' tests the wiring
+    "data/augment.py": [
+        "tests/data/test_augment.py",
+        "tests/data/test_loader_rules.py",
+        "tests/data/test_stream_loader.py",
+        "tests/data/test_mixing.py",
+        "tests/data/test_path.py",
+        "-m",
+        "not slow",
+    ],
     "data/loader.py": [
         "tests/data/test_loader_rules.py",
         "tests/data/test_data_loader.py",
