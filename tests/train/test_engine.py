@@ -204,14 +204,14 @@ def sums_of(loader: Batches, batches) -> list[float]:
 
 class FakeStep:
     """Stands for EagerStep: a real tiny module (trained and evaluated, with buffers), running
-    sums that each call adds its batch's loss, correct and count to, one second of the clock a
+    sums that each call adds its batch's loss, correct and count to, `seconds` of the clock a
     step, and a Ctrl-C during the calls numbered in `ctrl_c_at` (1-based)."""
 
-    def __init__(self, clock, ctrl_c_at=(), average=False) -> None:
+    def __init__(self, clock, ctrl_c_at=(), average=False, seconds=1.0) -> None:
         self.model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).eval()
         self.average = SimpleNamespace(model=nn.BatchNorm1d(2)) if average else None
         self.sums = torch.zeros(3, dtype=torch.float64)
-        self.clock, self.ctrl_c_at = clock, set(ctrl_c_at)
+        self.clock, self.ctrl_c_at, self.seconds = clock, set(ctrl_c_at), seconds
         self.calls, self.starts, self.training = [], [], []
 
     def start_epoch(self, partial) -> None:
@@ -223,7 +223,7 @@ class FakeStep:
         self.calls.append((int(x[0, 0]), lr, loss_weight))
         n = len(x)
         self.sums += torch.tensor([float(x[0, 1]) * n, float(y.sum()), n], dtype=torch.float64)
-        self.clock.now += 1.0
+        self.clock.now += self.seconds
         if len(self.calls) in self.ctrl_c_at:
             ctrl_c()
 
@@ -335,6 +335,7 @@ def test_a_better_validation_accuracy_is_the_new_best_and_no_validation_is_never
     assert [e[2] for e in record.of("epoch_end")] == [True, True, False, True]
     assert (state.best_val_acc, state.best_epoch) == (0.6, 4)
     assert "test_acc" not in state.history[0]
+    assert [row["lr"] for row in state.history] == [4, 1004, 2004, 3004]  # one step an epoch
 
     step, record, state = FakeStep(clock), Record(), TrainState()
     evaluator = Evaluator(clock, step, {})
@@ -352,10 +353,12 @@ def test_a_better_validation_accuracy_is_the_new_best_and_no_validation_is_never
     }
 
 
-def test_an_epoch_that_took_no_time_reports_no_throughput(clock):
-    step = FakeStep(clock)
-    step.clock = SimpleNamespace(now=0.0)  # its steps do not move the engine's clock
+def test_throughput_is_over_the_training_time_however_short_and_none_when_it_took_none(clock):
+    step = FakeStep(clock, seconds=0.25)  # 2 steps: half a second
     state = TrainState()
+    fit(step, None, Loaders(Batches([1.0, 2.0]), None, None), state, rate, 1)
+    assert state.history[0]["examples_per_sec"] == 4 / 0.5
+    step, state = FakeStep(clock, seconds=0.0), TrainState()
     fit(step, None, Loaders(Batches([1.0, 2.0]), None, None), state, rate, 1)
     assert state.history[0]["examples_per_sec"] == 0.0
     assert state.history[0]["epoch_seconds"] == 0.0
