@@ -74,12 +74,8 @@ MODULES: dict[str, list[str]] = {
         "-m",
         "not slow",
     ],
-    "train/engine.py": [
-        "tests/train/test_learning.py",
-        "tests/train/test_train.py",
-        "-m",
-        "not slow",
-    ],
+    # its end-to-end tests (test_learning.py, test_train.py) train a run each
+    "train/engine.py": ["tests/train/test_engine.py"],
 }
 
 PYTEST_ARGS = ["-x", "-q", "-n", "0", "-p", "no:cacheprovider"]
