@@ -123,9 +123,12 @@ def http_root(tmp_path):
 
 @pytest.fixture
 def decoded_sizes(monkeypatch):
-    """The (height, width) of each decode libjpeg-turbo is asked for (data/decode.py's calls of
-    simplejpeg.decode_jpeg, in order)."""
+    """The (height, width) of each decode libjpeg-turbo is asked for, in order: data/decode.py's
+    calls of simplejpeg.decode_jpeg (their output's size), and of _jpeg_region.crop, which
+    decodes a box alone (the size of the whole image at the scale it was asked for)."""
     simplejpeg = pytest.importorskip("simplejpeg")
+    from types import SimpleNamespace
+
     from resnetlab.data import decode
 
     sizes = []
@@ -137,4 +140,13 @@ def decoded_sizes(monkeypatch):
         return array
 
     monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", spy)
+    region = decode._jpeg_region
+    if region is not None:
+
+        def crop(data, channels, eighths, *box):
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+            sizes.append((-(-h * eighths // 8), -(-w * eighths // 8)))
+            return region.crop(data, channels, eighths, *box)
+
+        monkeypatch.setattr(decode, "_jpeg_region", SimpleNamespace(crop=crop))
     return sizes

@@ -439,3 +439,142 @@ def test_the_extra_transform_gets_the_view_and_the_same_generator():
     got = decode.train_view(data, 3, 8, gen, extra, flip=False)
     assert torch.equal(got, plain // 2)
     assert len(seen) == 1 and torch.equal(seen[0][0], plain) and seen[0][1] is gen
+
+
+# -- a box decoded alone (data/_jpeg_region.c) --------------------------------------------------
+
+region = pytest.mark.skipif(
+    decode._jpeg_region is None,
+    reason="data/_jpeg_region.c is not built (needs a C compiler and libjpeg62-turbo-dev)",
+)
+
+
+def photo_jpeg(h: int, w: int, mode: str = "RGB", seed: int = 0, **options) -> bytes:
+    """A smooth picture with noise (what a photo decodes like), encoded as JPEG."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (h // 8 + 2, w // 8 + 2, 3), dtype=np.uint8))
+    pixels = np.asarray(coarse.resize((w, h), Image.Resampling.BICUBIC)).astype(np.int16)
+    pixels = (pixels + rng.integers(-10, 11, pixels.shape)).clip(0, 255).astype(np.uint8)
+    return encoded(Image.fromarray(pixels).convert(mode), "JPEG", quality=90, **options)
+
+
+def whole_then_cut(data: bytes, channels: int, box, out: int, monkeypatch) -> torch.Tensor:
+    with monkeypatch.context() as m:
+        m.setattr(decode, "_jpeg_region", None)
+        return decode.decode_box(data, channels, box, out)
+
+
+REGION_JPEGS = {  # sizes from one MCU up, the three chroma subsamplings, grey, progressive
+    "16x16": photo_jpeg(16, 16),
+    "17x31": photo_jpeg(17, 31, seed=1),
+    "301x207 4:2:0": photo_jpeg(301, 207, seed=2),
+    "250x410 4:4:4": photo_jpeg(250, 410, seed=3, subsampling=0),
+    "333x251 4:2:2": photo_jpeg(333, 251, seed=4, subsampling=1),
+    "200x300 grey": photo_jpeg(200, 300, "L", seed=5),
+    "301x333 progressive": photo_jpeg(301, 333, seed=6, progressive=True),
+    "900x700": photo_jpeg(900, 700, seed=7),
+}
+
+
+@region
+@pytest.mark.parametrize("name", REGION_JPEGS)
+def test_a_box_decoded_alone_is_the_whole_decode_cut(name, monkeypatch):
+    """Every box, scale and channel count: the same uint8 pixels as decoding the image whole at
+    the same scale (simplejpeg) and cutting the box out."""
+    data = REGION_JPEGS[name]
+    h, w = decode.image_size(data)
+    calls = []
+    real = decode._jpeg_region.crop
+    monkeypatch.setattr(
+        decode,
+        "_jpeg_region",
+        type("Spy", (), {"crop": staticmethod(lambda *a: calls.append(a) or real(*a))}),
+    )
+    for seed in range(12):
+        u = torch.rand(
+            decode.DRAWS, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+        )
+        box = decode.random_resized_box(h, w, u)
+        for out in (224, 40, 9):
+            for channels in (1, 3):
+                alone = decode.decode_box(data, channels, box, out)
+                assert torch.equal(alone, whole_then_cut(data, channels, box, out, monkeypatch)), (
+                    box,
+                    out,
+                    channels,
+                )
+    assert len(calls) == 12 * 3 * 2  # every one of them was decoded alone
+    assert {a[2] for a in calls} >= ({8, 4} if min(h, w) > 300 else {8})  # scales in eighths
+
+
+@region
+def test_only_the_box_rows_and_its_columns_are_decoded(monkeypatch):
+    data = REGION_JPEGS["900x700"]
+    calls = []
+    real = decode._jpeg_region.crop
+
+    def crop(*args):
+        result = real(*args)
+        calls.append((args[2:], result[1:]))
+        return result
+
+    monkeypatch.setattr(decode, "_jpeg_region", type("Spy", (), {"crop": staticmethod(crop)}))
+    decode.decode_box(
+        data, 3, (300, 100, 500, 700), 224
+    )  # 200 x 600 px: width 200 < 448, full scale
+    (eighths, x0, y0, x1, y1), (rows, width, first) = calls[0]
+    assert (eighths, x0, y0, x1, y1) == (8, 300, 100, 500, 700)
+    assert (
+        rows == 600 and first <= 300 and 500 <= first + width < 700
+    )  # not the image's 700 columns
+
+
+@region
+def test_a_box_is_decoded_alone_without_simplejpeg_decoding(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded whole")
+
+    monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", refuse)
+    x = decode.decode_box(REGION_JPEGS["301x207 4:2:0"], 3, (10, 20, 110, 220), 50)
+    assert x.shape == (3, 50, 50)
+    with pytest.raises(BadImage, match="decoded whole"):  # under REGION_MIN_SIDE: decoded whole
+        decode.decode_box(photo_jpeg(15, 40), 3, (0, 0, 10, 10), 8)
+
+
+@region
+@pytest.mark.parametrize("cut", [0.5, 0.9, 0.999])
+def test_a_truncated_jpeg_is_refused_by_region_as_by_a_whole_decode(cut, monkeypatch):
+    data = REGION_JPEGS["900x700"]
+    short = data[: int(len(data) * cut)]
+    top = (0, 0, 300, 300)  # rows all in the part that is still there
+    with pytest.raises(BadImage, match="Premature end of JPEG file"):
+        decode.decode_box(short, 3, top, 64)
+    with pytest.raises(BadImage):
+        whole_then_cut(short, 3, top, 64, monkeypatch)
+    decode.decode_box(data + b"\0" * 10, 3, top, 64)  # bytes after the end-of-image: fine
+
+
+@region
+def test_corrupt_data_inside_the_box_is_refused(monkeypatch):
+    data = bytearray(REGION_JPEGS["900x700"])
+    scan = data.index(b"\xff\xda")
+    data[scan + 200 : scan + 260] = b"\xff\xd0" * 30  # restart markers the file never declared
+    with pytest.raises(BadImage):
+        decode.decode_box(bytes(data), 3, (0, 0, 700, 900), 224)
+
+
+@region
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        ((2, 8, 0, 0, 1, 1), "bad channels, scale or box"),
+        ((3, 0, 0, 0, 1, 1), "bad channels, scale or box"),
+        ((3, 9, 0, 0, 1, 1), "bad channels, scale or box"),
+        ((3, 8, 5, 0, 5, 1), "bad channels, scale or box"),
+        ((3, 8, 0, 0, 701, 10), r"box \(0, 0, 701, 10\) outside 700 x 900"),
+        ((3, 4, 0, 0, 10, 451), r"outside 350 x 450"),
+    ],
+)
+def test_the_region_decoder_refuses_what_it_cannot_do(args, line):
+    with pytest.raises(ValueError, match=line):
+        decode._jpeg_region.crop(REGION_JPEGS["900x700"], *args)

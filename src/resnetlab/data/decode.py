@@ -13,7 +13,10 @@ else RGB; palette, CMYK and the other modes converted by Pillow). EXIF orientati
 JPEG goes through libjpeg-turbo by way of simplejpeg, asked for the smallest DCT scale of 1/8,
 1/4, 1/2 and 1 (FAST_SCALES: the others decode more slowly than a larger one) that still gives
 the crop at least the output size: a 1000 px photo cropped to 224 px is decoded at 1/2 or 1/4 of
-its size, which is most of the saving (benchmarks/streaming.py measures it). PNG (and anything
+its size, which is most of the saving (benchmarks/streaming.py measures it). Where setup.py
+could build data/_jpeg_region.c, a training view's box is decoded alone at that scale (the rows
+above it skipped, the columns beside it and the rows below it left out): the same pixels as the
+whole decode cut, a fifth less time per view. PNG (and anything
 else Pillow reads) is decoded whole by Pillow. The crop box is then resampled to the output size
 by an antialiased bilinear filter on uint8 (torch's, which follows Pillow's, the filter
 torchvision's references use on the same box).
@@ -39,6 +42,10 @@ try:
     import simplejpeg
 except ImportError:  # the stream extra is missing: Pillow decodes JPEG too (without DCT scaling)
     simplejpeg = None
+try:  # libjpeg-turbo decoding a crop's region alone (setup.py builds it where it can)
+    import resnetlab.data._jpeg_region as _jpeg_region
+except ImportError:
+    _jpeg_region = None
 from PIL import Image, UnidentifiedImageError
 
 # Every Pillow plugin imported here, in the process that forks the DataLoader workers: a worker
@@ -63,7 +70,12 @@ BACKGROUND = 0  # transparent pixels become black: the background of Fashion-MNI
 # paths and the others (3/8, 5/8, 6/8, 7/8) more slowly than a larger scale, so a scale is
 # rounded up to one of these (benchmarks/decode_scales.py's table).
 FAST_SCALES = (1 / 8, 1 / 4, 1 / 2, 1.0)
-_PILLOW_JPEG = ("CMYK", "YCCK")  # JPEG colour spaces libjpeg-turbo's TurboJPEG cannot make RGB
+_PILLOW_JPEG = ("CMYK", "YCCK")
+# Images smaller than this each way are decoded whole, not by region: on a 1 x 1 and a 3 x 5 JPEG
+# (less than one MCU) Debian's libjpeg-turbo 2.1 and simplejpeg's 3.1 give different pixels with
+# fast upsampling; from 7 x 9 up, across scales, subsamplings, grey and progressive files, the
+# same (tests/data/test_decode.py). A decode this small costs nothing anyway.
+REGION_MIN_SIDE = 16  # JPEG colour spaces libjpeg-turbo's TurboJPEG cannot make RGB
 
 
 class BadImage(ValueError):
@@ -172,9 +184,7 @@ def read_image(
         if header is not None:
             h, w, _ = header
             _check_pixels(h, w)
-            scale = next(
-                (s for s in FAST_SCALES if h * s >= min_height and w * s >= min_width), 1.0
-            ) if max(min_height, min_width) > 0 else 1.0  # fmt: skip
+            scale = _fast_scale(h, w, min_height, min_width)
             array = simplejpeg.decode_jpeg(
                 data,
                 colorspace="GRAY" if channels == 1 else "RGB",
@@ -191,6 +201,67 @@ def read_image(
     except Exception as e:  # noqa: BLE001 - truncated or corrupt: the caller skips and counts it
         raise BadImage(_one_line(e)) from None
     return array.reshape(array.shape[0], array.shape[1], channels)
+
+
+def _fast_scale(h: int, w: int, min_height: int, min_width: int) -> float:
+    """The smallest of FAST_SCALES that keeps an h x w image at least min_height x min_width
+    (1 when neither is asked)."""
+    if max(min_height, min_width) <= 0:
+        return 1.0
+    return next((s for s in FAST_SCALES if h * s >= min_height and w * s >= min_width), 1.0)
+
+
+def _eighths(h: int, w: int, min_height: int, min_width: int) -> int:
+    """The DCT scale M/8 libjpeg-turbo is asked for by simplejpeg.decode_jpeg(min_height=...,
+    min_width=...): the smallest M whose scaled size, ceil(side * M / 8), is at least asked."""
+    return next(
+        m for m in range(1, 9) if -(-h * m // 8) >= min_height and -(-w * m // 8) >= min_width
+    )
+
+
+def _region(data: bytes, channels: int, box: Box, out: int) -> np.ndarray | None:
+    """What decode_box cuts from a JPEG, uint8 [rows, cols, channels], decoded alone by
+    _jpeg_region (the rows above it skipped, the columns beside it left out, nothing below it
+    read): the same pixels as the whole image decoded at the same scale then cut. None where it
+    does not apply (not a JPEG simplejpeg reads, or the extension is not built).
+    A file whose end is missing is refused like a whole decode refuses it (no end-of-image
+    marker after its last scan); damage inside the entropy data below the box goes unseen here
+    (packing and evaluation decode each file whole)."""
+    header = _jpeg_header(data) if _jpeg_region is not None else None
+    if header is None:
+        return None
+    h, w, _ = header
+    if min(h, w) < REGION_MIN_SIDE:  # decoded whole: see REGION_MIN_SIDE
+        return None
+    _check_pixels(h, w)
+    if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):  # EOI after the last SOS
+        raise BadImage("Premature end of JPEG file")
+    left, top, right, bottom = box
+    scale = _fast_scale(
+        h,
+        w,
+        math.ceil(out * h / max(bottom - top, 1e-6)),
+        math.ceil(out * w / max(right - left, 1e-6)),
+    )
+    m = _eighths(h, w, math.ceil(h * scale), math.ceil(w * scale))
+    sh, sw = -(-h * m // 8), -(-w * m // 8)  # the scaled size, as libjpeg-turbo rounds it
+    y0, x0, y1, x1 = _whole_pixels(box, sh / h, sw / w, sh, sw)
+    try:
+        pixels, rows, width, first = _jpeg_region.crop(data, channels, m, x0, y0, x1, y1)
+    except ValueError as e:
+        raise BadImage(_one_line(e)) from None
+    array = np.frombuffer(pixels, np.uint8).reshape(rows, width, channels)
+    return array[:, x0 - first : x1 - first]
+
+
+def _whole_pixels(box: Box, sy: float, sx: float, height: int, width: int):
+    """(y0, x0, y1, x1): a box in source pixels cut to whole pixels of the image decoded at
+    scale (sy, sx), height x width; at least one pixel each way."""
+    left, top, right, bottom = box
+    y0 = min(int(round(top * sy)), height - 1)
+    x0 = min(int(round(left * sx)), width - 1)
+    y1, x1 = max(int(round(bottom * sy)), y0 + 1), max(int(round(right * sx)), x0 + 1)
+    return y0, x0, y1, x1
 
 
 def random_resized_box(h: int, w: int, u: torch.Tensor) -> Box:
@@ -231,23 +302,20 @@ def decode_box(data: bytes, channels: int, box: Box, out: int) -> torch.Tensor:
     the decode's time by a tenth), the box cut to whole pixels of the decoded image and resampled
     by torch's antialiased bilinear filter on uint8 (Pillow's filter, vectorised: a third of
     Image.resize's time, measured in benchmarks/streaming.py's notes)."""
-    left, top, right, bottom = box
-    h, w = image_size(data)
-    array = read_image(
-        data,
-        channels,
-        min_height=math.ceil(out * h / max(bottom - top, 1e-6)),
-        min_width=math.ceil(out * w / max(right - left, 1e-6)),
-    )
-    sy, sx = array.shape[0] / h, array.shape[1] / w
-    y0, x0 = (
-        min(int(round(top * sy)), array.shape[0] - 1),
-        min(int(round(left * sx)), array.shape[1] - 1),
-    )
-    y1, x1 = max(int(round(bottom * sy)), y0 + 1), max(int(round(right * sx)), x0 + 1)
-    x = torch.from_numpy(array[y0:y1, x0:x1]).permute(
-        2, 0, 1
-    )  # channels last in memory: the fast path
+    region = _region(data, channels, box, out)
+    if region is None:
+        left, top, right, bottom = box
+        h, w = image_size(data)
+        array = read_image(
+            data,
+            channels,
+            min_height=math.ceil(out * h / max(bottom - top, 1e-6)),
+            min_width=math.ceil(out * w / max(right - left, 1e-6)),
+        )
+        rows, cols = array.shape[:2]
+        y0, x0, y1, x1 = _whole_pixels(box, rows / h, cols / w, rows, cols)
+        region = array[y0:y1, x0:x1]
+    x = torch.from_numpy(region).permute(2, 0, 1)  # channels last in memory: the fast path
     if x.shape[1:] != (out, out):
         x = F.interpolate(x[None], size=(out, out), mode="bilinear", antialias=True)[0]
     return x.contiguous()
