@@ -387,12 +387,33 @@ def test_pack_in_worker_processes_writes_the_same_set(pack, tmp_path):
 
 
 def test_progress_is_a_bar_when_tqdm_is_there(monkeypatch):
-    bar = shards._progress(iter([1, 2]), 2, "packing train")
-    assert list(bar) == [1, 2]
-    assert (bar.total, bar.desc, bar.unit, bar.leave) == (2, "packing train", "img", False)
+    bars = []
+
+    class Bar:  # tqdm's interface, recorded
+        def __init__(self, **settings):
+            self.settings, self.n, self.closed = settings, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.closed = True
+
+    monkeypatch.setitem(sys.modules, "tqdm", type(sys)("tqdm"))
+    sys.modules["tqdm"].tqdm = Bar
+    seen = []
+    for result in shards._progress(iter(["a", "b"]), [3, 2], "packing"):  # runs of 3, 2 images
+        seen.append((result, bars[0].n))
+    assert seen == [("a", 3), ("b", 5)]  # each run counts for its images as it comes
+    assert bars[0].settings == {"total": 5, "desc": "packing", "unit": "img", "leave": False}
+    assert bars[0].closed
     monkeypatch.setitem(sys.modules, "tqdm", None)  # not installed
     results = iter([3])
-    assert shards._progress(results, 1, "x") is results
+    assert shards._progress(results, [1], "x") is results
 
 
 def test_pack_builtin_writes_each_image_as_png_with_the_catalog_s_figures(tiny, tmp_path):
