@@ -551,7 +551,8 @@ def _decoding(workers: int):
         yield pool.imap
 
 
-RUN_FILES = 256  # the most files a worker packs in one go: few messages, and work spread evenly
+RUN_FILES = 256  # the most files a worker packs in one go: few messages to pass
+SPLIT_RUNS = 16  # the fewest runs a split is cut into, so that the workers share it evenly
 
 
 def _runs(splits: dict, max_side: int | None, spill: Path | None) -> list[tuple]:
@@ -561,7 +562,7 @@ def _runs(splits: dict, max_side: int | None, spill: Path | None) -> list[tuple]
     time and this process as much again to take in, on the cores the workers decode on."""
     runs = []
     for split, todo in splits.items():
-        step = max(1, min(RUN_FILES, len(todo) // 16))
+        step = max(1, min(RUN_FILES, len(todo) // SPLIT_RUNS))
         for start in range(0, len(todo), step):
             part = todo[start : start + step]
             handed = None if spill is None else str(spill / f".{split}-{start:08d}.run")
