@@ -501,13 +501,13 @@ def _pack_folder(src, out: Path, max_side, shard_bytes, say, test_split, seed, w
     classes = files.classes
     with _staging(out) as tmp:
         splits = {split: _ShardWriter(tmp, split, shard_bytes) for split in files.splits}
-        runs = _runs(files.splits, max_side, None if workers <= 1 else tmp)
+        runs = _runs(files.splits)
         sizes, moments, left_out, last = [], [], [], next(iter(splits))
         with _decoding(workers) as run:
-            results = run(_pack_run, [job for _, _, job in runs])
+            results = run(_pack_run, _jobs(runs, max_side, None if workers <= 1 else tmp))
             if progress:
-                results = _progress(results, [len(part) for _, part, _ in runs], "packing")
-            for (split, part, _), (data, done, found, bad) in zip(runs, results, strict=True):
+                results = _progress(results, [len(part) for _, _, part in runs], "packing")
+            for (split, _, part), (data, done, found, bad) in zip(runs, results, strict=True):
                 for i, error in bad:
                     left_out.append({"file": str(part[i][0]), "error": error})
                     if say is not None:
@@ -555,20 +555,24 @@ RUN_FILES = 256  # the most files a worker packs in one go: few messages to pass
 SPLIT_RUNS = 16  # the fewest runs a split is cut into, so that the workers share it evenly
 
 
-def _runs(splits: dict, max_side: int | None, spill: Path | None) -> list[tuple]:
-    """Each split's files as runs of up to RUN_FILES for _pack_run: (split, its (path, label)
-    pairs, _pack_run's job). Worker processes (`spill`: a folder) hand each run's samples over
-    in a file there: through the pool's pipe, pickled, they cost the workers a sixth of their
-    time and this process as much again to take in, on the cores the workers decode on."""
+def _runs(splits: dict) -> list[tuple[str, int, list]]:
+    """Each split's files as runs of up to RUN_FILES for _pack_run: (split, the first one's
+    index in it, their (path, label) pairs)."""
     runs = []
     for split, todo in splits.items():
         step = max(1, min(RUN_FILES, len(todo) // SPLIT_RUNS))
-        for start in range(0, len(todo), step):
-            part = todo[start : start + step]
-            handed = None if spill is None else str(spill / f".{split}-{start:08d}.run")
-            job = ([str(p) for p, _ in part], [y for _, y in part], start, max_side, handed)
-            runs.append((split, part, job))
+        runs += [(split, start, todo[start : start + step]) for start in range(0, len(todo), step)]
     return runs
+
+
+def _jobs(runs: list, max_side: int | None, spill: Path | None):
+    """_pack_run's job of each run, made as the pool takes them (in its feeding thread: the
+    workers start at once). Worker processes (`spill`: a folder) hand each run's samples over
+    in a file there: through the pool's pipe, pickled, they cost the workers a sixth of their
+    time and this process as much again to take in, on the cores the workers decode on."""
+    for split, start, part in runs:
+        handed = None if spill is None else str(spill / f".{split}-{start:08d}.run")
+        yield [str(p) for p, _ in part], [y for _, y in part], start, max_side, handed
 
 
 def _pack_run(job: tuple[list[str], list[int], int, int | None, str | None]) -> tuple:
