@@ -524,16 +524,16 @@ def _pack_folder(src, out: Path, max_side, shard_bytes, say, test_split, seed, w
                 sizes.append(done[:, 3:])
                 if split == "train":
                     moments.append(found)
-        for writer in splits.values():
-            writer.flush()
-        means = np.concatenate([np.empty((0, 6))] + moments)
-        mean, std = _moments(means[:, :3].copy(), means[:, 3:].copy())
-        array = np.concatenate([np.zeros((0, 2), np.int64)] + sizes)
-        stats = {"min": [0, 0], "max": [0, 0]}
-        if len(array):
-            stats = {"min": array.min(0).tolist(), "max": array.max(0).tolist()}
-        name = Path(src).resolve().name
-        return _write_manifest(tmp, name, classes, 3, mean, std, splits, stats, left_out)
+            for writer in splits.values():
+                writer.flush()
+            means = np.concatenate([np.empty((0, 6))] + moments)
+            mean, std = _moments(means[:, :3].copy(), means[:, 3:].copy())
+            array = np.concatenate([np.zeros((0, 2), np.int64)] + sizes)
+            stats = {"min": [0, 0], "max": [0, 0]}
+            if len(array):
+                stats = {"min": array.min(0).tolist(), "max": array.max(0).tolist()}
+            name = Path(src).resolve().name
+            return _write_manifest(tmp, name, classes, 3, mean, std, splits, stats, left_out)
 
 
 @contextlib.contextmanager
@@ -547,8 +547,21 @@ def _decoding(workers: int):
 
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with ctx.Pool(workers) as pool:
-        yield pool.imap
+    pool = ctx.Pool(workers)
+
+    def run(fn, jobs):
+        yield from pool.imap(fn, jobs)
+        pool.close()  # all in: the workers end while this process writes the last shard
+
+    try:
+        yield run
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()  # (closed already when the results were all taken)
+    finally:
+        pool.join()
 
 
 RUN_FILES = 256  # the most files a worker packs in one go: few messages to pass
