@@ -258,6 +258,8 @@ class _ShardWriter:
         self.shards: list[dict] = []
         self.labels: list[int] = []
         self._file = None  # the open shard
+        self._syncer = None  # the thread syncing the written shards to disk
+        self._syncing: list = []  # (path, its sync's future) of each shard written
         self._hash = hashlib.sha256()
         self._members: list[list[int]] = []  # its images' [offset, size, label]
         self._bytes = 0
@@ -297,7 +299,9 @@ class _ShardWriter:
         self._hash.update(data)
 
     def flush(self) -> None:
-        """The open shard ended, synced and indexed (nothing when no sample came since)."""
+        """The open shard ended and indexed, its syncing to disk begun in a thread (the disk's
+        time spent while packing goes on; finish() waits for it); nothing when no sample came
+        since."""
         if not self._members:
             return
         end = bytes(1024)  # the end of the archive: two zero blocks
@@ -305,15 +309,39 @@ class _ShardWriter:
         path, f = self._path(), self._file
         try:
             f.flush()
-            os.fsync(f.fileno())
-            f.close()
         except OSError as e:
             raise WriteError.of(e, path) from None
+        if self._syncer is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._syncer = ThreadPoolExecutor(1, thread_name_prefix="shard-sync")
+        self._syncing.append((path, self._syncer.submit(_sync_and_close, f)))
         self.shards.append(
             _index_shard(path, self._members, self._bytes + len(end), self._hash.hexdigest())
         )
         self.labels += [label for _, _, label in self._members]
         self._file, self._hash, self._members, self._bytes = None, hashlib.sha256(), [], 0
+
+    def finish(self) -> None:
+        """The last shard flushed and every shard on disk; a WriteError naming the first that
+        could not be synced."""
+        self.flush()
+        if self._syncer is None:
+            return
+        self._syncer.shutdown()  # waits for each shard's sync
+        self._syncer, syncing, self._syncing = None, self._syncing, []
+        for path, done in syncing:
+            try:
+                done.result()
+            except OSError as e:
+                raise WriteError.of(e, path) from None
+
+
+def _sync_and_close(f) -> None:
+    try:
+        os.fsync(f.fileno())
+    finally:
+        f.close()
 
 
 IMAGE_OFFSET = 3 * 512  # where a sample's image bytes start: two headers and the padded label
@@ -427,7 +455,7 @@ def pack_builtin(
             writer = _ShardWriter(tmp, split, shard_bytes)
             for i in range(len(ds)):
                 writer.add(f"{i:08d}", _png(ds.images[i].numpy()), int(ds.labels[i]))
-            writer.flush()
+            writer.finish()
             splits[split] = writer
         h, w = spec.image_size
         stats = {"min": [h, w], "max": [h, w]}
@@ -525,7 +553,7 @@ def _pack_folder(src, out: Path, max_side, shard_bytes, say, test_split, seed, w
                 if split == "train":
                     moments.append(found)
             for writer in splits.values():
-                writer.flush()
+                writer.finish()
             means = np.concatenate([np.empty((0, 6))] + moments)
             mean, std = _moments(means[:, :3].copy(), means[:, 3:].copy())
             array = np.concatenate([np.zeros((0, 2), np.int64)] + sizes)
