@@ -567,7 +567,8 @@ def _pack_folder(src, out: Path, max_side, shard_bytes, say, test_split, seed, w
 @contextlib.contextmanager
 def _decoding(workers: int):
     """run(fn, jobs) -> fn's results in order: in this process (1 worker), or in a pool of
-    `workers` forked processes (the decode is CPU-bound and each file independent)."""
+    `workers` forked processes (the decode is CPU-bound and each file independent), closed as
+    soon as the last result is taken."""
     if workers <= 1:
         yield map
         return
@@ -609,8 +610,9 @@ def _runs(splits: dict) -> list[tuple[str, int, list]]:
 def _jobs(runs: list, max_side: int | None, spill: Path | None):
     """_pack_run's job of each run, made as the pool takes them (in its feeding thread: the
     workers start at once). Worker processes (`spill`: a folder) hand each run's samples over
-    in a file there: through the pool's pipe, pickled, they cost the workers a sixth of their
-    time and this process as much again to take in, on the cores the workers decode on."""
+    in a file there: pickled through the pool's pipe, one tuple per sample, they cost the
+    workers a sixth of their CPU time and this process more than reading a file, on the same
+    cores."""
     for split, start, part in runs:
         handed = None if spill is None else str(spill / f".{split}-{start:08d}.run")
         yield [str(p) for p, _ in part], [y for _, y in part], start, max_side, handed
@@ -621,12 +623,13 @@ def _pack_run(job: tuple[list[str], list[int], int, int | None, str | None]) -> 
     max_side, the file to hand their samples over in or None) through _pack_one: (their
     samples end to end, or the file holding them; int64 [n, 5] of the n files packed: index in
     the run, sample bytes, image bytes, height, width; float64 [n, 6]: their per-channel means
-    and means of squares; (index in the run, error) of each file left out). Arrays, not a
-    tuple per file: a tenth of the pickling."""
+    and means of squares; (index in the run, error) of each file left out): arrays, cheaper
+    to pass between processes than a tuple per file."""
     paths, labels, start, max_side, spill = job
     samples, done, found, bad = [], [], [], []
     for i, (path, label) in enumerate(zip(paths, labels, strict=True)):
-        result = _pack_one((path, max_side, f"{start + i:08d}", label))
+        key = f"{start + i:08d}"  # its place in its split: the keys skip the files left out
+        result = _pack_one((path, max_side, key, label))
         if result[0] == "bad":
             bad.append((i, result[1]))
             continue
