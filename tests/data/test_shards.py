@@ -11,6 +11,7 @@ import gc
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -387,11 +388,22 @@ def test_pack_in_worker_processes_writes_the_same_set_byte_for_byte(
         pack.folder, tmp_path / "again", shard_bytes=4000, workers=2, progress=True
     )
     assert manifest == pack.manifest
+    assert multiprocessing.active_children() == []  # the workers ended and were reaped
     names = sorted(p.name for p in pack.out.iterdir())
     assert sorted(p.name for p in (tmp_path / "again").iterdir()) == names  # no run file left
     assert len(names) > 3 and MANIFEST in names
     for name in names:
         assert (tmp_path / "again" / name).read_bytes() == (pack.out / name).read_bytes()
+
+
+def test_a_pack_stopped_midway_in_worker_processes_leaves_no_set_and_no_worker(pack, tmp_path):
+    def stop(line):
+        raise KeyboardInterrupt  # Ctrl-C midway: at the file left out
+
+    with pytest.raises(KeyboardInterrupt):
+        pack_folder(pack.folder, tmp_path / "set", shard_bytes=4000, say=stop, workers=2)
+    assert os.listdir(tmp_path) == []  # neither the set nor its staging folder
+    assert multiprocessing.active_children() == []  # the workers ended and were reaped
 
 
 def test_a_run_of_samples_makes_the_shards_its_samples_make_one_by_one(tmp_path):
