@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -566,31 +567,33 @@ def _pack_folder(src, out: Path, max_side, shard_bytes, say, test_split, seed, w
 
 @contextlib.contextmanager
 def _decoding(workers: int):
-    """run(fn, jobs) -> fn's results in order: in this process (1 worker), or in a pool of
-    `workers` forked processes (the decode is CPU-bound and each file independent), closed as
-    soon as the last result is taken."""
+    """run(fn, jobs) -> fn's results in order: in this process (1 worker), or in `workers`
+    forked processes (the decode is CPU-bound and each file independent), told to end as soon
+    as the last result is in and waited for when the block ends. A ProcessPoolExecutor, not a
+    multiprocessing Pool: the Pool's worker-handling thread wakes at each result and took
+    0.05 CPU s of a 20,000-file pack's 0.24 in the packing process."""
     if workers <= 1:
         yield map
         return
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    pool = ctx.Pool(workers)
+    pool = ProcessPoolExecutor(workers, mp_context=ctx)
+    ending = threading.Thread(target=pool.shutdown)  # tells the workers to end, waits for them
 
     def run(fn, jobs):
-        yield from pool.imap(fn, jobs)
-        pool.close()  # all in: the workers end while this process writes the last shard
+        yield from pool.map(fn, jobs)
+        ending.start()  # all in: the workers end while the last shard is written
 
     try:
         yield run
-    except BaseException:
-        pool.terminate()
-        raise
-    else:
-        pool.close()  # (closed already when the results were all taken)
     finally:
-        pool.join()
+        if ending.ident is None:  # stopped before the last result: the runs not begun dropped
+            pool.shutdown(cancel_futures=True)
+        else:
+            ending.join()
 
 
 RUN_FILES = 256  # the most files a worker packs in one go: few messages to pass
@@ -608,8 +611,7 @@ def _runs(splits: dict) -> list[tuple[str, int, list]]:
 
 
 def _jobs(runs: list, max_side: int | None, spill: Path | None):
-    """_pack_run's job of each run, made as the pool takes them (in its feeding thread: the
-    workers start at once). Worker processes (`spill`: a folder) hand each run's samples over
+    """_pack_run's job of each run. Worker processes (`spill`: a folder) hand each run's samples over
     in a file there: pickled through the pool's pipe, one tuple per sample, they cost the
     workers a sixth of their CPU time and this process more than reading a file, on the same
     cores."""
