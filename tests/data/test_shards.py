@@ -7,9 +7,11 @@ training and worker processes are in test_stream.py and tests/train/."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -46,7 +48,7 @@ from resnetlab.data.shards import (
     shards_home,
     split_digest,
 )
-from resnetlab.errors import DataError, UsageError
+from resnetlab.errors import DataError, UsageError, WriteError
 
 
 @dataclass
@@ -244,6 +246,7 @@ def test_a_pack_whose_images_all_fail_to_decode_is_an_empty_set(tmp_path):
     assert (manifest["mean"], manifest["std"]) == ([0.5] * 3, [0.25] * 3)
     assert manifest["skipped"] == 2
     assert [(v["count"], v["shards"]) for v in manifest["splits"].values()] == [(0, [])] * 2
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [MANIFEST]  # no empty shard
 
 
 def test_a_source_file_that_cannot_be_read_is_left_out_with_its_reason(tmp_path):
@@ -376,23 +379,127 @@ def test_a_process_of_another_user_counts_as_alive(monkeypatch):
     assert shards._alive(12345)
 
 
-def test_pack_in_worker_processes_writes_the_same_set(pack, tmp_path):
+@pytest.mark.parametrize("runs", [shards.SPLIT_RUNS, 2])  # runs of 1 file; of 5, shards cut inside
+def test_pack_in_worker_processes_writes_the_same_set_byte_for_byte(
+    pack, tmp_path, monkeypatch, runs
+):
+    monkeypatch.setattr(shards, "SPLIT_RUNS", runs)
     manifest = pack_folder(
         pack.folder, tmp_path / "again", shard_bytes=4000, workers=2, progress=True
     )
     assert manifest == pack.manifest
-    for shard in manifest["splits"]["train"]["shards"]:
-        name = shard["file"]
+    assert multiprocessing.active_children() == []  # the workers ended and were reaped
+    names = sorted(p.name for p in pack.out.iterdir())
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == names  # no run file left
+    assert len(names) > 3 and MANIFEST in names
+    for name in names:
         assert (tmp_path / "again" / name).read_bytes() == (pack.out / name).read_bytes()
 
 
+def test_a_pack_stopped_midway_in_worker_processes_leaves_no_set_and_no_worker(pack, tmp_path):
+    def stop(line):
+        raise KeyboardInterrupt  # Ctrl-C midway: at the file left out
+
+    with pytest.raises(KeyboardInterrupt):
+        pack_folder(pack.folder, tmp_path / "set", shard_bytes=4000, say=stop, workers=2)
+    assert os.listdir(tmp_path) == []  # neither the set nor its staging folder
+    assert multiprocessing.active_children() == []  # the workers ended and were reaped
+
+
+def test_a_run_of_samples_makes_the_shards_its_samples_make_one_by_one(tmp_path):
+    samples = [bytes([i + 1]) * 512 * (1 + i % 3) for i in range(7)]  # 512 to 1536 bytes
+    sizes, labels = [3 * i for i in range(7)], [i % 2 for i in range(7)]
+    one, runs = tmp_path / "one", tmp_path / "runs"
+    one.mkdir(), runs.mkdir()
+    apart = shards._ShardWriter(one, "s", 1500)
+    for sample, size, label in zip(samples, sizes, labels):
+        apart.add_sample(sample, size, label)
+    apart.flush()
+    together = shards._ShardWriter(runs, "s", 1500)
+    for part in (slice(0, 4), slice(4, 7)):  # a shard closes inside each run
+        lengths = [len(x) for x in samples[part]]
+        together.add_run(b"".join(samples[part]), lengths, sizes[part], labels[part])
+    together.flush()
+    assert len(apart.shards) == 5 and together.shards == apart.shards
+    assert together.labels == apart.labels == labels
+    for shard in apart.shards:
+        assert (runs / shard["file"]).read_bytes() == (one / shard["file"]).read_bytes()
+
+
+def test_a_shard_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypatch):
+    with pytest.raises(WriteError, match=r"cannot write .*gone/s-000000\.tar: No such file"):
+        shards._ShardWriter(tmp_path / "gone", "s", 10_000).add_sample(bytes(512), 1, 0)
+    writer = shards._ShardWriter(tmp_path, "s", 10_000)
+    writer.add_sample(bytes(512), 1, 0)
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    writer.flush()  # its sync begun in a thread
+    with pytest.raises(WriteError, match=r"cannot write .*/s-000000\.tar: No space left"):
+        writer.finish()  # and its failure said once the shards are all written
+
+
+def test_the_manifest_is_indented_json_with_one_member_a_line():
+    manifest = {
+        "name": "x",
+        "splits": {"train": {"shards": [{"members": [[1536, 7, 0], [3072, 9, 1]]}]}},
+        "also": {"shards": [{"members": []}]},  # a split without images: none
+    }
+    manifest["splits"]["test"] = {"shards": [{"members": []}, {"members": [[1536, 2, 1]]}]}
+    text = shards._manifest_text(manifest)
+    assert json.loads(text) == manifest
+    assert text == (
+        '{\n  "name": "x",\n  "splits": {\n    "train": {\n      "shards": [\n        {\n'
+        '          "members": [\n            [1536,7,0],\n            [3072,9,1]\n          ]\n'
+        '        }\n      ]\n    },\n    "test": {\n      "shards": [\n        {\n'
+        '          "members": []\n        },\n        {\n          "members": [\n'
+        "            [1536,2,1]\n          ]\n        }\n      ]\n    }\n  },\n"
+        '  "also": {\n    "shards": [\n      {\n        "members": []\n      }\n    ]\n  }\n}\n'
+    )
+
+
+def test_the_cyclic_collector_is_paused_while_packing_and_then_restored(photos, tmp_path):
+    during = []
+    pack_folder(photos, tmp_path / "a", say=lambda line: during.append(gc.isenabled()))
+    assert during and not any(during) and gc.isenabled()
+    gc.disable()  # a caller's own setting is left as it was
+    try:
+        pack_folder(photos, tmp_path / "b")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_progress_is_a_bar_when_tqdm_is_there(monkeypatch):
-    bar = shards._progress(iter([1, 2]), 2, "packing train")
-    assert list(bar) == [1, 2]
-    assert (bar.total, bar.desc, bar.unit, bar.leave) == (2, "packing train", "img", False)
+    bars = []
+
+    class Bar:  # tqdm's interface, recorded
+        def __init__(self, **settings):
+            self.settings, self.n, self.closed = settings, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.closed = True
+
+    monkeypatch.setitem(sys.modules, "tqdm", type(sys)("tqdm"))
+    sys.modules["tqdm"].tqdm = Bar
+    seen = []
+    for result in shards._progress(iter(["a", "b"]), [3, 2], "packing"):  # runs of 3, 2 images
+        seen.append((result, bars[0].n))
+    assert seen == [("a", 3), ("b", 5)]  # each run counts for its images as it comes
+    assert bars[0].settings == {"total": 5, "desc": "packing", "unit": "img", "leave": False}
+    assert bars[0].closed
     monkeypatch.setitem(sys.modules, "tqdm", None)  # not installed
     results = iter([3])
-    assert shards._progress(results, 1, "x") is results
+    assert shards._progress(results, [1], "x") is results
 
 
 def test_pack_builtin_writes_each_image_as_png_with_the_catalog_s_figures(tiny, tmp_path):
