@@ -285,6 +285,18 @@ def test_a_narrow_jpeg_is_decoded_at_the_scale_chosen_for_both_sides(h, w):
     )
 
 
+@pytest.mark.parametrize("h,w", [(64, 4), (4, 64), (21, 37)])
+def test_the_eighths_asked_of_the_region_decoder_are_simplejpegs_scale(h, w):
+    """_eighths(h, w, ...) is the scale M/8 simplejpeg decodes at for the same minimum size, each
+    side asked from 1 pixel to all of them (one side binding, narrow sides, in-between scales)."""
+    data = encoded(Image.fromarray(noise(h, w, seed=16)), "JPEG")
+    for min_height in range(1, h + 1):
+        for min_width in range(1, w + 1):
+            m = decode._eighths(h, w, min_height, min_width)
+            got = simplejpeg.decode_jpeg(data, min_height=min_height, min_width=min_width)
+            assert got.shape[:2] == (-(-h * m // 8), -(-w * m // 8)), (min_height, min_width)
+
+
 @pytest.mark.parametrize("quadrant", range(4))
 def test_a_box_decoded_at_a_reduced_scale_shows_its_own_part_of_the_image(quadrant):
     h, w = 256, 384
@@ -547,10 +559,11 @@ def test_a_truncated_jpeg_is_refused_by_region_as_by_a_whole_decode(cut, monkeyp
     data = REGION_JPEGS["900x700"]
     short = data[: int(len(data) * cut)]
     top = (0, 0, 300, 300)  # rows all in the part that is still there
-    with pytest.raises(BadImage, match="Premature end of JPEG file"):
+    with pytest.raises(BadImage, match="Premature end of JPEG file") as alone:
         decode.decode_box(short, 3, top, 64)
-    with pytest.raises(BadImage):
+    with pytest.raises(BadImage) as whole:
         whole_then_cut(short, 3, top, 64, monkeypatch)
+    assert str(alone.value) == str(whole.value)  # libjpeg-turbo's own line, word for word
     decode.decode_box(data + b"\0" * 10, 3, top, 64)  # bytes after the end-of-image: fine
 
 
@@ -559,8 +572,33 @@ def test_corrupt_data_inside_the_box_is_refused(monkeypatch):
     data = bytearray(REGION_JPEGS["900x700"])
     scan = data.index(b"\xff\xda")
     data[scan + 200 : scan + 260] = b"\xff\xd0" * 30  # restart markers the file never declared
-    with pytest.raises(BadImage):
+    with pytest.raises(BadImage) as alone:
         decode.decode_box(bytes(data), 3, (0, 0, 700, 900), 224)
+    with pytest.raises(BadImage) as whole:
+        whole_then_cut(bytes(data), 3, (0, 0, 700, 900), 224, monkeypatch)
+    assert str(alone.value) == str(whole.value)  # the decoder's line, as a whole decode gives it
+
+
+def with_thumbnail(data: bytes) -> bytes:
+    """`data` carrying a thumbnail as cameras write one: a whole JPEG (its own scan and
+    end-of-image markers) inside an APP1 segment, before the image's own scan."""
+    app1 = b"Exif\0\0" + photo_jpeg(16, 16, seed=9)
+    return data[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + data[2:]
+
+
+@region
+def test_a_jpeg_carrying_a_thumbnail_is_decoded_alone_and_its_truncation_still_seen(monkeypatch):
+    """The end-of-image check reads the file's last markers: the thumbnail's come first."""
+    plain = REGION_JPEGS["301x207 4:2:0"]
+    data, box = with_thumbnail(plain), (10, 20, 110, 220)
+    alone = decode.decode_box(data, 3, box, 50)
+    assert torch.equal(alone, whole_then_cut(data, 3, box, 50, monkeypatch))
+    assert torch.equal(alone, whole_then_cut(plain, 3, box, 50, monkeypatch))
+    short, top = data[: int(len(data) * 0.9)], (0, 0, 100, 60)  # the box's rows still there
+    with pytest.raises(BadImage) as whole:
+        whole_then_cut(short, 3, top, 50, monkeypatch)
+    with pytest.raises(BadImage, match=f"^{whole.value}$"):
+        decode.decode_box(short, 3, top, 50)
 
 
 @region
