@@ -616,3 +616,15 @@ def test_a_jpeg_carrying_a_thumbnail_is_decoded_alone_and_its_truncation_still_s
 def test_the_region_decoder_refuses_what_it_cannot_do(args, line):
     with pytest.raises(ValueError, match=line):
         decode._jpeg_region.crop(REGION_JPEGS["900x700"], *args)
+
+
+@pytest.mark.parametrize("region_built", [True, False], ids=["decoded alone", "decoded whole"])
+def test_a_jpeg_whose_header_does_not_parse_is_a_bad_image_in_one_line(region_built, monkeypatch):
+    data = bytearray(photo_jpeg(64, 64))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 9] = 7  # seven components: no decoder reads it
+    if not region_built:
+        monkeypatch.setattr(decode, "_jpeg_region", None)
+    with pytest.raises(BadImage) as e:
+        decode.decode_box(bytes(data), 3, (0, 0, 32, 32), 16)
+    assert "\n" not in str(e.value) and str(e.value)

@@ -227,7 +227,10 @@ def _region(data: bytes, channels: int, box: Box, out: int) -> np.ndarray | None
     A file whose end is missing is refused like a whole decode refuses it (no end-of-image
     marker after its last scan); damage inside the entropy data below the box goes unseen here
     (packing and evaluation decode each file whole)."""
-    header = _jpeg_header(data) if _jpeg_region is not None else None
+    try:
+        header = _jpeg_header(data) if _jpeg_region is not None else None
+    except Exception as e:  # noqa: BLE001 - a header that does not parse: a bad image
+        raise BadImage(_one_line(e)) from None
     if header is None:
         return None
     h, w, _ = header
