@@ -16,8 +16,8 @@ the crop at least the output size: a 1000 px photo cropped to 224 px is decoded 
 its size, which is most of the saving (benchmarks/streaming.py measures it). Where setup.py
 could build data/_jpeg_region.c, a training view's box is decoded alone at that scale (the rows
 above it skipped, the columns beside it and the rows below it left out): the same pixels as the
-whole decode cut, in about three quarters of the time (BENCHMARKS.md, "Streaming data"). PNG (and anything
-else Pillow reads) is decoded whole by Pillow. The crop box is then resampled to the output size
+whole decode cut, in about three quarters of the time (BENCHMARKS.md, "Streaming data").
+PNG (and anything else Pillow reads) is decoded whole by Pillow. The crop box is then resampled to the output size
 by an antialiased bilinear filter on uint8 (torch's, which follows Pillow's, the filter
 torchvision's references use on the same box).
 
