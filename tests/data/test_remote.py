@@ -223,6 +223,42 @@ def test_a_shard_with_a_wrong_sha256_is_refused_in_one_line_naming_it(served, pa
     assert sha not in kept and not list(cache.glob("*.tmp"))
 
 
+def test_a_page_served_in_place_of_a_shard_is_refused_at_once(served, packed, tmp_path):
+    """200 with an HTML page (a login or error page): its Content-Length is not the shard's, and
+    no retry mends that; it was taken for a connection cut short and fetched ATTEMPTS times."""
+    url = served.publish(packed)
+    name = shard_files(packed)[0]
+    (served.root / url.rsplit("/", 1)[1] / name).write_bytes(b"<html>sign in</html>")
+    split = open_stream(f"shards:{url}", True, cache=tmp_path / "cache")
+    split.source.backoff_s = 0.0
+    start = served.mark()
+    with pytest.raises(DataError, match=f"{re.escape(name)}: the server sends 20 bytes") as e:
+        split.read(0)
+    assert "\n" not in str(e.value)
+    assert served.shard_requests(url, start) == [(name, 20)]
+
+
+def test_a_shard_that_cannot_be_fetched_is_not_fetched_again_for_each_sample(
+    packed, tmp_path, monkeypatch
+):
+    """Every sample of a shard asks for it: after one failed fetch (its retries spent), the
+    others fail at once with the same line, not after as many tries and backoff each (a
+    refused shard was downloaded again for each of its samples: hundreds of times)."""
+    split = open_stream(f"shards:file://{packed}", True, cache=tmp_path / "cache")
+    split.source.url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a transient error
+    split.source.backoff_s = 0.0
+    opened = []
+    real_open = remote._open
+    monkeypatch.setattr(remote, "_open", lambda url: opened.append(url) or real_open(url))
+    same_shard = [i for i in range(len(split)) if split.entries[i, 0] == 0][:2]
+    errors = []
+    for i in same_shard:
+        with pytest.raises(DataError, match="cannot fetch shard http://127.0.0.1") as e:
+            split.read(i)
+        errors.append(str(e.value))
+    assert len(opened) == remote.ATTEMPTS and errors[0] == errors[1]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
