@@ -259,6 +259,17 @@ def test_a_shard_that_cannot_be_fetched_is_not_fetched_again_for_each_sample(
     assert len(opened) == remote.ATTEMPTS and errors[0] == errors[1]
 
 
+def test_a_cache_that_cannot_be_written_is_one_line_naming_it(packed, tmp_path):
+    """A read-only or full cache disk (here: its lock cannot be opened, which root cannot
+    chmod away) is one DataError line with what to do, not an OSError traceback."""
+    cache = tmp_path / "cache"
+    split = open_stream(f"shards:file://{packed}", True, cache=cache)
+    (cache / ".lock").mkdir()
+    with pytest.raises(DataError, match=f"into the cache {re.escape(str(cache))} .*--cache") as e:
+        split.read(0)
+    assert "\n" not in str(e.value)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

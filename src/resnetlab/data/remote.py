@@ -277,14 +277,21 @@ class RemoteShards:
         path = self.cached(f)
         if path is not None:
             return path
-        with _locked(self.cache / ".lock"):
-            path = self.cached(f)  # fetched by another process meanwhile
-            if path is not None:
-                return path
-            keep = {self.local_path(i).name for i in protect}
-            if not self._make_room(self.shards[f][1], keep):
-                return None
-            self._download(f)
+        try:
+            with _locked(self.cache / ".lock"):
+                path = self.cached(f)  # fetched by another process meanwhile
+                if path is not None:
+                    return path
+                keep = {self.local_path(i).name for i in protect}
+                if not self._make_room(self.shards[f][1], keep):
+                    return None
+                self._download(f)
+        except OSError as e:  # the cache's disk full, read-only or gone (the download's are not)
+            cause = os.strerror(e.errno) if e.errno else str(e)
+            raise DataError(
+                f"cannot write shard {self.name(f)} into the cache {self.cache} ({cause}); give "
+                "another --cache, or free space there, or a smaller --cache-size"
+            ) from None
         return self.local_path(f)
 
     def _make_room(self, need: int, keep: set[str]) -> bool:
