@@ -30,6 +30,7 @@ from resnetlab.data.order import epoch_order
 from resnetlab.data.shards import MANIFEST, open_shards, open_stream, pack_builtin
 from resnetlab.data.stream import StreamLoader
 from resnetlab.errors import DataError, UsageError
+from resnetlab.inference.eval_run import evaluate_run
 from resnetlab.report.observer import Observer
 from resnetlab.train import make_config, train
 from resnetlab.weights import load_weights
@@ -268,6 +269,22 @@ def test_a_cache_that_cannot_be_written_is_one_line_naming_it(packed, tmp_path):
     with pytest.raises(DataError, match=f"into the cache {re.escape(str(cache))} .*--cache") as e:
         split.read(0)
     assert "\n" not in str(e.value)
+
+
+def test_eval_of_a_run_over_a_url_reads_through_the_run_s_cache(packed, tmp_path, monkeypatch):
+    """`resnetlab eval RUN` fetched the test shards again into the default cache (maybe another,
+    smaller disk, under another bound) instead of the run's --cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    cache = tmp_path / "cache"
+    cfg = make_config(
+        "quick", data=f"shards:file://{packed}", cache=str(cache), **dict(RUN, epochs=1, workers=0)
+    )
+    train(cfg, out=tmp_path / "run", verbose=False)
+    shutil.rmtree(cache)
+    evaluate_run(tmp_path / "run")
+    test_shards = json.loads((packed / MANIFEST).read_text())["splits"]["test"]["shards"]
+    assert {p.name for p in cache.glob("*.tar")} == {f"{s['sha256']}.tar" for s in test_shards}
+    assert not list(remote.default_cache().glob("*.tar"))
 
 
 def free_port() -> int:
