@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnetlab import cli
 from resnetlab.data import remote
 from resnetlab.data.augment import stream_seed
 from resnetlab.data.order import epoch_order
@@ -285,6 +286,20 @@ def test_eval_of_a_run_over_a_url_reads_through_the_run_s_cache(packed, tmp_path
     test_shards = json.loads((packed / MANIFEST).read_text())["splits"]["test"]["shards"]
     assert {p.name for p in cache.glob("*.tar")} == {f"{s['sha256']}.tar" for s in test_shards}
     assert not list(remote.default_cache().glob("*.tar"))
+
+
+def test_data_pack_into_a_url_is_refused_not_written_to_a_local_http_folder(
+    tmp_path, monkeypatch, capsys
+):
+    """`data pack SRC http://host/set` packed into ./http:/host/set and printed `--data
+    shards:http:/host/set` as the command to train with."""
+    monkeypatch.chdir(tmp_path)
+    assert (
+        cli.main(["data", "pack", "fashion-mnist", "http://127.0.0.1:9/set", "--subset", "8"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "data pack writes a local folder, not http://127.0.0.1:9/set" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def free_port() -> int:
