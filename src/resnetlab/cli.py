@@ -806,9 +806,15 @@ def _default_pack_workers() -> int:
 def _cmd_data_pack(args) -> int:
     from pathlib import Path
 
+    from resnetlab.data.remote import is_url
     from resnetlab.data.shards import pack_builtin, pack_folder, shards_home
 
     src = args.src.removeprefix("imagefolder:")
+    if is_url(args.out):  # Path would fold "http://host/x" into a local folder "http:/host/x"
+        raise UsageError(
+            f"data pack writes a local folder, not {args.out}: pack into a folder, upload its "
+            "manifest.json and .tar files, then train with --data shards:URL"
+        )
     if args.shard_mb < 1 or (args.max_side is not None and args.max_side < 1):
         raise UsageError("--shard-mb and --max-side must be positive")
     if args.workers < 1:

@@ -24,12 +24,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnetlab import cli
 from resnetlab.data import remote
 from resnetlab.data.augment import stream_seed
 from resnetlab.data.order import epoch_order
 from resnetlab.data.shards import MANIFEST, open_shards, open_stream, pack_builtin
 from resnetlab.data.stream import StreamLoader
 from resnetlab.errors import DataError, UsageError
+from resnetlab.inference.eval_run import evaluate_run
 from resnetlab.report.observer import Observer
 from resnetlab.train import make_config, train
 from resnetlab.weights import load_weights
@@ -221,6 +223,83 @@ def test_a_shard_with_a_wrong_sha256_is_refused_in_one_line_naming_it(served, pa
     kept = {p.name[:-4] for p in cache.glob("*.tar")}
     sha = json.loads((packed / MANIFEST).read_text())["splits"]["train"]["shards"][1]["sha256"]
     assert sha not in kept and not list(cache.glob("*.tmp"))
+
+
+def test_a_page_served_in_place_of_a_shard_is_refused_at_once(served, packed, tmp_path):
+    """200 with an HTML page (a login or error page): its Content-Length is not the shard's, and
+    no retry mends that; it was taken for a connection cut short and fetched ATTEMPTS times."""
+    url = served.publish(packed)
+    name = shard_files(packed)[0]
+    (served.root / url.rsplit("/", 1)[1] / name).write_bytes(b"<html>sign in</html>")
+    split = open_stream(f"shards:{url}", True, cache=tmp_path / "cache")
+    split.source.backoff_s = 0.0
+    start = served.mark()
+    with pytest.raises(DataError, match=f"{re.escape(name)}: the server sends 20 bytes") as e:
+        split.read(0)
+    assert "\n" not in str(e.value)
+    assert served.shard_requests(url, start) == [(name, 20)]
+
+
+def test_a_shard_that_cannot_be_fetched_is_not_fetched_again_for_each_sample(
+    packed, tmp_path, monkeypatch
+):
+    """Every sample of a shard asks for it: after one failed fetch (its retries spent), the
+    others fail at once with the same line, not after as many tries and backoff each (a
+    refused shard was downloaded again for each of its samples: hundreds of times)."""
+    split = open_stream(f"shards:file://{packed}", True, cache=tmp_path / "cache")
+    split.source.url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a transient error
+    split.source.backoff_s = 0.0
+    opened = []
+    real_open = remote._open
+    monkeypatch.setattr(remote, "_open", lambda url: opened.append(url) or real_open(url))
+    same_shard = [i for i in range(len(split)) if split.entries[i, 0] == 0][:2]
+    errors = []
+    for i in same_shard:
+        with pytest.raises(DataError, match="cannot fetch shard http://127.0.0.1") as e:
+            split.read(i)
+        errors.append(str(e.value))
+    assert len(opened) == remote.ATTEMPTS and errors[0] == errors[1]
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_naming_it(packed, tmp_path):
+    """A read-only or full cache disk (here: its lock cannot be opened, which root cannot
+    chmod away) is one DataError line with what to do, not an OSError traceback."""
+    cache = tmp_path / "cache"
+    split = open_stream(f"shards:file://{packed}", True, cache=cache)
+    (cache / ".lock").mkdir()
+    with pytest.raises(DataError, match=f"into the cache {re.escape(str(cache))} .*--cache") as e:
+        split.read(0)
+    assert "\n" not in str(e.value)
+
+
+def test_eval_of_a_run_over_a_url_reads_through_the_run_s_cache(packed, tmp_path, monkeypatch):
+    """`resnetlab eval RUN` fetched the test shards again into the default cache (maybe another,
+    smaller disk, under another bound) instead of the run's --cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    cache = tmp_path / "cache"
+    cfg = make_config(
+        "quick", data=f"shards:file://{packed}", cache=str(cache), **dict(RUN, epochs=1, workers=0)
+    )
+    train(cfg, out=tmp_path / "run", verbose=False)
+    shutil.rmtree(cache)
+    evaluate_run(tmp_path / "run")
+    test_shards = json.loads((packed / MANIFEST).read_text())["splits"]["test"]["shards"]
+    assert {p.name for p in cache.glob("*.tar")} == {f"{s['sha256']}.tar" for s in test_shards}
+    assert not list(remote.default_cache().glob("*.tar"))
+
+
+def test_data_pack_into_a_url_is_refused_not_written_to_a_local_http_folder(
+    tmp_path, monkeypatch, capsys
+):
+    """`data pack SRC http://host/set` packed into ./http:/host/set and printed `--data
+    shards:http:/host/set` as the command to train with."""
+    monkeypatch.chdir(tmp_path)
+    assert (
+        cli.main(["data", "pack", "fashion-mnist", "http://127.0.0.1:9/set", "--subset", "8"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "data pack writes a local folder, not http://127.0.0.1:9/set" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,6 +94,25 @@ def test_resume_inside_an_epoch_with_mixing_is_bit_identical(
     a, _ = load_weights(tmp_path / "straight" / "model.safetensors")
     b, _ = load_weights(tmp_path / "broken" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+
+
+def test_a_resume_on_a_set_changed_since_is_refused_in_one_line(
+    shards, tmp_path, monkeypatch, ctrl_c_at
+):
+    """A set re-packed (or replaced on its server) between the runs: another order, other
+    samples at the saved step, other indices for the images that did not decode; the resume
+    went on silently."""
+    here = tmp_path / "packed"
+    shutil.copytree(shards, here)
+    cfg = make_config("quick", data=f"shards:{here}", **dict(STREAM, workers=0))
+    ctrl_c_at(1)  # the run stops at epoch 1, step 1
+    with pytest.raises(Interrupted):
+        train(cfg, out=tmp_path / "broken", verbose=False)
+    monkeypatch.undo()
+    shutil.rmtree(here)
+    pack_folder(write_folder(tmp_path / "photos"), here, shard_bytes=4000)  # the same images
+    with pytest.raises(DataError, match=f"shards:{here} is not the data this run was trained on"):
+        train(resume=tmp_path / "broken", verbose=False)
 
 
 def test_bad_images_before_a_resume_inside_an_epoch_are_still_counted(

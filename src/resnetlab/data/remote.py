@@ -133,6 +133,18 @@ def _read(stream, n: int) -> bytes:
         raise _Transient(str(e) or type(e).__name__) from None
 
 
+def _check_length(stream, size: int) -> None:
+    """_Refused when an HTTP response declares a length other than `size`: a whole other file
+    (an HTML error or login page sent with 200), which no retry mends. A body that ends before
+    the length it declared is a connection cut short, found (and retried) after reading."""
+    declared = getattr(stream, "headers", {}).get("Content-Length")
+    if declared is not None and declared.strip().isdigit() and int(declared) != size:
+        raise _Refused(
+            f"the server sends {int(declared):,} bytes, not the {size:,} {MANIFEST} gives (another "
+            "file, such as an error page?); check the URL and the server"
+        )
+
+
 def _retrying(what: str, attempts: int, backoff_s: float, fn):
     """fn(), tried `attempts` times with exponential backoff on transient failures; one
     DataError line naming `what` at the end."""
@@ -199,9 +211,13 @@ class RemoteShards:
     def _init_local(self) -> None:
         self._queue: queue.Queue | None = None
         self._protect: frozenset[int] = frozenset()
+        # shards this process could not fetch, with the error: every sample of a shard asks for
+        # it, and each would otherwise fetch it again (retries and backoff included)
+        self._failed: dict[int, str] = {}
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("_queue", "_protect")}
+        local = ("_queue", "_protect", "_failed")
+        return {k: v for k, v in self.__dict__.items() if k not in local}
 
     def __setstate__(self, state) -> None:
         self.__dict__.update(state)
@@ -219,10 +235,13 @@ class RemoteShards:
 
     def read(self, f: int, offset: int, size: int) -> bytes:
         """`size` bytes at `offset` of shard f, fetched into the cache first when absent."""
+        if f in self._failed:
+            raise DataError(self._failed[f])
         for _ in range(3):  # another process may evict it between the check and the open
             try:
                 path = self.ensure(f)
             except ResnetlabError as e:  # a full disk: what the loader reports as one line
+                self._failed[f] = str(e)
                 raise DataError(str(e)) from None
             try:
                 with open(path, "rb") as fh:
@@ -258,14 +277,21 @@ class RemoteShards:
         path = self.cached(f)
         if path is not None:
             return path
-        with _locked(self.cache / ".lock"):
-            path = self.cached(f)  # fetched by another process meanwhile
-            if path is not None:
-                return path
-            keep = {self.local_path(i).name for i in protect}
-            if not self._make_room(self.shards[f][1], keep):
-                return None
-            self._download(f)
+        try:
+            with _locked(self.cache / ".lock"):
+                path = self.cached(f)  # fetched by another process meanwhile
+                if path is not None:
+                    return path
+                keep = {self.local_path(i).name for i in protect}
+                if not self._make_room(self.shards[f][1], keep):
+                    return None
+                self._download(f)
+        except OSError as e:  # the cache's disk full, read-only or gone (the download's are not)
+            cause = os.strerror(e.errno) if e.errno else str(e)
+            raise DataError(
+                f"cannot write shard {self.name(f)} into the cache {self.cache} ({cause}); give "
+                "another --cache, or free space there, or a smaller --cache-size"
+            ) from None
         return self.local_path(f)
 
     def _make_room(self, need: int, keep: set[str]) -> bool:
@@ -299,6 +325,7 @@ class RemoteShards:
         def get() -> None:
             digest, got = hashlib.sha256(), 0
             with contextlib.closing(_open(url)) as stream, atomic_open(self.local_path(f)) as out:
+                _check_length(stream, size)
                 while chunk := _read(stream, CHUNK):
                     got += len(chunk)
                     if got > size:

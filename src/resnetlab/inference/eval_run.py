@@ -70,7 +70,7 @@ def evaluate_run(
         dev = torch.device("cpu")
         how.update(amp=False, channels_last=False, precision_source="onnxruntime runs float32")
     test_set = open_test_set(
-        meta, data, root=data_dir, subset=how["subset"], seed=how["seed"]
+        meta, data, root=data_dir, subset=how["subset"], seed=how["seed"], remote=how["remote"]
     )  # a packed set (shards:PATH) streamed through the run's evaluation view
     _check_matches(test_set, meta, data or meta["data"])
     if how["channels_last"]:
@@ -118,6 +118,12 @@ def evaluate_run(
     }
 
 
+def run_cache(cfg: dict) -> dict:
+    """The shard cache (and its bound) a run's config gives for shards:URL: its test split is
+    read through it, not copied again into the default cache (maybe on another, smaller disk)."""
+    return {k: cfg[k] for k in ("cache", "cache_size") if isinstance(cfg.get(k), str)}
+
+
 def _check_matches(test_set, meta: dict, data: str) -> None:
     """The test set must have the model's input channels and classes."""
     if test_set.images.shape[1] != meta["in_chans"] or len(test_set.classes) != meta["num_classes"]:
@@ -149,6 +155,7 @@ def _as_the_run(source, dev: torch.device, data: str, precision: str, full_test:
     cfg = record.get("config") if isinstance(record.get("config"), dict) else {}
     workers = cfg.get("workers", EVAL_WORKERS)  # the run's decoding processes, whatever the data
     workers = workers if isinstance(workers, int) and workers >= 0 else EVAL_WORKERS
+    remote = run_cache(cfg)  # whatever the data
     if cfg.get("data") != data:
         cfg = {}  # another dataset (or no run): nothing of the run applies
     same_kind = bool(cfg) and str(record.get("device", "")).split(":")[0] == dev.type
@@ -170,6 +177,7 @@ def _as_the_run(source, dev: torch.device, data: str, precision: str, full_test:
         "precision_source": source_of,
         "tta": cfg.get("tta", "none"),  # the views of the run's own final figure
         "workers": workers,  # decoding processes for a streamed test set
+        "remote": remote,
         "test_examples": f"the run's --subset {subset} (seed {cfg.get('seed', 0)})"
         if subset
         else "all",
@@ -291,7 +299,12 @@ def ensure_analysis(folder: str | Path, *, device: str = "auto", batch_size: int
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     test_set = open_test_set(
-        meta, cfg["data"], root=cfg.get("data_dir"), subset=cfg.get("subset"), seed=cfg["seed"]
+        meta,
+        cfg["data"],
+        root=cfg.get("data_dir"),
+        subset=cfg.get("subset"),
+        seed=cfg["seed"],
+        remote=run_cache(cfg),
     )
     loader = loader_for(
         meta,

@@ -125,13 +125,15 @@ def open_test_set(
     root: str | None = None,
     subset: int | None = None,
     seed: int = 0,
+    remote: dict | None = None,
 ) -> Dataset | StreamSplit:
     """The test split of `data` (default: the run's) as eval reads it: a packed set (shards:PATH)
     streamed from disk, an image folder streamed when the run streamed it (a view recorded), and
-    anything else into memory; `subset`: the seeded random subset a run's --subset takes."""
+    anything else into memory; `subset`: the seeded random subset a run's --subset takes;
+    `remote`: the shard cache and its size for shards:URL (data/remote.py)."""
     name = data or meta["data"]
     if is_stream_name(name) or (eval_view(meta) and name.startswith(IMAGEFOLDER)):
-        split = open_stream(name, False)
+        split = open_stream(name, False, **(remote or {}))
         return split.take(min(subset, len(split)), seed=seed) if subset is not None else split
     return load_dataset(name, train=False, root=root, subset=subset, seed=seed)
 

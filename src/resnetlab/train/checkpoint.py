@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.distributed.group import DistInfo, shared
-from resnetlab.errors import CheckpointError, UsageError, first_line, plural
+from resnetlab.errors import CheckpointError, DataError, UsageError, first_line, plural
 from resnetlab.fileio import write_bytes
 from resnetlab.rundir import CHECKPOINT_FILE
 from resnetlab.train.engine import TrainState
@@ -170,6 +170,7 @@ def make_checkpoint(
     average=None,
     policy=None,
     plan=None,
+    data: str = "",
 ) -> dict:
     """What checkpoint.pt holds after `state`: the configuration (a dict), the weights, the
     optimizer, the state, the random-number state, the process count, with --ema the average
@@ -191,7 +192,23 @@ def make_checkpoint(
         checkpoint["policy"] = policy
     if plan is not None:  # --time-limit's plan (train/timing.py): a resume keeps what was left
         checkpoint["plan"] = plan
+    if data:  # streamed data: the training split's version (check_resume_data)
+        checkpoint["data"] = data
     return checkpoint
+
+
+def check_resume_data(checkpoint: dict, digest: str, data: str) -> None:
+    """A run resumes on the training data it was trained on: streamed data (`data`, of version
+    `digest`: StreamSplit.digest) changed since, such as a set re-packed or replaced on its
+    server, would give another epoch order and other samples at the saved step, silently."""
+    saved = checkpoint.get("data")
+    if isinstance(saved, str) and saved and digest and saved != digest:
+        raise shared(
+            DataError(
+                f"{data} is not the data this run was trained on (its training shards or files "
+                "changed since the checkpoint); resume on that version, or start a new run"
+            )
+        )
 
 
 def write_checkpoint(path: str | Path, checkpoint: dict) -> None:

@@ -34,7 +34,7 @@ from resnetlab.inference.evaluation import Evaluator
 from resnetlab.inference.tta import with_tta
 from resnetlab.models import create_model
 from resnetlab.models.pretrained import load_pretrained
-from resnetlab.train.checkpoint import restore_checkpoint
+from resnetlab.train.checkpoint import check_resume_data, restore_checkpoint
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.engine import TrainState
 from resnetlab.train.graphs import (
@@ -257,6 +257,8 @@ def build(
     device, capture = _device_policy(cfg, dist)
     if splits is None:
         splits = load_process_splits(cfg, dist, say)
+    if checkpoint is not None:
+        check_resume_data(checkpoint, getattr(splits.train, "digest", ""), cfg.data)
     policy = _precision_and_layout(cfg, dist, device, splits, checkpoint, say)
     amp, channels_last = policy.amp, policy.channels_last
     plan = None

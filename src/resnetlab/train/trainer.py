@@ -317,6 +317,7 @@ class Saver(Observer):
             average=p.average,
             policy={"amp": p.amp, "channels_last": p.channels_last},
             plan=p.plan,
+            data=getattr(p.splits.train, "digest", ""),
         )
 
     def on_evaluate(self, epoch: int, split: str, result: dict) -> None:
