@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.data.path import folder_test_split
 from resnetlab.device import resolve_device
 from resnetlab.errors import UsageError
 from resnetlab.inference.evaluation import evaluate
@@ -73,6 +74,8 @@ def evaluate_run(
         meta, data, root=data_dir, subset=how["subset"], seed=how["seed"]
     )  # a packed set (shards:PATH) streamed through the run's evaluation view
     _check_matches(test_set, meta, data or meta["data"])
+    if data is None:  # the run's own test set: an image folder's may have changed since
+        _check_same_test_split(meta, source)
     if how["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     loader = loader_for(
@@ -125,6 +128,25 @@ def _check_matches(test_set, meta: dict, data: str) -> None:
             f"{data} has {test_set.images.shape[1]} channels and {len(test_set.classes)} classes, "
             f"but the model takes {meta['in_chans']} channels and predicts {meta['num_classes']} classes; pick a matching --data"
         )
+
+
+def _check_same_test_split(meta: dict, source) -> None:
+    """Refuse, in one line, a run's own image folder whose test split is no longer the one the
+    run recorded (files added, removed or replaced): its figure would not be the run's."""
+    found = folder_test_split(meta["data"])
+    if found is None or meta.get("test_split") in (None, found[0]):
+        return
+    name = meta["data"]
+    where = (
+        "the test split held out of it is drawn again and may now hold images the run trained on"
+        if found[1]
+        else "its test/ folder is not the one the run was tested on"
+    )
+    raise UsageError(
+        f"{name} has changed since {source} was trained (image files added, removed or "
+        f"replaced): {where}; put the folder back as it was, or give --data {name} to "
+        "evaluate on it as it is now"
+    )
 
 
 def _figures(result: dict, classes: list[str]) -> dict:

@@ -174,6 +174,8 @@ def weights_metadata(
         # streamed data is evaluated through its view (data/eval_view.py): eval, predict, export
         # and the report show images to the model as this run's evaluation did
         **({"eval_view": stream_view(cfg, splits).to_metadata()} if cfg.streamed else {}),
+        # an image folder's test split, which changes with its files: eval checks it is the run's
+        **({"test_split": found[0]} if (found := data_path.folder_test_split(cfg.data)) else {}),
     }
 
 
