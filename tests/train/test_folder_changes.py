@@ -1,6 +1,6 @@
-"""A run on an image folder whose files change afterwards: a file added to a class folder redraws
-the held-out test split, so `eval` of the run refuses the folder instead of reporting a figure
-on images the run may have trained on."""
+"""A run on an image folder whose files change afterwards: files added to a class folder redraw
+the held-out test split, so `eval` of the run, and its `--resume`, refuse the folder instead of
+reporting a figure on images the run may have trained on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shutil
 import pytest
 from tiny_photos import write_folder
 
-from resnetlab.errors import UsageError
+from resnetlab.errors import Interrupted, UsageError
 from resnetlab.inference.eval_run import evaluate_run
 from resnetlab.train import make_config, train
 
@@ -36,10 +36,29 @@ def test_eval_refuses_a_run_whose_held_out_test_split_changed(tmp_path):
     data = f"imagefolder:{folder}"
     train(make_config("quick", data=data, **TINY), out=tmp_path / "run", verbose=False)
     before = evaluate_run(tmp_path / "run", device="cpu")
-    c0 = folder / "train" / "c0"
-    for i, photo in enumerate(sorted(c0.iterdir())):  # twice the photos of a class: 2 held out
-        shutil.copy(photo, c0 / f"added{i}{photo.suffix}")
+    _double(folder / "train" / "c0")
     with pytest.raises(UsageError, match=r"has changed since .*may now hold images the run"):
         evaluate_run(tmp_path / "run", device="cpu")
     after = evaluate_run(tmp_path / "run", data=data, device="cpu")  # the folder as it is now
     assert (before["count"], after["count"]) == (2, 3)
+
+
+def _double(class_folder):
+    """Twice the photos of a class: its held-out share goes from 1 to 2."""
+    for i, photo in enumerate(sorted(class_folder.iterdir())):
+        shutil.copy(photo, class_folder / f"added{i}{photo.suffix}")
+
+
+def test_resume_refuses_a_folder_whose_test_split_changed(tmp_path, monkeypatch, ctrl_c_at):
+    folder = write_folder(tmp_path / "photos", train=20, test=0, largest=24)
+    cfg = make_config("quick", data=f"imagefolder:{folder}", **dict(TINY, epochs=2))
+    ctrl_c_at(3)  # epoch 1 of 3 steps: stopped after it
+    with pytest.raises(Interrupted):
+        train(cfg, out=tmp_path / "run", verbose=False)
+    monkeypatch.undo()
+    _double(folder / "train" / "c0")
+    with pytest.raises(UsageError, match=r"has changed since .*run started.*put the folder back"):
+        train(resume=tmp_path / "run", verbose=False)
+    for added in (folder / "train" / "c0").glob("added*"):
+        added.unlink()  # put back as it was: the run resumes
+    assert train(resume=tmp_path / "run", verbose=False)["epochs"] == 2

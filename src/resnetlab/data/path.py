@@ -133,6 +133,21 @@ def folder_test_split(data: str) -> tuple[str, bool] | None:
     return h.hexdigest(), files.held_out
 
 
+def test_split_changed(data: str, recorded: str | None, since: str) -> str | None:
+    """Why `data`'s test split is no longer the one a run recorded (folder_test_split's digest),
+    in words (`since`: e.g. "since runs/a was trained"); None when it is the same, or nothing was
+    recorded, or the data is no image folder."""
+    found = folder_test_split(data) if recorded is not None else None
+    if found is None or found[0] == recorded:
+        return None
+    where = (
+        "the test split held out of it is drawn again and may now hold images the run trained on"
+        if found[1]
+        else "its test/ folder is not the one the run was tested on"
+    )
+    return f"{data} has changed {since} (image files added, removed or replaced): {where}"
+
+
 def val_examples(settings: DataSettings, train_examples: int) -> int:
     """How many of `train_examples` training examples are held out for validation: --val-split,
     except under --subset, where a split of more than half the subset's training examples (a

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data.path import folder_test_split
+from resnetlab.data.path import test_split_changed
 from resnetlab.device import resolve_device
 from resnetlab.errors import UsageError
 from resnetlab.inference.evaluation import evaluate
@@ -133,20 +133,13 @@ def _check_matches(test_set, meta: dict, data: str) -> None:
 def _check_same_test_split(meta: dict, source) -> None:
     """Refuse, in one line, a run's own image folder whose test split is no longer the one the
     run recorded (files added, removed or replaced): its figure would not be the run's."""
-    found = folder_test_split(meta["data"])
-    if found is None or meta.get("test_split") in (None, found[0]):
-        return
     name = meta["data"]
-    where = (
-        "the test split held out of it is drawn again and may now hold images the run trained on"
-        if found[1]
-        else "its test/ folder is not the one the run was tested on"
-    )
-    raise UsageError(
-        f"{name} has changed since {source} was trained (image files added, removed or "
-        f"replaced): {where}; put the folder back as it was, or give --data {name} to "
-        "evaluate on it as it is now"
-    )
+    why = test_split_changed(name, meta.get("test_split"), f"since {source} was trained")
+    if why:
+        raise UsageError(
+            f"{why}; put the folder back as it was, or give --data {name} to evaluate on it as "
+            "it is now"
+        )
 
 
 def _figures(result: dict, classes: list[str]) -> dict:
