@@ -439,7 +439,8 @@ def _test_batch(meta: dict, count: int, data_dir: str | None) -> tuple[torch.Ten
         )
     test = test.take(min(count, len(test)), seed=0)
     x, _ = next(iter(loader_for(meta, test, batch_size=len(test))))
-    return x.float().contiguous(), f"{len(test)} {name} test images"
+    # counted from the batch: a streamed set leaves an unreadable image out of it
+    return x.float().contiguous(), f"{len(x)} {name} test images"
 
 
 def default_onnx_path(weights: Path) -> Path:
