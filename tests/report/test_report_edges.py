@@ -204,3 +204,15 @@ def test_a_class_name_the_font_lacks_is_one_warning_line_not_matplotlibs(tmp_pat
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "\U0010fffc \U0010fffd as boxes" in lines[0]
     assert (tmp_path / "c1.png").stat().st_size > 0
+
+
+def test_report_of_a_sweeps_folder_points_to_its_page_and_a_trial(tmp_path, capsys):
+    from resnetlab import cli
+
+    sweep = tmp_path / "sweep"
+    fake_run(sweep / "trial-0000", [])
+    (sweep / "sweep.json").write_text("{}")
+    assert cli.main(["report", str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert f"its page is {sweep / 'report.html'}" in err and str(sweep / "trial-0000") in err
+    assert err.count("\n") == 1
