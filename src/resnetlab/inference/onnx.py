@@ -13,6 +13,8 @@ metadata_props, each value a JSON string:
     eval_view    {"resize_shorter": 232, "center_crop": 224} or absent: a streamed run's view
                  (data/eval_view.py): Resize(shorter side) + CenterCrop, input_size the crop
     normalize    {"mean": [..], "std": [..]} or null: (x / 255 - mean) / std per channel
+    stored_size  [H, W] or absent: an image folder trained in memory stored each image at this
+                 size first (Pillow's bilinear), then resized it to input_size
     preprocess   a sentence saying the same in words
     model, data, resnetlab_version
 
@@ -63,7 +65,9 @@ ONNX_EXTRA = "pip install 'resnetlab[onnx]'"
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_CHECK_IMAGES = 64
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-META_KEYS = ("classes", "input_size", "resize", "normalize", "model", "data", "eval_view")
+META_KEYS = (
+    "classes", "input_size", "resize", "normalize", "model", "data", "eval_view", "stored_size"
+)  # fmt: skip
 
 
 def require_onnx():
@@ -185,6 +189,11 @@ def _props(meta: dict) -> dict[str, str]:
         if view
         else f"resized to {h}x{w} when of another size (bilinear, antialiased)"
     )
+    if meta.get("stored_size") and not view:
+        sh, sw = meta["stored_size"]
+        shown = (
+            f"resized to {sh}x{sw} first (Pillow's bilinear) as stored in training, then {shown}"
+        )
     words = (
         f"float32 NCHW batch of {c}-channel {h}x{w} images ({'grey' if c == 1 else 'RGB'}), "
         f"pixel values divided by 255, {shown}"
