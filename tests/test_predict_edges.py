@@ -141,6 +141,8 @@ def test_predict_shows_a_photo_as_the_in_memory_folder_run_saw_it(tmp_path):
     files = [p for p, _ in image_folder_files(data).splits["test"]]
     pictures, _, _ = read_images(files, meta)
     assert torch.equal(preprocess(pictures, meta), seen)
-    from resnetlab.inference.onnx import _props  # an exported model carries the step too
+    from resnetlab.inference.onnx import _props, exported_meta  # an ONNX file carries it too
 
-    assert json.loads(_props(meta)["stored_size"]) == [20, 30]
+    shipped = dict(exported_meta(meta), input_size=meta["input_size"])
+    assert json.loads(_props(shipped)["stored_size"]) == [20, 30]
+    assert "resized to 20x30 first" in _props(shipped)["preprocess"]

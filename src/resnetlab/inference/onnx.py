@@ -452,6 +452,18 @@ def _test_batch(meta: dict, count: int, data_dir: str | None) -> tuple[torch.Ten
     return x.float().contiguous(), f"{len(x)} {name} test images"
 
 
+def exported_meta(meta: dict) -> dict:
+    """What of a run's weights metadata travels in its ONNX file besides the input's size,
+    classes, resize and normalisation: how its images are shown to it (META_KEYS)."""
+    view = eval_view(meta)
+    return {
+        "model": meta["model"],
+        "data": meta.get("data"),
+        **({"eval_view": view.to_metadata()} if view else {}),
+        **({"stored_size": meta["stored_size"]} if meta.get("stored_size") else {}),
+    }
+
+
 def default_onnx_path(weights: Path) -> Path:
     """best.safetensors -> best.onnx, model.safetensors -> model.onnx, beside it."""
     return weights.with_suffix(".onnx")
@@ -495,11 +507,7 @@ def export_run(
         classes=meta.get("classes"),
         resize=meta.get("resize"),
         normalize=meta.get("normalize"),
-        meta={
-            "model": meta["model"],
-            "data": meta.get("data"),
-            **({"eval_view": view.to_metadata()} if view else {}),
-        },
+        meta=exported_meta(meta),
         check_inputs=inputs,
         check_source=described,
         opset=opset,
