@@ -31,7 +31,7 @@ TINY = dict(
 )
 
 
-def test_eval_refuses_a_run_whose_held_out_test_split_changed(tmp_path):
+def test_eval_refuses_a_run_whose_held_out_changed_test_split(tmp_path):
     folder = write_folder(tmp_path / "photos", train=20, test=0, largest=24)  # no test/: held out
     data = f"imagefolder:{folder}"
     train(make_config("quick", data=data, **TINY), out=tmp_path / "run", verbose=False)
@@ -49,7 +49,7 @@ def _double(class_folder):
         shutil.copy(photo, class_folder / f"added{i}{photo.suffix}")
 
 
-def test_resume_refuses_a_folder_whose_test_split_changed(tmp_path, monkeypatch, ctrl_c_at):
+def test_resume_refuses_a_folder_whose_changed_test_split(tmp_path, monkeypatch, ctrl_c_at):
     folder = write_folder(tmp_path / "photos", train=20, test=0, largest=24)
     cfg = make_config("quick", data=f"imagefolder:{folder}", **dict(TINY, epochs=2))
     ctrl_c_at(3)  # epoch 1 of 3 steps: stopped after it

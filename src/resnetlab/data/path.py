@@ -133,7 +133,7 @@ def folder_test_split(data: str) -> tuple[str, bool] | None:
     return h.hexdigest(), files.held_out
 
 
-def test_split_changed(data: str, recorded: str | None, since: str) -> str | None:
+def changed_test_split(data: str, recorded: str | None, since: str) -> str | None:
     """Why `data`'s test split is no longer the one a run recorded (folder_test_split's digest),
     in words (`since`: e.g. "since runs/a was trained"); None when it is the same, or nothing was
     recorded, or the data is no image folder."""

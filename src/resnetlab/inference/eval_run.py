@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data.path import test_split_changed
+from resnetlab.data.path import changed_test_split
 from resnetlab.device import resolve_device
 from resnetlab.errors import UsageError
 from resnetlab.inference.evaluation import evaluate
@@ -70,12 +70,12 @@ def evaluate_run(
     if onnx:
         dev = torch.device("cpu")
         how.update(amp=False, channels_last=False, precision_source="onnxruntime runs float32")
+    if data is None:  # the run's own test set: an image folder's may have changed since
+        _check_same_test_split(meta, source)
     test_set = open_test_set(
         meta, data, root=data_dir, subset=how["subset"], seed=how["seed"]
     )  # a packed set (shards:PATH) streamed through the run's evaluation view
     _check_matches(test_set, meta, data or meta["data"])
-    if data is None:  # the run's own test set: an image folder's may have changed since
-        _check_same_test_split(meta, source)
     if how["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     loader = loader_for(
@@ -134,7 +134,7 @@ def _check_same_test_split(meta: dict, source) -> None:
     """Refuse, in one line, a run's own image folder whose test split is no longer the one the
     run recorded (files added, removed or replaced): its figure would not be the run's."""
     name = meta["data"]
-    why = test_split_changed(name, meta.get("test_split"), f"since {source} was trained")
+    why = changed_test_split(name, meta.get("test_split"), f"since {source} was trained")
     if why:
         raise UsageError(
             f"{why}; put the folder back as it was, or give --data {name} to evaluate on it as "

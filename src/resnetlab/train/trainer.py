@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data.path import test_split_changed
+from resnetlab.data.path import changed_test_split
 from resnetlab.distributed.group import init_from_env, session, shared
 from resnetlab.errors import (
     CheckpointError,
@@ -77,7 +77,7 @@ def train(
         saved_world = checkpoint.get("world_size", 1) if checkpoint is not None else None
         if checkpoint is not None:
             check_resume_world_size(saved_world, dist, resume, elastic=cfg.streamed)
-            why = test_split_changed(
+            why = changed_test_split(
                 cfg.data, checkpoint.get("test_split"), f"since {resume} started"
             )
             if why:  # resumed, it would test on images it may have trained on
