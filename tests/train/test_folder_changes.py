@@ -62,3 +62,19 @@ def test_resume_refuses_a_folder_whose_changed_test_split(tmp_path, monkeypatch,
     for added in (folder / "train" / "c0").glob("added*"):
         added.unlink()  # put back as it was: the run resumes
     assert train(resume=tmp_path / "run", verbose=False)["epochs"] == 2
+
+
+def test_a_test_folder_that_changed_is_named_as_such(tmp_path):
+    from resnetlab.data.path import changed_test_split, folder_test_split
+
+    folder = write_folder(tmp_path / "photos", train=4, test=4, largest=24)  # train/ and test/
+    data = f"imagefolder:{folder}"
+    recorded, held_out = folder_test_split(data)
+    assert not held_out and changed_test_split(data, recorded, "since R") is None
+    (folder / "train" / "c0" / "000.png").unlink()  # training files: not the test split
+    assert changed_test_split(data, recorded, "since R") is None
+    test = folder / "test" / "c1"
+    shutil.copy(next(test.iterdir()), test / "more.png")
+    why = changed_test_split(data, recorded, "since R")
+    assert why.startswith(f"{data} has changed since R") and "its test/ folder is not" in why
+    assert changed_test_split("fashion-mnist", recorded, "since R") is None
