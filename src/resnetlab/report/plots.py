@@ -65,7 +65,8 @@ def png_bytes(fig, dpi: int = 110) -> bytes:
         _said_glyphs.update(unsaid)
         print(
             f"resnetlab: warning: the figures draw {' '.join(unsaid)} as boxes: matplotlib's font "
-            "has no such characters (install a font that has them, e.g. fonts-noto-cjk)",
+            "has no such characters (add an installed font that has them to its font.family in "
+            "matplotlibrc, e.g. `font.family: DejaVu Sans, Noto Sans CJK JP`)",
             file=sys.stderr,
         )
     return buf.getvalue()
