@@ -240,6 +240,10 @@ def warn_empty(folder: Path, empty: list[str]) -> None:
         )
 
 
+# what to do about a file the in-memory loader cannot read (it reads every one)
+_LEAVE_OUT = "remove or replace it (`resnetlab data pack` and --stream leave such files out)"
+
+
 def scan_image_tree(paths: list[Path]) -> tuple[int, tuple[int, int]]:
     """(channels, (H, W)) that every one of these images will be stored with: 1 when all are
     greyscale, else 3 (RGB); the most common size (others are resized to it when loaded). Read
@@ -255,9 +259,7 @@ def scan_image_tree(paths: list[Path]) -> tuple[int, tuple[int, int]]:
                 with Image.open(path) as img:  # reads the header only
                     size, pixels, is_grey = img.size, img.size[0] * img.size[1], decode.is_grey(img)
         except Exception as e:
-            raise _bad(
-                str(path), "an image", f"an unreadable file ({e})", "remove or replace it"
-            ) from None
+            raise _bad(str(path), "an image", f"an unreadable file ({e})", _LEAVE_OUT) from None
         if pixels > decode.MAX_IMAGE_PIXELS:  # decoding would take gigabytes: a decompression bomb
             raise _bad(
                 str(path),
@@ -308,7 +310,7 @@ def read_image_files(
                 str(path),
                 "an image",
                 f"an unreadable file ({e})",
-                "remove or replace it (`resnetlab data pack` and --stream leave such files out)",
+                _LEAVE_OUT,
             ) from None
         images.append(stored_size(pixels, size).transpose(2, 0, 1))
         labels.append(label)
