@@ -392,3 +392,31 @@ def test_eval_runs_an_onnx_model_as_it_runs_the_weights(run_dir, exported, tmp_p
     export.export_run(run_dir, out=tmp_path / "b7.onnx", batch=7, exporter="torchscript")
     fixed = evaluate_run(tmp_path / "b7.onnx", device="cpu", mistakes=0, batch_size=100)
     assert fixed["count"] == 10000 and abs(fixed["acc"] - ours["acc"]) <= 2 / 10000
+
+
+def test_the_check_counts_the_test_images_it_could_read(tmp_path):
+    # a streamed image folder with an unreadable test image: the check's line counts those read
+    pytest.importorskip("PIL")
+    import numpy as np
+    from PIL import Image
+
+    from resnetlab.data.path import Splits
+    from resnetlab.data.shards import open_image_folder
+    from resnetlab.train import make_config
+    from resnetlab.train.setup import weights_metadata
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 3)):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 255, (16, 16, 3)).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / c / f"{i}.png")
+    good = (tmp_path / "test" / "a" / "0.png").read_bytes()
+    (tmp_path / "test" / "a" / "1.png").write_bytes(good[: len(good) // 2])  # truncated
+    data = f"imagefolder:{tmp_path}"
+    train, test = open_image_folder(data, True), open_image_folder(data, False)
+    cfg = make_config("quick", data=data, stream=True, resize=16, progressive_resize=0)
+    meta = weights_metadata(cfg, Splits(train, None, test), None)
+    x, inputs = export._test_batch(meta, 64, None)
+    assert x.shape[0] == 5 and inputs == f"5 {data} test images"

@@ -111,3 +111,38 @@ def test_one_unreadable_image_is_reported_and_the_rest_predicted(weights, tmp_pa
         (True, False),
         (False, True),
     ]
+
+
+def test_predict_shows_a_photo_as_the_in_memory_folder_run_saw_it(tmp_path):
+    # photos of mixed sizes: the in-memory loader stores every one at the folder's most common
+    # size (20 x 30 here), then trains at --resize; predict must take the same two steps
+    from resnetlab.data import load_dataset
+    from resnetlab.data.datasets import image_folder_files
+    from resnetlab.data.path import Splits
+    from resnetlab.inference.images import preprocess, read_images
+    from resnetlab.inference.loading import loader_for
+    from resnetlab.train import make_config
+    from resnetlab.train.setup import weights_metadata
+
+    rng = np.random.default_rng(0)
+    sizes = {"train": [(20, 30)] * 3 + [(37, 23)], "test": [(37, 23), (41, 41)]}
+    for split, shapes in sizes.items():
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i, (h, w) in enumerate(shapes):
+                pixels = rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / c / f"{i}.png")
+    data = f"imagefolder:{tmp_path}"
+    train, test = load_dataset(data, True), load_dataset(data, False)
+    assert tuple(test.images.shape[2:]) == (20, 30)
+    cfg = make_config("quick", data=data, resize=8, progressive_resize=0)
+    meta = weights_metadata(cfg, Splits(train, None, test), None)
+    seen, _ = next(iter(loader_for(meta, test, batch_size=len(test))))  # as eval and training
+    files = [p for p, _ in image_folder_files(data).splits["test"]]
+    pictures, _, _ = read_images(files, meta)
+    assert torch.equal(preprocess(pictures, meta), seen)
+    from resnetlab.inference.onnx import _props, exported_meta  # an ONNX file carries it too
+
+    shipped = dict(exported_meta(meta), input_size=meta["input_size"])
+    assert json.loads(_props(shipped)["stored_size"]) == [20, 30]
+    assert "resized to 20x30 first" in _props(shipped)["preprocess"]

@@ -370,3 +370,9 @@ def test_parallel_coordinates_tick_labels_do_not_overlap():
         if box.overlaps(other)
     ]
     assert not overlaps, overlaps
+    # every trial's line stands out from the white-to-grey page: the worst one is not white
+    from matplotlib.collections import LineCollection
+
+    (lines,) = [c for c in fig.axes[0].collections if isinstance(c, LineCollection)]
+    palest = lines.to_rgba(lines.get_array())[:, :3].min(axis=1).max()  # its darkest channel
+    assert palest < 0.8, palest

@@ -321,6 +321,14 @@ def test_bad_evaluation_images_are_left_out_and_named_by_index(folder):
     assert loader.bad_indices == bad
 
 
+def test_stream_names_an_empty_class_folder_as_the_in_memory_loader_does(folder, capsys):
+    (folder / "train" / "dog").mkdir()  # a class folder without images: left out, said once
+    split = open_image_folder(f"imagefolder:{folder}", True)
+    assert split.classes == list(CLASSES)
+    err = capsys.readouterr().err
+    assert "1 class folder without images left out (dog)" in err and err.count("\n") == 1
+
+
 def test_a_missing_file_is_one_error_line(folder):
     split = open_image_folder(f"imagefolder:{folder}", True)
     Path(split.files[5]).unlink()

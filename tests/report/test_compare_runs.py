@@ -180,3 +180,15 @@ def test_runs_lists_newest_first_with_state(two_runs, tmp_path, capsys, train_ti
     assert "is not a folder" in capsys.readouterr().err
     with pytest.raises(UsageError):
         compare_runs([root / "slow"], tmp_path / "c")
+
+
+def test_a_packed_sets_run_compares_as_streamed():
+    from resnetlab.report.compare import differing_settings
+
+    packed = {"data": "shards:shards/photos", "stream": False}  # streamed without the flag
+    folder = {"data": "imagefolder:photos", "stream": True}
+    held = {"data": "imagefolder:photos", "stream": False}
+    assert differing_settings([packed, folder]) == {
+        "data": ["shards:shards/photos", "imagefolder:photos"]
+    }
+    assert differing_settings([packed, held])["stream"] == [True, False]

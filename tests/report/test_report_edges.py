@@ -186,3 +186,33 @@ def test_counts_read_as_words():
         check_resume_world_size(2, DistInfo(), "runs/a")
     with pytest.raises(UsageError, match=r"trained with 1 process, this launch has 2;"):
         check_resume_world_size(1, DistInfo(rank=0, world_size=2), "runs/a")
+
+
+def test_a_class_name_the_font_lacks_is_one_warning_line_not_matplotlibs(tmp_path, capsys):
+    import warnings
+
+    import numpy as np
+
+    from resnetlab.report.plots import plot_confusion
+
+    odd = "\U0010fffd\U0010fffc"  # private-use characters: in no font matplotlib ships
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(2):  # a second figure with them says nothing more
+            plot_confusion(np.eye(2, dtype=int), [odd, "b"], tmp_path / f"c{i}.png")
+    assert [str(w.message) for w in caught] == []  # none of matplotlib's per-glyph warnings
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "\U0010fffc \U0010fffd as boxes" in lines[0]
+    assert (tmp_path / "c1.png").stat().st_size > 0
+
+
+def test_report_of_a_sweeps_folder_points_to_its_page_and_a_trial(tmp_path, capsys):
+    from resnetlab import cli
+
+    sweep = tmp_path / "sweep"
+    fake_run(sweep / "trial-0000", [])
+    (sweep / "sweep.json").write_text("{}")
+    assert cli.main(["report", str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert f"its page is {sweep / 'report.html'}" in err and str(sweep / "trial-0000") in err
+    assert err.count("\n") == 1

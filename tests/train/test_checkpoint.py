@@ -126,6 +126,10 @@ DAMAGE = {
     "no state": (lambda c: c.pop("state"), "its 'state' is NoneType, not a dict"),
     "no rng": (lambda c: c.pop("rng"), "its 'rng' is NoneType, not a dict"),
     "plan a list": (lambda c: c.update(plan=[]), "its time plan is list, not a dict"),
+    "test split a number": (
+        lambda c: c.update(test_split=3),
+        "its test split's digest is int, not a str",
+    ),
     "empty model": (lambda c: c.update(model={}), "its model holds no tensors, or other things"),
     "model of numbers": (
         lambda c: c["model"].update(x=1),

@@ -240,6 +240,10 @@ def warn_empty(folder: Path, empty: list[str]) -> None:
         )
 
 
+# what to do about a file the in-memory loader cannot read (it reads every one)
+_LEAVE_OUT = "remove or replace it (`resnetlab data pack` and --stream leave such files out)"
+
+
 def scan_image_tree(paths: list[Path]) -> tuple[int, tuple[int, int]]:
     """(channels, (H, W)) that every one of these images will be stored with: 1 when all are
     greyscale, else 3 (RGB); the most common size (others are resized to it when loaded). Read
@@ -255,9 +259,7 @@ def scan_image_tree(paths: list[Path]) -> tuple[int, tuple[int, int]]:
                 with Image.open(path) as img:  # reads the header only
                     size, pixels, is_grey = img.size, img.size[0] * img.size[1], decode.is_grey(img)
         except Exception as e:
-            raise _bad(
-                str(path), "an image", f"an unreadable file ({e})", "remove or replace it"
-            ) from None
+            raise _bad(str(path), "an image", f"an unreadable file ({e})", _LEAVE_OUT) from None
         if pixels > decode.MAX_IMAGE_PIXELS:  # decoding would take gigabytes: a decompression bomb
             raise _bad(
                 str(path),
@@ -276,6 +278,19 @@ def scan_image_tree(paths: list[Path]) -> tuple[int, tuple[int, int]]:
     return (1 if grey else 3), (h, w)
 
 
+def stored_size(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, C] pixels at `size` (H, W), as the in-memory loader stores an image folder's
+    images (read_image_files): Pillow's bilinear resize unless they have that size already.
+    `predict` takes the same step for a run trained so (inference/images.py)."""
+    h, w = size
+    if pixels.shape[:2] == (h, w):
+        return pixels
+    Image = _pillow()
+    channels = pixels.shape[2]
+    img = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
+    return np.asarray(img.resize((w, h), Image.BILINEAR), dtype=np.uint8).reshape(h, w, channels)
+
+
 def read_image_files(
     files: list[tuple[Path, int]], channels: int, size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -284,7 +299,7 @@ def read_image_files(
     `size` (Pillow's bilinear) unless it has it."""
     from resnetlab.data import decode
 
-    Image = _pillow()
+    _pillow()  # missing: one line naming the extra
     h, w = size
     images, labels = [], []
     for path, label in files:
@@ -295,12 +310,9 @@ def read_image_files(
                 str(path),
                 "an image",
                 f"an unreadable file ({e})",
-                "remove or replace it (`resnetlab data pack` and --stream leave such files out)",
+                _LEAVE_OUT,
             ) from None
-        if pixels.shape[:2] != (h, w):
-            img = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
-            pixels = np.asarray(img.resize((w, h), Image.BILINEAR), dtype=np.uint8)
-        images.append(pixels.reshape(h, w, channels).transpose(2, 0, 1))
+        images.append(stored_size(pixels, size).transpose(2, 0, 1))
         labels.append(label)
     if not images:
         return np.zeros((0, channels, h, w), np.uint8), np.zeros(0, np.int64)

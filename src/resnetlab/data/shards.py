@@ -886,6 +886,8 @@ def open_image_folder(name: str, train: bool) -> StreamSplit:
     test/ holds out data/datasets.py's seeded test split, as `data pack` does). Mean and std are
     measured on a spread-out sample of up to STAT_IMAGES training images; the side is 224."""
     found = image_folder_files(name)  # without test/: the same held-out split as `data pack`
+    if train:  # as the in-memory loader says it
+        formats.warn_empty(Path(name[len(IMAGEFOLDER) :]), found.empty)
     if train and found.held_out:
         formats.say_warning(describe_held_out(found, name, None, 0))
     pairs = found.splits["train" if train else "test"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.data.path import changed_test_split
 from resnetlab.device import resolve_device
 from resnetlab.errors import UsageError
 from resnetlab.inference.evaluation import evaluate
@@ -69,6 +70,8 @@ def evaluate_run(
     if onnx:
         dev = torch.device("cpu")
         how.update(amp=False, channels_last=False, precision_source="onnxruntime runs float32")
+    if data is None:  # the run's own test set: an image folder's may have changed since
+        _check_same_test_split(meta, source)
     test_set = open_test_set(
         meta, data, root=data_dir, subset=how["subset"], seed=how["seed"], remote=how["remote"]
     )  # a packed set (shards:PATH) streamed through the run's evaluation view
@@ -130,6 +133,18 @@ def _check_matches(test_set, meta: dict, data: str) -> None:
         raise UsageError(
             f"{data} has {test_set.images.shape[1]} channels and {len(test_set.classes)} classes, "
             f"but the model takes {meta['in_chans']} channels and predicts {meta['num_classes']} classes; pick a matching --data"
+        )
+
+
+def _check_same_test_split(meta: dict, source) -> None:
+    """Refuse, in one line, a run's own image folder whose test split is no longer the one the
+    run recorded (files added, removed or replaced): its figure would not be the run's."""
+    name = meta["data"]
+    why = changed_test_split(name, meta.get("test_split"), f"since {source} was trained")
+    if why:
+        raise UsageError(
+            f"{why}; put the folder back as it was, or give --data {name} to evaluate on it as "
+            "it is now"
         )
 
 

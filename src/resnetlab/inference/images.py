@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from resnetlab.data import Dataset
+from resnetlab.data.formats import stored_size
 from resnetlab.errors import UsageError, first_line
 from resnetlab.inference.loading import eval_view, loader_for
 
@@ -66,8 +68,9 @@ def preprocess(
 ) -> torch.Tensor:
     """uint8 [C, H, W] images of any size -> the model's float batch, through the loader's own
     transform: shown through a streamed run's evaluation view (data/eval_view.py, as `eval`
-    shows its test images), else resized (bilinear, antialiased) to the model's input size; then
-    normalised as in training."""
+    shows its test images), else resized (bilinear, antialiased) to the model's input size (an
+    image folder trained in memory: first to the size its images were stored at, as training
+    did); then normalised as in training."""
     view = eval_view(meta)
     if view is not None:
         shown = torch.stack([view.apply(img) for img in images])
@@ -82,8 +85,12 @@ def preprocess(
         )
         return next(iter(loader))[0]
     _, height, width = meta["input_size"]
+    stored = meta.get("stored_size")  # an image folder trained in memory: its first resize
     batches = []
     for img in images:
+        if stored:
+            pixels = stored_size(img.permute(1, 2, 0).numpy(), tuple(stored))
+            img = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)  # a writable copy
         one = Dataset("images", img.unsqueeze(0), torch.zeros(1, dtype=torch.int64))
         loader = loader_for(meta, one, batch_size=1, device=device, resize=(height, width))
         batches.append(next(iter(loader))[0])

@@ -13,6 +13,8 @@ metadata_props, each value a JSON string:
     eval_view    {"resize_shorter": 232, "center_crop": 224} or absent: a streamed run's view
                  (data/eval_view.py): Resize(shorter side) + CenterCrop, input_size the crop
     normalize    {"mean": [..], "std": [..]} or null: (x / 255 - mean) / std per channel
+    stored_size  [H, W] or absent: an image folder trained in memory stored each image at this
+                 size first (Pillow's bilinear), then resized it to input_size
     preprocess   a sentence saying the same in words
     model, data, resnetlab_version
 
@@ -63,7 +65,9 @@ ONNX_EXTRA = "pip install 'resnetlab[onnx]'"
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_CHECK_IMAGES = 64
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-META_KEYS = ("classes", "input_size", "resize", "normalize", "model", "data", "eval_view")
+META_KEYS = (
+    "classes", "input_size", "resize", "normalize", "model", "data", "eval_view", "stored_size"
+)  # fmt: skip
 
 
 def require_onnx():
@@ -185,6 +189,11 @@ def _props(meta: dict) -> dict[str, str]:
         if view
         else f"resized to {h}x{w} when of another size (bilinear, antialiased)"
     )
+    if meta.get("stored_size") and not view:
+        sh, sw = meta["stored_size"]
+        shown = (
+            f"resized to {sh}x{sw} first (Pillow's bilinear) as stored in training, then {shown}"
+        )
     words = (
         f"float32 NCHW batch of {c}-channel {h}x{w} images ({'grey' if c == 1 else 'RGB'}), "
         f"pixel values divided by 255, {shown}"
@@ -439,7 +448,20 @@ def _test_batch(meta: dict, count: int, data_dir: str | None) -> tuple[torch.Ten
         )
     test = test.take(min(count, len(test)), seed=0)
     x, _ = next(iter(loader_for(meta, test, batch_size=len(test))))
-    return x.float().contiguous(), f"{len(test)} {name} test images"
+    # counted from the batch: a streamed set leaves an unreadable image out of it
+    return x.float().contiguous(), f"{len(x)} {name} test images"
+
+
+def exported_meta(meta: dict) -> dict:
+    """What of a run's weights metadata travels in its ONNX file besides the input's size,
+    classes, resize and normalisation: how its images are shown to it (META_KEYS)."""
+    view = eval_view(meta)
+    return {
+        "model": meta["model"],
+        "data": meta.get("data"),
+        **({"eval_view": view.to_metadata()} if view else {}),
+        **({"stored_size": meta["stored_size"]} if meta.get("stored_size") else {}),
+    }
 
 
 def default_onnx_path(weights: Path) -> Path:
@@ -485,11 +507,7 @@ def export_run(
         classes=meta.get("classes"),
         resize=meta.get("resize"),
         normalize=meta.get("normalize"),
-        meta={
-            "model": meta["model"],
-            "data": meta.get("data"),
-            **({"eval_view": view.to_metadata()} if view else {}),
-        },
+        meta=exported_meta(meta),
         check_inputs=inputs,
         check_source=described,
         opset=opset,

@@ -81,7 +81,11 @@ def _final_figures(run: dict) -> dict:
 
 
 def differing_settings(configs: list[dict]) -> dict[str, list]:
-    """setting -> each run's value, for the settings whose values are not all equal."""
+    """setting -> each run's value, for the settings whose values are not all equal; `stream` as
+    the run had it (shards:PATH streams without the flag: TrainConfig.streamed)."""
+    configs = [
+        dict(c, stream=True) if str(c.get("data", "")).startswith("shards:") else c for c in configs
+    ]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     out = {}
     for k in keys:

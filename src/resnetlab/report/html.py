@@ -23,7 +23,7 @@ from resnetlab.report.mistakes import (
     read_unreadable_csv,
 )
 from resnetlab.report.plots import curve_marks, curves_png, have_matplotlib
-from resnetlab.report.runs import NO_TEST, has_test_figures, run_state
+from resnetlab.report.runs import NO_TEST, has_test_figures, is_sweep, run_state
 from resnetlab.rundir import (
     CONFUSION_CSV,
     CONFUSION_PNG,
@@ -124,6 +124,13 @@ def load_run(folder: str | Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder; give a run folder (one holding config.json)")
+    if not is_run(folder) and is_sweep(folder):  # `report`/`compare` of a sweep's folder
+        trials = sorted(p.name for p in folder.iterdir() if is_run(p))
+        raise UsageError(
+            f"{folder} is a sweep's folder, not a run's: its page is {folder / 'report.html'} "
+            f"(`resnetlab sweep` writes it); give one of its trials"
+            + (f", e.g. {folder / trials[0]}" if trials else "")
+        )
     if not is_run(folder):
         raise UsageError(
             f"{folder} is not a run folder (no config.json); give the folder `resnetlab train` wrote"

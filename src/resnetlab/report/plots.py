@@ -8,6 +8,8 @@ import importlib
 import importlib.util
 import io
 import math
+import re
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -44,10 +46,39 @@ def new_figure(**kwargs):
     return Figure(**kwargs)
 
 
-def save_png(fig, path: Path) -> None:
+def png_bytes(fig, dpi: int = 110) -> bytes:
+    """The figure as PNG. Characters its font lacks (a class or file named in Japanese, say) are
+    drawn as boxes: said in one warning line, once per process, instead of matplotlib's two
+    lines per character and figure."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    write_bytes(path, buf.getvalue())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", message=_MISSING_GLYPH.pattern, category=UserWarning)
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    for w in caught:
+        found = _MISSING_GLYPH.match(str(w.message))
+        if found is None:  # not ours to swallow: passed on as it came
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        else:
+            _missing_glyphs.add(chr(int(found.group(1))))
+    unsaid = sorted(_missing_glyphs - _said_glyphs)
+    if unsaid:
+        _said_glyphs.update(unsaid)
+        print(
+            f"resnetlab: warning: the figures draw {' '.join(unsaid)} as boxes: matplotlib's font "
+            "has no such characters (add an installed font that has them to its font.family in "
+            "matplotlibrc, e.g. `font.family: DejaVu Sans, Noto Sans CJK JP`)",
+            file=sys.stderr,
+        )
+    return buf.getvalue()
+
+
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
+_missing_glyphs: set[str] = set()
+_said_glyphs: set[str] = set()
+
+
+def save_png(fig, path: Path) -> None:
+    write_bytes(path, png_bytes(fig))
 
 
 def plot_curves(
@@ -119,10 +150,7 @@ def curve_marks(summary: dict) -> dict:
 
 def curves_png(rows: list[dict], title: str = "", **marks) -> bytes:
     """plot_curves' figure as PNG bytes, written nowhere (report.html of an unfinished run)."""
-    fig = plot_curves(rows, None, title, **marks)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
+    return png_bytes(plot_curves(rows, None, title, **marks))
 
 
 def plot_confusion(confusion, classes: list[str], path: str | Path, title: str = "") -> None:

@@ -55,6 +55,8 @@ def _checkpoint_problem(ckpt: dict) -> str | None:
     for key in ("config", "model", "optimizer", "state", "rng"):
         if not isinstance(ckpt.get(key), dict):
             return f"its {key!r} is {type(ckpt.get(key)).__name__}, not a dict"
+    if "test_split" in ckpt and not isinstance(ckpt["test_split"], str):
+        return f"its test split's digest is {type(ckpt['test_split']).__name__}, not a str"
     if "plan" in ckpt and not isinstance(ckpt["plan"], dict):
         return f"its time plan is {type(ckpt['plan']).__name__}, not a dict"
     if not ckpt["model"] or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
@@ -171,12 +173,14 @@ def make_checkpoint(
     policy=None,
     plan=None,
     data: str = "",
+    test_split: str | None = None,
 ) -> dict:
     """What checkpoint.pt holds after `state`: the configuration (a dict), the weights, the
     optimizer, the state, the random-number state, the process count, with --ema the average
     (a steps.WeightAverage: its weights and its update count), and
     `policy` ({"amp", "channels_last"} as resolved: a resumed run keeps them, whatever a probe
-    would pick now)."""
+    would pick now), `test_split` (an image folder's: data/path.py's folder_test_split digest,
+    which a resume checks)."""
     checkpoint = {
         "config": cfg.to_dict(),
         "model": model.state_dict(),
@@ -194,6 +198,8 @@ def make_checkpoint(
         checkpoint["plan"] = plan
     if data:  # streamed data: the training split's version (check_resume_data)
         checkpoint["data"] = data
+    if test_split is not None:
+        checkpoint["test_split"] = test_split
     return checkpoint
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from resnetlab.data import Dataset, Loaders
 from resnetlab.data import path as data_path
+from resnetlab.data.datasets import IMAGEFOLDER
 from resnetlab.data.eval_view import EvalView
 from resnetlab.data.path import DataSettings, Norm, Splits
 from resnetlab.device import (
@@ -171,9 +172,18 @@ def weights_metadata(
         **{k: getattr(cfg, k) for k in ("eval_resize", "eval_crop") if getattr(cfg, k) is not None},
         "normalize": {"mean": norm[0], "std": norm[1]} if norm else None,
         "data": cfg.data,
+        # an image folder held in memory: every image stored at one size first (the folder's
+        # most common, data/formats.py's stored_size), then resized; predict does the same
+        **(
+            {"stored_size": list(images.shape[2:])}
+            if cfg.data.startswith(IMAGEFOLDER) and not cfg.streamed
+            else {}
+        ),
         # streamed data is evaluated through its view (data/eval_view.py): eval, predict, export
         # and the report show images to the model as this run's evaluation did
         **({"eval_view": stream_view(cfg, splits).to_metadata()} if cfg.streamed else {}),
+        # an image folder's test split, which changes with its files: eval checks it is the run's
+        **({"test_split": found[0]} if (found := data_path.folder_test_split(cfg.data)) else {}),
     }
 
 

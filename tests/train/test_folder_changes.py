@@ -1,0 +1,80 @@
+"""A run on an image folder whose files change afterwards: files added to a class folder redraw
+the held-out test split, so `eval` of the run, and its `--resume`, refuse the folder instead of
+reporting a figure on images the run may have trained on."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from tiny_photos import write_folder
+
+from resnetlab.errors import Interrupted, UsageError
+from resnetlab.inference.eval_run import evaluate_run
+from resnetlab.train import make_config, train
+
+TINY = dict(
+    model="resnet20",
+    model_kwargs={"width": 4},
+    batch_size=8,
+    epochs=1,
+    seed=3,
+    val_split=0,
+    tta="none",
+    resize=8,
+    progressive_resize=0,
+    init="default",
+    amp=False,
+    channels_last=False,
+    device="cpu",
+    workers=0,
+)
+
+
+def test_eval_refuses_a_run_whose_held_out_changed_test_split(tmp_path):
+    folder = write_folder(tmp_path / "photos", train=20, test=0, largest=24)  # no test/: held out
+    data = f"imagefolder:{folder}"
+    train(make_config("quick", data=data, **TINY), out=tmp_path / "run", verbose=False)
+    before = evaluate_run(tmp_path / "run", device="cpu")
+    _double(folder / "train" / "c0")
+    with pytest.raises(UsageError, match=r"has changed since .*may now hold images the run"):
+        evaluate_run(tmp_path / "run", device="cpu")
+    after = evaluate_run(tmp_path / "run", data=data, device="cpu")  # the folder as it is now
+    assert (before["count"], after["count"]) == (2, 3)
+
+
+def _double(class_folder):
+    """Twice the photos of a class: its held-out share goes from 1 to 2."""
+    for i, photo in enumerate(sorted(class_folder.iterdir())):
+        shutil.copy(photo, class_folder / f"added{i}{photo.suffix}")
+
+
+def test_resume_refuses_a_folder_whose_changed_test_split(tmp_path, monkeypatch, ctrl_c_at):
+    folder = write_folder(tmp_path / "photos", train=20, test=0, largest=24)
+    cfg = make_config("quick", data=f"imagefolder:{folder}", **dict(TINY, epochs=2))
+    ctrl_c_at(3)  # epoch 1 of 3 steps: stopped after it
+    with pytest.raises(Interrupted):
+        train(cfg, out=tmp_path / "run", verbose=False)
+    monkeypatch.undo()
+    _double(folder / "train" / "c0")
+    with pytest.raises(UsageError, match=r"has changed since .*run started.*put the folder back"):
+        train(resume=tmp_path / "run", verbose=False)
+    for added in (folder / "train" / "c0").glob("added*"):
+        added.unlink()  # put back as it was: the run resumes
+    assert train(resume=tmp_path / "run", verbose=False)["epochs"] == 2
+
+
+def test_a_test_folder_that_changed_is_named_as_such(tmp_path):
+    from resnetlab.data.path import changed_test_split, folder_test_split
+
+    folder = write_folder(tmp_path / "photos", train=4, test=4, largest=24)  # train/ and test/
+    data = f"imagefolder:{folder}"
+    recorded, held_out = folder_test_split(data)
+    assert not held_out and changed_test_split(data, recorded, "since R") is None
+    (folder / "train" / "c0" / "000.png").unlink()  # training files: not the test split
+    assert changed_test_split(data, recorded, "since R") is None
+    test = folder / "test" / "c1"
+    shutil.copy(next(test.iterdir()), test / "more.png")
+    why = changed_test_split(data, recorded, "since R")
+    assert why.startswith(f"{data} has changed since R") and "its test/ folder is not" in why
+    assert changed_test_split("fashion-mnist", recorded, "since R") is None
