@@ -88,13 +88,9 @@ def evaluate_run(
     )
     net = with_tta(model, tta)  # the trainer's final test figure uses the same views
     found = {}
-    if (
-        mistakes > 0
-    ):  # one pass: these figures and the mistakes, written to `out` (default RUN/eval/)
-        changed_data = data if data not in (None, meta["data"]) else None
-        setting = eval_setting(
-            changed_data, tta if tta != how["tta"] else None, full_test, precision
-        )
+    if mistakes > 0:  # one pass: the figures and the mistakes, written to `out` (RUN/eval/)
+        changed = data if data not in (None, meta["data"]) else None
+        setting = eval_setting(changed, tta if tta != how["tta"] else None, full_test, precision)
         result, found = eval_mistakes(
             net,
             loader,
