@@ -199,6 +199,7 @@ def test_sweep_prunes_writes_its_files_and_continues(tmp_path, capsys, monkeypat
     assert tested == [first_best] + ([] if study.best_trial.number == first_best else [4])
 
 
+@needs_fashion_mnist
 def test_jobs_split_the_trials_on_sqlite(tmp_path, capfd):
     """--jobs 2: two processes on the folder's SQLite file share the trials, none run twice."""
     out = tmp_path / "sw"

@@ -549,6 +549,7 @@ def test_processes_started_with_different_settings_refuse_to_train(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_fashion_mnist
 @processes
 def test_two_processes_keep_the_last_partial_batch(tmp_path):
     """Every training example counts under --nproc: 1,500 images at a global batch of 128 make 12
@@ -566,6 +567,7 @@ def test_two_processes_keep_the_last_partial_batch(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_fashion_mnist
 @processes
 def test_an_uneven_last_batch_trains_like_one_process(tmp_path):
     """299 training images at 64: the last global batch of 43 is split 21/22, each rank's loss
