@@ -25,22 +25,7 @@ from resnetlab.train import make_config, train
 from resnetlab.train.setup import check_eval_sizes
 from resnetlab.weights import load_weights
 
-RUN = dict(
-    model="resnet20",
-    model_kwargs={"width": 4},
-    batch_size=8,
-    epochs=1,
-    seed=3,
-    val_split=0,
-    tta="none",
-    resize=16,
-    progressive_resize=0,
-    init="default",
-    amp=False,
-    channels_last=False,
-    device="cpu",
-    workers=0,
-)
+RUN = tiny_photos.TINY_RUN
 
 DRAWN: dict = {}  # what the streamed run's report was handed to draw its mistakes from
 

@@ -7,28 +7,13 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from tiny_photos import write_folder
+from tiny_photos import TINY_RUN, write_folder
 
 from resnetlab.errors import Interrupted, UsageError
 from resnetlab.inference.eval_run import evaluate_run
 from resnetlab.train import make_config, train
 
-TINY = dict(
-    model="resnet20",
-    model_kwargs={"width": 4},
-    batch_size=8,
-    epochs=1,
-    seed=3,
-    val_split=0,
-    tta="none",
-    resize=8,
-    progressive_resize=0,
-    init="default",
-    amp=False,
-    channels_last=False,
-    device="cpu",
-    workers=0,
-)
+TINY = dict(TINY_RUN, resize=8)
 
 
 def test_eval_refuses_a_run_whose_held_out_changed_test_split(tmp_path):
