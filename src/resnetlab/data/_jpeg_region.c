@@ -20,6 +20,7 @@
 #include <Python.h>
 #include <setjmp.h>
 #include <stdio.h>
+#include <string.h>
 #include <jpeglib.h>
 
 struct error_manager {
@@ -55,17 +56,18 @@ static PyObject *crop(PyObject *self, PyObject *args) {
     struct jpeg_decompress_struct cinfo;
     struct error_manager err;
     PyObject *volatile pixels = NULL;
+    memset(&cinfo, 0, sizeof cinfo); /* jpeg_destroy_decompress is safe on it from here on */
     cinfo.err = jpeg_std_error(&err.pub);
     err.pub.error_exit = fail;
     err.pub.emit_message = emit;
-    jpeg_create_decompress(&cinfo);
-    if (setjmp(err.jump)) {
+    if (setjmp(err.jump)) { /* set before jpeg_create_decompress, which may fail too */
         jpeg_destroy_decompress(&cinfo);
         PyBuffer_Release(&data);
         Py_XDECREF(pixels);
         PyErr_SetString(PyExc_ValueError, err.message);
         return NULL;
     }
+    jpeg_create_decompress(&cinfo);
     jpeg_mem_src(&cinfo, (const unsigned char *)data.buf, (unsigned long)data.len);
     jpeg_read_header(&cinfo, TRUE);
     cinfo.out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
