@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_photos import write_folder
+from tiny_photos import TINY_RUN, write_folder
 
 from resnetlab import cli
 from resnetlab.data.shards import open_shards, pack_folder
@@ -23,23 +23,7 @@ from resnetlab.train import make_config, train
 from resnetlab.train.checkpoint import load_checkpoint
 from resnetlab.weights import load_weights
 
-STREAM = dict(
-    model="resnet20",
-    model_kwargs={"width": 4},
-    batch_size=8,
-    epochs=2,
-    seed=3,
-    val_split=0,
-    epoch_test=True,
-    tta="none",
-    resize=16,
-    progressive_resize=0,
-    init="default",
-    amp=False,
-    channels_last=False,
-    device="cpu",
-    workers=2,
-)
+STREAM = dict(TINY_RUN, epochs=2, epoch_test=True, workers=2)
 
 
 @pytest.fixture(scope="module")
