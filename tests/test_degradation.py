@@ -81,12 +81,52 @@ def test_every_net_gets_the_same_recipe(tiny):
     assert cfg["label_smoothing"] == 0.0 and cfg["crop_padding"] == 0 and not cfg["flip"]
 
 
-def test_recipe_owns_every_setting_of_its_base_preset():
-    # so that a change to the base preset cannot leak into the experiment
-    from resnetlab.train.presets import PRESETS
+# The recipe docs/degradation.md describes, setting by setting: the degradation preset's own
+# settings and the TrainConfig defaults it relies on (no augmentation, no label smoothing, ...),
+# so that a change to either cannot change the experiment unseen.
+DOCUMENTED_RECIPE = dict(
+    preset="degradation",
+    resize=None,
+    normalize=True,
+    crop_padding=0,
+    random_resized_crop=False,
+    flip=False,
+    alternate_flip=False,
+    erasing=0.0,
+    trivial_augment=False,
+    mixup=0.0,
+    cutmix=0.0,
+    val_split=0,
+    label_smoothing=0.0,
+    init="default",
+    batch_size=128,
+    optimizer="sgd",
+    momentum=0.9,
+    nesterov=False,
+    weight_decay=1e-4,
+    schedule="onecycle",
+    warmup=0.15,
+    ema=0.0,
+    tta="none",
+    epoch_test=True,
+    progressive_resize=0,
+)
 
-    per_run = {"model", "model_kwargs", "epochs", "lr", "seed", "subset", "data"}
-    assert set(PRESETS[deg.BASE_PRESET]) - per_run <= set(deg.DEGRADATION_RECIPE)
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_every_net_trains_with_the_documented_recipe(device, monkeypatch):
+    from resnetlab.train import presets
+
+    # a GPU's preset settings (presets.DEVICE_SETTINGS) must not reach the experiment either
+    monkeypatch.setattr(presets, "device_type", lambda requested=None: device)
+    cfg = deg.degradation_config(
+        deg.Net(56, False), data="fashion-mnist", epochs=3, width=8, subset=512, seed=1, lr=0.05
+    ).to_dict()
+    assert {k: cfg[k] for k in DOCUMENTED_RECIPE} == DOCUMENTED_RECIPE
+    per_net = dict(
+        model="plain56", model_kwargs={"width": 8}, epochs=3, subset=512, seed=1, lr=0.05
+    )
+    assert {k: cfg[k] for k in per_net} == per_net
 
 
 @pytest.mark.needs_fashion_mnist

@@ -18,7 +18,6 @@ ordinary run folder) and writes, under the experiment folder:
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import sys
 import time
@@ -29,16 +28,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.errors import UsageError, plural
-from resnetlab.experiments.defaults import DEGRADATION_DEFAULTS, DEGRADATION_RECIPE
+from resnetlab.experiments.defaults import DEGRADATION_DEFAULTS
 from resnetlab.fileio import write_csv, write_json
 from resnetlab.models import get_model_info, list_models
 from resnetlab.report.plots import have_matplotlib, plot_degradation, plot_gradients
 from resnetlab.rundir import CHECKPOINT_FILE, SUMMARY_FILE, is_run, read_config, read_metrics
 from resnetlab.train import make_config, train
+from resnetlab.train.presets import PRESETS
 from resnetlab.train.setup import build
 
-BASE_PRESET = "quick"  # the recipe above overrides every setting this preset fills
-PRESET_NAME = "degradation"  # what the nets' config.json (and `resnetlab runs`) call their recipe
+PRESET = "degradation"  # the recipe of every net (train/presets.py)
 # Fewer epochs or examples than these train too little for the verdict to mean much (the defaults
 # were chosen at 8 epochs on 8,000 examples; docs/degradation.md)
 CONCLUSIVE_EPOCHS, CONCLUSIVE_SUBSET = (
@@ -110,9 +109,8 @@ def degradation_config(
         width > 4096
     ):  # 4096 channels make a CIFAR net of billions of weights; beyond, torch overflows
         raise UsageError(f"--width must be at most 4096, got {width}")
-    cfg = make_config(
-        BASE_PRESET,
-        **DEGRADATION_RECIPE,
+    return make_config(
+        PRESET,
         model=net.name,
         model_kwargs={"width": width},
         data=data,
@@ -123,8 +121,6 @@ def degradation_config(
         lr=lr,
         device=device,
     )
-    # named by its recipe (the base preset's settings are all overridden): `resnetlab runs`
-    return dataclasses.replace(cfg, preset=PRESET_NAME)
 
 
 def gradient_norms_at_init(cfg) -> list[tuple[str, float]]:
@@ -279,7 +275,7 @@ def _result(out: Path, depths: list[int], settings: dict, finals: list[dict]) ->
         "subset": settings["subset"],
         "seed": settings["seed"],
         "lr": settings["lr"],
-        "recipe": DEGRADATION_RECIPE,
+        "recipe": {"preset": PRESET, **PRESETS[PRESET]},  # the rest: TrainConfig's defaults
         "nets": finals,
         # the paper's two claims, on the final epoch's training error
         **_verdict(finals, shallow, deep),
@@ -306,7 +302,7 @@ def _write_figures(
     plot_gradients(
         gradients,
         out / "gradients.png",
-        title=f"at initialisation, one batch of {DEGRADATION_RECIPE['batch_size']}",
+        title=f"at initialisation, one batch of {PRESETS[PRESET]['batch_size']}",
     )
 
 

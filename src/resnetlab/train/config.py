@@ -35,7 +35,8 @@ class TrainConfig:
     preset: str = setting(
         "quick",
         "the recipe the other settings start from: d2l (the textbook's), "
-        "quick (~10 min on a CPU), best (for a GPU), imagenet (torchvision's ResNet-50 recipe; "
+        "quick (~10 min on a CPU), best (for a GPU), degradation (the degradation experiment's), "
+        "imagenet (torchvision's ResNet-50 recipe; "
         "its rate 0.5 at batch 1024 scales with --batch-size)",
     )
     # model

@@ -75,6 +75,23 @@ PRESETS: dict[str, dict] = {
         batch_size=256,
         warmup=0.15,
     ),
+    # The degradation experiment's recipe (`resnetlab experiment degradation` sets each net, its
+    # width, the epochs, the subset, the seed and the rate; docs/degradation.md): SGD with
+    # momentum 0.9, weight decay 1e-4 and batch 128 as in He et al., at a high peak rate for few
+    # epochs, the regime where deep plain nets lag. The rate warms up over the first 15% of steps
+    # and decays linearly to zero, so the last epoch measures what each net can fit rather than
+    # the noise of a high constant rate (with a constant 0.1, resnet56 had not yet overtaken
+    # resnet20 after 8 epochs). Everything else is TrainConfig's default: no augmentation, no
+    # label smoothing, no EMA, no TTA and no validation split, so the training error measures
+    # optimisation alone, and the test error of every epoch is drawn (BN everywhere: the paper's
+    # plain nets have it too).
+    "degradation": dict(
+        batch_size=128,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="onecycle",
+        warmup=0.15,
+    ),
     # torchvision's current ResNet-50 recipe ("How to train state-of-the-art models using
     # TorchVision's latest primitives", 2021; references/classification/README.md, resnet50 v2:
     # 80.86 % top-1), each ingredient its own flag:
