@@ -135,7 +135,8 @@ def _check_matches(test_set, meta: dict, data: str) -> None:
 def _check_same_data(meta: dict, test_set, source) -> None:
     """Refuse, in one line, a run's own data whose test split is no longer the one the run
     recorded (an image folder's files added, removed or replaced): its figure would not be the
-    run's."""
+    run's. Only the test split's version is compared (a weights file's "data" is the data's name,
+    not a version)."""
     name = meta["data"]
     why = data_changed(meta, data_identity(name, test_set), name, f"since {source} was trained")
     if why:
