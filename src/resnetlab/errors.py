@@ -14,7 +14,8 @@ class UsageError(ResnetlabError, ValueError):
 
 
 class DataError(ResnetlabError, ValueError):
-    """A dataset that is missing, truncated, corrupted or of the wrong format."""
+    """A dataset that is missing, truncated, corrupted or of the wrong format, or no longer the
+    data a run recorded (data/identity.py: a resume or `eval` of it would not be that run's)."""
 
 
 class CheckpointError(ResnetlabError, ValueError):

@@ -328,46 +328,14 @@ def test_a_run_resumes_with_its_own_process_count_unless_streamed():
 # -- the data a run was trained on, for a resume to check ----------------------------------------
 
 
-def test_the_data_versions_are_saved_only_when_given(tmp_path):
+def test_the_data_versions_are_saved_as_given(tmp_path):
     model, optimizer = parts()
     state = TrainState(epoch=1, global_step=3, history=[{"epoch": 1}])
     args = (make_config(epochs=3), model, optimizer, state, 1)
     bare = make_checkpoint(*args)
-    assert "data" not in bare and "test_split" not in bare
-    both = make_checkpoint(*args, data="d1g3st", test_split="t3st")
-    assert (both["data"], both["test_split"]) == ("d1g3st", "t3st")
-    empty = make_checkpoint(*args, data="", test_split="")  # no version: none saved; "" is one
-    assert "data" not in empty and empty["test_split"] == ""
+    assert not {"data", "train_split", "test_split"} & set(bare)
+    versions = {"train_split": "d1g3st", "test_split": "t3st"}
+    both = make_checkpoint(*args, identity=versions)
+    assert {k: both[k] for k in versions} == versions
     write_checkpoint(tmp_path / "checkpoint.pt", both)
-    assert {k: load_checkpoint(tmp_path)[k] for k in ("data", "test_split")} == {
-        "data": "d1g3st",
-        "test_split": "t3st",
-    }
-
-
-@pytest.mark.parametrize(
-    "saved_data, now, refused",
-    [
-        ("abc", "abc", False),  # the same version
-        ("abc", "abd", True),  # changed since
-        ("", "abd", False),  # a checkpoint without a version (in memory, or older): not checked
-        (None, "abd", False),
-        (7, "abd", False),  # not a version string: not compared
-        ("abc", "", False),  # data without a version now (in memory): not checked
-    ],
-)
-def test_a_resume_on_other_data_is_refused_in_one_shared_line(saved_data, now, refused):
-    from resnetlab.errors import DataError
-    from resnetlab.train.checkpoint import check_resume_data
-
-    checkpoint = {} if saved_data is None else {"data": saved_data}
-    if not refused:
-        check_resume_data(checkpoint, now, "shards:set")
-        return
-    with pytest.raises(DataError) as e:
-        check_resume_data(checkpoint, now, "shards:set")
-    assert str(e.value) == (
-        "shards:set is not the data this run was trained on (its training shards or files "
-        "changed since the checkpoint); resume on that version, or start a new run"
-    )
-    assert getattr(e.value, "shared", False) is True  # every process raises it: rank 0 says it
+    assert {k: load_checkpoint(tmp_path)[k] for k in versions} == versions

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from tiny_photos import TINY_RUN, write_folder
 
-from resnetlab.errors import Interrupted, UsageError
+from resnetlab.errors import DataError, Interrupted
 from resnetlab.inference.eval_run import evaluate_run
 from resnetlab.train import make_config, train
 
@@ -22,7 +22,7 @@ def test_eval_refuses_a_run_whose_held_out_changed_test_split(tmp_path):
     train(make_config("quick", data=data, **TINY), out=tmp_path / "run", verbose=False)
     before = evaluate_run(tmp_path / "run", device="cpu")
     _double(folder / "train" / "c0")
-    with pytest.raises(UsageError, match=r"has changed since .*may now hold images the run"):
+    with pytest.raises(DataError, match=r"has changed since .*may now hold images the run"):
         evaluate_run(tmp_path / "run", device="cpu")
     after = evaluate_run(tmp_path / "run", data=data, device="cpu")  # the folder as it is now
     assert (before["count"], after["count"]) == (2, 3)
@@ -42,24 +42,8 @@ def test_resume_refuses_a_folder_whose_changed_test_split(tmp_path, monkeypatch,
         train(cfg, out=tmp_path / "run", verbose=False)
     monkeypatch.undo()
     _double(folder / "train" / "c0")
-    with pytest.raises(UsageError, match=r"has changed since .*run started.*put the folder back"):
+    with pytest.raises(DataError, match=r"has changed since the checkpoint .*put it back as it"):
         train(resume=tmp_path / "run", verbose=False)
     for added in (folder / "train" / "c0").glob("added*"):
         added.unlink()  # put back as it was: the run resumes
     assert train(resume=tmp_path / "run", verbose=False)["epochs"] == 2
-
-
-def test_a_test_folder_that_changed_is_named_as_such(tmp_path):
-    from resnetlab.data.path import changed_test_split, folder_test_split
-
-    folder = write_folder(tmp_path / "photos", train=4, test=4, largest=24)  # train/ and test/
-    data = f"imagefolder:{folder}"
-    recorded, held_out = folder_test_split(data)
-    assert not held_out and changed_test_split(data, recorded, "since R") is None
-    (folder / "train" / "c0" / "000.png").unlink()  # training files: not the test split
-    assert changed_test_split(data, recorded, "since R") is None
-    test = folder / "test" / "c1"
-    shutil.copy(next(test.iterdir()), test / "more.png")
-    why = changed_test_split(data, recorded, "since R")
-    assert why.startswith(f"{data} has changed since R") and "its test/ folder is not" in why
-    assert changed_test_split("fashion-mnist", recorded, "since R") is None

@@ -95,8 +95,9 @@ def test_a_resume_on_a_set_changed_since_is_refused_in_one_line(
     monkeypatch.undo()
     shutil.rmtree(here)
     pack_folder(write_folder(tmp_path / "photos"), here, shard_bytes=4000)  # the same images
-    with pytest.raises(DataError, match=f"shards:{here} is not the data this run was trained on"):
+    with pytest.raises(DataError, match=f"shards:{here} has changed since the checkpoint") as e:
         train(resume=tmp_path / "broken", verbose=False)
+    assert getattr(e.value, "shared", False) is True  # every process raises it: rank 0 says it
 
 
 def test_bad_images_before_a_resume_inside_an_epoch_are_still_counted(

@@ -4,6 +4,7 @@ class names; `get_dataset_info(name)` what a model and a loader need to know bef
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ class Dataset:
     images: torch.Tensor  # uint8 [N, C, H, W], CPU
     labels: torch.Tensor  # int64 [N]
     classes: list[str] = field(default_factory=list)
+    # an image folder's split: the version of its files (FolderFiles.digest); "" for other data
+    digest: str = ""
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -50,7 +53,9 @@ class Dataset:
         index = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
         if index.numel() and (int(index.min()) < -len(self) or int(index.max()) >= len(self)):
             raise UsageError(f"subset indices must lie in [0, {len(self)}) for {self.name}")
-        return Dataset(self.name, self.images[index], self.labels[index], list(self.classes))
+        return Dataset(
+            self.name, self.images[index], self.labels[index], list(self.classes), self.digest
+        )
 
     def take(self, n: int, seed: int = 0) -> Dataset:
         """A seeded random subset of `n` examples (kept in their original order)."""
@@ -212,6 +217,12 @@ def _image_folder_splits(name: str) -> tuple[Path, Path, Path | None]:
     return path, path, None
 
 
+def holds_out_test(name: str) -> bool:
+    """Whether imagefolder:PATH's test split is held out of its class folders (it has no test/
+    or val/ beside train/), and so is drawn again when files are added or removed."""
+    return _image_folder_splits(name)[2] is None
+
+
 DEFAULT_TEST_SPLIT = 0.1  # held out of a folder without test/: a tenth of each class
 
 
@@ -240,6 +251,21 @@ class FolderFiles:
     empty: list[str]  # class folders without images, left out
     held_out: bool
     test_dir: Path | None
+    root: Path  # PATH of imagefolder:PATH
+
+    def digest(self, split: str) -> str:
+        """The version of a split's files, from this listing (no second one): for each file, in
+        order, its path relative to the folder, its label and its size in bytes. Relative, so
+        the folder gives the same digest wherever it is mounted (each --nproc process compares
+        its own); labels, so an image moved to another class or a class added tells; sizes, so
+        an image replaced by another of another size tells, without reading every image at the
+        start of a run (one rewritten at the same size does not). data/identity.py compares it;
+        the recipe is the one every run on an image folder has recorded as its `test_split`."""
+        h = hashlib.blake2b(digest_size=12)
+        for path, label in self.splits[split]:
+            name = path.relative_to(self.root).as_posix()
+            h.update(f"{name}\0{label}\0{path.stat().st_size}\n".encode())
+        return h.hexdigest()
 
 
 def image_folder_files(name: str, test_split: float | None = None, seed: int = 0) -> FolderFiles:
@@ -247,7 +273,7 @@ def image_folder_files(name: str, test_split: float | None = None, seed: int = 0
     and PATH/test (or val) when it has them, else a seeded, stratified `test_split` (default
     DEFAULT_TEST_SPLIT) of each class of PATH held out for testing. Packing, --stream and the
     in-memory loader all split a folder here, so they hold out the same images."""
-    _, train_dir, test_dir = _image_folder_splits(name)
+    root, train_dir, test_dir = _image_folder_splits(name)
     found, empty = formats.scan_classes(train_dir)
     classes = list(found)
     if test_dir is not None:
@@ -265,7 +291,7 @@ def image_folder_files(name: str, test_split: float | None = None, seed: int = 0
             )
         train = [(p, i) for i, c in enumerate(classes) for p in found[c]]
         test = [(p, i) for i, c in enumerate(classes) for p in by_class.get(c, [])]
-        return FolderFiles(classes, {"train": train, "test": test}, empty, False, test_dir)
+        return FolderFiles(classes, {"train": train, "test": test}, empty, False, test_dir, root)
     test_split = DEFAULT_TEST_SPLIT if test_split is None else test_split
     if not test_split > 0:
         raise UsageError("--test-split must be a count (1 or more) or a fraction in (0, 1)")
@@ -280,7 +306,7 @@ def image_folder_files(name: str, test_split: float | None = None, seed: int = 0
     for i, c in enumerate(classes):
         for j, p in enumerate(found[c]):
             splits["test" if j in held[i] else "train"].append((p, i))
-    return FolderFiles(classes, splits, empty, True, None)
+    return FolderFiles(classes, splits, empty, True, None, root)
 
 
 def describe_held_out(files: FolderFiles, name: str, test_split: float | None, seed: int) -> str:
@@ -302,10 +328,11 @@ def _load_image_folder(name: str, train: bool) -> Dataset:
             formats.say_warning(describe_held_out(files, name, None, 0))
     everything = [p for split in files.splits.values() for p, _ in split]
     channels, size = formats.scan_image_tree(everything)
-    images, labels = formats.read_image_files(
-        files.splits["train" if train else "test"], channels, size
+    split = "train" if train else "test"
+    images, labels = formats.read_image_files(files.splits[split], channels, size)
+    return Dataset(
+        name, torch.from_numpy(images), torch.from_numpy(labels), files.classes, files.digest(split)
     )
-    return Dataset(name, torch.from_numpy(images), torch.from_numpy(labels), files.classes)
 
 
 # --- status and fetching, for `resnetlab data list` / `data fetch` -------------------------

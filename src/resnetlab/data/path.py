@@ -12,20 +12,16 @@ whichever path the data takes:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 from resnetlab.data.augment import Augment
 from resnetlab.data.datasets import (
-    IMAGEFOLDER,
     Dataset,
     get_dataset_info,
-    image_folder_files,
     load_dataset,
     split_dataset,
 )
@@ -116,36 +112,6 @@ def load_splits(
     if s.streamed:  # the test images a run's report draws, shown as the run evaluates them
         splits = splits._replace(test=dataclasses.replace(test_set, view=stream_view(s, splits)))
     return splits
-
-
-def folder_test_split(data: str) -> tuple[str, bool] | None:
-    """For imagefolder:PATH, (a digest of its test split's files: names and sizes, whether the
-    split is held out of the class folders); None for other data, whose test split a run cannot
-    see change. A file added to a class folder redraws the held-out split, so a run records the
-    digest with its weights and `eval` tells whether its test split is still the run's."""
-    if not data.startswith(IMAGEFOLDER):
-        return None
-    root = Path(data[len(IMAGEFOLDER) :]).expanduser()
-    files = image_folder_files(data)
-    h = hashlib.blake2b(digest_size=12)
-    for path, label in files.splits["test"]:
-        h.update(f"{path.relative_to(root).as_posix()}\0{label}\0{path.stat().st_size}\n".encode())
-    return h.hexdigest(), files.held_out
-
-
-def changed_test_split(data: str, recorded: str | None, since: str) -> str | None:
-    """Why `data`'s test split is no longer the one a run recorded (folder_test_split's digest),
-    in words (`since`: e.g. "since runs/a was trained"); None when it is the same, or nothing was
-    recorded, or the data is no image folder."""
-    found = folder_test_split(data) if recorded is not None else None
-    if found is None or found[0] == recorded:
-        return None
-    where = (
-        "the test split held out of it is drawn again and may now hold images the run trained on"
-        if found[1]
-        else "its test/ folder is not the one the run was tested on"
-    )
-    return f"{data} has changed {since} (image files added, removed or replaced): {where}"
 
 
 def val_examples(settings: DataSettings, train_examples: int) -> int:

@@ -76,7 +76,9 @@ class StreamSplit:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     side: int  # the default training (and evaluation crop) side
-    digest: str = ""  # what tells two versions apart (the manifest's shard checksums)
+    # what tells two versions apart (data/identity.py): a packed set's shard checksums
+    # (split_digest), an image folder's files (datasets.FolderFiles.digest)
+    digest: str = ""
     source: RemoteShards | None = None  # shards elsewhere, read through a cache (data/remote.py)
     # how `images` shows them: a run's evaluation view (data/path.load_splits sets its test
     # split's); None: the whole image, square, at `side` (Resize(side) + CenterCrop(side))
@@ -890,7 +892,8 @@ def open_image_folder(name: str, train: bool) -> StreamSplit:
         formats.warn_empty(Path(name[len(IMAGEFOLDER) :]), found.empty)
     if train and found.held_out:
         formats.say_warning(describe_held_out(found, name, None, 0))
-    pairs = found.splits["train" if train else "test"]
+    split = "train" if train else "test"
+    pairs = found.splits[split]
     classes = found.classes
     files = [p for p, _ in pairs]
     labels = [label for _, label in pairs]
@@ -899,9 +902,6 @@ def open_image_folder(name: str, train: bool) -> StreamSplit:
     mean, std = _statistics(files[::step][:STAT_IMAGES] if train else [])
     n = len(files)
     entries = np.stack([np.arange(n), np.zeros(n, np.int64), np.full(n, -1)], 1).astype(np.int64)
-    digest = hashlib.blake2b(
-        repr([(str(p), p.stat().st_size) for p in files]).encode(), digest_size=12
-    )
     return StreamSplit(
         name,
         classes,
@@ -912,7 +912,7 @@ def open_image_folder(name: str, train: bool) -> StreamSplit:
         mean,
         std,
         DEFAULT_SIDE,
-        digest.hexdigest(),
+        found.digest(split),
     )
 
 

@@ -19,8 +19,9 @@ def fingerprint(dataset) -> str | None:
     h = hashlib.blake2b(digest_size=12)
     h.update(repr((len(dataset), tuple(dataset.images.shape), list(dataset.classes))).encode())
     h.update(dataset.labels.contiguous().numpy().tobytes())
-    if getattr(dataset, "digest", None):  # streamed data (data/shards.py): its files' checksums
+    if getattr(dataset, "digest", None):  # its files' version (data/identity.py)
         h.update(dataset.digest.encode())
+    if not isinstance(dataset.images, torch.Tensor):  # streamed: decoded only when trained on
         return h.hexdigest()
     flat = dataset.images.reshape(-1)
     step = max(

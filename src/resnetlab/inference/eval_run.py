@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data.path import changed_test_split
+from resnetlab.data.identity import data_changed, data_identity
 from resnetlab.device import resolve_device
-from resnetlab.errors import UsageError
+from resnetlab.errors import DataError, UsageError
 from resnetlab.inference.evaluation import evaluate
 from resnetlab.inference.loading import load_model, loader_for, open_test_set, shown_images
 from resnetlab.inference.onnx import load_onnx_model
@@ -70,11 +70,11 @@ def evaluate_run(
     if onnx:
         dev = torch.device("cpu")
         how.update(amp=False, channels_last=False, precision_source="onnxruntime runs float32")
-    if data is None:  # the run's own test set: an image folder's may have changed since
-        _check_same_test_split(meta, source)
     test_set = open_test_set(
         meta, data, root=data_dir, subset=how["subset"], seed=how["seed"], remote=how["remote"]
     )  # a packed set (shards:PATH) streamed through the run's evaluation view
+    if data is None:  # the run's own test set: an image folder's may have changed since
+        _check_same_data(meta, test_set, source)
     _check_matches(test_set, meta, data or meta["data"])
     if how["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -132,15 +132,16 @@ def _check_matches(test_set, meta: dict, data: str) -> None:
         )
 
 
-def _check_same_test_split(meta: dict, source) -> None:
-    """Refuse, in one line, a run's own image folder whose test split is no longer the one the
-    run recorded (files added, removed or replaced): its figure would not be the run's."""
+def _check_same_data(meta: dict, test_set, source) -> None:
+    """Refuse, in one line, a run's own data whose test split is no longer the one the run
+    recorded (an image folder's files added, removed or replaced): its figure would not be the
+    run's. Only the test split's version is compared (a weights file's "data" is the data's name,
+    not a version)."""
     name = meta["data"]
-    why = changed_test_split(name, meta.get("test_split"), f"since {source} was trained")
+    why = data_changed(meta, data_identity(name, test_set), name, f"since {source} was trained")
     if why:
-        raise UsageError(
-            f"{why}; put the folder back as it was, or give --data {name} to evaluate on it as "
-            "it is now"
+        raise DataError(
+            f"{why}; put it back as it was, or give --data {name} to evaluate on it as it is now"
         )
 
 

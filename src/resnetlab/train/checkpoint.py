@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.distributed.group import DistInfo, shared
-from resnetlab.errors import CheckpointError, DataError, UsageError, first_line, plural
+from resnetlab.errors import CheckpointError, UsageError, first_line, plural
 from resnetlab.fileio import write_bytes
 from resnetlab.rundir import CHECKPOINT_FILE
 from resnetlab.train.engine import TrainState
@@ -172,15 +172,14 @@ def make_checkpoint(
     average=None,
     policy=None,
     plan=None,
-    data: str = "",
-    test_split: str | None = None,
+    identity: dict[str, str] | None = None,
 ) -> dict:
     """What checkpoint.pt holds after `state`: the configuration (a dict), the weights, the
     optimizer, the state, the random-number state, the process count, with --ema the average
     (a steps.WeightAverage: its weights and its update count), and
     `policy` ({"amp", "channels_last"} as resolved: a resumed run keeps them, whatever a probe
-    would pick now), `test_split` (an image folder's: data/path.py's folder_test_split digest,
-    which a resume checks)."""
+    would pick now), `identity` (the versions of the run's data, data/identity.py's
+    data_identity: a resume checks them)."""
     checkpoint = {
         "config": cfg.to_dict(),
         "model": model.state_dict(),
@@ -196,25 +195,8 @@ def make_checkpoint(
         checkpoint["policy"] = policy
     if plan is not None:  # --time-limit's plan (train/timing.py): a resume keeps what was left
         checkpoint["plan"] = plan
-    if data:  # streamed data: the training split's version (check_resume_data)
-        checkpoint["data"] = data
-    if test_split is not None:
-        checkpoint["test_split"] = test_split
+    checkpoint.update(identity or {})
     return checkpoint
-
-
-def check_resume_data(checkpoint: dict, digest: str, data: str) -> None:
-    """A run resumes on the training data it was trained on: streamed data (`data`, of version
-    `digest`: StreamSplit.digest) changed since, such as a set re-packed or replaced on its
-    server, would give another epoch order and other samples at the saved step, silently."""
-    saved = checkpoint.get("data")
-    if isinstance(saved, str) and saved and digest and saved != digest:
-        raise shared(
-            DataError(
-                f"{data} is not the data this run was trained on (its training shards or files "
-                "changed since the checkpoint); resume on that version, or start a new run"
-            )
-        )
 
 
 def write_checkpoint(path: str | Path, checkpoint: dict) -> None:

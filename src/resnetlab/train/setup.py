@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from resnetlab.data import Dataset, Loaders
+from resnetlab.data import Dataset, Loaders, identity
 from resnetlab.data import path as data_path
 from resnetlab.data.datasets import IMAGEFOLDER
 from resnetlab.data.eval_view import EvalView
@@ -27,15 +27,15 @@ from resnetlab.device import (
     resolve_device,
 )
 from resnetlab.distributed.ddp import wrap_ddp
-from resnetlab.distributed.group import DistInfo, env_int, local_main_first
+from resnetlab.distributed.group import DistInfo, env_int, local_main_first, shared
 from resnetlab.distributed.setup_check import check_same_setup, describe_setup
 from resnetlab.distributed.syncbn import convert_sync_batchnorm
-from resnetlab.errors import UsageError
+from resnetlab.errors import DataError, UsageError
 from resnetlab.inference.evaluation import Evaluator
 from resnetlab.inference.tta import with_tta
 from resnetlab.models import create_model
 from resnetlab.models.pretrained import load_pretrained
-from resnetlab.train.checkpoint import check_resume_data, restore_checkpoint
+from resnetlab.train.checkpoint import restore_checkpoint
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.engine import TrainState
 from resnetlab.train.graphs import (
@@ -183,8 +183,27 @@ def weights_metadata(
         # and the report show images to the model as this run's evaluation did
         **({"eval_view": stream_view(cfg, splits).to_metadata()} if cfg.streamed else {}),
         # an image folder's test split, which changes with its files: eval checks it is the run's
-        **({"test_split": found[0]} if (found := data_path.folder_test_split(cfg.data)) else {}),
+        **identity.data_identity(cfg.data, splits.test),
     }
+
+
+def data_identity(cfg: TrainConfig, splits: Splits) -> dict[str, str]:
+    """The versions of the run's data its checkpoint records (data/identity.py): an image
+    folder's test split, and streamed data's training split, whose samples a resume must meet
+    again at the saved step."""
+    return identity.data_identity(cfg.data, splits.test, splits.train if cfg.streamed else None)
+
+
+def check_resume_data(cfg: TrainConfig, splits: Splits, checkpoint: dict) -> None:
+    """A run resumes on the data it was trained on: one line where it changed since (every
+    process finds the same, so rank 0 says it)."""
+    why = identity.data_changed(
+        checkpoint, data_identity(cfg, splits), cfg.data, "since the checkpoint"
+    )
+    if why:
+        raise shared(
+            DataError(f"{why}; put it back as it was to resume, or start a new run (--out)")
+        )
 
 
 def stream_view(cfg: TrainConfig, splits: Splits) -> EvalView:
@@ -268,7 +287,7 @@ def build(
     if splits is None:
         splits = load_process_splits(cfg, dist, say)
     if checkpoint is not None:
-        check_resume_data(checkpoint, getattr(splits.train, "digest", ""), cfg.data)
+        check_resume_data(cfg, splits, checkpoint)
     policy = _precision_and_layout(cfg, dist, device, splits, checkpoint, say)
     amp, channels_last = policy.amp, policy.channels_last
     plan = None

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data.path import changed_test_split
 from resnetlab.distributed.group import init_from_env, session, shared
 from resnetlab.errors import (
     CheckpointError,
@@ -44,7 +43,7 @@ from resnetlab.train.checkpoint import check_resume_world_size, load_checkpoint,
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.engine import Schedule, TrainState, fit, position
 from resnetlab.train.run import RunDir, default_run_path
-from resnetlab.train.setup import Parts, build
+from resnetlab.train.setup import Parts, build, data_identity
 from resnetlab.train.timing import Pacer, Timekeeper, current_plan, plan_for_time, time_summary
 from resnetlab.weights import load_weights
 
@@ -77,13 +76,6 @@ def train(
         saved_world = checkpoint.get("world_size", 1) if checkpoint is not None else None
         if checkpoint is not None:
             check_resume_world_size(saved_world, dist, resume, elastic=cfg.streamed)
-            why = changed_test_split(
-                cfg.data, checkpoint.get("test_split"), f"since {resume} started"
-            )
-            if why:  # resumed, it would test on images it may have trained on
-                raise UsageError(
-                    f"{why}; put the folder back as it was to resume, or start a new run (--out)"
-                )
         console = Console(
             sys.stderr if json_output else sys.stdout,
             verbose and dist.is_main,
@@ -325,8 +317,7 @@ class Saver(Observer):
             average=p.average,
             policy={"amp": p.amp, "channels_last": p.channels_last},
             plan=p.plan,
-            data=getattr(p.splits.train, "digest", ""),
-            test_split=p.meta.get("test_split"),
+            identity=data_identity(p.cfg, p.splits),
         )
 
     def on_evaluate(self, epoch: int, split: str, result: dict) -> None:
