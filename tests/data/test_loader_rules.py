@@ -11,13 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab.data import Augment, Dataset, Loader
-from resnetlab.data.loader import (
-    _antialias_weights,
-    batch_plan,
-    check_batching,
-    check_normalize,
-    make_loaders,
-)
+from resnetlab.data.batching import batch_plan, check_batching, check_normalize
+from resnetlab.data.loader import _antialias_weights, make_loaders
 from resnetlab.data.order import epoch_order
 from resnetlab.errors import UsageError
 

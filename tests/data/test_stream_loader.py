@@ -15,7 +15,7 @@ import pytest
 import torch
 from tiny_packed import write_tiny_folder
 
-from resnetlab.data import decode
+from resnetlab.data import Dataset, Loader, decode
 from resnetlab.data.augment import (
     Augment,
     ImageOps,
@@ -422,6 +422,33 @@ def test_batches_are_normalised_and_laid_out_as_asked(train_set):
     )
     with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
         StreamLoader(train_set, 4, shuffle=True, workers=0, normalize=((0.5,), (0.2,)))
+
+
+def test_both_loaders_turn_the_same_pixels_into_the_same_floats(eval_set):
+    """One normalisation (data/batching.py): the in-memory Loader given the pixels the streamed
+    one read makes bit for bit the same batch, per-channel stds and channels_last included."""
+    norm = ((0.2, 0.5, 0.7), (0.3, 0.25, 0.5))
+    streamed = StreamLoader(
+        eval_set, 5, shuffle=False, workers=0, view=EvalView(8, 8), normalize=norm
+    )
+    ((raw, labels),) = streamed.host_batches()
+    in_memory = Loader(Dataset("same", raw, labels), 5, shuffle=False, normalize=norm)
+    for channels_last in (False, True):
+        streamed.channels_last = in_memory.channels_last = channels_last
+        (x, y), (want, want_y) = next(iter(streamed)), next(iter(in_memory))
+        assert torch.equal(x, want) and torch.equal(y, want_y)
+        assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("sizes", [[], [4, 0], [4, 2.5], [True]])
+def test_bad_sizes_by_epoch_are_refused_as_the_in_memory_loader_refuses_them(train_set, sizes):
+    with pytest.raises(UsageError, match="^sizes by epoch are for training loaders"):
+        StreamLoader(train_set, 4, shuffle=True, workers=0, epoch_sizes=sizes)
+
+
+def test_sizes_by_epoch_are_for_training_only(eval_set):
+    with pytest.raises(UsageError, match="^sizes by epoch are for training loaders"):
+        StreamLoader(eval_set, 4, shuffle=False, workers=0, epoch_sizes=[4])
 
 
 def test_the_training_side_and_progressive_sizes(train_set):

@@ -11,6 +11,7 @@ for epoch in range(epochs):
 """
 
 from resnetlab.data.augment import Augment
+from resnetlab.data.batching import Loaders
 from resnetlab.data.datasets import (
     Dataset,
     DatasetInfo,
@@ -21,7 +22,7 @@ from resnetlab.data.datasets import (
     load_dataset,
     split_dataset,
 )
-from resnetlab.data.loader import Loader, Loaders, eval_batch_size, make_loaders
+from resnetlab.data.loader import Loader, eval_batch_size, make_loaders
 
 __all__ = [
     "Augment",

@@ -15,21 +15,13 @@ precision). An image is resized to `resize` x `resize`, or to the (height, width
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from resnetlab.data.augment import (
-    Augment,
-    check_augment,
-    draw_erasing,
-    erase,
-    image_ops,
-    stream_seed,
-)
+from resnetlab.data.augment import Augment, check_augment, draw_erasing, image_ops, stream_seed
+from resnetlab.data.batching import Loaders, PlannedLoader, loaders_of
 from resnetlab.data.datasets import Dataset
 from resnetlab.data.eval_view import crop_offsets, resized_size
 from resnetlab.errors import UsageError
@@ -84,16 +76,6 @@ def _all_shifts(weights: torch.Tensor, pad: int) -> torch.Tensor:
     return padded.unfold(0, n_out, 1).transpose(1, 2).contiguous()
 
 
-def check_batching(batch_size: int, shuffle: bool, rank: int, world_size: int) -> None:
-    """Raise UsageError for a bad batch size, rank or world size, or a batch the ranks cannot share."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch size must be a whole number >= 1, not {batch_size!r}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise UsageError(f"rank {rank} of {world_size} processes: need 0 <= rank < world_size")
-    if shuffle and batch_size % world_size:
-        raise UsageError(f"the global batch {batch_size} must divide by the {world_size} processes")
-
-
 def _check_resize(resize: int | tuple[int, int] | None) -> tuple[int, int] | None:
     """`resize` as a (height, width) pair (None: none); a UsageError unless whole pixels >= 1."""
     sizes = (resize, resize) if isinstance(resize, int) else resize
@@ -106,19 +88,6 @@ def _check_resize(resize: int | tuple[int, int] | None) -> tuple[int, int] | Non
             f"resize must be a whole number of pixels >= 1 (or a pair of them), not {resize!r}"
         )
     return sizes
-
-
-def check_normalize(
-    normalize: tuple[Sequence[float], Sequence[float]] | None, channels: int, name: str
-) -> tuple[Sequence[float], Sequence[float]]:
-    """(mean, std) per channel (none: 0 and 1); a UsageError for a wrong count or a std <= 0."""
-    mean, std = normalize if normalize is not None else ([0.0] * channels, [1.0] * channels)
-    if len(mean) != channels or len(std) != channels or min(std) <= 0:
-        raise UsageError(
-            f"normalize needs {channels} means and {channels} positive stds for {name}, "
-            f"got {list(mean)} and {list(std)}"
-        )
-    return mean, std
 
 
 def _check_crop(crop: int | None, size: tuple[int, int]) -> None:
@@ -138,54 +107,14 @@ def shorter_side(size: int, height: int, width: int) -> tuple[int, int]:
     return resized_size(height, width, size)
 
 
-def _check_epoch_sizes(epoch_sizes: Sequence[int] | None, shuffle: bool) -> None:
-    """Raise UsageError unless sizes by epoch are absent, or whole pixels >= 1 for training."""
-    if epoch_sizes is not None and (
-        not shuffle
-        or not epoch_sizes
-        or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in epoch_sizes)
-    ):
-        raise UsageError(
-            f"sizes by epoch are for training loaders and must be whole numbers of pixels >= 1, "
-            f"not {epoch_sizes!r}"
-        )
-
-
-def batch_plan(
-    n: int, batch_size: int, shuffle: bool, drop_last: bool, rank: int, world_size: int
-) -> list[tuple[int, int, int, int]]:
-    """Per batch of rank `rank`: (start of its global batch in the order, global batch size,
-    start and end of this rank's share within it); see Loader for the rules. The streaming
-    loader (data/stream.py) shares them."""
-    b, w, r = batch_size, world_size, rank
-    plan = []
-    if shuffle:
-        for start in range(0, n, b):
-            m = min(b, n - start)
-            if m < w or (drop_last and m < b):
-                continue
-            plan.append((start, m, r * m // w, (r + 1) * m // w))
-    else:
-        lo, hi = r * n // w, (r + 1) * n // w
-        per_rank = math.ceil(b / w)
-        for start in range(lo, hi, per_rank):
-            m = min(per_rank, hi - start)
-            if drop_last and m < per_rank:
-                continue
-            plan.append((start, m, 0, m))
-    return plan
-
-
-class Loader:
+class Loader(PlannedLoader):
     """Batches (x float32 [b, C, H', W'] on `device`, y int64 [b]) of a dataset.
 
-    `batch_size` is the global batch. Training (`shuffle=True`): epoch e is the permutation of
-    generator (seed, e); global batch i is perm[i*B:(i+1)*B] and rank r takes its r-th contiguous
-    share; augmentation parameters are drawn for the whole global batch, then sliced, so w ranks
-    together see exactly what one rank sees. A final partial global batch smaller than
-    `world_size` is dropped (every rank must get a sample). Evaluation (`shuffle=False`): rank r
-    takes the r-th contiguous block of the dataset, in batches of ceil(B / world_size): the ranks
-    cover every example once. Call `set_epoch` before each epoch; iterating twice gives the same batches.
+    `batch_size` is the global batch, split across processes, weighted and normalised as
+    PlannedLoader (data/batching.py) says. Training (`shuffle=True`): epoch e's order is the
+    permutation of generator (seed, e); augmentation parameters are drawn for the whole global
+    batch, then sliced, so w ranks together see exactly what one rank sees. Iterating twice gives
+    the same batches.
     """
 
     def __init__(
@@ -206,7 +135,6 @@ class Loader:
         epoch_sizes: Sequence[int] | None = None,
         crop: int | None = None,
     ) -> None:
-        check_batching(batch_size, shuffle, rank, world_size)
         sizes = _check_resize(resize)
         _check_crop(crop, sizes or tuple(dataset.images.shape[2:]))
         augment = check_augment(augment, shuffle)
@@ -216,41 +144,23 @@ class Loader:
                 "add --stream (or pack the set with `resnetlab data pack`)"
             )
         channels, height, width = dataset.images.shape[1:]
-        mean, std = check_normalize(normalize, channels, dataset.name)
-        _check_epoch_sizes(epoch_sizes, shuffle)
-
-        self.dataset, self.batch_size, self.shuffle, self.augment = (
-            dataset,
-            batch_size,
-            shuffle,
-            augment,
-        )
+        super().__init__(dataset, batch_size, shuffle, drop_last, rank, world_size, epoch_sizes)
+        self.seed, self.device, self.channels_last = seed, torch.device(device), channels_last
+        self._set_normalization(normalize, channels)
+        self.augment, self.crop = augment, crop
         self._image_ops = image_ops(augment)  # data/augment.py: per-image ops, on the host
-        self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
-        self.device = torch.device(device)
-        self.channels_last, self.crop = channels_last, crop
-        self.epoch = 0
-        self.epoch_sizes = list(epoch_sizes) if epoch_sizes is not None else None
-        self._set_normalization(mean, std, normalize is not None)
         self._geometries: dict[tuple[int, int], tuple] = {}
         self._use_size(tuple(sizes) if resize else (height, width))
         self._images, self._labels = self._place(dataset)
-        self._plan = self._make_plan(len(dataset))
 
     def _set_normalization(
-        self, mean: Sequence[float], std: Sequence[float], normalized: bool
-    ) -> None:
-        """Keep the per-channel divisor and shift that turn uint8 pixels into normalized floats."""
-        self._divisor = torch.tensor([255 * s for s in std], device=self.device).view(-1, 1, 1)
-        self._shift = (
-            torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(-1, 1, 1)
-            if normalized
-            else None
-        )
-        self._folded = (
-            len(set(std)) == 1
-        )  # one divisor serves all channels: resampling folds it into its weights
+        self, normalize: tuple[Sequence[float], Sequence[float]] | None, channels: int
+    ) -> tuple[Sequence[float], Sequence[float]]:
+        mean, std = super()._set_normalization(normalize, channels)
+        # One divisor serves all channels: resampling folds it into its weights.
+        self._folded = len(set(std)) == 1
         self._row_divisor = 255 * std[0] if self._folded else 1.0
+        return mean, std
 
     def _use_size(self, out_size: tuple[int, int]) -> None:
         """Make batches of `out_size` (height, width): the resampling weights of that size, made
@@ -290,32 +200,6 @@ class Loader:
             return dataset.images.to(self.device), dataset.labels.to(self.device)
         except torch.OutOfMemoryError:
             return dataset.images, dataset.labels
-
-    def _make_plan(self, n: int) -> list[tuple[int, int, int, int]]:
-        return batch_plan(
-            n, self.batch_size, self.shuffle, self.drop_last, self.rank, self.world_size
-        )
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if self.epoch_sizes is not None:  # progressive resizing: past the list, its last size
-            size = self.epoch_sizes[min(epoch, len(self.epoch_sizes) - 1)]
-            self._use_size((size, size))
-
-    def __len__(self) -> int:
-        return len(self._plan)
-
-    def loss_weight(self, i: int) -> float:
-        """What batch `i`'s mean loss on this rank is multiplied by so that DDP's gradient average
-        over the ranks is the global batch's mean: (this rank's share) * world_size / (global batch
-        size); 1.0 for a batch split evenly (every full batch), other values for an epoch's last,
-        partial batch, whose share may differ by one example between ranks."""
-        _, m, s0, s1 = self._plan[i]
-        return (s1 - s0) * self.world_size / m
-
-    @property
-    def num_examples(self) -> int:
-        return sum(s1 - s0 for _, _, s0, s1 in self._plan)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = None
@@ -396,16 +280,8 @@ class Loader:
             if not self._folded:
                 x.div_(self._divisor)
         else:
-            x = (
-                raw / self._divisor
-            )  # uint8 -> float32 in [0, 1] (exactly ToTensor's x / 255), / std: one pass
-        if self._shift is not None:
-            x.sub_(self._shift)
-        if "erase" in params:
-            x = erase(x, params["erase"])
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+            x = self._to_float(raw)
+        return self._finish(x, params.get("erase"))
 
     def _resample(self, x: torch.Tensor, params: dict) -> torch.Tensor:
         """x -> A @ x @ B^T: resize, crop and flip as two matrix products (see the module docstring)."""
@@ -439,12 +315,6 @@ def eval_batch_size(batch_size: int) -> int:
     return max(batch_size, EVAL_BATCH_MIN)
 
 
-class Loaders(NamedTuple):
-    train: Loader | None
-    val: Loader | None
-    test: Loader | None
-
-
 def make_loaders(
     train: Dataset | None = None,
     val: Dataset | None = None,
@@ -474,17 +344,3 @@ def make_loaders(
     return loaders_of(
         Loader, (train, val, test), (batch_size, eval_batch), {**training, **common}, evaluation
     )
-
-
-def loaders_of(make, splits, batches, training: dict, evaluation: dict) -> Loaders:
-    """Loaders made by `make` (Loader, or data/stream.py's StreamLoader) of the (train, val,
-    test) `splits` (None: no loader): the first shuffled, at the first of `batches`, with
-    `training`'s arguments, the others in order at the second, with `evaluation`'s."""
-    train, val, test = splits
-    batch, eval_batch = batches
-
-    def evaluated(split):
-        return None if split is None else make(split, eval_batch, shuffle=False, **evaluation)
-
-    train_loader = None if train is None else make(train, batch, shuffle=True, **training)
-    return Loaders(train_loader, evaluated(val), evaluated(test))

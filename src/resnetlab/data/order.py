@@ -1,5 +1,5 @@
 """The order a streamed training epoch reads its samples in, a pure function of (seed, epoch):
-every process computes the same one and takes its share of each global batch (loader.batch_plan),
+every process computes the same one and takes its share of each global batch (batching.batch_plan),
 and a run resumed inside an epoch finds its place in it.
 
 - "random": a permutation of all samples. The best mixing; each batch reads from anywhere in

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 
 from resnetlab.data.augment import Augment
+from resnetlab.data.batching import Loaders
 from resnetlab.data.datasets import (
     Dataset,
     get_dataset_info,
@@ -26,7 +27,7 @@ from resnetlab.data.datasets import (
     split_dataset,
 )
 from resnetlab.data.eval_view import EvalView, default_view
-from resnetlab.data.loader import Loader, Loaders, eval_batch_size, make_loaders
+from resnetlab.data.loader import Loader, eval_batch_size, make_loaders
 from resnetlab.data.mixing import MixedLoader
 from resnetlab.data.order import DEFAULT_WINDOW
 from resnetlab.data.shards import open_stream

@@ -7,10 +7,11 @@ Determinism: epoch e's order is the permutation of (seed, e) and each sample's c
 `extra_transform` draw from a generator seeded by (seed, e, sample index), so a batch is the
 same whatever the number of workers and whichever worker makes it; resuming at an epoch boundary
 replays exactly, and so does resuming inside an epoch (after Ctrl-C): `skip_next` passes over
-the batches done without reading them. Batches are split across processes as the in-memory Loader splits them
-(`batch_plan`): each process reads a disjoint share of every epoch, evaluation sees every
-example once, without padding; the global batches do not depend on the number of processes, so
-a run resumes with another one (train/checkpoint.py: elastic resume).
+the batches done without reading them. Batches are split across processes as the in-memory
+Loader splits them (data/batching.py, both loaders' base): each process reads a disjoint share
+of every epoch, evaluation sees every example once, without padding; the global batches do not
+depend on the number of processes, so a run resumes with another one (train/checkpoint.py:
+elastic resume).
 
 Faults: a training image that does not decode is replaced in its batch by another sample of
 the epoch, drawn from (seed, epoch, index), so every batch keeps its size (a captured CUDA step
@@ -34,13 +35,12 @@ from resnetlab.data.augment import (
     alternate_flip,
     check_augment,
     draw_erasing,
-    erase,
     image_ops,
     sample_generator,
     stream_seed,
 )
+from resnetlab.data.batching import PlannedLoader, loaders_of
 from resnetlab.data.eval_view import EvalView, default_view
-from resnetlab.data.loader import batch_plan, check_batching, check_normalize, loaders_of
 from resnetlab.data.order import DEFAULT_WINDOW, epoch_order
 from resnetlab.data.shards import StreamSplit
 from resnetlab.errors import DataError, UsageError
@@ -169,10 +169,11 @@ class _Batches:
         return self.count
 
 
-class StreamLoader:
+class StreamLoader(PlannedLoader):
     """Batches (x float32 [b, C, side, side] on `device`, y int64 [b]) of a StreamSplit.
 
-    `batch_size` is the global batch, split across `world_size` processes as Loader splits it.
+    `batch_size` is the global batch, split across processes, weighted and normalised as
+    PlannedLoader (data/batching.py) says, as the in-memory Loader's.
     Training (`shuffle=True`) augments as `augment` says (default: random-resized crops of `size`
     with flips; its `erasing` boxes are drawn per global batch from (seed, epoch, batch) and
     applied on the device after normalisation, the rest in the workers); evaluation shows each
@@ -207,32 +208,24 @@ class StreamLoader:
         shard_order: str = "random",
         shard_window: int = DEFAULT_WINDOW,
     ) -> None:
-        check_batching(batch_size, shuffle, rank, world_size)
         self.augment = IMAGENET_AUGMENT if augment is None else check_augment(augment, shuffle)
         ops = tuple(image_ops(self.augment))
         if ops and extra_transform is None:  # in the workers, after the crop
             extra_transform = ImageOps(self.augment, ops)
         if not isinstance(workers, int) or workers < 0:
             raise UsageError(f"workers must be a whole number >= 0, not {workers!r}")
-        mean, std = check_normalize(normalize, split.channels, split.name)
-        self.dataset, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
-        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.device, self.channels_last = torch.device(device), channels_last
+        super().__init__(split, batch_size, shuffle, drop_last, rank, world_size, epoch_sizes)
+        self.seed, self.device, self.channels_last = seed, torch.device(device), channels_last
+        self._set_normalization(normalize, split.channels)
         self.side = size or split.side
         self.view = None if shuffle else view or default_view(self.side)
         if self.view is not None:  # evaluation's batches are the view's crops
             self.side = self.view.crop
         self.out_size = (self.side, self.side)
-        self.epoch_sizes = list(epoch_sizes) if epoch_sizes else None
         self.shard_order, self.shard_window = shard_order, shard_window  # data/order.py
         epoch_order(split.entries[:0, 0], seed, 0, shard_order, shard_window)  # checked now
-        self.epoch, self._skip = 0, 0
+        self._skip = 0
         self.bad_indices: list[int] = []
-        self._divisor = torch.tensor([255 * s for s in std], device=self.device).view(-1, 1, 1)
-        self._shift = torch.tensor([m / s for m, s in zip(mean, std)], device=self.device).view(
-            -1, 1, 1
-        )
-        self._plan = batch_plan(len(split), batch_size, shuffle, drop_last, rank, world_size)
         self._sampler = _Batches()
         self._loader = DataLoader(
             StreamDataset(
@@ -257,23 +250,9 @@ class StreamLoader:
         """Images of the last pass that did not decode (this process's share)."""
         return len(self.bad_indices)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if self.epoch_sizes is not None:  # progressive resizing: past the list, its last size
-            self.side = self.epoch_sizes[min(epoch, len(self.epoch_sizes) - 1)]
-            self.out_size = (self.side, self.side)
-
-    def __len__(self) -> int:
-        return len(self._plan)
-
-    def loss_weight(self, i: int) -> float:
-        """As Loader.loss_weight: this rank's share * world_size / global batch size."""
-        _, m, s0, s1 = self._plan[i]
-        return (s1 - s0) * self.world_size / m
-
-    @property
-    def num_examples(self) -> int:
-        return sum(s1 - s0 for _, _, s0, s1 in self._plan)
+    def _use_size(self, out_size: tuple[int, int]) -> None:
+        """Read the next epochs' images at `out_size` (square: (side, side))."""
+        self.side, self.out_size = out_size[0], out_size
 
     def epoch_keys(self) -> Iterator[list[tuple[int, int, int]]]:
         """This process's batches of (epoch, sample index, side) for the current epoch, made as
@@ -300,9 +279,8 @@ class StreamLoader:
         for _ in range(skip):
             yield None, None
         for i, (raw, y) in enumerate(self.host_batches(skip), start=skip):
-            x = self._transform(raw)
-            if self.shuffle and self.augment.erasing:
-                x = erase(x, self._erasing(i, len(y)))
+            boxes = self._erasing(i, len(y)) if self.shuffle and self.augment.erasing else None
+            x = self._finish(self._to_float(raw.to(self.device, non_blocking=True)), boxes)
             yield x, y.to(self.device, non_blocking=True)
 
     def _erasing(self, i: int, n: int) -> torch.Tensor:
@@ -340,13 +318,6 @@ class StreamLoader:
                     f"every image of batch {i + 1} failed to decode; check the data ({self.dataset.name})"
                 )
             yield raw, y
-
-    def _transform(self, raw: torch.Tensor) -> torch.Tensor:
-        """uint8 on the host -> normalised float32 on the device (the division on the device)."""
-        x = raw.to(self.device, non_blocking=True).float().div_(self._divisor).sub_(self._shift)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
 
 
 def _first_line(error: BaseException) -> str:
