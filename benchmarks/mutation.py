@@ -5,16 +5,18 @@
     python benchmarks/mutation.py --survivors data/mixing.py   # and each survivor's diff
 
 Each module runs mutmut (the `mutation` extra) in its own scratch copy of src/, tests/ and
-pyproject.toml, with only that module mutated and only the fast tests that cover it. A scratch
-copy because mutmut puts its trampolined copy of the package in mutants/src and the tests must
-import resnetlab from there: run in the worktree itself, the editable install's path to src/ can
-win and every mutant reads "no tests". Survivors that are equivalent mutants (no test can tell
+pyproject.toml, with only that module mutated (for a module in PARTS, only some of its functions'
+mutants run) and only the fast tests that cover it. A scratch copy because mutmut puts its
+trampolined copy of the package in mutants/src and the tests must import resnetlab from there:
+run in the worktree itself, the editable install's path to src/ can win and every mutant reads
+"no tests". Survivors that are equivalent mutants (no test can tell
 them from the original) are listed, each with its reason, in docs/robustness.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -76,7 +78,28 @@ MODULES: dict[str, list[str]] = {
     ],
     # its end-to-end tests (test_learning.py, test_train.py) train a run each
     "train/engine.py": ["tests/train/test_engine.py"],
+    # the comparison's end-to-end tests (test_folder_changes.py, test_stream_train.py) train a run
+    "data/identity.py": ["tests/data/test_identity.py"],
+    # what both loaders share: each loader's fast tests exercise it
+    "data/batching.py": [
+        "tests/data/test_loader_rules.py",
+        "tests/data/test_data_loader.py",
+        "tests/data/test_loader_recipe.py",
+        "tests/data/test_stream_loader.py",
+        "-m",
+        "not slow",
+    ],
+    # FolderFiles.digest alone (PARTS), the folder's version identity.py compares
+    "data/datasets.py": [
+        "tests/data/test_identity.py",
+        "tests/data/test_shards.py",
+        "-k",
+        "test_identity or digest or an_image_folder_is_read_as_it_is",
+    ],
 }
+
+# modules mutated in part: module -> the functions (mutmut's mangled names) whose mutants are run
+PARTS: dict[str, list[str]] = {"data/datasets.py": ["xǁFolderFilesǁdigest"]}
 
 PYTEST_ARGS = ["-x", "-q", "-n", "0", "-p", "no:cacheprovider"]
 KILLED = {1, 3, 36, -9, -11, 24, -24, 152, 255}  # failed, pytest error, timeout, crash
@@ -111,10 +134,22 @@ def scratch_copy(module: str, tests: list[str], where: Path) -> Path:
     return work
 
 
+def mutant_patterns(module: str) -> list[str]:
+    """mutmut's names of the mutants to run in `module`: all (none given), or its PARTS'."""
+    dotted = PACKAGE.removeprefix("src/").replace("/", ".") + "."
+    dotted += module.removesuffix(".py").replace("/", ".")
+    return [f"{dotted}.{function}__mutmut_*" for function in PARTS.get(module, [])]
+
+
 def outcome(work: Path, module: str) -> dict[str, int]:
     meta = json.loads((work / "mutants" / PACKAGE / f"{module}.meta").read_text())
     codes = meta["exit_code_by_key"]
-    return {name: code for name, code in sorted(codes.items())}
+    patterns = mutant_patterns(module)
+    return {
+        name: code
+        for name, code in sorted(codes.items())
+        if not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         log = work / "mutmut.log"
         with log.open("w") as out:
             run = subprocess.run(
-                [*mutmut, "run", "--max-children", "1"],
+                [*mutmut, "run", "--max-children", "1", *mutant_patterns(module)],
                 cwd=work,
                 env=env,
                 stdout=out,
