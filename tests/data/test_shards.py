@@ -173,6 +173,8 @@ def test_a_shard_closes_once_its_samples_reach_the_size_asked(fresh):
 def test_the_manifest_holds_the_training_images_statistics_and_what_was_left_out(fresh):
     m = fresh.manifest
     assert json.loads((fresh.out / MANIFEST).read_text()) == m
+    # and it opens: its sizes whole numbers though a run of files (the broken one) gave none
+    assert read_manifest(fresh.out) == m
     assert (m["format"], m["name"], m["classes"], m["channels"]) == (
         FORMAT,
         "photos",
@@ -252,6 +254,24 @@ def test_a_pack_whose_images_all_fail_to_decode_is_an_empty_set(tmp_path):
 def test_a_source_file_that_cannot_be_read_is_left_out_with_its_reason(tmp_path):
     job = (str(tmp_path / "gone.png"), None, "00000000", 0)
     assert shards._pack_one(job) == ("bad", "No such file or directory")
+
+
+def test_a_run_of_files_gives_its_samples_end_to_end_in_memory_or_in_a_file(pack, tmp_path):
+    files = listing(pack, "train")  # the broken file amid the others
+    job = ([str(p) for p, _ in files], [label for _, label in files], 20, None, None)
+    data, done, found, bad = shards._pack_run(job)
+    good = [(i, p, label) for i, (p, label) in enumerate(files) if p != pack.broken]
+    samples = [shards._tar_sample(f"{20 + i:08d}", p.read_bytes(), y) for i, p, y in good]
+    assert data == b"".join(samples)  # keyed by their places in the split
+    assert done.tolist() == [
+        [i, len(sample), p.stat().st_size, 8, 8] for (i, p, _), sample in zip(good, samples)
+    ]
+    assert found.shape == (len(good), 6)
+    assert [i for i, _ in bad] == [[p for p, _ in files].index(pack.broken)]
+    spill = tmp_path / ".train-00000020.run"
+    handed, done_too, found_too, bad_too = shards._pack_run((*job[:4], str(spill)))
+    assert handed == str(spill) and spill.read_bytes() == data
+    assert (done_too.tolist(), found_too.tolist(), bad_too) == (done.tolist(), found.tolist(), bad)
 
 
 def test_a_shard_is_written_once_its_samples_reach_shard_bytes(tmp_path):
@@ -379,15 +399,32 @@ def test_a_process_of_another_user_counts_as_alive(monkeypatch):
     assert shards._alive(12345)
 
 
-@pytest.mark.parametrize("runs", [shards.SPLIT_RUNS, 2])  # runs of 1 file; of 5, shards cut inside
-def test_pack_in_worker_processes_writes_the_same_set_byte_for_byte(
-    pack, tmp_path, monkeypatch, runs
+# runs of 1 file; of 5, shards cut inside (workers None: the default, this process)
+@pytest.mark.parametrize("workers,runs", [(2, shards.SPLIT_RUNS), (2, 2), (None, 2)])
+def test_pack_writes_the_same_set_byte_for_byte_whatever_its_runs_and_workers(
+    pack, tmp_path, monkeypatch, workers, runs
 ):
     monkeypatch.setattr(shards, "SPLIT_RUNS", runs)
+    handed = []  # where each run's samples come back: worker processes write them to a file
+
+    def jobs(runs, max_side, spill):
+        for job in real_jobs(runs, max_side, spill):
+            handed.append(job[4])
+            yield job
+
+    real_jobs = shards._jobs
+    monkeypatch.setattr(shards, "_jobs", jobs)
+    options = {} if workers is None else {"workers": workers}
     manifest = pack_folder(
-        pack.folder, tmp_path / "again", shard_bytes=4000, workers=2, progress=True
+        pack.folder, tmp_path / "again", shard_bytes=4000, progress=True, **options
     )
     assert manifest == pack.manifest
+    staging = tmp_path / f".again.partial-{os.getpid()}"
+    runs = shards._runs(image_folder_files(f"imagefolder:{pack.folder}").splits)
+    if workers is None:
+        assert handed == [None] * len(runs)  # passed in memory
+    else:
+        assert handed == [str(staging / f".{split}-{start:08d}.run") for split, start, _ in runs]
     assert multiprocessing.active_children() == []  # the workers ended and were reaped
     names = sorted(p.name for p in pack.out.iterdir())
     assert sorted(p.name for p in (tmp_path / "again").iterdir()) == names  # no run file left
@@ -472,13 +509,15 @@ def test_the_cyclic_collector_is_paused_while_packing_and_then_restored(photos, 
         gc.enable()
 
 
-def test_progress_is_a_bar_when_tqdm_is_there(monkeypatch):
-    bars = []
+@pytest.fixture
+def bars(monkeypatch) -> list:
+    """tqdm's interface, recorded: the bars drawn."""
+    drawn = []
 
-    class Bar:  # tqdm's interface, recorded
+    class Bar:
         def __init__(self, **settings):
             self.settings, self.n, self.closed = settings, 0, False
-            bars.append(self)
+            drawn.append(self)
 
         def update(self, n):
             self.n += n
@@ -491,6 +530,10 @@ def test_progress_is_a_bar_when_tqdm_is_there(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "tqdm", type(sys)("tqdm"))
     sys.modules["tqdm"].tqdm = Bar
+    return drawn
+
+
+def test_progress_is_a_bar_when_tqdm_is_there(bars, monkeypatch):
     seen = []
     for result in shards._progress(iter(["a", "b"]), [3, 2], "packing"):  # runs of 3, 2 images
         seen.append((result, bars[0].n))
@@ -500,6 +543,16 @@ def test_progress_is_a_bar_when_tqdm_is_there(monkeypatch):
     monkeypatch.setitem(sys.modules, "tqdm", None)  # not installed
     results = iter([3])
     assert shards._progress(results, [1], "x") is results
+
+
+def test_a_pack_draws_its_bar_only_when_asked(photos, tmp_path, bars):
+    pack_folder(photos, tmp_path / "quiet")
+    assert bars == []
+    pack_folder(photos, tmp_path / "shown", progress=True)
+    images = sum(len(v) for v in image_folder_files(f"imagefolder:{photos}").splits.values())
+    assert [(bar.settings["desc"], bar.n, bar.closed) for bar in bars] == [
+        ("packing", images, True)
+    ]
 
 
 def test_pack_builtin_writes_each_image_as_png_with_the_catalog_s_figures(tiny, tmp_path):
