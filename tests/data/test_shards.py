@@ -7,6 +7,7 @@ training and worker processes are in test_stream.py and tests/train/."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import io
@@ -27,8 +28,9 @@ import torch
 from PIL import Image
 from tiny_packed import CLASSES, write_tiny_folder
 
-from resnetlab.data import decode, remote, shards
+from resnetlab.data import decode, formats, remote, shards
 from resnetlab.data.datasets import Dataset, describe_held_out, image_folder_files, load_dataset
+from resnetlab.data.eval_view import EvalView
 from resnetlab.data.manifest import FORMAT
 from resnetlab.data.shards import (
     IMAGE_OFFSET,
@@ -289,24 +291,33 @@ def test_a_shard_is_written_once_its_samples_reach_shard_bytes(tmp_path):
 
 def test_pack_holds_out_a_seeded_test_split_of_a_folder_without_one(tmp_path):
     rng = np.random.default_rng(2)
-    for c in ("a", "b"):
+    for c in ("a", "b", "c"):  # 6 images a class: 20 ways to hold out 3, 6 to hold out 1
         (tmp_path / "src" / c).mkdir(parents=True)
-        for i in range(4):
+        for i in range(6):
             random_image(rng, 8, 8).save(tmp_path / "src" / c / f"{i}.png")
+    name = f"imagefolder:{tmp_path / 'src'}"
+
+    def held_out(out) -> list[bytes]:
+        test = open_shards(out, False, verify=False)
+        return [test.read(i) for i in range(len(test))]
+
     said = []
     manifest = pack_folder(
         tmp_path / "src", tmp_path / "out", say=said.append, test_split=0.5, seed=3
     )
-    files = image_folder_files(f"imagefolder:{tmp_path / 'src'}", 0.5, 3)
+    files = image_folder_files(name, 0.5, 3)
+    assert files.splits["test"] != image_folder_files(name, 0.5, 0).splits["test"]  # the seed's
     assert said == [
         describe_held_out(files, str(tmp_path / "src"), 0.5, 3) + "; --test-split changes it"
     ]
-    test = open_shards(tmp_path / "out", False, verify=False)
-    assert [test.read(i) for i in range(len(test))] == [
-        p.read_bytes() for p, _ in files.splits["test"]
-    ]
-    assert manifest["splits"]["train"]["count"] == len(files.splits["train"]) == 4
-    for c in ("a", "b"):  # one image a class: nothing left to hold out
+    assert held_out(tmp_path / "out") == [p.read_bytes() for p, _ in files.splits["test"]]
+    assert manifest["splits"]["train"]["count"] == len(files.splits["train"]) == 9
+    # by default, the images that --stream and the in-memory loader hold out of it
+    pack_folder(tmp_path / "src", tmp_path / "default")
+    default = open_image_folder(name, False).files
+    assert default != [str(p) for p, _ in image_folder_files(name, None, 1).splits["test"]]
+    assert held_out(tmp_path / "default") == [Path(p).read_bytes() for p in default]
+    for c in ("a", "b", "c"):  # one image a class: nothing left to hold out
         for p in sorted((tmp_path / "src" / c).iterdir())[1:]:
             p.unlink()
     message = (
@@ -476,6 +487,27 @@ def test_a_shard_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypa
     writer.flush()  # its sync begun in a thread
     with pytest.raises(WriteError, match=r"cannot write .*/s-000000\.tar: No space left"):
         writer.finish()  # and its failure said once the shards are all written
+
+
+def open_files() -> list[str]:
+    """What this process's file descriptors point at (Linux)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed since
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_shard_the_disk_has_no_room_for_is_one_line_naming_it_and_closed(tmp_path):
+    (tmp_path / "s-000000.tar").symlink_to("/dev/full")  # a disk that is full
+    message = f"cannot write {tmp_path / 's-000000.tar'}: No space left on device;"
+    for size in (512, 1 << 16):  # buffered, then handed to the disk at the flush; at once
+        writer = shards._ShardWriter(tmp_path, "s", 1 << 20)
+        with pytest.raises(WriteError, match=f"^{re.escape(message)}"):
+            writer.add_sample(bytes(size), 1, 0)
+            writer.flush()
+        assert "/dev/full" not in open_files()  # no descriptor left on the failed shard
 
 
 def test_the_manifest_is_indented_json_with_one_member_a_line():
@@ -912,6 +944,11 @@ def test_a_split_s_images_are_its_evaluation_views_decoded_when_asked(pack):
     assert pngs  # an 8 x 8 image's view at side 8 is the image (PNG: decoded exactly)
     for i in pngs:
         assert torch.equal(images[i], decode.decode_image(split.read(i), 3))
+    split.view = EvalView(8, 6)  # a run's evaluation view (data/path.py sets it)
+    some = split.subset([5, 2])  # and a subset's images, through the same view
+    assert some.images.shape == (2, 3, 6, 6)
+    assert all(torch.equal(some.images[k], split.images[i]) for k, i in enumerate([5, 2]))
+    assert split.take(4).view == split.view
 
 
 def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path):
@@ -987,6 +1024,21 @@ def test_an_image_folder_s_digest_follows_its_files_and_its_held_out_split_is_sa
     first = Path(before.files[0])  # a training file renamed: the same sizes, another file
     first.rename(first.with_name(f"{first.stem}b.png"))
     assert open_image_folder(name, True).digest != changed
+
+
+def test_an_image_folder_s_class_folders_without_images_are_said_with_its_training_split(
+    tmp_path, capsys
+):
+    src = write_tiny_folder(tmp_path / "src", train=3, test=3)
+    (src / "train" / "dog").mkdir()
+    name = f"imagefolder:{src}"
+    assert open_image_folder(name, False).classes == list(CLASSES)
+    assert capsys.readouterr().err == ""
+    open_image_folder(name, True)
+    assert capsys.readouterr().err == (
+        f"resnetlab: warning: {src}: 1 class folder without images left out (dog); images are "
+        f"{'/'.join(formats.IMAGE_SUFFIXES)}\n"
+    )
 
 
 def test_open_stream_names_what_it_reads():
