@@ -504,10 +504,12 @@ def test_a_shard_the_disk_has_no_room_for_is_one_line_naming_it_and_closed(tmp_p
     message = f"cannot write {tmp_path / 's-000000.tar'}: No space left on device;"
     for size in (512, 1 << 16):  # buffered, then handed to the disk at the flush; at once
         writer = shards._ShardWriter(tmp_path, "s", 1 << 20)
-        with pytest.raises(WriteError, match=f"^{re.escape(message)}"):
+        with pytest.raises(WriteError, match=f"^{re.escape(message)}") as failed:
             writer.add_sample(bytes(size), 1, 0)
             writer.flush()
-        assert "/dev/full" not in open_files()  # no descriptor left on the failed shard
+        # no descriptor left on the failed shard, though its traceback is kept (as an
+        # interactive session keeps its last one)
+        assert "/dev/full" not in open_files() and failed.tb is not None
 
 
 def test_the_manifest_is_indented_json_with_one_member_a_line():
