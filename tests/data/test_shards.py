@@ -7,6 +7,7 @@ training and worker processes are in test_stream.py and tests/train/."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import io
@@ -27,8 +28,9 @@ import torch
 from PIL import Image
 from tiny_packed import CLASSES, write_tiny_folder
 
-from resnetlab.data import decode, remote, shards
+from resnetlab.data import decode, formats, remote, shards
 from resnetlab.data.datasets import Dataset, describe_held_out, image_folder_files, load_dataset
+from resnetlab.data.eval_view import EvalView
 from resnetlab.data.manifest import FORMAT
 from resnetlab.data.shards import (
     IMAGE_OFFSET,
@@ -173,6 +175,8 @@ def test_a_shard_closes_once_its_samples_reach_the_size_asked(fresh):
 def test_the_manifest_holds_the_training_images_statistics_and_what_was_left_out(fresh):
     m = fresh.manifest
     assert json.loads((fresh.out / MANIFEST).read_text()) == m
+    # and it opens: its sizes whole numbers though a run of files (the broken one) gave none
+    assert read_manifest(fresh.out) == m
     assert (m["format"], m["name"], m["classes"], m["channels"]) == (
         FORMAT,
         "photos",
@@ -254,6 +258,24 @@ def test_a_source_file_that_cannot_be_read_is_left_out_with_its_reason(tmp_path)
     assert shards._pack_one(job) == ("bad", "No such file or directory")
 
 
+def test_a_run_of_files_gives_its_samples_end_to_end_in_memory_or_in_a_file(pack, tmp_path):
+    files = listing(pack, "train")  # the broken file amid the others
+    job = ([str(p) for p, _ in files], [label for _, label in files], 20, None, None)
+    data, done, found, bad = shards._pack_run(job)
+    good = [(i, p, label) for i, (p, label) in enumerate(files) if p != pack.broken]
+    samples = [shards._tar_sample(f"{20 + i:08d}", p.read_bytes(), y) for i, p, y in good]
+    assert data == b"".join(samples)  # keyed by their places in the split
+    assert done.tolist() == [
+        [i, len(sample), p.stat().st_size, 8, 8] for (i, p, _), sample in zip(good, samples)
+    ]
+    assert found.shape == (len(good), 6)
+    assert [i for i, _ in bad] == [[p for p, _ in files].index(pack.broken)]
+    spill = tmp_path / ".train-00000020.run"
+    handed, done_too, found_too, bad_too = shards._pack_run((*job[:4], str(spill)))
+    assert handed == str(spill) and spill.read_bytes() == data
+    assert (done_too.tolist(), found_too.tolist(), bad_too) == (done.tolist(), found.tolist(), bad)
+
+
 def test_a_shard_is_written_once_its_samples_reach_shard_bytes(tmp_path):
     for limit, counts in ((1024, [2, 2, 2, 1]), (1025, [3, 3, 1])):  # samples of 512 bytes
         writer = shards._ShardWriter(tmp_path, f"s{limit}", limit)
@@ -269,24 +291,33 @@ def test_a_shard_is_written_once_its_samples_reach_shard_bytes(tmp_path):
 
 def test_pack_holds_out_a_seeded_test_split_of_a_folder_without_one(tmp_path):
     rng = np.random.default_rng(2)
-    for c in ("a", "b"):
+    for c in ("a", "b", "c"):  # 6 images a class: 20 ways to hold out 3, 6 to hold out 1
         (tmp_path / "src" / c).mkdir(parents=True)
-        for i in range(4):
+        for i in range(6):
             random_image(rng, 8, 8).save(tmp_path / "src" / c / f"{i}.png")
+    name = f"imagefolder:{tmp_path / 'src'}"
+
+    def held_out(out) -> list[bytes]:
+        test = open_shards(out, False, verify=False)
+        return [test.read(i) for i in range(len(test))]
+
     said = []
     manifest = pack_folder(
         tmp_path / "src", tmp_path / "out", say=said.append, test_split=0.5, seed=3
     )
-    files = image_folder_files(f"imagefolder:{tmp_path / 'src'}", 0.5, 3)
+    files = image_folder_files(name, 0.5, 3)
+    assert files.splits["test"] != image_folder_files(name, 0.5, 0).splits["test"]  # the seed's
     assert said == [
         describe_held_out(files, str(tmp_path / "src"), 0.5, 3) + "; --test-split changes it"
     ]
-    test = open_shards(tmp_path / "out", False, verify=False)
-    assert [test.read(i) for i in range(len(test))] == [
-        p.read_bytes() for p, _ in files.splits["test"]
-    ]
-    assert manifest["splits"]["train"]["count"] == len(files.splits["train"]) == 4
-    for c in ("a", "b"):  # one image a class: nothing left to hold out
+    assert held_out(tmp_path / "out") == [p.read_bytes() for p, _ in files.splits["test"]]
+    assert manifest["splits"]["train"]["count"] == len(files.splits["train"]) == 9
+    # by default, the images that --stream and the in-memory loader hold out of it
+    pack_folder(tmp_path / "src", tmp_path / "default")
+    default = open_image_folder(name, False).files
+    assert default != [str(p) for p, _ in image_folder_files(name, None, 1).splits["test"]]
+    assert held_out(tmp_path / "default") == [Path(p).read_bytes() for p in default]
+    for c in ("a", "b", "c"):  # one image a class: nothing left to hold out
         for p in sorted((tmp_path / "src" / c).iterdir())[1:]:
             p.unlink()
     message = (
@@ -379,15 +410,32 @@ def test_a_process_of_another_user_counts_as_alive(monkeypatch):
     assert shards._alive(12345)
 
 
-@pytest.mark.parametrize("runs", [shards.SPLIT_RUNS, 2])  # runs of 1 file; of 5, shards cut inside
-def test_pack_in_worker_processes_writes_the_same_set_byte_for_byte(
-    pack, tmp_path, monkeypatch, runs
+# runs of 1 file; of 5, shards cut inside (workers None: the default, this process)
+@pytest.mark.parametrize("workers,runs", [(2, shards.SPLIT_RUNS), (2, 2), (None, 2)])
+def test_pack_writes_the_same_set_byte_for_byte_whatever_its_runs_and_workers(
+    pack, tmp_path, monkeypatch, workers, runs
 ):
     monkeypatch.setattr(shards, "SPLIT_RUNS", runs)
+    handed = []  # where each run's samples come back: worker processes write them to a file
+
+    def jobs(runs, max_side, spill):
+        for job in real_jobs(runs, max_side, spill):
+            handed.append(job[4])
+            yield job
+
+    real_jobs = shards._jobs
+    monkeypatch.setattr(shards, "_jobs", jobs)
+    options = {} if workers is None else {"workers": workers}
     manifest = pack_folder(
-        pack.folder, tmp_path / "again", shard_bytes=4000, workers=2, progress=True
+        pack.folder, tmp_path / "again", shard_bytes=4000, progress=True, **options
     )
     assert manifest == pack.manifest
+    staging = tmp_path / f".again.partial-{os.getpid()}"
+    runs = shards._runs(image_folder_files(f"imagefolder:{pack.folder}").splits)
+    if workers is None:
+        assert handed == [None] * len(runs)  # passed in memory
+    else:
+        assert handed == [str(staging / f".{split}-{start:08d}.run") for split, start, _ in runs]
     assert multiprocessing.active_children() == []  # the workers ended and were reaped
     names = sorted(p.name for p in pack.out.iterdir())
     assert sorted(p.name for p in (tmp_path / "again").iterdir()) == names  # no run file left
@@ -441,6 +489,29 @@ def test_a_shard_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypa
         writer.finish()  # and its failure said once the shards are all written
 
 
+def open_files() -> list[str]:
+    """What this process's file descriptors point at (Linux)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed since
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_shard_the_disk_has_no_room_for_is_one_line_naming_it_and_closed(tmp_path):
+    (tmp_path / "s-000000.tar").symlink_to("/dev/full")  # a disk that is full
+    message = f"cannot write {tmp_path / 's-000000.tar'}: No space left on device;"
+    for size in (512, 1 << 16):  # buffered, then handed to the disk at the flush; at once
+        writer = shards._ShardWriter(tmp_path, "s", 1 << 20)
+        with pytest.raises(WriteError, match=f"^{re.escape(message)}") as failed:
+            writer.add_sample(bytes(size), 1, 0)
+            writer.flush()
+        # no descriptor left on the failed shard, though its traceback is kept (as an
+        # interactive session keeps its last one)
+        assert "/dev/full" not in open_files() and failed.tb is not None
+
+
 def test_the_manifest_is_indented_json_with_one_member_a_line():
     manifest = {
         "name": "x",
@@ -472,13 +543,15 @@ def test_the_cyclic_collector_is_paused_while_packing_and_then_restored(photos, 
         gc.enable()
 
 
-def test_progress_is_a_bar_when_tqdm_is_there(monkeypatch):
-    bars = []
+@pytest.fixture
+def bars(monkeypatch) -> list:
+    """tqdm's interface, recorded: the bars drawn."""
+    drawn = []
 
-    class Bar:  # tqdm's interface, recorded
+    class Bar:
         def __init__(self, **settings):
             self.settings, self.n, self.closed = settings, 0, False
-            bars.append(self)
+            drawn.append(self)
 
         def update(self, n):
             self.n += n
@@ -491,6 +564,10 @@ def test_progress_is_a_bar_when_tqdm_is_there(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "tqdm", type(sys)("tqdm"))
     sys.modules["tqdm"].tqdm = Bar
+    return drawn
+
+
+def test_progress_is_a_bar_when_tqdm_is_there(bars, monkeypatch):
     seen = []
     for result in shards._progress(iter(["a", "b"]), [3, 2], "packing"):  # runs of 3, 2 images
         seen.append((result, bars[0].n))
@@ -500,6 +577,16 @@ def test_progress_is_a_bar_when_tqdm_is_there(monkeypatch):
     monkeypatch.setitem(sys.modules, "tqdm", None)  # not installed
     results = iter([3])
     assert shards._progress(results, [1], "x") is results
+
+
+def test_a_pack_draws_its_bar_only_when_asked(photos, tmp_path, bars):
+    pack_folder(photos, tmp_path / "quiet")
+    assert bars == []
+    pack_folder(photos, tmp_path / "shown", progress=True)
+    images = sum(len(v) for v in image_folder_files(f"imagefolder:{photos}").splits.values())
+    assert [(bar.settings["desc"], bar.n, bar.closed) for bar in bars] == [
+        ("packing", images, True)
+    ]
 
 
 def test_pack_builtin_writes_each_image_as_png_with_the_catalog_s_figures(tiny, tmp_path):
@@ -859,6 +946,11 @@ def test_a_split_s_images_are_its_evaluation_views_decoded_when_asked(pack):
     assert pngs  # an 8 x 8 image's view at side 8 is the image (PNG: decoded exactly)
     for i in pngs:
         assert torch.equal(images[i], decode.decode_image(split.read(i), 3))
+    split.view = EvalView(8, 6)  # a run's evaluation view (data/path.py sets it)
+    some = split.subset([5, 2])  # and a subset's images, through the same view
+    assert some.images.shape == (2, 3, 6, 6)
+    assert all(torch.equal(some.images[k], split.images[i]) for k, i in enumerate([5, 2]))
+    assert split.take(4).view == split.view
 
 
 def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path):
@@ -934,6 +1026,21 @@ def test_an_image_folder_s_digest_follows_its_files_and_its_held_out_split_is_sa
     first = Path(before.files[0])  # a training file renamed: the same sizes, another file
     first.rename(first.with_name(f"{first.stem}b.png"))
     assert open_image_folder(name, True).digest != changed
+
+
+def test_an_image_folder_s_class_folders_without_images_are_said_with_its_training_split(
+    tmp_path, capsys
+):
+    src = write_tiny_folder(tmp_path / "src", train=3, test=3)
+    (src / "train" / "dog").mkdir()
+    name = f"imagefolder:{src}"
+    assert open_image_folder(name, False).classes == list(CLASSES)
+    assert capsys.readouterr().err == ""
+    open_image_folder(name, True)
+    assert capsys.readouterr().err == (
+        f"resnetlab: warning: {src}: 1 class folder without images left out (dog); images are "
+        f"{'/'.join(formats.IMAGE_SUFFIXES)}\n"
+    )
 
 
 def test_open_stream_names_what_it_reads():

@@ -298,8 +298,17 @@ class _ShardWriter:
                 self._file = open(self._path(), "wb")  # noqa: SIM115 (open until flush)
             self._file.write(data)
         except OSError as e:
+            self._drop()
             raise WriteError.of(e, self._path()) from None
         self._hash.update(data)
+
+    def _drop(self) -> None:
+        """The open shard closed after a failed write (the pack fails; its staging folder goes):
+        a descriptor left open would hold the removed file's disk space until collected."""
+        f, self._file = self._file, None
+        if f is not None:
+            with contextlib.suppress(OSError):  # its buffer, flushed again, fails again
+                f.close()
 
     def flush(self) -> None:
         """The open shard ended and indexed, its syncing to disk begun in a thread (the disk's
@@ -313,6 +322,7 @@ class _ShardWriter:
         try:
             f.flush()
         except OSError as e:
+            self._drop()
             raise WriteError.of(e, path) from None
         if self._syncer is None:
             from concurrent.futures import ThreadPoolExecutor
