@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -55,9 +57,25 @@ class Served:
     def mark(self) -> int:
         return self.log.stat().st_size if self.log.exists() else 0
 
+    def settle(self) -> None:
+        """Wait until every request answered so far is in the log. nginx writes a request's line
+        after its response, so a client that has its answer (or refused it at the headers) may
+        read the log before the line is there (seen once in CI). One worker answers and logs in
+        turn (.ci/nginx): once one more request's line is in, every earlier one is."""
+        token = f"/settled-{uuid.uuid4().hex}"
+        try:
+            urllib.request.urlopen(self.url + token, timeout=5).close()
+        except urllib.error.HTTPError as e:  # 404, as meant
+            e.close()
+        deadline = time.monotonic() + 10
+        while token.encode() not in self.log.read_bytes():
+            assert time.monotonic() < deadline, f"nginx did not log {token} within 10 s"
+            time.sleep(0.01)
+
     def shard_requests(self, url: str, since: int = 0) -> list[tuple[str, int]]:
         """(file, bytes sent) of each GET of a shard of the set at `url` logged after `since`."""
         prefix = "/" + url.rsplit("/", 1)[1] + "/"
+        self.settle()
         with open(self.log, "rb") as fh:
             fh.seek(since)
             text = fh.read().decode()
